@@ -1,0 +1,91 @@
+"""Admin server: ``/healthz`` (liveness), ``/readyz`` (can events get in?), ``/metrics``, ``/status``.
+
+Separate from the webhook listener so it can stay on loopback while the webhook faces OpenMail.
+Liveness is only "the event loop turns": a full disk or a down sink must not make an orchestrator
+restart a bridge that is waiting it out. ``admin.token``, when set, guards all but ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from bridge.supervisor import Supervisor
+
+log = structlog.get_logger("bridge.admin")
+
+
+class AdminServer:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self.config = supervisor.config.admin
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        listen = self.config.listen
+        site = web.TCPSite(runner, listen.host, listen.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(exc.errno, f"admin server cannot bind {listen}: {exc.strerror}") from None
+        self._runner = runner
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else listen.port
+        if not listen.is_loopback and self.config.token is None:
+            log.warning("admin.unprotected", listen=str(listen),
+                        hint="set admin.token: /status and /metrics are open to the network")  # fmt: skip
+        log.info("admin.listening", listen=f"{listen.host}:{self.port}")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _auth(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        token = self.config.token
+        if token is not None and request.path != "/healthz":
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {token.get()}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                         headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        return await handler(request)
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        # Answering at all proves the event loop turns.
+        return web.json_response({"status": "ok", "time": time.time()})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        state, parts = self.supervisor.readiness()
+        status = 503 if state == "unavailable" else 200
+        return web.json_response({"status": state, **parts}, status=status)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        sv = self.supervisor
+        if sv.store is not None:
+            counts = await sv.store.sink_counts()
+            sv.refresh_metrics({n: (c.pending, c.dead) for n, c in counts.items()})
+        body = sv.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _status(self, _: web.Request) -> web.Response:
+        return web.json_response(await self.supervisor.status())

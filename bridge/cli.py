@@ -1,0 +1,375 @@
+"""Command line: ``run``, ``check``, ``simulator``, ``demo``, ``dlq``, ``route-test``, ``status``.
+
+The only module that touches signals or turns exceptions into exit codes: 0 success, 1 a runtime
+failure (state in use, a port taken), 2 a configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from bridge import __version__, logs
+from bridge.config import Config, describe, load_config
+from bridge.errors import BridgeError, ConfigError, EventError, StoreError
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+DEFAULT_CONFIG_PATHS = ("config.yaml", "/etc/openmail-bridge/config.yaml")
+log = structlog.get_logger("bridge.cli")
+
+
+def config_path(given: str | None) -> Path:
+    """``-c``, else ``$OPENMAIL_BRIDGE_CONFIG``, else ``./config.yaml``, else the /etc one."""
+    if given:
+        return Path(given)
+    env = os.environ.get("OPENMAIL_BRIDGE_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if Path(candidate).exists():
+            return Path(candidate)
+    return Path(DEFAULT_CONFIG_PATHS[0])
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+def _print_config_error(exc: ConfigError, path: Path) -> None:
+    print(f"openmail-bridge: {path}: invalid configuration:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+async def _run(config: Config) -> int:
+    from bridge.supervisor import Supervisor
+    from bridge.systemd import Notifier
+
+    supervisor = Supervisor(config, notifier=Notifier())
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    signals_seen = 0
+
+    def on_stop(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("bridge.signal", signal=signal.Signals(signum).name, action="drain and stop")
+            supervisor.request_stop()
+        elif main_task is not None:
+            log.warning("bridge.signal", signal=signal.Signals(signum).name, action="force stop")
+            main_task.cancel()
+
+    def on_hup() -> None:
+        _ = asyncio.ensure_future(supervisor.reload())
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await supervisor.start()
+    except (StoreError, OSError) as exc:
+        log.error("bridge.start_failed", error=str(exc))
+        print(f"openmail-bridge: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        await supervisor.wait_stop_requested()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        # A second signal cancels the drain, but the store is still closed cleanly.
+        stopper = asyncio.ensure_future(supervisor.stop())
+        while not stopper.done():
+            try:
+                await asyncio.shield(stopper)
+            except asyncio.CancelledError:
+                if supervisor.dispatcher is not None:
+                    for worker in supervisor.dispatcher.workers.values():
+                        for task in worker._tasks:
+                            task.cancel()
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EXIT_CONFIG
+    logs.configure(config.log.level, config.log.format)
+    # A file-size limit should fail a write (EFBIG, handled as a store error), not kill the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return asyncio.run(_run(config))
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EXIT_CONFIG
+    print(f"{path}: configuration is valid", file=sys.stderr)
+    print(json.dumps(describe(config), indent=2))
+    return EXIT_OK
+
+
+# --- route-test --------------------------------------------------------------------------------
+
+
+def cmd_route_test(args: argparse.Namespace) -> int:
+    from bridge.events import Origin, parse_event
+    from bridge.routing import Router
+
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EXIT_CONFIG
+    try:
+        raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
+        event = parse_event(raw, Origin.WEBHOOK, require_type=False)
+    except OSError as exc:
+        print(f"openmail-bridge: cannot read {args.event}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EventError as exc:
+        print(f"openmail-bridge: {args.event}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    router = Router(config.routes)
+    routes = [r.name for r in router.matching(event)]
+    sinks = list(router(event))
+    if args.json:
+        print(json.dumps({"event_id": event.event_id, "routes": routes, "sinks": sinks}))
+    else:
+        print(f"event {event.event_id} ({event.type}, inbox {event.inbox_id})")
+        for route in router.routes:
+            mark = "match" if route.name in routes else "no match"
+            print(f"  route {route.name}: {mark}")
+        print(f"  sinks: {', '.join(sinks) if sinks else '(none: the event would be unrouted)'}")
+    return EXIT_OK
+
+
+# --- dlq -----------------------------------------------------------------------------------------
+
+
+async def _dlq(config: Config, args: argparse.Namespace) -> int:
+    from bridge.store import Store
+    from bridge.supervisor import limits_of
+
+    store = await Store.open(config.state.path, limits_of(config), exclusive=False)
+    try:
+        if args.action == "list":
+            rows = await store.dlq_list(sink=args.sink, event_id=args.event_id)
+            items = [{"sink": r.delivery.sink, "event_id": r.delivery.event_id,
+                      "type": r.delivery.type, "inbox_id": r.delivery.inbox_id,
+                      "attempts": r.delivery.attempts, "error": r.error, "dead_at": r.dead_at}
+                     for r in rows]  # fmt: skip
+            if args.json:
+                print(json.dumps(items))
+            elif not items:
+                print("no dead letters")
+            else:
+                for item in items:
+                    print(f"{item['sink']}\t{item['event_id']}\t{item['type']}\t"
+                          f"attempts={item['attempts']}\t{item['error']}")  # fmt: skip
+        elif args.action == "retry":
+            count = await store.dlq_retry(sink=args.sink, event_id=args.event_id)
+            print(json.dumps({"retried": count}) if args.json else f"{count} redriven")
+        else:
+            if args.sink is None and args.event_id is None and not args.all:
+                print("openmail-bridge: dlq purge needs --sink, --event-id or --all", file=sys.stderr)
+                return EXIT_CONFIG
+            count = await store.dlq_purge(sink=args.sink, event_id=args.event_id)
+            if args.sink is not None and args.sink not in config.sinks:
+                count += await store.drop_sink(args.sink)  # a removed sink's pending rows too
+            print(json.dumps({"purged": count}) if args.json else f"{count} purged")
+    finally:
+        await store.close()
+    return EXIT_OK
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EXIT_CONFIG
+    return asyncio.run(_dlq(config, args))
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return EXIT_CONFIG
+    listen = config.admin.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host
+    host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+    request = urllib.request.Request(f"http://{host}:{listen.port}/status")  # noqa: S310
+    if config.admin.token is not None:
+        request.add_header("Authorization", f"Bearer {config.admin.token.get()}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            status = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"openmail-bridge: no bridge answers at {host}:{listen.port} ({exc}); "
+              f"is it running?", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    print(_format_status(status))
+    return EXIT_OK
+
+
+def _format_status(status: dict[str, object]) -> str:
+    lines = [f"state: {status.get('state')}"]
+    parts = status.get("parts")
+    if isinstance(parts, dict):
+        lines += [f"  {k}: {v}" for k, v in parts.items()]
+    ws = status.get("websocket")
+    if isinstance(ws, dict):
+        lines.append(f"websocket: {ws.get('state')}" + (f" ({ws['reason']})" if ws.get("reason") else ""))
+    lines.append(f"cursor: {status.get('cursor')}")
+    lines.append(f"possible gaps: {status.get('possible_gaps')}")
+    spool = status.get("spool")
+    if isinstance(spool, dict):
+        lines.append(f"spool: {spool.get('bytes')} of {spool.get('max_bytes')} bytes")
+    sinks = status.get("sinks")
+    if isinstance(sinks, dict):
+        lines.append("sinks:")
+        for name, info in sinks.items():
+            if isinstance(info, dict):
+                extra = "" if info.get("configured") else " (removed from config)"
+                error = f", last error: {info['last_error']}" if info.get("last_error") else ""
+                lines.append(f"  {name}: pending {info.get('pending')}, dead {info.get('dead')}"
+                             f"{extra}{error}")  # fmt: skip
+    return "\n".join(lines)
+
+
+# --- simulator and demo --------------------------------------------------------------------------
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from bridge.simulator import serve
+
+    logs.configure("info", "auto")
+    if bool(args.webhook_url) != bool(args.webhook_secret):
+        print("openmail-bridge: --webhook-url and --webhook-secret go together", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(host=args.host, port=args.port, api_key=args.api_key,
+                    webhook_url=args.webhook_url, webhook_secret=args.webhook_secret,
+                    stop=stop)  # fmt: skip
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(f"openmail-bridge: simulator cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo
+
+    return asyncio.run(run_demo(keep_running=args.keep_running))
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openmail-bridge",
+        description="One durable, de-duplicated stream of OpenMail events, routed to your agent.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", metavar="FILE",
+                       help="config file (default: $OPENMAIL_BRIDGE_CONFIG, ./config.yaml, "
+                            "/etc/openmail-bridge/config.yaml)")  # fmt: skip
+        return p
+
+    with_config(sub.add_parser("run", help="run the bridge in the foreground")).set_defaults(
+        func=cmd_run
+    )
+    with_config(sub.add_parser("check", help="validate the config and print it, secrets masked"))
+    sub.choices["check"].set_defaults(func=cmd_check)
+
+    p = with_config(sub.add_parser("route-test", help="show which routes and sinks an event hits"))
+    p.add_argument("event", metavar="EVENT.json", help="an OpenMail event payload ('-': stdin)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_route_test)
+
+    p = with_config(sub.add_parser("dlq", help="inspect and redrive dead letters"))
+    p.add_argument("action", choices=["list", "retry", "purge"])
+    p.add_argument("--sink", metavar="NAME")
+    p.add_argument("--event-id", metavar="ID")
+    p.add_argument("--all", action="store_true", help="with purge: every dead letter")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dlq)
+
+    p = with_config(sub.add_parser("status", help="show a running bridge's state"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("simulator", help="run a local OpenMail stand-in (WebSocket + webhooks)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8025)
+    p.add_argument("--api-key", metavar="KEY", help="accepted API key (default: the demo key)")
+    p.add_argument("--webhook-url", metavar="URL")
+    p.add_argument("--webhook-secret", metavar="SECRET")
+    p.set_defaults(func=cmd_simulator)
+
+    p = sub.add_parser("demo", help="an offline tour: simulator, bridge, outage, webhook fallback")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the bridge up afterwards for /status and /metrics")  # fmt: skip
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BridgeError as exc:
+        print(f"openmail-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return code

@@ -1,0 +1,352 @@
+"""Delivery: per-sink workers that drain the outbox in order, retry with backoff, dead-letter.
+
+Each sink has its own :class:`SinkWorker` (own tasks, queue, retry state), so a slow or dead sink
+never holds up another, nor ingest. Ordering within a sink is by *lane*: with ``ordering: thread`` a
+lane is a thread (else the inbox, else one shared lane); one delivery per lane is in flight at a time
+and lanes proceed in parallel up to ``concurrency``. A delivery that is retrying holds its lane; a
+dead-lettered one releases it. Rows live in the store until delivered, so memory holds only a window
+of them and a crash loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_random_exponential,
+)
+
+from bridge.config import SinkConfig
+from bridge.errors import PermanentDeliveryError, RetryableDeliveryError, StoreError
+from bridge.metrics import Metrics
+from bridge.sinks import Sink
+from bridge.store import Delivery, Store
+
+log = structlog.get_logger("bridge.delivery")
+
+WINDOW = 2000
+"""Deliveries a worker keeps in memory; the rest wait in the store until the window drains."""
+RESYNC_INTERVAL = 1.0
+"""How often the dispatcher looks for rows another process changed (``dlq retry``)."""
+
+
+def lane_of(delivery: Delivery, ordering: str) -> object:
+    if ordering == "strict":
+        return "*"
+    if ordering == "none":
+        return delivery.id
+    if delivery.thread_id:
+        return ("thread", delivery.thread_id)
+    return ("inbox", delivery.inbox_id)
+
+
+@dataclass(slots=True)
+class SinkState:
+    """What ``/status`` shows of a sink."""
+
+    delivered: int = 0
+    dead: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_delivered_at: float | None = None
+
+
+class SinkWorker:
+    """Drains one sink's outbox rows. ``submit`` is called for rows the pipeline just committed."""
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        sink: Sink,
+        store: Store,
+        metrics: Metrics,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.sink = sink
+        self.store = store
+        self.metrics = metrics
+        self.state = SinkState()
+        self._sleep = sleep
+        self._lanes: dict[object, deque[Delivery]] = {}
+        self._ready: deque[object] = deque()
+        self._busy: set[object] = set()
+        self._known: set[int] = set()  # ids in memory or in flight
+        self._max_seq = 0
+        self._overflow = False
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loader: asyncio.Task[None] | None = None
+        self._log = log.bind(sink=config.name)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def in_memory(self) -> int:
+        return len(self._known)
+
+    # --- feeding ---------------------------------------------------------------------------
+
+    def submit(self, deliveries: Iterable[Delivery]) -> None:
+        for delivery in deliveries:
+            if self._overflow or len(self._known) >= WINDOW:
+                # The row is committed; the loader fetches it from the store once there is room.
+                self._overflow = True
+                continue
+            self._add(delivery)
+
+    def _add(self, delivery: Delivery) -> None:
+        if delivery.id in self._known:
+            return
+        self._known.add(delivery.id)
+        self._max_seq = max(self._max_seq, delivery.seq)
+        lane = lane_of(delivery, self.config.ordering)
+        queue = self._lanes.get(lane)
+        if queue is None:
+            self._lanes[lane] = deque([delivery])
+            if lane not in self._busy:
+                self._ready.append(lane)
+                self._wakeup.set()
+        elif queue and queue[-1].seq > delivery.seq:
+            # A redriven row goes before its lane's later rows.
+            items = sorted([*queue, delivery], key=lambda d: d.seq)
+            queue.clear()
+            queue.extend(items)
+        else:
+            queue.append(delivery)
+
+    async def load(self, *, after_seq: int) -> None:
+        """Pull committed rows from the store into the window."""
+        room = WINDOW - len(self._known)
+        if room <= 0:
+            return
+        self._overflow = False
+        rows = await self.store.pending(self.name, after_seq=after_seq, limit=room)
+        for row in rows:
+            self._add(row)
+        if len(rows) >= room:
+            self._overflow = True
+
+    async def resync(self) -> None:
+        """Pick up rows changed by another process (``dlq retry``), keeping what is in memory."""
+        await self.load(after_seq=0)
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sink.start()
+        await self.load(after_seq=0)
+        workers = 1 if self.config.ordering == "strict" else self.config.concurrency
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"sink:{self.name}:{i}") for i in range(workers)
+        ]
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking rows; let attempts in flight finish up to ``timeout``; the rest stay stored."""
+        self._stopping.set()
+        self._wakeup.set()
+        if self._tasks:
+            _, still = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._loader:
+            self._loader.cancel()
+            await asyncio.gather(self._loader, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.sink.close()
+
+    async def _next(self) -> tuple[object, Delivery] | None:
+        while not self._stopping.is_set():
+            if self._ready:
+                lane = self._ready.popleft()
+                queue = self._lanes[lane]
+                self._busy.add(lane)
+                return lane, queue.popleft()
+            if self._overflow and (self._loader is None or self._loader.done()):
+                self._loader = asyncio.create_task(self.load(after_seq=self._max_seq))
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return None
+
+    def _release(self, lane: object, delivery: Delivery) -> None:
+        self._known.discard(delivery.id)
+        self._busy.discard(lane)
+        queue = self._lanes.get(lane)
+        if queue:
+            self._ready.append(lane)
+        elif queue is not None:
+            del self._lanes[lane]
+        if self._overflow and len(self._known) < WINDOW // 2:
+            self._wakeup.set()
+
+    async def _work(self) -> None:
+        while (item := await self._next()) is not None:
+            lane, delivery = item
+            try:
+                await self._deliver(delivery)
+            finally:
+                self._release(lane, delivery)
+                self._wakeup.set()
+
+    # --- one delivery ----------------------------------------------------------------------
+
+    def _wait(self, state: RetryCallState) -> float:
+        retry = self.config.retry
+        delay = float(wait_random_exponential(multiplier=retry.initial, max=retry.max)(state))
+        outcome = state.outcome
+        exc = outcome.exception() if outcome else None
+        if isinstance(exc, RetryableDeliveryError) and exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)  # never retry before the server asked us to
+        return delay
+
+    def _should_stop(self, delivery: Delivery, attempts_before: int) -> Callable[[RetryCallState], bool]:
+        retry = self.config.retry
+
+        def stop(state: RetryCallState) -> bool:
+            attempts = attempts_before + state.attempt_number
+            if retry.max_attempts and attempts >= retry.max_attempts:
+                return True
+            return time.time() - delivery.received_at >= retry.max_age or self._stopping.is_set()
+
+        return stop
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        waiter = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([asyncio.ensure_future(self._sleep(seconds)), waiter],
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            waiter.cancel()
+
+    async def _before_sleep(self, delivery: Delivery, attempts: int, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        error = str(exc)
+        self.metrics.deliveries.labels(self.name, "retry").inc()
+        self.state.last_error, self.state.last_error_at = error, time.time()
+        wait = state.next_action.sleep if state.next_action else 0.0
+        self._log.warning(
+            "delivery.retrying",
+            event_id=delivery.event_id,
+            attempt=attempts + state.attempt_number,
+            error=error,
+            retry_in=round(wait, 3),
+        )
+        with contextlib.suppress(StoreError):
+            await self.store.record_attempt(
+                delivery.id, attempts=attempts + state.attempt_number, error=error
+            )
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        attempts = delivery.attempts
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RetryableDeliveryError),
+            wait=self._wait,
+            stop=self._should_stop(delivery, attempts),
+            sleep=self._sleep_unless_stopping,
+            before_sleep=lambda s: self._before_sleep(delivery, attempts, s),
+            reraise=True,
+        )
+        tries = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    tries = attempt.retry_state.attempt_number
+                    await self.sink.send(delivery)
+        except (RetryableDeliveryError, PermanentDeliveryError) as exc:
+            if isinstance(exc, RetryableDeliveryError) and self._stopping.is_set():
+                return  # shutting down: the row stays pending for the next start
+            await self._dead_letter(delivery, attempts + tries, exc)
+            return
+        now = time.time()
+        self.state.delivered += 1
+        self.state.last_delivered_at = now
+        self.metrics.deliveries.labels(self.name, "delivered").inc()
+        self.metrics.delivery_latency.labels(self.name).observe(max(0.0, now - delivery.received_at))
+        self._log.debug("delivery.sent", event_id=delivery.event_id, attempt=attempts + tries)
+        await self._store_call(lambda: self.store.mark_delivered(delivery.id), delivery)
+
+    async def _dead_letter(self, delivery: Delivery, attempts: int, exc: Exception) -> None:
+        error = str(exc)
+        self.state.dead += 1
+        self.state.last_error, self.state.last_error_at = error, time.time()
+        self.metrics.deliveries.labels(self.name, "dead").inc()
+        self._log.error(
+            "delivery.dead_lettered",
+            event_id=delivery.event_id,
+            attempt=attempts,
+            error=error,
+            permanent=isinstance(exc, PermanentDeliveryError),
+        )
+        await self._store_call(
+            lambda: self.store.dead_letter(delivery.id, error=error, attempts=attempts), delivery
+        )
+
+    async def _store_call(self, call: Callable[[], Awaitable[None]], delivery: Delivery) -> None:
+        """Record an outcome; if the store cannot write, retry once it can (the row stays put)."""
+        while True:
+            try:
+                await call()
+                return
+            except StoreError as exc:
+                self._log.warning("delivery.outcome_not_recorded", event_id=delivery.event_id,
+                                  error=str(exc))  # fmt: skip
+                if self._stopping.is_set():
+                    return  # delivered again after restart: allowed by the at-least-once guarantee
+                await self.store.wait_writable()
+
+
+class Dispatcher:
+    """All sink workers, and the hand-off from the pipeline."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.workers: dict[str, SinkWorker] = {}
+        self._resync_task: asyncio.Task[None] | None = None
+
+    def add(self, worker: SinkWorker) -> None:
+        self.workers[worker.name] = worker
+
+    def submit(self, deliveries: Iterable[Delivery]) -> None:
+        for delivery in deliveries:
+            worker = self.workers.get(delivery.sink)
+            if worker is not None:  # a sink removed by reload keeps its rows in the store
+                worker.submit((delivery,))
+
+    async def start(self) -> None:
+        for worker in self.workers.values():
+            await worker.start()
+        self._resync_task = asyncio.create_task(self._watch_store(), name="dispatcher:resync")
+
+    async def stop(self, timeout: float) -> None:
+        if self._resync_task:
+            self._resync_task.cancel()
+            await asyncio.gather(self._resync_task, return_exceptions=True)
+        await asyncio.gather(*(w.stop(timeout) for w in self.workers.values()))
+
+    async def _watch_store(self) -> None:
+        version = await self.store.data_version()
+        while True:
+            await asyncio.sleep(RESYNC_INTERVAL)
+            try:
+                current = await self.store.data_version()
+                if current != version:
+                    version = current
+                    for worker in list(self.workers.values()):
+                        await worker.resync()
+            except StoreError as exc:
+                log.debug("dispatcher.resync_failed", error=str(exc))

@@ -1,0 +1,71 @@
+"""The accept stage: route an event, persist it with its outbox rows, hand the rows to delivery.
+
+Both sources call :meth:`Pipeline.accept`; it returns only once the event is durably committed (or
+recognised as a duplicate), which is what lets the webhook answer 200 and the WebSocket cursor move.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from bridge.events import Event
+from bridge.metrics import Metrics
+from bridge.routing import Router
+from bridge.store import AcceptOutcome, Store
+
+if TYPE_CHECKING:
+    from bridge.delivery import Dispatcher
+
+log = structlog.get_logger("bridge.pipeline")
+
+
+class Pipeline:
+    """Normalized events in, durable outbox rows out. Router and dispatcher can be swapped (reload)."""
+
+    def __init__(self, store: Store, router: Router, dispatcher: Dispatcher, metrics: Metrics) -> None:
+        self.store = store
+        self.router = router
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+        self._unrouted_inboxes: set[str | None] = set()
+        self.last_event_at: float | None = None
+
+    async def accept(self, event: Event) -> AcceptOutcome:
+        """Persist ``event`` once. Raises SpoolFullError or StoreUnavailableError (nothing stored).
+
+        The store enqueues synchronously before this coroutine first suspends, so accepts started
+        in order commit in order (the WebSocket cursor relies on it).
+        """
+        sinks = self.router(event)
+        result = await self.store.accept(event, sinks)
+        source = event.origin.value
+        if result.outcome is AcceptOutcome.DUPLICATE:
+            self.metrics.events_duplicate.labels(source).inc()
+            log.debug("event.duplicate", event_id=event.event_id, source=source)
+            return result.outcome
+        self.metrics.events_received.labels(source).inc()
+        self.last_event_at = event.received_at
+        log.info(
+            "event.accepted",
+            event_id=event.event_id,
+            event_type=event.type,
+            inbox_id=event.inbox_id,
+            source=source,
+            sinks=list(sinks),
+        )
+        if not sinks:
+            self.metrics.events_unrouted.inc()
+            # Logged once per inbox: a misrouted inbox would otherwise flood the log.
+            if event.inbox_id not in self._unrouted_inboxes:
+                self._unrouted_inboxes.add(event.inbox_id)
+                log.warning(
+                    "event.unrouted",
+                    event_id=event.event_id,
+                    inbox_id=event.inbox_id,
+                    event_type=event.type,
+                    hint="no route matches this inbox; its events are recorded but sent nowhere",
+                )
+        self.dispatcher.submit(result.deliveries)
+        return result.outcome

@@ -1,0 +1,256 @@
+"""OpenMail's wire protocol: frames, close codes, webhook signatures, and every assumption we make.
+
+Bytes in, values out: no asyncio, no logging. Everything the public documentation does not state is
+a named ``ASSUMPTION_*`` constant or a function documented as such, so that a change in OpenMail's
+behaviour is a change in this one module. See ``docs/protocol.md`` and the project's protocol notes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+# --- Endpoint -------------------------------------------------------------------------------
+
+DEFAULT_WS_URL: Final = "wss://api.openmail.sh/v1/ws"
+WS_PATH: Final = "/v1/ws"
+
+# --- Limits the server enforces ----------------------------------------------------------------
+
+REPLAY_LIMIT: Final = 100
+"""The server replays at most this many events after ``last_event_id``; more is a silent gap."""
+MAX_CONNECTIONS: Final = 10
+"""Concurrent WebSocket connections per account; the 11th is closed with 4008."""
+RATE_LIMIT_MESSAGES: Final = 30
+RATE_LIMIT_WINDOW: Final = 10.0
+"""At most 30 client messages per 10 s on one connection, else close 4029."""
+SERVER_PING_INTERVAL: Final = 30.0
+SERVER_PONG_TIMEOUT: Final = 10.0
+WEBHOOK_TIMEOUT: Final = 15.0
+"""OpenMail counts a webhook delivery as failed without a 2xx within 15 s."""
+WEBHOOK_TOLERANCE: Final = 300.0
+"""Documented freshness window for ``X-Timestamp``."""
+WEBHOOK_RETRY_DELAYS: Final = (0.0, 30.0, 60.0, 120.0, 240.0)
+"""Five attempts: immediately, then +30 s, +60 s, +2 min, +4 min (about 7.5 minutes in all)."""
+
+# --- Assumptions (not stated by the documentation) ---------------------------------------------
+
+ASSUMPTION_HEADER_EVENT_ID_IS_EVENT_ID: Final = True
+"""``X-Event-Id`` carries the body's ``event_id``; the body wins when both are present."""
+ASSUMPTION_EVENT_ID_STABLE_ACROSS_CHANNELS: Final = True
+"""One ``event_id`` per event, stable across webhook retries and across WebSocket/webhook."""
+ASSUMPTION_RETRY_DELAY_FROM_PREVIOUS_ATTEMPT: Final = True
+ASSUMPTION_WEBHOOK_EVENTS_ALSO_REPLAYED: Final = True
+"""Events sent by webhook during an outage are replayed again over the WebSocket."""
+ASSUMPTION_AUTH_FAILURE_FORMS: Final = ("http-401", "close-4001")
+ASSUMPTION_ERROR_AFTER_CURSOR_MEANS_UNKNOWN_CURSOR: Final = True
+"""An ``error`` answering a subscribe with ``last_event_id`` (no ``subscribed``) = unknown cursor."""
+ASSUMPTION_REPLAY_AFTER_SUBSCRIBED: Final = True
+"""Replayed events follow ``subscribed``, oldest first, before live events."""
+ASSUMPTION_FILTERS_INDEPENDENT_SETS: Final = True
+ASSUMPTION_UNOWNED_INBOX_REJECTS_WHOLE_SUBSCRIBE: Final = True
+ASSUMPTION_SEND_ACK: Final = False
+"""``ack`` appears only in old docs; the bridge never sends it."""
+UNKNOWN_EVENT_TYPE: Final = "unknown"
+"""Type recorded for a verified webhook body that carries no ``event`` field (e.g. a test event)."""
+LIFECYCLE_EVENT_TYPES: Final = frozenset(
+    {"inbox.suspended", "inbox.reactivated", "pod.suspended", "pod.reactivated"}
+)
+"""Sent by webhook only, never over the WebSocket."""
+MESSAGE_RECEIVED: Final = "message.received"
+
+# --- Close codes -------------------------------------------------------------------------------
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    ABNORMAL = 1006
+    UNAUTHORIZED = 4001
+    FORBIDDEN = 4003
+    TOO_MANY_CONNECTIONS = 4008
+    RATE_LIMITED = 4029
+
+
+class CloseClass(enum.StrEnum):
+    """What a client should do after the server closed the connection."""
+
+    TRANSIENT = "transient"
+    """Reconnect with the normal backoff (1001, 1006, anything unknown)."""
+    RATE_LIMITED = "rate_limited"
+    """Reconnect, but back off (4029)."""
+    KEY_REJECTED = "key_rejected"
+    """The API key was refused (4001, 4003, HTTP 401/403 on upgrade)."""
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    """The account already holds the maximum of connections (4008)."""
+
+
+def classify_close(code: int | None) -> CloseClass:
+    if code in (CloseCode.UNAUTHORIZED, CloseCode.FORBIDDEN):
+        return CloseClass.KEY_REJECTED
+    if code == CloseCode.TOO_MANY_CONNECTIONS:
+        return CloseClass.TOO_MANY_CONNECTIONS
+    if code == CloseCode.RATE_LIMITED:
+        return CloseClass.RATE_LIMITED
+    return CloseClass.TRANSIENT
+
+
+def classify_handshake_status(status: int) -> CloseClass:
+    """The HTTP status of a refused upgrade, in the same classes as close codes."""
+    if status in (401, 403):
+        return CloseClass.KEY_REJECTED
+    if status == 429:
+        return CloseClass.RATE_LIMITED
+    return CloseClass.TRANSIENT
+
+
+def ws_url_from_base(base_url: str) -> str:
+    """Build the WebSocket URL from a REST base URL, as OpenMail's own clients do."""
+    if base_url.startswith("https://"):
+        base_url = "wss://" + base_url[len("https://") :]
+    elif base_url.startswith("http://"):
+        base_url = "ws://" + base_url[len("http://") :]
+    return base_url.rstrip("/") + WS_PATH
+
+
+# --- Frames ------------------------------------------------------------------------------------
+
+
+class ProtocolError(ValueError):
+    """A frame that is not what the protocol allows (not JSON, not an object, no type)."""
+
+
+def subscribe_frame(
+    inbox_ids: Sequence[str] = (),
+    event_types: Sequence[str] = (),
+    last_event_id: str | None = None,
+) -> str:
+    frame: dict[str, object] = {"type": "subscribe"}
+    if inbox_ids:
+        frame["inbox_ids"] = list(inbox_ids)
+    if event_types:
+        frame["event_types"] = list(event_types)
+    if last_event_id:
+        frame["last_event_id"] = last_event_id
+    return json.dumps(frame, separators=(",", ":"))
+
+
+def unsubscribe_frame(inbox_ids: Sequence[str] | None = None) -> str:
+    frame: dict[str, object] = {"type": "unsubscribe"}
+    if inbox_ids is not None:
+        frame["inbox_ids"] = list(inbox_ids)
+    return json.dumps(frame, separators=(",", ":"))
+
+
+PING_FRAME: Final = '{"type":"ping"}'
+PONG_FRAME: Final = '{"type":"pong"}'
+
+
+class FrameKind(enum.StrEnum):
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+    PONG = "pong"
+    ERROR = "error"
+    EVENT = "event"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFrame:
+    """A parsed server-to-client text frame. ``data`` is the decoded JSON object."""
+
+    kind: FrameKind
+    data: dict[str, object]
+    raw: bytes
+
+    @property
+    def message(self) -> str:
+        """The ``message`` of an ``error`` frame (empty when absent)."""
+        value = self.data.get("message")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def type_name(self) -> str:
+        value = self.data.get("type")
+        return value if isinstance(value, str) else ""
+
+
+def parse_server_frame(raw: bytes | str) -> ServerFrame:
+    """Classify one text frame from the server. Events carry ``event``; control frames ``type``.
+
+    Raises:
+        ProtocolError: not JSON, not an object, or neither ``type`` nor ``event``.
+    """
+    data_bytes = raw.encode() if isinstance(raw, str) else raw
+    try:
+        data = json.loads(data_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"frame is a JSON {type(data).__name__}, not an object")
+    if "event" in data and "type" not in data:
+        return ServerFrame(FrameKind.EVENT, data, data_bytes)
+    kind_name = data.get("type")
+    if not isinstance(kind_name, str):
+        raise ProtocolError("frame has neither 'type' nor 'event'")
+    try:
+        kind = FrameKind(kind_name)
+    except ValueError:
+        kind = FrameKind.UNKNOWN
+    if kind is FrameKind.EVENT:  # a control frame literally typed "event" is not an event
+        kind = FrameKind.UNKNOWN
+    return ServerFrame(kind, data, data_bytes)
+
+
+def error_is_unowned_inbox(message: str) -> bool:
+    """ASSUMPTION: the error for an inbox the key does not own mentions the inbox or ownership."""
+    lowered = message.lower()
+    return "inbox" in lowered and any(
+        word in lowered for word in ("own", "not found", "forbidden", "access", "unknown")
+    )
+
+
+# --- Webhook signatures ------------------------------------------------------------------------
+
+SIGNATURE_HEADER: Final = "X-Signature"
+TIMESTAMP_HEADER: Final = "X-Timestamp"
+EVENT_ID_HEADER: Final = "X-Event-Id"
+
+
+def sign(secret: str, timestamp: int | str, body: bytes) -> str:
+    """OpenMail's signature: lowercase hex HMAC-SHA256(secret, ``{timestamp}.{raw body}``)."""
+    message = str(timestamp).encode() + b"." + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def signature_matches(secrets: Iterable[str], timestamp: str, body: bytes, signature: str) -> bool:
+    """True when ``signature`` is valid under any of ``secrets``; constant-time per secret."""
+    given = signature.strip().lower().encode()
+    ok = False
+    for secret in secrets:
+        # Every candidate is compared, so the time taken does not reveal which one matched.
+        ok |= hmac.compare_digest(sign(secret, timestamp, body).encode(), given)
+    return ok
+
+
+class TimestampProblem(enum.StrEnum):
+    MISSING = "missing_timestamp"
+    MALFORMED = "malformed_timestamp"
+    STALE = "stale_timestamp"
+
+
+def check_timestamp(value: str | None, now: float, tolerance: float) -> TimestampProblem | None:
+    """None when ``X-Timestamp`` is present, an integer, and within ``tolerance`` of ``now``."""
+    if value is None or not value.strip():
+        return TimestampProblem.MISSING
+    text = value.strip()
+    if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 12:
+        return TimestampProblem.MALFORMED
+    if abs(now - int(text)) > tolerance:
+        return TimestampProblem.STALE
+    return None

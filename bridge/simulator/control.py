@@ -1,0 +1,212 @@
+"""The simulator's control API under ``/_sim``: JSON over HTTP so tests in any language can inject
+events, cut connections, refuse connections, configure webhooks and read what was delivered.
+
+Unauthenticated on purpose (a local test tool, bound to 127.0.0.1 by default); it never returns
+secrets. Bad input is answered ``400 {"error": "..."}`` naming the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Final, Literal
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from bridge import protocol
+from bridge.simulator.endpoint import is_server_close_code
+from bridge.simulator.mail import UNSET, Unset
+
+if TYPE_CHECKING:
+    from bridge.simulator.server import Simulator
+
+MAX_COUNT: Final = 1000
+"""Most events one ``POST /_sim/events`` may create."""
+
+_simulator: Final = web.AppKey["Simulator"]("simulator")
+
+
+class BadRequest(ValueError):
+    """A control request that cannot be carried out; the message is shown to the caller."""
+
+
+def add_routes(app: web.Application, simulator: Simulator) -> None:
+    app[_simulator] = simulator
+    app.router.add_post("/_sim/events", post_events)
+    app.router.add_get("/_sim/events", get_events)
+    app.router.add_post("/_sim/disconnect", post_disconnect)
+    app.router.add_post("/_sim/refuse", post_refuse)
+    app.router.add_post("/_sim/webhook", post_webhook)
+    app.router.add_get("/_sim/deliveries", get_deliveries)
+    app.router.add_get("/_sim/state", get_state)
+    app.middlewares.append(_errors)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+
+
+async def _body(request: web.Request, allowed: frozenset[str]) -> dict[str, object]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise BadRequest(
+            f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return data
+
+
+def _opt_str(data: dict[str, object], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRequest(f"{key}: must be a string or null")
+
+
+def _number(data: dict[str, object], key: str, default: float) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{key}: must be a number")
+    return float(value)
+
+
+def _int(data: dict[str, object], key: str, default: int | None) -> int | None:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{key}: must be an integer")
+    return value
+
+
+async def post_events(request: web.Request) -> web.Response:
+    """``{"count"?, "inbox_id"?, "thread_id"?, "event"?, "reason"?, "payload"?}``.
+
+    Answers ``{"event_ids": [...]}``; ``payload`` (a full event) excludes the other fields.
+    """
+    sim = request.app[_simulator]
+    allowed = frozenset({"count", "inbox_id", "thread_id", "event", "reason", "payload"})
+    data = await _body(request, allowed)
+    count = _int(data, "count", 1) or 0
+    if not 1 <= count <= MAX_COUNT:
+        raise BadRequest(f"count: must be between 1 and {MAX_COUNT}")
+    inbox_id = _opt_str(data, "inbox_id")
+    thread_id = _opt_str(data, "thread_id")
+    kind = _opt_str(data, "event") or protocol.MESSAGE_RECEIVED
+    if inbox_id is not None and inbox_id not in sim.inboxes:
+        raise BadRequest(f"inbox_id: {inbox_id} is not one of {', '.join(sim.inboxes)}")
+    payloads: list[dict[str, object]] = []
+    if "payload" in data:
+        payload = data["payload"]
+        if not isinstance(payload, dict):
+            raise BadRequest("payload: must be a JSON object (a full event)")
+        if len(data) > 1 + ("count" in data):
+            raise BadRequest(
+                "payload: cannot be combined with inbox_id, thread_id, event or reason"
+            )
+        payloads = [dict(payload) for _ in range(count)]  # same event_id when given: a duplicate
+    elif kind == protocol.MESSAGE_RECEIVED:
+        if "reason" in data:
+            raise BadRequest("reason: only for lifecycle events")
+        payloads = [sim.message_event(inbox_id=inbox_id, thread_id=thread_id) for _ in range(count)]
+    elif kind in protocol.LIFECYCLE_EVENT_TYPES:
+        if thread_id is not None:
+            raise BadRequest("thread_id: lifecycle events have no thread")
+        reason: str | Unset | None = _opt_str(data, "reason") if "reason" in data else UNSET
+        target: str | Unset | None = inbox_id if inbox_id is not None else UNSET
+        payloads = [sim.lifecycle_event(kind, inbox_id=target, reason=reason) for _ in range(count)]
+    else:
+        known = ", ".join([protocol.MESSAGE_RECEIVED, *sorted(protocol.LIFECYCLE_EVENT_TYPES)])
+        raise BadRequest(f"event: unknown type {kind!r}; use one of {known} or send a payload")
+    try:
+        event_ids = [await sim.inject(payload) for payload in payloads]
+    except ValueError as exc:
+        raise BadRequest(f"payload: {exc}") from None
+    return web.json_response({"event_ids": event_ids})
+
+
+async def get_events(request: web.Request) -> web.Response:
+    return web.json_response(request.app[_simulator].events)
+
+
+async def post_disconnect(request: web.Request) -> web.Response:
+    """``{"code"?: 1001, "abrupt"?: false}`` → ``{"closed": n}``."""
+    data = await _body(request, frozenset({"code", "abrupt"}))
+    code = _int(data, "code", 1001) or 1001
+    abrupt = data.get("abrupt", False)
+    if not isinstance(abrupt, bool):
+        raise BadRequest("abrupt: must be true or false")
+    if not abrupt and not is_server_close_code(code):
+        raise BadRequest(f"code: {code} is not a close code a server may send")
+    closed = await request.app[_simulator].disconnect(code, abrupt=abrupt)
+    return web.json_response({"closed": closed})
+
+
+async def post_refuse(request: web.Request) -> web.Response:
+    """``{"seconds": 5, "mode"?: "close"|"http", "code"?: int}`` → ``{"refusing": true, ...}``."""
+    data = await _body(request, frozenset({"seconds", "mode", "code"}))
+    if "seconds" not in data:
+        raise BadRequest("seconds: required")
+    seconds = _number(data, "seconds", 0.0)
+    mode = data.get("mode", "close")
+    if mode not in ("close", "http"):
+        raise BadRequest("mode: must be 'close' or 'http'")
+    checked: Literal["close", "http"] = "http" if mode == "http" else "close"
+    code = _int(data, "code", None)
+    sim = request.app[_simulator]
+    try:
+        sim.refuse(seconds, mode=checked, code=code)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return web.json_response({"refusing": sim.refusing, "seconds": seconds, "mode": checked})
+
+
+async def post_webhook(request: web.Request) -> web.Response:
+    """``{"url": str|null, "secret": str|null, "inbox_id"?: str}`` → webhook config, no secrets."""
+    data = await _body(request, frozenset({"url", "secret", "inbox_id"}))
+    if "url" not in data:
+        raise BadRequest("url: required (null removes the webhook)")
+    sim = request.app[_simulator]
+    try:
+        sim.set_webhook(
+            _opt_str(data, "url"), _opt_str(data, "secret"), inbox_id=_opt_str(data, "inbox_id")
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return web.json_response(sim.webhook_config())
+
+
+async def get_deliveries(request: web.Request) -> web.Response:
+    """Every delivery record, oldest first; ``?event_id=`` narrows to one event."""
+    sim = request.app[_simulator]
+    wanted = request.query.get("event_id")
+    records = [r.to_json() for r in sim.deliveries if wanted is None or r.event_id == wanted]
+    return web.json_response(records)
+
+
+async def get_state(request: web.Request) -> web.Response:
+    sim = request.app[_simulator]
+    return web.json_response(
+        {
+            "ws_url": sim.ws_url,
+            "inboxes": list(sim.inboxes),
+            "connections": [info.to_json() for info in sim.connections],
+            "webhook": sim.webhook_config(),
+            "refusing": sim.refusing,
+            "events": len(sim.events),
+            "deliveries": len(sim.deliveries),
+            "pending_webhooks": sim.pending_webhooks,
+        }
+    )

@@ -1,0 +1,219 @@
+"""The ``/v1/ws`` endpoint: authentication (header or ``?token=``), refusal windows, the connection
+limit, the per-connection rate limit, and the registry of open connections that routing fans out to
+(§1, §5). What a connection says and receives is in ``connection``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from bridge import protocol
+from bridge.simulator.connection import (
+    CLOSE_MESSAGES,
+    AuthForm,
+    Connection,
+    ConnectionInfo,
+    error_frame,
+)
+from bridge.simulator.delivery import DeliveryRecord
+
+log = structlog.get_logger(__name__)
+
+CLOSE_TIMEOUT: Final = 5.0
+"""How long a server-initiated close waits for the peer's close frame."""
+UNAUTHORIZED: Final = "unauthorized: invalid API key"
+
+
+def is_server_close_code(code: int) -> bool:
+    """Close codes a server may put in a close frame (RFC 6455 §7.4; 1004-1006 and 1015 never)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """The server-side limits of §5, shrinkable for tests."""
+
+    ping_interval: float = protocol.SERVER_PING_INTERVAL
+    pong_timeout: float = protocol.SERVER_PONG_TIMEOUT
+    rate_limit: tuple[int, float] = (protocol.RATE_LIMIT_MESSAGES, protocol.RATE_LIMIT_WINDOW)
+    max_connections: int = protocol.MAX_CONNECTIONS
+    auth_failure: Literal["close", "http"] = "close"
+
+    def __post_init__(self) -> None:
+        if self.ping_interval <= 0 or self.pong_timeout <= 0 or self.max_connections < 1:
+            raise ValueError("ping_interval, pong_timeout and max_connections must be positive")
+        if self.rate_limit[0] < 1 or self.rate_limit[1] <= 0:
+            raise ValueError("rate_limit must be (messages >= 1, window > 0)")
+        if self.auth_failure not in ("close", "http"):
+            raise ValueError("auth_failure must be 'close' or 'http'")
+
+
+class WebSocketEndpoint:
+    """Accepts and serves WebSocket connections for one account (one API key, its inboxes).
+
+    Args:
+        history: the simulator's event history, read (never written) for replay.
+        record: called with every delivery record.
+        notify: called whenever connections or their filters change.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        owned: frozenset[str],
+        history: Sequence[dict[str, object]],
+        limits: Limits,
+        record: Callable[[DeliveryRecord], None],
+        notify: Callable[[], None],
+    ) -> None:
+        if not api_key:
+            raise ValueError("api_key must not be empty")
+        self._api_key = api_key
+        self._owned = owned
+        self._history = history
+        self._limits = limits
+        self._record = record
+        self._notify = notify
+        self.connections: dict[int, Connection] = {}
+        self._next_id = 1
+        self._refuse_until = 0.0
+        self._refuse_mode: Literal["close", "http"] = "close"
+        self._refuse_code = int(protocol.CloseCode.GOING_AWAY)
+
+    # --- Knobs ------------------------------------------------------------------------------------
+
+    @property
+    def refusing(self) -> bool:
+        return time.monotonic() < self._refuse_until
+
+    def refuse(self, seconds: float, mode: Literal["close", "http"], code: int | None) -> None:
+        if mode not in ("close", "http"):
+            raise ValueError("mode must be 'close' or 'http'")
+        if code is None:
+            code = 1001 if mode == "close" else 503
+        if mode == "close" and not is_server_close_code(code):
+            raise ValueError(f"{code} is not a close code a server may send")
+        if mode == "http" and not 400 <= code <= 599:
+            raise ValueError("an HTTP refusal needs a 4xx or 5xx status")
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        self._refuse_until = time.monotonic() + seconds
+        self._refuse_mode, self._refuse_code = mode, code
+
+    def rotate_key(self, new_key: str, *, close_existing: bool) -> None:
+        if not new_key:
+            raise ValueError("new_key must not be empty")
+        self._api_key = new_key
+        if close_existing:
+            # Every open connection authenticated with the old key: there is one key per account.
+            for conn in list(self.connections.values()):
+                conn.close(protocol.CloseCode.UNAUTHORIZED, "unauthorized: API key revoked")
+
+    async def disconnect(self, code: int, *, abrupt: bool) -> int:
+        conns = list(self.connections.values())
+        for conn in conns:
+            if abrupt:
+                conn.abort()
+            else:
+                conn.close(code, CLOSE_MESSAGES.get(code))
+        if conns:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT + 1):
+                    await asyncio.gather(*(conn.done.wait() for conn in conns))
+        return len(conns)
+
+    def infos(self) -> list[ConnectionInfo]:
+        return [conn.info() for conn in self.connections.values()]
+
+    # --- Serving ----------------------------------------------------------------------------------
+
+    def _authenticate(self, request: web.Request) -> AuthForm | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        form: AuthForm
+        if scheme.lower() == "bearer" and token.strip():
+            key, form = token.strip(), "header"
+        elif request.query.get("token"):
+            key, form = request.query["token"], "query"
+        else:
+            return None
+        return form if hmac.compare_digest(key.encode(), self._api_key.encode()) else None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        refusing = self.refusing
+        if refusing and self._refuse_mode == "http":
+            log.info("sim.ws.refused", status=self._refuse_code)
+            return web.json_response({"error": "refusing connections"}, status=self._refuse_code)
+        auth = self._authenticate(request)
+        if auth is None and self._limits.auth_failure == "http":
+            log.info("sim.ws.rejected", status=401)
+            return web.json_response({"error": UNAUTHORIZED}, status=401)
+        # Keepalive is ours (Connection._run_keepalive): aiohttp's heartbeat pings only after idle
+        # time and waits heartbeat/2 for the pong, which cannot express OpenMail's 30 s / 10 s.
+        ws = web.WebSocketResponse(autoping=False, timeout=CLOSE_TIMEOUT)
+        await ws.prepare(request)
+        limit = self._limits.max_connections
+        rejection: tuple[int, str | None] | None = None
+        if refusing:
+            rejection = (self._refuse_code, CLOSE_MESSAGES.get(self._refuse_code))
+        elif auth is None:
+            rejection = (protocol.CloseCode.UNAUTHORIZED, UNAUTHORIZED)
+        elif len(self.connections) >= limit:
+            message = f"connection limit exceeded: at most {limit} concurrent connections"
+            rejection = (protocol.CloseCode.TOO_MANY_CONNECTIONS, message)
+        if rejection is not None or auth is None:
+            code, text = rejection or (protocol.CloseCode.UNAUTHORIZED, UNAUTHORIZED)
+            log.info("sim.ws.rejected", code=int(code))
+            if text is not None:
+                await ws.send_str(error_frame(text))
+            await ws.close(code=code)
+            return ws
+        conn = Connection(self._next_id, ws, request, auth=auth, record=self._record)
+        self._next_id += 1
+        self.connections[conn.id] = conn
+        self._notify()
+        log.info("sim.ws.connected", connection_id=conn.id, auth=auth)
+        conn.start(self._limits.ping_interval, self._limits.pong_timeout)
+        try:
+            await self._receive(conn)
+        finally:
+            await conn.finish(CLOSE_TIMEOUT)
+            del self.connections[conn.id]
+            conn.done.set()
+            self._notify()
+            close_code = None if ws.close_code is None else int(ws.close_code)
+            log.info("sim.ws.closed", connection_id=conn.id, code=close_code)
+        return ws
+
+    async def _receive(self, conn: Connection) -> None:
+        limit, window = self._limits.rate_limit
+        while True:
+            msg = await conn.ws.receive()
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return
+            if msg.type is WSMsgType.PING:
+                await conn.ws.pong(msg.data)
+                continue
+            if msg.type is WSMsgType.PONG:
+                conn.pong.set()
+                continue
+            if conn.closing:
+                continue
+            if conn.over_rate_limit(limit, window):
+                log.info("sim.ws.rate_limited", connection_id=conn.id)
+                message = f"rate limit exceeded: more than {limit} messages in {window:g} s"
+                conn.close(protocol.CloseCode.RATE_LIMITED, message)
+            elif msg.type is WSMsgType.TEXT:
+                conn.handle_text(msg.data, owned=self._owned, history=self._history)
+                self._notify()
+            else:
+                conn.send(error_frame("binary frames are not supported"))

@@ -1,0 +1,312 @@
+"""The :class:`Simulator`: its aiohttp server's lifecycle, the event history, routing of each
+event (§8: WebSocket fan-out, else webhook, else failed) and the knobs tests turn.
+
+The ``/v1/ws`` endpoint is in ``endpoint``, webhook sending in ``delivery``, mail content in
+``mail``, the ``/_sim`` HTTP API in ``control``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Final, Literal, Self
+
+import structlog
+from aiohttp import web
+
+from bridge import protocol
+from bridge.simulator import control
+from bridge.simulator.connection import ConnectionInfo
+from bridge.simulator.delivery import DeliveryRecord, WebhookConfig, WebhookDispatcher
+from bridge.simulator.endpoint import Limits, WebSocketEndpoint
+from bridge.simulator.mail import UNSET, MailFactory, Unset, iso_now, new_id
+
+log = structlog.get_logger(__name__)
+
+DEMO_API_KEY: Final = "om_test_demo_0000000000000000"
+SEND_WAIT: Final = 5.0
+"""``inject()`` waits at most this long for WebSocket frames to be written to slow clients."""
+
+
+class Simulator:
+    """A local stand-in for OpenMail's event delivery, written to the protocol reference.
+
+    Use it as ``async with Simulator(...) as sim:``; it listens on ``127.0.0.1`` and a free port
+    unless :meth:`start` is called with others. Constructor arguments mirror OpenMail's limits
+    (``bridge.protocol``) so tests can shrink them; ``auth_failure`` picks the documented form of a
+    rejected key (ASSUMPTION 5); ``seed`` makes generated mail content reproducible.
+
+    Raises:
+        ValueError: an inconsistent argument (webhook without secret, non-positive limit, ...).
+    """
+
+    # More than ~10 constructor arguments: each one is a documented server limit or timer that tests
+    # must be able to shrink, and grouping them would only hide the protocol constants they mirror.
+    def __init__(
+        self,
+        *,
+        api_key: str = DEMO_API_KEY,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        inboxes: Sequence[str] = ("inb_demo_support", "inb_demo_sales"),
+        retry_delays: Sequence[float] = protocol.WEBHOOK_RETRY_DELAYS,
+        retry_scale: float = 1.0,
+        webhook_timeout: float = protocol.WEBHOOK_TIMEOUT,
+        ping_interval: float = protocol.SERVER_PING_INTERVAL,
+        pong_timeout: float = protocol.SERVER_PONG_TIMEOUT,
+        rate_limit: tuple[int, float] = (protocol.RATE_LIMIT_MESSAGES, protocol.RATE_LIMIT_WINDOW),
+        max_connections: int = protocol.MAX_CONNECTIONS,
+        auth_failure: Literal["close", "http"] = "close",
+        seed: int | None = None,
+    ) -> None:
+        if not inboxes or any(not inbox.startswith("inb_") for inbox in inboxes):
+            raise ValueError("inboxes must be a non-empty list of 'inb_...' ids")
+        self.inboxes: tuple[str, ...] = tuple(inboxes)
+        self._owned = frozenset(self.inboxes)
+        self.deliveries: list[DeliveryRecord] = []
+        self.events: list[dict[str, object]] = []
+        self._changed = asyncio.Event()
+        limits = Limits(
+            ping_interval=ping_interval,
+            pong_timeout=pong_timeout,
+            rate_limit=rate_limit,
+            max_connections=max_connections,
+            auth_failure=auth_failure,
+        )
+        self._endpoint = WebSocketEndpoint(
+            api_key=api_key,
+            owned=self._owned,
+            history=self.events,
+            limits=limits,
+            record=self._record,
+            notify=self._notify,
+        )
+        self._mail = MailFactory(self.inboxes, seed)
+        self._webhooks = WebhookConfig(self._owned)
+        if webhook_secret is not None and webhook_url is None:
+            raise ValueError("webhook_secret given without webhook_url")
+        if webhook_url is not None:
+            self.set_webhook(webhook_url, webhook_secret)
+        self._dispatcher = WebhookDispatcher(
+            resolve=self._webhooks.resolve,
+            record=self._record,
+            retry_delays=retry_delays,
+            retry_scale=retry_scale,
+            timeout=webhook_timeout,
+        )
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.base_url = ""
+        self.ws_url = ""
+
+    # --- Lifecycle --------------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen on ``host:port`` (0 = a free port); sets ``port``, ``base_url`` and ``ws_url``."""
+        if self._runner is not None:
+            raise RuntimeError("the simulator is already started")
+        app = web.Application()
+        app.router.add_get(protocol.WS_PATH, self._endpoint.handle)
+        control.add_routes(app, self)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        await self._dispatcher.start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        url_host = f"[{host}]" if ":" in host else host
+        self.base_url = f"http://{url_host}:{self.port}"
+        self.ws_url = protocol.ws_url_from_base(self.base_url)
+        log.info("sim.started", ws_url=self.ws_url, inboxes=list(self.inboxes))
+
+    async def stop(self) -> None:
+        """Close WebSocket connections (1001), cancel pending webhook retries, stop the server."""
+        if self._runner is None:
+            return
+        await self.disconnect(protocol.CloseCode.GOING_AWAY)
+        await self._dispatcher.close()
+        await self._runner.cleanup()
+        self._runner = None
+        log.info("sim.stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- Inspection -------------------------------------------------------------------------------
+
+    @property
+    def connections(self) -> list[ConnectionInfo]:
+        """Snapshots of the open connections, oldest first (``len()`` is the connection count)."""
+        return self._endpoint.infos()
+
+    @property
+    def pending_webhooks(self) -> int:
+        return self._dispatcher.pending
+
+    def webhook_config(self) -> dict[str, object]:
+        """The webhook configuration without secrets."""
+        return self._webhooks.to_json()
+
+    @property
+    def refusing(self) -> bool:
+        return self._endpoint.refusing
+
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float = 5.0,  # noqa: ASYNC109 - a test helper shaped like asyncio.wait_for
+    ) -> None:
+        """Wait until ``predicate()`` holds, re-checked whenever a delivery or connection changes.
+
+        Raises:
+            TimeoutError: it did not hold within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._changed.wait()
+
+    def _notify(self) -> None:
+        # Wake every waiter once, then arm a fresh event for the next change.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _record(self, record: DeliveryRecord) -> None:
+        self.deliveries.append(record)
+        self._notify()
+
+    # --- Events -----------------------------------------------------------------------------------
+
+    def message_event(
+        self, *, inbox_id: str | None = None, thread_id: str | None = None, **overrides: object
+    ) -> dict[str, object]:
+        """A realistic ``message.received`` payload (§6).
+
+        ``overrides`` replace top-level fields; a ``message`` dict is merged into the message. A
+        ``thread_id`` this simulator generated produces a reply in that thread.
+        """
+        return self._mail.message_event(inbox_id=inbox_id, thread_id=thread_id, **overrides)
+
+    def lifecycle_event(
+        self,
+        kind: str = "inbox.suspended",
+        *,
+        inbox_id: str | Unset | None = UNSET,
+        reason: str | Unset | None = UNSET,
+    ) -> dict[str, object]:
+        """A lifecycle payload (webhook-only). Defaults: the first inbox for ``inbox.*`` (null for
+        ``pod.*``), ``high_bounce_rate`` for ``*.suspended`` and null for ``*.reactivated``."""
+        return self._mail.lifecycle_event(kind, inbox_id=inbox_id, reason=reason)
+
+    async def inject(
+        self,
+        payload: dict[str, object] | None = None,
+        *,
+        inbox_id: str | None = None,
+        thread_id: str | None = None,
+        **overrides: object,
+    ) -> str:
+        """Make an event happen now: append it to the history and route it (§8).
+
+        With no ``payload``, one is generated by :meth:`message_event` from the keyword arguments;
+        a payload without ``event_id``/``occurred_at`` gets them. Returns the ``event_id`` once the
+        WebSocket frames are written (fan-out to every matching connection); a webhook delivery
+        continues in the background; with neither route the event is recorded as ``failed``.
+
+        Raises:
+            ValueError: the payload is not JSON-serialisable.
+            RuntimeError: the simulator is not started.
+        """
+        if self._runner is None:
+            raise RuntimeError("the simulator is not started")
+        if payload is None:
+            payload = self.message_event(inbox_id=inbox_id, thread_id=thread_id, **overrides)
+        elif inbox_id is not None or thread_id is not None or overrides:
+            raise TypeError("pass either a payload or message_event() arguments, not both")
+        event = dict(payload)
+        event.setdefault("event_id", new_id("evt"))
+        event.setdefault("occurred_at", iso_now())
+        try:
+            json.dumps(event)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"event is not JSON-serialisable: {exc}") from None
+        event_id = str(event["event_id"])
+        # From here to the end of routing nothing awaits, so a concurrent subscribe either sees this
+        # event in the history (replay) or is already a live target; never both, never neither.
+        self.events.append(event)
+        targets = [conn for conn in self._endpoint.connections.values() if conn.wants(event)]
+        futures = [conn.send_event(event) for conn in targets]
+        log.info(
+            "sim.event.injected",
+            event_id=event_id,
+            event_type=event.get("event"),
+            inbox_id=event.get("inbox_id"),
+            websocket=len(targets),
+        )
+        if not targets:
+            inbox = event.get("inbox_id")
+            if self._webhooks.resolve(inbox if isinstance(inbox, str) else None) is not None:
+                self._dispatcher.submit(event)
+            else:
+                reason = "no subscribed WebSocket connection and no webhook configured"
+                self._record(
+                    DeliveryRecord(event_id=event_id, channel="failed", attempt=0, error=reason)
+                )
+        self._notify()
+        if futures:
+            await asyncio.wait(futures, timeout=SEND_WAIT)
+        return event_id
+
+    # --- Knobs ------------------------------------------------------------------------------------
+
+    async def disconnect(self, code: int = 1001, *, abrupt: bool = False) -> int:
+        """Close every WebSocket connection with ``code``, or with ``abrupt`` cut TCP (1006).
+
+        Returns how many were open, once they are gone (waiting a few seconds at most).
+        """
+        return await self._endpoint.disconnect(code, abrupt=abrupt)
+
+    def refuse(
+        self, seconds: float, *, mode: Literal["close", "http"] = "close", code: int | None = None
+    ) -> None:
+        """Refuse new WebSocket connections for ``seconds`` (0 ends a refusal). Open ones stay.
+
+        ``mode="close"`` accepts the upgrade then closes with ``code`` (default 1001; 4001, 4003,
+        4008 and 4029 are preceded by their ``error`` frame); ``mode="http"`` answers the upgrade
+        with HTTP status ``code`` (default 503).
+
+        Raises:
+            ValueError: an unknown mode, a code that does not fit it, or negative seconds.
+        """
+        self._endpoint.refuse(seconds, mode, code)
+
+    def set_webhook(
+        self, url: str | None, secret: str | None, *, inbox_id: str | None = None
+    ) -> None:
+        """Set (or with ``url=None`` remove) the account webhook or an inbox's own webhook.
+
+        An inbox webhook overrides the account's for that inbox and has its own secret. Changes
+        apply from the next attempt, retries included (a rotated secret is used at once).
+
+        Raises:
+            ValueError: an inbox the simulator does not own, a non-http(s) URL, or no secret.
+        """
+        self._webhooks.set(url, secret, inbox_id)
+
+    def rotate_api_key(self, new_key: str, *, close_existing: bool = True) -> None:
+        """Replace the API key; connections opened with the old key get an error and 4001 (§5)."""
+        self._endpoint.rotate_key(new_key, close_existing=close_existing)

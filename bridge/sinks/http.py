@@ -1,0 +1,296 @@
+"""HTTP sink: POSTs each event's original bytes, re-signed as OpenMail signs, to an agent's
+webhook, and classifies the outcome as delivered, retryable or permanent."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Final, Literal
+
+import aiohttp
+import yarl
+from multidict import CIMultiDict
+
+from bridge import __version__, protocol
+from bridge.config import Duration, HttpUrl, Secret
+from bridge.errors import (
+    ConfigError,
+    DeliveryError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+
+if TYPE_CHECKING:
+    from bridge.config import SinkConfig
+    from bridge.store import Delivery
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSinkOptions:
+    url: HttpUrl
+    secret: Secret | None = None
+    signature: Literal["openmail", "standard-webhooks"] = "openmail"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: Duration = 10.0
+    verify_tls: bool = True
+
+
+SOURCE_HEADER: Final = "X-OpenMail-Bridge-Source"
+"""``websocket`` or ``webhook``: how the bridge received the event."""
+USER_AGENT: Final = f"openmail-bridge/{__version__}"
+STANDARD_WEBHOOKS_PREFIX: Final = "whsec_"
+BODY_EXCERPT: Final = 200
+"""Characters of an error response's body quoted in the error message."""
+_BODY_READ_LIMIT: Final = 64 << 10
+"""Bytes of a response read at most; reading them lets the connection be reused."""
+_HEADER_VALUE: Final = re.compile(r"[!-~]+")
+"""Visible ASCII: an event id that is safe to put in a header as it is."""
+
+
+# --- Signatures ----------------------------------------------------------------------------------
+
+
+def standard_webhooks_key(secret: str) -> bytes:
+    """The HMAC key for a Standard Webhooks secret.
+
+    ``whsec_<base64>`` is decoded as the spec encodes it (padding optional, as its reference
+    library accepts); any other secret is used as its UTF-8 bytes.
+
+    Raises:
+        ValueError: a ``whsec_`` secret whose rest is not base64, or decodes to nothing.
+    """
+    if not secret.startswith(STANDARD_WEBHOOKS_PREFIX):
+        return secret.encode()
+    encoded = secret.removeprefix(STANDARD_WEBHOOKS_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise ValueError("a whsec_ secret must be base64 after the prefix") from None
+    if not key:
+        raise ValueError("a whsec_ secret must not be empty after the prefix")
+    return key
+
+
+def standard_webhooks_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256(key, "{msg_id}.{timestamp}.{body}")>``."""
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+# --- Classification ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What classification needs of a response."""
+
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+def classify(
+    url: str, outcome: HttpResponse | BaseException, *, timeout: float, now: float
+) -> DeliveryError | None:
+    """The one place that decides what a response or a transport error means.
+
+    2xx: delivered (None). Timeouts, connection errors, 408, 429 and 5xx: retryable, with 429 and
+    503 carrying ``Retry-After`` as ``retry_after`` seconds. Anything else (3xx, since redirects
+    are not followed; other 4xx): permanent. ``url`` must not hold credentials.
+    """
+    if isinstance(outcome, BaseException):
+        if isinstance(outcome, TimeoutError):
+            return RetryableDeliveryError(f"no response within {timeout:g}s")
+        if isinstance(outcome, aiohttp.ClientConnectorError):
+            return RetryableDeliveryError(f"cannot connect to {url}: {_connect_reason(outcome)}")
+        return RetryableDeliveryError(f"connection to {url} failed: {outcome}")
+    status = outcome.status
+    if 200 <= status < 300:
+        return None
+    message = f"HTTP {status} from {url}"
+    if 300 <= status < 400:
+        location = outcome.headers.get("Location")
+        message += f" (redirect to {location}; redirects are not followed)" if location else ""
+    else:
+        excerpt = " ".join(outcome.body.decode("utf-8", "replace").split())[:BODY_EXCERPT]
+        message += f": {excerpt}" if excerpt else ""
+    if status in (408, 429) or status >= 500:
+        retry_after = None
+        if status in (429, 503):
+            retry_after = parse_retry_after(outcome.headers.get("Retry-After"), now)
+        return RetryableDeliveryError(message, retry_after=retry_after)
+    return PermanentDeliveryError(message)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` as seconds from ``now``: delay-seconds or an HTTP-date; None if unusable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if moment.tzinfo is None:  # "-0000" parses as naive; an HTTP-date is always GMT
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, moment.timestamp() - now)
+
+
+def _connect_reason(exc: aiohttp.ClientConnectorError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate not accepted: {exc.certificate_error}"
+    error = exc.os_error
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve {exc.host}: {error.strerror}"
+    if error.errno is not None and error.errno > 0:
+        # asyncio's strerror is "Connect call failed (...)"; the errno's own text is clearer.
+        return os.strerror(error.errno)
+    return str(error) or type(error).__name__
+
+
+# --- The sink ------------------------------------------------------------------------------------
+
+
+class HttpSink:
+    """POSTs each event's original payload bytes, unchanged, to ``url``.
+
+    With a ``secret`` every attempt is signed afresh (new timestamp), exactly as OpenMail signs
+    (``X-Timestamp``, ``X-Signature``) or, with ``signature: standard-webhooks``, as that spec does
+    (``webhook-id``, ``webhook-timestamp``, ``webhook-signature``), so a retry hours later still
+    passes the receiver's freshness window.
+
+    Args:
+        config: the sink's config; ``config.options`` is an :class:`HttpSinkOptions`.
+        session: a session to use instead of one of its own; the sink never closes it.
+        clock: Unix time for signature timestamps and ``Retry-After`` dates (tests fake it).
+
+    Raises:
+        ConfigError: a ``whsec_`` secret that is not base64.
+    """
+
+    def __init__(
+        self,
+        config: SinkConfig,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        options = config.options
+        if not isinstance(options, HttpSinkOptions):
+            raise TypeError(f"sink {config.name!r}: expected HttpSinkOptions, got {options!r}")
+        self.name = config.name
+        self._options = options
+        self._session = session
+        self._owns_session = session is None
+        self._clock = clock
+        self._timeout = aiohttp.ClientTimeout(total=options.timeout)
+        self._display_url = str(yarl.URL(options.url).with_user(None))  # no credentials in errors
+        self._headers: CIMultiDict[str] = CIMultiDict(options.headers)
+        self._headers.setdefault("User-Agent", USER_AGENT)
+        self._secret = options.secret.get() if options.secret else None
+        self._standard_key: bytes | None = None
+        if self._secret is not None and options.signature == "standard-webhooks":
+            try:
+                self._standard_key = standard_webhooks_key(self._secret)
+            except ValueError as exc:
+                raise ConfigError([f"sinks.{config.name}.secret: {exc}"]) from None
+
+    async def start(self) -> None:
+        """Create the sink's pooled session, unless one was given."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar()
+            )
+
+    async def send(self, delivery: Delivery) -> None:
+        """POST the event; returns once the receiver answered 2xx.
+
+        Raises:
+            RetryableDeliveryError: connection error, timeout, 408, 429 or 5xx.
+            PermanentDeliveryError: any other status, or an event id unfit for a header.
+        """
+        session = self._session
+        if session is None:
+            raise RuntimeError(f"sink {self.name!r} is not started")
+        if not _HEADER_VALUE.fullmatch(delivery.event_id):
+            raise PermanentDeliveryError(
+                f"event id {delivery.event_id!r} cannot be sent in a header"
+            )
+        body = delivery.payload
+        outcome: HttpResponse | BaseException
+        try:
+            async with session.post(
+                self._options.url,
+                data=body,
+                headers=self._request_headers(delivery, body),
+                timeout=self._timeout,
+                allow_redirects=False,
+                ssl=self._options.verify_tls,
+            ) as response:
+                outcome = HttpResponse(
+                    response.status, response.headers, await _read_some(response)
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            outcome = exc
+        error = classify(
+            self._display_url, outcome, timeout=self._options.timeout, now=self._clock()
+        )
+        if error is not None:
+            raise error
+
+    async def reopen(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        """Close the session if the sink created it."""
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _request_headers(self, delivery: Delivery, body: bytes) -> CIMultiDict[str]:
+        # Configured headers first; the bridge's own replace any of the same name.
+        headers = self._headers.copy()
+        headers["Content-Type"] = "application/json"
+        headers[protocol.EVENT_ID_HEADER] = delivery.event_id
+        headers[SOURCE_HEADER] = delivery.origin.value
+        if self._secret is None:
+            return headers
+        # Signed now, at this attempt: a stored signature would go stale in the receiver's window.
+        timestamp = int(self._clock())
+        if self._standard_key is not None:
+            headers["webhook-id"] = delivery.event_id
+            headers["webhook-timestamp"] = str(timestamp)
+            headers["webhook-signature"] = standard_webhooks_signature(
+                self._standard_key, delivery.event_id, timestamp, body
+            )
+        else:
+            headers[protocol.TIMESTAMP_HEADER] = str(timestamp)
+            headers[protocol.SIGNATURE_HEADER] = protocol.sign(self._secret, timestamp, body)
+        return headers
+
+
+async def _read_some(response: aiohttp.ClientResponse) -> bytes:
+    """Up to ``_BODY_READ_LIMIT`` bytes of the body; what arrived if reading fails (the status
+    has already decided the outcome)."""
+    body = bytearray()
+    try:
+        while len(body) < _BODY_READ_LIMIT:
+            chunk = await response.content.read(_BODY_READ_LIMIT - len(body))
+            if not chunk:
+                break
+            body += chunk
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        pass
+    return bytes(body)

@@ -1,0 +1,74 @@
+"""Stdout sink: one JSON line per event on standard output, flushed per line."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import sys
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from bridge.errors import RetryableDeliveryError
+from bridge.sinks.file import format_line
+
+if TYPE_CHECKING:
+    from bridge.config import SinkConfig
+    from bridge.store import Delivery
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StdoutSinkOptions:
+    format: Literal["payload", "envelope"] = "payload"
+
+
+class StdoutSink:
+    """Writes each event as one line (see :func:`bridge.sinks.file.format_line`) to stdout.
+
+    The write runs in a thread: a pipe whose reader is slow blocks the writer, and that must not
+    stall the event loop. ``sys.stdout`` is looked up at every send, not at import, so a redirected
+    or captured stdout is honoured.
+    """
+
+    def __init__(self, config: SinkConfig) -> None:
+        options = config.options
+        if not isinstance(options, StdoutSinkOptions):
+            raise TypeError(f"sink {config.name!r}: expected StdoutSinkOptions, got {options!r}")
+        self.name = config.name
+        self._format = options.format
+        # A threading lock, not an asyncio one: it is held inside the writing thread, so a send
+        # cancelled mid-write cannot let the next line start before this one is whole.
+        self._write_lock = threading.Lock()
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, delivery: Delivery) -> None:
+        """Write and flush the event's line.
+
+        Raises:
+            PermanentDeliveryError: the payload is not JSON.
+            RetryableDeliveryError: stdout is closed (broken pipe) or cannot be written.
+        """
+        line = format_line(delivery, self._format)
+        await asyncio.to_thread(self._write, line)
+
+    async def reopen(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def _write(self, line: bytes) -> None:
+        with self._write_lock:
+            try:
+                stream = sys.stdout.buffer
+                stream.write(line)
+                stream.flush()
+            except (ValueError, AttributeError) as exc:
+                # ValueError: the file object is closed; AttributeError: there is no stdout (None).
+                raise RetryableDeliveryError(f"stdout is closed (broken pipe): {exc}") from None
+            except OSError as exc:
+                if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+                    raise RetryableDeliveryError(f"stdout is closed (broken pipe): {exc}") from None
+                raise RetryableDeliveryError(f"cannot write to stdout: {exc}") from None

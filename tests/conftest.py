@@ -1,0 +1,258 @@
+"""Shared fixtures: the OpenMail simulator on 127.0.0.1:0, configs on tmp_path, a running bridge,
+a capturing HTTP receiver that verifies OpenMail signatures on its own, and a subprocess bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from bridge.config import Config, build_config
+from bridge.simulator import DEMO_API_KEY, Simulator
+from bridge.supervisor import Supervisor
+
+WEBHOOK_SECRET = "whsec-test-openmail-0001"
+AGENT_SECRET = "agent-secret-0002"
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Poll ``predicate`` until it holds; fail the test with a clear message when it does not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def bridge_config_dict(
+    tmp_path: Path, sim: Simulator | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """A config for tests: short timings, ports 0, state and files under tmp_path."""
+    base: dict[str, Any] = {
+        "openmail": {
+            "api_key": DEMO_API_KEY,
+            "websocket": {
+                "enabled": sim is not None,
+                "url": sim.ws_url if sim is not None else "ws://127.0.0.1:9/v1/ws",
+                "reconnect": {"initial": "50ms", "max": "300ms", "reset_after": "2s"},
+                "subscribe_timeout": "2s",
+                "ping_interval": "1s",
+                "stale_after": "5s",
+            },
+            "webhook": {"listen": "127.0.0.1:0", "secret": WEBHOOK_SECRET},
+        },
+        "state": {"path": str(tmp_path / "state" / "bridge.db")},
+        "admin": {"listen": "127.0.0.1:0"},
+        "log": {"level": "debug", "format": "json"},
+        "shutdown_timeout": "2s",
+        "sinks": {"audit": {"type": "file", "path": str(tmp_path / "events.jsonl")}},
+    }
+    return deep_merge(base, overrides)
+
+
+def make_config(tmp_path: Path, sim: Simulator | None = None, **overrides: Any) -> Config:
+    return build_config(
+        bridge_config_dict(tmp_path, sim, **overrides), base_dir=tmp_path, env=os.environ
+    )
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(config: Config) -> AsyncIterator[Supervisor]:
+    """An in-process bridge, started and stopped around the block (uvicorn's ``run_server``)."""
+    supervisor = Supervisor(config)
+    await supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        await supervisor.stop()
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(retry_scale=0.01, ping_interval=5.0, pong_timeout=5.0)
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+# --- an HTTP receiver standing in for an agent's webhook handler -------------------------------
+
+
+def openmail_signature_ok(secret: str, headers: Any, body: bytes, tolerance: int = 300) -> bool:
+    """OpenMail's documented verification, written independently of bridge.protocol."""
+    timestamp = headers.get("X-Timestamp", "")
+    signature = headers.get("X-Signature", "")
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance:
+        return False
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return hmac.compare_digest(expected.hexdigest(), signature)
+
+
+@dataclass
+class Received:
+    body: bytes
+    headers: dict[str, str]
+    at: float
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A real aiohttp server on 127.0.0.1:0. ``statuses`` is consumed per request (then 200)."""
+
+    secret: str | None = None
+    statuses: list[int] = field(default_factory=list)
+    delay: float = 0.0
+    received: list[Received] = field(default_factory=list)
+    accepted: list[Received] = field(default_factory=list)
+    bad_signatures: int = 0
+    up: bool = True
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhooks"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        item = Received(body, dict(request.headers), time.time())
+        self.received.append(item)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if not self.up:
+            return web.Response(status=503)
+        if self.secret is not None and not openmail_signature_ok(self.secret, request.headers, body):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        status = self.statuses.pop(0) if self.statuses else 200
+        if 200 <= status < 300:
+            self.accepted.append(item)
+        return web.Response(status=status, headers=self.extra_headers)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/webhooks", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def accepted_ids(self) -> list[str]:
+        return [r.json["event_id"] for r in self.accepted]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver(secret=AGENT_SECRET)
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+
+
+# --- a bridge in a real subprocess ---------------------------------------------------------------
+
+
+@dataclass
+class BridgeProcess:
+    config_path: Path
+    proc: subprocess.Popen[bytes]
+    stderr_path: Path
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.stderr_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+        return lines
+
+    def log_events(self) -> list[str]:
+        return [entry.get("event", "") for entry in self.logs()]
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+
+def start_bridge_process(config_path: Path, *, env: dict[str, str] | None = None) -> BridgeProcess:
+    stderr_path = config_path.with_suffix(f".{time.monotonic_ns()}.stderr")
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run", "-c", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env={**os.environ, **(env or {})},
+        )
+    return BridgeProcess(config_path, proc, stderr_path)
+
+
+@pytest.fixture
+def bridge_processes() -> Iterator[list[BridgeProcess]]:
+    """Collects subprocess bridges and makes sure none outlives its test."""
+    procs: list[BridgeProcess] = []
+    yield procs
+    for bp in procs:
+        if bp.proc.poll() is None:
+            bp.proc.send_signal(signal.SIGKILL)
+            bp.proc.wait(timeout=10)
+        if bp.proc.stdout:
+            bp.proc.stdout.close()
