@@ -74,8 +74,13 @@ async def _run(config: Config) -> int:
             log.warning("bridge.signal", signal=signal.Signals(signum).name, action="force stop")
             main_task.cancel()
 
+    reloads: set[asyncio.Task[bool]] = set()
+
     def on_hup() -> None:
-        _ = asyncio.ensure_future(supervisor.reload())
+        # The loop holds tasks only weakly: keep a reference until the reload is done.
+        task = asyncio.ensure_future(supervisor.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop, signum)
@@ -196,7 +201,9 @@ async def _dlq(config: Config, args: argparse.Namespace) -> int:
             print(json.dumps({"retried": count}) if args.json else f"{count} redriven")
         else:
             if args.sink is None and args.event_id is None and not args.all:
-                print("openmail-bridge: dlq purge needs --sink, --event-id or --all", file=sys.stderr)
+                print(
+                    "openmail-bridge: dlq purge needs --sink, --event-id or --all", file=sys.stderr
+                )
                 return EXIT_CONFIG
             count = await store.dlq_purge(sink=args.sink, event_id=args.event_id)
             if args.sink is not None and args.sink not in config.sinks:
@@ -230,7 +237,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     listen = config.admin.listen
     host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host
     host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
-    request = urllib.request.Request(f"http://{host}:{listen.port}/status")  # noqa: S310
+    request = urllib.request.Request(f"http://{host}:{listen.port}/status")
     if config.admin.token is not None:
         request.add_header("Authorization", f"Bearer {config.admin.token.get()}")
     try:
@@ -254,7 +261,8 @@ def _format_status(status: dict[str, object]) -> str:
         lines += [f"  {k}: {v}" for k, v in parts.items()]
     ws = status.get("websocket")
     if isinstance(ws, dict):
-        lines.append(f"websocket: {ws.get('state')}" + (f" ({ws['reason']})" if ws.get("reason") else ""))
+        reason = f" ({ws['reason']})" if ws.get("reason") else ""
+        lines.append(f"websocket: {ws.get('state')}{reason}")
     lines.append(f"cursor: {status.get('cursor')}")
     lines.append(f"possible gaps: {status.get('possible_gaps')}")
     spool = status.get("spool")

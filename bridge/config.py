@@ -1,10 +1,11 @@
 """Configuration: YAML parsed once into frozen, typed objects, every problem named by its key path.
 
-One loader walks the YAML tree beside the dataclasses' type hints, so a section is declared once, as a
-dataclass, and validated by its annotations: ``Duration`` (``500ms``, ``20s``, ``5m``, ``24h``, ``7d``),
-``ByteSize`` (``64KiB``, ``10MiB``), ``Secret`` (also as ``<key>_file: PATH``), ``FilePath`` (relative
-to the config file), ``HttpUrl``, ``WsUrl``, ``Listen`` (``host:port``), ``Literal`` choices, tuples,
-maps and nested sections. Sink types bring their own option dataclasses (``bridge.sinks.SINK_TYPES``).
+One loader walks the YAML tree beside the dataclasses' type hints, so a section is declared once,
+as a dataclass, and validated by its annotations: ``Duration`` (``500ms``, ``20s``, ``5m``, ``24h``,
+``7d``), ``ByteSize`` (``64KiB``, ``10MiB``), ``Secret`` (also as ``<key>_file: PATH``),
+``FilePath`` (relative to the config file), ``HttpUrl``, ``WsUrl``, ``Listen`` (``host:port``),
+``Literal`` choices, tuples, maps and nested sections. Sink types bring their own option
+dataclasses (``bridge.sinks.SINK_TYPES``).
 ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` are expanded in every string value.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import enum
+import math
 import os
 import re
 import types
@@ -94,12 +96,20 @@ _SIZE_UNITS: Final = {
 }  # fmt: skip
 
 
+def _is_ascii_digits(text: str) -> bool:
+    # str.isdigit() also accepts characters such as '²' that int() rejects.
+    return text.isascii() and text.isdigit()
+
+
 def parse_duration(text: str) -> float:
     """``"500ms"`` -> 0.5. Raises ValueError."""
     match = _DURATION_RE.match(text)
     if not match:
         raise ValueError(f"not {_Kind.DURATION.value}: {text!r}")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds):  # hundreds of digits overflow to inf
+        raise ValueError(f"{text!r} is too large")
+    return seconds
 
 
 def parse_size(text: str) -> int:
@@ -107,13 +117,16 @@ def parse_size(text: str) -> int:
     match = _SIZE_RE.match(text)
     if not match:
         raise ValueError(f"not {_Kind.SIZE.value}: {text!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    size = float(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if not math.isfinite(size):  # int(inf) would raise OverflowError
+        raise ValueError(f"{text!r} is too large")
+    return int(size)
 
 
 def parse_listen(text: str) -> Listen:
     """``"127.0.0.1:8080"``, ``"[::1]:8080"`` or ``":8080"`` (all interfaces). Raises ValueError."""
     host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not _is_ascii_digits(port_text):
         raise ValueError(f"not a host:port address: {text!r}")
     port = int(port_text)
     if port > 65535:
@@ -288,6 +301,11 @@ class _Loader:
                 return "$"
             name, op, arg = match.group(1), match.group(2), match.group(3)
             value = self.env.get(name)
+            if value is None and self.env.get(f"{name}_FILE"):
+                value, problem = self.env_file(name)
+                if problem:
+                    missing.append(problem)
+                    return ""
             if op == ":-":
                 return value if value else arg
             if op == ":?":
@@ -305,13 +323,22 @@ class _Loader:
             self.fail(path, message)
         return None if missing else result
 
+    def env_file(self, name: str) -> tuple[str, str | None]:
+        """``${VAR}`` with VAR unset and ``VAR_FILE`` set reads that file (container secrets).
+        Returns the value and a problem, if any."""
+        file = Path(self.env[f"{name}_FILE"])
+        try:
+            return file.read_text(encoding="utf-8").strip(), None
+        except OSError as exc:
+            return "", f"cannot read {name}_FILE={file}: {exc.strerror or exc}"
+
     def scalar_text(self, path: str, raw: object, what: str) -> str | None:
         if isinstance(raw, bool) or not isinstance(raw, str | int | float):
             self.fail(path, f"expected {what}, got {_describe(raw)}")
             return None
         return self.interpolate(path, raw) if isinstance(raw, str) else str(raw)
 
-    def convert(self, path: str, raw: object, hint: object) -> object:  # noqa: C901, PLR0911
+    def convert(self, path: str, raw: object, hint: object) -> object:
         origin = typing.get_origin(hint)
         if origin is Annotated:
             base, kind = typing.get_args(hint)[:2]
@@ -361,7 +388,7 @@ class _Loader:
             text = self.scalar_text(path, raw, "a whole number")
             if text is None:
                 return _INVALID
-            if not text.strip().isdigit():
+            if not _is_ascii_digits(text.strip()):
                 return self.fail(path, f"expected a whole number >= 0, got {text!r}")
             return int(text)
         if hint is str:
@@ -389,7 +416,8 @@ class _Loader:
     def convert_kind(self, path: str, raw: object, base: object, kind: object) -> object:
         if not isinstance(kind, _Kind):
             return self.convert(path, raw, base)
-        if kind is _Kind.DURATION and isinstance(raw, int | float) and not isinstance(raw, bool):
+        if (kind is _Kind.DURATION and isinstance(raw, int | float) and not isinstance(raw, bool)
+                and math.isfinite(raw)):  # fmt: skip
             return self.fail(path, f"{raw} has no unit; write e.g. {raw}s or {raw}ms")
         text = self.scalar_text(path, raw, kind.value)
         if text is None:
@@ -404,25 +432,38 @@ class _Loader:
         if kind is _Kind.PATH:
             if not text.strip():
                 return self.fail(path, "is empty")
-            return self.resolve_path(text)
+            resolved = self.resolve_path(path, text)
+            return _INVALID if resolved is None else resolved
         schemes = ("http://", "https://") if kind is _Kind.HTTP_URL else ("ws://", "wss://")
         if not text.startswith(schemes) or len(text) <= len(schemes[1]) + 1:
             return self.fail(path, f"not {kind.value}")
         return text
 
-    def resolve_path(self, text: str) -> Path:
-        path = Path(text).expanduser()
-        return path if path.is_absolute() else self.base_dir / path
+    def resolve_path(self, path: str, text: str) -> Path | None:
+        """``text`` as a path, relative to the config file's directory; None after a problem."""
+        if "\x00" in text:
+            self.fail(path, "a path cannot contain a NUL character")
+            return None
+        try:
+            file = Path(text).expanduser()
+        except RuntimeError:  # ~name for a user that does not exist
+            self.fail(path, f"cannot expand {text!r}: no such user")
+            return None
+        return file if file.is_absolute() else self.base_dir / file
 
     def read_secret_file(self, path: str, raw: object) -> object:
         text = self.scalar_text(path, raw, "a file path")
         if text is None:
             return _INVALID
-        file = self.resolve_path(text)
+        file = self.resolve_path(path, text)
+        if file is None:
+            return _INVALID
         try:
             value = file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             return self.fail(path, f"cannot read {file}: {exc.strerror or exc}")
+        except UnicodeDecodeError:
+            return self.fail(path, f"cannot read {file}: not UTF-8 text")
         if not value:
             return self.fail(path, f"{file} is empty (an empty secret would accept anything)")
         return Secret(value)
@@ -470,7 +511,8 @@ class _Loader:
             if key not in seen:
                 ok = False
                 suggestion = _closest(str(key), [f.metadata.get("key", f.name) for f in
-                                                 dataclasses.fields(cls)])  # fmt: skip
+                                                 dataclasses.fields(cls)
+                                                 if not f.metadata.get("internal")])  # fmt: skip
                 self.fail(f"{path}.{key}" if path else str(key), "unknown key" + suggestion)
         if not ok:
             return _INVALID
@@ -509,16 +551,23 @@ def _parse_webhook_secrets(loader: _Loader, path: str, raw: object) -> object:
         return loader.convert(path, raw, tuple[Secret, ...])
     if isinstance(raw, dict):
         result: dict[str, Secret] = {}
+        ok = True
         for key, value in raw.items():
             inbox = str(key)
             if inbox.endswith("_file"):
-                secret = loader.read_secret_file(f"{path}.{inbox}", value)
                 inbox = inbox.removesuffix("_file")
+                if inbox in raw:
+                    loader.fail(f"{path}.{inbox}", f"give either {inbox} or {key}, not both")
+                    ok = False
+                    continue
+                secret = loader.read_secret_file(f"{path}.{key}", value)
             else:
                 secret = loader.convert(f"{path}.{inbox}", value, Secret)
             if isinstance(secret, Secret):
                 result[inbox] = secret
-        return {"__map__": result}
+            else:
+                ok = False
+        return {"__map__": result} if ok else _INVALID
     return loader.fail(path, f"expected a list of secrets or a map inbox_id -> secret, got "
                              f"{_describe(raw)}")  # fmt: skip
 
@@ -639,9 +688,9 @@ def _load_sink(loader: _Loader, name: str, body: object, registry: Mapping[str, 
 
 def _load_routes(loader: _Loader, raw: object, raw_sinks: object) -> tuple[RouteConfig, ...] | None:
     """Routes in order. Omitted: one route sending every event to every sink."""
-    known = set(raw_sinks) if isinstance(raw_sinks, dict) else set()
+    known = {str(k) for k in raw_sinks} if isinstance(raw_sinks, dict) else set()
     if raw is None:
-        return (RouteConfig(name="default", sinks=tuple(map(str, known))),) if known else ()
+        return (RouteConfig(name="default", sinks=tuple(known)),) if known else ()
     if not isinstance(raw, list):
         loader.fail("routes", f"expected a list of routes, got {_describe(raw)}")
         return None
@@ -659,10 +708,10 @@ def _load_routes(loader: _Loader, raw: object, raw_sinks: object) -> tuple[Route
         names.add(route.name)
         if not route.sinks:
             loader.fail(f"{path}.sinks", "names no sink")
+        names_known = ", ".join(sorted(known)) or "none"
         for j, sink in enumerate(route.sinks):
             if sink not in known:
-                loader.fail(f"{path}.sinks[{j}]", f"no sink named {sink!r} (sinks: "
-                                                  f"{', '.join(sorted(map(str, known))) or 'none'})")  # fmt: skip
+                loader.fail(f"{path}.sinks[{j}]", f"no sink named {sink!r} (sinks: {names_known})")
         routes.append(route)
     return tuple(routes)
 
@@ -682,10 +731,13 @@ def _load_openmail(loader: _Loader, raw: object) -> object:
     if not isinstance(om, OpenMailConfig):
         return _INVALID
     if not 1 <= om.websocket.max_in_flight <= protocol.REPLAY_LIMIT:
-        return loader.fail("openmail.websocket.max_in_flight", f"must be between 1 and "
-                           f"{protocol.REPLAY_LIMIT} (OpenMail replays at most that many)")  # fmt: skip
+        limit = protocol.REPLAY_LIMIT
+        message = f"must be between 1 and {limit} (OpenMail replays at most that many)"
+        return loader.fail("openmail.websocket.max_in_flight", message)
     if om.websocket.enabled and om.api_key is None:
-        return loader.fail("openmail.api_key", "is required while openmail.websocket.enabled is true")
+        return loader.fail(
+            "openmail.api_key", "is required while openmail.websocket.enabled is true"
+        )
     if not om.websocket.enabled and not om.webhook.enabled:
         return loader.fail("openmail", "both websocket and webhook are disabled: nothing would "
                                        "receive events")  # fmt: skip
@@ -699,18 +751,29 @@ def _load_webhook(loader: _Loader, raw: object) -> object:
         return loader.fail("openmail.webhook", f"expected a mapping, got {_describe(raw)}")
     raw = dict(raw)
     extra: dict[str, object] = {}
+    secrets_ok = True  # a bad secrets list must not also report "secret is required"
     if "secrets_file" in raw:
-        lines = loader.read_secret_file("openmail.webhook.secrets_file", raw.pop("secrets_file"))
-        if isinstance(lines, Secret):
-            raw.setdefault("secrets", [s for s in lines.get().splitlines() if s.strip()])
+        raw_file = raw.pop("secrets_file")
+        if "secrets" in raw:
+            loader.fail("openmail.webhook.secrets", "give either secrets or secrets_file, not both")
+            raw.pop("secrets")
+            secrets_ok = False
+        else:
+            lines = loader.read_secret_file("openmail.webhook.secrets_file", raw_file)
+            if isinstance(lines, Secret):
+                raw["secrets"] = [s for s in lines.get().splitlines() if s.strip()]
+            else:
+                secrets_ok = False
     if "secrets" in raw:
         parsed = _parse_webhook_secrets(loader, "openmail.webhook.secrets", raw.pop("secrets"))
         if isinstance(parsed, dict):
             extra["inbox_secrets"] = parsed["__map__"]
         elif isinstance(parsed, tuple):
             extra["secrets"] = parsed
+        else:
+            secrets_ok = False
     webhook = loader.section("openmail.webhook", raw, WebhookConfig, extra=extra)
-    if not isinstance(webhook, WebhookConfig):
+    if not isinstance(webhook, WebhookConfig) or not secrets_ok:
         return _INVALID
     if webhook.enabled and not webhook.account_secrets and not webhook.inbox_secrets:
         return loader.fail("openmail.webhook.secret", "is required while openmail.webhook.enabled "

@@ -3,40 +3,42 @@ WebSocket replay cursor, in one SQLite database (WAL) that is the bridge's only 
 
 One writer thread owns the write connection and commits every write of a batch in one
 transaction (group commit: one fsync for many events). Reads use a second connection on a
-second thread, so a sink worker asking for work never waits behind an fsync.
+second thread, so a sink worker asking for work never waits behind an fsync. The SQL itself
+lives in :mod:`bridge.store_schema`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import functools
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import structlog
 
-from bridge import store_schema
+from bridge import store_schema as sql
 from bridge.errors import SpoolFullError, StoreError, StoreUnavailableError
 from bridge.events import Event, Origin
 
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
+_Params = Sequence[object] | Mapping[str, object]
 _MAX_BATCH: Final = 1000
 _PRUNE_CHUNK: Final = 1000
 _DISK_CACHE_SECONDS: Final = 1.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class StoreLimits:
     max_bytes: int = 1 << 30  # spool bound: payload bytes of events still held
     min_free: int = 256 << 20  # free-disk floor of the filesystem holding the database
@@ -51,7 +53,7 @@ class AcceptOutcome(enum.StrEnum):
     DUPLICATE = "duplicate"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Delivery:
     """One (event, sink) outbox row, with what the sink needs to deliver it."""
 
@@ -69,80 +71,36 @@ class Delivery:
     last_error: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AcceptResult:
     outcome: AcceptOutcome
-    seq: int | None  # only when ACCEPTED
+    seq: int | None  # seq and deliveries only when ACCEPTED
     deliveries: tuple[Delivery, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DeadLetter:
     delivery: Delivery
     error: str
     dead_at: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class SinkCounts:
     pending: int
     dead: int
 
 
-_PENDING_SQL: Final = """
-    SELECT d.id, d.seq, d.sink, e.event_id, e.type, e.inbox_id, e.thread_id, e.origin,
-           e.received_at, e.payload, d.attempts, d.last_error, d.dead_at
-    FROM deliveries AS d JOIN events AS e ON e.seq = d.seq
-    WHERE d.sink = ? AND d.state = 'pending' AND d.seq > ? ORDER BY d.seq LIMIT ?
-"""
-# The dlq commands' filters are optional: a NULL parameter matches every row.
-_DLQ_LIST_SQL: Final = """
-    SELECT d.id, d.seq, d.sink, e.event_id, e.type, e.inbox_id, e.thread_id, e.origin,
-           e.received_at, e.payload, d.attempts, d.last_error, d.dead_at
-    FROM deliveries AS d JOIN events AS e ON e.seq = d.seq
-    WHERE d.state = 'dead' AND (:sink IS NULL OR d.sink = :sink)
-    AND (:event_id IS NULL OR e.event_id = :event_id)
-    ORDER BY d.seq, d.sink
-"""
-_DLQ_RETRY_SQL: Final = """
-    UPDATE deliveries SET state = 'pending', attempts = 0, dead_at = NULL
-    WHERE state = 'dead' AND (:sink IS NULL OR sink = :sink)
-    AND (:event_id IS NULL OR seq IN (SELECT seq FROM events WHERE event_id = :event_id))
-"""
-_DLQ_PURGE_SQL: Final = """
-    DELETE FROM deliveries
-    WHERE state = 'dead' AND (:sink IS NULL OR sink = :sink)
-    AND (:event_id IS NULL OR seq IN (SELECT seq FROM events WHERE event_id = :event_id))
-"""
-_DROP_SINK_SQL: Final = "DELETE FROM deliveries WHERE sink = :sink"
+_DUPLICATE: Final = AcceptResult(outcome=AcceptOutcome.DUPLICATE, seq=None, deliveries=())
 
 
-def _execute(tx: _Tx, *, sql: str, params: Sequence[object] | dict[str, str | None]) -> int:
-    """Run one statement in the batch's transaction; return the rows it changed."""
-    return tx.conn.execute(sql, params).rowcount
+_DELIVERY_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Delivery))
 
 
-def _rowid(cursor: sqlite3.Cursor) -> int:
-    if cursor.lastrowid is None:  # an INSERT always sets it; this only narrows the type
-        raise StoreError("INSERT reported no rowid")
-    return cursor.lastrowid
-
-
-def _delivery(row: tuple[Any, ...]) -> Delivery:
-    return Delivery(
-        id=row[0],
-        seq=row[1],
-        sink=row[2],
-        event_id=row[3],
-        type=row[4],
-        inbox_id=row[5],
-        thread_id=row[6],
-        origin=Origin(row[7]),
-        received_at=row[8],
-        payload=bytes(row[9]),
-        attempts=row[10],
-        last_error=row[11],
-    )
+def _delivery(row: Sequence[Any]) -> Delivery:
+    """A Delivery from a row laid out as ``store_schema.PENDING_SQL`` selects it."""
+    fields = dict(zip(_DELIVERY_FIELDS, row, strict=False))  # row[12], dead_at, is not a field
+    return Delivery(**fields | {"origin": Origin(fields["origin"])})
 
 
 class _Tx:
@@ -150,68 +108,33 @@ class _Tx:
 
     __slots__ = ("conn", "cursor", "data_version", "last_event_at", "spool", "ws_gap")
 
-    def __init__(self, conn: sqlite3.Connection, spool: int, cursor: str | None) -> None:
+    def __init__(self, conn: sqlite3.Connection, state: tuple[int, str | None, int]) -> None:
         self.conn = conn
-        self.spool = spool
-        self.cursor = cursor
+        self.spool, self.cursor, self.data_version = state
         self.ws_gap: str | None = None
-        self.data_version = 0
         self.last_event_at: float | None = None
 
 
-@dataclass(slots=True)
+@dataclasses.dataclass(slots=True)
 class _Op:
     fn: Callable[[_Tx], object]
     future: asyncio.Future[Any]
-    ws_event_id: str | None  # a WebSocket accept: a refusal must hold the cursor back
+    ws_event_id: str | None  # a WebSocket accept: its refusal must hold the cursor back
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Resources:
-    writer: ThreadPoolExecutor  # owns wconn: every write, in call order
-    reader: ThreadPoolExecutor  # owns rconn: reads, concurrent with writes thanks to WAL
+    writer: ThreadPoolExecutor  # the only thread using wconn: every write, in call order
+    reader: ThreadPoolExecutor  # the only thread using rconn: reads, concurrent with writes (WAL)
     wconn: sqlite3.Connection
     rconn: sqlite3.Connection
     lock_fd: int | None
 
 
-def _begin(conn: sqlite3.Connection) -> None:
-    _rollback(conn)  # a ROLLBACK that failed earlier (I/O error) left a transaction open
-    conn.execute("BEGIN IMMEDIATE")
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    # SQLite rolls back by itself after some errors (SQLITE_FULL); a failing ROLLBACK must not
-    # hide the error that caused it.
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-
-
-def _open_writer(path: Path, exclusive: bool) -> tuple[int | None, sqlite3.Connection]:
-    store_schema.prepare_directory(path)
-    lock_fd = store_schema.acquire_lock(path) if exclusive else None
-    try:
-        # Only the lock holder may move a corrupt file aside: a `dlq` command running beside
-        # the daemon must never pull the daemon's database out from under it.
-        return lock_fd, store_schema.open_database(path, recover=exclusive)
-    except BaseException:
-        if lock_fd is not None:
-            os.close(lock_fd)
-        raise
-
-
-def _open_reader(path: Path) -> sqlite3.Connection:
-    try:
-        return store_schema.connect(path, query_only=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open state database {path}: {exc}") from None
-
-
 class Store:
     """The durable spool. Create with :meth:`open`, finish with :meth:`close`.
 
-    ``commits`` counts committed write transactions (group-commit metric).
+    ``commits`` counts committed write transactions (the group-commit metric).
     """
 
     def __init__(
@@ -237,7 +160,7 @@ class Store:
         self._failure: str | None = None  # why writes fail; None while writable
         self._probe: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()  # replaced after each set: wakes wait_room/wait_writable
+        self._changed = asyncio.Event()  # set and replaced on every change a waiter may want
         self._disk = (-math.inf, 0)
         self._closed = False
         self._writer_task = asyncio.create_task(self._write_loop(), name="store-writer")
@@ -256,8 +179,9 @@ class Store:
 
         Args:
             limits: spool bounds and the dedup window.
-            exclusive: take ``<path>.lock`` and run the background prune and write probe (the
-                daemon); false for commands that inspect state while the daemon runs.
+            exclusive: take ``<path>.lock``, run the background prune and write probe, move a
+                corrupt database aside (the daemon); false for commands that inspect or edit
+                state while the daemon runs.
             probe_interval: seconds between write probes after a write failed.
             prune_interval: seconds between prunes of seen ids older than the dedup window.
 
@@ -269,27 +193,24 @@ class Store:
         loop = asyncio.get_running_loop()
         writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         reader = ThreadPoolExecutor(1, thread_name_prefix="store-reader")
-        wconn = None
+        opened = None
         try:
-            lock_fd, wconn = await loop.run_in_executor(writer, _open_writer, path, exclusive)
-            state = await loop.run_in_executor(writer, store_schema.read_state, wconn)
-            rconn = await loop.run_in_executor(reader, _open_reader, path)
+            opened = await loop.run_in_executor(
+                writer, functools.partial(sql.open_writer, path, exclusive=exclusive)
+            )
+            state = await loop.run_in_executor(writer, sql.read_state, opened[1])
+            rconn = await loop.run_in_executor(reader, sql.open_reader, path)
         except BaseException:
-            if wconn is not None:
-                await loop.run_in_executor(writer, wconn.close)
-                if lock_fd is not None:
-                    os.close(lock_fd)
+            if opened is not None:
+                await loop.run_in_executor(writer, opened[1].close)
+                if opened[0] is not None:
+                    os.close(opened[0])
             writer.shutdown()
             reader.shutdown()
             raise
-        store = cls(
-            path,
-            limits,
-            _Resources(writer, reader, wconn, rconn, lock_fd),
-            state,
-            exclusive=exclusive,
-            probe_interval=probe_interval,
-        )
+        lock_fd, wconn = opened
+        res = _Resources(writer, reader, wconn, rconn, lock_fd)
+        store = cls(path, limits, res, state, exclusive=exclusive, probe_interval=probe_interval)
         if exclusive:
             store._pruner = asyncio.create_task(store._prune_loop(prune_interval))
         log.info("store.opened", path=str(path), exclusive=exclusive, spool_bytes=state[0])
@@ -301,22 +222,22 @@ class Store:
             return
         self._closed = True
         self._notify()
-        for task in (self._pruner, self._probe):
-            if task is not None:
-                task.cancel()
+        tasks = [t for t in (self._writer_task, self._pruner, self._probe) if t is not None]
+        for task in tasks[1:]:
+            task.cancel()
         self._queue.put_nowait(None)
         # wait, not await: close still finishes if a forced shutdown cancelled the writer task.
-        await asyncio.wait([t for t in (self._writer_task, self._pruner, self._probe) if t])
+        await asyncio.wait(tasks)
         res = self._res
         await self._loop.run_in_executor(res.writer, res.wconn.close)
         await self._loop.run_in_executor(res.reader, res.rconn.close)
         res.writer.shutdown()
         res.reader.shutdown()
         if res.lock_fd is not None:
-            os.close(res.lock_fd)
+            os.close(res.lock_fd)  # releases the flock
         log.info("store.closed", path=str(self.path))
 
-    # -- state in memory ---------------------------------------------------------------------
+    # -- state kept in memory ----------------------------------------------------------------
 
     @property
     def cursor(self) -> str | None:
@@ -335,19 +256,27 @@ class Store:
 
     @property
     def has_room(self) -> bool:
-        return (
-            self._spool_bytes < self.limits.max_bytes and self._free_disk() >= self.limits.min_free
-        )
+        limits = self.limits
+        return self._spool_bytes < limits.max_bytes and self._free_disk() >= limits.min_free
 
     async def wait_writable(self) -> None:
         while not self.writable:
-            await self._wait_changed(None)
+            await self._next_change(None)
 
-    async def wait_room(self) -> None:
-        while not self.has_room:
+    async def wait_room(self, size: int = 0) -> None:
+        """Wait until ``has_room``, and until an event of ``size`` bytes fits under max_bytes.
+
+        Raises:
+            SpoolFullError: ``size`` exceeds max_bytes, so it never fits.
+        """
+        if size > self.limits.max_bytes:
+            raise SpoolFullError(
+                f"a {size}-byte event never fits max_bytes={self.limits.max_bytes}"
+            )
+        while not self.has_room or self._spool_bytes + size > self.limits.max_bytes:
             # Free disk changes without telling us, and another process (the `dlq` command)
             # may purge rows: look again every second.
-            await self._wait_changed(_DISK_CACHE_SECONDS)
+            await self._next_change(_DISK_CACHE_SECONDS)
             with contextlib.suppress(StoreUnavailableError):
                 await self._write(lambda tx: None)  # reloads spool_bytes if another process wrote
 
@@ -355,12 +284,12 @@ class Store:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def _wait_changed(self, timeout: float | None) -> None:
+    async def _next_change(self, within: float | None) -> None:
         if self._closed:
             raise StoreError(f"state database {self.path} is closed")
         changed = self._changed
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await changed.wait()
 
     def _free_disk(self) -> int:
@@ -398,42 +327,30 @@ class Store:
         await self._write(functools.partial(self._tx_delivered, delivery_id=delivery_id))
 
     async def record_attempt(self, delivery_id: int, *, attempts: int, error: str) -> None:
-        sql = (
-            "UPDATE deliveries SET attempts = ?, last_error = ? WHERE id = ? AND state = 'pending'"
-        )
-        await self._write(
-            functools.partial(_execute, sql=sql, params=(attempts, error, delivery_id))
-        )
+        await self._execute(sql.RECORD_ATTEMPT_SQL, (attempts, error, delivery_id))
 
     async def dead_letter(self, delivery_id: int, *, error: str, attempts: int) -> None:
-        sql = "UPDATE deliveries SET state = 'dead', attempts = ?, last_error = ?, dead_at = ? WHERE id = ?"
-        params = (attempts, error, time.time(), delivery_id)
-        await self._write(functools.partial(_execute, sql=sql, params=params))
+        await self._execute(sql.DEAD_LETTER_SQL, (attempts, error, time.time(), delivery_id))
 
     async def dlq_retry(self, *, sink: str | None = None, event_id: str | None = None) -> int:
         """Move matching dead rows back to pending with attempts reset; they keep their seq, so
         a redriven event is delivered before later events of its thread. Returns the count."""
-        params = {"sink": sink, "event_id": event_id}
-        return await self._write(functools.partial(_execute, sql=_DLQ_RETRY_SQL, params=params))
+        return await self._execute(sql.DLQ_RETRY_SQL, {"sink": sink, "event_id": event_id})
 
     async def dlq_purge(self, *, sink: str | None = None, event_id: str | None = None) -> int:
         """Delete matching dead rows (never pending ones); returns the count."""
         params = {"sink": sink, "event_id": event_id}
-        return await self._write(
-            functools.partial(self._tx_drop, sql=_DLQ_PURGE_SQL, params=params)
-        )
+        return await self._write(functools.partial(self._tx_drop, sql.DLQ_PURGE_SQL, params))
 
     async def drop_sink(self, sink: str) -> int:
-        """Delete every row, pending or dead, of ``sink`` (one removed from the config)."""
+        """Delete every row, pending or dead, of ``sink`` (one gone from the config)."""
         params = {"sink": sink}
-        return await self._write(
-            functools.partial(self._tx_drop, sql=_DROP_SINK_SQL, params=params)
-        )
+        return await self._write(functools.partial(self._tx_drop, sql.DROP_SINK_SQL, params))
 
     async def prune_seen(self) -> int:
         """Forget seen ids older than the dedup window, in small transactions; returns the count.
 
-        Ids of events still held are kept: their row is the dedup record until it goes.
+        Ids of events still held are kept: the event is the dedup record until it goes.
         """
         total = 0
         while (n := await self._write(self._tx_prune)) == _PRUNE_CHUNK:
@@ -442,6 +359,10 @@ class Store:
         if total:
             log.info("store.seen_pruned", path=str(self.path), count=total)
         return total
+
+    def _execute(self, statement: str, params: _Params) -> asyncio.Future[int]:
+        """Queue one statement for the next batch; its future gives the rows it changed."""
+        return self._write(lambda tx: tx.conn.execute(statement, params).rowcount)
 
     def _write(
         self, fn: Callable[[_Tx], _T], *, ws_event_id: str | None = None
@@ -456,6 +377,7 @@ class Store:
     async def _write_loop(self) -> None:
         batch: list[_Op] = []
         try:
+            # Whatever queued while the previous batch was being committed is the next batch.
             while (op := await self._queue.get()) is not None:
                 batch = [op]
                 while len(batch) < _MAX_BATCH and not self._queue.empty():
@@ -485,9 +407,7 @@ class Store:
             reason = f"cannot write state database {self.path}: {exc} ({exc.sqlite_errorname})"
             self._fail_batch(batch, reason)
             if self._failure is None:
-                log.error(
-                    "store.write_failed", path=str(self.path), reason=str(exc), batch=len(batch)
-                )
+                log.error("store.write_failed", path=str(self.path), reason=str(exc))
             self._failure = reason
             if self._exclusive:
                 self._probe = asyncio.create_task(self._probe_loop(), name="store-probe")
@@ -532,23 +452,11 @@ class Store:
             while True:
                 await asyncio.sleep(self._probe_interval)
                 with contextlib.suppress(sqlite3.Error):
-                    await self._loop.run_in_executor(self._res.writer, self._probe_write)
+                    await self._loop.run_in_executor(self._res.writer, sql.probe, self._res.wconn)
                     break
         finally:
             self._probe = None
         self._writable_again()
-
-    def _probe_write(self) -> None:
-        # A few pages, not a tiny row: a tiny row fits in a page the database already has and
-        # would "succeed" on a full disk.
-        conn = self._res.wconn
-        _begin(conn)
-        try:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('probe', zeroblob(16384))")
-            conn.execute("DELETE FROM meta WHERE key = 'probe'")
-            conn.execute("COMMIT")
-        finally:
-            _rollback(conn)
 
     async def _prune_loop(self, interval: float) -> None:
         while True:
@@ -557,19 +465,18 @@ class Store:
                 with contextlib.suppress(StoreUnavailableError):
                     await self.prune_seen()
 
-    # -- transactions (writer thread) --------------------------------------------------------
+    # -- transactions: run on the writer thread, inside _commit_batch --------------------------
 
     def _commit_batch(self, batch: list[_Op]) -> tuple[list[object], _Tx]:
         conn = self._res.wconn
-        _begin(conn)
+        sql.begin(conn)
         try:
             (version,) = conn.execute("PRAGMA data_version").fetchone()
             if version != self._data_version:  # another process committed: reload what we cache
-                spool, cursor, version = store_schema.read_state(conn)
-                tx = _Tx(conn, spool, cursor)
+                tx = _Tx(conn, sql.read_state(conn))
             else:
-                tx = _Tx(conn, self._spool_bytes, self._cursor)
-            tx.data_version, tx.ws_gap = version, self._ws_gap
+                tx = _Tx(conn, (self._spool_bytes, self._cursor, version))
+            tx.ws_gap = self._ws_gap
             cursor_before = tx.cursor
             results: list[object] = []
             for op in batch:
@@ -580,79 +487,32 @@ class Store:
                         tx.ws_gap = op.ws_event_id
                     results.append(exc)
             # The cursor commits with the events it points past: saved apart, a crash in between
-            # would replay (harmless) or, worse, skip an event that was never stored.
+            # could leave it past an event that was never stored, and the replay would skip it.
             if tx.cursor != cursor_before:
-                self._tx_set_meta(tx, "cursor", tx.cursor)
+                sql.set_meta(conn, "cursor", tx.cursor)
             if tx.last_event_at is not None:
-                self._tx_set_meta(tx, "last_event_at", tx.last_event_at)
+                sql.set_meta(conn, "last_event_at", tx.last_event_at)
             conn.execute("COMMIT")
         finally:
-            _rollback(conn)
+            sql.rollback(conn)
         return results, tx
 
-    @staticmethod
-    def _tx_set_meta(tx: _Tx, key: str, value: object) -> None:
-        if value is None:
-            tx.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
-        else:
-            tx.conn.execute(
-                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
-
     def _tx_accept(self, tx: _Tx, *, event: Event, sinks: tuple[str, ...]) -> AcceptResult:
-        conn, event_id = tx.conn, event.event_id
-        seen = conn.execute(
-            "SELECT 1 FROM seen WHERE event_id = ? UNION ALL SELECT 1 FROM events WHERE event_id = ?",
-            (event_id, event_id),
-        ).fetchone()
-        if seen is not None:
+        if sql.is_known(tx.conn, event.event_id):
             self._tx_cursor(tx, event)
-            return AcceptResult(outcome=AcceptOutcome.DUPLICATE, seq=None, deliveries=())
-        payload = event.raw if sinks else b""  # with no sink to deliver to, nothing is held
-        self._check_room(tx.spool, len(payload))
-        conn.execute("INSERT INTO seen VALUES (?, ?)", (event_id, time.time()))
-        seq = _rowid(
-            conn.execute(
-                "INSERT INTO events (event_id, type, inbox_id, thread_id, origin, received_at, size,"
-                " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event_id,
-                    event.type,
-                    event.inbox_id,
-                    event.thread_id,
-                    event.origin.value,
-                    event.received_at,
-                    len(payload),
-                    payload,
-                ),
-            )
-        )
-        deliveries = []
-        for sink in sinks:
-            row = conn.execute("INSERT INTO deliveries (seq, sink) VALUES (?, ?)", (seq, sink))
-            deliveries.append(
-                Delivery(
-                    id=_rowid(row),
-                    seq=seq,
-                    sink=sink,
-                    event_id=event_id,
-                    type=event.type,
-                    inbox_id=event.inbox_id,
-                    thread_id=event.thread_id,
-                    origin=event.origin,
-                    received_at=event.received_at,
-                    payload=event.raw,
-                    attempts=0,
-                    last_error=None,
-                )
-            )
-        if not sinks:  # the row only numbered the event
-            conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
-        tx.spool += len(payload)
+            return _DUPLICATE
+        size = len(event.raw) if sinks else 0
+        self._check_room(tx.spool, size)
+        seq, ids = sql.insert_event(tx.conn, event, sinks, seen_at=time.time())
+        tx.spool += size
         tx.last_event_at = event.received_at
         self._tx_cursor(tx, event)
-        return AcceptResult(outcome=AcceptOutcome.ACCEPTED, seq=seq, deliveries=tuple(deliveries))
+        fields = (event.event_id, event.type, event.inbox_id, event.thread_id, event.origin)
+        deliveries = tuple(
+            _delivery((row_id, seq, sink, *fields, event.received_at, event.raw, 0, None))
+            for row_id, sink in zip(ids, sinks, strict=True)
+        )
+        return AcceptResult(outcome=AcceptOutcome.ACCEPTED, seq=seq, deliveries=deliveries)
 
     def _check_room(self, spool: int, size: int) -> None:
         if spool + size > self.limits.max_bytes:
@@ -685,60 +545,40 @@ class Store:
 
     @staticmethod
     def _tx_delivered(tx: _Tx, *, delivery_id: int) -> None:
-        row = tx.conn.execute("SELECT seq FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-        if row is None:
-            return  # already gone (dropped or purged meanwhile)
-        tx.conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
-        (seq,) = row
-        held = tx.conn.execute(
-            "SELECT size FROM events WHERE seq = ? AND NOT EXISTS"
-            " (SELECT 1 FROM deliveries WHERE seq = ?)",
-            (seq, seq),
-        ).fetchone()
-        if held is not None:  # that was the event's last row: the event goes too
-            tx.conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
-            tx.spool -= held[0]
+        tx.spool -= sql.delete_delivery(tx.conn, delivery_id)
 
     @staticmethod
-    def _tx_drop(tx: _Tx, *, sql: str, params: dict[str, str | None]) -> int:
-        count = tx.conn.execute(sql, params).rowcount
-        tx.conn.execute(
-            "DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = events.seq)"
-        )
-        (tx.spool,) = tx.conn.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()
+    def _tx_drop(statement: str, params: Mapping[str, str | None], tx: _Tx) -> int:
+        count, tx.spool = sql.delete_deliveries(tx.conn, statement, params)
         return count
 
     def _tx_prune(self, tx: _Tx) -> int:
-        cutoff = time.time() - self.limits.dedup_window
-        return tx.conn.execute(
-            "DELETE FROM seen WHERE event_id IN (SELECT s.event_id FROM seen AS s"
-            " WHERE s.seen_at < ? AND NOT EXISTS (SELECT 1 FROM events AS e"
-            " WHERE e.event_id = s.event_id) LIMIT ?)",
-            (cutoff, _PRUNE_CHUNK),
-        ).rowcount
+        before = time.time() - self.limits.dedup_window
+        return sql.prune_seen(tx.conn, before=before, limit=_PRUNE_CHUNK)
 
-    # -- reads (reader thread) ---------------------------------------------------------------
+    # -- reads: on the reader thread, committed state only -----------------------------------
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _read(self, statement: str, params: _Params = ()) -> list[Any]:
         if self._closed:
             raise StoreError(f"state database {self.path} is closed")
+        conn = self._res.rconn
         try:
-            return await self._loop.run_in_executor(self._res.reader, fn, self._res.rconn)
+            return await self._loop.run_in_executor(
+                self._res.reader, lambda: conn.execute(statement, params).fetchall()
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read state database {self.path}: {exc}") from exc
 
     async def pending(self, sink: str, *, after_seq: int = 0, limit: int = 1000) -> list[Delivery]:
         """Pending (never dead) rows of ``sink`` with seq > ``after_seq``, ascending seq."""
-        params = (sink, after_seq, limit)
-        rows = await self._read(lambda c: c.execute(_PENDING_SQL, params).fetchall())
+        rows = await self._read(sql.PENDING_SQL, (sink, after_seq, limit))
         return [_delivery(row) for row in rows]
 
     async def dlq_list(
         self, *, sink: str | None = None, event_id: str | None = None
     ) -> list[DeadLetter]:
-        """Dead rows matching the filters, in seq (acceptance) order, payload included."""
-        params = {"sink": sink, "event_id": event_id}
-        rows = await self._read(lambda c: c.execute(_DLQ_LIST_SQL, params).fetchall())
+        """Dead rows matching the filters, in seq (acceptance) order, payloads included."""
+        rows = await self._read(sql.DLQ_LIST_SQL, {"sink": sink, "event_id": event_id})
         return [
             DeadLetter(delivery=_delivery(row), error=row[11] or "", dead_at=row[12])
             for row in rows
@@ -746,27 +586,21 @@ class Store:
 
     async def sink_counts(self) -> dict[str, SinkCounts]:
         """Pending and dead rows per sink, for every sink holding rows, configured or not."""
-        sql = (
-            "SELECT sink, SUM(state = 'pending'), SUM(state = 'dead') FROM deliveries"
-            " GROUP BY sink ORDER BY sink"
-        )
-        rows = await self._read(lambda c: c.execute(sql).fetchall())
+        rows = await self._read(sql.SINK_COUNTS_SQL)
         return {sink: SinkCounts(pending=p, dead=d) for sink, p, d in rows}
 
     async def last_event_at(self) -> float | None:
         """``received_at`` of the newest accepted (not duplicate) event, if any."""
-        sql = "SELECT value FROM meta WHERE key = 'last_event_at'"
-        row = await self._read(lambda c: c.execute(sql).fetchone())
-        return None if row is None else float(row[0])
+        rows = await self._read(sql.LAST_EVENT_SQL)
+        return float(rows[0][0]) if rows else None
 
     async def data_version(self) -> int:
         """Changes whenever another connection (another process) commits to the database;
         this store's own commits leave it unchanged."""
         if self._closed:
             raise StoreError(f"state database {self.path} is closed")
-        sql = "PRAGMA data_version"
         conn = self._res.wconn
         row = await self._loop.run_in_executor(
-            self._res.writer, lambda: conn.execute(sql).fetchone()
+            self._res.writer, lambda: conn.execute("PRAGMA data_version").fetchone()
         )
         return int(row[0])

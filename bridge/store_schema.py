@@ -1,9 +1,10 @@
-"""The state database file: its schema and migrations, the one-process lock, and opening it safely.
+"""The state database on disk: schema and migrations, opening it safely, and the SQL each store
+operation runs.
 
-Everything here runs before the store serves a request, on the store's writer thread: creating
-the directory, taking ``<db>.lock``, setting the pragmas, migrating ``PRAGMA user_version``
-forward, and moving a database SQLite reports as corrupt aside (never one that merely cannot be
-opened).
+Plain blocking functions of a connection, called on the store's threads (no asyncio here).
+Opening creates the directory, takes ``<db>.lock``, sets the pragmas, migrates
+``PRAGMA user_version`` forward, and moves aside a database SQLite reports as corrupt (never one
+that merely cannot be opened). :mod:`bridge.store` owns batching, bounds and the cursor rules.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import datetime
 import fcntl
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
 import structlog
 
 from bridge.errors import StoreError, StoreLockedError, StoreVersionError
+from bridge.events import Event
 
 log = structlog.get_logger(__name__)
 
@@ -192,7 +194,7 @@ def _open_checked(
 
 
 def move_aside(path: Path) -> Path:
-    """Rename the database and its -wal/-shm to ``<name>.corrupt-<UTC time>``; return the new name."""
+    """Rename the database and its -wal/-shm to ``<name>.corrupt-<UTC time>``; return that."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
@@ -235,9 +237,176 @@ def open_database(
         raise StoreError(f"cannot open state database {path}: {exc}") from None
 
 
+def open_writer(path: Path, *, exclusive: bool) -> tuple[int | None, sqlite3.Connection]:
+    """Create the directory, take the lock (``exclusive``), open the database; (lock fd, conn)."""
+    prepare_directory(path)
+    lock_fd = acquire_lock(path) if exclusive else None
+    try:
+        # Only the lock holder may move a corrupt file aside: a `dlq` command running beside
+        # the daemon must never pull the daemon's database out from under it.
+        return lock_fd, open_database(path, recover=exclusive)
+    except BaseException:
+        if lock_fd is not None:
+            os.close(lock_fd)
+        raise
+
+
+def open_reader(path: Path) -> sqlite3.Connection:
+    try:
+        return connect(path, query_only=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open state database {path}: {exc}") from None
+
+
+# -- the SQL of store operations ---------------------------------------------------------------
+
+_DELIVERY_COLUMNS = """
+    SELECT d.id, d.seq, d.sink, e.event_id, e.type, e.inbox_id, e.thread_id, e.origin,
+           e.received_at, e.payload, d.attempts, d.last_error, d.dead_at
+    FROM deliveries AS d JOIN events AS e ON e.seq = d.seq"""
+"""Row layout of every query that returns deliveries (``bridge.store`` reads it by position)."""
+
+PENDING_SQL: Final = f"""{_DELIVERY_COLUMNS}
+    WHERE d.sink = ? AND d.state = 'pending' AND d.seq > ? ORDER BY d.seq LIMIT ?"""
+# The dlq filters are optional: a NULL parameter matches every row.
+DLQ_LIST_SQL: Final = f"""{_DELIVERY_COLUMNS}
+    WHERE d.state = 'dead' AND (:sink IS NULL OR d.sink = :sink)
+    AND (:event_id IS NULL OR e.event_id = :event_id) ORDER BY d.seq, d.sink"""
+DLQ_RETRY_SQL: Final = """UPDATE deliveries SET state = 'pending', attempts = 0, dead_at = NULL
+    WHERE state = 'dead' AND (:sink IS NULL OR sink = :sink)
+    AND (:event_id IS NULL OR seq IN (SELECT seq FROM events WHERE event_id = :event_id))"""
+DLQ_PURGE_SQL: Final = """DELETE FROM deliveries
+    WHERE state = 'dead' AND (:sink IS NULL OR sink = :sink)
+    AND (:event_id IS NULL OR seq IN (SELECT seq FROM events WHERE event_id = :event_id))"""
+DROP_SINK_SQL: Final = "DELETE FROM deliveries WHERE sink = :sink"
+RECORD_ATTEMPT_SQL: Final = (
+    "UPDATE deliveries SET attempts = ?, last_error = ? WHERE id = ? AND state = 'pending'"
+)
+DEAD_LETTER_SQL: Final = (
+    "UPDATE deliveries SET state = 'dead', attempts = ?, last_error = ?, dead_at = ? WHERE id = ?"
+)
+SINK_COUNTS_SQL: Final = """SELECT sink, SUM(state = 'pending'), SUM(state = 'dead')
+    FROM deliveries GROUP BY sink ORDER BY sink"""
+LAST_EVENT_SQL: Final = "SELECT value FROM meta WHERE key = 'last_event_at'"
+
+
+def begin(conn: sqlite3.Connection) -> None:
+    rollback(conn)  # a ROLLBACK that failed earlier (I/O error) left a transaction open
+    conn.execute("BEGIN IMMEDIATE")
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    # SQLite rolls back by itself after some errors (SQLITE_FULL), and a failing ROLLBACK must
+    # not hide the error that led to it.
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 def read_state(conn: sqlite3.Connection) -> tuple[int, str | None, int]:
     """The facts the store keeps in memory: (spool bytes, cursor, data_version)."""
     (spool,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()
     row = conn.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()
     (version,) = conn.execute("PRAGMA data_version").fetchone()
     return int(spool), None if row is None else str(row[0]), int(version)
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+    if value is None:
+        conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+    else:
+        conn.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def is_known(conn: sqlite3.Connection, event_id: str) -> bool:
+    """Whether ``event_id`` was seen within the window or its event is still held."""
+    sql = "SELECT 1 FROM seen WHERE event_id = ? UNION ALL SELECT 1 FROM events WHERE event_id = ?"
+    return conn.execute(sql, (event_id, event_id)).fetchone() is not None
+
+
+def insert_event(
+    conn: sqlite3.Connection, event: Event, sinks: Sequence[str], *, seen_at: float
+) -> tuple[int, list[int]]:
+    """Record a new event: its seen id, its row, one pending row per sink; (seq, row ids).
+
+    With no sinks the event row only numbers the event and is deleted again: nothing is held.
+    """
+    payload = event.raw if sinks else b""
+    conn.execute("INSERT INTO seen VALUES (?, ?)", (event.event_id, seen_at))
+    row = (event.event_id, event.type, event.inbox_id, event.thread_id, event.origin.value)
+    seq = _rowid(
+        conn.execute(
+            "INSERT INTO events (event_id, type, inbox_id, thread_id, origin, received_at, size,"
+            " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*row, event.received_at, len(payload), payload),
+        )
+    )
+    sql = "INSERT INTO deliveries (seq, sink) VALUES (?, ?)"
+    ids = [_rowid(conn.execute(sql, (seq, sink))) for sink in sinks]
+    if not sinks:
+        conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
+    return seq, ids
+
+
+def _rowid(cursor: sqlite3.Cursor) -> int:
+    if cursor.lastrowid is None:  # an INSERT always sets it; this only narrows the type
+        raise StoreError("INSERT reported no rowid")
+    return cursor.lastrowid
+
+
+def delete_delivery(conn: sqlite3.Connection, delivery_id: int) -> int:
+    """Delete one delivery row, and its event when that was the last row; return bytes freed."""
+    row = conn.execute("SELECT seq FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+    if row is None:
+        return 0  # already gone (its sink dropped, or purged, meanwhile)
+    conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+    held = conn.execute(
+        "SELECT size FROM events WHERE seq = ?1 AND NOT EXISTS"
+        " (SELECT 1 FROM deliveries WHERE seq = ?1)",
+        row,
+    ).fetchone()
+    if held is None:
+        return 0
+    conn.execute("DELETE FROM events WHERE seq = ?", row)
+    return int(held[0])
+
+
+def delete_deliveries(
+    conn: sqlite3.Connection, sql: str, params: Mapping[str, str | None]
+) -> tuple[int, int]:
+    """Run a bulk DELETE of delivery rows, then drop events left without rows; (count, spool)."""
+    count = conn.execute(sql, params).rowcount
+    conn.execute(
+        "DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d"
+        " WHERE d.seq = events.seq)"
+    )
+    (spool,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()
+    return count, int(spool)
+
+
+def prune_seen(conn: sqlite3.Connection, *, before: float, limit: int) -> int:
+    """Forget up to ``limit`` ids seen before ``before`` whose event is no longer held."""
+    return conn.execute(
+        "DELETE FROM seen WHERE event_id IN (SELECT s.event_id FROM seen AS s"
+        " WHERE s.seen_at < ? AND NOT EXISTS (SELECT 1 FROM events AS e"
+        " WHERE e.event_id = s.event_id) LIMIT ?)",
+        (before, limit),
+    ).rowcount
+
+
+def probe(conn: sqlite3.Connection) -> None:
+    """Commit and undo a write of a few pages; raises the sqlite3 error while writes fail.
+
+    A few pages, not a tiny row: a tiny row fits in a page the database already has and would
+    "succeed" on a full disk.
+    """
+    begin(conn)
+    try:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('probe', zeroblob(16384))")
+        conn.execute("DELETE FROM meta WHERE key = 'probe'")
+        conn.execute("COMMIT")
+    finally:
+        rollback(conn)

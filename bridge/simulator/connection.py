@@ -10,7 +10,6 @@ concurrently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import deque
@@ -112,7 +111,9 @@ class Connection:
         self.pong = asyncio.Event()
         self._recent: deque[float] = deque()
         self._queue: asyncio.Queue[tuple[str | _Close, asyncio.Future[bool]]] = asyncio.Queue()
-        self._closing_now = False
+        self.close_code: int | None = None
+        self.drained = asyncio.Event()
+        """Set when the writer stops: after a queued close (``close_code`` set) or a failed write"""
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, ping_interval: float, pong_timeout: float) -> None:
@@ -122,15 +123,11 @@ class Connection:
             asyncio.create_task(self._run_keepalive(ping_interval, pong_timeout)),
         ]
 
-    async def finish(self, close_timeout: float) -> None:
-        """Stop the tasks once the peer is gone; a close frame being written may finish first."""
+    async def finish(self) -> None:
+        """Stop the writer and the keepalive once the connection is over."""
         self.closing = True
-        writer, keepalive = self._tasks
-        keepalive.cancel()
-        if self._closing_now and not writer.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(writer), close_timeout)
-        writer.cancel()
+        for task in self._tasks:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def info(self) -> ConnectionInfo:
@@ -181,7 +178,13 @@ class Connection:
         return future
 
     def close(self, code: int, message: str | None = None) -> None:
-        """Queue an optional ``error`` frame and the close; frames already queued go out first."""
+        """Queue an optional ``error`` frame and the close; frames already queued go out first.
+
+        The writer only marks the close (``drained``); the task that reads the connection performs
+        the closing handshake, because aiohttp's ``close()`` skips waiting for the peer's close
+        frame when another task is inside ``receive()``, and a peer whose reply then fails (such as
+        aiohttp's client) reports 1006 instead of our code.
+        """
         if self.closing:
             return
         if message is not None:
@@ -203,8 +206,7 @@ class Connection:
                 item, future = await self._queue.get()
                 try:
                     if isinstance(item, _Close):
-                        self._closing_now = True
-                        await self.ws.close(code=item.code)
+                        self.close_code = item.code
                         future.set_result(True)
                         return
                     await self.ws.send_str(item)
@@ -215,6 +217,7 @@ class Connection:
                     return
         finally:
             self.closing = True
+            self.drained.set()
             while not self._queue.empty():
                 _, future = self._queue.get_nowait()
                 if not future.done():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from bridge import protocol
 from bridge.simulator.connection import (
@@ -120,16 +120,19 @@ class WebSocketEndpoint:
                 conn.close(protocol.CloseCode.UNAUTHORIZED, "unauthorized: API key revoked")
 
     async def disconnect(self, code: int, *, abrupt: bool) -> int:
+        """Close or cut every connection; returns once the close frames are on their way (the
+        handshakes finish in the background) or, for ``abrupt``, once the connections are gone."""
         conns = list(self.connections.values())
         for conn in conns:
             if abrupt:
                 conn.abort()
             else:
                 conn.close(code, CLOSE_MESSAGES.get(code))
-        if conns:
+        waits = [(conn.done if abrupt else conn.drained).wait() for conn in conns]
+        if waits:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT + 1):
-                    await asyncio.gather(*(conn.done.wait() for conn in conns))
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await asyncio.gather(*waits)
         return len(conns)
 
     def infos(self) -> list[ConnectionInfo]:
@@ -186,7 +189,7 @@ class WebSocketEndpoint:
         try:
             await self._receive(conn)
         finally:
-            await conn.finish(CLOSE_TIMEOUT)
+            await conn.finish()
             del self.connections[conn.id]
             conn.done.set()
             self._notify()
@@ -195,25 +198,42 @@ class WebSocketEndpoint:
         return ws
 
     async def _receive(self, conn: Connection) -> None:
-        limit, window = self._limits.rate_limit
-        while True:
-            msg = await conn.ws.receive()
-            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-                return
-            if msg.type is WSMsgType.PING:
-                await conn.ws.pong(msg.data)
-                continue
-            if msg.type is WSMsgType.PONG:
-                conn.pong.set()
-                continue
-            if conn.closing:
-                continue
-            if conn.over_rate_limit(limit, window):
-                log.info("sim.ws.rate_limited", connection_id=conn.id)
-                message = f"rate limit exceeded: more than {limit} messages in {window:g} s"
-                conn.close(protocol.CloseCode.RATE_LIMITED, message)
-            elif msg.type is WSMsgType.TEXT:
-                conn.handle_text(msg.data, owned=self._owned, history=self._history)
-                self._notify()
-            else:
-                conn.send(error_frame("binary frames are not supported"))
+        drained = asyncio.create_task(conn.drained.wait())
+        try:
+            while True:
+                receiving = asyncio.create_task(conn.ws.receive())
+                await asyncio.wait((receiving, drained), return_when=asyncio.FIRST_COMPLETED)
+                if not receiving.done():
+                    receiving.cancel()
+                    await asyncio.wait((receiving,))
+                    if conn.close_code is None:  # a write failed: the peer is gone
+                        conn.abort()
+                    else:  # all frames out; now the closing handshake (see Connection.close)
+                        await conn.ws.close(code=conn.close_code)
+                    return
+                if not await self._handle(conn, receiving.result()):
+                    return
+        finally:
+            drained.cancel()
+
+    async def _handle(self, conn: Connection, msg: WSMessage) -> bool:
+        """Act on one received message; False when the connection is over."""
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return False
+        if msg.type is WSMsgType.PING:
+            await conn.ws.pong(msg.data)
+        elif msg.type is WSMsgType.PONG:
+            conn.pong.set()
+        elif conn.closing:
+            pass  # a close is queued: late client messages are not answered
+        elif conn.over_rate_limit(*self._limits.rate_limit):
+            limit, window = self._limits.rate_limit
+            log.info("sim.ws.rate_limited", connection_id=conn.id)
+            message = f"rate limit exceeded: more than {limit} messages in {window:g} s"
+            conn.close(protocol.CloseCode.RATE_LIMITED, message)
+        elif msg.type is WSMsgType.TEXT:
+            conn.handle_text(msg.data, owned=self._owned, history=self._history)
+            self._notify()
+        else:
+            conn.send(error_frame("binary frames are not supported"))
+        return True

@@ -8,6 +8,7 @@ The ``/v1/ws`` endpoint is in ``endpoint``, webhook sending in ``delivery``, mai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -26,6 +27,8 @@ from bridge.simulator.mail import UNSET, MailFactory, Unset, iso_now, new_id
 log = structlog.get_logger(__name__)
 
 DEMO_API_KEY: Final = "om_test_demo_0000000000000000"
+STOP_GRACE: Final = 2.0
+"""``stop()`` waits this long for peers to answer the 1001 close before cutting them off."""
 SEND_WAIT: Final = 5.0
 """``inject()`` waits at most this long for WebSocket frames to be written to slow clients."""
 
@@ -130,6 +133,9 @@ class Simulator:
         if self._runner is None:
             return
         await self.disconnect(protocol.CloseCode.GOING_AWAY)
+        with contextlib.suppress(TimeoutError):
+            await self.wait_for(lambda: not self._endpoint.connections, STOP_GRACE)
+        await self.disconnect(abrupt=True)  # peers that did not answer the close frame
         await self._dispatcher.close()
         await self._runner.cleanup()
         self._runner = None
@@ -276,7 +282,9 @@ class Simulator:
     async def disconnect(self, code: int = 1001, *, abrupt: bool = False) -> int:
         """Close every WebSocket connection with ``code``, or with ``abrupt`` cut TCP (1006).
 
-        Returns how many were open, once they are gone (waiting a few seconds at most).
+        Returns how many were open, once the close frames are written (the closing handshakes
+        finish in the background; ``wait_for`` on ``connections`` if that matters) or, with
+        ``abrupt``, once the connections are gone.
         """
         return await self._endpoint.disconnect(code, abrupt=abrupt)
 

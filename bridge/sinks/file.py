@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 LineFormat = Literal["payload", "envelope"]
-FsyncPolicy = Literal["always", "batch", "never"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +57,10 @@ def format_line(delivery: Delivery, line_format: LineFormat) -> bytes:
         raise PermanentDeliveryError(
             f"event {delivery.event_id}: payload is not JSON: {exc}"
         ) from None
+    except RecursionError:
+        raise PermanentDeliveryError(
+            f"event {delivery.event_id}: payload is nested too deeply"
+        ) from None
     if line_format == "envelope":
         data = {
             "source": delivery.origin.value,
@@ -66,6 +69,10 @@ def format_line(delivery: Delivery, line_format: LineFormat) -> bytes:
         }
     try:
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise PermanentDeliveryError(
+            f"event {delivery.event_id}: payload is nested too deeply"
+        ) from None
     except ValueError:  # NaN, Infinity, or a number too large for a float: not JSON out
         raise PermanentDeliveryError(
             f"event {delivery.event_id}: payload has a number JSON cannot carry"

@@ -11,7 +11,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -100,29 +100,40 @@ class HttpResponse:
 
 
 def classify(
-    url: str, outcome: HttpResponse | BaseException, *, timeout: float, now: float
+    url: str,
+    outcome: HttpResponse | BaseException,
+    *,
+    timeout: float,
+    now: float,
+    redact: Iterable[str] = (),
 ) -> DeliveryError | None:
     """The one place that decides what a response or a transport error means.
 
     2xx: delivered (None). Timeouts, connection errors, 408, 429 and 5xx: retryable, with 429 and
     503 carrying ``Retry-After`` as ``retry_after`` seconds. Anything else (3xx, since redirects
-    are not followed; other 4xx): permanent. ``url`` must not hold credentials.
+    are not followed; other 4xx): permanent. ``url`` must not hold credentials; the strings in
+    ``redact`` (secret, signature) are masked in the quoted body, should the receiver echo them.
     """
     if isinstance(outcome, BaseException):
         if isinstance(outcome, TimeoutError):
             return RetryableDeliveryError(f"no response within {timeout:g}s")
         if isinstance(outcome, aiohttp.ClientConnectorError):
             return RetryableDeliveryError(f"cannot connect to {url}: {_connect_reason(outcome)}")
-        return RetryableDeliveryError(f"connection to {url} failed: {outcome}")
+        reason = str(outcome) or type(outcome).__name__
+        return RetryableDeliveryError(f"connection to {url} failed: {reason}")
     status = outcome.status
     if 200 <= status < 300:
         return None
     message = f"HTTP {status} from {url}"
     if 300 <= status < 400:
-        location = outcome.headers.get("Location")
+        location = outcome.headers.get("Location", "")[:BODY_EXCERPT]
         message += f" (redirect to {location}; redirects are not followed)" if location else ""
     else:
-        excerpt = " ".join(outcome.body.decode("utf-8", "replace").split())[:BODY_EXCERPT]
+        text = outcome.body.decode("utf-8", "replace")
+        for secret in redact:
+            if secret:
+                text = text.replace(secret, "***")
+        excerpt = " ".join(text.split())[:BODY_EXCERPT]
         message += f": {excerpt}" if excerpt else ""
     if status in (408, 429) or status >= 500:
         retry_after = None
@@ -229,12 +240,13 @@ class HttpSink:
                 f"event id {delivery.event_id!r} cannot be sent in a header"
             )
         body = delivery.payload
+        headers = self._request_headers(delivery, body)
         outcome: HttpResponse | BaseException
         try:
             async with session.post(
                 self._options.url,
                 data=body,
-                headers=self._request_headers(delivery, body),
+                headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
                 ssl=self._options.verify_tls,
@@ -245,7 +257,11 @@ class HttpSink:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             outcome = exc
         error = classify(
-            self._display_url, outcome, timeout=self._options.timeout, now=self._clock()
+            self._display_url,
+            outcome,
+            timeout=self._options.timeout,
+            now=self._clock(),
+            redact=self._secrets_in(headers),
         )
         if error is not None:
             raise error
@@ -258,6 +274,17 @@ class HttpSink:
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+    def _secrets_in(self, headers: Mapping[str, str]) -> tuple[str, ...]:
+        if self._secret is None:
+            return ()
+        signature = headers.get(protocol.SIGNATURE_HEADER) or headers.get("webhook-signature", "")
+        return (
+            self._secret,
+            self._secret.removeprefix(STANDARD_WEBHOOKS_PREFIX),
+            signature,
+            signature.removeprefix("v1,"),
+        )
 
     def _request_headers(self, delivery: Delivery, body: bytes) -> CIMultiDict[str]:
         # Configured headers first; the bridge's own replace any of the same name.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -62,9 +63,7 @@ class StdoutSink:
     def _write(self, line: bytes) -> None:
         with self._write_lock:
             try:
-                stream = sys.stdout.buffer
-                stream.write(line)
-                stream.flush()
+                _write_stdout(line)
             except (ValueError, AttributeError) as exc:
                 # ValueError: the file object is closed; AttributeError: there is no stdout (None).
                 raise RetryableDeliveryError(f"stdout is closed (broken pipe): {exc}") from None
@@ -72,3 +71,25 @@ class StdoutSink:
                 if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
                     raise RetryableDeliveryError(f"stdout is closed (broken pipe): {exc}") from None
                 raise RetryableDeliveryError(f"cannot write to stdout: {exc}") from None
+
+
+def _write_stdout(line: bytes) -> None:
+    """Write ``line`` to the current ``sys.stdout``, whole, leaving nothing in Python's buffers.
+
+    A real file descriptor is written directly (after flushing what others ``print()``-ed, to keep
+    order): a line that failed to go out must not stay in ``sys.stdout.buffer``, where the next
+    line would be glued to its remains and the interpreter's flush at exit would fail again with a
+    BrokenPipeError of its own. Without a descriptor (pytest's capsys, an in-memory stream) the
+    stream's byte buffer is written and flushed.
+    """
+    stream = sys.stdout
+    stream.flush()
+    try:
+        fd = stream.fileno()
+    except OSError:  # io.UnsupportedOperation: no descriptor behind this stream
+        stream.buffer.write(line)
+        stream.buffer.flush()
+        return
+    view = memoryview(line)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,7 +121,10 @@ def test_iso_utc(timestamp, text):
     assert iso_utc(timestamp) == text
 
 
-@pytest.mark.parametrize("payload", [b"not json", b'{"a":', b"\xff\xfe{}", b'{"n":NaN}', b"[1e999]"])
+@pytest.mark.parametrize(
+    "payload",
+    [b"not json", b'{"a":', b"\xff\xfe{}", b'{"n":NaN}', b"[1e999]", b"[" * 10**5 + b"]" * 10**5],
+)
 async def test_a_payload_that_is_not_json_is_permanent_and_writes_nothing(tmp_path, sinks, payload):
     sink = sinks(tmp_path / "events.jsonl")
     with pytest.raises(PermanentDeliveryError, match="evt_7f2a3b4c"):
@@ -139,7 +144,9 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -186,7 +193,10 @@ async def test_one_file_per_inbox_and_none_for_events_without_one(tmp_path, sink
         "events-inb_a.jsonl",
         "events-inb_b.jsonl",
     ]
-    assert [json.loads(x)["event_id"] for x in lines(out / "events-inb_a.jsonl")] == ["evt_1", "evt_3"]
+    assert [json.loads(x)["event_id"] for x in lines(out / "events-inb_a.jsonl")] == [
+        "evt_1",
+        "evt_3",
+    ]
     assert [json.loads(x)["event_id"] for x in lines(out / "events-_none.jsonl")] == ["evt_4"]
 
 
@@ -287,13 +297,13 @@ async def test_concurrent_large_lines_never_interleave(tmp_path, sinks):
 
 
 def numbered(i: int) -> bytes:
-    return json.dumps({"event_id": f"evt_{i:02}", "pad": "p" * 20}).encode()  # 45-byte lines
+    return json.dumps({"event_id": f"evt_{i:02}", "pad": "p" * 20}).encode()  # 51-byte lines
 
 
 async def test_rotation_keeps_backups_files(tmp_path, sinks):
     path = tmp_path / "events.jsonl"
-    assert len(format_line(make_delivery(numbered(1)), "payload")) == 45
-    sink = sinks(path, max_bytes=100, backups=2)  # two lines per file
+    assert len(format_line(make_delivery(numbered(1)), "payload")) == 51
+    sink = sinks(path, max_bytes=110, backups=2)  # two lines per file
     with structlog.testing.capture_logs() as logs:
         for i in range(1, 11):
             await sink.send(make_delivery(numbered(i), event_id=f"evt_{i:02}"))
@@ -309,7 +319,7 @@ async def test_rotation_keeps_backups_files(tmp_path, sinks):
         "events.jsonl.1",
         "events.jsonl.2",
     ]
-    assert all(p.stat().st_size <= 100 for p in tmp_path.iterdir())
+    assert all(p.stat().st_size <= 110 for p in tmp_path.iterdir())
     rotated = [e for e in logs if e["event"] == "sink.file.rotated"]
     assert len(rotated) == 4
     assert rotated[0]["path"] == str(path)
@@ -383,3 +393,52 @@ async def test_a_failed_fsync_is_retryable(tmp_path, sinks, monkeypatch):
     monkeypatch.undo()
     await sink.send(make_delivery(event_id="evt_ok"))
     assert sink.fsyncs == 1
+
+
+FSIZE_SCRIPT = """
+import asyncio, resource, signal, sys
+from pathlib import Path
+from bridge.config import SinkConfig
+from bridge.errors import RetryableDeliveryError
+from bridge.events import Origin
+from bridge.sinks.file import FileSink, FileSinkOptions
+from bridge.store import Delivery
+
+def delivery(payload):
+    return Delivery(id=1, seq=1, sink="events", event_id="evt_1", type="t", inbox_id=None,
+                    thread_id=None, origin=Origin.WEBHOOK, received_at=0.0, payload=payload,
+                    attempts=0, last_error=None)
+
+async def main():
+    path = Path(sys.argv[1])
+    sink = FileSink(SinkConfig(name="events", type="file",
+                               options=FileSinkOptions(path=path, fsync="never")))
+    await sink.send(delivery(b'{"n":1}'))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write() fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+    try:
+        await sink.send(delivery(b'{"pad":"' + b"p" * 200 + b'"}'))
+    except RetryableDeliveryError as exc:
+        print(exc)
+    await sink.send(delivery(b'{"n":2}'))
+    await sink.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_line_cut_short_by_the_file_system_is_taken_back(tmp_path):
+    path = tmp_path / "events.jsonl"
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", FSIZE_SCRIPT, str(path)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"cannot write {path}: File too large\n"
+    # 100 bytes of the long line went out before EFBIG; they were truncated away again.
+    assert path.read_bytes() == b'{"n":1}\n{"n":2}\n'

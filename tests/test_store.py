@@ -1,0 +1,696 @@
+"""Tests for bridge.store: real SQLite files under tmp_path, real subprocesses for the lock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from bridge import store_schema
+from bridge.errors import (
+    SpoolFullError,
+    StoreError,
+    StoreLockedError,
+    StoreUnavailableError,
+    StoreVersionError,
+)
+from bridge.events import Event, Origin
+from bridge.store import AcceptOutcome, SinkCounts, Store, StoreLimits
+
+ACCEPTED, DUPLICATE = AcceptOutcome.ACCEPTED, AcceptOutcome.DUPLICATE
+
+
+def event(
+    event_id: str,
+    origin: Origin = Origin.WEBSOCKET,
+    *,
+    raw: bytes | None = None,
+    thread_id: str | None = "th-1",
+    received_at: float = 1_700_000_000.0,
+) -> Event:
+    return Event(
+        event_id=event_id,
+        type="message.received",
+        inbox_id="inbox-1",
+        thread_id=thread_id,
+        sender="a@example.com",
+        recipient="b@example.com",
+        origin=origin,
+        received_at=received_at,
+        raw=raw if raw is not None else b'{"event_id": "%s"}' % event_id.encode(),
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "bridge.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(db_path, probe_interval=0.05)
+    yield s
+    await s.close()
+
+
+def query(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Read the database through a connection of our own, as another process would."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+async def on_writer(store: Store, sql: str) -> list[tuple[object, ...]]:
+    """Run a statement on the store's own write connection (pragmas there are per-connection)."""
+    conn = store._res.wconn
+    return await asyncio.get_running_loop().run_in_executor(
+        store._res.writer, lambda: conn.execute(sql).fetchall()
+    )
+
+
+# -- accept, dedup, cursor ---------------------------------------------------------------------
+
+
+async def test_accept_records_event_outbox_rows_and_cursor(store: Store, db_path: Path) -> None:
+    ev = event("ev-1")
+    result = await store.accept(ev, ["agent", "archive", "agent"])
+
+    assert result.outcome is ACCEPTED
+    assert result.seq is not None
+    assert [d.sink for d in result.deliveries] == ["agent", "archive"]  # a repeated sink: one row
+    d = result.deliveries[0]
+    assert (d.seq, d.event_id, d.type, d.inbox_id, d.thread_id) == (
+        result.seq,
+        "ev-1",
+        "message.received",
+        "inbox-1",
+        "th-1",
+    )
+    assert (d.origin, d.received_at, d.payload, d.attempts, d.last_error) == (
+        Origin.WEBSOCKET,
+        ev.received_at,
+        ev.raw,
+        0,
+        None,
+    )
+    assert store.cursor == "ev-1"
+    assert store.spool_bytes == len(ev.raw)
+    assert await store.last_event_at() == ev.received_at
+    # Committed before accept returned: another connection sees all of it.
+    assert query(db_path, "SELECT event_id, payload FROM events") == [("ev-1", ev.raw)]
+    assert query(db_path, "SELECT sink, state FROM deliveries ORDER BY id") == [
+        ("agent", "pending"),
+        ("archive", "pending"),
+    ]
+    assert query(db_path, "SELECT value FROM meta WHERE key = 'cursor'") == [("ev-1",)]
+
+
+async def test_connection_settings(store: Store, db_path: Path) -> None:
+    assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
+    assert await on_writer(store, "PRAGMA synchronous") == [(2,)]  # FULL
+    assert await on_writer(store, "PRAGMA foreign_keys") == [(1,)]
+    indexes = query(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")
+    assert ("deliveries_by_sink",) in indexes
+    assert query(db_path, "PRAGMA index_info(deliveries_by_sink)") == [
+        (0, 2, "sink"),
+        (1, 3, "state"),
+        (2, 1, "seq"),
+    ]
+
+
+async def test_duplicate_is_recognised_and_moves_the_cursor(store: Store) -> None:
+    await store.accept(event("ev-1"), ["agent"])
+    await store.accept(event("ev-2", Origin.WEBHOOK), ["agent"])
+    assert store.cursor == "ev-1"  # webhook events never move the WebSocket cursor
+
+    again = await store.accept(event("ev-2"), ["agent"])  # the WS replays what a webhook brought
+
+    assert (again.outcome, again.seq, again.deliveries) == (DUPLICATE, None, ())
+    assert store.cursor == "ev-2"
+    assert len(await store.pending("agent")) == 2
+
+
+async def test_duplicate_within_one_batch(store: Store) -> None:
+    commits = store.commits
+    first, second = await asyncio.gather(
+        store.accept(event("ev-1"), ["agent"]), store.accept(event("ev-1"), ["agent"])
+    )
+    assert (first.outcome, second.outcome) == (ACCEPTED, DUPLICATE)
+    assert store.commits == commits + 1  # one batch
+    assert len(await store.pending("agent")) == 1
+
+
+async def test_event_without_sinks_is_seen_but_holds_no_payload(
+    store: Store, db_path: Path
+) -> None:
+    first = await store.accept(event("ev-1"), [])
+    second = await store.accept(event("ev-2"), ["agent"])
+
+    assert first.outcome is ACCEPTED
+    assert first.deliveries == ()
+    assert first.seq is not None and second.seq is not None and first.seq < second.seq
+    assert (await store.accept(event("ev-1"), ["agent"])).outcome is DUPLICATE
+    assert store.spool_bytes == len(event("ev-2").raw)
+    assert query(db_path, "SELECT event_id FROM events") == [("ev-2",)]
+    assert await store.sink_counts() == {"agent": SinkCounts(pending=1, dead=0)}
+
+
+async def test_group_commit_shares_transactions(store: Store) -> None:
+    commits = store.commits
+    results = await asyncio.gather(*(store.accept(event(f"ev-{i}"), ["agent"]) for i in range(500)))
+
+    assert all(r.outcome is ACCEPTED for r in results)
+    assert store.commits - commits <= 10, store.commits - commits
+    seqs = [r.seq for r in results]
+    assert seqs == sorted(seqs)  # committed in call order
+    assert store.cursor == "ev-499"
+    assert len(await store.pending("agent")) == 500
+
+
+async def test_accepts_fired_without_awaiting_commit_in_call_order(store: Store) -> None:
+    # The WebSocket source's pattern: several accepts in flight, the cursor must end on the last.
+    tasks = [asyncio.create_task(store.accept(event(f"ev-{i}"), ["agent"])) for i in range(50)]
+    await asyncio.sleep(0)  # lets the first batch start committing while more are queued
+    tasks += [asyncio.create_task(store.accept(event(f"ev-{i}"), ["agent"])) for i in range(50, 80)]
+    results = await asyncio.gather(*tasks)
+
+    assert [r.seq for r in results] == sorted(r.seq for r in results if r.seq is not None)
+    assert store.cursor == "ev-79"
+    pending = await store.pending("agent")
+    assert [d.event_id for d in pending] == [f"ev-{i}" for i in range(80)]
+
+
+async def test_clear_cursor_persists(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    await store.accept(event("ev-1"), ["agent"])
+    await store.close()
+    store = await Store.open(db_path)
+    assert store.cursor == "ev-1"
+    await store.clear_cursor()
+    assert store.cursor is None
+    await store.close()
+    store = await Store.open(db_path)
+    assert store.cursor is None
+    await store.close()
+
+
+# -- delivery state ------------------------------------------------------------------------------
+
+
+async def test_mark_delivered_deletes_rows_then_the_event(store: Store, db_path: Path) -> None:
+    ev = event("ev-1", raw=b"x" * 1000)
+    a, b = (await store.accept(ev, ["a", "b"])).deliveries
+
+    await store.mark_delivered(a.id)
+    assert store.spool_bytes == 1000  # b still needs it
+    assert [d.id for d in await store.pending("b")] == [b.id]
+
+    await store.mark_delivered(b.id)
+    await store.mark_delivered(b.id)  # twice, or for a row dropped meanwhile: nothing happens
+    assert store.spool_bytes == 0
+    assert query(db_path, "SELECT COUNT(*) FROM events") == [(0,)]
+    assert await store.sink_counts() == {}
+    assert (await store.accept(ev, ["a"])).outcome is DUPLICATE  # still remembered as seen
+
+
+async def test_pending_is_pending_only_in_seq_order(store: Store) -> None:
+    results = [await store.accept(event(f"ev-{i}"), ["agent", "other"]) for i in range(5)]
+    seqs = [r.seq for r in results]
+    await store.dead_letter(results[0].deliveries[0].id, error="gone", attempts=3)
+
+    pending = await store.pending("agent")
+    assert [d.seq for d in pending] == seqs[1:]
+    assert all(d.sink == "agent" for d in pending)
+    window = await store.pending("agent", after_seq=seqs[1], limit=2)
+    assert [d.seq for d in window] == seqs[2:4]
+    assert len(await store.pending("other")) == 5
+
+
+async def test_record_attempt(store: Store) -> None:
+    (d,) = (await store.accept(event("ev-1"), ["agent"])).deliveries
+    await store.record_attempt(d.id, attempts=2, error="timeout after 10 s")
+    (p,) = await store.pending("agent")
+    assert (p.attempts, p.last_error) == (2, "timeout after 10 s")
+
+
+async def test_dead_letters_list_retry_purge(store: Store) -> None:
+    e1 = await store.accept(event("ev-1"), ["a", "b"])
+    e2 = await store.accept(event("ev-2"), ["a"])
+    e3 = await store.accept(event("ev-3", raw=b"y" * 500), ["b"])
+    await store.dead_letter(e3.deliveries[0].id, error="410 Gone", attempts=1)
+    await store.dead_letter(e1.deliveries[0].id, error="400 Bad Request", attempts=5)
+
+    dead = await store.dlq_list()
+    assert [(x.delivery.event_id, x.delivery.sink) for x in dead] == [("ev-1", "a"), ("ev-3", "b")]
+    assert (dead[0].error, dead[0].delivery.attempts, dead[0].delivery.payload) == (
+        "400 Bad Request",
+        5,
+        event("ev-1").raw,
+    )
+    assert dead[0].dead_at > 0
+    assert [x.delivery.event_id for x in await store.dlq_list(sink="b")] == ["ev-3"]
+    assert [x.delivery.sink for x in await store.dlq_list(event_id="ev-1")] == ["a"]
+    assert await store.dlq_list(sink="a", event_id="ev-3") == []
+    assert await store.sink_counts() == {
+        "a": SinkCounts(pending=1, dead=1),
+        "b": SinkCounts(pending=1, dead=1),
+    }
+
+    # Redriven, ev-1 keeps its seq and so comes before ev-2 again.
+    assert await store.dlq_retry(sink="a") == 1
+    pending = await store.pending("a")
+    assert [d.event_id for d in pending] == ["ev-1", "ev-2"]
+    assert (pending[0].seq, pending[0].attempts) == (e1.seq, 0)
+    assert pending[1].seq == e2.seq
+
+    # Purge drops dead rows only, and an event left without rows leaves the spool.
+    spool = store.spool_bytes
+    assert await store.dlq_purge(sink="a") == 0
+    assert await store.dlq_purge(event_id="ev-3") == 1
+    assert store.spool_bytes == spool - 500
+    assert await store.dlq_list() == []
+    assert await store.sink_counts() == {
+        "a": SinkCounts(pending=2, dead=0),
+        "b": SinkCounts(pending=1, dead=0),
+    }
+
+
+async def test_drop_sink_drops_pending_and_dead_rows(store: Store) -> None:
+    e1 = await store.accept(event("ev-1"), ["kept", "old"])
+    e2 = await store.accept(event("ev-2"), ["old"])
+    await store.dead_letter(e2.deliveries[0].id, error="x", attempts=1)
+    assert set(await store.sink_counts()) == {"kept", "old"}  # configured or not
+
+    assert await store.drop_sink("old") == 2
+    assert await store.sink_counts() == {"kept": SinkCounts(pending=1, dead=0)}
+    assert store.spool_bytes == len(event("ev-1").raw)  # ev-2 had no other row: gone
+    assert [d.id for d in await store.pending("kept")] == [e1.deliveries[0].id]
+
+
+async def test_seq_keeps_increasing_across_deletes_and_restarts(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    first = await store.accept(event("ev-1"), ["agent"])
+    await store.mark_delivered(first.deliveries[0].id)
+    await store.close()
+    store = await Store.open(db_path)
+    second = await store.accept(event("ev-2"), ["agent"])
+    await store.close()
+    assert first.seq is not None and second.seq is not None
+    assert second.seq > first.seq
+    assert second.deliveries[0].id > first.deliveries[0].id  # a stale id never names a new row
+
+
+# -- dedup window -------------------------------------------------------------------------------
+
+
+async def test_seen_ids_are_pruned_after_the_window(db_path: Path) -> None:
+    limits = StoreLimits(dedup_window=0.05)
+    store = await Store.open(db_path, limits, prune_interval=0.05)
+    try:
+        held = await store.accept(event("held"), ["agent"])
+        await store.accept(event("gone"), [])
+        await asyncio.sleep(0.4)  # several prune rounds
+
+        assert query(db_path, "SELECT event_id FROM seen") == [("held",)]
+        assert (await store.accept(event("gone"), [])).outcome is ACCEPTED
+        # An event still held is its own dedup record, however old.
+        assert (await store.accept(event("held"), ["agent"])).outcome is DUPLICATE
+        await store.mark_delivered(held.deliveries[0].id)
+        await asyncio.sleep(0.3)
+        assert (await store.accept(event("held"), ["agent"])).outcome is ACCEPTED
+    finally:
+        await store.close()
+
+
+async def test_prune_seen_deletes_in_chunks(db_path: Path) -> None:
+    store = await Store.open(db_path, StoreLimits(dedup_window=0))
+    try:
+        await asyncio.gather(*(store.accept(event(f"ev-{i}"), []) for i in range(2500)))
+        commits = store.commits
+        assert await store.prune_seen() == 2500
+        assert store.commits - commits >= 3  # 1000 per transaction
+        assert query(db_path, "SELECT COUNT(*) FROM seen") == [(0,)]
+    finally:
+        await store.close()
+
+
+# -- bounds -------------------------------------------------------------------------------------
+
+
+async def test_spool_bound_refuses_without_writing_and_resumes(db_path: Path) -> None:
+    store = await Store.open(db_path, StoreLimits(max_bytes=150))
+    try:
+        first = await store.accept(event("ev-1", raw=b"a" * 100), ["agent"])
+        big = event("ev-2", raw=b"b" * 100)
+        with pytest.raises(SpoolFullError, match=r"max_bytes=150"):
+            await store.accept(big, ["agent"])
+        assert store.has_room  # 100 < 150, but the 100-byte event does not fit:
+        waiter = asyncio.create_task(store.wait_room(len(big.raw)))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+
+        await store.mark_delivered(first.deliveries[0].id)
+        async with asyncio.timeout(2):
+            await waiter
+        assert (await store.accept(big, ["agent"])).outcome is ACCEPTED  # nothing was recorded
+        with pytest.raises(SpoolFullError, match="never fits"):
+            await store.wait_room(151)
+    finally:
+        await store.close()
+
+
+async def test_spool_full_reports_has_room_false(db_path: Path) -> None:
+    store = await Store.open(db_path, StoreLimits(max_bytes=100))
+    try:
+        await store.accept(event("ev-1", raw=b"a" * 100), ["agent"])
+        assert not store.has_room
+    finally:
+        await store.close()
+
+
+async def test_free_disk_floor(db_path: Path) -> None:
+    store = await Store.open(db_path, StoreLimits(min_free=1 << 62))
+    try:
+        with pytest.raises(SpoolFullError, match=rf"free disk under {db_path.parent}.*min_free="):
+            await store.accept(event("ev-1"), ["agent"])
+        assert not store.has_room
+        assert store.cursor is None
+    finally:
+        await store.close()
+    store = await Store.open(db_path)
+    try:
+        assert (await store.accept(event("ev-1"), ["agent"])).outcome is ACCEPTED
+    finally:
+        await store.close()
+
+
+async def test_refused_websocket_event_holds_the_cursor_until_replayed(db_path: Path) -> None:
+    store = await Store.open(db_path, StoreLimits(max_bytes=150))
+    try:
+        e1, e2, e3 = (
+            event("ev-1", raw=b"1" * 60),
+            event("ev-2", raw=b"2" * 100),
+            event("ev-3", raw=b"3" * 10),
+        )
+        results = await asyncio.gather(
+            store.accept(e1, ["agent"]),
+            store.accept(e2, ["agent"]),
+            store.accept(e3, ["agent"]),
+            return_exceptions=True,
+        )
+        assert isinstance(results[1], SpoolFullError)
+        assert store.cursor == "ev-1"  # ev-3 is stored, but the cursor must not pass ev-2
+
+        await store.mark_delivered((await store.pending("agent"))[0].id)
+        # Reconnected from ev-1, the server replays ev-2 and ev-3.
+        assert (await store.accept(e2, ["agent"])).outcome is ACCEPTED
+        assert store.cursor == "ev-2"
+        assert (await store.accept(e3, ["agent"])).outcome is DUPLICATE
+        assert store.cursor == "ev-3"
+    finally:
+        await store.close()
+
+
+# -- write failures -----------------------------------------------------------------------------
+
+
+async def test_write_failure_fails_the_batch_and_recovers(store: Store, db_path: Path) -> None:
+    await store.accept(event("ev-0"), ["agent"])
+    ((pages,),) = await on_writer(store, "PRAGMA page_count")
+    await on_writer(store, f"PRAGMA max_page_count = {pages}")  # the file may not grow: SQLITE_FULL
+
+    with capture_logs() as logs:
+        results = await asyncio.gather(
+            *(store.accept(event(f"ev-{i}", raw=b"z" * 50_000), ["agent"]) for i in range(1, 4)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StoreUnavailableError) for r in results), results
+        assert str(db_path) in str(results[0])
+        assert "SQLITE_FULL" in str(results[0])
+        assert not store.writable
+        await asyncio.sleep(0.25)  # probes run, and fail: the file still cannot grow
+        assert not store.writable
+        with pytest.raises(StoreUnavailableError, match="not writable"):
+            await store.accept(event("ev-9"), ["agent"])
+
+        await on_writer(store, "PRAGMA max_page_count = 1073741823")
+        async with asyncio.timeout(2):
+            await store.wait_writable()
+    assert [e["event"] for e in logs if e["event"].startswith("store.w")] == [
+        "store.write_failed",
+        "store.writable_again",
+    ]
+
+    # Nothing of the failed batch was stored, so nothing is a duplicate now.
+    for i in range(1, 4):
+        assert (await store.accept(event(f"ev-{i}"), ["agent"])).outcome is ACCEPTED
+    assert store.cursor == "ev-3"
+    assert [d.event_id for d in await store.pending("agent")] == ["ev-0", "ev-1", "ev-2", "ev-3"]
+
+
+# -- schema versions ----------------------------------------------------------------------------
+
+
+async def test_empty_file_migrates_to_current_version(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    db_path.write_bytes(b"")
+    store = await Store.open(db_path)
+    await store.accept(event("ev-1"), ["agent"])
+    await store.close()
+    assert query(db_path, "PRAGMA user_version") == [(store_schema.SCHEMA_VERSION,)]
+
+
+async def test_newer_database_is_refused_and_left_alone(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    for _ in range(2):  # twice: the first attempt released the lock
+        with pytest.raises(StoreVersionError) as caught:
+            await Store.open(db_path)
+        assert f"version 99" in str(caught.value)
+        assert f"version {store_schema.SCHEMA_VERSION})" in str(caught.value)
+    assert query(db_path, "PRAGMA user_version") == [(99,)]
+    assert sorted(p.name for p in db_path.parent.iterdir() if "corrupt" in p.name) == []
+
+
+async def test_migrations_apply_forward_in_one_transaction(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    await store.accept(event("ev-1"), ["agent"])
+    await store.close()
+    current = tuple(store_schema.MIGRATIONS)
+    broken = (*current, ("ALTER TABLE deliveries ADD COLUMN note TEXT", "NOT SQL AT ALL"))
+    good = (*current, ("ALTER TABLE deliveries ADD COLUMN note TEXT",))
+
+    with contextlib.closing(store_schema.connect(db_path)) as conn:
+        with pytest.raises(sqlite3.OperationalError):
+            store_schema.migrate(conn, db_path, broken)
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(current),)
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(deliveries)")]
+        assert "note" not in columns  # the half-applied migration was rolled back
+
+        assert store_schema.migrate(conn, db_path, good) == len(current)
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(current) + 1,)
+        rows = conn.execute("SELECT sink, state, note FROM deliveries").fetchall()
+        assert rows == [("agent", "pending", None)]  # pending rows kept
+
+
+# -- one process per state ----------------------------------------------------------------------
+
+
+async def wait_for_line(stream: asyncio.StreamReader, line: bytes) -> None:
+    """Read a child's stdout up to ``line`` (its structlog output shares the stream)."""
+    async with asyncio.timeout(10):
+        while (got := await stream.readline()) != line:
+            assert got, f"child exited before printing {line!r}"
+
+
+HOLDER = """
+import asyncio, sys
+from pathlib import Path
+from bridge.store import Store
+
+async def main():
+    store = await Store.open(Path(sys.argv[1]))
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_state_held_by_another_process_is_refused(db_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOLDER,
+        str(db_path),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        await wait_for_line(proc.stdout, b"ready\n")
+        message = f"state {db_path} is in use by another openmail-bridge (pid {proc.pid})"
+        with pytest.raises(StoreLockedError, match=re.escape(message)):
+            await Store.open(db_path)
+    finally:
+        proc.stdin.close()
+        async with asyncio.timeout(10):
+            await proc.wait()
+    assert proc.returncode == 0
+    store = await Store.open(db_path)  # released when the holder closed
+    await store.close()
+
+
+async def test_second_open_in_process_is_refused_but_readers_may_share(
+    store: Store, db_path: Path
+) -> None:
+    with pytest.raises(StoreLockedError, match=rf"\(pid {os.getpid()}\)"):
+        await Store.open(db_path)
+
+    (d,) = (await store.accept(event("ev-1"), ["agent"])).deliveries
+    await store.dead_letter(d.id, error="boom", attempts=3)
+    cli = await Store.open(db_path, exclusive=False)
+    try:
+        assert [x.delivery.event_id for x in await cli.dlq_list()] == ["ev-1"]
+        before = await store.data_version()
+        assert await cli.dlq_retry() == 1
+        assert await store.data_version() != before  # the daemon can notice the CLI's commit
+        assert [p.event_id for p in await store.pending("agent")] == ["ev-1"]
+
+        assert await cli.drop_sink("agent") == 1
+        await store.accept(event("ev-2", Origin.WEBHOOK), [])
+        assert store.spool_bytes == 0  # reloaded after the other connection's commit
+    finally:
+        await cli.close()
+
+
+async def test_accepted_event_survives_sigkill(db_path: Path) -> None:
+    script = """
+import asyncio, sys
+from pathlib import Path
+from bridge.events import Event, Origin
+from bridge.store import Store
+
+async def main():
+    store = await Store.open(Path(sys.argv[1]))
+    ev = Event(event_id="ev-k", type="t", inbox_id=None, thread_id=None, sender=None,
+               recipient=None, origin=Origin.WEBSOCKET, received_at=1.0, raw=b"{}")
+    await store.accept(ev, ["agent"])
+    print("accepted", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, str(db_path), stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        await wait_for_line(proc.stdout, b"accepted\n")
+    finally:
+        proc.kill()
+        await proc.wait()
+    store = await Store.open(db_path)
+    try:
+        assert [d.event_id for d in await store.pending("agent")] == ["ev-k"]
+        assert store.cursor == "ev-k"
+    finally:
+        await store.close()
+
+
+# -- opening: corruption, unusable paths --------------------------------------------------------
+
+
+async def test_garbage_file_is_moved_aside(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    garbage = b"this is not a database" * 400
+    db_path.write_bytes(garbage)
+    with capture_logs() as logs:
+        store = await Store.open(db_path)
+    try:
+        (aside,) = [p for p in db_path.parent.iterdir() if ".corrupt-" in p.name]
+        assert re.fullmatch(r"bridge\.db\.corrupt-\d{8}T\d{6}Z", aside.name)
+        assert aside.read_bytes() == garbage
+        (entry,) = [e for e in logs if e["event"] == "store.corrupt_moved_aside"]
+        assert (entry["log_level"], entry["path"], entry["moved_to"]) == (
+            "error",
+            str(db_path),
+            str(aside),
+        )
+        assert (await store.accept(event("ev-1"), ["agent"])).outcome is ACCEPTED
+    finally:
+        await store.close()
+
+
+async def test_damaged_page_is_moved_aside(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    await asyncio.gather(
+        *(store.accept(event(f"ev-{i}", raw=os.urandom(2000)), ["agent"]) for i in range(50))
+    )
+    await store.close()
+    data = bytearray(db_path.read_bytes())
+    data[2 * 4096 : 4 * 4096] = b"\xa5" * 8192  # header intact, b-tree pages garbage
+    db_path.write_bytes(data)
+
+    store = await Store.open(db_path)
+    try:
+        assert len([p for p in db_path.parent.iterdir() if ".corrupt-" in p.name]) == 1
+        assert await store.pending("agent") == []
+    finally:
+        await store.close()
+
+
+async def test_corrupt_database_is_not_moved_by_a_non_exclusive_open(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    db_path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreError, match="corrupt"):
+        await Store.open(db_path, exclusive=False)
+    assert [p.name for p in db_path.parent.iterdir()] == ["bridge.db"]
+
+
+async def test_unusable_path_is_an_error_and_nothing_moves(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_bytes(b"a regular file")
+    with pytest.raises(StoreError, match=rf"cannot open state database {blocker}/bridge\.db"):
+        await Store.open(blocker / "bridge.db")
+    assert blocker.read_bytes() == b"a regular file"
+    assert [p.name for p in tmp_path.iterdir()] == ["blocker"]
+
+
+async def test_directory_in_place_of_database_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.db"
+    path.mkdir()
+    with pytest.raises(StoreError, match="cannot open state database") as caught:
+        await Store.open(path)
+    assert type(caught.value) is StoreError
+    assert path.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bridge.db", "bridge.db.lock"]
+
+
+async def test_missing_directory_is_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "state" / "bridge.db"
+    store = await Store.open(path)
+    await store.close()
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert path.exists()
+
+
+async def test_closed_store_refuses_work(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        await store.accept(event("ev-1"), ["agent"])
+    with pytest.raises(StoreError, match="closed"):
+        await store.pending("agent")
+    with pytest.raises(StoreError, match="closed"):
+        await store.data_version()
