@@ -19,6 +19,7 @@ import os
 import re
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -434,10 +435,11 @@ class _Loader:
                 return self.fail(path, "is empty")
             resolved = self.resolve_path(path, text)
             return _INVALID if resolved is None else resolved
-        schemes = ("http://", "https://") if kind is _Kind.HTTP_URL else ("ws://", "wss://")
-        if not text.startswith(schemes) or len(text) <= len(schemes[1]) + 1:
+        schemes = ("http", "https") if kind is _Kind.HTTP_URL else ("ws", "wss")
+        parts = urllib.parse.urlsplit(text.strip())
+        if parts.scheme not in schemes or not parts.hostname:
             return self.fail(path, f"not {kind.value}")
-        return text
+        return text.strip()
 
     def resolve_path(self, path: str, text: str) -> Path | None:
         """``text`` as a path, relative to the config file's directory; None after a problem."""
@@ -519,6 +521,12 @@ class _Loader:
         try:
             return cls(**values)
         except TypeError as exc:  # a required field the loop reported missing already
+            return self.fail(path, str(exc))
+        except ValueError as exc:
+            # A section's own check (``__post_init__``) says "key: problem" about one of its keys.
+            key, sep, message = str(exc).partition(": ")
+            if sep and key in {f.metadata.get("key", f.name) for f in dataclasses.fields(cls)}:
+                return self.fail(f"{path}.{key}" if path else key, message)
             return self.fail(path, str(exc))
 
 

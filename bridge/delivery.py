@@ -213,7 +213,9 @@ class SinkWorker:
             delay = max(delay, exc.retry_after)  # never retry before the server asked us to
         return delay
 
-    def _should_stop(self, delivery: Delivery, attempts_before: int) -> Callable[[RetryCallState], bool]:
+    def _should_stop(
+        self, delivery: Delivery, attempts_before: int
+    ) -> Callable[[RetryCallState], bool]:
         retry = self.config.retry
 
         def stop(state: RetryCallState) -> bool:
@@ -252,12 +254,18 @@ class SinkWorker:
 
     async def _deliver(self, delivery: Delivery) -> None:
         attempts = delivery.attempts
+
+        # A coroutine function, not a lambda returning a coroutine: tenacity awaits only the
+        # former and would drop the latter unawaited (no log, no metric, no attempt recorded).
+        async def before_sleep(state: RetryCallState) -> None:
+            await self._before_sleep(delivery, attempts, state)
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableDeliveryError),
             wait=self._wait,
             stop=self._should_stop(delivery, attempts),
             sleep=self._sleep_unless_stopping,
-            before_sleep=lambda s: self._before_sleep(delivery, attempts, s),
+            before_sleep=before_sleep,
             reraise=True,
         )
         tries = 0
@@ -275,7 +283,9 @@ class SinkWorker:
         self.state.delivered += 1
         self.state.last_delivered_at = now
         self.metrics.deliveries.labels(self.name, "delivered").inc()
-        self.metrics.delivery_latency.labels(self.name).observe(max(0.0, now - delivery.received_at))
+        self.metrics.delivery_latency.labels(self.name).observe(
+            max(0.0, now - delivery.received_at)
+        )
         self._log.debug("delivery.sent", event_id=delivery.event_id, attempt=attempts + tries)
         await self._store_call(lambda: self.store.mark_delivered(delivery.id), delivery)
 

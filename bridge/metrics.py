@@ -18,10 +18,16 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         p = PREFIX
         self.events_received = Counter(
-            f"{p}_events_received", "Events accepted into the spool, by source", ["source"], registry=r
+            f"{p}_events_received",
+            "Events accepted into the spool, by source",
+            ["source"],
+            registry=r,
         )
         self.events_duplicate = Counter(
-            f"{p}_events_duplicate", "Events dropped as duplicates, by source", ["source"], registry=r
+            f"{p}_events_duplicate",
+            "Events dropped as duplicates, by source",
+            ["source"],
+            registry=r,
         )
         self.events_unrouted = Counter(
             f"{p}_events_unrouted", "Accepted events that no route matched", registry=r
@@ -48,7 +54,9 @@ class Metrics:
         self.disk_free_bytes = Gauge(
             f"{p}_disk_free_bytes", "Free bytes on the state filesystem", registry=r
         )
-        self.store_writable = Gauge(f"{p}_store_writable", "1 while the store accepts writes", registry=r)
+        self.store_writable = Gauge(
+            f"{p}_store_writable", "1 while the store accepts writes", registry=r
+        )
         self.deliveries = Counter(
             f"{p}_deliveries",
             "Delivery attempts by sink and outcome (delivered, retry, dead)",
@@ -59,13 +67,33 @@ class Metrics:
             f"{p}_delivery_latency_seconds",
             "Time from receipt to successful delivery",
             ["sink"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
-                     300, 3600),  # fmt: skip
+            buckets=(
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+                30,
+                60,
+                300,
+                3600,
+            ),  # fmt: skip
             registry=r,
         )
         self.pending = Gauge(f"{p}_pending", "Deliveries waiting, per sink", ["sink"], registry=r)
         self.dead_letters = Gauge(
-            f"{p}_dead_letters", "Deliveries in the dead-letter table, per sink", ["sink"], registry=r
+            f"{p}_dead_letters",
+            "Deliveries in the dead-letter table, per sink",
+            ["sink"],
+            registry=r,
         )
         self.config_reloads = Counter(
             f"{p}_config_reloads", "Config reloads by result (ok, invalid)", ["result"], registry=r

@@ -24,7 +24,9 @@ log = structlog.get_logger("bridge.pipeline")
 class Pipeline:
     """Normalized events in, durable outbox rows out. Router and dispatcher can be swapped (reload)."""
 
-    def __init__(self, store: Store, router: Router, dispatcher: Dispatcher, metrics: Metrics) -> None:
+    def __init__(
+        self, store: Store, router: Router, dispatcher: Dispatcher, metrics: Metrics
+    ) -> None:
         self.store = store
         self.router = router
         self.dispatcher = dispatcher

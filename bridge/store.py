@@ -29,6 +29,9 @@ from bridge import store_schema as sql
 from bridge.errors import SpoolFullError, StoreError, StoreUnavailableError
 from bridge.events import Event, Origin
 
+# Longer than the house ~400 lines on purpose: the group-commit writer, its failure handling and
+# the cursor rules only make sense read together. The SQL is in store_schema.
+
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
@@ -190,6 +193,7 @@ class Store:
             StoreVersionError: the database is newer than this code.
             StoreError: the database cannot be opened; nothing was moved or reset.
         """
+        path = Path(path)
         loop = asyncio.get_running_loop()
         writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         reader = ThreadPoolExecutor(1, thread_name_prefix="store-reader")
@@ -200,13 +204,15 @@ class Store:
             )
             state = await loop.run_in_executor(writer, sql.read_state, opened[1])
             rconn = await loop.run_in_executor(reader, sql.open_reader, path)
-        except BaseException:
+        except BaseException as exc:
             if opened is not None:
                 await loop.run_in_executor(writer, opened[1].close)
                 if opened[0] is not None:
                     os.close(opened[0])
             writer.shutdown()
             reader.shutdown()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot open state database {path}: {exc}") from exc
             raise
         lock_fd, wconn = opened
         res = _Resources(writer, reader, wconn, rconn, lock_fd)
@@ -316,6 +322,8 @@ class Store:
             SpoolFullError: over ``max_bytes`` or under ``min_free``; nothing was written.
             StoreUnavailableError: the write failed; nothing was written.
         """
+        if isinstance(sinks, str):
+            raise TypeError("sinks must be a sequence of sink names, not one str")
         ws = event.event_id if event.origin is Origin.WEBSOCKET else None
         op = functools.partial(self._tx_accept, event=event, sinks=tuple(dict.fromkeys(sinks)))
         return await self._write(op, ws_event_id=ws)
@@ -333,8 +341,9 @@ class Store:
         await self._execute(sql.DEAD_LETTER_SQL, (attempts, error, time.time(), delivery_id))
 
     async def dlq_retry(self, *, sink: str | None = None, event_id: str | None = None) -> int:
-        """Move matching dead rows back to pending with attempts reset; they keep their seq, so
-        a redriven event is delivered before later events of its thread. Returns the count."""
+        """Move matching dead rows back to pending, attempts reset, last_error kept. They keep
+        their seq, so a redriven event goes before later events of its thread. Returns the count.
+        """
         return await self._execute(sql.DLQ_RETRY_SQL, {"sink": sink, "event_id": event_id})
 
     async def dlq_purge(self, *, sink: str | None = None, event_id: str | None = None) -> int:
@@ -462,8 +471,10 @@ class Store:
         while True:
             await asyncio.sleep(interval)
             if self.writable:
-                with contextlib.suppress(StoreUnavailableError):
+                try:
                     await self.prune_seen()
+                except StoreError as exc:  # the write probe reports the disk; retry next round
+                    log.warning("store.prune_failed", path=str(self.path), reason=str(exc))
 
     # -- transactions: run on the writer thread, inside _commit_batch --------------------------
 

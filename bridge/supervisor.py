@@ -84,7 +84,9 @@ class Supervisor:
 
     def _load_from_source(self) -> Config:
         if self.config.source is None:
-            raise ConfigError(["<config>: this bridge was not started from a file; nothing to reload"])
+            raise ConfigError(
+                ["<config>: this bridge was not started from a file; nothing to reload"]
+            )
         return load_config(self.config.source)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -293,13 +295,19 @@ class Supervisor:
             "cursor": self.store.cursor,
             "last_event_at": last_event_at,
             "possible_gaps": self.websocket.possible_gaps if self.websocket else 0,
-            "spool": {"bytes": self.store.spool_bytes, "max_bytes": self.config.state.max_bytes,
-                      "writable": self.store.writable, "has_room": self.store.has_room,
-                      "path": str(self.config.state.path)},  # fmt: skip
+            "spool": {
+                "bytes": self.store.spool_bytes,
+                "max_bytes": self.config.state.max_bytes,
+                "writable": self.store.writable,
+                "has_room": self.store.has_room,
+                "path": str(self.config.state.path),
+            },  # fmt: skip
             "sinks": sinks,
             "removed_sinks": sorted(n for n in counts if n not in workers),
-            "config": {"source": str(self.config.source) if self.config.source else None,
-                       "last_reload": self.last_reload},  # fmt: skip
+            "config": {
+                "source": str(self.config.source) if self.config.source else None,
+                "last_reload": self.last_reload,
+            },  # fmt: skip
         }
 
     def refresh_metrics(self, counts: dict[str, tuple[int, int]]) -> None:

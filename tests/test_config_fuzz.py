@@ -52,6 +52,8 @@ WORDS = [
     "/webhooks", "hooks", "./events.jsonl", "~/x", "${SET}", "${EMPTY}", "${UNSET}",
     "${UNSET:-5m}", "${UNSET:?set it}", "${EMPTY:-d}", "a${SET}b", "$$", "${", "inb_1",
     "message.received", "*@x.com", "Jane <jane@x.com>",
+    # Inputs that once escaped as ValueError, OverflowError or RuntimeError:
+    "\u00b2", "x:\u00b2", "a\x00b", "~no-such-user-fuzz/x", "9" * 400 + "KiB", "9" * 400 + "s",
 ]  # fmt: skip
 
 keys = st.one_of(

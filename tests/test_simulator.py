@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,6 +24,7 @@ from aiohttp import WSMsgType, web
 from bridge.simulator import DEMO_API_KEY, DeliveryRecord, Simulator, serve
 
 SUPPORT, SALES = "inb_demo_support", "inb_demo_sales"
+RECEIVE_TIMEOUT = 3.0
 FAST_RETRIES = 0.0005  # retry_scale: 30 s, 60 s, 2 min, 4 min -> 15 ms ... 120 ms
 
 pytestmark = pytest.mark.timeout(20)
@@ -62,8 +64,9 @@ class Hit:
     arrived: float
 
     @property
-    def json(self) -> dict[str, object]:
-        return json.loads(self.body)
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.body)
+        return data
 
 
 @dataclass
@@ -78,9 +81,10 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.hits.append(Hit(request.path, dict(request.headers), body, time.time()))
+        status = self.statuses.pop(0) if self.statuses else 200  # in arrival order
         if self.delays:
             await asyncio.sleep(self.delays.pop(0))
-        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+        return web.Response(status=status)
 
     def url(self, name: str) -> str:
         return f"{self.base_url}/{name}"
@@ -115,18 +119,19 @@ async def connect(
     *,
     key: str | None = DEMO_API_KEY,
     query: bool = False,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> aiohttp.ClientWebSocketResponse:
     url, headers = sim.ws_url, {}
     if key is not None and query:
         url += f"?token={key}"
     elif key is not None:
         headers["Authorization"] = f"Bearer {key}"
-    return await session.ws_connect(url, headers=headers, **kwargs)  # type: ignore[arg-type]
+    ws: aiohttp.ClientWebSocketResponse = await session.ws_connect(url, headers=headers, **kwargs)
+    return ws
 
 
-async def recv(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -> dict[str, object]:
-    msg = await ws.receive(timeout=timeout)
+async def recv(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await ws.receive(timeout=RECEIVE_TIMEOUT)
     assert msg.type is WSMsgType.TEXT, msg
     data = json.loads(msg.data)
     assert isinstance(data, dict)
@@ -137,14 +142,14 @@ async def send(ws: aiohttp.ClientWebSocketResponse, frame: dict[str, object]) ->
     await ws.send_str(json.dumps(frame))
 
 
-async def closed_code(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -> int | None:
+async def closed_code(ws: aiohttp.ClientWebSocketResponse) -> int | None:
     """Read until the connection ends; no text frame may arrive first."""
-    msg = await ws.receive(timeout=timeout)
+    msg = await ws.receive(timeout=RECEIVE_TIMEOUT)
     assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR), msg
     return ws.close_code
 
 
-async def subscribe(ws: aiohttp.ClientWebSocketResponse, **fields: object) -> dict[str, object]:
+async def subscribe(ws: aiohttp.ClientWebSocketResponse, **fields: object) -> dict[str, Any]:
     await send(ws, {"type": "subscribe", **fields})
     reply = await recv(ws)
     assert reply["type"] == "subscribed", reply
@@ -262,7 +267,7 @@ async def test_filters_accumulate_as_two_sets(
         reply = await subscribe(ws, event_types=["message.received"])
         assert (reply["inbox_ids"], reply["event_types"]) == ([SUPPORT], ["message.received"])
         reply = await subscribe(ws, inbox_ids=[SALES])
-        assert sorted(reply["inbox_ids"]) == sorted([SUPPORT, SALES])  # type: ignore[type-var]
+        assert sorted(reply["inbox_ids"]) == sorted([SUPPORT, SALES])
         assert reply["event_types"] == ["message.received"]
         [info] = sim.connections
         assert set(info.inbox_ids) == {SUPPORT, SALES}
@@ -484,7 +489,12 @@ async def test_connected_but_unsubscribed_falls_back_to_signed_webhook(
     assert hit.json["attempt"] == 1
     assert hit.json["inbox_id"] == SALES
     [record] = of(sim, event_id)
-    assert (record.channel, record.attempt, record.status, record.error) == ("webhook", 1, 200, None)
+    assert (record.channel, record.attempt, record.status, record.error) == (
+        "webhook",
+        1,
+        200,
+        None,
+    )
 
 
 async def test_no_route_is_recorded_failed(sim: Simulator) -> None:
@@ -590,7 +600,7 @@ async def test_disconnect_with_code(
             if error:
                 assert (await recv(ws))["type"] == "error"
             assert await closed_code(ws) == code
-    assert sim.connections == []
+    await sim.wait_for(lambda: sim.connections == [])
 
 
 async def test_disconnect_abrupt_is_1006(sim: Simulator, session: aiohttp.ClientSession) -> None:
@@ -636,7 +646,8 @@ async def test_rotate_api_key_closes_old_connections_4001(
         assert "unauthorized" in str(error["message"])
         assert await closed_code(ws) == 4001
     async with await connect(session, sim) as old:
-        assert await closed_code(old, timeout=3) == 4001
+        assert (await recv(old))["type"] == "error"
+        assert await closed_code(old) == 4001
     async with await connect(session, sim, key="om_test_rotated") as new:
         await subscribe(new)
 
@@ -875,6 +886,7 @@ async def test_logs_never_contain_the_key_or_secrets(
         async with await connect(session, sim, key=key, query=True) as ws:
             await subscribe(ws)
         async with await connect(session, sim, key="om_live_wrong") as bad:
+            await recv(bad)
             await closed_code(bad)
         await sim.wait_for(lambda: sim.connections == [])
         event_id = await sim.inject()
@@ -911,7 +923,9 @@ async def test_serve_prints_banner_and_stops(
     assert DEMO_API_KEY in out
     assert "demo key" in out
     assert "/_sim/events" in out
-    ws = await session.ws_connect(match.group(1), headers={"Authorization": f"Bearer {DEMO_API_KEY}"})
+    ws = await session.ws_connect(
+        match.group(1), headers={"Authorization": f"Bearer {DEMO_API_KEY}"}
+    )
     await subscribe(ws)
     closed = asyncio.create_task(closed_code(ws))
     stop.set()

@@ -259,7 +259,7 @@ class Connection:
         """Answer one client text frame (errors never close the connection)."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             self.send(error_frame("invalid JSON"))
             return
         if not isinstance(data, dict):
@@ -344,10 +344,12 @@ class Connection:
         """True when this connection is subscribed and both filter sets match (ASSUMPTION 8, 11)."""
         if not self.subscribed or self.closing:
             return False
-        kind = event.get("event")
+        # Injected payloads may hold anything; only strings can match a filter.
+        kind, inbox = event.get("event"), event.get("inbox_id")
+        kind = kind if isinstance(kind, str) else ""
         if kind in protocol.LIFECYCLE_EVENT_TYPES:
             return False
-        if self.inbox_ids and event.get("inbox_id") not in self.inbox_ids:
+        if self.inbox_ids and not (isinstance(inbox, str) and inbox in self.inbox_ids):
             return False
         return not self.event_types or kind in self.event_types
 

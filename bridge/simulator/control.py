@@ -144,7 +144,9 @@ async def get_events(request: web.Request) -> web.Response:
 async def post_disconnect(request: web.Request) -> web.Response:
     """``{"code"?: 1001, "abrupt"?: false}`` → ``{"closed": n}``."""
     data = await _body(request, frozenset({"code", "abrupt"}))
-    code = _int(data, "code", 1001) or 1001
+    code = _int(data, "code", 1001)
+    if code is None:
+        raise BadRequest("code: must be an integer")
     abrupt = data.get("abrupt", False)
     if not isinstance(abrupt, bool):
         raise BadRequest("abrupt: must be true or false")

@@ -149,11 +149,12 @@ class WebhookDispatcher:
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._active = 0
 
     @property
     def pending(self) -> int:
         """Events whose webhook delivery is still in progress (including waits between retries)."""
-        return len(self._tasks)
+        return self._active
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
@@ -173,10 +174,21 @@ class WebhookDispatcher:
         if self._session is None:
             raise RuntimeError("the simulator is not started")
         task = asyncio.create_task(self._deliver(event))
+        self._active += 1
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, event: dict[str, object]) -> None:
+        try:
+            verdict = await self._attempts(event)
+        finally:
+            # Before the verdict is recorded, so an observer of the record sees pending == 0.
+            self._active -= 1
+        if verdict is not None:
+            self._record(verdict)
+
+    async def _attempts(self, event: dict[str, object]) -> DeliveryRecord | None:
+        """Every attempt until a 2xx (None) or the last failure (the ``failed`` record)."""
         event_id = str(event.get("event_id"))
         inbox = event.get("inbox_id")
         inbox_id = inbox if isinstance(inbox, str) else None
@@ -202,19 +214,17 @@ class WebhookDispatcher:
             )
             if error is None:
                 log.info("sim.webhook.delivered", event_id=event_id, attempt=attempt, status=status)
-                return
+                return None
             log.info(
                 "sim.webhook.attempt_failed", event_id=event_id, attempt=attempt, status=status
             )
         log.warning("sim.webhook.failed", event_id=event_id, attempts=len(self._delays))
-        self._record(
-            DeliveryRecord(
-                event_id=event_id,
-                channel="failed",
-                attempt=len(self._delays),
-                status=status,
-                error=error,
-            )
+        return DeliveryRecord(
+            event_id=event_id,
+            channel="failed",
+            attempt=len(self._delays),
+            status=status,
+            error=error,
         )
 
     async def _attempt(

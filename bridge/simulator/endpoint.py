@@ -193,8 +193,11 @@ class WebSocketEndpoint:
             del self.connections[conn.id]
             conn.done.set()
             self._notify()
-            close_code = None if ws.close_code is None else int(ws.close_code)
-            log.info("sim.ws.closed", connection_id=conn.id, code=close_code)
+            # The code we closed with, else the one the peer sent (or 1006 when TCP went first).
+            ended = conn.close_code if conn.close_code is not None else ws.close_code
+            log.info(
+                "sim.ws.closed", connection_id=conn.id, code=None if ended is None else int(ended)
+            )
         return ws
 
     async def _receive(self, conn: Connection) -> None:

@@ -44,6 +44,14 @@ class HttpSinkOptions:
     timeout: Duration = 10.0
     verify_tls: bool = True
 
+    def __post_init__(self) -> None:
+        # Checked here so that `openmail-bridge check` reports it, not only start-up.
+        if self.secret is not None and self.signature == "standard-webhooks":
+            try:
+                standard_webhooks_key(self.secret.get())
+            except ValueError as exc:
+                raise ValueError(f"secret: {exc}") from None
+
 
 SOURCE_HEADER: Final = "X-OpenMail-Bridge-Source"
 """``websocket`` or ``webhook``: how the bridge received the event."""

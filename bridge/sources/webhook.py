@@ -69,7 +69,9 @@ class WebhookSource:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise OSError(exc.errno, f"webhook listener cannot bind {listen}: {exc.strerror}") from None
+            raise OSError(
+                exc.errno, f"webhook listener cannot bind {listen}: {exc.strerror}"
+            ) from None
         self._runner = runner
         server = site._server
         sockets = getattr(server, "sockets", None) or []
@@ -139,10 +141,12 @@ class WebhookSource:
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise Rejected(413, "too_large", f"body is over max_body ({self.config.max_body})") from None
+            raise Rejected(
+                413, "too_large", f"body is over max_body ({self.config.max_body})"
+            ) from None
 
-    def _verify(self, request: web.Request, body: bytes) -> str | None:
-        """Check timestamp and signature on the raw bytes. Returns the inbox whose secret matched
+    def _verify(self, request: web.Request, body: bytes) -> frozenset[str] | None:
+        """Check timestamp and signature on the raw bytes. Returns the inboxes whose secret matched
         (None for an account-level secret)."""
         problem = protocol.check_timestamp(
             request.headers.get(protocol.TIMESTAMP_HEADER), self._clock(), self.config.tolerance
@@ -161,21 +165,26 @@ class WebhookSource:
         account = [s.get() for s in self.config.account_secrets]
         if account and protocol.signature_matches(account, timestamp, body, signature):
             return None
-        for inbox, secret in self.config.inbox_secrets.items():
-            if protocol.signature_matches((secret.get(),), timestamp, body, signature):
-                return inbox
+        # Every inbox whose secret matches, not the first: two inboxes may share a secret.
+        inboxes = frozenset(
+            inbox
+            for inbox, secret in self.config.inbox_secrets.items()
+            if protocol.signature_matches((secret.get(),), timestamp, body, signature)
+        )
+        if inboxes:
+            return inboxes
         raise Rejected(400, "bad_signature", "X-Signature does not match the body")
 
     async def _receive(self, request: web.Request, accept: Accept) -> web.StreamResponse:
         body = await self._read_body(request)
-        signed_by_inbox = self._verify(request, body)
+        signed_by_inboxes = self._verify(request, body)
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise Rejected(400, "malformed_json", "body is not valid JSON") from None
         if not isinstance(data, dict):
             raise Rejected(400, "malformed_json", "body is not a JSON object")
-        if signed_by_inbox is not None and data.get("inbox_id") != signed_by_inbox:
+        if signed_by_inboxes is not None and data.get("inbox_id") not in signed_by_inboxes:
             # A per-inbox secret vouches for its own inbox's events only.
             raise Rejected(400, "bad_signature", "signed with another inbox's secret")
         header_id = request.headers.get(protocol.EVENT_ID_HEADER) or None
@@ -192,7 +201,9 @@ class WebhookSource:
             reason = "no_event_id" if "event_id" in str(exc) else "malformed_json"
             raise Rejected(400, reason, str(exc)) from None
         if header_id and header_id != event.event_id:
-            log.info("webhook.event_id_mismatch", event_id=event.event_id, header_event_id=header_id)
+            log.info(
+                "webhook.event_id_mismatch", event_id=event.event_id, header_event_id=header_id
+            )
         try:
             # Shielded: a commit that outlives the answer still lands, and OpenMail's retry of it
             # is then recognised as a duplicate.

@@ -171,7 +171,11 @@ class WebSocketSource:
         self.down_kind, self.down_reason = str(exc.kind), exc.reason
         self._set_state("paused" if exc.kind is PUSHBACK else "down")
         fields = {"reason": exc.reason, "close_code": exc.code, "retry_in": round(delay, 3)}
-        if exc.kind in (CloseClass.KEY_REJECTED, CloseClass.TOO_MANY_CONNECTIONS, SUBSCRIBE_REJECTED):
+        if exc.kind in (
+            CloseClass.KEY_REJECTED,
+            CloseClass.TOO_MANY_CONNECTIONS,
+            SUBSCRIBE_REJECTED,
+        ):
             if changed:
                 log.error("ws.rejected", cause=str(exc.kind), **fields,
                           hint=_REJECTED_HINTS.get(str(exc.kind), ""))  # fmt: skip
@@ -466,7 +470,9 @@ def _should_reconnect(exc: BaseException) -> bool:
 
 def _looks_like_auth(message: str) -> bool:
     lowered = message.lower()
-    return any(w in lowered for w in ("unauthori", "api key", "invalid key", "revoked", "forbidden"))
+    return any(
+        w in lowered for w in ("unauthori", "api key", "invalid key", "revoked", "forbidden")
+    )
 
 
 def _occurred_before(event: Event, moment: float) -> bool:

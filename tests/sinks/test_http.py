@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from bridge.config import Secret, SinkConfig
+from bridge.config import Secret, SinkConfig, build_config
 from bridge.errors import ConfigError, PermanentDeliveryError, RetryableDeliveryError
 from bridge.events import Origin
 from bridge.sinks.http import HttpSink, HttpSinkOptions, parse_retry_after
@@ -273,12 +273,20 @@ async def test_standard_webhooks_with_the_wrong_key_is_rejected(receiver, sinks)
         await sink.send(make_delivery())
 
 
-def test_a_whsec_secret_that_is_not_base64_is_a_config_error():
-    options = HttpSinkOptions(
-        url="http://127.0.0.1:1/", secret=Secret("whsec_%%%"), signature="standard-webhooks"
-    )
+def test_a_whsec_secret_that_is_not_base64_is_a_config_error(tmp_path):
+    raw = {
+        "openmail": {"websocket": {"enabled": False}, "webhook": {"secret": "s"}},
+        "sinks": {
+            "agent": {
+                "type": "http",
+                "url": "http://127.0.0.1:1/",
+                "secret": "whsec_%%%",
+                "signature": "standard-webhooks",
+            }
+        },
+    }
     with pytest.raises(ConfigError, match=r"sinks\.agent\.secret: .*base64"):
-        HttpSink(SinkConfig(name="agent", type="http", options=options))
+        build_config(raw, base_dir=tmp_path, env={})
 
 
 # --- Classification ------------------------------------------------------------------------------
