@@ -332,6 +332,10 @@ class _Loader:
             return file.read_text(encoding="utf-8").strip(), None
         except OSError as exc:
             return "", f"cannot read {name}_FILE={file}: {exc.strerror or exc}"
+        except UnicodeDecodeError:
+            return "", f"cannot read {name}_FILE={file}: not UTF-8 text"
+        except ValueError as exc:  # a NUL character in the file name
+            return "", f"cannot read {name}_FILE={str(file)!r}: {exc}"
 
     def scalar_text(self, path: str, raw: object, what: str) -> str | None:
         if isinstance(raw, bool) or not isinstance(raw, str | int | float):
@@ -436,7 +440,11 @@ class _Loader:
             resolved = self.resolve_path(path, text)
             return _INVALID if resolved is None else resolved
         schemes = ("http", "https") if kind is _Kind.HTTP_URL else ("ws", "wss")
-        parts = urllib.parse.urlsplit(text.strip())
+        try:
+            parts = urllib.parse.urlsplit(text.strip())
+            _ = parts.port  # raises for a port that is not a number in 0-65535
+        except ValueError:  # also "http://[x": an unclosed IPv6 host
+            return self.fail(path, f"not {kind.value}")
         if parts.scheme not in schemes or not parts.hostname:
             return self.fail(path, f"not {kind.value}")
         return text.strip()

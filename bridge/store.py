@@ -396,13 +396,12 @@ class Store:
                     batch.append(op)
                 await self._run_batch(batch)
         finally:
-            closed = StoreError(f"state database {self.path} was closed before the write ran")
             while not self._queue.empty():
                 if (op := self._queue.get_nowait()) is not None:
                     batch.append(op)
             for op in batch:
                 if not op.future.done():
-                    op.future.set_exception(closed)
+                    op.future.set_exception(StoreError(f"state database {self.path} was closed"))
 
     async def _run_batch(self, batch: list[_Op]) -> None:
         if self._probe is not None:  # the probe decides when writing is worth trying again

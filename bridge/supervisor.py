@@ -252,8 +252,10 @@ class Supervisor:
             parts["webhook"] = "disabled"
         store_ok = self.store is not None and self.store.writable
         parts["store"] = "writable" if store_ok else "unwritable"
-        if self.store is not None and not self.store.has_room:
+        if store_ok and self.store is not None and not self.store.has_room:
+            # A full spool refuses every event (webhook 503, WebSocket paused): nothing gets in.
             parts["store"] = "full"
+            store_ok = False
         if self.stopping:
             parts["bridge"] = "stopping"
         if not store_ok or not any(receiving) or self.stopping:
@@ -318,7 +320,13 @@ class Supervisor:
         with contextlib.suppress(OSError):
             st = os.statvfs(Path(self.config.state.path).parent)
             self.metrics.disk_free_bytes.set(st.f_bavail * st.f_frsize)
-        for name, (pending, dead) in counts.items():
+        # ``counts`` names only sinks holding rows: a sink that drained must read 0, not its last
+        # value, and a removed sink that drained drops out.
+        self.metrics.pending.clear()
+        self.metrics.dead_letters.clear()
+        configured = self.dispatcher.workers if self.dispatcher else {}
+        for name in sorted(set(configured) | set(counts)):
+            pending, dead = counts.get(name, (0, 0))
             self.metrics.pending.labels(name).set(pending)
             self.metrics.dead_letters.labels(name).set(dead)
 

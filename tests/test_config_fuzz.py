@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import (
@@ -27,7 +28,14 @@ from bridge.sinks import SINK_TYPES
 
 # Nothing under this directory exists, so a random ``*_file`` or path never reads a real file.
 BASE_DIR = Path(os.sep) / "nonexistent-openmail-bridge-fuzz"
-ENV = {"SET": "value", "EMPTY": "", "PORT": "8080", "DUR": "5s"}
+ENV = {
+    "SET": "value",
+    "EMPTY": "",
+    "DUR": "5s",
+    # ${VAR} with VAR unset falls back to the file VAR_FILE names (container secrets).
+    "MISSING_FILE": str(BASE_DIR / "secret"),
+    "NUL_FILE": "a\x00b",
+}
 
 
 def _known_keys() -> list[str]:
@@ -51,6 +59,7 @@ WORDS = [
     "stdout", "file", "http", "kafka", "thread", "strict", "payload", "envelope", "info",
     "/webhooks", "hooks", "./events.jsonl", "~/x", "${SET}", "${EMPTY}", "${UNSET}",
     "${UNSET:-5m}", "${UNSET:?set it}", "${EMPTY:-d}", "a${SET}b", "$$", "${", "inb_1",
+    "${MISSING}", "${NUL}", "${NUL:-x}", "http://[x", "ws://[::1", "http://x:99999/",
     "message.received", "*@x.com", "Jane <jane@x.com>",
     # Inputs that once escaped as ValueError, OverflowError or RuntimeError:
     "\u00b2", "x:\u00b2", "a\x00b", "~no-such-user-fuzz/x", "9" * 400 + "KiB", "9" * 400 + "s",
@@ -122,13 +131,23 @@ GRAFT_POINTS: list[tuple[Any, ...]] = [
     ("routes", 0),
     ("routes", 0, "match"),
     ("routes", 1, "sinks"),
+    # leaves
+    ("shutdown_timeout",),
+    ("openmail", "websocket", "url"),
+    ("openmail", "websocket", "max_in_flight"),
+    ("openmail", "webhook", "listen"),
+    ("openmail", "webhook", "path"),
+    ("state", "path"),
+    ("state", "max_bytes"),
+    ("sinks", "agent", "url"),
+    ("sinks", "agent", "concurrency"),
+    ("sinks", "audit", "path"),
+    ("routes", 0, "name"),
 ]
 
 
 def _graft(point: tuple[Any, ...], value: Any, key: Any) -> Any:
     """A deep copy of VALID with ``value`` set at ``point`` (or, at the top, under ``key``)."""
-    import copy
-
     tree = copy.deepcopy(VALID)
     if not point:
         tree[key] = value
@@ -158,6 +177,14 @@ def _problem_ok(problem: object, top_keys: set[str]) -> bool:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 @given(st.one_of(trees, config_like, grafted))
+# Regressions: each once escaped build_config as a bare exception.
+@example(_graft(("sinks", "agent", "concurrency"), "\u00b2", None))  # ValueError from int()
+@example(_graft(("openmail",), {"api_key_file": "a\x00b", "webhook": {"secret": "s"}}, None))
+@example(_graft(("state", "path"), "~no-such-user-fuzz/db", None))  # RuntimeError
+@example(_graft(("state", "max_bytes"), "9" * 400 + "KiB", None))  # OverflowError
+@example(_graft(("state", "max_bytes"), 10**400, None))  # OverflowError
+@example(_graft(("sinks", "agent", "url"), "http://[x", None))  # ValueError from urlsplit
+@example(_graft(("openmail", "api_key"), "${NUL}", None))  # ValueError reading NUL_FILE
 def test_any_tree_gives_config_or_key_path_errors(raw: Any) -> None:
     try:
         config = build_config(raw, base_dir=BASE_DIR, env=ENV)

@@ -242,6 +242,7 @@ async def start_routed_bridge(sim: Simulator, supervisor: Any) -> None:
 
 
 def route_test(capsys: pytest.CaptureFixture[str], config: Path, event: Path) -> dict[str, Any]:
+    capsys.readouterr()  # drop what the in-process bridge logged to stdout
     assert main(["route-test", "-c", str(config), "--json", str(event)]) == 0
     result: dict[str, Any] = json.loads(capsys.readouterr().out)
     return result

@@ -427,7 +427,7 @@ async def test_subscribe_racing_injections_delivers_each_event_once_after_subscr
 async def test_server_pings_and_keeps_a_ponging_client(
     make_sim: Callable[..., Awaitable[Simulator]], session: aiohttp.ClientSession
 ) -> None:
-    sim = await make_sim(ping_interval=0.05, pong_timeout=0.1)
+    sim = await make_sim(ping_interval=0.05, pong_timeout=0.5)
     async with await connect(session, sim) as ws:  # aiohttp answers pings while receiving
         # An outer timeout: aiohttp restarts receive()'s own timeout after each answered ping.
         with pytest.raises(TimeoutError):
@@ -565,6 +565,35 @@ async def test_webhook_timeout_counts_as_failure_and_gives_up_after_5(
     assert sim.pending_webhooks == 0
 
 
+async def test_changed_secret_applies_to_the_next_retry(
+    make_sim: Callable[..., Awaitable[Simulator]], receiver: Receiver
+) -> None:
+    sim = await make_sim(retry_scale=0.01)  # 0.3 s before attempt 2: time to rotate
+    sim.set_webhook(receiver.url("sales"), "old-secret", inbox_id=SALES)
+    receiver.statuses = [500]
+    event_id = await sim.inject(inbox_id=SALES)
+    await sim.wait_for(lambda: bool(of(sim, event_id, "webhook")))
+    sim.set_webhook(receiver.url("sales"), "new-secret", inbox_id=SALES)
+    await sim.wait_for(lambda: len(of(sim, event_id, "webhook")) == 2)
+    first, second = receiver.hits
+    assert signature_ok(first, "old-secret")
+    assert signature_ok(second, "new-secret")
+    assert not signature_ok(second, "old-secret")
+
+
+async def test_odd_payloads_route_without_crashing(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    async with await connect(session, sim) as ws:
+        await subscribe(ws, inbox_ids=[SUPPORT], event_types=["message.received"])
+        odd = await sim.inject({"event": ["x"], "inbox_id": {"a": 1}})
+        assert [r.channel for r in of(sim, odd)] == ["failed"]
+        assert odd.startswith("evt_")  # an id was assigned
+        with pytest.raises(ValueError, match="JSON"):
+            await sim.inject({"event": "message.received", "when": object()})
+        await assert_nothing_queued(ws)
+
+
 async def test_lifecycle_events_are_webhook_only(
     sim: Simulator, session: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
@@ -668,7 +697,7 @@ async def test_stop_closes_1001_and_cancels_pending_retries(
     finally:
         started = time.monotonic()
         await sim.stop()
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 1.5  # neither the 30 s retry nor the 2 s close grace
     assert await closed == 1001
     await ws.close()
     assert sim.pending_webhooks == 0

@@ -8,6 +8,7 @@ import os
 import re
 import sqlite3
 import sys
+import tracemalloc
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 
@@ -389,6 +390,27 @@ async def test_prune_seen_deletes_in_chunks(db_path: Path) -> None:
         assert query(db_path, "SELECT COUNT(*) FROM seen") == [(0,)]
     finally:
         await store.close()
+
+
+async def test_seen_ids_cost_no_python_memory(store: Store) -> None:
+    # The dedup check is the database's primary key: remembering 10,000 more ids must not grow
+    # the heap (a Python set of them would take about a megabyte).
+    async def burst(start: int) -> None:
+        for chunk in range(start, start + 10_000, 1000):
+            batch = (store.accept(event(f"event-{i:08d}"), []) for i in range(chunk, chunk + 1000))
+            await asyncio.gather(*batch)
+
+    await burst(0)  # warm caches
+    tracemalloc.start()
+    try:
+        await burst(10_000)
+        before = tracemalloc.get_traced_memory()[0]
+        await burst(20_000)
+        growth = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert growth < 200_000, growth
+    assert (await store.accept(event("event-00000001"), [])).outcome is DUPLICATE
 
 
 # -- bounds -------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ class Connection:
         self._queue: asyncio.Queue[tuple[str | _Close, asyncio.Future[bool]]] = asyncio.Queue()
         self.close_code: int | None = None
         self.drained = asyncio.Event()
-        """Set when the writer stops: after a queued close (``close_code`` set) or a failed write"""
+        """Set when the writer stops: at a queued close (``close_code`` set) or a failed write."""
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self, ping_interval: float, pong_timeout: float) -> None:
@@ -213,8 +213,10 @@ class Connection:
                     future.set_result(True)
                 except (ConnectionError, RuntimeError):
                     # The peer went away while we were writing; everything queued is lost.
-                    future.set_result(False)
                     return
+                finally:
+                    if not future.done():  # failed or cancelled mid-write
+                        future.set_result(False)
         finally:
             self.closing = True
             self.drained.set()

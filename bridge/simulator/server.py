@@ -235,6 +235,7 @@ class Simulator:
 
         Raises:
             ValueError: the payload is not JSON-serialisable.
+            TypeError: both a payload and ``message_event()`` arguments were given.
             RuntimeError: the simulator is not started.
         """
         if self._runner is None:
@@ -282,9 +283,9 @@ class Simulator:
     async def disconnect(self, code: int = 1001, *, abrupt: bool = False) -> int:
         """Close every WebSocket connection with ``code``, or with ``abrupt`` cut TCP (1006).
 
-        Returns how many were open, once the close frames are written (the closing handshakes
-        finish in the background; ``wait_for`` on ``connections`` if that matters) or, with
-        ``abrupt``, once the connections are gone.
+        Returns how many were open, once each connection's earlier frames are written and its
+        close is under way (the closing handshakes finish in the background: ``wait_for`` on
+        ``connections`` if that matters) or, with ``abrupt``, once the connections are gone.
         """
         return await self._endpoint.disconnect(code, abrupt=abrupt)
 

@@ -291,12 +291,13 @@ class WebSocketSource:
                     if follow is not None:
                         raise follow
                     message = frame.message
-                    if _looks_like_auth(message):
-                        raise Disconnected(CloseClass.KEY_REJECTED, f"OpenMail said: {message}")
+                    # Inbox first: "inbox ... is not owned by this API key" also names the key.
                     if protocol.error_is_unowned_inbox(message):
                         raise Disconnected(SUBSCRIBE_REJECTED, (
                             f"OpenMail refused the subscription for openmail.websocket.inbox_ids "
                             f"{list(cfg.inbox_ids)}: {message}"))  # fmt: skip
+                    if _looks_like_auth(message):
+                        raise Disconnected(CloseClass.KEY_REJECTED, f"OpenMail said: {message}")
                     if cursor is not None:
                         await self._reset_cursor(cursor, message)
                         cursor = None
@@ -364,7 +365,10 @@ class WebSocketSource:
         try:
             while not ws.closed:
                 try:
-                    msg = await ws.receive(timeout=cfg.stale_after)
+                    # An outer deadline: receive() restarts its own timeout at every WebSocket
+                    # pong, so a transport that answers pings would hide a silent server.
+                    async with asyncio.timeout(cfg.stale_after):
+                        msg = await ws.receive()
                 except TimeoutError:
                     log.warning("ws.stale", silent_for=cfg.stale_after)
                     await ws.close(code=protocol.CloseCode.GOING_AWAY)
@@ -426,8 +430,9 @@ class WebSocketSource:
     async def _consume(
         self, queue: asyncio.Queue[Event], accept: Accept, ws: aiohttp.ClientWebSocketResponse
     ) -> None:
-        """Commit queued events in batches. Each batch is submitted in one tick, so it shares one
-        transaction and either all of it lands or none does; the cursor never skips an event."""
+        """Commit queued events in batches submitted in one tick, so they share a transaction.
+        On the first refusal the connection closes; the store never moves the cursor past a
+        refused event, so the reconnect replays it and whatever followed."""
         while True:
             batch = [await queue.get()]
             while not queue.empty():

@@ -1,0 +1,307 @@
+"""The accept stage and ingest as a whole: Pipeline.accept against a real SQLite store, both sources
+feeding one de-duplicated stream (the fallback scenario), push-back from a full spool, and the
+one-process-per-state rule."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from conftest import (
+    AGENT_SECRET,
+    WEBHOOK_SECRET,
+    Receiver,
+    bridge_config_dict,
+    make_config,
+    read_lines,
+    running_bridge,
+    start_bridge_process,
+    wait_until,
+    write_config,
+)
+
+from bridge.config import RouteConfig, RouteMatch
+from bridge.errors import SpoolFullError
+from bridge.events import Event, Origin
+from bridge.metrics import Metrics
+from bridge.pipeline import Pipeline
+from bridge.protocol import sign
+from bridge.routing import Router
+from bridge.simulator import Simulator
+from bridge.store import AcceptOutcome, Delivery, Store, StoreLimits
+from bridge.supervisor import Supervisor
+
+ROUTE_ALL = [{"name": "all", "sinks": ["audit"]}]
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+class RecordingDispatcher:
+    """Stands in for bridge.delivery.Dispatcher: records what the pipeline hands over."""
+
+    def __init__(self) -> None:
+        self.submitted: list[Delivery] = []
+
+    def submit(self, deliveries: Iterable[Delivery]) -> None:
+        self.submitted.extend(deliveries)
+
+
+def make_event(event_id: str, origin: Origin = Origin.WEBHOOK, inbox_id: str | None = "inb_a",
+               kind: str = "message.received") -> Event:  # fmt: skip
+    raw = json.dumps({"event": kind, "event_id": event_id, "inbox_id": inbox_id}).encode()
+    return Event(event_id=event_id, type=kind, inbox_id=inbox_id, thread_id=f"thr_{event_id}",
+                 sender="a@example.com", recipient="inbox@openmail.sh", origin=origin,
+                 received_at=time.time(), raw=raw)  # fmt: skip
+
+
+def routes(**by_sink: tuple[str, ...]) -> list[RouteConfig]:
+    """One route per sink, matching the given inbox ids (empty: every event)."""
+    return [RouteConfig(name=sink, sinks=(sink,), match=RouteMatch(inbox_ids=inboxes))
+            for sink, inboxes in by_sink.items()]  # fmt: skip
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(f"openmail_bridge_{name}", labels)
+    return 0.0 if value is None else value
+
+
+def db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def stored_ids(db: Path) -> set[str]:
+    return {row[0] for row in db_rows(db, "SELECT event_id FROM seen")}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "state" / "bridge.db")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def pipeline_for(store: Store, route_list: list[RouteConfig]) -> tuple[Pipeline, RecordingDispatcher, Metrics]:
+    dispatcher, metrics = RecordingDispatcher(), Metrics()
+    return Pipeline(store, Router(route_list), dispatcher, metrics), dispatcher, metrics  # type: ignore[arg-type]
+
+
+# --- Pipeline.accept -----------------------------------------------------------------------------
+
+
+async def test_accept_persists_and_hands_rows_to_delivery(store: Store) -> None:
+    pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=(), archive=("inb_a",), other=("inb_b",)))
+    with structlog.testing.capture_logs() as logs:
+        outcome = await pipeline.accept(make_event("evt_1"))
+    assert outcome is AcceptOutcome.ACCEPTED
+    assert sorted(d.sink for d in dispatcher.submitted) == ["agent", "archive"]
+    assert {d.event_id for d in dispatcher.submitted} == {"evt_1"}
+    assert stored_ids(store.path) == {"evt_1"}
+    rows = db_rows(store.path, "SELECT sink FROM deliveries ORDER BY sink")
+    assert rows == [("agent",), ("archive",)]
+    assert sample(metrics, "events_received_total", source="webhook") == 1
+    (accepted,) = [e for e in logs if e["event"] == "event.accepted"]
+    assert accepted["event_id"] == "evt_1"
+    assert accepted["source"] == "webhook"
+    assert accepted["inbox_id"] == "inb_a"
+    assert accepted["sinks"] == ["agent", "archive"]
+
+
+async def test_duplicate_across_sources_is_dropped(store: Store) -> None:
+    pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=()))
+    assert await pipeline.accept(make_event("evt_1", Origin.WEBHOOK)) is AcceptOutcome.ACCEPTED
+    with structlog.testing.capture_logs() as logs:
+        assert await pipeline.accept(make_event("evt_1", Origin.WEBSOCKET)) is AcceptOutcome.DUPLICATE
+        assert await pipeline.accept(make_event("evt_1", Origin.WEBHOOK)) is AcceptOutcome.DUPLICATE
+    assert len(dispatcher.submitted) == 1
+    assert db_rows(store.path, "SELECT count(*) FROM deliveries") == [(1,)]
+    assert sample(metrics, "events_duplicate_total", source="websocket") == 1
+    assert sample(metrics, "events_duplicate_total", source="webhook") == 1
+    assert sample(metrics, "events_received_total", source="websocket") == 0
+    assert [e for e in logs if e["event"] == "event.accepted"] == []
+    # A WebSocket duplicate still moves the replay cursor: it was handled.
+    assert store.cursor == "evt_1"
+
+
+async def test_duplicate_is_recognised_after_the_event_was_delivered(store: Store) -> None:
+    """The seen record outlives the spooled payload: a late retry is still a duplicate."""
+    pipeline, dispatcher, _ = pipeline_for(store, routes(agent=()))
+    await pipeline.accept(make_event("evt_1"))
+    (delivery,) = dispatcher.submitted
+    await store.mark_delivered(delivery.id)
+    assert db_rows(store.path, "SELECT count(*) FROM events") == [(0,)]
+    assert await pipeline.accept(make_event("evt_1")) is AcceptOutcome.DUPLICATE
+
+
+async def test_concurrent_accepts_commit_in_call_order(store: Store) -> None:
+    pipeline, dispatcher, _ = pipeline_for(store, routes(agent=()))
+    ids = [f"evt_{n:03d}" for n in range(50)]
+    outcomes = await asyncio.gather(*(pipeline.accept(make_event(i, Origin.WEBSOCKET)) for i in ids))
+    assert set(outcomes) == {AcceptOutcome.ACCEPTED}
+    assert [row[0] for row in db_rows(store.path, "SELECT event_id FROM events ORDER BY seq")] == ids
+    assert [d.event_id for d in dispatcher.submitted] == ids
+    assert store.cursor == ids[-1]
+    assert store.commits < len(ids)  # group commit: they shared transactions
+
+
+async def test_unrouted_event_is_recorded_and_warned_once_per_inbox(store: Store) -> None:
+    pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=("inb_routed",)))
+    with structlog.testing.capture_logs() as logs:
+        for n, inbox in enumerate(["inb_x", "inb_x", "inb_y", None, None]):
+            assert await pipeline.accept(make_event(f"evt_{n}", inbox_id=inbox)) is AcceptOutcome.ACCEPTED
+    assert dispatcher.submitted == []
+    assert sample(metrics, "events_unrouted_total") == 5
+    warnings = [e for e in logs if e["event"] == "event.unrouted"]
+    assert [w["inbox_id"] for w in warnings] == ["inb_x", "inb_y", None]
+    assert all(w["log_level"] == "warning" for w in warnings)
+    assert stored_ids(store.path) == {f"evt_{n}" for n in range(5)}  # still de-duplicated later
+    assert db_rows(store.path, "SELECT count(*) FROM events") == [(0,)]  # nothing held for no one
+    assert store.spool_bytes == 0
+
+
+async def test_router_swap_applies_to_the_next_event(store: Store) -> None:
+    pipeline, dispatcher, _ = pipeline_for(store, routes(old=()))
+    await pipeline.accept(make_event("evt_1"))
+    pipeline.router = Router(routes(new=()))  # what a reload does
+    await pipeline.accept(make_event("evt_2"))
+    assert [(d.event_id, d.sink) for d in dispatcher.submitted] == [("evt_1", "old"), ("evt_2", "new")]
+
+
+async def test_spool_full_raises_and_stores_nothing(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "bridge.db", StoreLimits(max_bytes=100))
+    try:
+        pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=()))
+        small = make_event("evt_small")
+        assert await pipeline.accept(small) is AcceptOutcome.ACCEPTED
+        big = make_event("evt_big", Origin.WEBSOCKET)
+        with pytest.raises(SpoolFullError):
+            await pipeline.accept(big)
+        assert stored_ids(store.path) == {"evt_small"}
+        assert [d.event_id for d in dispatcher.submitted] == ["evt_small"]
+        assert sample(metrics, "events_received_total", source="websocket") == 0
+        # The refused WebSocket event holds the cursor back, so a replay brings it again.
+        assert store.cursor is None
+    finally:
+        await store.close()
+
+
+# --- the fallback scenario: WebSocket down, webhook meanwhile, replay overlapping -----------------
+
+
+async def test_fallback_scenario_every_event_exactly_once(sim: Simulator, tmp_path: Path) -> None:
+    config = make_config(tmp_path, sim, routes=ROUTE_ALL)
+    async with running_bridge(config) as sup:
+        assert sup.websocket is not None and sup.webhook is not None and sup.store is not None
+        sim.set_webhook(f"http://127.0.0.1:{sup.webhook.port}/webhooks", WEBHOOK_SECRET)
+        await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
+        before = [await sim.inject() for _ in range(5)]
+        await wait_until(lambda: sup.store.cursor == before[-1])  # type: ignore[union-attr]
+
+        sim.refuse(3600)  # drop the WebSocket and refuse reconnects for a while
+        await sim.disconnect(1001)
+        await wait_until(lambda: sup.readiness()[0] == "degraded")
+        during = [await sim.inject(inbox_id=inbox) for inbox in ["inb_demo_support", "inb_demo_sales"] * 5]
+
+        def webhook_acked() -> set[str]:
+            return {d.event_id for d in sim.deliveries if d.channel == "webhook" and d.error is None}
+
+        await wait_until(lambda: webhook_acked() >= set(during))
+        assert stored_ids(config.state.path) == set(before + during)
+
+        sim.refuse(0)  # reconnect: replay from the cursor repeats what came by webhook
+        await wait_until(lambda: {d.event_id for d in sim.deliveries if d.replay} == set(during))
+        after = [await sim.inject() for _ in range(5)]
+        everything = before + during + after
+        lines = tmp_path / "events.jsonl"
+        await wait_until(lambda: stored_ids(config.state.path) == set(everything))
+        await wait_until(lambda: len(read_lines(lines)) >= len(everything))
+        received = [line["event_id"] for line in read_lines(lines)]
+        assert sorted(received) == sorted(everything)  # each exactly once
+        assert sup.metrics.registry.get_sample_value(
+            "openmail_bridge_events_duplicate_total", {"source": "websocket"}
+        ) == len(during)
+        assert sup.store.cursor == after[-1]
+        assert sup.readiness()[0] == "ready"
+
+
+# --- a full spool pushes back and recovers -------------------------------------------------------
+
+
+async def test_full_spool_pushes_back_and_recovers_without_loss(sim: Simulator, tmp_path: Path) -> None:
+    agent = Receiver(secret=AGENT_SECRET, up=False)  # the sink is down: the spool fills
+    await agent.start()
+    try:
+        config = make_config(
+            tmp_path, sim,
+            state={"max_bytes": "6KiB"},
+            sinks={"agent": {"type": "http", "url": agent.url, "secret": AGENT_SECRET,
+                             "retry": {"initial": "50ms", "max": "200ms"}}},
+            routes=[{"name": "all", "sinks": ["agent"]}],
+        )  # fmt: skip
+        with structlog.testing.capture_logs() as logs:
+            async with running_bridge(config) as sup, aiohttp.ClientSession() as session:
+                assert sup.websocket is not None and sup.webhook is not None and sup.store is not None
+                await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
+                sent: list[str] = []
+                while not events_named(logs, "ws.pushback"):
+                    sent.append(await sim.inject())
+                    assert len(sent) < 50
+                # Closed, and stays closed while there is no room.
+                await wait_until(lambda: sup.websocket.state == "paused")  # type: ignore[union-attr]
+                connects = len(events_named(logs, "sim.ws.connected"))
+                sent += [await sim.inject() for _ in range(3)]  # arrive while the bridge is away
+                await asyncio.sleep(1.0)  # the thing measured: nothing reconnects meanwhile
+                assert len(events_named(logs, "sim.ws.connected")) == connects
+                assert sim.connections == []
+                assert sup.readiness()[1]["store"] == "full"
+
+                body = json.dumps({"event": "message.received", "event_id": "evt_hook",
+                                   "inbox_id": "inb_demo_support", "padding": "x" * 8192}).encode()  # fmt: skip
+                ts = int(time.time())
+                headers = {"X-Timestamp": str(ts), "X-Signature": sign(WEBHOOK_SECRET, ts, body)}
+                url = f"http://127.0.0.1:{sup.webhook.port}/webhooks"
+                async with session.post(url, data=body, headers=headers) as resp:
+                    assert resp.status == 503
+                    assert "Retry-After" in resp.headers
+
+                agent.up = True  # room returns as the sink drains the spool
+                await wait_until(lambda: set(agent.accepted_ids()) == set(sent), timeout=15)
+                assert sorted(agent.accepted_ids()) == sorted(sent)  # none lost, none twice
+                await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
+    finally:
+        await agent.stop()
+
+
+def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == name]
+
+
+# --- one process per state -----------------------------------------------------------------------
+
+
+async def test_second_instance_on_the_same_state_refuses_to_start(tmp_path: Path, bridge_processes: list[Any]) -> None:
+    config = make_config(tmp_path)
+    async with running_bridge(config):
+        path = write_config(tmp_path / "config.yaml", bridge_config_dict(tmp_path))
+        second = start_bridge_process(path)
+        bridge_processes.append(second)
+        code = await asyncio.to_thread(second.wait, 20.0)
+        assert code == 1
+        stderr = second.stderr_path.read_text()
+        assert f"pid {os.getpid()}" in stderr
+        assert str(config.state.path) in stderr

@@ -1,0 +1,393 @@
+"""The supervisor in-process: start order, reverse stop with a drain deadline, atomic reloads, and
+the state lock that keeps a second instance out."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from conftest import (
+    AGENT_SECRET,
+    WEBHOOK_SECRET,
+    Receiver,
+    bridge_config_dict,
+    make_config,
+    read_lines,
+    running_bridge,
+    wait_until,
+)
+
+from bridge.config import Config
+from bridge.errors import ConfigError, StoreLockedError
+from bridge.simulator import Simulator
+from bridge.store import Store
+from bridge.supervisor import Supervisor
+from bridge.systemd import Notifier
+
+
+def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
+    timestamp = str(int(time.time()))
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return {"X-Timestamp": timestamp, "X-Signature": digest.hexdigest(),
+            "Content-Type": "application/json"}  # fmt: skip
+
+
+def event_body(event_id: str, inbox_id: str = "inb_demo_support") -> bytes:
+    return json.dumps({"event": "message.received", "event_id": event_id, "inbox_id": inbox_id,
+                       "occurred_at": "2026-02-24T10:05:00Z",
+                       "message": {"id": f"msg_{event_id}", "subject": "hi"}}).encode()  # fmt: skip
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def post_event(http: aiohttp.ClientSession, sv: Supervisor, event_id: str) -> int:
+    assert sv.webhook is not None
+    body = event_body(event_id)
+    url = f"http://127.0.0.1:{sv.webhook.port}/webhooks"
+    async with http.post(url, data=body, headers=signed(body)) as response:
+        return response.status
+
+
+async def admin_get(http: aiohttp.ClientSession, sv: Supervisor, path: str) -> tuple[int, Any]:
+    async with http.get(f"http://127.0.0.1:{getattr(sv.admin, 'port', 0)}{path}") as response:
+        return response.status, await response.json()
+
+
+def port_is_bound(port: int | None) -> bool:
+    assert port
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class RecordingNotifier(Notifier):
+    """A Notifier that records what it would tell systemd, and what was true at that moment."""
+
+    def __init__(self) -> None:
+        super().__init__(env={})
+        self.sent: list[str] = []
+        self.supervisor: Supervisor | None = None
+        self.at_ready: dict[str, object] = {}
+
+    def ready(self, status: str) -> None:
+        sv = self.supervisor
+        assert sv is not None and sv.dispatcher is not None
+        self.at_ready = {
+            "store_open": sv.store is not None and sv.store.writable,
+            "workers_running": all(w._tasks for w in sv.dispatcher.workers.values()),
+            "admin_bound": port_is_bound(getattr(sv.admin, "port", None)),
+            "webhook_bound": sv.webhook is not None and port_is_bound(sv.webhook.port),
+            "websocket_started": sv.websocket is not None,
+        }
+        self.sent.append(f"READY {status}")
+
+    def stopping(self) -> None:
+        self.sent.append("STOPPING")
+
+
+# --- start and stop --------------------------------------------------------------------------------
+
+
+async def test_starts_in_dependency_order_and_is_ready_only_once_listeners_are_bound(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    notifier = RecordingNotifier()
+    sv = Supervisor(make_config(tmp_path, sim), notifier=notifier)
+    notifier.supervisor = sv
+    with structlog.testing.capture_logs() as logs:
+        await sv.start()
+        try:
+            assert notifier.at_ready == {"store_open": True, "workers_running": True,
+                                         "admin_bound": True, "webhook_bound": True,
+                                         "websocket_started": True}  # fmt: skip
+            assert notifier.sent[0].startswith("READY ")
+        finally:
+            await sv.stop()
+    events = [entry["event"] for entry in logs]
+    order = ["store.opened", "admin.listening", "webhook.listening", "bridge.started"]
+    positions = [events.index(name) for name in order]
+    assert positions == sorted(positions), events
+    assert events.index("bridge.stopping") > events.index("bridge.started")
+    assert events[-1] == "bridge.stopped"
+    assert events.index("store.closed") < events.index("bridge.stopped")
+    assert notifier.sent[-1] == "STOPPING"
+
+
+async def test_stops_in_reverse_order_refusing_new_events_while_stopping(
+    sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    notifier = RecordingNotifier()
+    sv = Supervisor(make_config(tmp_path, sim), notifier=notifier)
+    notifier.supervisor = sv
+    await sv.start()
+    assert sv.websocket is not None and sv.webhook is not None and sv.dispatcher is not None
+    assert sv.store is not None
+    await wait_until(lambda: sv.websocket.receiving)  # type: ignore[union-attr]
+    calls: list[str] = []
+    seen_while_stopping: dict[str, object] = {}
+
+    def spy(name: str, original: Callable[..., Awaitable[None]],
+            before: Callable[[], Awaitable[None]] | None = None) -> Callable[..., Awaitable[None]]:  # fmt: skip
+        async def wrapper(*args: object) -> None:
+            calls.append(name)
+            if before is not None:
+                await before()
+            await original(*args)
+
+        return wrapper
+
+    async def probe_sources() -> None:
+        # The webhook already refuses (503, OpenMail retries) while the WebSocket closes.
+        seen_while_stopping["webhook"] = await post_event(http, sv, "evt_during_stop")
+        seen_while_stopping["readyz"] = await admin_get(http, sv, "/readyz")
+
+    async def probe_drain() -> None:
+        seen_while_stopping["healthz"] = (await admin_get(http, sv, "/healthz"))[0]
+
+    admin = sv.admin
+    sv.websocket.stop = spy("websocket", sv.websocket.stop, probe_sources)  # type: ignore[method-assign]
+    sv.webhook.stop = spy("webhook", sv.webhook.stop)  # type: ignore[method-assign]
+    sv.dispatcher.stop = spy("sinks", sv.dispatcher.stop, probe_drain)  # type: ignore[method-assign]
+    admin.stop = spy("admin", admin.stop)  # type: ignore[attr-defined]
+    sv.store.close = spy("store", sv.store.close)  # type: ignore[method-assign]
+
+    await sv.stop()
+    assert calls == ["websocket", "webhook", "sinks", "admin", "store"]
+    assert notifier.sent[-1] == "STOPPING"
+    assert seen_while_stopping["webhook"] == 503
+    status, body = seen_while_stopping["readyz"]  # type: ignore[misc]
+    assert status == 503 and body["status"] == "unavailable" and body["bridge"] == "stopping"
+    assert seen_while_stopping["healthz"] == 200
+    await sv.stop()  # a second stop is a no-op
+    assert calls == ["websocket", "webhook", "sinks", "admin", "store"]
+
+
+async def test_stop_drains_in_flight_deliveries_within_shutdown_timeout(
+    tmp_path: Path, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    receiver.delay = 0.4  # in flight when the stop begins, done well inside shutdown_timeout
+    sinks = {"agent": {"type": "http", "url": receiver.url, "secret": AGENT_SECRET}}
+    config = make_config(tmp_path, None, sinks=sinks, shutdown_timeout="3s")
+    sv = Supervisor(config)
+    await sv.start()
+    assert await post_event(http, sv, "evt_in_flight") == 200
+    await wait_until(lambda: len(receiver.received) == 1)
+    await sv.stop()
+    assert receiver.accepted_ids() == ["evt_in_flight"]
+    store = await Store.open(config.state.path)
+    try:
+        assert await store.pending("agent") == []
+    finally:
+        await store.close()
+
+
+async def test_stop_leaves_undelivered_rows_for_the_next_start(
+    tmp_path: Path, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    receiver.delay = 5.0  # slower than shutdown_timeout: cancelled at the deadline, kept
+    sinks = {"agent": {"type": "http", "url": receiver.url, "secret": AGENT_SECRET}}
+    config = make_config(tmp_path, None, sinks=sinks, shutdown_timeout="300ms")
+    async with running_bridge(config) as sv:
+        assert await post_event(http, sv, "evt_slow") == 200
+        await wait_until(lambda: len(receiver.received) == 1)
+        started = time.monotonic()
+    assert time.monotonic() - started < 3.0
+    store = await Store.open(config.state.path)
+    try:
+        assert [d.event_id for d in await store.pending("agent")] == ["evt_slow"]
+    finally:
+        await store.close()
+    receiver.delay = 0.0
+    async with running_bridge(config):
+        await wait_until(lambda: "evt_slow" in receiver.accepted_ids())
+
+
+async def test_stop_is_safe_before_start() -> None:
+    sv = Supervisor(Config(sinks={}))
+    await sv.stop()
+    assert sv.stopping
+
+
+# --- reload ------------------------------------------------------------------------------------------
+
+
+def two_file_sinks(tmp_path: Path, route_to: str, **extra: Any) -> dict[str, Any]:
+    data = bridge_config_dict(tmp_path, None, **extra)
+    data["sinks"] = {
+        "a": {"type": "file", "path": str(tmp_path / "a.jsonl")},
+        "b": {"type": "file", "path": str(tmp_path / "b.jsonl")},
+    }
+    data["routes"] = [{"name": "main", "sinks": [route_to]}]
+    return data
+
+
+def build(tmp_path: Path, data: dict[str, Any]) -> Config:
+    from bridge.config import build_config
+
+    return build_config(data, base_dir=tmp_path, env={})
+
+
+async def test_reload_swaps_routes_atomically_under_load(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    new = build(tmp_path, two_file_sinks(tmp_path, "b"))
+    sv = Supervisor(build(tmp_path, two_file_sinks(tmp_path, "a")), reload_config=lambda: new)
+    await sv.start()
+    try:
+        sent: list[str] = []
+        sent_after_reload: list[str] = []  # posted only once reload() had returned
+        reloaded = False
+
+        async def flood(prefix: str, count: int) -> None:
+            for i in range(count):
+                event_id = f"evt_{prefix}_{i}"
+                after = reloaded
+                assert await post_event(http, sv, event_id) == 200
+                sent.append(event_id)
+                if after:
+                    sent_after_reload.append(event_id)
+
+        floods = [asyncio.create_task(flood(f"w{n}", 40)) for n in range(4)]
+        await wait_until(lambda: len(sent) >= 20)
+        sent_before_reload = list(sent)
+        assert await sv.reload()
+        reloaded = True
+        await asyncio.gather(*floods)
+        assert sent_after_reload, "the flood ended before the reload"
+
+        def delivered(name: str) -> list[str]:
+            return [line["event_id"] for line in read_lines(tmp_path / f"{name}.jsonl")]
+
+        await wait_until(lambda: len(delivered("a")) + len(delivered("b")) == len(sent))
+        a, b = delivered("a"), delivered("b")
+        # Every event went to exactly one route's sink: the old one or the new one, never neither.
+        assert sorted(a + b) == sorted(sent)
+        assert not set(a) & set(b)
+        assert set(sent_before_reload) <= set(a)
+        assert set(sent_after_reload) <= set(b)
+        assert sv.metrics.registry.get_sample_value("openmail_bridge_events_unrouted_total") == 0
+        assert sv.metrics.registry.get_sample_value(
+            "openmail_bridge_config_reloads_total", {"result": "ok"}) == 1  # fmt: skip
+    finally:
+        await sv.stop()
+
+
+async def test_reload_of_a_changed_sink_loses_no_event_in_flight(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A sink whose options change is replaced; events accepted meanwhile reach the new worker."""
+    old = two_file_sinks(tmp_path, "a")
+    changed = two_file_sinks(tmp_path, "a")
+    changed["sinks"]["a"]["format"] = "envelope"
+    configs = iter([build(tmp_path, changed), build(tmp_path, old)] * 5)
+    sv = Supervisor(build(tmp_path, old), reload_config=lambda: next(configs))
+    await sv.start()
+    try:
+        sent: list[str] = []
+
+        async def flood(prefix: str, count: int) -> None:
+            for i in range(count):
+                event_id = f"evt_{prefix}_{i}"
+                assert await post_event(http, sv, event_id) == 200
+                sent.append(event_id)
+
+        floods = [asyncio.create_task(flood(f"w{n}", 60)) for n in range(6)]
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+            assert await sv.reload()
+        await asyncio.gather(*floods)
+
+        def delivered() -> set[str]:
+            ids = set()
+            for line in read_lines(tmp_path / "a.jsonl"):
+                ids.add(line["payload"]["event_id"] if "payload" in line else line["event_id"])
+            return ids
+
+        await wait_until(lambda: delivered() == set(sent), timeout=5)
+    finally:
+        await sv.stop()
+
+
+async def test_invalid_reload_is_reported_and_the_old_config_keeps_running(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    def broken() -> Config:
+        raise ConfigError(["sinks.agent.url: not an http(s) URL"])
+
+    config = make_config(tmp_path, None)
+    sv = Supervisor(config, reload_config=broken)
+    await sv.start()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert await sv.reload() is False
+        rejected = [e for e in logs if e["event"] == "config.reload_rejected"]
+        assert rejected and rejected[0]["errors"] == ["sinks.agent.url: not an http(s) URL"]
+        assert rejected[0]["log_level"] == "error"
+        assert sv.config is config
+        assert sv.metrics.registry.get_sample_value(
+            "openmail_bridge_config_reloads_total", {"result": "invalid"}) == 1  # fmt: skip
+        _, status = await admin_get(http, sv, "/status")
+        assert status["config"]["last_reload"]["ok"] is False
+        assert status["config"]["last_reload"]["errors"] == ["sinks.agent.url: not an http(s) URL"]
+        assert await post_event(http, sv, "evt_still_flowing") == 200
+        await wait_until(lambda: [line["event_id"] for line in read_lines(tmp_path / "events.jsonl")]
+                         == ["evt_still_flowing"])  # fmt: skip
+    finally:
+        await sv.stop()
+
+
+async def test_reload_reopens_file_sinks_even_when_the_new_config_is_invalid(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """logrotate sends SIGHUP after moving the file; a config mid-edit must not stop the reopen."""
+
+    def broken() -> Config:
+        raise ConfigError(["routes[0].sinks[0]: no sink named 'gone'"])
+
+    sv = Supervisor(make_config(tmp_path, None), reload_config=broken)
+    await sv.start()
+    try:
+        path = tmp_path / "events.jsonl"
+        assert await post_event(http, sv, "evt_before") == 200
+        await wait_until(lambda: len(read_lines(path)) == 1)
+        path.rename(tmp_path / "events.jsonl.1")
+        assert await sv.reload() is False
+        assert await post_event(http, sv, "evt_after") == 200
+        await wait_until(lambda: [line["event_id"] for line in read_lines(path)] == ["evt_after"])
+        assert [line["event_id"] for line in read_lines(tmp_path / "events.jsonl.1")] == [
+            "evt_before"
+        ]
+    finally:
+        await sv.stop()
+
+
+# --- the state lock ------------------------------------------------------------------------------------
+
+
+async def test_second_instance_on_the_same_state_fails_with_store_locked_error(
+    sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    config = make_config(tmp_path, sim)
+    async with running_bridge(config) as first:
+        second = Supervisor(config)
+        with pytest.raises(StoreLockedError, match="in use by another openmail-bridge"):
+            await second.start()
+        assert second.admin is None and second.webhook is None and second.websocket is None
+        assert second.stopping
+        # The first one is untouched.
+        await wait_until(lambda: first.websocket is not None and first.websocket.receiving)
+        assert (await admin_get(http, first, "/readyz"))[1]["status"] == "ready"
+        assert await post_event(http, first, "evt_first_still_works") == 200
