@@ -1,0 +1,150 @@
+"""The configuration schema: one frozen dataclass per section, defaults included.
+
+Sink types add their own option dataclasses next to their classes (``bridge.sinks``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bridge import protocol
+from bridge.config.values import ByteSize, Duration, FilePath, Listen, Secret, WsUrl
+
+# --- Sections ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconnectConfig:
+    initial: Duration = 1.0
+    max: Duration = 30.0
+    reset_after: Duration = 60.0
+    """A connection that stayed up this long resets the backoff."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebSocketConfig:
+    enabled: bool = True
+    url: WsUrl = protocol.DEFAULT_WS_URL
+    inbox_ids: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    subscribe_timeout: Duration = 10.0
+    ping_interval: Duration = 20.0
+    """Both a WebSocket ping and a protocol ``ping`` are sent this often."""
+    stale_after: Duration = 45.0
+    """No frame or pong for this long: the connection is dead, reconnect."""
+    max_in_flight: int = 64
+    """Events read from the socket but not yet committed. Bounds memory, and stays under the
+    replay limit so a reconnect after a failed commit replays every one of them."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    cert: FilePath
+    key: FilePath
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookConfig:
+    enabled: bool = True
+    listen: Listen = field(default_factory=lambda: Listen("127.0.0.1", 8080))
+    path: str = "/webhooks"
+    secret: Secret | None = None
+    secrets: tuple[Secret, ...] = ()
+    """Extra account-level secrets, any of which verifies any event (rotation)."""
+    inbox_secrets: Mapping[str, Secret] = field(default_factory=dict)
+    """``secrets:`` given as a map: an inbox's event verifies only with its own secret."""
+    tolerance: Duration = protocol.WEBHOOK_TOLERANCE
+    max_body: ByteSize = 10 << 20
+    tls: TlsConfig | None = None
+
+    @property
+    def account_secrets(self) -> tuple[Secret, ...]:
+        return ((self.secret,) if self.secret else ()) + self.secrets
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenMailConfig:
+    api_key: Secret | None = None
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateConfig:
+    path: FilePath = Path("state/bridge.db")
+    max_bytes: ByteSize = 1 << 30
+    min_free: ByteSize = 256 << 20
+    dedup_window: Duration = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    enabled: bool = True
+    listen: Listen = field(default_factory=lambda: Listen("127.0.0.1", 9464))
+    token: Secret | None = None
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["json", "console", "auto"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: LogLevel = "info"
+    format: LogFormat = "auto"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryConfig:
+    initial: Duration = 1.0
+    max: Duration = 300.0
+    max_age: Duration = 86400.0
+    max_attempts: int = 0
+    """0 = no cap on attempts (``max_age`` still applies)."""
+
+
+Ordering = Literal["thread", "none", "strict"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SinkConfig:
+    """Options every sink has, plus ``options``: the dataclass its ``type`` declares."""
+
+    name: str
+    type: str
+    options: object
+    ordering: Ordering = "thread"
+    concurrency: int = 4
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteMatch:
+    inbox_ids: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    senders: tuple[str, ...] = field(default=(), metadata={"key": "from"})
+    recipients: tuple[str, ...] = field(default=(), metadata={"key": "to"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    name: str
+    sinks: tuple[str, ...]
+    match: RouteMatch = field(default_factory=RouteMatch)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    openmail: OpenMailConfig = field(default_factory=OpenMailConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
+    routes: tuple[RouteConfig, ...] = ()
+    shutdown_timeout: Duration = 10.0
+    source: Path | None = field(default=None, metadata={"internal": True})
+    """The file this config was read from."""
