@@ -371,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Logs go to stderr, never stdout (that belongs to --json output and the stdout sink); the
+    # commands that run a bridge reconfigure this from their config.
+    logs.configure("warning", "auto")
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
