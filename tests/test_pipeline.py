@@ -9,7 +9,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ from bridge.protocol import sign
 from bridge.routing import Router
 from bridge.simulator import Simulator
 from bridge.store import AcceptOutcome, Delivery, Store, StoreLimits
-from bridge.supervisor import Supervisor
 
 ROUTE_ALL = [{"name": "all", "sinks": ["audit"]}]
 
@@ -56,18 +55,32 @@ class RecordingDispatcher:
         self.submitted.extend(deliveries)
 
 
-def make_event(event_id: str, origin: Origin = Origin.WEBHOOK, inbox_id: str | None = "inb_a",
-               kind: str = "message.received") -> Event:  # fmt: skip
+def make_event(
+    event_id: str,
+    origin: Origin = Origin.WEBHOOK,
+    inbox_id: str | None = "inb_a",
+    kind: str = "message.received",
+) -> Event:
     raw = json.dumps({"event": kind, "event_id": event_id, "inbox_id": inbox_id}).encode()
-    return Event(event_id=event_id, type=kind, inbox_id=inbox_id, thread_id=f"thr_{event_id}",
-                 sender="a@example.com", recipient="inbox@openmail.sh", origin=origin,
-                 received_at=time.time(), raw=raw)  # fmt: skip
+    return Event(
+        event_id=event_id,
+        type=kind,
+        inbox_id=inbox_id,
+        thread_id=f"thr_{event_id}",
+        sender="a@example.com",
+        recipient="inbox@openmail.sh",
+        origin=origin,
+        received_at=time.time(),
+        raw=raw,
+    )
 
 
 def routes(**by_sink: tuple[str, ...]) -> list[RouteConfig]:
     """One route per sink, matching the given inbox ids (empty: every event)."""
-    return [RouteConfig(name=sink, sinks=(sink,), match=RouteMatch(inbox_ids=inboxes))
-            for sink, inboxes in by_sink.items()]  # fmt: skip
+    return [
+        RouteConfig(name=sink, sinks=(sink,), match=RouteMatch(inbox_ids=inboxes))
+        for sink, inboxes in by_sink.items()
+    ]
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -96,7 +109,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         await s.close()
 
 
-def pipeline_for(store: Store, route_list: list[RouteConfig]) -> tuple[Pipeline, RecordingDispatcher, Metrics]:
+def pipeline_for(
+    store: Store, route_list: list[RouteConfig]
+) -> tuple[Pipeline, RecordingDispatcher, Metrics]:
     dispatcher, metrics = RecordingDispatcher(), Metrics()
     return Pipeline(store, Router(route_list), dispatcher, metrics), dispatcher, metrics  # type: ignore[arg-type]
 
@@ -105,7 +120,9 @@ def pipeline_for(store: Store, route_list: list[RouteConfig]) -> tuple[Pipeline,
 
 
 async def test_accept_persists_and_hands_rows_to_delivery(store: Store) -> None:
-    pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=(), archive=("inb_a",), other=("inb_b",)))
+    pipeline, dispatcher, metrics = pipeline_for(
+        store, routes(agent=(), archive=("inb_a",), other=("inb_b",))
+    )
     with structlog.testing.capture_logs() as logs:
         outcome = await pipeline.accept(make_event("evt_1"))
     assert outcome is AcceptOutcome.ACCEPTED
@@ -126,7 +143,9 @@ async def test_duplicate_across_sources_is_dropped(store: Store) -> None:
     pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=()))
     assert await pipeline.accept(make_event("evt_1", Origin.WEBHOOK)) is AcceptOutcome.ACCEPTED
     with structlog.testing.capture_logs() as logs:
-        assert await pipeline.accept(make_event("evt_1", Origin.WEBSOCKET)) is AcceptOutcome.DUPLICATE
+        assert (
+            await pipeline.accept(make_event("evt_1", Origin.WEBSOCKET)) is AcceptOutcome.DUPLICATE
+        )
         assert await pipeline.accept(make_event("evt_1", Origin.WEBHOOK)) is AcceptOutcome.DUPLICATE
     assert len(dispatcher.submitted) == 1
     assert db_rows(store.path, "SELECT count(*) FROM deliveries") == [(1,)]
@@ -151,9 +170,13 @@ async def test_duplicate_is_recognised_after_the_event_was_delivered(store: Stor
 async def test_concurrent_accepts_commit_in_call_order(store: Store) -> None:
     pipeline, dispatcher, _ = pipeline_for(store, routes(agent=()))
     ids = [f"evt_{n:03d}" for n in range(50)]
-    outcomes = await asyncio.gather(*(pipeline.accept(make_event(i, Origin.WEBSOCKET)) for i in ids))
+    outcomes = await asyncio.gather(
+        *(pipeline.accept(make_event(i, Origin.WEBSOCKET)) for i in ids)
+    )
     assert set(outcomes) == {AcceptOutcome.ACCEPTED}
-    assert [row[0] for row in db_rows(store.path, "SELECT event_id FROM events ORDER BY seq")] == ids
+    assert [
+        row[0] for row in db_rows(store.path, "SELECT event_id FROM events ORDER BY seq")
+    ] == ids
     assert [d.event_id for d in dispatcher.submitted] == ids
     assert store.cursor == ids[-1]
     assert store.commits < len(ids)  # group commit: they shared transactions
@@ -163,7 +186,10 @@ async def test_unrouted_event_is_recorded_and_warned_once_per_inbox(store: Store
     pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=("inb_routed",)))
     with structlog.testing.capture_logs() as logs:
         for n, inbox in enumerate(["inb_x", "inb_x", "inb_y", None, None]):
-            assert await pipeline.accept(make_event(f"evt_{n}", inbox_id=inbox)) is AcceptOutcome.ACCEPTED
+            assert (
+                await pipeline.accept(make_event(f"evt_{n}", inbox_id=inbox))
+                is AcceptOutcome.ACCEPTED
+            )
     assert dispatcher.submitted == []
     assert sample(metrics, "events_unrouted_total") == 5
     warnings = [e for e in logs if e["event"] == "event.unrouted"]
@@ -179,7 +205,10 @@ async def test_router_swap_applies_to_the_next_event(store: Store) -> None:
     await pipeline.accept(make_event("evt_1"))
     pipeline.router = Router(routes(new=()))  # what a reload does
     await pipeline.accept(make_event("evt_2"))
-    assert [(d.event_id, d.sink) for d in dispatcher.submitted] == [("evt_1", "old"), ("evt_2", "new")]
+    assert [(d.event_id, d.sink) for d in dispatcher.submitted] == [
+        ("evt_1", "old"),
+        ("evt_2", "new"),
+    ]
 
 
 async def test_spool_full_raises_and_stores_nothing(tmp_path: Path) -> None:
@@ -206,7 +235,9 @@ async def test_spool_full_raises_and_stores_nothing(tmp_path: Path) -> None:
 async def test_fallback_scenario_every_event_exactly_once(sim: Simulator, tmp_path: Path) -> None:
     config = make_config(tmp_path, sim, routes=ROUTE_ALL)
     async with running_bridge(config) as sup:
-        assert sup.websocket is not None and sup.webhook is not None and sup.store is not None
+        assert sup.websocket is not None
+        assert sup.webhook is not None
+        assert sup.store is not None
         sim.set_webhook(f"http://127.0.0.1:{sup.webhook.port}/webhooks", WEBHOOK_SECRET)
         await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
         before = [await sim.inject() for _ in range(5)]
@@ -215,10 +246,14 @@ async def test_fallback_scenario_every_event_exactly_once(sim: Simulator, tmp_pa
         sim.refuse(3600)  # drop the WebSocket and refuse reconnects for a while
         await sim.disconnect(1001)
         await wait_until(lambda: sup.readiness()[0] == "degraded")
-        during = [await sim.inject(inbox_id=inbox) for inbox in ["inb_demo_support", "inb_demo_sales"] * 5]
+        during = [
+            await sim.inject(inbox_id=inbox) for inbox in ["inb_demo_support", "inb_demo_sales"] * 5
+        ]
 
         def webhook_acked() -> set[str]:
-            return {d.event_id for d in sim.deliveries if d.channel == "webhook" and d.error is None}
+            return {
+                d.event_id for d in sim.deliveries if d.channel == "webhook" and d.error is None
+            }
 
         await wait_until(lambda: webhook_acked() >= set(during))
         assert stored_ids(config.state.path) == set(before + during)
@@ -242,25 +277,43 @@ async def test_fallback_scenario_every_event_exactly_once(sim: Simulator, tmp_pa
 # --- a full spool pushes back and recovers -------------------------------------------------------
 
 
-async def test_full_spool_pushes_back_and_recovers_without_loss(sim: Simulator, tmp_path: Path) -> None:
+async def test_full_spool_pushes_back_and_recovers_without_loss(
+    sim: Simulator, tmp_path: Path
+) -> None:
     agent = Receiver(secret=AGENT_SECRET, up=False)  # the sink is down: the spool fills
     await agent.start()
     try:
         config = make_config(
-            tmp_path, sim,
+            tmp_path,
+            sim,
             state={"max_bytes": "6KiB"},
-            sinks={"agent": {"type": "http", "url": agent.url, "secret": AGENT_SECRET,
-                             "retry": {"initial": "50ms", "max": "200ms"}}},
+            sinks={
+                "agent": {
+                    "type": "http",
+                    "url": agent.url,
+                    "secret": AGENT_SECRET,
+                    "retry": {"initial": "50ms", "max": "200ms"},
+                }
+            },
             routes=[{"name": "all", "sinks": ["agent"]}],
-        )  # fmt: skip
+        )
         with structlog.testing.capture_logs() as logs:
             async with running_bridge(config) as sup, aiohttp.ClientSession() as session:
-                assert sup.websocket is not None and sup.webhook is not None and sup.store is not None
+                assert sup.websocket is not None
+                assert sup.webhook is not None
                 await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
                 sent: list[str] = []
+                db = config.state.path
                 while not events_named(logs, "ws.pushback"):
-                    sent.append(await sim.inject())
-                    assert len(sent) < 50
+                    assert len(sent) < 20, "the spool never filled"
+                    sent.append(event_id := await sim.inject())
+                    await wait_until(
+                        lambda: (
+                            event_id in stored_ids(db) or bool(events_named(logs, "ws.pushback"))
+                        )
+                    )
+                assert len(sent) > 1
+                assert sent[-1] not in stored_ids(db)
                 # Closed, and stays closed while there is no room.
                 await wait_until(lambda: sup.websocket.state == "paused")  # type: ignore[union-attr]
                 connects = len(events_named(logs, "sim.ws.connected"))
@@ -268,33 +321,52 @@ async def test_full_spool_pushes_back_and_recovers_without_loss(sim: Simulator, 
                 await asyncio.sleep(1.0)  # the thing measured: nothing reconnects meanwhile
                 assert len(events_named(logs, "sim.ws.connected")) == connects
                 assert sim.connections == []
-                assert sup.readiness()[1]["store"] == "full"
+                assert sup.readiness()[0] == "degraded"
 
-                body = json.dumps({"event": "message.received", "event_id": "evt_hook",
-                                   "inbox_id": "inb_demo_support", "padding": "x" * 8192}).encode()  # fmt: skip
-                ts = int(time.time())
-                headers = {"X-Timestamp": str(ts), "X-Signature": sign(WEBHOOK_SECRET, ts, body)}
-                url = f"http://127.0.0.1:{sup.webhook.port}/webhooks"
-                async with session.post(url, data=body, headers=headers) as resp:
-                    assert resp.status == 503
-                    assert "Retry-After" in resp.headers
+                # A webhook event just too big for the room left: 503, so OpenMail retries it.
+                assert sup.store is not None
+                room = config.state.max_bytes - sup.store.spool_bytes
+                hook_event = {"event": "message.received", "event_id": "evt_hook", "pad": ""}
+                hook_event["pad"] = "x" * (room + 1 - len(json.dumps(hook_event)))
+                body = json.dumps(hook_event).encode()
+                assert len(body) == room + 1
+
+                async def post_webhook() -> aiohttp.ClientResponse:
+                    ts = int(time.time())
+                    headers = {
+                        "X-Timestamp": str(ts),
+                        "X-Signature": sign(WEBHOOK_SECRET, ts, body),
+                    }
+                    url = f"http://127.0.0.1:{sup.webhook.port}/webhooks"  # type: ignore[union-attr]
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        return resp
+
+                refused = await post_webhook()
+                assert refused.status == 503
+                assert "Retry-After" in refused.headers
+                assert "evt_hook" not in stored_ids(db)
 
                 agent.up = True  # room returns as the sink drains the spool
                 await wait_until(lambda: set(agent.accepted_ids()) == set(sent), timeout=15)
-                assert sorted(agent.accepted_ids()) == sorted(sent)  # none lost, none twice
                 await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
+                assert (await post_webhook()).status == 200  # OpenMail's retry now lands
+                sent.append("evt_hook")
+                await wait_until(lambda: len(agent.accepted_ids()) >= len(sent))
+                assert sorted(agent.accepted_ids()) == sorted(sent)  # none lost, none twice
     finally:
         await agent.stop()
 
 
-def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events_named(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
 # --- one process per state -----------------------------------------------------------------------
 
 
-async def test_second_instance_on_the_same_state_refuses_to_start(tmp_path: Path, bridge_processes: list[Any]) -> None:
+async def test_second_instance_on_the_same_state_refuses_to_start(
+    tmp_path: Path, bridge_processes: list[Any]
+) -> None:
     config = make_config(tmp_path)
     async with running_bridge(config):
         path = write_config(tmp_path / "config.yaml", bridge_config_dict(tmp_path))

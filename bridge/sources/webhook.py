@@ -61,7 +61,12 @@ class WebhookSource:
         self._accept = accept
         app = web.Application(client_max_size=self.config.max_body)
         app.router.add_route("*", self.config.path, self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # aiohttp's graceful shutdown stops reading requests, so one whose body is still arriving
+        # can never finish; waiting its default 60 s would only stall the stop. In-flight commits
+        # are answered within ANSWER_WITHIN; a cut request is retried by OpenMail.
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=ANSWER_WITHIN
+        )
         await runner.setup()
         listen = self.config.listen
         site = web.TCPSite(runner, listen.host, listen.port, ssl_context=self._ssl_context())

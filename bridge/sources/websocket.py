@@ -76,6 +76,7 @@ class WebSocketSource:
         self.attempts = 0
         self.last_event_at: float | None = None
         self.possible_gaps = 0
+        self._room_needed = 0  # bytes of the event the spool refused last; see _store_ready
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -206,12 +207,25 @@ class WebSocketSource:
             # A connection that stayed up a while ended: a fresh backoff curve, a short pause.
             await self._sleep(random.uniform(0, self.config.websocket.reconnect.initial))
 
+    def _store_ready(self) -> bool:
+        # Room for the event the spool refused, not merely any room: reconnecting before it fits
+        # would only replay it into another refusal, in a tight loop. (An event larger than the
+        # whole bound never fits; then any room will do.)
+        max_bytes = self.store.limits.max_bytes
+        needed = self._room_needed if self._room_needed <= max_bytes else 0
+        return (
+            self.store.has_room
+            and self.store.writable
+            and self.store.spool_bytes + needed <= max_bytes
+        )
+
     async def _wait_for_store(self) -> None:
-        if self.store.has_room and self.store.writable:
+        if self._store_ready():
+            self._room_needed = 0
             return
         self._set_state("paused")
         log.warning("ws.paused", reason="the spool cannot take events; reconnecting when it can")
-        while not self._stopping.is_set() and not (self.store.has_room and self.store.writable):
+        while not self._stopping.is_set() and not self._store_ready():
             waiters = [asyncio.ensure_future(self.store.wait_room()),
                        asyncio.ensure_future(self.store.wait_writable()),
                        asyncio.ensure_future(self._stopping.wait())]  # fmt: skip
@@ -220,6 +234,7 @@ class WebSocketSource:
             finally:
                 for w in waiters:
                     w.cancel()
+        self._room_needed = 0
 
     async def _connect_once(self, accept: Accept) -> None:
         """One connection, start to end. Returns only after a long-lived connection; else raises."""
@@ -442,6 +457,8 @@ class WebSocketSource:
                 queue.task_done()
             failure = next((r for r in results if isinstance(r, BaseException)), None)
             if failure is not None:
+                if isinstance(failure, SpoolFullError):
+                    self._room_needed = len(batch[results.index(failure)].raw)
                 if not isinstance(failure, SpoolFullError | StoreError):
                     log.error("ws.accept_failed", error=str(failure))
                 log.warning("ws.pushback", error=str(failure),

@@ -8,7 +8,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import WSMsgType, web
-from conftest import WEBHOOK_SECRET, make_config, read_lines, running_bridge, wait_until
+from conftest import make_config, read_lines, running_bridge, wait_until
 
 from bridge.config import Config
 from bridge.events import Event, Origin
@@ -59,7 +59,7 @@ def iso_ago(seconds: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events_named(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
 
@@ -85,8 +85,10 @@ class ScriptedServer:
         before_subscribed: tuple[str | bytes, ...] = (),
         autoping: bool = True,
         answer_pings: bool = True,
+        answer_subscribe: bool = True,
     ) -> None:
         self.script = script
+        self.answer_subscribe = answer_subscribe
         self.before_subscribed = before_subscribed
         self.autoping = autoping
         self.answer_pings = answer_pings
@@ -113,9 +115,13 @@ class ScriptedServer:
             data = json.loads(msg.data)
             if data.get("type") == "subscribe":
                 self.subscribes.append(data)
+                if not self.answer_subscribe:
+                    continue
                 for frame in self.before_subscribed:
                     await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
-                await ws.send_str(json.dumps({"type": "subscribed", "inbox_ids": [], "event_types": []}))
+                await ws.send_str(
+                    json.dumps({"type": "subscribed", "inbox_ids": [], "event_types": []})
+                )
                 if self.script is not None:
                     await self.script(ws, number)
             elif data.get("type") == "ping" and self.answer_pings:
@@ -124,7 +130,9 @@ class ScriptedServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/v1/ws", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -151,10 +159,23 @@ def scripted_config(tmp_path: Path, server: ScriptedServer, **websocket: Any) ->
 
 
 def event_frame(event_id: str) -> str:
-    return json.dumps({"event": "message.received", "event_id": event_id, "occurred_at": iso_ago(0),
-                       "inbox_id": "inb_demo_support", "thread_id": "thr_1",
-                       "message": {"id": "msg_1", "from": "a@example.com", "to": "s@openmail.sh",
-                                   "subject": "hi", "body_text": "hello", "attachments": []}})  # fmt: skip
+    return json.dumps(
+        {
+            "event": "message.received",
+            "event_id": event_id,
+            "occurred_at": iso_ago(0),
+            "inbox_id": "inb_demo_support",
+            "thread_id": "thr_1",
+            "message": {
+                "id": "msg_1",
+                "from": "a@example.com",
+                "to": "s@openmail.sh",
+                "subject": "hi",
+                "body_text": "hello",
+                "attachments": [],
+            },
+        }
+    )
 
 
 # --- events --------------------------------------------------------------------------------------
@@ -169,14 +190,20 @@ async def test_events_are_stored_once_each_in_order(sim: Simulator, tmp_path: Pa
         await wait_until(lambda: len(read_lines(lines)) >= 30)
         assert [line["event_id"] for line in read_lines(lines)] == ids
         assert stored_ids(config.state.path) == set(ids)
-        assert sup.store is not None and sup.store.cursor == ids[-1]
+        assert sup.store is not None
+        assert sup.store.cursor == ids[-1]
         assert sample(sup, "events_received_total", source="websocket") == 30
         assert sample(sup, "events_duplicate_total", source="websocket") == 0
 
 
 async def test_bridge_subscribes_with_configured_filters(sim: Simulator, tmp_path: Path) -> None:
-    config = ws_config(tmp_path, sim, openmail={"websocket": {"inbox_ids": ["inb_demo_sales"],
-                                                              "event_types": ["message.received"]}})  # fmt: skip
+    config = ws_config(
+        tmp_path,
+        sim,
+        openmail={
+            "websocket": {"inbox_ids": ["inb_demo_sales"], "event_types": ["message.received"]}
+        },
+    )
     async with running_bridge(config) as sup:
         await wait_until(lambda: sup.websocket is not None and sup.websocket.receiving)
         (conn,) = sim.connections
@@ -185,10 +212,13 @@ async def test_bridge_subscribes_with_configured_filters(sim: Simulator, tmp_pat
         assert conn.auth == "header"  # Bearer, not ?token=
 
 
-async def test_reconnect_sends_cursor_and_replay_fills_the_gap(sim: Simulator, tmp_path: Path) -> None:
+async def test_reconnect_sends_cursor_and_replay_fills_the_gap(
+    sim: Simulator, tmp_path: Path
+) -> None:
     config = ws_config(tmp_path, sim)
     async with running_bridge(config) as sup:
-        assert sup.websocket is not None and sup.store is not None
+        assert sup.websocket is not None
+        assert sup.store is not None
         await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
         before = [await sim.inject() for _ in range(3)]
         await wait_until(lambda: sup.store.cursor == before[-1])  # type: ignore[union-attr]
@@ -216,18 +246,29 @@ async def test_cursor_survives_a_restart(sim: Simulator, tmp_path: Path) -> None
         assert [d.event_id for d in sim.deliveries if d.replay] == missed
 
 
-async def test_unknown_cursor_is_cleared_and_resubscribed_with_a_warning(sim: Simulator, tmp_path: Path) -> None:
+async def test_unknown_cursor_is_cleared_and_resubscribed_with_a_warning(
+    sim: Simulator, tmp_path: Path
+) -> None:
     config = ws_config(tmp_path, sim)
     store = await Store.open(config.state.path)  # a cursor from an account the simulator never saw
-    foreign = Event(event_id="evt_from_elsewhere", type="message.received", inbox_id="inb_x", thread_id=None,
-                    sender=None, recipient=None, origin=Origin.WEBSOCKET, received_at=time.time(),
-                    raw=b"{}")  # fmt: skip
+    foreign = Event(
+        event_id="evt_from_elsewhere",
+        type="message.received",
+        inbox_id="inb_x",
+        thread_id=None,
+        sender=None,
+        recipient=None,
+        origin=Origin.WEBSOCKET,
+        received_at=time.time(),
+        raw=b"{}",
+    )
     await store.accept(foreign, ())
     assert store.cursor == "evt_from_elsewhere"
     await store.close()
     with structlog.testing.capture_logs() as logs:
         async with running_bridge(config) as sup:
-            assert sup.websocket is not None and sup.store is not None
+            assert sup.websocket is not None
+            assert sup.store is not None
             await wait_until(lambda: sup.websocket.receiving, timeout=5)  # type: ignore[union-attr]
             assert sup.store.cursor is None
             live = await sim.inject()
@@ -286,11 +327,13 @@ async def test_replay_under_the_limit_does_not_warn(sim: Simulator, tmp_path: Pa
 
 async def test_subscribe_rejected_for_unowned_inbox(sim: Simulator, tmp_path: Path) -> None:
     inboxes = ["inb_demo_support", "inb_not_ours"]
-    config = ws_config(tmp_path, sim, openmail={"websocket": {"inbox_ids": inboxes,
-                                                              "reconnect": {"max": "1s"}}})  # fmt: skip
+    config = ws_config(
+        tmp_path, sim, openmail={"websocket": {"inbox_ids": inboxes, "reconnect": {"max": "1s"}}}
+    )
     with structlog.testing.capture_logs() as logs:
         async with running_bridge(config) as sup:
-            assert sup.websocket is not None and sup.webhook is not None
+            assert sup.websocket is not None
+            assert sup.webhook is not None
             await wait_until(lambda: len(events_named(logs, "ws.rejected")) == 1)
             assert sup.websocket.state == "down"
             assert sup.readiness()[0] == "degraded"  # the webhook listener still runs
@@ -308,8 +351,9 @@ async def test_rejected_key_backs_off_at_the_cap(tmp_path: Path, auth_failure: s
     sim = Simulator(api_key="om_test_someone_else_0000", auth_failure=auth_failure)  # type: ignore[arg-type]
     await sim.start()
     try:
-        config = ws_config(tmp_path, sim, openmail={"websocket": {"reconnect": {"initial": "50ms",
-                                                                                "max": "1s"}}})  # fmt: skip
+        config = ws_config(
+            tmp_path, sim, openmail={"websocket": {"reconnect": {"initial": "50ms", "max": "1s"}}}
+        )
         with structlog.testing.capture_logs() as logs:
             async with running_bridge(config) as sup:
                 assert sup.websocket is not None
@@ -318,7 +362,9 @@ async def test_rejected_key_backs_off_at_the_cap(tmp_path: Path, auth_failure: s
                 assert sup.websocket.state == "down"
                 assert sup.readiness()[0] == "degraded"
                 assert sup.websocket.status()["reason"] == (
-                    "upgrade refused with HTTP 401" if auth_failure == "http" else "the API key was rejected"
+                    "upgrade refused with HTTP 401"
+                    if auth_failure == "http"
+                    else "the API key was rejected"
                 )
     finally:
         await sim.stop()
@@ -338,12 +384,16 @@ async def test_too_many_connections_backs_off_at_the_cap(tmp_path: Path) -> None
     sim = Simulator(max_connections=1)
     await sim.start()
     try:
-        async with aiohttp.ClientSession() as session, session.ws_connect(
-            sim.ws_url, headers={"Authorization": f"Bearer {DEMO_API_KEY}"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(sim.ws_url, headers={"Authorization": f"Bearer {DEMO_API_KEY}"}),
         ):  # another client holds the account's only connection
             await wait_until(lambda: len(sim.connections) == 1)
-            config = ws_config(tmp_path, sim, openmail={"websocket": {"reconnect": {"initial": "50ms",
-                                                                                    "max": "1s"}}})  # fmt: skip
+            config = ws_config(
+                tmp_path,
+                sim,
+                openmail={"websocket": {"reconnect": {"initial": "50ms", "max": "1s"}}},
+            )
             with structlog.testing.capture_logs() as logs:
                 async with running_bridge(config) as sup:
                     await asyncio.sleep(3.0)  # the thing measured: attempts in a window of time
@@ -359,7 +409,9 @@ async def test_too_many_connections_backs_off_at_the_cap(tmp_path: Path) -> None
     assert len(events_named(logs, "ws.retrying")) >= len(rejected) - 1
 
 
-async def test_revoked_key_on_open_connection_logs_error_once(sim: Simulator, tmp_path: Path) -> None:
+async def test_revoked_key_on_open_connection_logs_error_once(
+    sim: Simulator, tmp_path: Path
+) -> None:
     config = ws_config(tmp_path, sim)
     with structlog.testing.capture_logs() as logs:
         async with running_bridge(config) as sup:
@@ -369,7 +421,11 @@ async def test_revoked_key_on_open_connection_logs_error_once(sim: Simulator, tm
             await wait_until(lambda: len(events_named(logs, "ws.retrying")) >= 1)
             assert sup.readiness()[0] == "degraded"
     (error,) = events_named(logs, "ws.rejected")
-    assert (error["log_level"], error["cause"], error["close_code"]) == ("error", "key_rejected", 4001)
+    assert (error["log_level"], error["cause"], error["close_code"]) == (
+        "error",
+        "key_rejected",
+        4001,
+    )
 
 
 # --- transient closes ----------------------------------------------------------------------------
@@ -379,7 +435,8 @@ async def test_revoked_key_on_open_connection_logs_error_once(sim: Simulator, tm
     ("code", "abrupt", "min_wait"),
     [
         pytest.param(1001, False, 0.0, id="1001-going-away"),
-        pytest.param(4029, False, 0.3, id="4029-rate-limited"),  # backs off at least min(max, 8*initial)
+        # 4029 backs off at least min(reconnect.max, 8 * reconnect.initial) = 0.3 s here.
+        pytest.param(4029, False, 0.3, id="4029-rate-limited"),
         pytest.param(1006, True, 0.0, id="1006-abrupt"),
     ],
 )
@@ -403,14 +460,16 @@ async def test_transient_close_reconnects(
     assert events_named(logs, "ws.rejected") == []
 
 
-async def test_readiness_is_degraded_while_the_websocket_is_down(sim: Simulator, tmp_path: Path) -> None:
+async def test_readiness_is_degraded_while_the_websocket_is_down(
+    sim: Simulator, tmp_path: Path
+) -> None:
     config = ws_config(tmp_path, sim)
     async with running_bridge(config) as sup:
         assert sup.websocket is not None
         await wait_until(lambda: sup.readiness()[0] == "ready")
         await go_down(sim)
         await wait_until(lambda: sup.readiness()[0] == "degraded")
-        state, parts = sup.readiness()
+        _, parts = sup.readiness()
         assert parts["webhook"] == "listening"
         assert parts["websocket"] != "subscribed"
         sim.refuse(0)
@@ -438,9 +497,12 @@ async def test_bad_frames_are_counted_never_fatal(tmp_path: Path) -> None:
         with structlog.testing.capture_logs() as logs:
             async with running_bridge(config) as sup:
                 await wait_until(lambda: stored_ids(config.state.path) == {"evt_good"})
-                assert sup.websocket is not None and sup.websocket.state == "subscribed"
-                counts = {r: sample(sup, "websocket_frames_invalid_total", reason=r)
-                          for r in ("not_json", "binary", "unknown_type", "bad_event")}  # fmt: skip
+                assert sup.websocket is not None
+                assert sup.websocket.state == "subscribed"
+                counts = {
+                    r: sample(sup, "websocket_frames_invalid_total", reason=r)
+                    for r in ("not_json", "binary", "unknown_type", "bad_event")
+                }
         assert server.connections == 1  # never reconnected over any of it
     assert counts == {"not_json": 4, "binary": 2, "unknown_type": 1, "bad_event": 2}
     assert len(events_named(logs, "ws.frame_ignored")) == 9
@@ -450,16 +512,39 @@ async def test_bad_frames_are_counted_never_fatal(tmp_path: Path) -> None:
 
 async def test_oversized_frame_drops_the_connection_not_the_daemon(tmp_path: Path) -> None:
     async def script(ws: web.WebSocketResponse, number: int) -> None:
-        await ws.send_str(event_frame("evt_big") + " " * 4096 if number == 1 else event_frame("evt_ok"))
+        await ws.send_str(
+            event_frame("evt_big") + " " * 4096 if number == 1 else event_frame("evt_ok")
+        )
 
     server = ScriptedServer(script)
     async with scripted(server):
-        config = make_config(tmp_path, routes=ROUTE_ALL, openmail={
-            "websocket": {"enabled": True, "url": server.url}, "webhook": {"max_body": "2KiB"}})  # fmt: skip
+        config = make_config(
+            tmp_path,
+            routes=ROUTE_ALL,
+            openmail={
+                "websocket": {"enabled": True, "url": server.url},
+                "webhook": {"max_body": "2KiB"},
+            },
+        )
         async with running_bridge(config):
             await wait_until(lambda: "evt_ok" in stored_ids(config.state.path))
         assert server.connections == 2
+        assert "last_event_id" not in server.subscribes[1]  # the big one was never taken
         assert stored_ids(config.state.path) == {"evt_ok"}
+
+
+async def test_no_subscribed_within_the_timeout_reconnects(tmp_path: Path) -> None:
+    server = ScriptedServer(answer_subscribe=False)
+    async with scripted(server):
+        config = scripted_config(tmp_path, server, subscribe_timeout="500ms")
+        with structlog.testing.capture_logs() as logs:
+            async with running_bridge(config) as sup:
+                await wait_until(lambda: len(server.subscribes) >= 2, timeout=5)
+                assert sup.websocket is not None
+                assert not sup.websocket.receiving
+    (down, *_) = events_named(logs, "ws.disconnected")
+    assert "no 'subscribed' within 0.5s" in down["reason"]
+    assert events_named(logs, "ws.connected") == []
 
 
 async def test_silent_server_that_ignores_pings_is_left(tmp_path: Path) -> None:
@@ -468,8 +553,7 @@ async def test_silent_server_that_ignores_pings_is_left(tmp_path: Path) -> None:
     async with scripted(server):
         config = scripted_config(tmp_path, server, ping_interval="300ms", stale_after="1s")
         async with running_bridge(config):
-            await wait_until(lambda: server.connections >= 2, timeout=5)
-            assert server.closed >= 1
+            await wait_until(lambda: server.connections >= 2 and server.closed >= 1, timeout=5)
 
 
 async def test_stale_connection_watchdog_reconnects(tmp_path: Path) -> None:
@@ -489,9 +573,10 @@ async def test_stale_connection_watchdog_reconnects(tmp_path: Path) -> None:
 async def test_answered_pings_keep_an_idle_connection(tmp_path: Path) -> None:
     server = ScriptedServer(autoping=True, answer_pings=True)
     async with scripted(server):
-        config = scripted_config(tmp_path, server, ping_interval="200ms", stale_after="600ms")
+        config = scripted_config(tmp_path, server, ping_interval="200ms", stale_after="800ms")
         async with running_bridge(config) as sup:
             await wait_until(lambda: server.connections == 1)
-            await asyncio.sleep(1.5)  # idle for more than twice stale_after
+            await asyncio.sleep(1.8)  # idle for more than twice stale_after
             assert server.connections == 1
-            assert sup.websocket is not None and sup.websocket.receiving
+            assert sup.websocket is not None
+            assert sup.websocket.receiving
