@@ -1,4 +1,5 @@
-"""Admin server: ``/healthz`` (liveness), ``/readyz`` (can events get in?), ``/metrics``, ``/status``.
+"""Admin server: ``/healthz`` (liveness), ``/readyz`` (can events get in?), ``/metrics``,
+``/status``.
 
 Separate from the webhook listener so it can stay on loopback while the webhook faces OpenMail.
 Liveness is only "the event loop turns": a full disk or a down sink must not make an orchestrator
@@ -48,8 +49,11 @@ class AdminServer:
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else listen.port
         if not listen.is_loopback and self.config.token is None:
-            log.warning("admin.unprotected", listen=str(listen),
-                        hint="set admin.token: /status and /metrics are open to the network")  # fmt: skip
+            log.warning(
+                "admin.unprotected",
+                listen=str(listen),
+                hint="set admin.token: /status and /metrics are open to the network",
+            )
         log.info("admin.listening", listen=f"{listen.host}:{self.port}")
 
     async def stop(self) -> None:
@@ -66,8 +70,11 @@ class AdminServer:
             given = request.headers.get("Authorization", "")
             expected = f"Bearer {token.get()}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
-                return web.json_response({"error": "missing or wrong bearer token"}, status=401,
-                                         headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+                return web.json_response(
+                    {"error": "missing or wrong bearer token"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         return await handler(request)
 
     async def _healthz(self, _: web.Request) -> web.Response:

@@ -184,18 +184,28 @@ async def _dlq(config: Config, args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             rows = await store.dlq_list(sink=args.sink, event_id=args.event_id)
-            items = [{"sink": r.delivery.sink, "event_id": r.delivery.event_id,
-                      "type": r.delivery.type, "inbox_id": r.delivery.inbox_id,
-                      "attempts": r.delivery.attempts, "error": r.error, "dead_at": r.dead_at}
-                     for r in rows]  # fmt: skip
+            items = [
+                {
+                    "sink": r.delivery.sink,
+                    "event_id": r.delivery.event_id,
+                    "type": r.delivery.type,
+                    "inbox_id": r.delivery.inbox_id,
+                    "attempts": r.delivery.attempts,
+                    "error": r.error,
+                    "dead_at": r.dead_at,
+                }
+                for r in rows
+            ]
             if args.json:
                 print(json.dumps(items))
             elif not items:
                 print("no dead letters")
             else:
                 for item in items:
-                    print(f"{item['sink']}\t{item['event_id']}\t{item['type']}\t"
-                          f"attempts={item['attempts']}\t{item['error']}")  # fmt: skip
+                    print(
+                        f"{item['sink']}\t{item['event_id']}\t{item['type']}\t"
+                        f"attempts={item['attempts']}\t{item['error']}"
+                    )
         elif args.action == "retry":
             count = await store.dlq_retry(sink=args.sink, event_id=args.event_id)
             print(json.dumps({"retried": count}) if args.json else f"{count} redriven")
@@ -244,8 +254,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
             status = json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"openmail-bridge: no bridge answers at {host}:{listen.port} ({exc}); "
-              f"is it running?", file=sys.stderr)  # fmt: skip
+        print(
+            f"openmail-bridge: no bridge answers at {host}:{listen.port} ({exc}); is it running?",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     if args.json:
         print(json.dumps(status, indent=2))
@@ -275,8 +287,10 @@ def _format_status(status: dict[str, object]) -> str:
             if isinstance(info, dict):
                 extra = "" if info.get("configured") else " (removed from config)"
                 error = f", last error: {info['last_error']}" if info.get("last_error") else ""
-                lines.append(f"  {name}: pending {info.get('pending')}, dead {info.get('dead')}"
-                             f"{extra}{error}")  # fmt: skip
+                lines.append(
+                    f"  {name}: pending {info.get('pending')}, dead {info.get('dead')}"
+                    f"{extra}{error}"
+                )
     return "\n".join(lines)
 
 
@@ -296,9 +310,14 @@ def cmd_simulator(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await serve(host=args.host, port=args.port, api_key=args.api_key,
-                    webhook_url=args.webhook_url, webhook_secret=args.webhook_secret,
-                    stop=stop)  # fmt: skip
+        await serve(
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            webhook_url=args.webhook_url,
+            webhook_secret=args.webhook_secret,
+            stop=stop,
+        )
 
     try:
         asyncio.run(main())
@@ -326,9 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("-c", "--config", metavar="FILE",
-                       help="config file (default: $OPENMAIL_BRIDGE_CONFIG, ./config.yaml, "
-                            "/etc/openmail-bridge/config.yaml)")  # fmt: skip
+        p.add_argument(
+            "-c",
+            "--config",
+            metavar="FILE",
+            help="config file (default: $OPENMAIL_BRIDGE_CONFIG, ./config.yaml, "
+            "/etc/openmail-bridge/config.yaml)",
+        )
         return p
 
     with_config(sub.add_parser("run", help="run the bridge in the foreground")).set_defaults(
@@ -363,8 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulator)
 
     p = sub.add_parser("demo", help="an offline tour: simulator, bridge, outage, webhook fallback")
-    p.add_argument("--keep-running", action="store_true",
-                   help="leave the bridge up afterwards for /status and /metrics")  # fmt: skip
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the bridge up afterwards for /status and /metrics",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,11 +1,11 @@
 """Delivery: per-sink workers that drain the outbox in order, retry with backoff, dead-letter.
 
 Each sink has its own :class:`SinkWorker` (own tasks, queue, retry state), so a slow or dead sink
-never holds up another, nor ingest. Ordering within a sink is by *lane*: with ``ordering: thread`` a
-lane is a thread (else the inbox, else one shared lane); one delivery per lane is in flight at a time
-and lanes proceed in parallel up to ``concurrency``. A delivery that is retrying holds its lane; a
-dead-lettered one releases it. Rows live in the store until delivered, so memory holds only a window
-of them and a crash loses nothing.
+never holds up another, nor ingest. Ordering within a sink is by *lane*: with ``ordering: thread``
+a lane is a thread (else the inbox, else one shared lane); one delivery per lane is in flight at a
+time and lanes proceed in parallel up to ``concurrency``. A delivery that is retrying holds its
+lane; a dead-lettered one releases it. Rows live in the store until delivered, so memory holds only
+a window of them and a crash loses nothing.
 """
 
 from __future__ import annotations
@@ -88,6 +88,9 @@ class SinkWorker:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._loader: asyncio.Task[None] | None = None
+        # One set per store read in progress: ids whose outcome was recorded meanwhile. The read
+        # may still see them pending; adding them again would deliver them twice.
+        self._reads: list[set[int]] = []
         self._log = log.bind(sink=config.name)
 
     @property
@@ -102,7 +105,9 @@ class SinkWorker:
 
     def submit(self, deliveries: Iterable[Delivery]) -> None:
         for delivery in deliveries:
-            if self._overflow or len(self._known) >= WINDOW:
+            # While a load is reading, older rows may still be only in the store: taking this one
+            # now would put it before them in its thread and move _max_seq past them for good.
+            if self._overflow or self._reads or len(self._known) >= WINDOW:
                 # The row is committed; the loader fetches it from the store once there is room.
                 self._overflow = True
                 continue
@@ -134,11 +139,19 @@ class SinkWorker:
         if room <= 0:
             return
         self._overflow = False
-        rows = await self.store.pending(self.name, after_seq=after_seq, limit=room)
+        settled: set[int] = set()
+        self._reads.append(settled)
+        try:
+            rows = await self.store.pending(self.name, after_seq=after_seq, limit=room)
+        finally:
+            self._reads = [s for s in self._reads if s is not settled]
         for row in rows:
-            self._add(row)
+            if row.id not in settled:
+                self._add(row)
         if len(rows) >= room:
             self._overflow = True
+        if self._overflow:
+            self._wakeup.set()  # an idle worker starts the next load
 
     async def resync(self) -> None:
         """Pick up rows changed by another process (``dlq retry``), keeping what is in memory."""
@@ -154,8 +167,8 @@ class SinkWorker:
             asyncio.create_task(self._work(), name=f"sink:{self.name}:{i}") for i in range(workers)
         ]
 
-    async def stop(self, timeout: float) -> None:
-        """Stop taking rows; let attempts in flight finish up to ``timeout``; the rest stay stored."""
+    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - a drain deadline, as in asyncio.wait
+        """Stop taking rows; let attempts in flight finish up to ``timeout``; the rest stay put."""
         self._stopping.set()
         self._wakeup.set()
         if self._tasks:
@@ -184,6 +197,8 @@ class SinkWorker:
 
     def _release(self, lane: object, delivery: Delivery) -> None:
         self._known.discard(delivery.id)
+        for settled in self._reads:
+            settled.add(delivery.id)
         self._busy.discard(lane)
         queue = self._lanes.get(lane)
         if queue:
@@ -229,8 +244,10 @@ class SinkWorker:
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         waiter = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait([asyncio.ensure_future(self._sleep(seconds)), waiter],
-                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            await asyncio.wait(
+                [asyncio.ensure_future(self._sleep(seconds)), waiter],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             waiter.cancel()
 
@@ -312,8 +329,9 @@ class SinkWorker:
                 await call()
                 return
             except StoreError as exc:
-                self._log.warning("delivery.outcome_not_recorded", event_id=delivery.event_id,
-                                  error=str(exc))  # fmt: skip
+                self._log.warning(
+                    "delivery.outcome_not_recorded", event_id=delivery.event_id, error=str(exc)
+                )
                 if self._stopping.is_set():
                     return  # delivered again after restart: allowed by the at-least-once guarantee
                 await self.store.wait_writable()
@@ -342,7 +360,7 @@ class Dispatcher:
             await worker.start()
         self._resync_task = asyncio.create_task(self._watch_store(), name="dispatcher:resync")
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - each worker's drain deadline
         if self._resync_task:
             self._resync_task.cancel()
             await asyncio.gather(self._resync_task, return_exceptions=True)

@@ -80,15 +80,20 @@ async def _scenario(workdir: Path, keep_running: bool, stop: asyncio.Event) -> i
     audit = workdir / "events.jsonl"
     try:
         await bridge.start()
-        assert bridge.webhook is not None and bridge.websocket is not None
+        assert bridge.webhook is not None
+        assert bridge.websocket is not None
         ws = bridge.websocket
         admin_port = getattr(bridge.admin, "port", None)
         sim.set_webhook(f"http://127.0.0.1:{bridge.webhook.port}/webhooks", webhook_secret)
         say(f"simulator (a local OpenMail) at {sim.base_url}, WebSocket {sim.ws_url}")
-        say(f"bridge: webhook listener on 127.0.0.1:{bridge.webhook.port}, admin on "
-            f"127.0.0.1:{admin_port}, state in {workdir}")  # fmt: skip
-        say("sinks: 'console' prints each event below (envelope format), 'audit' appends to "
-            f"{audit}")  # fmt: skip
+        say(
+            f"bridge: webhook listener on 127.0.0.1:{bridge.webhook.port}, admin on "
+            f"127.0.0.1:{admin_port}, state in {workdir}"
+        )
+        say(
+            "sinks: 'console' prints each event below (envelope format), 'audit' appends to "
+            f"{audit}"
+        )
         await wait_for("the WebSocket subscription", lambda: ws.receiving)
         say()
         say("1. Three emails arrive while the WebSocket is up: delivered instantly over it.")
@@ -104,8 +109,10 @@ async def _scenario(workdir: Path, keep_running: bool, stop: asyncio.Event) -> i
         await wait_for("the WebSocket to go down", lambda: not ws.receiving)
         say(f"   readiness is now '{bridge.readiness()[0]}': the webhook listener still receives.")
         say()
-        say("3. Three more emails: OpenMail sends them as signed webhooks, which the bridge "
-            "verifies.")  # fmt: skip
+        say(
+            "3. Three more emails: OpenMail sends them as signed webhooks, which the bridge "
+            "verifies."
+        )
         for _ in range(3):
             sent.append(await sim.inject(inbox_id="inb_demo_sales"))
         await wait_for("webhook deliveries", lambda: len(delivered_ids(audit)) >= 6)
@@ -114,8 +121,10 @@ async def _scenario(workdir: Path, keep_running: bool, stop: asyncio.Event) -> i
         say("4. The WebSocket comes back and resubscribes with its replay cursor; OpenMail replays")
         say("   everything after it, including the three webhook events: duplicates, dropped.")
         await wait_for("the WebSocket to reconnect", lambda: ws.receiving)
-        await wait_for("the replay", lambda: counter_total(
-            bridge.metrics, "openmail_bridge_events_duplicate_total") >= 3)  # fmt: skip
+        await wait_for(
+            "the replay",
+            lambda: counter_total(bridge.metrics, "openmail_bridge_events_duplicate_total") >= 3,
+        )
         sent.append(await sim.inject(inbox_id="inb_demo_support"))
         await wait_for("the last delivery", lambda: len(delivered_ids(audit)) >= len(sent))
         await asyncio.sleep(0.3)  # let any stray duplicate show itself before counting
@@ -124,15 +133,19 @@ async def _scenario(workdir: Path, keep_running: bool, stop: asyncio.Event) -> i
         lost = sorted(set(sent) - set(got))
         doubled = len(got) - len(set(got))
         say()
-        say(f"summary: {len(sent)} sent, {len(set(got))} delivered, {duplicates} duplicates "
-            f"dropped, {len(lost)} lost, {doubled} delivered twice")  # fmt: skip
+        say(
+            f"summary: {len(sent)} sent, {len(set(got))} delivered, {duplicates} duplicates "
+            f"dropped, {len(lost)} lost, {doubled} delivered twice"
+        )
         ok = not lost and not doubled and len(set(got)) == len(sent)
         say("every event arrived exactly once." if ok else "MISMATCH: see the state directory.")
         if keep_running:
             say()
-            say(f"still running: curl 127.0.0.1:{admin_port}/status, /metrics, /readyz; "
+            say(
+                f"still running: curl 127.0.0.1:{admin_port}/status, /metrics, /readyz; "
                 f"inject with curl -X POST {sim.base_url}/_sim/events -d '{{\"count\": 1}}'; "
-                "Ctrl-C to stop.")  # fmt: skip
+                "Ctrl-C to stop."
+            )
             await stop.wait()
         return 0 if ok else 1
     finally:

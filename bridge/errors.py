@@ -1,16 +1,16 @@
 """The bridge's exception hierarchy, classified once so callers decide by type, not by message.
 
-    BridgeError
-    ├── ConfigError                 config file unreadable or invalid (lists every problem)
-    ├── EventError                  a payload that is not an OpenMail event
-    ├── StoreError                  the durable spool
-    │   ├── StoreLockedError        another bridge holds this state
-    │   ├── StoreVersionError       the database was written by a newer version
-    │   ├── SpoolFullError          ingest must push back: size bound or free-disk floor reached
-    │   └── StoreUnavailableError   a write failed (read-only, full disk, I/O error); retried later
-    └── DeliveryError               a sink could not deliver
-        ├── RetryableDeliveryError  try again later (connection, timeout, 408, 429, 5xx)
-        └── PermanentDeliveryError  dead-letter at once (other 4xx, unusable payload)
+BridgeError
+├── ConfigError                 config file unreadable or invalid (lists every problem)
+├── EventError                  a payload that is not an OpenMail event
+├── StoreError                  the durable spool
+│   ├── StoreLockedError        another bridge holds this state
+│   ├── StoreVersionError       the database was written by a newer version
+│   ├── SpoolFullError          ingest must push back: size bound or free-disk floor reached
+│   └── StoreUnavailableError   a write failed (read-only, full disk, I/O error); retried later
+└── DeliveryError               a sink could not deliver
+    ├── RetryableDeliveryError  try again later (connection, timeout, 408, 429, 5xx)
+    └── PermanentDeliveryError  dead-letter at once (other 4xx, unusable payload)
 """
 
 from __future__ import annotations

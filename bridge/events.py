@@ -1,6 +1,7 @@
-"""The event model: one OpenMail event as received, raw bytes kept, the fields the bridge needs parsed.
+"""The event model: one OpenMail event as received, raw bytes kept, the fields the bridge needs.
 
-Both sources normalize into :class:`Event`; the store persists it and sinks deliver ``raw`` unchanged.
+Both sources normalize into :class:`Event`; the store persists it and sinks deliver ``raw``
+unchanged.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Prometheus metrics, named per the component spec in ``docs/components.md``.
 
-Each bridge owns a ``Metrics`` with its own registry, so several bridges (tests, the demo) can live in
-one process. Gauges that mirror state (spool bytes, pending rows) are set just before a scrape.
+Each bridge owns a ``Metrics`` with its own registry, so several bridges (tests, the demo) can live
+in one process. Gauges that mirror state (spool bytes, pending rows) are set just before a scrape.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Metrics:
                 60,
                 300,
                 3600,
-            ),  # fmt: skip
+            ),
             registry=r,
         )
         self.pending = Gauge(f"{p}_pending", "Deliveries waiting, per sink", ["sink"], registry=r)

@@ -22,7 +22,7 @@ log = structlog.get_logger("bridge.pipeline")
 
 
 class Pipeline:
-    """Normalized events in, durable outbox rows out. Router and dispatcher can be swapped (reload)."""
+    """Normalized events in, durable outbox rows out. The router is swapped on reload."""
 
     def __init__(
         self, store: Store, router: Router, dispatcher: Dispatcher, metrics: Metrics

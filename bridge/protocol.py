@@ -49,7 +49,7 @@ ASSUMPTION_WEBHOOK_EVENTS_ALSO_REPLAYED: Final = True
 """Events sent by webhook during an outage are replayed again over the WebSocket."""
 ASSUMPTION_AUTH_FAILURE_FORMS: Final = ("http-401", "close-4001")
 ASSUMPTION_ERROR_AFTER_CURSOR_MEANS_UNKNOWN_CURSOR: Final = True
-"""An ``error`` answering a subscribe with ``last_event_id`` (no ``subscribed``) = unknown cursor."""
+"""An ``error`` answering a subscribe with ``last_event_id`` (no ``subscribed``): unknown cursor."""
 ASSUMPTION_REPLAY_AFTER_SUBSCRIBED: Final = True
 """Replayed events follow ``subscribed``, oldest first, before live events."""
 ASSUMPTION_FILTERS_INDEPENDENT_SETS: Final = True

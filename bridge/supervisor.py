@@ -1,10 +1,11 @@
-"""The supervisor: builds the bridge from a Config, starts it in dependency order, stops it in reverse.
+"""The supervisor: builds the bridge from a Config, starts it in dependency order, stops it in
+reverse.
 
 Start: store -> sinks and their workers -> pipeline -> admin server -> webhook listener -> WebSocket
 -> READY=1. Stop: readiness goes 503 and STOPPING=1; sources stop taking events (in-flight commits
-finish); deliveries in flight finish up to ``shutdown_timeout``; whatever is undelivered stays in the
-store for the next start; sinks close; the store closes. Reload swaps config parts atomically. The
-supervisor never touches signals: the CLI does, so tests run it in-process.
+finish); deliveries in flight finish up to ``shutdown_timeout``; whatever is undelivered stays in
+the store for the next start; sinks close; the store closes. Reload swaps config parts atomically.
+The supervisor never touches signals: the CLI does, so tests run it in-process.
 """
 
 from __future__ import annotations
@@ -121,12 +122,17 @@ class Supervisor:
             self.websocket = WebSocketSource(om, self.store, self.metrics)
             await self.websocket.start(self.pipeline.accept)
         self.started_at = time.time()
-        log.info("bridge.started", pid=os.getpid(), state=str(config.state.path),
-                 sinks=list(config.sinks), routes=[r.name for r in config.routes],
-                 webhook=str(om.webhook.listen) if om.webhook.enabled else None,
-                 websocket=om.websocket.url if om.websocket.enabled else None)  # fmt: skip
+        log.info(
+            "bridge.started",
+            pid=os.getpid(),
+            state=str(config.state.path),
+            sinks=list(config.sinks),
+            routes=[r.name for r in config.routes],
+            webhook=str(om.webhook.listen) if om.webhook.enabled else None,
+            websocket=om.websocket.url if om.websocket.enabled else None,
+        )
         self.notifier.ready(self.one_line_status())
-        self.notifier.start_watchdog()
+        self.notifier.start_watchdog(self.one_line_status)
 
     def _worker(self, sink_config: SinkConfig) -> SinkWorker:
         assert self.store is not None
@@ -181,8 +187,13 @@ class Supervisor:
         except ConfigError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
             self.last_reload = {"at": time.time(), "ok": False, "errors": exc.problems}
-            log.error("config.reload_rejected", errors=exc.problems,
-                      hint="the previous configuration keeps running")  # fmt: skip
+            log.error(
+                "config.reload_rejected",
+                errors=exc.problems,
+                hint="the previous configuration keeps running",
+            )
+            # The same SIGHUP comes from logrotate: its files move whatever the config says.
+            await self.reopen()
             return False
         await self._apply(new)
         self.metrics.config_reloads.labels("ok").inc()
@@ -196,7 +207,8 @@ class Supervisor:
         for field, what in (("state", "state"), ("admin", "admin")):
             if getattr(old, field) != getattr(new, field):
                 log.warning("config.restart_needed", section=what)
-        assert self.dispatcher is not None and self.pipeline is not None
+        assert self.dispatcher is not None
+        assert self.pipeline is not None
         for name, worker in list(self.dispatcher.workers.items()):
             if new.sinks.get(name) != worker.config:
                 await worker.stop(min(new.shutdown_timeout, 5.0))
@@ -204,14 +216,18 @@ class Supervisor:
         for name, sink_config in new.sinks.items():
             if name not in self.dispatcher.workers:
                 worker = self._worker(sink_config)
-                await worker.start()
+                # Added before it starts: a row committed after its first load is still handed to
+                # it (submit and load both skip rows it already holds).
                 self.dispatcher.add(worker)
+                await worker.start()
         self.pipeline.router = Router(new.routes)
         om_old, om_new = old.openmail, new.openmail
         if self.webhook is not None and om_new.webhook.enabled:
             if (om_old.webhook.listen, om_old.webhook.path, om_old.webhook.tls) != (
-                om_new.webhook.listen, om_new.webhook.path, om_new.webhook.tls
-            ):  # fmt: skip
+                om_new.webhook.listen,
+                om_new.webhook.path,
+                om_new.webhook.tls,
+            ):
                 log.warning("config.restart_needed", section="openmail.webhook.listen/path/tls")
             self.webhook.update_config(om_new.webhook)
         elif om_old.webhook.enabled != om_new.webhook.enabled:
@@ -282,9 +298,13 @@ class Supervisor:
             }
             if name in workers:
                 s = workers[name].state
-                entry |= {"type": workers[name].config.type, "delivered": s.delivered,
-                          "last_error": s.last_error, "last_error_at": s.last_error_at,
-                          "last_delivered_at": s.last_delivered_at}  # fmt: skip
+                entry |= {
+                    "type": workers[name].config.type,
+                    "delivered": s.delivered,
+                    "last_error": s.last_error,
+                    "last_error_at": s.last_error_at,
+                    "last_delivered_at": s.last_delivered_at,
+                }
             sinks[name] = entry
         last_event_at = self.pipeline.last_event_at if self.pipeline else None
         return {
@@ -303,13 +323,13 @@ class Supervisor:
                 "writable": self.store.writable,
                 "has_room": self.store.has_room,
                 "path": str(self.config.state.path),
-            },  # fmt: skip
+            },
             "sinks": sinks,
             "removed_sinks": sorted(n for n in counts if n not in workers),
             "config": {
                 "source": str(self.config.source) if self.config.source else None,
                 "last_reload": self.last_reload,
-            },  # fmt: skip
+            },
         }
 
     def refresh_metrics(self, counts: dict[str, tuple[int, int]]) -> None:

@@ -1,4 +1,4 @@
-"""systemd integration: sd_notify (READY, STATUS, WATCHDOG, STOPPING); a no-op without NOTIFY_SOCKET.
+"""systemd integration: sd_notify (READY, STATUS, WATCHDOG, STOPPING); no-op without NOTIFY_SOCKET.
 
 The notify protocol is one datagram per message on a Unix socket, small enough to speak directly.
 """
@@ -9,11 +9,14 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 
 log = structlog.get_logger("bridge.systemd")
+
+STATUS_INTERVAL = 1.0
+"""Seconds between STATUS= refreshes when no watchdog sets a shorter beat."""
 
 
 class Notifier:
@@ -28,6 +31,7 @@ class Notifier:
         own = not pid or pid == str(os.getpid())
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and own and int(usec) else None
         self._task: asyncio.Task[None] | None = None
+        self._status: str | None = None  # the last STATUS= sent
 
     @property
     def enabled(self) -> bool:
@@ -38,6 +42,7 @@ class Notifier:
         if self._address is None:
             return
         message = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
+        self._status = fields.get("STATUS", self._status)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.connect(self._address)
@@ -54,15 +59,24 @@ class Notifier:
     def stopping(self) -> None:
         self.notify(STOPPING="1", STATUS="stopping")
 
-    def start_watchdog(self) -> None:
-        """Ping the watchdog from the event loop: a stuck loop stops the pings and systemd acts."""
-        if self._address is None or self.watchdog_interval is None or self._task is not None:
+    def start_watchdog(self, status: Callable[[], str] | None = None) -> None:
+        """Ping the watchdog from the event loop: a stuck loop stops the pings and systemd acts.
+
+        With ``status``, also send STATUS= whenever its one-line state changes: READY=1 goes out
+        before the WebSocket has subscribed, and the state moves on after it.
+        """
+        watchdog = self.watchdog_interval
+        if self._address is None or (watchdog is None and status is None) or self._task is not None:
             return
-        interval = self.watchdog_interval
+        interval = watchdog or STATUS_INTERVAL
 
         async def beat() -> None:
             while True:
-                self.notify(WATCHDOG="1")
+                fields = {"WATCHDOG": "1"} if watchdog is not None else {}
+                if status is not None and (line := status()) != self._status:
+                    fields["STATUS"] = line
+                if fields:
+                    self.notify(**fields)
                 await asyncio.sleep(interval)
 
         self._task = asyncio.create_task(beat(), name="systemd:watchdog")

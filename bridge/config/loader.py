@@ -187,8 +187,12 @@ class _Loader:
     def convert_kind(self, path: str, raw: object, base: object, kind: object) -> object:
         if not isinstance(kind, Kind):
             return self.convert(path, raw, base)
-        if (kind is Kind.DURATION and isinstance(raw, int | float) and not isinstance(raw, bool)
-                and math.isfinite(raw)):  # fmt: skip
+        if (
+            kind is Kind.DURATION
+            and isinstance(raw, int | float)
+            and not isinstance(raw, bool)
+            and math.isfinite(raw)
+        ):
             return self.fail(path, f"{raw} has no unit; write e.g. {raw}s or {raw}ms")
         text = self.scalar_text(path, raw, kind.value)
         if text is None:
@@ -286,9 +290,14 @@ class _Loader:
         for key in raw:
             if key not in seen:
                 ok = False
-                suggestion = _closest(str(key), [f.metadata.get("key", f.name) for f in
-                                                 dataclasses.fields(cls)
-                                                 if not f.metadata.get("internal")])  # fmt: skip
+                suggestion = _closest(
+                    str(key),
+                    [
+                        f.metadata.get("key", f.name)
+                        for f in dataclasses.fields(cls)
+                        if not f.metadata.get("internal")
+                    ],
+                )
                 self.fail(f"{path}.{key}" if path else str(key), "unknown key" + suggestion)
         if not ok:
             return _INVALID
@@ -350,8 +359,9 @@ def _parse_webhook_secrets(loader: _Loader, path: str, raw: object) -> object:
             else:
                 ok = False
         return {"__map__": result} if ok else _INVALID
-    return loader.fail(path, f"expected a list of secrets or a map inbox_id -> secret, got "
-                             f"{_describe(raw)}")  # fmt: skip
+    return loader.fail(
+        path, f"expected a list of secrets or a map inbox_id -> secret, got {_describe(raw)}"
+    )
 
 
 def _default_state_path(env: Mapping[str, str], base_dir: Path) -> Path:
@@ -457,8 +467,9 @@ def _load_sink(loader: _Loader, name: str, body: object, registry: Mapping[str, 
         return loader.fail(f"{path}.type", f"is required (one of: {', '.join(registry)})")
     entry = registry.get(kind) if isinstance(kind, str) else None
     if not isinstance(entry, SinkType):
-        return loader.fail(f"{path}.type", f"unknown sink type {kind!r} (known: "
-                                           f"{', '.join(registry)})")  # fmt: skip
+        return loader.fail(
+            f"{path}.type", f"unknown sink type {kind!r} (known: {', '.join(registry)})"
+        )
     common = {k: v for k, v in body.items() if k in _SINK_COMMON}
     own = {k: v for k, v in body.items() if k not in _SINK_COMMON}
     options = loader.section(path, own, entry.options)
@@ -523,8 +534,9 @@ def _load_openmail(loader: _Loader, raw: object) -> object:
             "openmail.api_key", "is required while openmail.websocket.enabled is true"
         )
     if not om.websocket.enabled and not om.webhook.enabled:
-        return loader.fail("openmail", "both websocket and webhook are disabled: nothing would "
-                                       "receive events")  # fmt: skip
+        return loader.fail(
+            "openmail", "both websocket and webhook are disabled: nothing would receive events"
+        )
     return om
 
 
@@ -560,8 +572,10 @@ def _load_webhook(loader: _Loader, raw: object) -> object:
     if not isinstance(webhook, WebhookConfig) or not secrets_ok:
         return _INVALID
     if webhook.enabled and not webhook.account_secrets and not webhook.inbox_secrets:
-        return loader.fail("openmail.webhook.secret", "is required while openmail.webhook.enabled "
-                                                      "is true (or give secrets:)")  # fmt: skip
+        return loader.fail(
+            "openmail.webhook.secret",
+            "is required while openmail.webhook.enabled is true (or give secrets:)",
+        )
     if not webhook.path.startswith("/"):
         return loader.fail("openmail.webhook.path", f"must start with '/', got {webhook.path!r}")
     return webhook

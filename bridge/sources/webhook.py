@@ -81,8 +81,12 @@ class WebhookSource:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else listen.port
-        log.info("webhook.listening", listen=f"{listen.host}:{self.port}", path=self.config.path,
-                 tls=self.config.tls is not None)  # fmt: skip
+        log.info(
+            "webhook.listening",
+            listen=f"{listen.host}:{self.port}",
+            path=self.config.path,
+            tls=self.config.tls is not None,
+        )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if self.config.tls is None:
@@ -132,8 +136,13 @@ class WebhookSource:
         except Rejected as exc:
             self.metrics.webhook_rejected.labels(exc.reason).inc()
             level = "info" if exc.status in (405, 503) else "warning"
-            getattr(log, level)("webhook.rejected", status=exc.status, reason=exc.reason,
-                                detail=exc.detail, peer=request.remote)  # fmt: skip
+            getattr(log, level)(
+                "webhook.rejected",
+                status=exc.status,
+                reason=exc.reason,
+                detail=exc.detail,
+                peer=request.remote,
+            )
             headers = {"Allow": "POST"} if exc.status == 405 else {}
             if exc.status == 503:
                 headers["Retry-After"] = RETRY_AFTER_FULL if exc.reason == "spool_full" else "5"
@@ -141,8 +150,11 @@ class WebhookSource:
 
     async def _read_body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.config.max_body:
-            raise Rejected(413, "too_large", f"body of {request.content_length} bytes is over "
-                                             f"max_body ({self.config.max_body})")  # fmt: skip
+            raise Rejected(
+                413,
+                "too_large",
+                f"body of {request.content_length} bytes is over max_body ({self.config.max_body})",
+            )
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:

@@ -1,10 +1,11 @@
 """WebSocket source: the OpenMail subscription, held open for months.
 
-One screen of logic: connect with the API key -> subscribe with the stored replay cursor -> receive,
-with keepalive and a stale-connection watchdog -> on a close, classify it and sleep the next backoff
-delay (tenacity, exponential with full jitter; at the cap for a rejected key or too many connections,
-where OpenMail's own clients exit and a daemon must not). Events are committed in small batches by a
-consumer task; the cursor moves only with a commit, so a reconnect replays whatever was not stored.
+The loop: connect with the API key -> subscribe with the stored replay cursor -> receive, with
+keepalive and a stale-connection watchdog -> on a close, classify it and sleep the next backoff
+delay (tenacity, exponential with full jitter; at the cap for a rejected key or too many
+connections, where OpenMail's own clients exit and a daemon must not). Events are committed in
+small batches by a consumer task; the cursor moves only with a commit, so a reconnect replays
+whatever was not stored.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class WebSocketSource:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._stopping = asyncio.Event()
         self._reconnect_now = asyncio.Event()
+        self._closing: asyncio.Future[bool] | None = None
         self.state = "idle"
         self.since = time.time()
         self.down_reason: str | None = None
@@ -103,14 +105,16 @@ class WebSocketSource:
         old = self.config
         self.config = config
         if (old.api_key, old.websocket.url, old.websocket.inbox_ids, old.websocket.event_types) != (
-            config.api_key, config.websocket.url, config.websocket.inbox_ids,
+            config.api_key,
+            config.websocket.url,
+            config.websocket.inbox_ids,
             config.websocket.event_types,
-        ):  # fmt: skip
+        ):
             log.info("ws.reconfigured", reconnect=True)
             self._reconnect_now.set()
             ws = self._ws
             if ws is not None and not ws.closed:
-                _ = asyncio.ensure_future(ws.close(code=protocol.CloseCode.NORMAL))
+                self._closing = asyncio.ensure_future(ws.close(code=protocol.CloseCode.NORMAL))
 
     @property
     def receiving(self) -> bool:
@@ -178,8 +182,12 @@ class WebSocketSource:
             SUBSCRIBE_REJECTED,
         ):
             if changed:
-                log.error("ws.rejected", cause=str(exc.kind), **fields,
-                          hint=_REJECTED_HINTS.get(str(exc.kind), ""))  # fmt: skip
+                log.error(
+                    "ws.rejected",
+                    cause=str(exc.kind),
+                    **fields,
+                    hint=_REJECTED_HINTS.get(str(exc.kind), ""),
+                )
             else:
                 log.warning("ws.retrying", cause=str(exc.kind), **fields)
         elif was_up or changed:
@@ -226,9 +234,11 @@ class WebSocketSource:
         self._set_state("paused")
         log.warning("ws.paused", reason="the spool cannot take events; reconnecting when it can")
         while not self._stopping.is_set() and not self._store_ready():
-            waiters = [asyncio.ensure_future(self.store.wait_room()),
-                       asyncio.ensure_future(self.store.wait_writable()),
-                       asyncio.ensure_future(self._stopping.wait())]  # fmt: skip
+            waiters = [
+                asyncio.ensure_future(self.store.wait_room()),
+                asyncio.ensure_future(self.store.wait_writable()),
+                asyncio.ensure_future(self._stopping.wait()),
+            ]
             try:
                 await asyncio.wait(waiters, return_when=asyncio.ALL_COMPLETED, timeout=1.0)
             finally:
@@ -308,9 +318,13 @@ class WebSocketSource:
                     message = frame.message
                     # Inbox first: "inbox ... is not owned by this API key" also names the key.
                     if protocol.error_is_unowned_inbox(message):
-                        raise Disconnected(SUBSCRIBE_REJECTED, (
-                            f"OpenMail refused the subscription for openmail.websocket.inbox_ids "
-                            f"{list(cfg.inbox_ids)}: {message}"))  # fmt: skip
+                        raise Disconnected(
+                            SUBSCRIBE_REJECTED,
+                            (
+                                "OpenMail refused the subscription for "
+                                f"openmail.websocket.inbox_ids {list(cfg.inbox_ids)}: {message}"
+                            ),
+                        )
                     if _looks_like_auth(message):
                         raise Disconnected(CloseClass.KEY_REJECTED, f"OpenMail said: {message}")
                     if cursor is not None:
@@ -333,17 +347,25 @@ class WebSocketSource:
     async def _reset_cursor(self, cursor: str, message: str) -> None:
         self.possible_gaps += 1
         self.metrics.possible_gaps.labels("cursor_reset").inc()
-        log.warning("ws.cursor_reset", cursor=cursor, error=message,
-                    hint="OpenMail does not know the replay cursor; events since it may be missed "
-                         "unless they came by webhook")  # fmt: skip
+        log.warning(
+            "ws.cursor_reset",
+            cursor=cursor,
+            error=message,
+            hint="OpenMail does not know the replay cursor; events since it may be missed "
+            "unless they came by webhook",
+        )
         with contextlib.suppress(StoreError):
             await self.store.clear_cursor()
 
     async def _follow_up(self, ws: aiohttp.ClientWebSocketResponse) -> Disconnected | None:
         with contextlib.suppress(TimeoutError):
             msg = await ws.receive(timeout=ERROR_FOLLOW_UP)
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                            aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):  # fmt: skip
+            if msg.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            ):
                 return self._closed(ws)
         return None
 
@@ -359,8 +381,12 @@ class WebSocketSource:
             if msg.type is aiohttp.WSMsgType.BINARY:
                 self._invalid("binary", f"{len(msg.data)} bytes")
                 continue
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                            aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):  # fmt: skip
+            if msg.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            ):
                 raise self._closed(ws)
 
     def _invalid(self, reason: str, detail: str) -> None:
@@ -408,8 +434,9 @@ class WebSocketSource:
             if not consumer.done():
                 # Commit what was read before the close (on stop too): fewer events to replay.
                 drained = asyncio.ensure_future(queue.join())
-                await asyncio.wait([drained, consumer], timeout=10.0,
-                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                await asyncio.wait(
+                    [drained, consumer], timeout=10.0, return_when=asyncio.FIRST_COMPLETED
+                )
                 drained.cancel()
             consumer.cancel()
             await asyncio.gather(consumer, keepalive, return_exceptions=True)
@@ -438,9 +465,12 @@ class WebSocketSource:
     def _replay_limit(self) -> None:
         self.possible_gaps += 1
         self.metrics.possible_gaps.labels("replay_limit").inc()
-        log.warning("ws.replay_limit", limit=protocol.REPLAY_LIMIT,
-                    hint="the replay hit OpenMail's maximum; older events may have been missed on "
-                         "this path unless they came by webhook")  # fmt: skip
+        log.warning(
+            "ws.replay_limit",
+            limit=protocol.REPLAY_LIMIT,
+            hint="the replay hit OpenMail's maximum; older events may have been missed on "
+            "this path unless they came by webhook",
+        )
 
     async def _consume(
         self, queue: asyncio.Queue[Event], accept: Accept, ws: aiohttp.ClientWebSocketResponse
@@ -461,15 +491,18 @@ class WebSocketSource:
                     self._room_needed = len(batch[results.index(failure)].raw)
                 if not isinstance(failure, SpoolFullError | StoreError):
                     log.error("ws.accept_failed", error=str(failure))
-                log.warning("ws.pushback", error=str(failure),
-                            hint="closing the WebSocket until the spool can take events")  # fmt: skip
+                log.warning(
+                    "ws.pushback",
+                    error=str(failure),
+                    hint="closing the WebSocket until the spool can take events",
+                )
                 await ws.close(code=protocol.CloseCode.NORMAL)
                 raise failure
             self.last_event_at = time.time()
 
     async def _keepalive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """The protocol's own ``ping`` (answered by a text ``pong``) keeps traffic flowing, which the
-        stale watchdog in ``_receive`` relies on; aiohttp sends the WebSocket-level pings."""
+        """The protocol's own ``ping`` (answered by a text ``pong``) keeps traffic flowing, which
+        the stale watchdog in ``_receive`` relies on; aiohttp sends the WebSocket-level pings."""
         interval = self.config.websocket.ping_interval
         while not ws.closed:
             await asyncio.sleep(interval)
@@ -482,7 +515,8 @@ _REJECTED_HINTS = {
     "backoff cap and receives by webhook meanwhile",
     str(CloseClass.TOO_MANY_CONNECTIONS): "the account holds 10 WebSocket connections already; "
     "close other clients",
-    SUBSCRIBE_REJECTED: "remove inbox ids this API key does not own from openmail.websocket.inbox_ids",
+    SUBSCRIBE_REJECTED: "remove inbox ids this API key does not own from "
+    "openmail.websocket.inbox_ids",
 }
 
 
