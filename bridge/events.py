@@ -106,7 +106,7 @@ def event_from_object(
         event_id = fallback_event_id
     kind = data.get("event")
     if not isinstance(kind, str) or not kind:
-        if require_type or (kind is not None and not isinstance(kind, str)):
+        if require_type:
             raise EventError("payload has no string 'event' field")
         kind = protocol.UNKNOWN_EVENT_TYPE
     message = data.get("message")

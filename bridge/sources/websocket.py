@@ -71,6 +71,7 @@ class WebSocketSource:
         self._stopping = asyncio.Event()
         self._reconnect_now = asyncio.Event()
         self._closing: asyncio.Future[bool] | None = None
+        self._peer_close_code: int | None = None
         self.state = "idle"
         self.since = time.time()
         self.down_reason: str | None = None
@@ -212,6 +213,13 @@ class WebSocketSource:
                         await self._connect_once(accept)
             except Disconnected:
                 return  # only when stopping
+            except Exception:
+                # A bug must not end the subscription for the life of the daemon: log it loudly
+                # and start over at the backoff cap.
+                log.exception("ws.unexpected_error")
+                self._set_state("down")
+                await self._sleep(self.config.websocket.reconnect.max)
+                continue
             # A connection that stayed up a while ended: a fresh backoff curve, a short pause.
             await self._sleep(random.uniform(0, self.config.websocket.reconnect.initial))
 
@@ -269,10 +277,14 @@ class WebSocketSource:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise Disconnected(CloseClass.TRANSIENT, f"cannot connect: {exc}") from None
         self._ws = ws
+        self._peer_close_code = None
         try:
             subscribed_at = await self._subscribe(ws)
             up_since = time.monotonic()
             await self._receive(ws, accept, subscribed_at)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            # The socket failed under a send: the same as a dropped connection.
+            raise Disconnected(CloseClass.TRANSIENT, f"connection failed: {exc}", 1006) from None
         finally:
             self._ws = None
             if not ws.closed:
@@ -286,8 +298,15 @@ class WebSocketSource:
             raise Disconnected(STOPPING, "stopping")
         raise self._closed(ws)
 
+    def _note(self, msg: aiohttp.WSMessage) -> aiohttp.WSMessage:
+        # aiohttp reports 1006 when the server drops TCP right after its close frame, even though
+        # the frame said 4001 or 4029: the code in the frame is what classifies the close.
+        if msg.type is aiohttp.WSMsgType.CLOSE and isinstance(msg.data, int):
+            self._peer_close_code = msg.data
+        return msg
+
     def _closed(self, ws: aiohttp.ClientWebSocketResponse) -> Disconnected:
-        code = ws.close_code
+        code = self._peer_close_code if self._peer_close_code is not None else ws.close_code
         kind = protocol.classify_close(code)
         reason = {
             CloseClass.KEY_REJECTED: "the API key was rejected",
@@ -359,7 +378,7 @@ class WebSocketSource:
 
     async def _follow_up(self, ws: aiohttp.ClientWebSocketResponse) -> Disconnected | None:
         with contextlib.suppress(TimeoutError):
-            msg = await ws.receive(timeout=ERROR_FOLLOW_UP)
+            msg = self._note(await ws.receive(timeout=ERROR_FOLLOW_UP))
             if msg.type in (
                 aiohttp.WSMsgType.CLOSE,
                 aiohttp.WSMsgType.CLOSING,
@@ -371,7 +390,7 @@ class WebSocketSource:
 
     async def _next_control(self, ws: aiohttp.ClientWebSocketResponse) -> protocol.ServerFrame:
         while True:
-            msg = await ws.receive()
+            msg = self._note(await ws.receive())
             if msg.type is aiohttp.WSMsgType.TEXT:
                 try:
                     return protocol.parse_server_frame(msg.data)
@@ -409,7 +428,7 @@ class WebSocketSource:
                     # An outer deadline: receive() restarts its own timeout at every WebSocket
                     # pong, so a transport that answers pings would hide a silent server.
                     async with asyncio.timeout(cfg.stale_after):
-                        msg = await ws.receive()
+                        msg = self._note(await ws.receive())
                 except TimeoutError:
                     log.warning("ws.stale", silent_for=cfg.stale_after)
                     await ws.close(code=protocol.CloseCode.GOING_AWAY)

@@ -1,0 +1,122 @@
+"""bridge.protocol with literal bytes: frames, close-code classes, signatures, timestamps."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from bridge import protocol
+from bridge.protocol import CloseClass, FrameKind, ProtocolError
+
+
+def test_ws_url_is_built_from_the_rest_base_as_official_clients_do() -> None:
+    assert protocol.ws_url_from_base("https://api.openmail.sh") == "wss://api.openmail.sh/v1/ws"
+    assert protocol.ws_url_from_base("http://127.0.0.1:8080/") == "ws://127.0.0.1:8080/v1/ws"
+
+
+def test_subscribe_frame_omits_empty_filters_and_carries_the_cursor() -> None:
+    assert json.loads(protocol.subscribe_frame()) == {"type": "subscribe"}
+    frame = json.loads(protocol.subscribe_frame(["inb_1"], ["message.received"], "evt_7"))
+    assert frame == {
+        "type": "subscribe",
+        "inbox_ids": ["inb_1"],
+        "event_types": ["message.received"],
+        "last_event_id": "evt_7",
+    }
+    assert json.loads(protocol.unsubscribe_frame()) == {"type": "unsubscribe"}
+    assert json.loads(protocol.unsubscribe_frame(["inb_1"])) == {
+        "type": "unsubscribe",
+        "inbox_ids": ["inb_1"],
+    }
+    assert json.loads(protocol.PING_FRAME) == {"type": "ping"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [
+        (b'{"type":"subscribed","inbox_ids":[],"event_types":[]}', FrameKind.SUBSCRIBED),
+        (b'{"type":"unsubscribed","inbox_ids":["inb_1"]}', FrameKind.UNSUBSCRIBED),
+        (b'{"type":"pong"}', FrameKind.PONG),
+        (b'{"type":"error","message":"rate limit"}', FrameKind.ERROR),
+        (b'{"event":"message.received","event_id":"evt_1"}', FrameKind.EVENT),
+        (b'{"type":"hello"}', FrameKind.UNKNOWN),
+        (b'{"type":"event","event":"x"}', FrameKind.UNKNOWN),
+    ],
+)
+def test_server_frames_are_classified(raw: bytes, kind: FrameKind) -> None:
+    frame = protocol.parse_server_frame(raw)
+    assert frame.kind is kind
+    assert frame.raw == raw
+
+
+def test_error_frame_message() -> None:
+    frame = protocol.parse_server_frame('{"type":"error","message":"inbox inb_9 not owned"}')
+    assert frame.message == "inbox inb_9 not owned"
+    assert protocol.error_is_unowned_inbox(frame.message)
+    assert not protocol.error_is_unowned_inbox("rate limit exceeded")
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1,2]", b"42", b'{"no":"type"}', b"\xff\xfe"])
+def test_malformed_frames_raise_protocol_error(raw: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.parse_server_frame(raw)
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (1000, CloseClass.TRANSIENT),
+        (1001, CloseClass.TRANSIENT),
+        (1006, CloseClass.TRANSIENT),
+        (None, CloseClass.TRANSIENT),
+        (4001, CloseClass.KEY_REJECTED),
+        (4003, CloseClass.KEY_REJECTED),
+        (4008, CloseClass.TOO_MANY_CONNECTIONS),
+        (4029, CloseClass.RATE_LIMITED),
+        (4999, CloseClass.TRANSIENT),
+    ],
+)
+def test_close_codes_are_classified(code: int | None, kind: CloseClass) -> None:
+    assert protocol.classify_close(code) is kind
+
+
+def test_handshake_statuses_are_classified() -> None:
+    assert protocol.classify_handshake_status(401) is CloseClass.KEY_REJECTED
+    assert protocol.classify_handshake_status(403) is CloseClass.KEY_REJECTED
+    assert protocol.classify_handshake_status(429) is CloseClass.RATE_LIMITED
+    assert protocol.classify_handshake_status(502) is CloseClass.TRANSIENT
+
+
+def test_signature_matches_an_independent_hmac() -> None:
+    body = b'{"event":"message.received","event_id":"evt_7f2a3b4c"}'
+    expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert protocol.sign("s3cret", 1700000000, body) == expected
+    assert protocol.signature_matches(["other", "s3cret"], "1700000000", body, expected)
+    assert protocol.signature_matches(["s3cret"], "1700000000", body, expected.upper())
+    assert not protocol.signature_matches(["other"], "1700000000", body, expected)
+    assert not protocol.signature_matches(["s3cret"], "1700000001", body, expected)
+    assert not protocol.signature_matches(["s3cret"], "1700000000", body + b" ", expected)
+    assert not protocol.signature_matches([], "1700000000", body, expected)
+    assert not protocol.signature_matches(["s3cret"], "1700000000", body, "sha256=" + expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (None, protocol.TimestampProblem.MISSING),
+        ("", protocol.TimestampProblem.MISSING),
+        ("12.5", protocol.TimestampProblem.MALFORMED),
+        ("abc", protocol.TimestampProblem.MALFORMED),
+        ("١٢٣", protocol.TimestampProblem.MALFORMED),
+        ("1699999699", protocol.TimestampProblem.STALE),
+        ("1700000301", protocol.TimestampProblem.STALE),
+        ("1699999700", None),
+        ("1700000300", None),
+        (" 1700000000 ", None),
+    ],
+)
+def test_timestamp_window(value: str | None, problem: protocol.TimestampProblem | None) -> None:
+    assert protocol.check_timestamp(value, 1_700_000_000.0, 300.0) == problem
