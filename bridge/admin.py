@@ -67,9 +67,11 @@ class AdminServer:
     ) -> web.StreamResponse:
         token = self.config.token
         if token is not None and request.path != "/healthz":
-            given = request.headers.get("Authorization", "")
-            expected = f"Bearer {token.get()}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), token.get().encode()
+            )
+            if not ok:
                 return web.json_response(
                     {"error": "missing or wrong bearer token"},
                     status=401,

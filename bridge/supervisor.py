@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -195,18 +196,53 @@ class Supervisor:
             # The same SIGHUP comes from logrotate: its files move whatever the config says.
             await self.reopen()
             return False
-        await self._apply(new)
+        try:
+            await self._apply(new)
+        except Exception as exc:  # e.g. a new sink that cannot start; the rest stays as it was
+            self.metrics.config_reloads.labels("invalid").inc()
+            self.last_reload = {"at": time.time(), "ok": False, "errors": [str(exc)]}
+            log.exception("config.reload_failed", error=str(exc))
+            return False
         self.metrics.config_reloads.labels("ok").inc()
         self.last_reload = {"at": time.time(), "ok": True, "errors": []}
         log.info("config.reloaded", sinks=list(new.sinks), routes=[r.name for r in new.routes])
         return True
 
-    async def _apply(self, new: Config) -> None:
+    def _running_part_of(self, new: Config) -> Config:
+        """``new`` with the parts that only a restart can change kept as they run now."""
         old = self.config
-        logs.REDACTOR.set_secrets(config_secrets(old) + config_secrets(new))
-        for field, what in (("state", "state"), ("admin", "admin")):
-            if getattr(old, field) != getattr(new, field):
-                log.warning("config.restart_needed", section=what)
+        hook_old, hook_new = old.openmail.webhook, new.openmail.webhook
+        ws_new = new.openmail.websocket
+        restart_only = {
+            "state": old.state != new.state,
+            "admin": old.admin != new.admin,
+            "openmail.webhook.enabled/listen/path/tls": (
+                (hook_old.enabled, hook_old.listen, hook_old.path, hook_old.tls)
+                != (hook_new.enabled, hook_new.listen, hook_new.path, hook_new.tls)
+            ),
+            "openmail.websocket.enabled": old.openmail.websocket.enabled != ws_new.enabled,
+        }
+        for section, changed in restart_only.items():
+            if changed:
+                log.warning(
+                    "config.restart_needed",
+                    section=section,
+                    hint="this part of the new config applies after a restart",
+                )
+        webhook = dataclasses.replace(
+            hook_new,
+            enabled=hook_old.enabled,
+            listen=hook_old.listen,
+            path=hook_old.path,
+            tls=hook_old.tls,
+        )
+        websocket = dataclasses.replace(ws_new, enabled=old.openmail.websocket.enabled)
+        openmail = dataclasses.replace(new.openmail, webhook=webhook, websocket=websocket)
+        return dataclasses.replace(new, state=old.state, admin=old.admin, openmail=openmail)
+
+    async def _apply(self, new: Config) -> None:
+        new = self._running_part_of(new)
+        logs.REDACTOR.set_secrets(config_secrets(self.config) + config_secrets(new))
         assert self.dispatcher is not None
         assert self.pipeline is not None
         for name, worker in list(self.dispatcher.workers.items()):
@@ -221,21 +257,10 @@ class Supervisor:
                 self.dispatcher.add(worker)
                 await worker.start()
         self.pipeline.router = Router(new.routes)
-        om_old, om_new = old.openmail, new.openmail
-        if self.webhook is not None and om_new.webhook.enabled:
-            if (om_old.webhook.listen, om_old.webhook.path, om_old.webhook.tls) != (
-                om_new.webhook.listen,
-                om_new.webhook.path,
-                om_new.webhook.tls,
-            ):
-                log.warning("config.restart_needed", section="openmail.webhook.listen/path/tls")
-            self.webhook.update_config(om_new.webhook)
-        elif om_old.webhook.enabled != om_new.webhook.enabled:
-            log.warning("config.restart_needed", section="openmail.webhook.enabled")
-        if self.websocket is not None and om_new.websocket.enabled:
-            self.websocket.reconfigure(om_new)
-        elif om_old.websocket.enabled != om_new.websocket.enabled:
-            log.warning("config.restart_needed", section="openmail.websocket.enabled")
+        if self.webhook is not None:
+            self.webhook.update_config(new.openmail.webhook)
+        if self.websocket is not None:
+            self.websocket.reconfigure(new.openmail)
         self.config = new
         logs.REDACTOR.set_secrets(config_secrets(new))
         await self.reopen()

@@ -182,7 +182,9 @@ class Receiver:
             await asyncio.sleep(self.delay)
         if not self.up:
             return web.Response(status=503)
-        if self.secret is not None and not openmail_signature_ok(self.secret, request.headers, body):
+        if self.secret is not None and not openmail_signature_ok(
+            self.secret, request.headers, body
+        ):
             self.bad_signatures += 1
             return web.Response(status=401)
         status = self.statuses.pop(0) if self.statuses else 200

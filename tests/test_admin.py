@@ -3,6 +3,7 @@ the bearer token, and ``openmail-bridge status`` against a bridge in a real subp
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -39,7 +40,7 @@ from bridge.simulator import Simulator
 from bridge.store import Store
 from bridge.supervisor import Supervisor
 
-# --- helpers -------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -52,16 +53,23 @@ def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
     """OpenMail's webhook signature, computed here independently of bridge.protocol."""
     timestamp = str(int(time.time()))
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return {"X-Timestamp": timestamp, "X-Signature": digest.hexdigest(),
-            "Content-Type": "application/json"}  # fmt: skip
+    return {
+        "X-Timestamp": timestamp,
+        "X-Signature": digest.hexdigest(),
+        "Content-Type": "application/json",
+    }
 
 
 def event_body(event_id: str, inbox_id: str = "inb_demo_support", text: str = "hello") -> bytes:
-    return json.dumps({
-        "event": "message.received", "event_id": event_id, "inbox_id": inbox_id,
-        "occurred_at": "2026-02-24T10:05:00Z",
-        "message": {"id": f"msg_{event_id}", "subject": "hi", "body_text": text},
-    }).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "event": "message.received",
+            "event_id": event_id,
+            "inbox_id": inbox_id,
+            "occurred_at": "2026-02-24T10:05:00Z",
+            "message": {"id": f"msg_{event_id}", "subject": "hi", "body_text": text},
+        }
+    ).encode()
 
 
 @pytest.fixture
@@ -107,10 +115,11 @@ class Admin:
 
 
 def sample(metrics: dict[str, Any], name: str, **labels: str) -> float | None:
-    return metrics.get(name, {}).get(tuple(sorted(labels.items())))
+    value = metrics.get(name, {}).get(tuple(sorted(labels.items())))
+    return None if value is None else float(value)
 
 
-# --- /healthz and /readyz --------------------------------------------------------------------------
+# --- /healthz and /readyz -------------------------------------------------------------------------
 
 
 async def test_ready_when_websocket_subscribed_and_webhook_up(
@@ -120,12 +129,18 @@ async def test_ready_when_websocket_subscribed_and_webhook_up(
         admin = Admin(http, sv)
         assert sv.websocket is not None
         await wait_until(lambda: sv.websocket.receiving)  # type: ignore[union-attr]
-        assert await admin.get("/healthz") == (200, {"status": "ok", "time": pytest.approx(
-            time.time(), abs=5)})  # fmt: skip
+        assert await admin.get("/healthz") == (
+            200,
+            {"status": "ok", "time": pytest.approx(time.time(), abs=5)},
+        )
         status, body = await admin.get("/readyz")
         assert status == 200
-        assert body == {"status": "ready", "websocket": "subscribed", "webhook": "listening",
-                        "store": "writable"}  # fmt: skip
+        assert body == {
+            "status": "ready",
+            "websocket": "subscribed",
+            "webhook": "listening",
+            "store": "writable",
+        }
 
 
 async def test_degraded_while_simulator_refuses_then_ready_again(
@@ -141,13 +156,21 @@ async def test_degraded_while_simulator_refuses_then_ready_again(
         status, body = await admin.get("/readyz")
         assert status == 200, body
         assert body["status"] == "degraded"
-        assert body["webhook"] == "listening" and body["store"] == "writable"
+        assert body["webhook"] == "listening"
+        assert body["store"] == "writable"
         assert body["websocket"] in ("down", "connecting")
         assert (await admin.get("/healthz"))[0] == 200
         sim.refuse(0)
         await wait_until(lambda: ws.receiving)
-        assert await admin.get("/readyz") == (200, {"status": "ready", "websocket": "subscribed",
-                                                    "webhook": "listening", "store": "writable"})  # fmt: skip
+        assert await admin.get("/readyz") == (
+            200,
+            {
+                "status": "ready",
+                "websocket": "subscribed",
+                "webhook": "listening",
+                "store": "writable",
+            },
+        )
 
 
 async def test_degraded_when_simulator_down(
@@ -167,9 +190,14 @@ async def test_degraded_when_simulator_down(
 async def test_unavailable_when_websocket_only_and_simulator_down(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    config = make_config(tmp_path, None, openmail={
-        "websocket": {"enabled": True, "url": f"ws://127.0.0.1:{free_port()}/v1/ws"},
-        "webhook": {"enabled": False}})  # fmt: skip
+    config = make_config(
+        tmp_path,
+        None,
+        openmail={
+            "websocket": {"enabled": True, "url": f"ws://127.0.0.1:{free_port()}/v1/ws"},
+            "webhook": {"enabled": False},
+        },
+    )
     async with running_bridge(config) as sv:
         admin = Admin(http, sv)
         assert sv.webhook is None
@@ -177,7 +205,8 @@ async def test_unavailable_when_websocket_only_and_simulator_down(
         status, body = await admin.get("/readyz")
         assert status == 503
         assert body["status"] == "unavailable"
-        assert body["webhook"] == "disabled" and body["store"] == "writable"
+        assert body["webhook"] == "disabled"
+        assert body["store"] == "writable"
         assert body["websocket"] in ("down", "connecting")
         assert (await admin.get("/healthz"))[0] == 200
 
@@ -188,8 +217,12 @@ async def test_ready_with_webhook_only_config(tmp_path: Path, http: aiohttp.Clie
         assert sv.websocket is None
         status, body = await Admin(http, sv).get("/readyz")
         assert status == 200
-        assert body == {"status": "ready", "websocket": "disabled", "webhook": "listening",
-                        "store": "writable"}  # fmt: skip
+        assert body == {
+            "status": "ready",
+            "websocket": "disabled",
+            "webhook": "listening",
+            "store": "writable",
+        }
 
 
 async def test_ready_with_webhook_disabled_and_websocket_up(
@@ -197,20 +230,29 @@ async def test_ready_with_webhook_disabled_and_websocket_up(
 ) -> None:
     config = make_config(tmp_path, sim, openmail={"webhook": {"enabled": False}})
     async with running_bridge(config) as sv:
-        assert sv.webhook is None and sv.websocket is not None
+        assert sv.webhook is None
+        assert sv.websocket is not None
         await wait_until(lambda: sv.websocket.receiving)  # type: ignore[union-attr]
         status, body = await Admin(http, sv).get("/readyz")
         assert status == 200
-        assert body == {"status": "ready", "websocket": "subscribed", "webhook": "disabled",
-                        "store": "writable"}  # fmt: skip
+        assert body == {
+            "status": "ready",
+            "websocket": "subscribed",
+            "webhook": "disabled",
+            "store": "writable",
+        }
 
 
 @contextlib.contextmanager
 def small_tmpfs(where: Path) -> Iterator[Path]:
     """A real 1 MiB filesystem, so SQLite really runs out of space (tests run as root)."""
     where.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill (needs root): {result.stderr.strip()}")
     try:
@@ -245,17 +287,32 @@ async def test_store_unwritable_makes_readyz_503_but_healthz_stays_200(
             assert await admin.post_event(body, signed(body)) == 503
             status, ready = await admin.get("/readyz")
             assert status == 503
-            assert ready == {"status": "unavailable", "websocket": "disabled",
-                             "webhook": "listening", "store": "unwritable"}  # fmt: skip
+            assert ready == {
+                "status": "unavailable",
+                "websocket": "disabled",
+                "webhook": "listening",
+                "store": "unwritable",
+            }
             assert (await admin.get("/healthz"))[0] == 200
             metrics = await admin.metrics()
             assert sample(metrics, "openmail_bridge_store_writable") == 0
-            assert sample(metrics, "openmail_bridge_webhook_rejected_total",
-                          reason="store_unavailable") == 1  # fmt: skip
+            assert (
+                sample(
+                    metrics, "openmail_bridge_webhook_rejected_total", reason="store_unavailable"
+                )
+                == 1
+            )
             filler.unlink()
             await wait_until(lambda: sv.store is not None and sv.store.writable)
-            assert await admin.get("/readyz") == (200, {"status": "ready", "websocket": "disabled",
-                                                        "webhook": "listening", "store": "writable"})  # fmt: skip
+            assert await admin.get("/readyz") == (
+                200,
+                {
+                    "status": "ready",
+                    "websocket": "disabled",
+                    "webhook": "listening",
+                    "store": "writable",
+                },
+            )
             assert await admin.post_event(body, signed(body)) == 200
 
 
@@ -270,16 +327,25 @@ async def test_store_full_makes_readyz_503_but_healthz_stays_200(
         assert await admin.post_event(body, signed(body)) == 503
         status, ready = await admin.get("/readyz")
         assert status == 503, ready
-        assert ready["status"] == "unavailable" and ready["store"] == "full"
+        assert ready["status"] == "unavailable"
+        assert ready["store"] == "full"
         assert (await admin.get("/healthz"))[0] == 200
 
 
 async def test_healthz_and_readyz_unaffected_by_a_sink_that_is_down(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    config = make_config(tmp_path, None, sinks={"agent": {
-        "type": "http", "url": f"http://127.0.0.1:{free_port()}/hook",
-        "retry": {"initial": "20ms", "max": "100ms"}}})  # fmt: skip
+    config = make_config(
+        tmp_path,
+        None,
+        sinks={
+            "agent": {
+                "type": "http",
+                "url": f"http://127.0.0.1:{free_port()}/hook",
+                "retry": {"initial": "20ms", "max": "100ms"},
+            }
+        },
+    )
     async with running_bridge(config) as sv:
         admin = Admin(http, sv)
         body = event_body("evt_sink_down")
@@ -293,7 +359,7 @@ async def test_healthz_and_readyz_unaffected_by_a_sink_that_is_down(
         assert "127.0.0.1" in st["sinks"]["agent"]["last_error"]
 
 
-# --- /metrics --------------------------------------------------------------------------------------
+# --- /metrics -------------------------------------------------------------------------------------
 
 DOCUMENTED_METRICS = (
     "openmail_bridge_events_received",
@@ -326,10 +392,18 @@ async def test_metrics_names_and_values_move_with_events(
     rejecting = Receiver(statuses=[400] * 10)
     await rejecting.start()
     try:
-        config = make_config(tmp_path, sim, sinks={
-            "agent": {"type": "http", "url": f"http://127.0.0.1:{free_port()}/down",
-                      "retry": {"initial": "20ms", "max": "100ms"}},
-            "strict": {"type": "http", "url": rejecting.url}})  # fmt: skip
+        config = make_config(
+            tmp_path,
+            sim,
+            sinks={
+                "agent": {
+                    "type": "http",
+                    "url": f"http://127.0.0.1:{free_port()}/down",
+                    "retry": {"initial": "20ms", "max": "100ms"},
+                },
+                "strict": {"type": "http", "url": rejecting.url},
+            },
+        )
         await prime_unknown_cursor(config.state.path)
         async with running_bridge(config) as sv:
             admin, ws = Admin(http, sv), sv.websocket
@@ -344,7 +418,9 @@ async def test_metrics_names_and_values_move_with_events(
             ws_ids = [await sim.inject() for _ in range(2)]
             body = event_body("evt_by_webhook")
             assert await admin.post_event(body, signed(body)) == 200
-            assert await admin.post_event(body, signed(body)) == 200  # OpenMail's retry: a duplicate
+            assert (
+                await admin.post_event(body, signed(body)) == 200
+            )  # OpenMail's retry: a duplicate
             assert await admin.post_event(body, signed(body, "not-the-secret")) == 400
             audit = tmp_path / "events.jsonl"
             await wait_until(lambda: len(read_lines(audit)) == 3)
@@ -360,30 +436,69 @@ async def test_metrics_names_and_values_move_with_events(
             assert sample(m, "openmail_bridge_webhook_rejected_total", reason="bad_signature") == 1
             assert sample(m, "openmail_bridge_websocket_connected") == 1
             assert (sample(m, "openmail_bridge_websocket_reconnects_total") or 0) >= 1
-            assert sample(m, "openmail_bridge_deliveries_total", sink="audit",
-                          outcome="delivered") == 3  # fmt: skip
+            assert (
+                sample(m, "openmail_bridge_deliveries_total", sink="audit", outcome="delivered")
+                == 3
+            )
             assert sample(m, "openmail_bridge_deliveries_total", sink="strict", outcome="dead") == 3
-            assert (sample(m, "openmail_bridge_deliveries_total", sink="agent",
-                           outcome="retry") or 0) >= 1  # fmt: skip
+            assert (
+                sample(m, "openmail_bridge_deliveries_total", sink="agent", outcome="retry") or 0
+            ) >= 1
             assert sample(m, "openmail_bridge_delivery_latency_seconds_count", sink="audit") == 3
             assert sample(m, "openmail_bridge_pending", sink="agent") == 3
             assert sample(m, "openmail_bridge_pending", sink="audit") == 0
             assert sample(m, "openmail_bridge_dead_letters", sink="strict") == 3
             assert (sample(m, "openmail_bridge_spool_bytes") or 0) > (
-                sample(before, "openmail_bridge_spool_bytes") or 0)  # fmt: skip
+                sample(before, "openmail_bridge_spool_bytes") or 0
+            )
             assert (sample(m, "openmail_bridge_disk_free_bytes") or 0) > 0
             assert {line["event_id"] for line in read_lines(audit)} == {*ws_ids, "evt_by_webhook"}
     finally:
         await rejecting.stop()
 
 
+async def test_possible_gap_counted_when_the_replay_hits_its_limit(
+    sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with running_bridge(make_config(tmp_path, sim)) as sv:
+        admin, ws = Admin(http, sv), sv.websocket
+        assert ws is not None
+        await wait_until(lambda: ws.receiving)
+        await sim.inject()  # gives the bridge a replay cursor
+        await wait_until(lambda: sv.store is not None and sv.store.cursor is not None)
+        sim.refuse(30, mode="http", code=503)
+        await sim.disconnect(1001)
+        await wait_until(lambda: not ws.receiving)
+        missed = [await sim.inject() for _ in range(101)]  # one more than OpenMail replays
+        # A replayed event is told apart from a live one by occurring before the subscribe.
+        await asyncio.sleep(0.6)
+        sim.refuse(0)
+        await wait_until(lambda: ws.receiving)
+        await wait_until(lambda: len(read_lines(tmp_path / "events.jsonl")) == 101)
+        m = await admin.metrics()
+        assert sample(m, "openmail_bridge_possible_gaps_total", reason="replay_limit") == 1
+        _, status = await admin.get("/status")
+        assert status["possible_gaps"] == 1
+        delivered = {line["event_id"] for line in read_lines(tmp_path / "events.jsonl")}
+        assert missed[-1] not in delivered  # the gap is real: OpenMail replayed only 100
+
+
 async def test_pending_gauge_returns_to_zero_once_a_sink_drains(
     tmp_path: Path, http: aiohttp.ClientSession, receiver: Receiver
 ) -> None:
     receiver.up = False  # answers 503: retried, the row stays pending
-    config = make_config(tmp_path, None, sinks={"agent": {
-        "type": "http", "url": receiver.url, "secret": AGENT_SECRET,
-        "retry": {"initial": "20ms", "max": "100ms"}}})  # fmt: skip
+    config = make_config(
+        tmp_path,
+        None,
+        sinks={
+            "agent": {
+                "type": "http",
+                "url": receiver.url,
+                "secret": AGENT_SECRET,
+                "retry": {"initial": "20ms", "max": "100ms"},
+            }
+        },
+    )
     async with running_bridge(config) as sv:
         admin = Admin(http, sv)
         body = event_body("evt_waits")
@@ -407,24 +522,30 @@ async def test_metrics_content_type_is_prometheus_text(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     async with running_bridge(make_config(tmp_path, None)) as sv:
-        async with http.get(f"{Admin(http, sv).base}/metrics") as response:
-            assert response.status == 200
-            # The text exposition format (prometheus-client picks the version it writes).
-            assert response.content_type == "text/plain"
-            assert "version=" in response.headers["Content-Type"]
-            families = list(text_string_to_metric_families(await response.text()))
-            assert {f.name for f in families} >= set(DOCUMENTED_METRICS)
+        response = await http.get(f"{Admin(http, sv).base}/metrics")
+        text = await response.text()
+    assert response.status == 200
+    # The text exposition format (prometheus-client picks the version it writes).
+    assert response.content_type == "text/plain"
+    assert "version=" in response.headers["Content-Type"]
+    families = list(text_string_to_metric_families(text))
+    assert {f.name for f in families} >= set(DOCUMENTED_METRICS)
 
 
-# --- /status ----------------------------------------------------------------------------------------
+# --- /status --------------------------------------------------------------------------------------
 
 
 async def test_status_reports_connection_cursor_gaps_sinks_and_removed_sinks(
     sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     down_url = f"http://127.0.0.1:{free_port()}/down"
-    raw = bridge_config_dict(tmp_path, sim, sinks={"agent": {
-        "type": "http", "url": down_url, "retry": {"initial": "20ms", "max": "100ms"}}})  # fmt: skip
+    raw = bridge_config_dict(
+        tmp_path,
+        sim,
+        sinks={
+            "agent": {"type": "http", "url": down_url, "retry": {"initial": "20ms", "max": "100ms"}}
+        },
+    )
     config = make_config(tmp_path, sim, sinks=raw["sinks"])
     await prime_unknown_cursor(config.state.path)
     without_agent = dict(raw, sinks={"audit": raw["sinks"]["audit"]})
@@ -441,12 +562,18 @@ async def test_status_reports_connection_cursor_gaps_sinks_and_removed_sinks(
         status, st = await admin.get("/status")
         assert status == 200
         assert st["state"] == "ready"
-        assert st["parts"] == {"websocket": "subscribed", "webhook": "listening", "store": "writable"}
+        assert st["parts"] == {
+            "websocket": "subscribed",
+            "webhook": "listening",
+            "store": "writable",
+        }
         assert st["websocket"]["state"] == "subscribed"
-        assert st["cursor"] == last and st["websocket"]["cursor"] == last
+        assert st["cursor"] == last
+        assert st["websocket"]["cursor"] == last
         assert st["last_event_at"] == pytest.approx(time.time(), abs=10)
         assert st["possible_gaps"] == 1  # the unknown cursor was reset
-        assert st["sinks"]["audit"]["pending"] == 0 and st["sinks"]["audit"]["dead"] == 0
+        assert st["sinks"]["audit"]["pending"] == 0
+        assert st["sinks"]["audit"]["dead"] == 0
         assert st["sinks"]["audit"]["delivered"] == 2
         assert st["sinks"]["agent"]["pending"] == 2
         assert st["sinks"]["agent"]["dead"] == 0
@@ -463,7 +590,7 @@ async def test_status_reports_connection_cursor_gaps_sinks_and_removed_sinks(
         await sv.stop()
 
 
-# --- admin.token -------------------------------------------------------------------------------------
+# --- admin.token ----------------------------------------------------------------------------------
 
 
 async def test_admin_token_guards_everything_but_healthz(
@@ -486,7 +613,7 @@ async def test_admin_token_guards_everything_but_healthz(
             assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-# --- openmail-bridge status ----------------------------------------------------------------------------
+# --- openmail-bridge status -----------------------------------------------------------------------
 
 
 def http_get(url: str) -> tuple[int, bytes]:
@@ -509,16 +636,28 @@ def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 15.0
 
 
 def status_command(config_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge", "status", "-c", str(config_path), *extra],
-                          capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "status", "-c", str(config_path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
-def test_status_command_prints_summary_and_json(tmp_path: Path, bridge_processes: list[Any]) -> None:
+def test_status_command_prints_summary_and_json(
+    tmp_path: Path, bridge_processes: list[Any]
+) -> None:
     admin_port = free_port()
-    data = bridge_config_dict(tmp_path, None, admin={"listen": f"127.0.0.1:{admin_port}"},
-                              sinks={"audit": {"type": "file", "path": str(tmp_path / "ev.jsonl")},
-                                     "agent": {"type": "http", "url": "http://127.0.0.1:9/x",
-                                               "secret": AGENT_SECRET}})  # fmt: skip
+    data = bridge_config_dict(
+        tmp_path,
+        None,
+        admin={"listen": f"127.0.0.1:{admin_port}"},
+        sinks={
+            "audit": {"type": "file", "path": str(tmp_path / "ev.jsonl")},
+            "agent": {"type": "http", "url": "http://127.0.0.1:9/x", "secret": AGENT_SECRET},
+        },
+    )
     data["log"] = {"level": "info", "format": "json"}
     path = write_config(tmp_path / "bridge.yaml", data)
     bridge = start_bridge_process(path)
@@ -529,11 +668,14 @@ def test_status_command_prints_summary_and_json(tmp_path: Path, bridge_processes
     assert human.returncode == 0, human.stderr
     lines = human.stdout.splitlines()
     assert lines[0] == "state: ready"
-    assert "  websocket: disabled" in lines and "  webhook: listening" in lines
+    assert "  websocket: disabled" in lines
+    assert "  webhook: listening" in lines
     assert "  store: writable" in lines
-    assert "possible gaps: 0" in lines and "cursor: None" in lines
+    assert "possible gaps: 0" in lines
+    assert "cursor: None" in lines
     assert "sinks:" in lines
-    assert "  agent: pending 0, dead 0" in lines and "  audit: pending 0, dead 0" in lines
+    assert "  agent: pending 0, dead 0" in lines
+    assert "  audit: pending 0, dead 0" in lines
     assert AGENT_SECRET not in human.stdout
 
     machine = status_command(path, "--json")

@@ -31,6 +31,8 @@ from bridge.store import Store
 
 log = structlog.get_logger("bridge.sources.websocket")
 
+STOP_TIMEOUT = 10.0
+"""How long ``stop()`` waits for the connection loop (and the commits it has in flight)."""
 ERROR_FOLLOW_UP = 1.0
 """After an ``error`` frame during subscribe, how long to wait for a close that explains it."""
 
@@ -95,6 +97,11 @@ class WebSocketSource:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.close(code=protocol.CloseCode.NORMAL), 2.0)
         if self._task is not None:
+            # Commits in flight finish; a loop that does not end promptly is cancelled, so a
+            # stop can never hang on the network.
+            done, _ = await asyncio.wait([self._task], timeout=STOP_TIMEOUT)
+            if not done:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._own_session and self._session is not None:
@@ -278,6 +285,10 @@ class WebSocketSource:
             raise Disconnected(CloseClass.TRANSIENT, f"cannot connect: {exc}") from None
         self._ws = ws
         self._peer_close_code = None
+        if self._stopping.is_set():  # stop() ran while we were connecting: it saw no socket
+            await ws.close(code=protocol.CloseCode.NORMAL)
+            self._ws = None
+            raise Disconnected(STOPPING, "stopping")
         try:
             subscribed_at = await self._subscribe(ws)
             up_since = time.monotonic()
