@@ -37,6 +37,8 @@ WINDOW = 2000
 """Deliveries a worker keeps in memory; the rest wait in the store until the window drains."""
 RESYNC_INTERVAL = 1.0
 """How often the dispatcher looks for rows another process changed (``dlq retry``)."""
+RESYNC_PAGE = 1000
+"""Rows per store read when a resync looks for redriven rows below those already seen."""
 
 
 def lane_of(delivery: Delivery, ordering: str) -> object:
@@ -154,8 +156,25 @@ class SinkWorker:
             self._wakeup.set()  # an idle worker starts the next load
 
     async def resync(self) -> None:
-        """Pick up rows changed by another process (``dlq retry``), keeping what is in memory."""
-        await self.load(after_seq=0)
+        """Pick up rows changed by another process (``dlq retry``), keeping what is in memory.
+
+        A redriven row sits at or below ``_max_seq``, where the loader never looks again, and
+        the window may be full: such rows are taken whatever the window (a redrive is an explicit,
+        bounded act). Rows above ``_max_seq`` are loaded as usual.
+        """
+        settled: set[int] = set()
+        self._reads.append(settled)
+        try:
+            after = 0
+            while after < self._max_seq:
+                rows = await self.store.pending(self.name, after_seq=after, limit=RESYNC_PAGE)
+                for row in rows:
+                    if row.seq <= self._max_seq and row.id not in settled:
+                        self._add(row)
+                after = rows[-1].seq if rows else self._max_seq
+        finally:
+            self._reads = [s for s in self._reads if s is not settled]
+        await self.load(after_seq=self._max_seq)
 
     # --- running ---------------------------------------------------------------------------
 

@@ -45,9 +45,18 @@ class Event:
         return self.sender is not None or self.recipient is not None
 
 
+def _text(value: str, what: str) -> str:
+    """``value`` if it can be stored as UTF-8; a lone surrogate (``\\ud800``) cannot."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventError(f"payload field {what!r} is not valid Unicode text") from None
+    return value
+
+
 def _opt_str(data: dict[str, object], key: str) -> str | None:
     value = data.get(key)
-    return value if isinstance(value, str) else None
+    return _text(value, key) if isinstance(value, str) else None
 
 
 def parse_event(
@@ -73,8 +82,8 @@ def parse_event(
     """
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError(f"payload is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # also too deep, or integers too long
+        raise EventError(f"payload is not JSON: {str(exc)[:120]}") from None
     return event_from_object(
         data,
         raw,
@@ -104,11 +113,13 @@ def event_from_object(
         if not fallback_event_id:
             raise EventError("payload has no 'event_id'")
         event_id = fallback_event_id
+    event_id = _text(event_id, "event_id")
     kind = data.get("event")
     if not isinstance(kind, str) or not kind:
         if require_type:
             raise EventError("payload has no string 'event' field")
         kind = protocol.UNKNOWN_EVENT_TYPE
+    kind = _text(kind, "event")
     message = data.get("message")
     sender = recipient = None
     if isinstance(message, dict):

@@ -186,11 +186,13 @@ def parse_server_frame(raw: bytes | str) -> ServerFrame:
     Raises:
         ProtocolError: not JSON, not an object, or neither ``type`` nor ``event``.
     """
-    data_bytes = raw.encode() if isinstance(raw, str) else raw
     try:
+        data_bytes = raw.encode() if isinstance(raw, str) else raw
         data = json.loads(data_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8 and integers past Python's digit limit; RecursionError,
+        # nesting deeper than the parser goes. Neither is a frame OpenMail would send.
+        raise ProtocolError(f"frame is not usable JSON: {str(exc)[:120]}") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"frame is a JSON {type(data).__name__}, not an object")
     if "event" in data and "type" not in data:
@@ -230,6 +232,8 @@ def sign(secret: str, timestamp: int | str, body: bytes) -> str:
 
 def signature_matches(secrets: Iterable[str], timestamp: str, body: bytes, signature: str) -> bool:
     """True when ``signature`` is valid under any of ``secrets``; constant-time per secret."""
+    if not signature.isascii():
+        return False  # a hex digest is ASCII; anything else cannot match
     given = signature.strip().lower().encode()
     ok = False
     for secret in secrets:

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import structlog
@@ -34,6 +35,7 @@ from bridge.store import Store, StoreLimits
 from bridge.systemd import Notifier
 
 log = structlog.get_logger("bridge.supervisor")
+CREDENTIAL_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie|session|pass")
 
 
 def config_secrets(config: Config) -> list[str]:
@@ -48,6 +50,12 @@ def config_secrets(config: Config) -> list[str]:
         secret = getattr(sink.options, "secret", None)
         if secret is not None:
             values.append(secret.get())
+        # Extra HTTP headers often carry credentials (Authorization, X-Api-Key).
+        headers: Mapping[str, str] = getattr(sink.options, "headers", {})
+        for name, value in headers.items():
+            if CREDENTIAL_HEADER.search(name):
+                values.append(value.split(" ", 1)[-1])
+                values.append(value)
     return values
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from bridge import protocol
 from bridge.config import WebhookConfig
@@ -161,6 +163,9 @@ class WebhookSource:
             raise Rejected(
                 413, "too_large", f"body is over max_body ({self.config.max_body})"
             ) from None
+        except (HttpProcessingError, RequestPayloadError) as exc:
+            # A body that cannot be decoded (a bogus Content-Encoding, a broken chunk).
+            raise Rejected(400, "bad_body", f"cannot read the body: {exc}") from None
 
     def _verify(self, request: web.Request, body: bytes) -> frozenset[str] | None:
         """Check timestamp and signature on the raw bytes. Returns the inboxes whose secret matched
@@ -197,11 +202,14 @@ class WebhookSource:
         signed_by_inboxes = self._verify(request, body)
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # bad UTF-8, too deep, integers too long
             raise Rejected(400, "malformed_json", "body is not valid JSON") from None
         if not isinstance(data, dict):
             raise Rejected(400, "malformed_json", "body is not a JSON object")
-        if signed_by_inboxes is not None and data.get("inbox_id") not in signed_by_inboxes:
+        inbox_id = data.get("inbox_id")
+        if signed_by_inboxes is not None and (
+            not isinstance(inbox_id, str) or inbox_id not in signed_by_inboxes
+        ):
             # A per-inbox secret vouches for its own inbox's events only.
             raise Rejected(400, "bad_signature", "signed with another inbox's secret")
         header_id = request.headers.get(protocol.EVENT_ID_HEADER) or None

@@ -31,6 +31,7 @@ from bridge.store import Store
 
 log = structlog.get_logger("bridge.sources.websocket")
 
+MESSAGE_TOO_BIG = 1009
 STOP_TIMEOUT = 10.0
 """How long ``stop()`` waits for the connection loop (and the commits it has in flight)."""
 ERROR_FOLLOW_UP = 1.0
@@ -324,6 +325,13 @@ class WebSocketSource:
             CloseClass.TOO_MANY_CONNECTIONS: "the account has too many WebSocket connections",
             CloseClass.RATE_LIMITED: "rate limited by OpenMail",
         }.get(kind, "connection closed")
+        if code == MESSAGE_TOO_BIG:
+            reason = (
+                f"a frame was larger than openmail.webhook.max_body "
+                f"({self.config.webhook.max_body} bytes), which also bounds WebSocket frames; "
+                "raise it, or the same event is replayed and refused again"
+            )
+            log.error("ws.frame_too_large", max_body=self.config.webhook.max_body)
         if self._reconnect_now.is_set():
             reason = "reconnecting with the new configuration"
         return Disconnected(kind, reason, code if code is not None else 1006)
@@ -339,6 +347,12 @@ class WebSocketSource:
                     frame = await self._next_control(ws)
                     if frame.kind is FrameKind.SUBSCRIBED:
                         break
+                    if frame.kind is FrameKind.EVENT:
+                        # Not ours to take before the subscription stands; the replay after it
+                        # brings the event again, as the cursor has not moved past it.
+                        self._invalid("before_subscribed", frame.raw[:80].decode(errors="replace"))
+                    elif frame.kind is FrameKind.UNKNOWN:
+                        self._invalid("unknown_type", f"type {frame.type_name!r}")
                     if frame.kind is not FrameKind.ERROR:
                         continue
                     # An error has no code: a close right after it says what it was.
