@@ -12,8 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,8 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     # verify reports problems on stderr; unrelated host units may be mentioned, ours must not be.
     ours = [line for line in result.stderr.splitlines() if unit.name in line]
-    assert result.returncode == 0 and not ours, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert not ours, result.stderr
 
 
 def test_systemd_security_exposure_at_most_2(tmp_path: Path) -> None:
@@ -76,7 +77,8 @@ def test_dockerfile_essentials() -> None:
                    "STOPSIGNAL SIGTERM", "EXPOSE 8080 9464"):  # fmt: skip
         assert needle in text, needle
     config = (ROOT / "deploy" / "container.yaml").read_text()
-    assert "0.0.0.0:8080" in config and "0.0.0.0:9464" in config
+    assert "0.0.0.0:8080" in config
+    assert "0.0.0.0:9464" in config
 
 
 def _unprivileged(cmd: list[str]) -> list[str]:
@@ -164,7 +166,8 @@ def test_entrypoint_runs_unprivileged_serves_healthz_and_stops_on_sigterm(open_t
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0, stderr.read_text()
         db = open_tmp / "state" / "bridge.db"
-        assert db.exists() and db.stat().st_uid == 65534
+        assert db.exists()
+        assert db.stat().st_uid == 65534
     finally:
         if proc.poll() is None:
             proc.kill()
