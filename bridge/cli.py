@@ -42,10 +42,6 @@ def config_path(given: str | None) -> Path:
     return Path(DEFAULT_CONFIG_PATHS[0])
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(config_path(args.config))
-
-
 def _print_config_error(exc: ConfigError, path: Path) -> None:
     print(f"openmail-bridge: {path}: invalid configuration:", file=sys.stderr)
     for problem in exc.problems:
@@ -109,13 +105,7 @@ async def _run(config: Config) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    path = config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _print_config_error(exc, path)
-        return EXIT_CONFIG
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
     logs.configure(config.log.level, config.log.format)
     # A file-size limit should fail a write (EFBIG, handled as a store error), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -125,14 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- check -------------------------------------------------------------------------------------
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    path = config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _print_config_error(exc, path)
-        return EXIT_CONFIG
-    print(f"{path}: configuration is valid", file=sys.stderr)
+def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    print(f"{config_path(args.config)}: configuration is valid", file=sys.stderr)
     print(json.dumps(describe(config), indent=2))
     return EXIT_OK
 
@@ -140,16 +124,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 # --- route-test --------------------------------------------------------------------------------
 
 
-def cmd_route_test(args: argparse.Namespace) -> int:
+def cmd_route_test(args: argparse.Namespace, config: Config) -> int:
     from bridge.events import Origin, parse_event
     from bridge.routing import Router
 
-    path = config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _print_config_error(exc, path)
-        return EXIT_CONFIG
     try:
         raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
         event = parse_event(raw, Origin.WEBHOOK, require_type=False)
@@ -224,26 +202,14 @@ async def _dlq(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_dlq(args: argparse.Namespace) -> int:
-    path = config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _print_config_error(exc, path)
-        return EXIT_CONFIG
+def cmd_dlq(args: argparse.Namespace, config: Config) -> int:
     return asyncio.run(_dlq(config, args))
 
 
 # --- status --------------------------------------------------------------------------------------
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    path = config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        _print_config_error(exc, path)
-        return EXIT_CONFIG
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
     listen = config.admin.listen
     host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host
     host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
@@ -352,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="config file (default: $OPENMAIL_BRIDGE_CONFIG, ./config.yaml, "
             "/etc/openmail-bridge/config.yaml)",
         )
+        p.set_defaults(config_file=True)
         return p
 
     with_config(sub.add_parser("run", help="run the bridge in the foreground")).set_defaults(
@@ -401,7 +368,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # commands that run a bridge reconfigure this from their config.
     logs.configure("warning", "auto")
     try:
-        code: int = args.func(args)
+        if getattr(args, "config_file", False):
+            # Every command that reads a config fails the same way before doing anything else.
+            path = config_path(args.config)
+            try:
+                config = load_config(path)
+            except ConfigError as exc:
+                _print_config_error(exc, path)
+                return EXIT_CONFIG
+            code: int = args.func(args, config)
+        else:
+            code = args.func(args)
     except KeyboardInterrupt:
         return 130
     except BridgeError as exc:
