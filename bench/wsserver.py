@@ -5,8 +5,8 @@ It speaks just enough of the protocol for every client under test: the HTTP upgr
 Events are written as raw, unmasked RFC 6455 text frames straight onto the transport, so the server
 costs little CPU and the client, not the server, sets the pace of a max-throughput run.
 
-The simulator in ``bridge.simulator`` is the faithful stand-in for tests; it builds every event with
-``json.dumps`` and fans it out through aiohttp, which would make the load source the bottleneck here.
+The simulator in ``bridge.simulator`` is the faithful stand-in for tests; it builds every event
+with ``json.dumps`` and fans it out through aiohttp, which would make it the bottleneck here.
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ class WsConnection:
         self._close_sent = False
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
+    @property
+    def problem(self) -> str | None:
+        """Sends that fell short show in each stage's ``sent``; nothing else can go wrong here."""
+        return None
+
     # --- pushing events --------------------------------------------------------------------
 
     async def push_paced(self, stage: Stage, pacer: Pacer) -> None:
@@ -87,14 +92,16 @@ class WsConnection:
                 return
             now = iso_now()
             end = min(start + BURST_CHUNK, stage.count)
-            self.writer.write(b"".join(frame(OP_TEXT, stage.body(i, now)) for i in range(start, end)))
+            self.writer.write(
+                b"".join(frame(OP_TEXT, stage.body(i, now)) for i in range(start, end))
+            )
             sent_at = time.monotonic_ns()
             for i in range(start, end):
                 stage.sent_ns[i] = sent_at
             stage.sent = end
             await self.writer.drain()
 
-    async def fence(self, timeout: float) -> int:
+    async def fence(self, within: float) -> int:
         """Send a WebSocket ping after everything sent so far; return when its pong came back.
 
         aiohttp answers a ping only when the application's receive loop reaches it, so for such a
@@ -106,11 +113,11 @@ class WsConnection:
         self._pongs[token] = future
         self.writer.write(frame(OP_PING, token))
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(future, within)
         finally:
             self._pongs.pop(token, None)
 
-    async def close(self, code: int = 1001, timeout: float = 3.0) -> None:
+    async def close(self, code: int = 1001, within: float = 3.0) -> None:
         """Close handshake: send our close, wait (bounded) for the client's, drop the TCP link."""
         with contextlib.suppress(ConnectionError, RuntimeError):
             if not self._close_sent and not self.writer.is_closing():
@@ -118,7 +125,7 @@ class WsConnection:
                 self.writer.write(frame(OP_CLOSE, code.to_bytes(2, "big")))
                 await self.writer.drain()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.closed.wait(), timeout)
+            await asyncio.wait_for(self.closed.wait(), within)
         self.writer.close()
 
     # --- reading client frames ---------------------------------------------------------------
@@ -191,6 +198,7 @@ class LoadServer:
         self._server: asyncio.Server | None = None
         self._subscribers: asyncio.Queue[WsConnection] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     @property
@@ -201,16 +209,18 @@ class LoadServer:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def next_subscriber(self, timeout: float) -> WsConnection:
+    async def next_subscriber(self, within: float) -> WsConnection:
         """The next connection that sent ``subscribe``; TimeoutError if none does in time."""
-        return await asyncio.wait_for(self._subscribers.get(), timeout)
+        return await asyncio.wait_for(self._subscribers.get(), within)
 
     async def stop(self) -> None:
+        """Stop listening and cut every connection still open; its handler then ends by itself."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in list(self._writers):
+            writer.transport.abort()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -218,6 +228,7 @@ class LoadServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         try:
             if not await self._handshake(reader, writer):
                 writer.close()
@@ -230,6 +241,7 @@ class LoadServer:
                 waiter.cancel()
         finally:
             self._tasks.discard(task)
+            self._writers.discard(writer)
 
     async def _announce(self, conn: WsConnection) -> None:
         await conn.subscribed.wait()
