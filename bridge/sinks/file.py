@@ -146,6 +146,7 @@ class FileSink:
         self.name = config.name
         self._options = options
         self._template = str(options.path)
+        self._fixed_path = Path(self._template)
         self._files: dict[Path, _OpenFile] = {}
         # Held while a file is opened, rotated or closed (those steps await the fsync thread).
         self._lock = asyncio.Lock()
@@ -196,7 +197,7 @@ class FileSink:
     def path_for(self, inbox_id: str | None) -> Path:
         """The file an event of ``inbox_id`` goes to."""
         if INBOX_PLACEHOLDER not in self._template:
-            return Path(self._template)
+            return self._fixed_path
         return Path(self._template.replace(INBOX_PLACEHOLDER, path_component(inbox_id)))
 
     # --- Internals (called with the lock held, except _sync and _fsync) ---
