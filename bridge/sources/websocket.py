@@ -466,9 +466,8 @@ class WebSocketSource:
                         replayed += 1
                         if replayed == protocol.REPLAY_LIMIT:
                             self._replay_limit()
-                    if consumer.done():
+                    if not await self._hand_over(queue, event, consumer):
                         break  # the store pushed back: stop reading, close, wait for room
-                    await queue.put(event)
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     self._invalid("binary", f"{len(msg.data)} bytes")
                 else:
@@ -487,6 +486,24 @@ class WebSocketSource:
         # Events read but not committed are not lost: the cursor has not passed them.
         if consumer.done() and not consumer.cancelled() and consumer.exception() is not None:
             raise Disconnected(PUSHBACK, f"the spool pushed back: {consumer.exception()}")
+
+    @staticmethod
+    async def _hand_over(
+        queue: asyncio.Queue[Event], event: Event, consumer: asyncio.Task[None]
+    ) -> bool:
+        """Queue ``event`` for the consumer; False once the consumer has stopped (a pushback),
+        also while waiting for room: a full queue would otherwise wait for it forever."""
+        if consumer.done():
+            return False
+        if not queue.full():
+            queue.put_nowait(event)
+            return True
+        put = asyncio.ensure_future(queue.put(event))
+        await asyncio.wait([put, consumer], return_when=asyncio.FIRST_COMPLETED)
+        if put.done():
+            return True
+        put.cancel()
+        return False
 
     def _event_from(self, data: str) -> Event | None:
         try:
