@@ -98,10 +98,7 @@ async def _run(config: Config) -> int:
             try:
                 await asyncio.shield(stopper)
             except asyncio.CancelledError:
-                if supervisor.dispatcher is not None:
-                    for worker in supervisor.dispatcher.workers.values():
-                        for task in worker._tasks:
-                            task.cancel()
+                supervisor.abort()
     return EXIT_OK
 
 

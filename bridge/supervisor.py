@@ -162,6 +162,11 @@ class Supervisor:
         finally:
             await self.stop()
 
+    def abort(self) -> None:
+        """Make a stop in progress skip the rest of its drain (a second SIGTERM)."""
+        if self.dispatcher is not None:
+            self.dispatcher.abort()
+
     async def stop(self) -> None:
         """Stop in reverse order. Safe to call on a partly started bridge, and twice."""
         if self.stopping:
