@@ -285,8 +285,12 @@ def scripts(draw: st.DrawFn, ids: Ids) -> Script:
     return Script(tuple(before), tuple(after), draw(close_codes))
 
 
+KNOWN_CONTROL_TYPES = frozenset({"subscribed", "unsubscribed", "pong", "error"})
+
+
 def classify_before(frame: Frame) -> str:
-    """Frames before ``subscribed`` that the source counts: not JSON, not an object, no type."""
+    """Frames before ``subscribed`` that the source counts as invalid: not JSON, not an object,
+    no type, an unknown type, or an event (not taken before the subscription stands)."""
     if frame.binary:
         return "counted"
     try:
@@ -296,8 +300,9 @@ def classify_before(frame: Frame) -> str:
     if not isinstance(data, dict):
         return "counted"
     if "event" in data and "type" not in data:
-        return "event"
-    return "counted" if not isinstance(data.get("type"), str) else "typed"
+        return "counted"
+    kind = data.get("type")
+    return "typed" if isinstance(kind, str) and kind in KNOWN_CONTROL_TYPES else "counted"
 
 
 # --- the scripted server and the source under test -----------------------------------------------
