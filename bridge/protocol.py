@@ -52,6 +52,9 @@ ASSUMPTION_ERROR_AFTER_CURSOR_MEANS_UNKNOWN_CURSOR: Final = True
 """An ``error`` answering a subscribe with ``last_event_id`` (no ``subscribed``): unknown cursor."""
 ASSUMPTION_REPLAY_AFTER_SUBSCRIBED: Final = True
 """Replayed events follow ``subscribed``, oldest first, before live events."""
+ASSUMPTION_SUBSCRIBE_REPLAYS_AGAIN: Final = True
+"""A further ``subscribe`` with ``last_event_id`` on a subscribed connection replays again: the
+bridge pages through a backlog longer than ``REPLAY_LIMIT`` that way."""
 ASSUMPTION_FILTERS_INDEPENDENT_SETS: Final = True
 ASSUMPTION_UNOWNED_INBOX_REJECTS_WHOLE_SUBSCRIBE: Final = True
 ASSUMPTION_SEND_ACK: Final = False

@@ -464,8 +464,10 @@ class WebSocketSource:
                         continue
                     if _occurred_before(event, subscribed_at):
                         replayed += 1
-                        if replayed == protocol.REPLAY_LIMIT:
-                            self._replay_limit()
+                        if replayed % protocol.REPLAY_LIMIT == 0:
+                            if replayed == protocol.REPLAY_LIMIT:
+                                self._replay_limit()
+                            await self._next_replay_page(ws, event.event_id)
                     if not await self._hand_over(queue, event, consumer):
                         break  # the store pushed back: stop reading, close, wait for room
                 elif msg.type is aiohttp.WSMsgType.BINARY:
@@ -529,9 +531,17 @@ class WebSocketSource:
         log.warning(
             "ws.replay_limit",
             limit=protocol.REPLAY_LIMIT,
-            hint="the replay hit OpenMail's maximum; older events may have been missed on "
-            "this path unless they came by webhook",
+            hint="the replay hit OpenMail's maximum; the bridge asks for the next page, and if "
+            "OpenMail does not replay it, events may have been missed on this path unless they "
+            "came by webhook",
         )
+
+    async def _next_replay_page(self, ws: aiohttp.ClientWebSocketResponse, after: str) -> None:
+        """Ask for the events after the last replayed one (ASSUMPTION_SUBSCRIBE_REPLAYS_AGAIN):
+        subscribes accumulate, so repeating ours with a new cursor changes no filter."""
+        cfg = self.config.websocket
+        log.info("ws.replay_next_page", after=after)
+        await ws.send_str(protocol.subscribe_frame(cfg.inbox_ids, cfg.event_types, after))
 
     async def _consume(
         self, queue: asyncio.Queue[Event], accept: Accept, ws: aiohttp.ClientWebSocketResponse

@@ -297,13 +297,18 @@ async def test_replay_hitting_the_limit_warns_and_counts(sim: Simulator, tmp_pat
             gap = [await sim.inject(occurred_at=iso_ago(60)) for _ in range(110)]
             assert all(d.channel == "failed" for d in sim.deliveries if d.event_id in gap)
             sim.refuse(0)
-            await wait_until(lambda: len(stored_ids(config.state.path)) == 101)
-            assert stored_ids(config.state.path) == {first, *gap[:100]}
+            # The first replay stops at 100; the bridge asks for the page after the 100th.
+            await wait_until(lambda: len(stored_ids(config.state.path)) == 111)
+            assert stored_ids(config.state.path) == {first, *gap}
             assert sup.websocket.possible_gaps == 1
             assert sample(sup, "possible_gaps_total", reason="replay_limit") == 1
     (warning,) = events_named(logs, "ws.replay_limit")
     assert warning["log_level"] == "warning"
     assert warning["limit"] == 100
+    (page,) = events_named(logs, "ws.replay_next_page")
+    assert page["after"] == gap[99]
+    replays = [d for d in sim.deliveries if d.replay and d.event_id in gap]
+    assert [d.event_id for d in replays] == gap
 
 
 async def test_replay_under_the_limit_does_not_warn(sim: Simulator, tmp_path: Path) -> None:
