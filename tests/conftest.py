@@ -11,10 +11,12 @@ import json
 import logging
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,41 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago, for a bridge that must listen at the same address
+    across restarts (where OpenMail's webhook retries go)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
+    """OpenMail's webhook headers for ``body``, computed independently of bridge.protocol."""
+    timestamp = str(int(time.time()))
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return {
+        "X-Timestamp": timestamp,
+        "X-Signature": digest.hexdigest(),
+        "Content-Type": "application/json",
+    }
+
+
+def stored_ids(db: Path) -> set[str]:
+    """Event ids in a spool's dedup record, read through a separate read-only connection."""
+    if not db.exists():
+        return set()
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in conn.execute("SELECT event_id FROM seen")}
+    finally:
+        conn.close()
+
+
+def events_named(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    """The captured log entries (structlog.testing.capture_logs) with event name ``name``."""
+    return [entry for entry in logs if entry.get("event") == name]
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

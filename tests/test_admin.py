@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,12 +21,13 @@ import aiohttp
 import pytest
 from conftest import (
     AGENT_SECRET,
-    WEBHOOK_SECRET,
     Receiver,
     bridge_config_dict,
+    free_port,
     make_config,
     read_lines,
     running_bridge,
+    signed,
     start_bridge_process,
     wait_until,
     write_config,
@@ -41,23 +39,6 @@ from bridge.store import Store
 from bridge.supervisor import Supervisor
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
-    """OpenMail's webhook signature, computed here independently of bridge.protocol."""
-    timestamp = str(int(time.time()))
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return {
-        "X-Timestamp": timestamp,
-        "X-Signature": digest.hexdigest(),
-        "Content-Type": "application/json",
-    }
 
 
 def event_body(event_id: str, inbox_id: str = "inb_demo_support", text: str = "hello") -> bytes:
@@ -474,13 +455,14 @@ async def test_possible_gap_counted_when_the_replay_hits_its_limit(
         await asyncio.sleep(0.6)
         sim.refuse(0)
         await wait_until(lambda: ws.receiving)
-        await wait_until(lambda: len(read_lines(tmp_path / "events.jsonl")) == 101)
+        # OpenMail replays 100; the bridge asks for the page after them and gets the 101st.
+        await wait_until(lambda: len(read_lines(tmp_path / "events.jsonl")) == 102)
         m = await admin.metrics()
         assert sample(m, "openmail_bridge_possible_gaps_total", reason="replay_limit") == 1
         _, status = await admin.get("/status")
         assert status["possible_gaps"] == 1
         delivered = {line["event_id"] for line in read_lines(tmp_path / "events.jsonl")}
-        assert missed[-1] not in delivered  # the gap is real: OpenMail replayed only 100
+        assert set(missed) <= delivered
 
 
 async def test_pending_gauge_returns_to_zero_once_a_sink_drains(

@@ -9,7 +9,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,12 @@ from conftest import (
     WEBHOOK_SECRET,
     Receiver,
     bridge_config_dict,
+    events_named,
     make_config,
     read_lines,
     running_bridge,
     start_bridge_process,
+    stored_ids,
     wait_until,
     write_config,
 )
@@ -94,10 +96,6 @@ def db_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
-
-
-def stored_ids(db: Path) -> set[str]:
-    return {row[0] for row in db_rows(db, "SELECT event_id FROM seen")}
 
 
 @pytest.fixture
@@ -355,10 +353,6 @@ async def test_full_spool_pushes_back_and_recovers_without_loss(
                 assert sorted(agent.accepted_ids()) == sorted(sent)  # none lost, none twice
     finally:
         await agent.stop()
-
-
-def events_named(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
-    return [e for e in logs if e["event"] == name]
 
 
 # --- one process per state -----------------------------------------------------------------------

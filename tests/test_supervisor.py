@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import socket
 import time
@@ -19,12 +17,12 @@ import pytest
 import structlog
 from conftest import (
     AGENT_SECRET,
-    WEBHOOK_SECRET,
     Receiver,
     bridge_config_dict,
     make_config,
     read_lines,
     running_bridge,
+    signed,
     wait_until,
 )
 
@@ -34,16 +32,6 @@ from bridge.simulator import Simulator
 from bridge.store import Store
 from bridge.supervisor import Supervisor
 from bridge.systemd import Notifier
-
-
-def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
-    timestamp = str(int(time.time()))
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return {
-        "X-Timestamp": timestamp,
-        "X-Signature": digest.hexdigest(),
-        "Content-Type": "application/json",
-    }
 
 
 def event_body(event_id: str, inbox_id: str = "inb_demo_support") -> bytes:

@@ -19,16 +19,10 @@ from typing import Any
 
 import pytest
 import structlog
-from conftest import bridge_config_dict, start_bridge_process, wait_until, write_config
+from conftest import bridge_config_dict, free_port, start_bridge_process, wait_until, write_config
 
 from bridge.simulator import Simulator
 from bridge.systemd import Notifier
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

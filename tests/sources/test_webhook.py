@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
-from conftest import WEBHOOK_SECRET, make_config, read_lines, running_bridge, wait_until
+from conftest import WEBHOOK_SECRET, make_config, read_lines, running_bridge, stored_ids, wait_until
 from multidict import CIMultiDictProxy
 
 from bridge.sources import webhook as webhook_module
@@ -82,17 +82,6 @@ def signed_headers(
     if event_id is not None:
         headers["X-Event-Id"] = event_id
     return headers
-
-
-def stored_ids(config_path: Path) -> set[str]:
-    """Event ids in the spool's dedup record, read through a separate read-only connection."""
-    if not config_path.exists():
-        return set()
-    conn = sqlite3.connect(f"file:{config_path}?mode=ro", uri=True)
-    try:
-        return {row[0] for row in conn.execute("SELECT event_id FROM seen")}
-    finally:
-        conn.close()
 
 
 class Hook:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import WSMsgType, web
-from conftest import make_config, read_lines, running_bridge, wait_until
+from conftest import events_named, make_config, read_lines, running_bridge, stored_ids, wait_until
 
 from bridge.config import Config
 from bridge.events import Event, Origin
@@ -30,14 +29,6 @@ ROUTE_ALL = [{"name": "all", "sinks": ["audit"]}]
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def stored_ids(db: Path) -> set[str]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return {row[0] for row in conn.execute("SELECT event_id FROM seen")}
-    finally:
-        conn.close()
 
 
 def sample(sup: Supervisor, name: str, **labels: str) -> float:
@@ -57,10 +48,6 @@ def subscribed_connections(sim: Simulator) -> int:
 def iso_ago(seconds: float) -> str:
     moment = datetime.now(UTC) - timedelta(seconds=seconds)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def events_named(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
-    return [e for e in logs if e["event"] == name]
 
 
 async def go_down(sim: Simulator, *, code: int = 1001) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -25,7 +24,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from conftest import BridgeProcess, Receiver, start_bridge_process, wait_until, write_config
+from conftest import (
+    BridgeProcess,
+    Receiver,
+    start_bridge_process,
+    wait_until,
+    write_config,
+)
 
 from bridge.simulator import Simulator
 
@@ -38,13 +43,6 @@ def scenario_seed(name: str) -> tuple[int, random.Random]:
     seed = int(raw) if raw else time.time_ns() % 1_000_000_007
     print(f"[{name}] seed={seed} (replay with {SEED_ENV}={seed})")
     return seed, random.Random(f"{seed}:{name}")
-
-
-def free_port() -> int:
-    """A port that was free a moment ago, so a restarted bridge listens where OpenMail retries."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the bridge under test -----------------------------------------------------------------------

@@ -29,7 +29,6 @@ from _harness import (
     exactly_once_problems,
     file_ids,
     fill,
-    free_port,
     immutable,
     log_time,
     logged_between,
@@ -42,7 +41,14 @@ from _harness import (
     tmpfs,
     trace,
 )
-from conftest import AGENT_SECRET, WEBHOOK_SECRET, Receiver, bridge_config_dict, wait_until
+from conftest import (
+    AGENT_SECRET,
+    WEBHOOK_SECRET,
+    Receiver,
+    bridge_config_dict,
+    free_port,
+    wait_until,
+)
 
 from bridge import protocol
 from bridge.simulator import Simulator

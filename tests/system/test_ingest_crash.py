@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,7 @@ from conftest import (
     WEBHOOK_SECRET,
     BridgeProcess,
     bridge_config_dict,
+    free_port,
     read_lines,
     start_bridge_process,
     wait_until,
@@ -31,12 +31,6 @@ from bridge.simulator import Simulator
 pytestmark = [pytest.mark.system, pytest.mark.timeout(30)]
 
 WS_INBOX, WEBHOOK_INBOX = "inb_demo_support", "inb_demo_sales"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def read_db(db: Path) -> tuple[list[str], str | None]:

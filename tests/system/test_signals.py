@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +22,9 @@ from conftest import (
     BridgeProcess,
     Receiver,
     bridge_config_dict,
+    free_port,
     read_lines,
+    signed,
     start_bridge_process,
     wait_until,
     write_config,
@@ -36,22 +35,6 @@ from bridge.simulator import Simulator
 from bridge.store import Store
 
 pytestmark = pytest.mark.system
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
-    timestamp = str(int(time.time()))
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return {
-        "X-Timestamp": timestamp,
-        "X-Signature": digest.hexdigest(),
-        "Content-Type": "application/json",
-    }
 
 
 def event_body(event_id: str) -> bytes:
