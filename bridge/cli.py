@@ -185,11 +185,7 @@ async def _dlq(config: Config, args: argparse.Namespace) -> int:
             count = await store.dlq_retry(sink=args.sink, event_id=args.event_id)
             print(json.dumps({"retried": count}) if args.json else f"{count} redriven")
         else:
-            if args.sink is None and args.event_id is None and not args.all:
-                print(
-                    "openmail-bridge: dlq purge needs --sink, --event-id or --all", file=sys.stderr
-                )
-                return EXIT_CONFIG
+            # Like list and retry, purge without a filter takes every dead letter.
             count = await store.dlq_purge(sink=args.sink, event_id=args.event_id)
             if args.sink is not None and args.sink not in config.sinks:
                 count += await store.drop_sink(args.sink)  # a removed sink's pending rows too
@@ -333,7 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "retry", "purge"])
     p.add_argument("--sink", metavar="NAME")
     p.add_argument("--event-id", metavar="ID")
-    p.add_argument("--all", action="store_true", help="with purge: every dead letter")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dlq)
 

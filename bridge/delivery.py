@@ -26,7 +26,12 @@ from tenacity import (
 )
 
 from bridge.config import SinkConfig
-from bridge.errors import PermanentDeliveryError, RetryableDeliveryError, StoreError
+from bridge.errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    StoreError,
+)
 from bridge.metrics import Metrics
 from bridge.sinks import Sink
 from bridge.store import Delivery, Store
@@ -145,6 +150,11 @@ class SinkWorker:
         self._reads.append(settled)
         try:
             rows = await self.store.pending(self.name, after_seq=after_seq, limit=room)
+        except StoreError as exc:
+            # The rows stay in the store; the next load (on the next wake-up) reads them.
+            self._overflow = True
+            self._log.warning("delivery.load_failed", error=str(exc))
+            return
         finally:
             self._reads = [s for s in self._reads if s is not settled]
         for row in rows:
@@ -238,6 +248,10 @@ class SinkWorker:
             lane, delivery = item
             try:
                 await self._deliver(delivery)
+            except Exception:
+                # A bug must not end this worker for the life of the process; the row stays
+                # pending in the store and is delivered again after the next resync or restart.
+                self._log.exception("delivery.worker_error", event_id=delivery.event_id)
             finally:
                 self._release(lane, delivery)
                 self._wakeup.set()
@@ -321,7 +335,7 @@ class SinkWorker:
                             raise first
                         if self._stopping.is_set():
                             raise RetryableDeliveryError("the bridge is stopping")
-                        await self.sink.send(delivery)
+                        await self._send(delivery)
         except (RetryableDeliveryError, PermanentDeliveryError) as exc:
             if isinstance(exc, RetryableDeliveryError) and self._stopping.is_set():
                 return  # shutting down: the row stays pending for the next start
@@ -342,10 +356,20 @@ class SinkWorker:
         """Most deliveries succeed at once, so the first attempt runs without tenacity, whose
         per-call set-up was a sixth of the delivery path's time. Returns a retryable failure."""
         try:
-            await self.sink.send(delivery)
+            await self._send(delivery)
         except RetryableDeliveryError as exc:
             return exc
         return None
+
+    async def _send(self, delivery: Delivery) -> None:
+        """``sink.send``, with any failure a sink did not classify treated as retryable."""
+        try:
+            await self.sink.send(delivery)
+        except DeliveryError:
+            raise
+        except Exception as exc:
+            self._log.exception("delivery.sink_error", event_id=delivery.event_id)
+            raise RetryableDeliveryError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _dead_letter(self, delivery: Delivery, attempts: int, exc: Exception) -> None:
         error = str(exc)

@@ -111,6 +111,14 @@ class Supervisor:
 
     async def _start(self) -> None:
         config = self.config
+        if config.state.max_bytes < config.openmail.webhook.max_body:
+            log.warning(
+                "config.spool_smaller_than_max_body",
+                max_bytes=config.state.max_bytes,
+                max_body=config.openmail.webhook.max_body,
+                hint="an event larger than state.max_bytes can never be stored; over the "
+                "WebSocket it blocks the events after it until the bound is raised",
+            )
         self.store = await Store.open(config.state.path, limits_of(config))
         self.dispatcher = Dispatcher(self.store, self.metrics)
         for sink_config in config.sinks.values():
@@ -142,6 +150,21 @@ class Supervisor:
         )
         self.notifier.ready(self.one_line_status())
         self.notifier.start_watchdog(self.one_line_status)
+
+    async def _start_workers(self, sinks: Mapping[str, SinkConfig]) -> None:
+        """Start a worker for every sink in ``sinks`` that has none."""
+        assert self.dispatcher is not None
+        for name, sink_config in sinks.items():
+            if name not in self.dispatcher.workers:
+                worker = self._worker(sink_config)
+                # Added before it starts: a row committed after its first load is still handed to
+                # it (submit and load both skip rows it already holds).
+                self.dispatcher.add(worker)
+                try:
+                    await worker.start()
+                except BaseException:
+                    del self.dispatcher.workers[name]
+                    raise
 
     def _worker(self, sink_config: SinkConfig) -> SinkWorker:
         assert self.store is not None
@@ -258,17 +281,20 @@ class Supervisor:
         logs.REDACTOR.set_secrets(config_secrets(self.config) + config_secrets(new))
         assert self.dispatcher is not None
         assert self.pipeline is not None
+        old_sinks = self.config.sinks
         for name, worker in list(self.dispatcher.workers.items()):
             if new.sinks.get(name) != worker.config:
                 await worker.stop(min(new.shutdown_timeout, 5.0))
                 del self.dispatcher.workers[name]
-        for name, sink_config in new.sinks.items():
-            if name not in self.dispatcher.workers:
-                worker = self._worker(sink_config)
-                # Added before it starts: a row committed after its first load is still handed to
-                # it (submit and load both skip rows it already holds).
-                self.dispatcher.add(worker)
-                await worker.start()
+        try:
+            await self._start_workers(new.sinks)
+        except Exception:
+            # Put back what ran before, so "the old configuration keeps running" holds.
+            for name, worker in list(self.dispatcher.workers.items()):
+                if old_sinks.get(name) != worker.config:
+                    await self.dispatcher.workers.pop(name).stop(0)
+            await self._start_workers(old_sinks)
+            raise
         self.pipeline.router = Router(new.routes)
         if self.webhook is not None:
             self.webhook.update_config(new.openmail.webhook)

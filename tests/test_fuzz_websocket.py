@@ -290,7 +290,7 @@ KNOWN_CONTROL_TYPES = frozenset({"subscribed", "unsubscribed", "pong", "error"})
 
 def classify_before(frame: Frame) -> str:
     """Frames before ``subscribed`` that the source counts as invalid: not JSON, not an object,
-    no type, an unknown type, or an event (not taken before the subscription stands)."""
+    no type, an unknown type. Events there are kept and queued once subscribed."""
     if frame.binary:
         return "counted"
     try:
@@ -300,7 +300,7 @@ def classify_before(frame: Frame) -> str:
     if not isinstance(data, dict):
         return "counted"
     if "event" in data and "type" not in data:
-        return "counted"
+        return "event"  # kept, and queued once subscribed
     kind = data.get("type")
     return "typed" if isinstance(kind, str) and kind in KNOWN_CONTROL_TYPES else "counted"
 

@@ -525,19 +525,33 @@ def _load_openmail(loader: _Loader, raw: object) -> object:
     om = loader.section("openmail", raw, OpenMailConfig, extra=extra)
     if not isinstance(om, OpenMailConfig):
         return _INVALID
-    if not 1 <= om.websocket.max_in_flight <= protocol.REPLAY_LIMIT:
+    ws, before = om.websocket, len(loader.problems)
+    # Every rule is checked, so that all problems are reported at once.
+    if not 1 <= ws.max_in_flight <= protocol.REPLAY_LIMIT:
         limit = protocol.REPLAY_LIMIT
         message = f"must be between 1 and {limit} (OpenMail replays at most that many)"
-        return loader.fail("openmail.websocket.max_in_flight", message)
-    if om.websocket.enabled and om.api_key is None:
-        return loader.fail(
-            "openmail.api_key", "is required while openmail.websocket.enabled is true"
+        loader.fail("openmail.websocket.max_in_flight", message)
+    if ws.reconnect.initial <= 0:
+        loader.fail("openmail.websocket.reconnect.initial", "must be more than 0")
+    if ws.reconnect.max < ws.reconnect.initial:
+        loader.fail("openmail.websocket.reconnect.max", "must not be less than reconnect.initial")
+    if ws.ping_interval <= 0:
+        loader.fail("openmail.websocket.ping_interval", "must be more than 0")
+    elif ws.stale_after <= ws.ping_interval:
+        loader.fail(
+            "openmail.websocket.stale_after",
+            f"must be longer than ping_interval ({ws.ping_interval:g}s): the pings are what "
+            "keeps a healthy connection from looking stale",
         )
-    if not om.websocket.enabled and not om.webhook.enabled:
-        return loader.fail(
+    if ws.subscribe_timeout <= 0:
+        loader.fail("openmail.websocket.subscribe_timeout", "must be more than 0")
+    if ws.enabled and om.api_key is None:
+        loader.fail("openmail.api_key", "is required while openmail.websocket.enabled is true")
+    if not ws.enabled and not om.webhook.enabled:
+        loader.fail(
             "openmail", "both websocket and webhook are disabled: nothing would receive events"
         )
-    return om
+    return om if len(loader.problems) == before else _INVALID
 
 
 def _load_webhook(loader: _Loader, raw: object) -> object:

@@ -75,6 +75,7 @@ class WebSocketSource:
         self._reconnect_now = asyncio.Event()
         self._closing: asyncio.Future[bool] | None = None
         self._peer_close_code: int | None = None
+        self._early: list[Event] = []
         self.state = "idle"
         self.since = time.time()
         self.down_reason: str | None = None
@@ -291,9 +292,9 @@ class WebSocketSource:
             self._ws = None
             raise Disconnected(STOPPING, "stopping")
         try:
-            subscribed_at = await self._subscribe(ws)
+            subscribed_at, cursor = await self._subscribe(ws)
             up_since = time.monotonic()
-            await self._receive(ws, accept, subscribed_at)
+            await self._receive(ws, accept, subscribed_at, replaying=cursor is not None)
         except (aiohttp.ClientError, ConnectionError) as exc:
             # The socket failed under a send: the same as a dropped connection.
             raise Disconnected(CloseClass.TRANSIENT, f"connection failed: {exc}", 1006) from None
@@ -336,10 +337,12 @@ class WebSocketSource:
             reason = "reconnecting with the new configuration"
         return Disconnected(kind, reason, code if code is not None else 1006)
 
-    async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse) -> float:
-        """Send ``subscribe`` and wait for ``subscribed``; handles an unknown replay cursor."""
+    async def _subscribe(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[float, str | None]:
+        """Send ``subscribe`` and wait for ``subscribed``; handles an unknown replay cursor.
+        Returns when it was subscribed, and the cursor the subscription carries."""
         cfg = self.config.websocket
         cursor = self.store.cursor
+        self._early = []
         await ws.send_str(protocol.subscribe_frame(cfg.inbox_ids, cfg.event_types, cursor))
         try:
             async with asyncio.timeout(cfg.subscribe_timeout):
@@ -348,9 +351,9 @@ class WebSocketSource:
                     if frame.kind is FrameKind.SUBSCRIBED:
                         break
                     if frame.kind is FrameKind.EVENT:
-                        # Not ours to take before the subscription stands; the replay after it
-                        # brings the event again, as the cursor has not moved past it.
-                        self._invalid("before_subscribed", frame.raw[:80].decode(errors="replace"))
+                        # Kept for the queue: if OpenMail applied a subscribe it answered with
+                        # an error, this is a live event that no replay would bring again.
+                        self._keep_early(frame)
                     elif frame.kind is FrameKind.UNKNOWN:
                         self._invalid("unknown_type", f"type {frame.type_name!r}")
                     if frame.kind is not FrameKind.ERROR:
@@ -386,7 +389,13 @@ class WebSocketSource:
         self._set_state("subscribed")
         self.down_kind = self.down_reason = None
         log.info("ws.connected", url=cfg.url, cursor=cursor, recovered=was != (None, None) or None)
-        return subscribed_at
+        return subscribed_at, cursor
+
+    def _keep_early(self, frame: protocol.ServerFrame) -> None:
+        try:
+            self._early.append(event_from_object(frame.data, frame.raw, Origin.WEBSOCKET))
+        except EventError as exc:
+            self._invalid("bad_event", str(exc))
 
     async def _reset_cursor(self, cursor: str, message: str) -> None:
         self.possible_gaps += 1
@@ -411,6 +420,11 @@ class WebSocketSource:
                 aiohttp.WSMsgType.ERROR,
             ):
                 return self._closed(ws)
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                with contextlib.suppress(protocol.ProtocolError):
+                    frame = protocol.parse_server_frame(msg.data)
+                    if frame.kind is FrameKind.EVENT:
+                        self._keep_early(frame)
         return None
 
     async def _next_control(self, ws: aiohttp.ClientWebSocketResponse) -> protocol.ServerFrame:
@@ -440,11 +454,19 @@ class WebSocketSource:
     # --- receiving -------------------------------------------------------------------------
 
     async def _receive(
-        self, ws: aiohttp.ClientWebSocketResponse, accept: Accept, subscribed_at: float
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        accept: Accept,
+        subscribed_at: float,
+        *,
+        replaying: bool,
     ) -> None:
         cfg = self.config.websocket
         queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=cfg.max_in_flight)
         consumer = asyncio.create_task(self._consume(queue, accept, ws), name="websocket:commit")
+        early, self._early = self._early, []
+        for kept in early:  # events that came before 'subscribed' go first, in order
+            await self._hand_over(queue, kept, consumer)
         keepalive = asyncio.create_task(self._keepalive(ws), name="websocket:keepalive")
         replayed = 0
         try:
@@ -462,7 +484,8 @@ class WebSocketSource:
                     event = self._event_from(msg.data)
                     if event is None:
                         continue
-                    if _occurred_before(event, subscribed_at):
+                    # Only a subscription that carried a cursor replays anything.
+                    if replaying and _occurred_before(event, subscribed_at):
                         replayed += 1
                         if replayed % protocol.REPLAY_LIMIT == 0:
                             if replayed == protocol.REPLAY_LIMIT:
@@ -553,7 +576,11 @@ class WebSocketSource:
             batch = [await queue.get()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            results = await asyncio.gather(*(accept(e) for e in batch), return_exceptions=True)
+            # Shielded: a commit that lands while this task is cancelled (the connection closed)
+            # still hands its rows to the sinks.
+            results = await asyncio.gather(
+                *(asyncio.shield(accept(e)) for e in batch), return_exceptions=True
+            )
             for _ in batch:
                 queue.task_done()
             failure = next((r for r in results if isinstance(r, BaseException)), None)

@@ -502,6 +502,22 @@ async def test_bad_frames_are_counted_never_fatal(tmp_path: Path) -> None:
     assert len(events_named(logs, "ws.server_error")) == 1
 
 
+async def test_an_event_before_subscribed_is_kept_and_stored_first(tmp_path: Path) -> None:
+    """Were OpenMail to apply a subscribe before confirming it, events could precede
+    'subscribed'; they are live events no replay brings again, so they are kept, in order."""
+
+    async def script(ws: web.WebSocketResponse, number: int) -> None:
+        await ws.send_str(event_frame("evt_after"))
+
+    server = ScriptedServer(script, before_subscribed=(event_frame("evt_early"),))
+    async with scripted(server):
+        config = scripted_config(tmp_path, server)
+        async with running_bridge(config):
+            await wait_until(lambda: stored_ids(config.state.path) == {"evt_early", "evt_after"})
+        lines = read_lines(tmp_path / "events.jsonl")
+    assert [line["event_id"] for line in lines] == ["evt_early", "evt_after"]
+
+
 async def test_oversized_frame_drops_the_connection_not_the_daemon(tmp_path: Path) -> None:
     async def script(ws: web.WebSocketResponse, number: int) -> None:
         await ws.send_str(
