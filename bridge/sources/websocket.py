@@ -76,6 +76,7 @@ class WebSocketSource:
         self._closing: asyncio.Future[bool] | None = None
         self._peer_close_code: int | None = None
         self._early: list[Event] = []
+        self._pushback: BaseException | None = None
         self.state = "idle"
         self.since = time.time()
         self.down_reason: str | None = None
@@ -287,6 +288,7 @@ class WebSocketSource:
             raise Disconnected(CloseClass.TRANSIENT, f"cannot connect: {exc}") from None
         self._ws = ws
         self._peer_close_code = None
+        self._pushback = None
         if self._stopping.is_set():  # stop() ran while we were connecting: it saw no socket
             await ws.close(code=protocol.CloseCode.NORMAL)
             self._ws = None
@@ -509,8 +511,9 @@ class WebSocketSource:
             consumer.cancel()
             await asyncio.gather(consumer, keepalive, return_exceptions=True)
         # Events read but not committed are not lost: the cursor has not passed them.
-        if consumer.done() and not consumer.cancelled() and consumer.exception() is not None:
-            raise Disconnected(PUSHBACK, f"the spool pushed back: {consumer.exception()}")
+        if self._pushback is not None:
+            failure, self._pushback = self._pushback, None
+            raise Disconnected(PUSHBACK, f"the spool pushed back: {failure}")
 
     @staticmethod
     async def _hand_over(
@@ -594,6 +597,8 @@ class WebSocketSource:
                     error=str(failure),
                     hint="closing the WebSocket until the spool can take events",
                 )
+                # Noted before the close: the reader may cancel this task while it closes.
+                self._pushback = failure
                 await ws.close(code=protocol.CloseCode.NORMAL)
                 raise failure
             self.last_event_at = time.time()
