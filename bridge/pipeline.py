@@ -6,7 +6,9 @@ recognised as a duplicate), which is what lets the webhook answer 200 and the We
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
@@ -19,6 +21,16 @@ if TYPE_CHECKING:
     from bridge.delivery import Dispatcher
 
 log = structlog.get_logger("bridge.pipeline")
+_T = TypeVar("_T")
+
+
+def uncancellable(accepting: Awaitable[_T]) -> asyncio.Future[_T]:
+    """``accepting`` run to its end even if the caller stops waiting (an answer timed out, a
+    connection closed): a commit that lands must still reach the sinks. A failure nobody is
+    left to see is retrieved here, not reported as "never retrieved"."""
+    task = asyncio.ensure_future(accepting)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return asyncio.shield(task)
 
 
 class Pipeline:

@@ -262,8 +262,16 @@ class Store:
 
     @property
     def has_room(self) -> bool:
+        return self.has_room_for(0)
+
+    def has_room_for(self, size: int) -> bool:
+        """True when an event of ``size`` bytes fits under both bounds now."""
         limits = self.limits
-        return self._spool_bytes < limits.max_bytes and self._free_disk() >= limits.min_free
+        return (
+            self._spool_bytes + size <= limits.max_bytes
+            and self._spool_bytes < limits.max_bytes
+            and self._free_disk() >= limits.min_free
+        )
 
     async def wait_writable(self) -> None:
         while not self.writable:
@@ -279,7 +287,7 @@ class Store:
             raise SpoolFullError(
                 f"a {size}-byte event never fits max_bytes={self.limits.max_bytes}"
             )
-        while not self.has_room or self._spool_bytes + size > self.limits.max_bytes:
+        while not self.has_room_for(size):
             # Free disk changes without telling us, and another process (the `dlq` command)
             # may purge rows: look again every second.
             await self._next_change(_DISK_CACHE_SECONDS)

@@ -24,7 +24,6 @@ from multidict import CIMultiDict
 from bridge import __version__, protocol
 from bridge.config import Duration, HttpUrl, Secret
 from bridge.errors import (
-    ConfigError,
     DeliveryError,
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -194,9 +193,6 @@ class HttpSink:
         config: the sink's config; ``config.options`` is an :class:`HttpSinkOptions`.
         session: a session to use instead of one of its own; the sink never closes it.
         clock: Unix time for signature timestamps and ``Retry-After`` dates (tests fake it).
-
-    Raises:
-        ConfigError: a ``whsec_`` secret that is not base64.
     """
 
     def __init__(
@@ -221,10 +217,8 @@ class HttpSink:
         self._secret = options.secret.get() if options.secret else None
         self._standard_key: bytes | None = None
         if self._secret is not None and options.signature == "standard-webhooks":
-            try:
-                self._standard_key = standard_webhooks_key(self._secret)
-            except ValueError as exc:
-                raise ConfigError([f"sinks.{config.name}.secret: {exc}"]) from None
+            # HttpSinkOptions checked the secret when the config was loaded.
+            self._standard_key = standard_webhooks_key(self._secret)
 
     async def start(self) -> None:
         """Create the sink's pooled session, unless one was given."""

@@ -22,6 +22,7 @@ from bridge.config import WebhookConfig
 from bridge.errors import EventError, SpoolFullError, StoreError
 from bridge.events import Origin, event_from_object
 from bridge.metrics import Metrics
+from bridge.pipeline import uncancellable
 from bridge.sources import Accept
 from bridge.store import AcceptOutcome
 
@@ -230,9 +231,9 @@ class WebhookSource:
                 "webhook.event_id_mismatch", event_id=event.event_id, header_event_id=header_id
             )
         try:
-            # Shielded: a commit that outlives the answer still lands, and OpenMail's retry of it
-            # is then recognised as a duplicate.
-            outcome = await asyncio.wait_for(asyncio.shield(accept(event)), ANSWER_WITHIN)
+            # A commit that outlives the answer still lands, and OpenMail's retry of it is then
+            # recognised as a duplicate.
+            outcome = await asyncio.wait_for(uncancellable(accept(event)), ANSWER_WITHIN)
         except TimeoutError:
             raise Rejected(503, "timeout", "the store did not commit in time; retry") from None
         except SpoolFullError as exc:

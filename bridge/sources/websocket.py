@@ -25,6 +25,7 @@ from bridge.config import OpenMailConfig
 from bridge.errors import EventError, SpoolFullError, StoreError
 from bridge.events import Event, Origin, event_from_object
 from bridge.metrics import Metrics
+from bridge.pipeline import uncancellable
 from bridge.protocol import CloseClass, FrameKind
 from bridge.sources import Accept
 from bridge.store import Store
@@ -51,6 +52,19 @@ SUBSCRIBE_REJECTED = "subscribe_rejected"
 PUSHBACK = "pushback"
 """The store is full or failing: closed on purpose until it can take events again."""
 STOPPING = "stopping"
+AT_THE_CAP = frozenset(
+    {CloseClass.KEY_REJECTED, CloseClass.TOO_MANY_CONNECTIONS, SUBSCRIBE_REJECTED}
+)
+"""Causes that retrying sooner cannot mend: retried at the backoff cap, logged as ERROR once."""
+CLOSED = frozenset(
+    {
+        aiohttp.WSMsgType.CLOSE,
+        aiohttp.WSMsgType.CLOSING,
+        aiohttp.WSMsgType.CLOSED,
+        aiohttp.WSMsgType.ERROR,
+    }
+)
+"""Message types that end a connection."""
 
 
 class WebSocketSource:
@@ -153,7 +167,7 @@ class WebSocketSource:
         cfg = self.config.websocket.reconnect
         exc = retry.outcome.exception() if retry.outcome else None
         kind = exc.kind if isinstance(exc, Disconnected) else CloseClass.TRANSIENT
-        if kind in (CloseClass.KEY_REJECTED, CloseClass.TOO_MANY_CONNECTIONS, SUBSCRIBE_REJECTED):
+        if kind in AT_THE_CAP:
             # Retrying sooner cannot help; a little jitter keeps many bridges from moving in step.
             return cfg.max * random.uniform(0.8, 1.0)
         if kind is PUSHBACK:
@@ -187,11 +201,7 @@ class WebSocketSource:
         self.down_kind, self.down_reason = str(exc.kind), exc.reason
         self._set_state("paused" if exc.kind is PUSHBACK else "down")
         fields = {"reason": exc.reason, "close_code": exc.code, "retry_in": round(delay, 3)}
-        if exc.kind in (
-            CloseClass.KEY_REJECTED,
-            CloseClass.TOO_MANY_CONNECTIONS,
-            SUBSCRIBE_REJECTED,
-        ):
+        if exc.kind in AT_THE_CAP:
             if changed:
                 log.error(
                     "ws.rejected",
@@ -237,13 +247,8 @@ class WebSocketSource:
         # Room for the event the spool refused, not merely any room: reconnecting before it fits
         # would only replay it into another refusal, in a tight loop. (An event larger than the
         # whole bound never fits; then any room will do.)
-        max_bytes = self.store.limits.max_bytes
-        needed = self._room_needed if self._room_needed <= max_bytes else 0
-        return (
-            self.store.has_room
-            and self.store.writable
-            and self.store.spool_bytes + needed <= max_bytes
-        )
+        needed = self._room_needed if self._room_needed <= self.store.limits.max_bytes else 0
+        return self.store.writable and self.store.has_room_for(needed)
 
     async def _wait_for_store(self) -> None:
         if self._store_ready():
@@ -415,12 +420,7 @@ class WebSocketSource:
     async def _follow_up(self, ws: aiohttp.ClientWebSocketResponse) -> Disconnected | None:
         with contextlib.suppress(TimeoutError):
             msg = self._note(await ws.receive(timeout=ERROR_FOLLOW_UP))
-            if msg.type in (
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSING,
-                aiohttp.WSMsgType.CLOSED,
-                aiohttp.WSMsgType.ERROR,
-            ):
+            if msg.type in CLOSED:
                 return self._closed(ws)
             if msg.type is aiohttp.WSMsgType.TEXT:
                 with contextlib.suppress(protocol.ProtocolError):
@@ -441,12 +441,7 @@ class WebSocketSource:
             if msg.type is aiohttp.WSMsgType.BINARY:
                 self._invalid("binary", f"{len(msg.data)} bytes")
                 continue
-            if msg.type in (
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSING,
-                aiohttp.WSMsgType.CLOSED,
-                aiohttp.WSMsgType.ERROR,
-            ):
+            if msg.type in CLOSED:
                 raise self._closed(ws)
 
     def _invalid(self, reason: str, detail: str) -> None:
@@ -579,10 +574,8 @@ class WebSocketSource:
             batch = [await queue.get()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            # Shielded: a commit that lands while this task is cancelled (the connection closed)
-            # still hands its rows to the sinks.
             results = await asyncio.gather(
-                *(asyncio.shield(accept(e)) for e in batch), return_exceptions=True
+                *(uncancellable(accept(e)) for e in batch), return_exceptions=True
             )
             for _ in batch:
                 queue.task_done()
