@@ -3,6 +3,7 @@ hadolint, and the image's entrypoint runs as an unprivileged user against its de
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -81,8 +82,21 @@ def test_dockerfile_essentials() -> None:
     assert "0.0.0.0:9464" in config
 
 
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+# A checkout may sit under a directory only root can enter (mktemp -d makes them 0700), where the
+# image would have the bridge in /usr/local. Then nobody is given CAP_DAC_READ_SEARCH, which lets
+# it read the installed code and nothing more: every write still needs real permission.
+READ_SEARCH = ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+
+
+@functools.cache
+def _nobody_prefix() -> tuple[str, ...]:
+    probe = subprocess.run([*NOBODY, str(EXECUTABLE), "--version"], capture_output=True, timeout=60)
+    return tuple(NOBODY if probe.returncode == 0 else [*NOBODY, *READ_SEARCH])
+
+
 def _unprivileged(cmd: list[str]) -> list[str]:
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+    return [*_nobody_prefix(), *cmd]
 
 
 @pytest.fixture
