@@ -5,6 +5,7 @@ Sink types add their own option dataclasses next to their classes (``bridge.sink
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Literal
 
 from bridge import protocol
 from bridge.config.values import ByteSize, Duration, FilePath, Listen, Secret, WsUrl
+
+DEFAULT_MAX_CONNECTIONS = 256
 
 # --- Sections ----------------------------------------------------------------------------------
 
@@ -60,10 +63,42 @@ class WebhookConfig:
     tolerance: Duration = protocol.WEBHOOK_TOLERANCE
     max_body: ByteSize = 10 << 20
     tls: TlsConfig | None = None
+    # The listener faces the internet: every connection and buffer is bounded before any
+    # signature is known.
+    header_timeout: Duration = 10.0
+    """From the first byte of a request (or the connection's opening) to its last header line."""
+    body_timeout: Duration = 30.0
+    """To read a request's whole body once its headers are in."""
+    keepalive_timeout: Duration = 15.0
+    """An idle keep-alive connection is closed after this long."""
+    max_connections: int | None = None
+    """Open connections at once; a new one beyond is closed at once. Default
+    ``min(256, RLIMIT_NOFILE / 4)``, so the admin server and the spool keep descriptors."""
+    max_buffered_bytes: ByteSize | None = None
+    """Request-body bytes held in memory at once, over all connections; over it a request is
+    answered 503 before its body is read. Default ``4 * max_body``."""
+    offload_above: ByteSize = 64 << 10
+    """Bodies larger than this are verified (and their claimed inbox parsed) on a worker thread,
+    so a large body never blocks the event loop."""
 
     @property
     def account_secrets(self) -> tuple[Secret, ...]:
         return ((self.secret,) if self.secret else ()) + self.secrets
+
+    @property
+    def connection_limit(self) -> int:
+        if self.max_connections is not None:
+            return self.max_connections
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return DEFAULT_MAX_CONNECTIONS
+        return max(1, min(DEFAULT_MAX_CONNECTIONS, soft // 4))
+
+    @property
+    def buffer_limit(self) -> int:
+        if self.max_buffered_bytes is not None:
+            return self.max_buffered_bytes
+        return 4 * self.max_body
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

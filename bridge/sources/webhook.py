@@ -2,15 +2,22 @@
 
 Runs whenever enabled, so events keep flowing while the WebSocket is down. Every answer comes within
 OpenMail's 15 s limit: a store that cannot commit in time gets a 503, and OpenMail retries.
+
+It faces the internet, so everything an unsigned client can send is bounded before it costs
+anything: connections and header time (:mod:`bridge.sources.http_guard`), then method, length,
+timestamp and signature shape are checked before a byte of the body is read; bodies held at once
+share one byte budget; and the HMAC of a large body runs off the event loop, against the claimed
+inbox's secret and the account-level ones only, so its cost never grows with the number of
+secrets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
@@ -19,18 +26,25 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from bridge import protocol
 from bridge.config import WebhookConfig
-from bridge.errors import EventError, SpoolFullError, StoreError
+from bridge.errors import EventError, MissingEventIdError, SpoolFullError, StoreError
 from bridge.events import Origin, event_from_object
 from bridge.metrics import Metrics
 from bridge.pipeline import uncancellable
 from bridge.sources import Accept
+from bridge.sources.http_guard import ByteBudget, GuardedSite
 from bridge.store import AcceptOutcome
+from bridge.throttle import Throttle
 
 log = structlog.get_logger("bridge.sources.webhook")
 
 ANSWER_WITHIN = 10.0
 """Seconds to wait for the commit before answering 503: well inside OpenMail's 15 s."""
 RETRY_AFTER_FULL = "60"
+RETRY_AFTER_BUSY = "5"
+LINGER = 2.0
+"""Seconds aiohttp keeps reading (and dropping) the unread body of a request answered early, so
+an honest client still sees the answer; an attacker's body is not read past it."""
+_T = TypeVar("_T")
 
 
 class Rejected(Exception):
@@ -39,6 +53,12 @@ class Rejected(Exception):
     def __init__(self, status: int, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.status, self.reason, self.detail = status, reason, detail
+
+    @property
+    def retry_after(self) -> str | None:
+        if self.status != 503:
+            return None
+        return RETRY_AFTER_FULL if self.reason == "spool_full" else RETRY_AFTER_BUSY
 
 
 class WebhookSource:
@@ -54,6 +74,9 @@ class WebhookSource:
         self._clock = clock
         self._accept: Accept | None = None
         self._runner: web.AppRunner | None = None
+        self._site: GuardedSite | None = None
+        self._budget = ByteBudget(config.buffer_limit)
+        self._throttles: dict[str, Throttle] = {}
         self._stopping = False
         self.port: int | None = None
         self.last_event_at: float | None = None
@@ -62,17 +85,31 @@ class WebhookSource:
 
     async def start(self, accept: Accept) -> None:
         self._accept = accept
-        app = web.Application(client_max_size=self.config.max_body)
-        app.router.add_route("*", self.config.path, self._handle)
+        config = self.config
+        app = web.Application(client_max_size=config.max_body, middlewares=[self._track])
+        app.router.add_route("*", config.path, self._handle)
         # aiohttp's graceful shutdown stops reading requests, so one whose body is still arriving
         # can never finish; waiting its default 60 s would only stall the stop. In-flight commits
         # are answered within ANSWER_WITHIN; a cut request is retried by OpenMail.
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=ANSWER_WITHIN
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=ANSWER_WITHIN,
+            keepalive_timeout=config.keepalive_timeout,
+            lingering_time=LINGER,
         )
         await runner.setup()
-        listen = self.config.listen
-        site = web.TCPSite(runner, listen.host, listen.port, ssl_context=self._ssl_context())
+        listen = config.listen
+        site = GuardedSite(
+            runner,
+            listen.host,
+            listen.port,
+            ssl_context=self._ssl_context(),
+            limit=config.connection_limit,
+            header_timeout=config.header_timeout,
+            on_drop=lambda reason: self.metrics.webhook_rejected.labels(reason).inc(),
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -80,15 +117,15 @@ class WebhookSource:
             raise OSError(
                 exc.errno, f"webhook listener cannot bind {listen}: {exc.strerror}"
             ) from None
-        self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else listen.port
+        self._runner, self._site = runner, site
+        self.port = site.port
         log.info(
             "webhook.listening",
             listen=f"{listen.host}:{self.port}",
-            path=self.config.path,
-            tls=self.config.tls is not None,
+            path=config.path,
+            tls=config.tls is not None,
+            max_connections=config.connection_limit,
+            max_buffered_bytes=config.buffer_limit,
         )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -112,8 +149,10 @@ class WebhookSource:
             self._runner = None
 
     def update_config(self, config: WebhookConfig) -> None:
-        """Swap secrets and limits in place (SIGHUP); ``listen`` and ``path`` need a restart."""
+        """Swap secrets and limits in place (SIGHUP); ``listen``, ``path``, ``max_connections``,
+        ``header_timeout`` and ``keepalive_timeout`` need a restart."""
         self.config = config
+        self._budget.limit = config.buffer_limit
 
     @property
     def receiving(self) -> bool:
@@ -129,6 +168,21 @@ class WebhookSource:
 
     # --- requests --------------------------------------------------------------------------
 
+    @web.middleware
+    async def _track(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        # The headers are in: the connection's header timer stops until its next request.
+        guard = self._site.guard if self._site is not None else None
+        connection = guard.connection_of(request.transport) if guard is not None else None
+        if connection is not None:
+            connection.request_started()
+        try:
+            return await handler(request)
+        finally:
+            if connection is not None:
+                connection.request_finished()
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
             if request.method != "POST":
@@ -138,39 +192,37 @@ class WebhookSource:
             return await self._receive(request, self._accept)
         except Rejected as exc:
             self.metrics.webhook_rejected.labels(exc.reason).inc()
-            level = "info" if exc.status in (405, 503) else "warning"
-            getattr(log, level)(
-                "webhook.rejected",
-                status=exc.status,
-                reason=exc.reason,
-                detail=exc.detail,
-                peer=request.remote,
-            )
+            self._log_rejected(exc, request)
             headers = {"Allow": "POST"} if exc.status == 405 else {}
-            if exc.status == 503:
-                headers["Retry-After"] = RETRY_AFTER_FULL if exc.reason == "spool_full" else "5"
+            if exc.retry_after is not None:
+                headers["Retry-After"] = exc.retry_after
             return web.json_response({"error": exc.detail}, status=exc.status, headers=headers)
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self.config.max_body:
+    def _log_rejected(self, exc: Rejected, request: web.Request) -> None:
+        # Unsigned clients choose how often this runs: one line per reason per minute at most,
+        # saying how many were left out; the metric counts every one.
+        throttle = self._throttles.setdefault(exc.reason, Throttle())
+        if (suppressed := throttle.admit()) is None:
+            return
+        level = "info" if exc.status in (405, 503) else "warning"
+        getattr(log, level)(
+            "webhook.rejected",
+            status=exc.status,
+            reason=exc.reason,
+            detail=exc.detail,
+            peer=request.remote,
+            **({"rejected_since_last_line": suppressed} if suppressed else {}),
+        )
+
+    def _check_headers(self, request: web.Request) -> str:
+        """Everything decidable before the body is read; returns the timestamp text."""
+        length = request.content_length
+        if length is not None and length > self.config.max_body:
             raise Rejected(
                 413,
                 "too_large",
-                f"body of {request.content_length} bytes is over max_body ({self.config.max_body})",
+                f"body of {length} bytes is over max_body ({self.config.max_body})",
             )
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise Rejected(
-                413, "too_large", f"body is over max_body ({self.config.max_body})"
-            ) from None
-        except (HttpProcessingError, RequestPayloadError) as exc:
-            # A body that cannot be decoded (a bogus Content-Encoding, a broken chunk).
-            raise Rejected(400, "bad_body", f"cannot read the body: {exc}") from None
-
-    def _verify(self, request: web.Request, body: bytes) -> frozenset[str] | None:
-        """Check timestamp and signature on the raw bytes. Returns the inboxes whose secret matched
-        (None for an account-level secret)."""
         problem = protocol.check_timestamp(
             request.headers.get(protocol.TIMESTAMP_HEADER), self._clock(), self.config.tolerance
         )
@@ -184,35 +236,84 @@ class WebhookSource:
         signature = request.headers.get(protocol.SIGNATURE_HEADER, "")
         if not signature:
             raise Rejected(400, "missing_signature", "missing X-Signature header")
-        timestamp = request.headers[protocol.TIMESTAMP_HEADER].strip()
-        account = [s.get() for s in self.config.account_secrets]
-        if account and protocol.signature_matches(account, timestamp, body, signature):
-            return None
-        # Every inbox whose secret matches, not the first: two inboxes may share a secret.
-        inboxes = frozenset(
-            inbox
-            for inbox, secret in self.config.inbox_secrets.items()
-            if protocol.signature_matches((secret.get(),), timestamp, body, signature)
+        if not protocol.signature_well_formed(signature):
+            raise Rejected(400, "bad_signature", "X-Signature is not 64 hex digits")
+        return request.headers[protocol.TIMESTAMP_HEADER].strip()
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        try:
+            async with asyncio.timeout(self.config.body_timeout):
+                return await request.read()
+        except TimeoutError:
+            raise Rejected(
+                408, "body_timeout", f"body not received within {self.config.body_timeout:g}s"
+            ) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise Rejected(
+                413, "too_large", f"body is over max_body ({self.config.max_body})"
+            ) from None
+        except (HttpProcessingError, RequestPayloadError) as exc:
+            # A body that cannot be decoded (a bogus Content-Encoding, a broken chunk).
+            raise Rejected(400, "bad_body", f"cannot read the body: {exc}") from None
+
+    async def _off_loop(self, size: int, fn: Callable[..., _T], *args: object) -> _T:
+        """``fn(*args)`` on a worker thread for a large body (hashlib and the JSON decoder work on
+        the bytes while the loop answers others); inline for a small one, where a thread hop
+        would cost more than the work."""
+        if size > self.config.offload_above:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    async def _decode(self, body: bytes) -> object:
+        try:
+            return await self._off_loop(len(body), protocol.loads_strict, body)
+        except protocol.ProtocolError as exc:
+            raise Rejected(400, "malformed_json", f"body is {exc}") from None
+
+    async def _verified(self, request: web.Request, timestamp: str, body: bytes) -> object:
+        """The decoded body, once its signature matched; raises Rejected otherwise."""
+        config = self.config
+        secrets = [s.get() for s in config.account_secrets]
+        data: object = None
+        if config.inbox_secrets:
+            # The claimed inbox picks the one inbox secret worth trying; the signature decides.
+            # A per-inbox secret vouches for its own inbox's events only, and the inbox it was
+            # picked by is the one in these very bytes.
+            data = await self._decode(body)
+            claimed = protocol.claimed_inbox(data)
+            if claimed is not None and claimed in config.inbox_secrets:
+                secrets.append(config.inbox_secrets[claimed].get())
+        signature = request.headers[protocol.SIGNATURE_HEADER]
+        matched = await self._off_loop(
+            len(body), protocol.signature_matches, secrets, timestamp, body, signature
         )
-        if inboxes:
-            return inboxes
-        raise Rejected(400, "bad_signature", "X-Signature does not match the body")
+        if not matched:
+            raise Rejected(400, "bad_signature", "X-Signature does not match the body")
+        return data if config.inbox_secrets else await self._decode(body)
 
     async def _receive(self, request: web.Request, accept: Accept) -> web.StreamResponse:
-        body = await self._read_body(request)
-        signed_by_inboxes = self._verify(request, body)
+        timestamp = self._check_headers(request)
+        # Without a Content-Length (chunked) the body may be as large as max_body.
+        reserved = request.content_length or self.config.max_body
+        if not self._budget.try_take(reserved):
+            raise Rejected(
+                503,
+                "busy",
+                f"{self._budget.held} request-body bytes already held "
+                f"(max_buffered_bytes={self._budget.limit}); retry",
+            )
         try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # bad UTF-8, too deep, integers too long
-            raise Rejected(400, "malformed_json", "body is not valid JSON") from None
+            body = await self._read_body(request)
+            data = await self._verified(request, timestamp, body)
+            return await self._accept_verified(request, accept, data, body)
+        finally:
+            self._budget.give_back(reserved)
+
+    async def _accept_verified(
+        self, request: web.Request, accept: Accept, data: object, body: bytes
+    ) -> web.StreamResponse:
         if not isinstance(data, dict):
             raise Rejected(400, "malformed_json", "body is not a JSON object")
-        inbox_id = data.get("inbox_id")
-        if signed_by_inboxes is not None and (
-            not isinstance(inbox_id, str) or inbox_id not in signed_by_inboxes
-        ):
-            # A per-inbox secret vouches for its own inbox's events only.
-            raise Rejected(400, "bad_signature", "signed with another inbox's secret")
         header_id = request.headers.get(protocol.EVENT_ID_HEADER) or None
         try:
             event = event_from_object(
@@ -223,9 +324,10 @@ class WebhookSource:
                 fallback_event_id=header_id,
                 require_type=False,
             )
+        except MissingEventIdError as exc:
+            raise Rejected(400, "no_event_id", str(exc)) from None
         except EventError as exc:
-            reason = "no_event_id" if "event_id" in str(exc) else "malformed_json"
-            raise Rejected(400, reason, str(exc)) from None
+            raise Rejected(400, "malformed_json", str(exc)) from None
         if header_id and header_id != event.event_id:
             log.info(
                 "webhook.event_id_mismatch", event_id=event.event_id, header_event_id=header_id
@@ -241,5 +343,5 @@ class WebhookSource:
         except StoreError as exc:
             raise Rejected(503, "store_unavailable", str(exc)) from None
         self.last_event_at = event.received_at
-        duplicate = outcome is AcceptOutcome.DUPLICATE
+        duplicate = outcome is not AcceptOutcome.ACCEPTED  # a conflict is answered like one
         return web.json_response({"ok": True, "event_id": event.event_id, "duplicate": duplicate})

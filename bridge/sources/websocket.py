@@ -29,6 +29,7 @@ from bridge.pipeline import uncancellable
 from bridge.protocol import CloseClass, FrameKind
 from bridge.sources import Accept
 from bridge.store import Store
+from bridge.throttle import Throttle
 
 log = structlog.get_logger("bridge.sources.websocket")
 
@@ -85,6 +86,7 @@ class WebSocketSource:
         self._own_session = session is None
         self._task: asyncio.Task[None] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._invalid_log = Throttle()
         self._stopping = asyncio.Event()
         self._reconnect_now = asyncio.Event()
         self._closing: asyncio.Future[bool] | None = None
@@ -445,8 +447,12 @@ class WebSocketSource:
                 raise self._closed(ws)
 
     def _invalid(self, reason: str, detail: str) -> None:
+        # The server chooses how often this runs: a hostile or broken one must not flood the
+        # journal. Every frame is counted; one line per minute says how many were not logged.
         self.metrics.ws_frames_invalid.labels(reason).inc()
-        log.warning("ws.frame_ignored", reason=reason, detail=detail[:200])
+        if (suppressed := self._invalid_log.admit()) is not None:
+            extra = {"ignored_since_last_line": suppressed} if suppressed else {}
+            log.warning("ws.frame_ignored", reason=reason, detail=detail[:200], **extra)
 
     # --- receiving -------------------------------------------------------------------------
 

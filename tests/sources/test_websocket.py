@@ -497,7 +497,8 @@ async def test_bad_frames_are_counted_never_fatal(tmp_path: Path) -> None:
                 }
         assert server.connections == 1  # never reconnected over any of it
     assert counts == {"not_json": 4, "binary": 2, "unknown_type": 1, "bad_event": 2}
-    assert len(events_named(logs, "ws.frame_ignored")) == 9
+    # Every frame is counted; the log says it once a minute at most, however many arrive.
+    assert len(events_named(logs, "ws.frame_ignored")) == 1
     assert all(e["log_level"] == "warning" for e in events_named(logs, "ws.frame_ignored"))
     assert len(events_named(logs, "ws.server_error")) == 1
 

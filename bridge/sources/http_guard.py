@@ -1,0 +1,220 @@
+"""Bounds on the webhook listener below aiohttp: connections at once, time to send headers, and
+request-body bytes held in memory.
+
+aiohttp's server has no header-read timeout and no connection cap of its own, so a client that
+opens sockets and sends half a request line could hold descriptors until the process runs out.
+:class:`GuardedSite` wraps aiohttp's protocol factory: a connection beyond ``limit`` is closed the
+moment it is accepted (the admin server keeps its descriptors), and one whose request headers are
+not complete within ``header_timeout`` of its first byte (or of its opening) is cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ssl
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+
+from bridge.throttle import Throttle
+
+log = structlog.get_logger("bridge.sources.webhook")
+
+
+class ByteBudget:
+    """Bytes of request bodies held at once. Never waits: a request that does not fit is refused,
+    so memory stays bounded whatever the number of connections."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def try_take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+
+class Phase(enum.Enum):
+    HEADERS = "headers"  # waiting for a request's headers: the header timer runs
+    BUSY = "busy"  # a handler runs; the body timeout is the handler's
+    IDLE = "idle"  # between requests: aiohttp's keep-alive timeout applies
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """aiohttp's per-connection protocol, with a cap on admission and a header timer around it."""
+
+    __slots__ = ("_guard", "_inner", "_phase", "_timer", "_transport")
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self._guard = guard
+        self._inner = inner
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._phase = Phase.HEADERS
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a stream server's, TLS or not
+        if not self._guard.admit(transport, self):
+            transport.abort()  # closed before aiohttp ever sees it; connection_lost is ours alone
+            return
+        self._transport = transport
+        self._arm()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase is Phase.IDLE:  # the first byte of the next request on a kept connection
+            self._phase = Phase.HEADERS
+            self._arm()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is None:
+            return  # refused at admission
+        self._disarm()
+        self._guard.release(self._transport)
+        self._inner.connection_lost(exc)
+
+    def request_started(self) -> None:
+        self._phase = Phase.BUSY
+        self._disarm()
+
+    def request_finished(self) -> None:
+        self._phase = Phase.IDLE
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._timer = self._guard.loop.call_later(self._guard.header_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._phase is Phase.HEADERS and self._transport is not None:
+            self._guard.dropped("header_timeout")
+            self._transport.abort()
+
+
+class ConnectionGuard:
+    """The protocol factory handed to ``loop.create_server``: admission and header timers."""
+
+    def __init__(
+        self,
+        factory: Callable[[], asyncio.Protocol],
+        *,
+        limit: int,
+        header_timeout: float,
+        on_drop: Callable[[str], None],
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.limit = limit
+        self.header_timeout = header_timeout
+        self._factory = factory
+        self._on_drop = on_drop
+        self._open: dict[asyncio.Transport, _GuardedProtocol] = {}
+        self._throttles: dict[str, Throttle] = {}
+
+    def __call__(self) -> asyncio.Protocol:
+        return _GuardedProtocol(self, self._factory())
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    def admit(self, transport: asyncio.Transport, protocol: _GuardedProtocol) -> bool:
+        if len(self._open) >= self.limit:
+            self.dropped("max_connections")
+            return False
+        self._open[transport] = protocol
+        return True
+
+    def release(self, transport: asyncio.Transport) -> None:
+        self._open.pop(transport, None)
+
+    def connection_of(self, transport: asyncio.Transport | None) -> _GuardedProtocol | None:
+        return None if transport is None else self._open.get(transport)
+
+    def dropped(self, reason: str) -> None:
+        self._on_drop(reason)
+        throttle = self._throttles.setdefault(reason, Throttle())
+        if (suppressed := throttle.admit()) is not None:
+            log.warning(
+                "webhook.connection_dropped",
+                reason=reason,
+                open_connections=len(self._open),
+                max_connections=self.limit,
+                header_timeout=self.header_timeout,
+                dropped_since_last_line=suppressed,
+            )
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site like aiohttp's ``TCPSite``, serving through a :class:`ConnectionGuard`."""
+
+    __slots__ = ("_guard_args", "_host", "_port", "guard")
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        limit: int,
+        header_timeout: float,
+        on_drop: Callable[[str], None],
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._host, self._port = host, port
+        self._guard_args = (limit, header_timeout, on_drop)
+        self.guard: ConnectionGuard | None = None
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None  # the runner is set up before any site starts
+        limit, header_timeout, on_drop = self._guard_args
+        self.guard = ConnectionGuard(
+            server, limit=limit, header_timeout=header_timeout, on_drop=on_drop
+        )
+        self._server = await asyncio.get_running_loop().create_server(
+            self.guard,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            # asyncio accepts up to ``backlog`` sockets in one burst before any protocol runs:
+            # a backlog above the cap would hold that many descriptors before the guard can
+            # close the extras.
+            backlog=min(self._backlog, limit),
+            reuse_address=True,
+        )
+
+    @property
+    def port(self) -> int:
+        sockets = getattr(self._server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else self._port
