@@ -3,6 +3,7 @@
 BridgeError
 ├── ConfigError                 config file unreadable or invalid (lists every problem)
 ├── EventError                  a payload that is not an OpenMail event
+│   └── MissingEventIdError     no usable event id (webhooks answer ``no_event_id``)
 ├── StoreError                  the durable spool
 │   ├── StoreLockedError        another bridge holds this state
 │   ├── StoreVersionError       the database was written by a newer version
@@ -30,6 +31,10 @@ class ConfigError(BridgeError):
 
 class EventError(BridgeError):
     """A payload is not a usable OpenMail event (not JSON, not an object, no id or type)."""
+
+
+class MissingEventIdError(EventError):
+    """The payload carries no ``event_id`` and nothing else identifies it."""
 
 
 class StoreError(BridgeError):

@@ -7,12 +7,21 @@ unchanged.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Final
 
 from bridge import protocol
-from bridge.errors import EventError
+from bridge.errors import EventError, MissingEventIdError
+
+PER_DELIVERY_FIELDS: Final = frozenset({"attempt", "delivered_at"})
+"""Top-level payload fields OpenMail changes on every delivery attempt and between the WebSocket
+and webhook copies of one event (protocol notes §6): left out of an event's content identity."""
+
+CONTENT_KEY_PREFIX: Final = "sha256:"
+"""Prefix of a dedup key made from the content identity (a payload with no ``event_id``)."""
 
 
 class Origin(enum.StrEnum):
@@ -28,6 +37,13 @@ class Event:
 
     ``raw`` is the payload exactly as received (the WebSocket frame or the webhook body);
     ``received_at`` is the Unix time the bridge received it.
+
+    ``event_id`` is the id sinks send (``X-Event-Id``): the body's ``event_id``, else the webhook's
+    ``X-Event-Id`` header. ``content_id`` is the event's content identity, the SHA-256 (hex) of
+    its payload without :data:`PER_DELIVERY_FIELDS` (None when the event was not built from a
+    payload: then its content is unknown and never conflicts). ``dedup_key`` is what the store
+    de-duplicates on: the body's ``event_id``, else ``sha256:<content_id>``, never the unsigned
+    header alone; it defaults to ``event_id``.
     """
 
     event_id: str
@@ -39,6 +55,12 @@ class Event:
     origin: Origin
     received_at: float
     raw: bytes = field(repr=False)
+    content_id: str | None = None
+    dedup_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.dedup_key:
+            object.__setattr__(self, "dedup_key", self.event_id)
 
     @property
     def has_message(self) -> bool:
@@ -52,6 +74,27 @@ def _text(value: str, what: str) -> str:
     except UnicodeEncodeError:
         raise EventError(f"payload field {what!r} is not valid Unicode text") from None
     return value
+
+
+def content_identity(data: dict[str, object]) -> str:
+    """The SHA-256 (hex) of ``data`` as canonical JSON, without :data:`PER_DELIVERY_FIELDS`.
+
+    Canonical (sorted keys, no spaces, UTF-8) so that the WebSocket frame and the webhook body of
+    one event, serialized differently, still hash alike. Lone surrogates (``"\\ud800"`` in the
+    JSON) are hashed as they came rather than refused: the identity must exist for every payload
+    the sources accept.
+
+    Raises:
+        EventError: nested too deeply to encode.
+    """
+    content = {k: v for k, v in data.items() if k not in PER_DELIVERY_FIELDS}
+    try:
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError:
+        # Decoded a few frames higher up the stack, a payload at the parser's depth limit can be
+        # one level too deep to encode here.
+        raise EventError("payload is nested too deeply") from None
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _opt_str(data: dict[str, object], key: str) -> str | None:
@@ -81,9 +124,9 @@ def parse_event(
         EventError: not JSON, not an object, or no usable ``event_id`` / ``event``.
     """
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # also too deep, or integers too long
-        raise EventError(f"payload is not JSON: {str(exc)[:120]}") from None
+        data = protocol.loads_strict(raw)
+    except protocol.ProtocolError as exc:
+        raise EventError(f"payload is {exc}") from None
     return event_from_object(
         data,
         raw,
@@ -107,19 +150,28 @@ def event_from_object(
     if not isinstance(data, dict):
         raise EventError(f"payload is a JSON {type(data).__name__}, not an object")
     event_id = data.get("event_id")
+    body_has_id = isinstance(event_id, str) and bool(event_id)
     if not isinstance(event_id, str) or not event_id:
         if event_id is not None and not isinstance(event_id, str):
             raise EventError("payload field 'event_id' is not a string")
         if not fallback_event_id:
-            raise EventError("payload has no 'event_id'")
+            raise MissingEventIdError("payload has no 'event_id'")
         event_id = fallback_event_id
     event_id = _text(event_id, "event_id")
+    if len(event_id.encode()) > protocol.MAX_EVENT_ID_BYTES:
+        raise EventError(
+            f"payload field 'event_id' is longer than {protocol.MAX_EVENT_ID_BYTES} bytes"
+        )
     kind = data.get("event")
     if not isinstance(kind, str) or not kind:
         if require_type:
             raise EventError("payload has no string 'event' field")
         kind = protocol.UNKNOWN_EVENT_TYPE
     kind = _text(kind, "event")
+    content_id = content_identity(data)
+    # The header is not signed: a captured body replayed with fresh X-Event-Id values must still
+    # be recognised, so an event without its own id is identified by what the signature covers.
+    dedup_key = event_id if body_has_id else CONTENT_KEY_PREFIX + content_id
     message = data.get("message")
     sender = recipient = None
     if isinstance(message, dict):
@@ -135,4 +187,6 @@ def event_from_object(
         origin=origin,
         received_at=time.time() if received_at is None else received_at,
         raw=raw,
+        content_id=content_id,
+        dedup_key=dedup_key,
     )

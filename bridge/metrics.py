@@ -29,6 +29,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.events_conflict = Counter(
+            f"{p}_events_conflict",
+            "Events whose id was known with other content or another inbox, quarantined, by source",
+            ["source"],
+            registry=r,
+        )
         self.events_unrouted = Counter(
             f"{p}_events_unrouted", "Accepted events that no route matched", registry=r
         )

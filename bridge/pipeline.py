@@ -1,7 +1,8 @@
 """The accept stage: route an event, persist it with its outbox rows, hand the rows to delivery.
 
 Both sources call :meth:`Pipeline.accept`; it returns only once the event is durably committed (or
-recognised as a duplicate), which is what lets the webhook answer 200 and the WebSocket cursor move.
+recognised as a duplicate, or quarantined as a conflict), which is what lets the webhook answer 200
+and the WebSocket cursor move.
 """
 
 from __future__ import annotations
@@ -58,6 +59,20 @@ class Pipeline:
         if result.outcome is AcceptOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(source).inc()
             log.debug("event.duplicate", event_id=event.event_id, source=source)
+            return result.outcome
+        if result.outcome is AcceptOutcome.CONFLICT:
+            # A warning each time: the same id carrying two different events means one of them
+            # was never delivered, and only an operator can say which was right.
+            self.metrics.events_conflict.labels(source).inc()
+            log.warning(
+                "event.conflict",
+                event_id=event.event_id,
+                source=source,
+                reason=result.conflict,
+                inbox_id=event.inbox_id,
+                event_type=event.type,
+                quarantined=result.quarantined,
+            )
             return result.outcome
         self.metrics.events_received.labels(source).inc()
         self.last_event_at = event.received_at

@@ -11,6 +11,7 @@ import enum
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -128,6 +129,47 @@ class ProtocolError(ValueError):
     """A frame that is not what the protocol allows (not JSON, not an object, no type)."""
 
 
+MAX_EVENT_ID_BYTES: Final = 256
+"""ASSUMPTION: OpenMail's event ids are short (``evt_`` and a few dozen characters). A longer one
+is refused on both sources rather than stored, indexed and logged at any length."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ProtocolError(f"JSON with the key {key[:64]!r} given twice")
+            seen.add(key)
+    return obj
+
+
+def _no_constant(name: str) -> object:
+    raise ProtocolError(f"JSON with {name}, which JSON does not allow")
+
+
+def loads_strict(raw: bytes | str) -> object:
+    """Decode JSON as strictly as the signature vouches for it.
+
+    A key given twice is refused: parsers disagree on which copy wins, so an agent reading the
+    first ``inbox_id`` could be shown an inbox the signed bytes never meant. ``NaN`` and
+    ``Infinity`` are refused too: Python accepts them, most JSON parsers downstream do not.
+
+    Raises:
+        ProtocolError: not UTF-8 JSON, too deep, an integer past Python's digit limit, a
+            duplicate key or a non-finite number.
+    """
+    try:
+        return json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8 and integers past Python's digit limit; RecursionError,
+        # nesting deeper than the parser goes.
+        raise ProtocolError(f"not JSON: {str(exc)[:120]}") from None
+
+
 def subscribe_frame(
     inbox_ids: Sequence[str] = (),
     event_types: Sequence[str] = (),
@@ -191,11 +233,11 @@ def parse_server_frame(raw: bytes | str) -> ServerFrame:
     """
     try:
         data_bytes = raw.encode() if isinstance(raw, str) else raw
-        data = json.loads(data_bytes)
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers bad UTF-8 and integers past Python's digit limit; RecursionError,
-        # nesting deeper than the parser goes. Neither is a frame OpenMail would send.
-        raise ProtocolError(f"frame is not usable JSON: {str(exc)[:120]}") from None
+        data = loads_strict(data_bytes)
+    except UnicodeEncodeError:
+        raise ProtocolError("frame is not valid Unicode text") from None
+    except ProtocolError as exc:
+        raise ProtocolError(f"frame is {exc}") from None
     if not isinstance(data, dict):
         raise ProtocolError(f"frame is a JSON {type(data).__name__}, not an object")
     if "event" in data and "type" not in data:
@@ -256,8 +298,29 @@ def check_timestamp(value: str | None, now: float, tolerance: float) -> Timestam
     if value is None or not value.strip():
         return TimestampProblem.MISSING
     text = value.strip()
-    if not text.isascii() or not text.lstrip("-").isdigit() or len(text) > 12:
+    if _TIMESTAMP.fullmatch(text) is None:
         return TimestampProblem.MALFORMED
     if abs(now - int(text)) > tolerance:
         return TimestampProblem.STALE
+    return None
+
+
+_TIMESTAMP: Final = re.compile(r"-?[0-9]{1,12}")
+_SIGNATURE: Final = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def signature_well_formed(value: str) -> bool:
+    """Whether ``X-Signature`` has the shape of OpenMail's: 64 hex digits (HMAC-SHA256).
+
+    Checked before the body is read, so a request that cannot match costs no body bytes.
+    """
+    return _SIGNATURE.fullmatch(value.strip()) is not None
+
+
+def claimed_inbox(data: object) -> str | None:
+    """The ``inbox_id`` an unverified body claims: only ever used to pick which secret to try."""
+    if isinstance(data, dict):
+        inbox = data.get("inbox_id")
+        if isinstance(inbox, str):
+            return inbox
     return None

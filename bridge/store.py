@@ -1,5 +1,6 @@
-"""The durable spool: accepted events, dedup ids, per-sink delivery rows, dead letters and the
-WebSocket replay cursor, in one SQLite database (WAL) that is the bridge's only state.
+"""The durable spool: accepted events, dedup ids, per-sink delivery rows, dead letters,
+quarantined conflicts and the WebSocket replay cursor, in one SQLite database (WAL) that is the
+bridge's only state.
 
 One writer thread owns the write connection and commits every write of a batch in one
 transaction (group commit: one fsync for many events). Reads use a second connection on a
@@ -54,6 +55,17 @@ _DEFAULT_LIMITS: Final = StoreLimits()
 class AcceptOutcome(enum.StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
+    # A known id with other content or another inbox: answered like a duplicate, never
+    # delivered, quarantined.
+    CONFLICT = "conflict"
+
+
+class ConflictReason(enum.StrEnum):
+    """Why an event is a conflict rather than a duplicate."""
+
+    CONTENT = "content_mismatch"  # its dedup key was seen with other content
+    INBOX = "inbox_mismatch"  # its dedup key was seen for another inbox
+    ID_REUSED = "event_id_reused"  # its key is new, but the id it is sent under is taken
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +91,25 @@ class AcceptResult:
     outcome: AcceptOutcome
     seq: int | None  # seq and deliveries only when ACCEPTED
     deliveries: tuple[Delivery, ...]
+    conflict: ConflictReason | None = None  # only when CONFLICT
+    quarantined: bool = False  # a CONFLICT is in the quarantine (false past its row cap)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Quarantined:
+    """A conflicting event kept for inspection; ``payload`` is None when it did not fit."""
+
+    id: int
+    event_id: str
+    dedup_key: str
+    reason: str
+    origin: Origin
+    type: str
+    inbox_id: str | None
+    received_at: float
+    content_id: str | None
+    quarantined_at: float
+    payload: bytes | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,6 +129,21 @@ _DUPLICATE: Final = AcceptResult(outcome=AcceptOutcome.DUPLICATE, seq=None, deli
 
 
 _DELIVERY_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Delivery))
+_QUARANTINED_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Quarantined))
+
+
+def _conflict(known: tuple[int, str | None, str | None], event: Event) -> ConflictReason | None:
+    """Why ``event`` conflicts with what the store knows of its key or id; None: a duplicate."""
+    kind, content_id, inbox_id = known
+    if kind == sql.ID_TAKEN:
+        return ConflictReason.ID_REUSED
+    if content_id is None or event.content_id is None:
+        return None  # unknown content (a row from before migration 2) never conflicts
+    if inbox_id != event.inbox_id:
+        return ConflictReason.INBOX
+    if content_id != event.content_id:
+        return ConflictReason.CONTENT
+    return None
 
 
 def _delivery(row: Sequence[Any]) -> Delivery:
@@ -323,6 +369,9 @@ class Store:
     async def accept(self, event: Event, sinks: Sequence[str]) -> AcceptResult:
         """Record ``event`` unless already seen, with one pending delivery per sink.
 
+        A known dedup key is a DUPLICATE; with other content or another inbox than it was seen
+        with, or a new key whose ``event_id`` is taken, a CONFLICT, quarantined and never delivered.
+
         Returns once the transaction is durably committed. The write is queued before this
         coroutine first suspends, so accepts started in order commit in order.
 
@@ -358,6 +407,10 @@ class Store:
         """Delete matching dead rows (never pending ones); returns the count."""
         params = {"sink": sink, "event_id": event_id}
         return await self._write(functools.partial(self._tx_drop, sql.DLQ_PURGE_SQL, params))
+
+    async def quarantine_purge(self, *, event_id: str | None = None) -> int:
+        """Delete quarantined events (all, or those sent as ``event_id``); returns the count."""
+        return await self._write(functools.partial(self._tx_purge_quarantine, event_id=event_id))
 
     async def drop_sink(self, sink: str) -> int:
         """Delete every row, pending or dead, of ``sink`` (one gone from the config)."""
@@ -516,9 +569,12 @@ class Store:
         return results, tx
 
     def _tx_accept(self, tx: _Tx, *, event: Event, sinks: tuple[str, ...]) -> AcceptResult:
-        if sql.is_known(tx.conn, event.event_id):
+        known = sql.known_identity(tx.conn, event)
+        if known is not None:
+            # Handled either way: a conflict moves the cursor like a duplicate.
             self._tx_cursor(tx, event)
-            return _DUPLICATE
+            reason = _conflict(known, event)
+            return _DUPLICATE if reason is None else self._tx_quarantine(tx, event, reason)
         size = len(event.raw) if sinks else 0
         self._check_room(tx.spool, size)
         seq, ids = sql.insert_event(tx.conn, event, sinks, seen_at=time.time())
@@ -531,6 +587,26 @@ class Store:
             for row_id, sink in zip(ids, sinks, strict=True)
         )
         return AcceptResult(outcome=AcceptOutcome.ACCEPTED, seq=seq, deliveries=deliveries)
+
+    def _tx_quarantine(self, tx: _Tx, event: Event, reason: ConflictReason) -> AcceptResult:
+        # A conflict is answered like a duplicate whatever room is left: past the spool bound it
+        # is kept without its payload rather than refused (a 503 would only bring it back).
+        try:
+            self._check_room(tx.spool, len(event.raw))
+            keep = True
+        except SpoolFullError:
+            keep = False
+        stored, size = sql.quarantine_event(
+            tx.conn, event, reason.value, keep_payload=keep, at=time.time()
+        )
+        tx.spool += size
+        return AcceptResult(
+            outcome=AcceptOutcome.CONFLICT,
+            seq=None,
+            deliveries=(),
+            conflict=reason,
+            quarantined=stored,
+        )
 
     def _check_room(self, spool: int, size: int) -> None:
         if spool + size > self.limits.max_bytes:
@@ -570,6 +646,11 @@ class Store:
         count, tx.spool = sql.delete_deliveries(tx.conn, statement, params)
         return count
 
+    @staticmethod
+    def _tx_purge_quarantine(tx: _Tx, *, event_id: str | None) -> int:
+        count, tx.spool = sql.purge_quarantine(tx.conn, event_id)
+        return count
+
     def _tx_prune(self, tx: _Tx) -> int:
         before = time.time() - self.limits.dedup_window
         return sql.prune_seen(tx.conn, before=before, limit=_PRUNE_CHUNK)
@@ -599,6 +680,16 @@ class Store:
         rows = await self._read(sql.DLQ_LIST_SQL, {"sink": sink, "event_id": event_id})
         return [
             DeadLetter(delivery=_delivery(row), error=row[11] or "", dead_at=row[12])
+            for row in rows
+        ]
+
+    async def quarantine_list(self, *, event_id: str | None = None) -> list[Quarantined]:
+        """Quarantined events (all, or those sent as ``event_id``), oldest first."""
+        rows = await self._read(sql.QUARANTINE_LIST_SQL, {"event_id": event_id})
+        return [
+            Quarantined(
+                **dict(zip(_QUARANTINED_FIELDS, row, strict=True)) | {"origin": Origin(row[4])}
+            )
             for row in rows
         ]
 

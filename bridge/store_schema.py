@@ -23,6 +23,9 @@ import structlog
 from bridge.errors import StoreError, StoreLockedError, StoreVersionError
 from bridge.events import Event
 
+# Longer than the house ~400 lines on purpose: the append-only migrations and the SQL written
+# against them are read together, and splitting them would put a schema in two places.
+
 log = structlog.get_logger(__name__)
 
 BUSY_TIMEOUT: Final = 5.0
@@ -66,8 +69,42 @@ MIGRATIONS: Final[Sequence[Migration]] = (
         )""",
         "CREATE INDEX deliveries_by_sink ON deliveries (sink, state, seq)",
     ),
+    (
+        # What a seen event was: its content identity (bridge.events.content_identity) and inbox,
+        # so a known id arriving with other content or for another inbox is a conflict, not a
+        # duplicate. Rows from before this migration keep NULL: unknown, never a conflict.
+        "ALTER TABLE seen ADD COLUMN content_id TEXT",
+        "ALTER TABLE seen ADD COLUMN inbox_id TEXT",
+        # The id sinks send, when it is not the dedup key: a payload without event_id is keyed by
+        # its content and sent under the webhook's X-Event-Id. Partial: almost every row has none.
+        "ALTER TABLE seen ADD COLUMN sent_id TEXT",
+        "CREATE INDEX seen_by_sent_id ON seen (sent_id) WHERE sent_id IS NOT NULL",
+        # Conflicting events, never delivered, kept for an operator (`dlq list`). payload is NULL
+        # when it did not fit the spool bound; size counts toward it like a held event's.
+        """CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL,
+            dedup_key TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            type TEXT NOT NULL,
+            inbox_id TEXT,
+            received_at REAL NOT NULL,
+            content_id TEXT,
+            quarantined_at REAL NOT NULL,
+            size INTEGER NOT NULL,
+            payload BLOB
+        )""",
+        "CREATE INDEX quarantine_by_key ON quarantine (dedup_key)",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+QUARANTINE_MAX_ROWS: Final = 1000
+"""Conflicts kept for inspection. Past this many, a conflict is still answered, counted and
+logged, but not stored: a stream of them must not grow the database without limit."""
+
+_FILE_MODE: Final = 0o600
 
 
 class _Corrupt(Exception):
@@ -111,8 +148,28 @@ def acquire_lock(path: Path) -> int:
     return fd
 
 
+def create_private(path: Path) -> None:
+    """Create the database file 0600 when it does not exist, whatever the umask.
+
+    It holds message bodies. SQLite creates its ``-wal`` and ``-shm`` with the mode of the main
+    file, so they are private too. An existing file keeps the mode it has: that is the
+    operator's to choose.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot open state database {path}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, _FILE_MODE)  # the umask may have taken bits the owner needs
+    finally:
+        os.close(fd)
+
+
 def connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
     """Open a connection with the store's pragmas; autocommit mode, transactions are explicit."""
+    create_private(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
@@ -288,6 +345,16 @@ DEAD_LETTER_SQL: Final = (
 SINK_COUNTS_SQL: Final = """SELECT sink, SUM(state = 'pending'), SUM(state = 'dead')
     FROM deliveries GROUP BY sink ORDER BY sink"""
 LAST_EVENT_SQL: Final = "SELECT value FROM meta WHERE key = 'last_event_at'"
+# Quarantined payloads count toward the spool bound like held ones.
+SPOOL_SQL: Final = """SELECT (SELECT COALESCE(SUM(size), 0) FROM events)
+    + (SELECT COALESCE(SUM(size), 0) FROM quarantine)"""
+QUARANTINE_LIST_SQL: Final = """SELECT id, event_id, dedup_key, reason, origin, type, inbox_id,
+    received_at, content_id, quarantined_at, payload FROM quarantine
+    WHERE (:event_id IS NULL OR event_id = :event_id) ORDER BY id"""
+QUARANTINE_PURGE_SQL: Final = (
+    "DELETE FROM quarantine WHERE (:event_id IS NULL OR event_id = :event_id)"
+)
+QUARANTINE_COUNT_SQL: Final = "SELECT COUNT(*) FROM quarantine"
 
 
 def begin(conn: sqlite3.Connection) -> None:
@@ -305,7 +372,7 @@ def rollback(conn: sqlite3.Connection) -> None:
 
 def read_state(conn: sqlite3.Connection) -> tuple[int, str | None, int]:
     """The facts the store keeps in memory: (spool bytes, cursor, data_version)."""
-    (spool,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()
+    (spool,) = conn.execute(SPOOL_SQL).fetchone()
     row = conn.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()
     (version,) = conn.execute("PRAGMA data_version").fetchone()
     return int(spool), None if row is None else str(row[0]), int(version)
@@ -321,10 +388,31 @@ def set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
         )
 
 
-def is_known(conn: sqlite3.Connection, event_id: str) -> bool:
-    """Whether ``event_id`` was seen within the window or its event is still held."""
-    sql = "SELECT 1 FROM seen WHERE event_id = ? UNION ALL SELECT 1 FROM events WHERE event_id = ?"
-    return conn.execute(sql, (event_id, event_id)).fetchone() is not None
+KNOWN_KEY: Final = 1
+ID_TAKEN: Final = 2
+# One statement, first hit wins: the dedup key seen (with what it was), else the id sinks would
+# send already in use under another key (as a seen key or sent id, or by a held event). The
+# first column is KNOWN_KEY (1) or ID_TAKEN (2).
+_IDENTITY_SQL: Final = """
+    SELECT 1, content_id, inbox_id FROM seen WHERE event_id = :key
+    UNION ALL SELECT 2, NULL, NULL FROM seen WHERE sent_id = :id
+    UNION ALL SELECT 2, NULL, NULL FROM seen WHERE :id != :key AND event_id = :id
+    UNION ALL SELECT CASE WHEN :id = :key THEN 1 ELSE 2 END, NULL, NULL
+        FROM events WHERE event_id = :id
+    LIMIT 1"""
+
+
+def known_identity(
+    conn: sqlite3.Connection, event: Event
+) -> tuple[int, str | None, str | None] | None:
+    """What the store knows of ``event``'s dedup key and id; None when both are new.
+
+    ``(KNOWN_KEY, content_id, inbox_id)``: the key was seen (the content NULL when unknown, a row
+    from before migration 2 or a held event without its seen row); ``(ID_TAKEN, None, None)``:
+    the key is new but ``event.event_id`` is already in use under another key.
+    """
+    row = conn.execute(_IDENTITY_SQL, {"key": event.dedup_key, "id": event.event_id}).fetchone()
+    return None if row is None else (int(row[0]), row[1], row[2])
 
 
 def insert_event(
@@ -335,7 +423,12 @@ def insert_event(
     With no sinks the event row only numbers the event and is deleted again: nothing is held.
     """
     payload = event.raw if sinks else b""
-    conn.execute("INSERT INTO seen VALUES (?, ?)", (event.event_id, seen_at))
+    sent_id = None if event.event_id == event.dedup_key else event.event_id
+    conn.execute(
+        "INSERT INTO seen (event_id, seen_at, content_id, inbox_id, sent_id)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (event.dedup_key, seen_at, event.content_id, event.inbox_id, sent_id),
+    )
     row = (event.event_id, event.type, event.inbox_id, event.thread_id, event.origin.value)
     seq = _rowid(
         conn.execute(
@@ -349,6 +442,52 @@ def insert_event(
     if not sinks:
         conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
     return seq, ids
+
+
+def quarantine_event(
+    conn: sqlite3.Connection, event: Event, reason: str, *, keep_payload: bool, at: float
+) -> tuple[bool, int]:
+    """Record a conflicting event; (whether it is in the quarantine, payload bytes added).
+
+    One row per dedup key and content: OpenMail's retries of one conflicting event add nothing.
+    """
+    held = conn.execute(
+        "SELECT 1 FROM quarantine WHERE dedup_key = ? AND content_id IS ?",
+        (event.dedup_key, event.content_id),
+    ).fetchone()
+    if held is not None:
+        return True, 0
+    (count,) = conn.execute(QUARANTINE_COUNT_SQL).fetchone()
+    if count >= QUARANTINE_MAX_ROWS:
+        return False, 0
+    payload = event.raw if keep_payload else None
+    size = len(event.raw) if keep_payload else 0
+    conn.execute(
+        "INSERT INTO quarantine (event_id, dedup_key, reason, origin, type, inbox_id,"
+        " received_at, content_id, quarantined_at, size, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.event_id,
+            event.dedup_key,
+            reason,
+            event.origin.value,
+            event.type,
+            event.inbox_id,
+            event.received_at,
+            event.content_id,
+            at,
+            size,
+            payload,
+        ),
+    )
+    return True, size
+
+
+def purge_quarantine(conn: sqlite3.Connection, event_id: str | None) -> tuple[int, int]:
+    """Delete quarantined events (all, or those of ``event_id``); (count, spool bytes after)."""
+    count = conn.execute(QUARANTINE_PURGE_SQL, {"event_id": event_id}).rowcount
+    (spool,) = conn.execute(SPOOL_SQL).fetchone()
+    return count, int(spool)
 
 
 def _rowid(cursor: sqlite3.Cursor) -> int:
@@ -383,16 +522,17 @@ def delete_deliveries(
         "DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d"
         " WHERE d.seq = events.seq)"
     )
-    (spool,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()
+    (spool,) = conn.execute(SPOOL_SQL).fetchone()
     return count, int(spool)
 
 
 def prune_seen(conn: sqlite3.Connection, *, before: float, limit: int) -> int:
     """Forget up to ``limit`` ids seen before ``before`` whose event is no longer held."""
+    # A held event's row carries the id it is sent under: sent_id when set, else the key.
     return conn.execute(
         "DELETE FROM seen WHERE event_id IN (SELECT s.event_id FROM seen AS s"
         " WHERE s.seen_at < ? AND NOT EXISTS (SELECT 1 FROM events AS e"
-        " WHERE e.event_id = s.event_id) LIMIT ?)",
+        " WHERE e.event_id = COALESCE(s.sent_id, s.event_id)) LIMIT ?)",
         (before, limit),
     ).rowcount
 

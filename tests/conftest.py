@@ -70,12 +70,13 @@ def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
 
 
 def stored_ids(db: Path) -> set[str]:
-    """Event ids in a spool's dedup record, read through a separate read-only connection."""
+    """The ids sinks send (``X-Event-Id``) of the events in a spool's dedup record, read through a
+    separate read-only connection. A record keyed by content keeps that id as ``sent_id``."""
     if not db.exists():
         return set()
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return {row[0] for row in conn.execute("SELECT event_id FROM seen")}
+        return {row[0] for row in conn.execute("SELECT COALESCE(sent_id, event_id) FROM seen")}
     finally:
         conn.close()
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 
 from bridge import protocol
 from bridge.errors import EventError
-from bridge.events import Origin, parse_event
+from bridge.events import Event, Origin, content_identity, parse_event
 
 MESSAGE = (
     b'{"event":"message.received","event_id":"evt_7f2a3b4c","inbox_id":"inb_8f3a1b2c",'
@@ -71,3 +74,78 @@ def test_lenient_type_for_verified_webhooks() -> None:
 def test_bad_payloads_are_typed_errors(raw: bytes, match: str) -> None:
     with pytest.raises(EventError, match=match):
         parse_event(raw, Origin.WEBSOCKET)
+
+
+# --- content identity and the dedup key -----------------------------------------------------------
+
+
+def body(**fields: object) -> bytes:
+    """``MESSAGE`` as one delivery attempt sends it, with ``fields`` set (None: left out)."""
+    data = json.loads(MESSAGE) | {"attempt": 1, "delivered_at": "2026-02-24T10:05:00.012Z"}
+    data.update(fields)
+    return json.dumps({k: v for k, v in data.items() if v is not None}).encode()
+
+
+def test_content_identity_ignores_attempt_and_delivered_at_only() -> None:
+    first = parse_event(body(), Origin.WEBHOOK)
+    retry = parse_event(body(attempt=2, delivered_at="2026-02-24T10:05:30.040Z"), Origin.WEBHOOK)
+    websocket = parse_event(body(attempt=None, delivered_at=None), Origin.WEBSOCKET)
+    assert first.raw != retry.raw
+    assert first.content_id == retry.content_id == websocket.content_id
+    # Anything else is content, at the top level and nested.
+    assert parse_event(body(occurred_at="2026-02-25T00:00:00Z"), Origin.WEBHOOK).content_id != (
+        first.content_id
+    )
+    nested = json.loads(body())
+    nested["message"]["attempt"] = 2  # only the top-level field is per delivery
+    assert parse_event(json.dumps(nested).encode(), Origin.WEBHOOK).content_id != first.content_id
+
+
+def test_content_identity_is_sha256_of_canonical_json() -> None:
+    # Key order, spacing and escapes are serialization, not content: the WebSocket frame and the
+    # webhook body of one event need not be the same bytes.
+    spaced = rb'{ "b": [1, {"y": "\u00e9", "x": null}], "attempt": 3, "a": "\u2713" }'
+    canonical = '{"a":"\u2713","b":[1,{"x":null,"y":"\u00e9"}]}'
+    assert canonical == '{"a":"✓","b":[1,{"x":null,"y":"é"}]}'
+    expected = hashlib.sha256(canonical.encode()).hexdigest()
+    assert content_identity(json.loads(spaced)) == expected
+
+
+def test_dedup_key_is_the_body_id_else_the_content_never_the_header() -> None:
+    with_id = parse_event(MESSAGE, Origin.WEBHOOK, fallback_event_id="evt_header")
+    assert (with_id.event_id, with_id.dedup_key) == ("evt_7f2a3b4c", "evt_7f2a3b4c")
+
+    no_id = body(event_id=None)
+    copies = [
+        parse_event(no_id, Origin.WEBHOOK, fallback_event_id=header)
+        for header in ("evt_h1", "evt_h2", "evt_h3")
+    ]
+    # Sent under the header's id; de-duplicated by what the signature covers.
+    assert [e.event_id for e in copies] == ["evt_h1", "evt_h2", "evt_h3"]
+    assert {e.dedup_key for e in copies} == {f"sha256:{copies[0].content_id}"}
+    retry = parse_event(body(event_id=None, attempt=2), Origin.WEBHOOK, fallback_event_id="evt_h4")
+    assert retry.dedup_key == copies[0].dedup_key
+
+
+def test_an_event_built_without_a_payload_has_unknown_content() -> None:
+    event = Event(
+        event_id="evt_1",
+        type="message.received",
+        inbox_id=None,
+        thread_id=None,
+        sender=None,
+        recipient=None,
+        origin=Origin.WEBSOCKET,
+        received_at=1.0,
+        raw=b"{}",
+    )
+    assert (event.dedup_key, event.content_id) == ("evt_1", None)
+
+
+def test_content_too_deep_to_encode_is_an_event_error() -> None:
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(100_000):  # far past any recursion limit, built without recursing
+        inner["x"] = inner = {}
+    with pytest.raises(EventError, match="nested too deeply"):
+        content_identity(deep)

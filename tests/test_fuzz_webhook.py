@@ -34,6 +34,7 @@ from conftest import WEBHOOK_SECRET, make_config, read_lines, running_bridge, wa
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
+from strict_json import strict_loads, usable_event_id
 
 from bridge.config import Listen, Secret, WebhookConfig
 from bridge.events import Event
@@ -265,7 +266,10 @@ def judge(request: RawRequest) -> Verdict:
         return Verdict(404, False, "unknown path")
     if request.method != "POST":
         return Verdict(405, False, "not POST")
-    if len(request.body) > MAX_BODY:
+    # A declared length is judged before anything else; a chunked body only once the headers
+    # passed, since nothing of the body is read before that.
+    too_large = len(request.body) > MAX_BODY
+    if too_large and not request.chunked:
         return Verdict(413, False, "over max_body")
     raw_ts, raw_sig = request.header("X-Timestamp"), request.header("X-Signature")
     timestamp, signature = _http_text(raw_ts), _http_text(raw_sig)
@@ -285,12 +289,16 @@ def judge(request: RawRequest) -> Verdict:
     )
     if not timestamp or not signature:
         return Verdict(None if undecided else 400, signed, "missing timestamp or signature")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", signature):
+        return Verdict(None if undecided else 400, signed, "signature is not 64 hex digits")
     if not _INT.fullmatch(timestamp):
         return Verdict(None if undecided else 400, signed, "timestamp not an integer")
     if timestamp.lstrip("-").startswith("0") and timestamp.lstrip("-") != "0":
         return Verdict(None, signed, "leading zeros: an integer, but no sender writes one")
     if abs(NOW - int(timestamp)) > TOLERANCE:
         return Verdict(None if undecided else 400, signed, "stale or future timestamp")
+    if too_large:
+        return Verdict(413, False, "chunked body over max_body")
     given = signature.lower().encode("utf-8", "surrogateescape")
     account = any(
         hmac.compare_digest(sign(s, timestamp, request.body).encode(), given)
@@ -304,9 +312,9 @@ def judge(request: RawRequest) -> Verdict:
     if not account and not inboxes:
         return Verdict(None if undecided else 400, signed, "signature does not match")
     try:
-        data = json.loads(request.body)
+        data = strict_loads(request.body)
     except ValueError:
-        return Verdict(400, signed, "not JSON")
+        return Verdict(400, signed, "not JSON, or JSON with a repeated key or a non-finite number")
     if not isinstance(data, dict):
         return Verdict(400, signed, "not a JSON object")
     inbox_id = data.get("inbox_id")
@@ -321,6 +329,8 @@ def judge(request: RawRequest) -> Verdict:
     event_id = body_id or header_id
     if not event_id:
         return Verdict(400, True, "no event_id in the body or X-Event-Id")
+    if not usable_event_id(event_id):
+        return Verdict(400, True, "event_id longer than 256 bytes or not valid Unicode")
     # A verified body is accepted whatever its ``event`` (missing, empty or not a string:
     # recorded as "unknown"); only the dedupe key is required (protocol notes, assumption 10).
     return Verdict(None if undecided else 200, True, "valid", event_id=event_id)
@@ -371,8 +381,24 @@ json_values = st.recursive(
     ),
     max_leaves=16,
 )
+# What OpenMail could send: its serialiser never writes NaN or Infinity.
+finite_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=16,
+)
 hashable_json = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
 )
 event_ids = st.from_regex(r"evt_[A-Za-z0-9]{1,20}", fullmatch=True)
 event_types = st.sampled_from(["message.received", "inbox.suspended", "pod.reactivated", "", "x"])
@@ -412,7 +438,9 @@ def serialized(draw: st.DrawFn, value: object) -> bytes:
 @st.composite
 def event_objects(draw: st.DrawFn, *, inbox: object = ..., with_id: bool = True) -> dict[str, Any]:
     """A valid-looking event: documented fields with valid types, plus random extra fields."""
-    obj: dict[str, Any] = draw(st.dictionaries(st.text(max_size=10), json_values, max_size=4))
+    obj: dict[str, Any] = draw(
+        st.dictionaries(st.text(max_size=10), finite_json_values, max_size=4)
+    )
     obj.pop("event_id", None)
     obj.pop("event", None)
     obj.pop("inbox_id", None)
@@ -426,7 +454,7 @@ def event_objects(draw: st.DrawFn, *, inbox: object = ..., with_id: bool = True)
     if kind == "str":
         obj["event"] = draw(event_types)
     elif kind == "other":  # null, a number, a list...: still a verified event, type "unknown"
-        obj["event"] = draw(json_values.filter(lambda v: not isinstance(v, str)))
+        obj["event"] = draw(finite_json_values.filter(lambda v: not isinstance(v, str)))
     if inbox is ...:
         # Signed with an account secret, inbox_id may be anything hashable (unhashable ones: a
         # test of their own).
@@ -434,7 +462,7 @@ def event_objects(draw: st.DrawFn, *, inbox: object = ..., with_id: bool = True)
     if inbox is not None or draw(st.booleans()):
         obj["inbox_id"] = inbox
     if draw(st.booleans()):
-        obj["message"] = draw(json_values)
+        obj["message"] = draw(finite_json_values)
     return obj
 
 

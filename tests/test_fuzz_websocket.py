@@ -30,6 +30,7 @@ from aiohttp import WSMsgType, web
 from conftest import make_config, read_lines, running_bridge, wait_until
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from strict_json import strict_loads, usable_event_id
 
 from bridge import protocol
 from bridge.errors import EventError
@@ -72,14 +73,14 @@ def classify(frame: Frame) -> str:
     if frame.binary:
         return "invalid"
     try:
-        data = json.loads(frame.data)
+        data = strict_loads(frame.data)
     except ValueError:
         return "invalid"
     if not isinstance(data, dict):
         return "invalid"
     if "event" in data and "type" not in data:
         event_id, kind = data.get("event_id"), data.get("event")
-        ok = isinstance(event_id, str) and event_id and isinstance(kind, str) and kind
+        ok = usable_event_id(event_id) and isinstance(kind, str) and kind
         return "event" if ok else "invalid"
     kind = data.get("type")
     if isinstance(kind, str) and kind in CONTROL_TYPES:
@@ -294,7 +295,7 @@ def classify_before(frame: Frame) -> str:
     if frame.binary:
         return "counted"
     try:
-        data = json.loads(frame.data)
+        data = strict_loads(frame.data)
     except ValueError:
         return "counted"
     if not isinstance(data, dict):

@@ -33,7 +33,7 @@ from conftest import (
 
 from bridge.config import RouteConfig, RouteMatch
 from bridge.errors import SpoolFullError
-from bridge.events import Event, Origin
+from bridge.events import Event, Origin, parse_event
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.protocol import sign
@@ -225,6 +225,74 @@ async def test_spool_full_raises_and_stores_nothing(tmp_path: Path) -> None:
         assert store.cursor is None
     finally:
         await store.close()
+
+
+# --- content identity: replays and conflicts -----------------------------------------------------
+
+
+def signed_body(event_id: str | None, attempt: int = 1, **fields: object) -> bytes:
+    """A webhook body as OpenMail signs it for one attempt (None: the field left out)."""
+    data: dict[str, object] = {
+        "event": "message.received",
+        "event_id": event_id,
+        "attempt": attempt,
+        "delivered_at": f"2026-02-24T10:05:{attempt:02d}.000Z",
+        "inbox_id": "inb_a",
+        "thread_id": "thr_1",
+        "message": {"from": "a@example.com", "to": "inbox@openmail.sh", "subject": "hi"},
+    }
+    data.update(fields)
+    return json.dumps({k: v for k, v in data.items() if v is not None}).encode()
+
+
+async def test_replay_with_fresh_event_id_headers_is_accepted_once(store: Store) -> None:
+    pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=()))
+    raw = signed_body(None)  # a captured request; only the unsigned X-Event-Id is new each time
+    outcomes = [
+        await pipeline.accept(parse_event(raw, Origin.WEBHOOK, fallback_event_id=f"evt_fresh_{n}"))
+        for n in range(4)
+    ]
+    assert outcomes == [AcceptOutcome.ACCEPTED] + [AcceptOutcome.DUPLICATE] * 3
+    assert [d.event_id for d in dispatcher.submitted] == ["evt_fresh_0"]
+    assert sample(metrics, "events_duplicate_total", source="webhook") == 3
+    assert sample(metrics, "events_conflict_total", source="webhook") == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"message": {"subject": "changed"}}, "content_mismatch"),
+        ({"inbox_id": "inb_b"}, "inbox_mismatch"),
+    ],
+)
+async def test_conflict_is_counted_logged_and_never_delivered(
+    store: Store, changes: dict[str, object], reason: str
+) -> None:
+    pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=(), archive=("inb_b",)))
+    original = parse_event(signed_body("evt_1"), Origin.WEBHOOK)
+    assert await pipeline.accept(original) is AcceptOutcome.ACCEPTED
+    conflicting = parse_event(signed_body("evt_1", attempt=2, **changes), Origin.WEBSOCKET)
+
+    with structlog.testing.capture_logs() as logs:
+        outcome = await pipeline.accept(conflicting)
+
+    assert outcome is AcceptOutcome.CONFLICT
+    assert [(d.event_id, d.sink) for d in dispatcher.submitted] == [("evt_1", "agent")]
+    (logged,) = events_named(logs, "event.conflict")
+    assert (logged["log_level"], logged["event_id"], logged["source"], logged["reason"]) == (
+        "warning",
+        "evt_1",
+        "websocket",
+        reason,
+    )
+    assert logged["quarantined"] is True
+    assert events_named(logs, "event.accepted") == events_named(logs, "event.duplicate") == []
+    assert sample(metrics, "events_conflict_total", source="websocket") == 1
+    assert sample(metrics, "events_duplicate_total", source="websocket") == 0
+    assert sample(metrics, "events_received_total", source="websocket") == 0
+    assert [(q.event_id, q.reason) for q in await store.quarantine_list()] == [("evt_1", reason)]
+    assert db_rows(store.path, "SELECT sink FROM deliveries") == [("agent",)]
+    assert store.cursor == "evt_1"  # handled, so the replay does not bring it again
 
 
 # --- the fallback scenario: WebSocket down, webhook meanwhile, replay overlapping -----------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import sqlite3
@@ -23,10 +24,21 @@ from bridge.errors import (
     StoreUnavailableError,
     StoreVersionError,
 )
-from bridge.events import Event, Origin
-from bridge.store import AcceptOutcome, AcceptResult, SinkCounts, Store, StoreLimits
+from bridge.events import Event, Origin, parse_event
+from bridge.store import (
+    AcceptOutcome,
+    AcceptResult,
+    ConflictReason,
+    SinkCounts,
+    Store,
+    StoreLimits,
+)
 
-ACCEPTED, DUPLICATE = AcceptOutcome.ACCEPTED, AcceptOutcome.DUPLICATE
+ACCEPTED, DUPLICATE, CONFLICT = (
+    AcceptOutcome.ACCEPTED,
+    AcceptOutcome.DUPLICATE,
+    AcceptOutcome.CONFLICT,
+)
 
 
 def event(
@@ -84,6 +96,10 @@ def overwrite(path: Path, offset: int, data: bytes) -> None:
     with path.open("r+b") as f:
         f.seek(offset)
         f.write(data)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
 
 
 def names(directory: Path) -> list[str]:
@@ -249,6 +265,184 @@ async def test_cursor_survives_restarts_and_clears(db_path: Path) -> None:
     reopened = third.cursor
     await third.close()
     assert (restored, cleared, reopened) == ("ev-1", None, None)
+
+
+# -- content identity and conflicts ------------------------------------------------------------
+
+
+def payload(event_id: str | None = "evt_1", attempt: int | None = 1, **fields: object) -> bytes:
+    """An OpenMail ``message.received`` body as one delivery attempt sends it (None: left out)."""
+    data: dict[str, object] = {
+        "event": "message.received",
+        "event_id": event_id,
+        "occurred_at": "2026-02-24T10:05:00.000Z",
+        "delivered_at": f"2026-02-24T10:05:{attempt or 0:02d}.012Z",
+        "attempt": attempt,
+        "inbox_id": "inb_1",
+        "thread_id": "thr_1",
+        "message": {"id": "msg_1", "from": "a@example.com", "to": "inbox@openmail.sh"},
+    }
+    data.update(fields)
+    return json.dumps({k: v for k, v in data.items() if v is not None}).encode()
+
+
+def parsed(raw: bytes, origin: Origin = Origin.WEBHOOK, header: str | None = None) -> Event:
+    return parse_event(raw, origin, fallback_event_id=header)
+
+
+async def test_retries_of_one_event_share_its_identity(store: Store) -> None:
+    # No event_id in the body: each attempt brings other attempt/delivered_at and another header.
+    first = parsed(payload(None, attempt=1), header="evt_h1")
+    retry = parsed(payload(None, attempt=2), header="evt_h2")
+    assert first.raw != retry.raw
+
+    assert (await store.accept(first, ["agent"])).outcome is ACCEPTED
+    assert (await store.accept(retry, ["agent"])).outcome is DUPLICATE
+    assert [d.event_id for d in await store.pending("agent")] == ["evt_h1"]
+
+
+async def test_replayed_body_with_fresh_event_id_headers_is_accepted_once(
+    store: Store, db_path: Path
+) -> None:
+    raw = payload(None)  # one captured, signed request
+    outcomes = [
+        (await store.accept(parsed(raw, header=header), ["agent"])).outcome
+        for header in ("evt_a", "evt_b", "evt_c", "evt_d")
+    ]
+    assert outcomes == [ACCEPTED, DUPLICATE, DUPLICATE, DUPLICATE]
+    assert [d.event_id for d in await store.pending("agent")] == ["evt_a"]
+    event = parsed(raw, header="evt_a")
+    assert query(db_path, "SELECT event_id, content_id, inbox_id, sent_id FROM seen") == [
+        (f"sha256:{event.content_id}", event.content_id, "inb_1", "evt_a")
+    ]
+
+
+async def test_same_id_other_attempt_and_delivered_at_across_sources_is_a_duplicate(
+    store: Store,
+) -> None:
+    assert (await store.accept(parsed(payload(attempt=1)), ["agent"])).outcome is ACCEPTED
+    replayed = parsed(payload(attempt=None, delivered_at=None), Origin.WEBSOCKET)
+    assert (await store.accept(replayed, ["agent"])).outcome is DUPLICATE
+    assert (await store.accept(parsed(payload(attempt=3)), ["agent"])).outcome is DUPLICATE
+    assert store.cursor == "evt_1"
+    assert await store.quarantine_list() == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"message": {"id": "msg_2", "from": "mallory@example.com"}}, ConflictReason.CONTENT),
+        ({"inbox_id": "inb_other"}, ConflictReason.INBOX),
+    ],
+)
+async def test_known_id_with_other_content_is_quarantined_never_delivered(
+    store: Store, db_path: Path, changes: dict[str, object], reason: ConflictReason
+) -> None:
+    original = parsed(payload())
+    await store.accept(original, ["agent"])
+    spool = store.spool_bytes
+    other = parsed(payload(attempt=2, **changes), Origin.WEBSOCKET, header="evt_1")
+
+    result = await store.accept(other, ["agent", "archive"])
+
+    assert (result.outcome, result.conflict, result.quarantined) == (CONFLICT, reason, True)
+    assert (result.seq, result.deliveries) == (None, ())
+    assert store.cursor == "evt_1"  # handled: the WebSocket moves on as after a duplicate
+    assert [d.event_id for d in await store.pending("agent")] == ["evt_1"]
+    assert await store.pending("archive") == []
+    assert query(db_path, "SELECT COUNT(*) FROM events") == [(1,)]
+    (q,) = await store.quarantine_list()
+    assert (q.event_id, q.dedup_key, q.reason, q.origin, q.type) == (
+        "evt_1",
+        "evt_1",
+        reason.value,
+        Origin.WEBSOCKET,
+        "message.received",
+    )
+    assert (q.inbox_id, q.content_id, q.payload) == (other.inbox_id, other.content_id, other.raw)
+    assert q.received_at == other.received_at
+    assert q.quarantined_at > 0
+    assert store.spool_bytes == spool + len(other.raw)  # within the spool bound
+
+    # OpenMail retrying the conflicting event adds nothing; the original is still a duplicate.
+    again = await store.accept(parsed(payload(attempt=3, **changes)), ["agent"])
+    assert (again.outcome, again.quarantined) == (CONFLICT, True)
+    assert len(await store.quarantine_list()) == 1
+    assert (await store.accept(parsed(payload(attempt=4)), ["agent"])).outcome is DUPLICATE
+
+
+async def test_an_event_id_taken_under_another_key_is_a_conflict(store: Store) -> None:
+    # A body without event_id, sent under an X-Event-Id another event already owns.
+    await store.accept(parsed(payload("evt_real")), ["agent"])
+    squatter = await store.accept(parsed(payload(None, subject="x"), header="evt_real"), ["agent"])
+    assert (squatter.outcome, squatter.conflict) == (CONFLICT, ConflictReason.ID_REUSED)
+
+    # And the other way round, after the first event was delivered and only its seen row is left.
+    first = await store.accept(parsed(payload(None), header="evt_hdr"), ["agent"])
+    await store.mark_delivered(first.deliveries[0].id)
+    claimant = await store.accept(parsed(payload("evt_hdr")), ["agent"])
+    assert (claimant.outcome, claimant.conflict) == (CONFLICT, ConflictReason.ID_REUSED)
+
+    assert [d.event_id for d in await store.pending("agent")] == ["evt_real"]
+    assert [(q.event_id, q.reason) for q in await store.quarantine_list()] == [
+        ("evt_real", "event_id_reused"),
+        ("evt_hdr", "event_id_reused"),
+    ]
+    assert [q.event_id for q in await store.quarantine_list(event_id="evt_hdr")] == ["evt_hdr"]
+
+
+async def test_an_event_of_unknown_content_never_conflicts(store: Store) -> None:
+    # Built without a payload (content_id None): only its id is known, as for pre-upgrade rows.
+    await store.accept(event("evt_1", Origin.WEBHOOK), ["agent"])
+    assert (await store.accept(parsed(payload(inbox_id="inb_x")), ["agent"])).outcome is DUPLICATE
+    await store.accept(parsed(payload("evt_2")), ["agent"])
+    assert (await store.accept(event("evt_2"), ["agent"])).outcome is DUPLICATE
+
+
+async def test_quarantine_is_bounded_and_purged(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_schema, "QUARANTINE_MAX_ROWS", 2)
+    first = parsed(payload())
+    store = await Store.open(db_path, StoreLimits(max_bytes=2 * len(first.raw) + 100))
+    try:
+        await store.accept(first, ["agent"])
+        big = parsed(payload(subject="b" * 200))  # does not fit the room left
+        small = parsed(payload(subject="s"))
+        results = [await store.accept(e, ["agent"]) for e in (big, small)]
+        assert [(r.outcome, r.quarantined) for r in results] == [(CONFLICT, True)] * 2
+        big_q, small_q = await store.quarantine_list()
+        assert (big_q.content_id, big_q.payload) == (big.content_id, None)  # kept, not its bytes
+        assert (small_q.content_id, small_q.payload) == (small.content_id, small.raw)
+        assert store.spool_bytes == len(first.raw) + len(small.raw)
+
+        # At the row cap a conflict is still answered as one, but no longer stored.
+        third = await store.accept(parsed(payload(subject="3")), ["agent"])
+        assert (third.outcome, third.quarantined) == (CONFLICT, False)
+        assert len(await store.quarantine_list()) == 2
+
+        assert await store.quarantine_purge(event_id="evt_other") == 0
+        assert await store.quarantine_purge() == 2
+        assert await store.quarantine_list() == []
+        assert store.spool_bytes == len(first.raw)
+        assert [d.event_id for d in await store.pending("agent")] == ["evt_1"]
+    finally:
+        await store.close()
+
+
+async def test_seen_record_of_a_held_event_keyed_by_content_outlives_the_window(
+    db_path: Path,
+) -> None:
+    store = await Store.open(db_path, StoreLimits(dedup_window=0))
+    try:
+        held = await store.accept(parsed(payload(None), header="evt_h1"), ["agent"])
+        assert await store.prune_seen() == 0  # its event is held: it is its own dedup record
+        again = await store.accept(parsed(payload(None, attempt=2), header="evt_h2"), ["agent"])
+        assert again.outcome is DUPLICATE
+        await store.mark_delivered(held.deliveries[0].id)
+        assert await store.prune_seen() == 1
+    finally:
+        await store.close()
 
 
 # -- delivery state ------------------------------------------------------------------------------
@@ -751,6 +945,33 @@ async def test_missing_directory_is_created_private(tmp_path: Path) -> None:
     await store.close()
     assert path.parent.stat().st_mode & 0o777 == 0o700
     assert path.exists()
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o277])
+async def test_database_and_its_wal_are_created_private(db_path: Path, umask: int) -> None:
+    # Whatever the umask: 0o000 would leave the files world-readable, 0o277 unwritable.
+    previous = os.umask(umask)
+    try:
+        store = await Store.open(db_path)
+        try:
+            await store.accept(event("ev-1"), ["agent"])
+            modes = {
+                name: mode(db_path.with_name(name))
+                for name in ("bridge.db", "bridge.db-wal", "bridge.db-shm")
+            }
+        finally:
+            await store.close()
+    finally:
+        os.umask(previous)
+    assert modes == {"bridge.db": 0o600, "bridge.db-wal": 0o600, "bridge.db-shm": 0o600}
+
+
+async def test_an_existing_database_keeps_its_mode(db_path: Path) -> None:
+    make_file(db_path, b"")
+    os.chmod(db_path, 0o640)
+    store = await Store.open(db_path)
+    await store.close()
+    assert mode(db_path) == 0o640
 
 
 async def test_closed_store_refuses_work(db_path: Path) -> None:

@@ -1,0 +1,134 @@
+"""Upgrading: a state database written by openmail-bridge 0.1.0 (``tests/fixtures/bridge-v0.1.db``,
+schema version 1, made by ``tests/fixtures/make_v1_db.py``) opens, migrates, and delivers all it
+held, to a real HTTP receiver and a real file, with a real bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+from conftest import (
+    AGENT_SECRET,
+    Receiver,
+    bridge_config_dict,
+    events_named,
+    read_lines,
+    running_bridge,
+    wait_until,
+    write_config,
+)
+from fixtures.make_v1_db import CURSOR, DEAD, DEAD_ERROR, DELIVERED, FIXTURE, PENDING, payload
+from structlog.testing import capture_logs
+
+from bridge.config import build_config
+from bridge.events import Origin, parse_event
+from bridge.store import AcceptOutcome, Store
+
+FIXTURE_SHA256 = "54fcc8e4c64ca3b83286565bdb5ec301c6b35a8cb88710d73e0637b332cfed9b"
+
+
+def read_db(db: Path, sql: str) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    """The real ``openmail-bridge`` in a subprocess, beside the in-process bridge."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_the_fixture_is_the_committed_v1_database() -> None:
+    # Tests copy it and never open it in place: opening would migrate the one file that proves
+    # an upgrade from 0.1.0 works.
+    assert hashlib.sha256(FIXTURE.read_bytes()).hexdigest() == FIXTURE_SHA256
+    assert FIXTURE.read_bytes()[60:64] == (1).to_bytes(4, "big")  # the header's user_version
+
+
+async def test_v0_1_database_migrates_and_delivers_everything(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    db = tmp_path / "state" / "bridge.db"
+    db.parent.mkdir(mode=0o700)
+    shutil.copyfile(FIXTURE, db)
+    audit = tmp_path / "audit.jsonl"
+    data = bridge_config_dict(
+        tmp_path,
+        # The fixture's seen ids carry the time it was made: a long window keeps them whenever
+        # this test runs.
+        state={"path": str(db), "dedup_window": "36500d"},
+        sinks={
+            "agent": {
+                "type": "http",
+                "url": receiver.url,
+                "secret": AGENT_SECRET,
+                "retry": {"initial": "50ms", "max": "200ms"},
+            },
+            "audit": {"type": "file", "path": str(audit)},
+        },
+        routes=[{"name": "all", "sinks": ["agent", "audit"]}],
+    )
+    config_file = write_config(tmp_path / "config.yaml", data)
+    config = build_config(data, base_dir=tmp_path, env={})
+
+    with capture_logs() as logs:
+        async with running_bridge(config) as sup:
+            assert sup.store is not None
+            assert sup.pipeline is not None
+            (migrated,) = events_named(logs, "store.migrated")
+            assert (migrated["from_version"], migrated["to_version"]) == (1, 2)
+            assert read_db(db, "PRAGMA user_version") == [(2,)]
+            assert sup.store.cursor == CURSOR
+
+            # Every pending row of both sinks reaches its sink.
+            await wait_until(lambda: sorted(receiver.accepted_ids()) == sorted(PENDING["agent"]))
+            await wait_until(lambda: len(read_lines(audit)) == len(PENDING["audit"]))
+
+            # The dead rows are dead letters still: listed and redriven by the command.
+            code, out, err = await cli("dlq", "list", "--json", "-c", str(config_file))
+            assert code == 0, err
+            assert [(i["sink"], i["event_id"], i["error"]) for i in json.loads(out)] == [
+                ("agent", event_id, DEAD_ERROR) for event_id in DEAD["agent"]
+            ]
+            code, out, err = await cli("dlq", "retry", "--json", "-c", str(config_file))
+            assert (code, json.loads(out)) == (0, {"retried": 2}), err
+            everything = sorted(PENDING["agent"] + DEAD["agent"])
+            await wait_until(lambda: sorted(receiver.accepted_ids()) == everything)
+
+            # An id seen before the upgrade is still a duplicate. Its seen row has no content
+            # identity, and unknown content is never a conflict: other bytes are a duplicate too.
+            again = parse_event(payload(DELIVERED, 1), Origin.WEBSOCKET)
+            assert await sup.pipeline.accept(again) is AcceptOutcome.DUPLICATE
+            other = json.loads(payload(DELIVERED, 1))
+            other["message"]["subject"] = "not what was seen"
+            changed = parse_event(json.dumps(other).encode(), Origin.WEBHOOK)
+            assert await sup.pipeline.accept(changed) is AcceptOutcome.DUPLICATE
+            assert sup.store.cursor == DELIVERED  # the WebSocket duplicate moved it on
+
+            # So is an event that was still held at the upgrade (delivered since).
+            held = parse_event(payload(PENDING["agent"][0], 2), Origin.WEBHOOK)
+            assert await sup.pipeline.accept(held) is AcceptOutcome.DUPLICATE
+    assert events_named(logs, "event.conflict") == []
+
+    assert sorted(receiver.accepted_ids()) == everything  # each exactly once
+    assert sorted(r["event_id"] for r in read_lines(audit)) == sorted(PENDING["audit"])
+    store = await Store.open(db)
+    try:
+        assert await store.sink_counts() == {}
+        assert await store.dlq_list() == []
+        assert store.spool_bytes == 0
+        assert store.cursor == DELIVERED
+    finally:
+        await store.close()
+    assert read_db(db, "SELECT COUNT(*) FROM events") == [(0,)]
