@@ -3,7 +3,14 @@
 
 Separate from the webhook listener so it can stay on loopback while the webhook faces OpenMail.
 Liveness is only "the event loop turns": a full disk or a down sink must not make an orchestrator
-restart a bridge that is waiting it out. ``admin.token``, when set, guards all but ``/healthz``.
+restart a bridge that is waiting it out.
+
+Paths are public or private. Public ones (``PUBLIC_PATHS``) are what probes and Prometheus need
+and never show a payload or a credential: they answer without a token. Every other path, those
+added later included, is private: with ``admin.token`` set it needs that bearer token on any
+address; without one it answers only on a loopback address, and 403 elsewhere (the bridge still
+starts, so a container's documented ``docker run`` keeps working; the supervisor logs
+``admin.private_paths_disabled`` at start, from the config's warnings).
 """
 
 from __future__ import annotations
@@ -11,16 +18,21 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from bridge import logs
+
 if TYPE_CHECKING:
     from bridge.supervisor import Supervisor
 
 log = structlog.get_logger("bridge.admin")
+
+PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Answer without a token: what liveness/readiness probes and a Prometheus scrape need."""
 
 
 class AdminServer:
@@ -48,12 +60,6 @@ class AdminServer:
         self._runner = runner
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else listen.port
-        if not listen.is_loopback and self.config.token is None:
-            log.warning(
-                "admin.unprotected",
-                listen=str(listen),
-                hint="set admin.token: /status and /metrics are open to the network",
-            )
         log.info("admin.listening", listen=f"{listen.host}:{self.port}")
 
     async def stop(self) -> None:
@@ -65,18 +71,32 @@ class AdminServer:
     async def _auth(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        if request.path in PUBLIC_PATHS:
+            return await handler(request)
         token = self.config.token
-        if token is not None and request.path != "/healthz":
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            ok = scheme.lower() == "bearer" and hmac.compare_digest(
-                given.strip().encode(), token.get().encode()
+        if token is None:
+            if self.config.listen.is_loopback:
+                return await handler(request)
+            return web.json_response(
+                {
+                    "error": "this path is disabled: the admin server listens on "
+                    f"{self.config.listen} without admin.token",
+                    "hint": "set admin.token and send it as 'Authorization: Bearer <token>', "
+                    "or listen on a loopback address",
+                },
+                status=403,
             )
-            if not ok:
-                return web.json_response(
-                    {"error": "missing or wrong bearer token"},
-                    status=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # Constant-time, so the response time does not tell how much of a guess was right.
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.get().encode()
+        )
+        if not ok:
+            return web.json_response(
+                {"error": "missing or wrong bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return await handler(request)
 
     async def _healthz(self, _: web.Request) -> web.Response:
@@ -97,4 +117,5 @@ class AdminServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _status(self, _: web.Request) -> web.Response:
-        return web.json_response(await self.supervisor.status())
+        # Errors and reasons in it come from receivers and peers: masked as the logs are.
+        return web.json_response(logs.REDACTOR.scrub_tree(await self.supervisor.status()))

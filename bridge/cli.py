@@ -23,6 +23,8 @@ import structlog
 from bridge import __version__, logs
 from bridge.config import Config, describe, load_config
 from bridge.errors import BridgeError, ConfigError, EventError, StoreError
+from bridge.loop_errors import LoopErrorReporter
+from bridge.memory import tune_malloc
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG_PATHS = ("config.yaml", "/etc/openmail-bridge/config.yaml")
@@ -57,6 +59,7 @@ async def _run(config: Config) -> int:
 
     supervisor = Supervisor(config, notifier=Notifier())
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(LoopErrorReporter())
     main_task = asyncio.current_task()
     signals_seen = 0
 
@@ -106,6 +109,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     logs.configure(config.log.level, config.log.format)
     # A file-size limit should fail a write (EFBIG, handled as a store error), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    tune_malloc()
     return asyncio.run(_run(config))
 
 
@@ -113,7 +117,12 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    from bridge.config.loader import config_warnings
+
     print(f"{config_path(args.config)}: configuration is valid", file=sys.stderr)
+    # Valid but unsafe is still valid: warnings are printed, the exit code stays 0.
+    for warning in config_warnings(config):
+        print(f"openmail-bridge: warning: {warning}", file=sys.stderr)
     print(json.dumps(describe(config), indent=2))
     return EXIT_OK
 
@@ -152,38 +161,68 @@ def cmd_route_test(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _dlq(config: Config, args: argparse.Namespace) -> int:
+    from bridge.delivery import sink_credentials
+    from bridge.redact import scrub_text
     from bridge.store import Store
-    from bridge.supervisor import limits_of
+    from bridge.supervisor import config_secrets, limits_of
 
+    # Errors are masked when recorded; masked again on the way out for rows an older version
+    # recorded, or recorded before a credential was added to the config.
+    known = config_secrets(config)
+    for sink in config.sinks.values():
+        known += sink_credentials(sink)
+    if args.quarantine and args.action == "retry":
+        print(
+            "openmail-bridge: quarantined events are never delivered: inspect them with "
+            "'dlq list --quarantine' and remove them with 'dlq purge --quarantine'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if args.quarantine and args.sink is not None:
+        print("openmail-bridge: --sink does not apply to quarantined events", file=sys.stderr)
+        return EXIT_CONFIG
     store = await Store.open(config.state.path, limits_of(config), exclusive=False)
     try:
         if args.action == "list":
-            rows = await store.dlq_list(sink=args.sink, event_id=args.event_id)
-            items = [
-                {
-                    "sink": r.delivery.sink,
-                    "event_id": r.delivery.event_id,
-                    "type": r.delivery.type,
-                    "inbox_id": r.delivery.inbox_id,
-                    "attempts": r.delivery.attempts,
-                    "error": r.error,
-                    "dead_at": r.dead_at,
-                }
-                for r in rows
-            ]
-            if args.json:
-                print(json.dumps(items))
-            elif not items:
-                print("no dead letters")
-            else:
-                for item in items:
-                    print(
-                        f"{item['sink']}\t{item['event_id']}\t{item['type']}\t"
-                        f"attempts={item['attempts']}\t{item['error']}"
-                    )
+            dead: list[dict[str, object]] | None = None
+            quarantined: list[dict[str, object]] | None = None
+            if not args.quarantine:
+                dead = [
+                    {
+                        "sink": r.delivery.sink,
+                        "event_id": r.delivery.event_id,
+                        "type": r.delivery.type,
+                        "inbox_id": r.delivery.inbox_id,
+                        "attempts": r.delivery.attempts,
+                        "error": scrub_text(r.error, known),
+                        "dead_at": r.dead_at,
+                    }
+                    for r in await store.dlq_list(sink=args.sink, event_id=args.event_id)
+                ]
+            # Quarantined events belong to no sink: a --sink listing leaves them out.
+            if args.quarantine or args.sink is None:
+                quarantined = [
+                    {
+                        "event_id": q.event_id,
+                        "reason": q.reason,
+                        "type": q.type,
+                        "inbox_id": q.inbox_id,
+                        "source": q.origin.value,
+                        "dedup_key": q.dedup_key,
+                        "content_id": q.content_id,
+                        "received_at": q.received_at,
+                        "quarantined_at": q.quarantined_at,
+                        "payload_kept": q.payload is not None,
+                    }
+                    for q in await store.quarantine_list(event_id=args.event_id)
+                ]
+            _print_dlq_list(dead, quarantined, as_json=args.json)
         elif args.action == "retry":
             count = await store.dlq_retry(sink=args.sink, event_id=args.event_id)
             print(json.dumps({"retried": count}) if args.json else f"{count} redriven")
+        elif args.quarantine:
+            count = await store.quarantine_purge(event_id=args.event_id)
+            print(json.dumps({"purged": count}) if args.json else f"{count} purged")
         else:
             # Like list and retry, purge without a filter takes every dead letter.
             count = await store.dlq_purge(sink=args.sink, event_id=args.event_id)
@@ -193,6 +232,38 @@ async def _dlq(config: Config, args: argparse.Namespace) -> int:
     finally:
         await store.close()
     return EXIT_OK
+
+
+def _print_dlq_list(
+    dead: list[dict[str, object]] | None,
+    quarantined: list[dict[str, object]] | None,
+    *,
+    as_json: bool,
+) -> None:
+    """Dead letters, then quarantined events (either may be left out: None). ``as_json`` prints
+    one list: the dead letters when there are any to show, else the quarantined events."""
+    if as_json:
+        print(json.dumps(dead if dead is not None else quarantined))
+        return
+    if dead is not None:
+        if not dead:
+            print("no dead letters")
+        for item in dead:
+            print(
+                f"{item['sink']}\t{item['event_id']}\t{item['type']}\t"
+                f"attempts={item['attempts']}\t{item['error']}"
+            )
+    if quarantined is None:
+        return
+    if dead is None and not quarantined:
+        print("no quarantined events")
+    elif dead is not None and quarantined:
+        print(f"quarantined, never delivered ({len(quarantined)}):")
+    for item in quarantined:
+        print(
+            f"quarantine\t{item['event_id']}\t{item['type']}\t{item['reason']}\t"
+            f"source={item['source']}"
+        )
 
 
 def cmd_dlq(args: argparse.Namespace, config: Config) -> int:
@@ -325,11 +396,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_route_test)
 
-    p = with_config(sub.add_parser("dlq", help="inspect and redrive dead letters"))
+    p = with_config(
+        sub.add_parser(
+            "dlq",
+            help="inspect and redrive dead letters; inspect and purge quarantined events",
+            description="Dead letters are deliveries a sink refused or that ran out of retries: "
+            "list, retry (back to pending) or purge them. Quarantined events are conflicts, an "
+            "event_id already known with other content or another inbox: answered to OpenMail "
+            "like duplicates, never delivered. 'list' shows both (quarantined last); with "
+            "--quarantine, list and purge act on the quarantine only.",
+        )
+    )
     p.add_argument("action", choices=["list", "retry", "purge"])
     p.add_argument("--sink", metavar="NAME")
     p.add_argument("--event-id", metavar="ID")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--quarantine",
+        action="store_true",
+        help="list or purge quarantined events instead of dead letters (never retried)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list: of dead letters, or of quarantined events with --quarantine",
+    )
     p.set_defaults(func=cmd_dlq)
 
     p = with_config(sub.add_parser("status", help="show a running bridge's state"))

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -25,7 +25,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from bridge.config import SinkConfig
+from bridge import logs, redact
+from bridge.config import Secret, SinkConfig
 from bridge.errors import (
     DeliveryError,
     PermanentDeliveryError,
@@ -54,6 +55,23 @@ def lane_of(delivery: Delivery, ordering: str) -> object:
     if delivery.thread_id:
         return ("thread", delivery.thread_id)
     return ("inbox", delivery.inbox_id)
+
+
+def sink_credentials(config: SinkConfig) -> list[str]:
+    """The literal credentials in a sink's options (signing secret, extra header values, URL
+    user-info and secret query values), whatever the sink type: any option named so is read."""
+    options = config.options
+    values: list[str] = []
+    secret = getattr(options, "secret", None)
+    if isinstance(secret, Secret):
+        values.append(secret.get())
+    headers = getattr(options, "headers", None)
+    if isinstance(headers, Mapping):
+        values += redact.header_secrets(headers)
+    url = getattr(options, "url", None)
+    if isinstance(url, str):
+        values += redact.url_secrets(url)
+    return values
 
 
 @dataclass(slots=True)
@@ -99,6 +117,7 @@ class SinkWorker:
         # may still see them pending; adding them again would deliver them twice.
         self._reads: list[set[int]] = []
         self._log = log.bind(sink=config.name)
+        self._credentials = sink_credentials(config)
 
     @property
     def name(self) -> str:
@@ -290,9 +309,14 @@ class SinkWorker:
         finally:
             waiter.cancel()
 
+    def _error_text(self, exc: BaseException | None) -> str:
+        """A failure as ``last_error``, the logs and the dead-letter table show it: with the
+        sink's own credentials and the config's secrets masked, whatever the sink put in it."""
+        return redact.scrub_text(str(exc), (*self._credentials, *logs.REDACTOR.secrets))
+
     async def _before_sleep(self, delivery: Delivery, attempts: int, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        error = str(exc)
+        error = self._error_text(exc)
         self.metrics.deliveries.labels(self.name, "retry").inc()
         self.state.last_error, self.state.last_error_at = error, time.time()
         wait = state.next_action.sleep if state.next_action else 0.0
@@ -372,7 +396,7 @@ class SinkWorker:
             raise RetryableDeliveryError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _dead_letter(self, delivery: Delivery, attempts: int, exc: Exception) -> None:
-        error = str(exc)
+        error = self._error_text(exc)
         self.state.dead += 1
         self.state.last_error, self.state.last_error_at = error, time.time()
         self.metrics.deliveries.labels(self.name, "dead").inc()

@@ -1,15 +1,14 @@
 """Structured logging: structlog configured once, JSON lines on stderr (console on a TTY), redacted.
 
 Named ``logs`` so it does not shadow the standard library's ``logging``. Redaction is a processor in
-the chain, so no call site can forget it: keys that name secrets are masked, and API keys, bearer
-tokens, ``token=`` query values and every secret the config holds are masked inside any string.
+the chain, so no call site can forget it: values under keys that name secrets are masked, and
+every secret the config holds, URL credentials, secret-looking query values, bearer tokens and
+API keys are masked inside any string (what "looks secret" is defined once, in ``bridge.redact``).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import sys
 from collections.abc import Iterable
 from typing import Final, TextIO
@@ -17,21 +16,13 @@ from typing import Final, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-MASK: Final = "***"
-_SECRET_KEYS: Final = re.compile(
-    r"(api_?key|secret|token|signature|password|authorization|passwd)", re.IGNORECASE
-)
-_ANY_MARKER: Final = re.compile(r"(?i)token=|bearer|om_live_|om_test_|whsec_")
-_SECRET_PATTERNS: Final = (
-    re.compile(r"(?i)(token=)[^&\s'\"]+"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    re.compile(r"()\bom_(?:live|test)_[A-Za-z0-9_]+"),
-    re.compile(r"()\bwhsec_[A-Za-z0-9+/=]+"),
-)
+from bridge import redact
+
+MASK: Final = redact.MASK
 
 
 class Redactor:
-    """Masks secrets in every value of an event dict, recursively."""
+    """Masks secrets in every value of an event dict, recursively (see ``bridge.redact``)."""
 
     __slots__ = ("_known",)
 
@@ -39,21 +30,31 @@ class Redactor:
         self._known: tuple[str, ...] = ()
 
     def set_secrets(self, secrets: Iterable[str]) -> None:
-        """Register the literal secret values of the running config (longest first)."""
-        self._known = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        """Register the literal secret values of the running config."""
+        self._known = redact.literal_secrets(secrets)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The registered literal secrets, longest first."""
+        return self._known
 
     def scrub(self, text: str) -> str:
-        for secret in self._known:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        # One cheap scan first: most log values hold none of the markers.
-        if _ANY_MARKER.search(text):
-            for pattern in _SECRET_PATTERNS:
-                text = pattern.sub(lambda m: m.group(1) + MASK, text)
-        return text
+        return redact.scrub_text(text, self._known)
+
+    def scrub_tree(self, value: object) -> object:
+        """``value`` with every string in it (map values, list items) scrubbed. Keys are left
+        alone and never mask what is under them: in a report such as ``/status`` they are
+        names (a sink may be called ``api-keys``), not log vocabulary."""
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self.scrub_tree(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.scrub_tree(v) for v in value]
+        return value
 
     def _value(self, key: str, value: object) -> object:
-        if key and _names_secret(key) and value not in (None, "", 0, False):
+        if key and redact.names_secret(key) and value not in (None, "", 0, False):
             return MASK
         if isinstance(value, str):
             return self.scrub(value)
@@ -67,7 +68,7 @@ class Redactor:
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         for key, value in list(event_dict.items()):
-            if key in ("exc_info", "exception"):
+            if key in ("exc_info", "exception", "_record", "_from_structlog"):
                 continue
             event_dict[key] = self._value("" if key == "event" else key, value)
         if "exception" in event_dict and isinstance(event_dict["exception"], str):
@@ -75,17 +76,12 @@ class Redactor:
         return event_dict
 
 
-@functools.lru_cache(maxsize=1024)
-def _names_secret(key: str) -> bool:
-    # Log keys are a small fixed vocabulary, so the regex runs once per key, not once per line.
-    return _SECRET_KEYS.search(key) is not None
-
-
 REDACTOR: Final = Redactor()
 
 
 def _scrub_rendered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    # Tracebacks are rendered to text by format_exc_info; scrub the text as well.
+    # Tracebacks are rendered to text by format_exc_info (in both formats); scrub the text too:
+    # an exception's message often quotes the URL or header it failed on.
     exc = event_dict.get("exception")
     if isinstance(exc, str):
         event_dict["exception"] = REDACTOR.scrub(exc)
@@ -93,7 +89,12 @@ def _scrub_rendered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDi
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog and the standard library's logging (for aiohttp) once per process."""
+    """Configure structlog and the standard library's logging once per process.
+
+    aiohttp's and asyncio's records go through the same processors as the bridge's own (the
+    redactor included) and come out in the same format. Tracebacks are rendered to text and
+    scrubbed in both formats, and never show local variables (a frame's locals hold secrets).
+    """
     stream = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     numeric = logging.getLevelName(level.upper())
@@ -102,12 +103,17 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         REDACTOR,
+        structlog.processors.format_exc_info,
+        _scrub_rendered,
     ]
     renderer: Processor
     if use_console:
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        # plain_traceback, named rather than left to the default: with rich installed the
+        # default would be rich's, which can show locals.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     else:
-        shared += [structlog.processors.format_exc_info, _scrub_rendered]
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[*shared, renderer],
@@ -115,9 +121,13 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    # aiohttp and asyncio log through the standard library; route them to the same stream.
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))

@@ -23,6 +23,7 @@ import structlog
 
 from bridge import logs
 from bridge.config import Config, SinkConfig, describe, load_config
+from bridge.config.loader import config_warnings
 from bridge.delivery import Dispatcher, SinkWorker
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
@@ -119,6 +120,8 @@ class Supervisor:
                 hint="an event larger than state.max_bytes can never be stored; over the "
                 "WebSocket it blocks the events after it until the bound is raised",
             )
+        for warning in config_warnings(config):
+            log.warning(warning.event, setting=warning.key, hint=warning.message)
         self.store = await Store.open(config.state.path, limits_of(config))
         self.dispatcher = Dispatcher(self.store, self.metrics)
         for sink_config in config.sinks.values():

@@ -1,5 +1,6 @@
 """The admin server: /healthz, /readyz, /metrics and /status in every state a bridge can be in,
-the bearer token, and ``openmail-bridge status`` against a bridge in a real subprocess."""
+public and private paths with and without ``admin.token`` on loopback and other addresses, and
+``openmail-bridge status`` against a bridge in a real subprocess."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from conftest import (
     write_config,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from bridge.simulator import Simulator
 from bridge.store import Store
@@ -575,24 +577,83 @@ async def test_status_reports_connection_cursor_gaps_sinks_and_removed_sinks(
 # --- admin.token ----------------------------------------------------------------------------------
 
 
-async def test_admin_token_guards_everything_but_healthz(
+PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+async def test_with_a_token_public_paths_answer_without_it_and_status_needs_it(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     token = "admin-token-for-tests-0003"
     config = make_config(tmp_path, None, admin={"listen": "127.0.0.1:0", "token": token})
     async with running_bridge(config) as sv:
         admin = Admin(http, sv)
-        assert (await admin.get("/healthz"))[0] == 200
-        assert (await admin.get("/healthz", token="wrong"))[0] == 200
-        for path in ("/readyz", "/metrics", "/status"):
+        # What probes and Prometheus need answers without a token, and with a wrong one.
+        for path in PUBLIC_PATHS:
+            assert (await admin.get(path))[0] == 200, path
+            assert (await admin.get(path, token="wrong-token"))[0] == 200, path
+        # Private paths need it even on loopback once it is set; an unknown path is private.
+        for path in ("/status", "/console"):
             status, body = await admin.get(path)
             assert status == 401, path
             assert token not in json.dumps(body)
             assert (await admin.get(path, token="wrong-token"))[0] == 401, path
             assert (await admin.get(path, token=token + "x"))[0] == 401, path
-            assert (await admin.get(path, token=token))[0] == 200, path
+            assert (await admin.get(path, token=token[:-1]))[0] == 401, path
+        assert (await admin.get("/status", token=token))[0] == 200
+        assert (await admin.get("/console", token=token))[0] == 404
         async with http.get(f"{admin.base}/status") as response:
             assert response.headers["WWW-Authenticate"] == "Bearer"
+        async with http.get(
+            f"{admin.base}/status", headers={"Authorization": f"Basic {token}"}
+        ) as response:
+            assert response.status == 401
+
+
+async def test_without_a_token_on_a_non_loopback_address_private_paths_answer_403(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    # 0.0.0.0 is not a loopback address; the test still connects through 127.0.0.1.
+    config = make_config(tmp_path, None, admin={"listen": "0.0.0.0:0"})
+    with capture_logs() as logged:
+        async with running_bridge(config) as sv:
+            admin = Admin(http, sv)
+            for path in PUBLIC_PATHS:
+                assert (await admin.get(path))[0] == 200, path
+            for path in ("/status", "/console"):
+                status, body = await admin.get(path)
+                assert status == 403, path
+                assert "admin.token" in body["hint"]
+            # Sending some token changes nothing: there is none to compare it with.
+            assert (await admin.get("/status", token="anything"))[0] == 403
+    warnings = [e for e in logged if e["event"] == "admin.private_paths_disabled"]
+    assert len(warnings) == 1
+    assert warnings[0]["log_level"] == "warning"
+    assert "set admin.token" in warnings[0]["hint"]
+
+
+async def test_with_a_token_on_a_non_loopback_address_status_answers_with_it(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    token = "admin-token-for-tests-0004"
+    config = make_config(tmp_path, None, admin={"listen": "0.0.0.0:0", "token": token})
+    with capture_logs() as logged:
+        async with running_bridge(config) as sv:
+            admin = Admin(http, sv)
+            assert (await admin.get("/status"))[0] == 401
+            assert (await admin.get("/status", token=token))[0] == 200
+            assert (await admin.get("/metrics"))[0] == 200
+    assert not [e for e in logged if e["event"] == "admin.private_paths_disabled"]
+
+
+async def test_without_a_token_on_loopback_status_answers(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    with capture_logs() as logged:
+        async with running_bridge(make_config(tmp_path, None)) as sv:
+            status, body = await Admin(http, sv).get("/status")
+            assert status == 200
+            assert body["state"] == "ready"
+    assert not [e for e in logged if e["event"] == "admin.private_paths_disabled"]
 
 
 # --- openmail-bridge status -----------------------------------------------------------------------

@@ -560,6 +560,83 @@ def test_dlq_purge(dlq: Path) -> None:
     assert _pending(db, "agent") == []
 
 
+def _conflict(db: Path, event_id: str, inbox: str) -> None:
+    """Accept ``event_id`` for another inbox than it was first seen with: a quarantined conflict."""
+
+    async def go() -> None:
+        store = await Store.open(db)
+        try:
+            raw = _event(event_id, "message.received", inbox, {"from": "a@x.com", "to": "b"})
+            result = await store.accept(parse_event(raw.encode(), Origin.WEBSOCKET), ["agent"])
+            assert result.quarantined
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_dlq_list_shows_quarantined_events_with_their_reason(dlq: Path) -> None:
+    _conflict(dlq / "state" / "bridge.db", "evt_b", "inb_other")
+    result = bridge(dlq, "dlq", "list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split("\t")[:2] for line in lines[:2]] == [["agent", "evt_a"], ["agent", "evt_b"]]
+    assert lines[2:] == [
+        "quarantined, never delivered (1):",
+        "quarantine\tevt_b\tmessage.received\tinbox_mismatch\tsource=websocket",
+    ]
+    # --json keeps its shape, a list of dead letters; --quarantine lists the quarantine alone.
+    assert [i["event_id"] for i in json.loads(bridge(dlq, "dlq", "list", "--json").stdout)] == [
+        "evt_a",
+        "evt_b",
+    ]
+    result = bridge(dlq, "dlq", "list", "--quarantine", "--json", "--event-id", "evt_b")
+    (item,) = json.loads(result.stdout)
+    assert (item["event_id"], item["reason"], item["inbox_id"], item["source"]) == (
+        "evt_b",
+        "inbox_mismatch",
+        "inb_other",
+        "websocket",
+    )
+    assert item["payload_kept"] is True
+    assert len(item["content_id"]) == 64
+    # A sink has no quarantined events.
+    assert "quarantine" not in bridge(dlq, "dlq", "list", "--sink", "agent").stdout
+    assert bridge(dlq, "dlq", "list", "--quarantine", "--event-id", "evt_a").stdout == (
+        "no quarantined events\n"
+    )
+
+
+def test_dlq_purge_quarantine(dlq: Path) -> None:
+    db = dlq / "state" / "bridge.db"
+    _conflict(db, "evt_a", "inb_other")
+    _conflict(db, "evt_b", "inb_other")
+    result = bridge(dlq, "dlq", "retry", "--quarantine")
+    assert result.returncode == 2
+    assert "never delivered" in result.stderr
+    assert bridge(dlq, "dlq", "purge", "--quarantine", "--sink", "agent").returncode == 2
+
+    result = bridge(dlq, "dlq", "purge", "--quarantine", "--event-id", "evt_a")
+    assert (result.returncode, result.stdout.strip()) == (0, "1 purged")
+    listed = json.loads(bridge(dlq, "dlq", "list", "--quarantine", "--json").stdout)
+    assert [i["event_id"] for i in listed] == ["evt_b"]
+    assert json.loads(bridge(dlq, "dlq", "purge", "--quarantine", "--json").stdout) == {"purged": 1}
+    assert bridge(dlq, "dlq", "list", "--quarantine").stdout.strip() == "no quarantined events"
+    # Dead letters and pending rows are untouched.
+    assert [i["event_id"] for i in json.loads(bridge(dlq, "dlq", "list", "--json").stdout)] == [
+        "evt_a",
+        "evt_b",
+    ]
+    assert _pending(db, "audit") == ["evt_a", "evt_b"]
+
+
+def test_dlq_help_documents_the_quarantine(tmp_path: Path) -> None:
+    result = bridge(tmp_path, "dlq", "--help")
+    assert result.returncode == 0
+    assert "--quarantine" in result.stdout
+    assert "never delivered" in " ".join(result.stdout.split())
+
+
 def test_dlq_with_an_invalid_config_exits_2(tmp_path: Path) -> None:
     write(tmp_path / "config.yaml", webhook_only(tmp_path, sinks={}))
     result = bridge(tmp_path, "dlq", "list")

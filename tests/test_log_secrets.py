@@ -20,6 +20,8 @@ import io
 import json
 import logging
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from conftest import (
     BridgeProcess,
     bridge_config_dict,
     deep_merge,
+    free_port,
     make_config,
     running_bridge,
     start_bridge_process,
@@ -46,6 +49,7 @@ from hypothesis import strategies as st
 
 from bridge import logs
 from bridge.simulator import Simulator
+from bridge.store import Store
 
 API_KEY = "om_live_LogSecretsKey0123456789abcdef"
 WRONG_KEY = "rejected-key-c0ffee-1234567890"  # not om_-shaped: only its registration masks it
@@ -525,14 +529,15 @@ def test_a_registered_secret_never_survives_scrubbing(secret: str, before: str, 
 
 
 @contextlib.contextmanager
-def json_logging(level: str = "debug") -> Iterator[io.StringIO]:
-    """``logs.configure`` into a buffer; the previous configuration is restored afterwards."""
+def json_logging(level: str = "debug", fmt: str = "json") -> Iterator[io.StringIO]:
+    """``logs.configure`` into a buffer (JSON unless ``fmt`` says otherwise); the previous
+    configuration is restored afterwards."""
     stream = io.StringIO()
     saved = structlog.get_config()
     root = logging.getLogger()
     handlers, root_level = root.handlers[:], root.level
     try:
-        logs.configure(level, "json", stream=stream)
+        logs.configure(level, fmt, stream=stream)
         yield stream
     finally:
         structlog.configure(**saved)
@@ -592,3 +597,277 @@ async def test_credentials_in_http_sink_headers_never_reach_the_log(
         name for name, value in (("basic", basic), ("api key header", api_key)) if value in text
     ]
     assert leaked == []
+
+
+# --- URLs, the standard library's loggers, console tracebacks -----------------------------------
+
+
+def test_url_credentials_and_secret_query_values_are_masked_in_a_log_line() -> None:
+    url = "https://u:p@host/x?token=abc&api_key=def&page=2"
+    with json_logging() as stream:
+        structlog.get_logger("test").warning(f"cannot reach {url}", url=url)
+    (line,) = stream.getvalue().splitlines()
+    entry = json.loads(line)
+    masked = "https://***@host/x?token=***&api_key=***&page=2"
+    assert entry["url"] == masked
+    assert entry["event"] == f"cannot reach {masked}"
+    for value in ("u:p", "token=abc", "api_key=def"):
+        assert value not in line
+
+
+async def test_aiohttp_and_asyncio_records_come_out_as_redacted_json() -> None:
+    """Records of the standard library's loggers, raised for real: an aiohttp handler that fails
+    and an asyncio exception handler call, each quoting a secret and a URL with credentials."""
+    secret = "stdlib-path-secret-4242"
+    url = "nats://user:nats-password-1111@nats:4222/?token=query-token-2222"
+
+    async def failing(request: web.Request) -> web.Response:
+        raise RuntimeError(f"handler failed with {secret} at {url}")
+
+    with json_logging() as stream:
+        logs.REDACTOR.set_secrets([secret])
+        app = web.Application()
+        app.router.add_get("/", failing)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            port = runner.addresses[0][1]
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/") as response,
+            ):
+                assert response.status == 500
+        finally:
+            await runner.cleanup()
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": f"callback failed near {url}", "exception": ValueError(secret)}
+        )
+    lines = stream.getvalue().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is JSON
+    by_logger = {e.get("logger"): e for e in entries}
+    assert {"aiohttp.server", "asyncio"} <= set(by_logger)
+    for name in ("aiohttp.server", "asyncio"):
+        entry = by_logger[name]
+        assert entry["level"] == "error"
+        assert "timestamp" in entry
+        assert "Traceback" in entry["exception"] or "Error" in entry["exception"]
+    assert "***" in by_logger["aiohttp.server"]["exception"]
+    assert "nats://***@nats:4222/?token=***" in by_logger["asyncio"]["event"]
+    for value in (secret, "nats-password-1111", "query-token-2222"):
+        assert value not in stream.getvalue()
+
+
+def _fail_with_a_local(secret: str) -> None:
+    local_only = "unregistered-local-value-8642"  # a frame's locals must never be rendered
+    raise ConnectionError(f"refused: {secret} via https://u:local-pw-7531@h/?key={local_only}")
+
+
+def test_console_tracebacks_are_masked_and_show_no_locals() -> None:
+    secret = "console-secret-3579"
+    with json_logging(fmt="console") as stream:
+        logs.REDACTOR.set_secrets([secret])
+        try:
+            _fail_with_a_local(secret)
+        except ConnectionError:
+            structlog.get_logger("test").exception("boom")
+            logging.getLogger("asyncio").exception("stdlib boom")
+    text = stream.getvalue()
+    assert text.count("Traceback (most recent call last)") == 2  # the tracebacks are there...
+    assert "_fail_with_a_local" in text
+    for value in (secret, "local-pw-7531", "unregistered-local-value-8642"):
+        assert value not in text  # ...but no secret, no URL credential, no local variable
+    assert "https://***@h/?key=***" in text
+    assert "[asyncio]" in text  # the stdlib record comes out in the same console format
+
+
+# --- check's printout ----------------------------------------------------------------------------
+
+
+def check(tmp_path: Path, data: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    path = write_config(tmp_path / "bridge.yaml", data)
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_masks_header_values_and_url_credentials(tmp_path: Path) -> None:
+    """``check``'s output reaches the journal (the unit's ExecStartPre): no credential in it."""
+    credentials = {
+        "bearer": "bearer-token-xyz-9999",
+        "api key header": "custom-api-key-4321",
+        "plain header": "tenant-acme-1234",
+        "url user": "agent-user",
+        "url password": "url-password-1234",
+        "url token": "url-token-5678",
+        "ws password": "ws-password-2468",
+        "ws query key": "ws-key-1357",
+    }
+    data = bridge_config_dict(tmp_path)
+    data["openmail"]["websocket"] = {
+        "enabled": True,
+        "url": "wss://ws-user:ws-password-2468@openmail.example/v1/ws?api_key=ws-key-1357",
+    }
+    data["sinks"]["agent"] = {
+        "type": "http",
+        "url": "https://agent-user:url-password-1234@agent.example/hook?token=url-token-5678&p=2",
+        "headers": {
+            "Authorization": "Bearer bearer-token-xyz-9999",
+            "X-Api-Key": "custom-api-key-4321",
+            "X-Tenant": "tenant-acme-1234",
+        },
+    }
+    result = check(tmp_path, data)
+    assert result.returncode == 0, result.stderr
+    leaked = [
+        what
+        for what, value in credentials.items()
+        if value in result.stdout or value in result.stderr
+    ]
+    assert leaked == []
+    shown = json.loads(result.stdout)
+    agent = shown["sinks"]["agent"]
+    assert agent["headers"] == {"Authorization": "***", "X-Api-Key": "***", "X-Tenant": "***"}
+    assert agent["url"] == "https://***@agent.example/hook?token=***&p=2"
+    ws_url = shown["openmail"]["websocket"]["url"]
+    assert ws_url == "wss://***@openmail.example/v1/ws?api_key=***"
+    assert "warning" not in result.stderr  # wss:// and a loopback admin server: nothing unsafe
+
+
+def test_check_warns_of_a_cleartext_websocket_and_an_open_admin_server(tmp_path: Path) -> None:
+    data = bridge_config_dict(tmp_path, admin={"listen": f"0.0.0.0:{free_port()}"})
+    data["openmail"]["websocket"] = {"enabled": True, "url": "ws://openmail.example/v1/ws"}
+    result = check(tmp_path, data)
+    assert result.returncode == 0, result.stderr  # unsafe, not invalid
+    warnings = [line for line in result.stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 2, result.stderr
+    assert "openmail.websocket.url: ws:// to openmail.example is not encrypted" in warnings[0]
+    assert "API key travels in clear" in warnings[0]
+    assert "admin.token: is not set" in warnings[1]
+    assert "403" in warnings[1]
+
+
+@pytest.mark.parametrize(
+    "url", ["ws://127.0.0.1:9/v1/ws", "ws://localhost:9/v1/ws", "ws://[::1]:9/v1/ws"]
+)
+def test_check_does_not_warn_of_ws_to_loopback(tmp_path: Path, url: str) -> None:
+    data = bridge_config_dict(tmp_path)
+    data["openmail"]["websocket"] = {"enabled": True, "url": url}
+    result = check(tmp_path, data)
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr
+
+
+# --- last_error: in memory, in /status, in the database, in `dlq list` ----------------------------
+
+
+@dataclass
+class HeaderEcho:
+    """A receiver that answers 400 quoting the whole request (line and headers) back."""
+
+    port: int = 0
+    seen: list[dict[str, str]] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.seen.append(dict(request.headers))
+        lines = [f"{request.method} {request.path_qs}"]
+        lines += [f"{name}: {value}" for name, value in request.headers.items()]
+        return web.Response(status=400, text="\n".join(lines))
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def test_echoed_header_credentials_never_reach_last_error_status_or_the_dlq(
+    tmp_path: Path,
+) -> None:
+    bearer, api_key, url_token = "bearer-xyz-0246813579", "custom-api-key-1357", "url-token-8642"
+    receiver = HeaderEcho()
+    await receiver.start()
+    try:
+        data = bridge_config_dict(
+            tmp_path,
+            sinks={
+                "agent": {
+                    "type": "http",
+                    "url": f"http://127.0.0.1:{receiver.port}/hook?token={url_token}",
+                    "headers": {"Authorization": f"Bearer {bearer}", "X-Api-Key": api_key},
+                }
+            },
+            routes=[{"name": "all", "sinks": ["agent"]}],
+        )
+        path = write_config(tmp_path / "bridge.yaml", data)
+        async with (
+            running_bridge(make_config(tmp_path, **data)) as sv,
+            aiohttp.ClientSession() as session,
+        ):
+            assert sv.webhook is not None
+            body, ts = event_body("evt_echo"), str(int(time.time()))
+            headers = {"X-Timestamp": ts, "X-Signature": sign(WEBHOOK_SECRET, ts, body)}
+            url = f"http://127.0.0.1:{sv.webhook.port}/webhooks"
+            async with session.post(url, data=body, headers=headers) as response:
+                assert response.status == 200
+            assert sv.dispatcher is not None
+            worker = sv.dispatcher.workers["agent"]
+            await wait_until(lambda: worker.state.dead == 1)
+            admin_port = getattr(sv.admin, "port", None)
+            async with session.get(f"http://127.0.0.1:{admin_port}/status") as response:
+                status_text = await response.text()
+            last_error = worker.state.last_error
+        assert receiver.seen[0]["X-Api-Key"] == api_key  # the echo did quote them
+        store = await Store.open(tmp_path / "state" / "bridge.db")
+        try:
+            (row,) = await store.dlq_list()
+            stored = row.error
+            # A row as an older version recorded it, unmasked: `dlq list` masks it on the way out.
+            await store.dead_letter(
+                row.delivery.id,
+                error=f"HTTP 400: Authorization: Bearer {bearer} X-Api-Key: {api_key}",
+                attempts=1,
+            )
+        finally:
+            await store.close()
+        listed = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "bridge", "dlq", "list", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        await receiver.stop()
+    assert listed.returncode == 0, listed.stderr
+    assert last_error is not None
+    assert last_error.startswith("HTTP 400 from http://127.0.0.1:")
+    assert "evt_echo" in listed.stdout
+    shown = {
+        "last_error": last_error,
+        "/status": status_text,
+        "database": stored,
+        "dlq list": listed.stdout,
+    }
+    leaks = [
+        (where, value)
+        for where, text in shown.items()
+        for value in (bearer, api_key, url_token)
+        if value in text
+    ]
+    assert leaks == []
+    assert "X-Api-Key: ***" in last_error  # the echo is kept, its values masked

@@ -2,7 +2,8 @@
 
 ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` are expanded in every string value; an unset
 ``VAR`` falls back to the file named by ``VAR_FILE``. ``describe`` renders a config with its secrets
-masked, for ``check`` and ``/status``.
+masked, for ``check`` and ``/status``; ``config_warnings`` lists what is valid but unsafe, for
+``check`` to print and the supervisor to log at start.
 
 One module past the usual size on purpose: the generic walk and the few section-specific rules
 (sinks by ``type:``, routes naming sinks, webhook secret forms) share the loader's problem list and
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -26,7 +28,7 @@ from typing import Annotated, Final, Literal, Union
 
 import yaml
 
-from bridge import protocol
+from bridge import protocol, redact
 from bridge.config.schema import Config, OpenMailConfig, RouteConfig, SinkConfig, WebhookConfig
 from bridge.config.values import (
     Kind,
@@ -592,24 +594,51 @@ def _load_webhook(loader: _Loader, raw: object) -> object:
         )
     if not webhook.path.startswith("/"):
         return loader.fail("openmail.webhook.path", f"must start with '/', got {webhook.path!r}")
-    return webhook
+    problems: list[tuple[str, str]] = [
+        (key, "must be more than 0s")
+        for key in ("header_timeout", "body_timeout", "keepalive_timeout")
+        if getattr(webhook, key) <= 0
+    ]
+    if webhook.max_connections is not None and webhook.max_connections < 1:
+        problems.append(("max_connections", "must be at least 1"))
+    if webhook.buffer_limit < webhook.max_body:
+        problems.append(
+            (
+                "max_buffered_bytes",
+                f"is {webhook.buffer_limit} bytes, less than max_body ({webhook.max_body}): "
+                "a body of the allowed size could never be read",
+            )
+        )
+    for key, message in problems:
+        loader.fail(f"openmail.webhook.{key}", message)
+    return _INVALID if problems else webhook
 
 
 # --- Presentation ------------------------------------------------------------------------------
 
 
 def describe(value: object) -> object:
-    """A JSON-able view of a config with every secret masked, for ``check`` and ``/status``."""
+    """A JSON-able view of a config with every secret masked, for ``check`` and ``/status``.
+
+    Masked: ``Secret`` values; every value of a field whose metadata says ``masked`` (an HTTP
+    sink's ``headers``: names shown, values not); user-info and secret-looking query values of
+    any URL. ``check``'s output reaches the journal through the systemd unit's ``ExecStartPre``.
+    """
     if isinstance(value, Secret):
-        return "***"
+        return redact.MASK
     if isinstance(value, Listen | Path):
         return str(value)
+    if isinstance(value, str):
+        return redact.mask_url(value) if "://" in value else value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, object] = {}
         for f in dataclasses.fields(value):
             if f.metadata.get("internal"):
                 continue
-            out[f.metadata.get("key", f.name)] = describe(getattr(value, f.name))
+            field_value = getattr(value, f.name)
+            masked = f.metadata.get("masked")
+            shown = _masked(field_value) if masked else describe(field_value)
+            out[f.metadata.get("key", f.name)] = shown
         if isinstance(value, SinkConfig):
             options = out.pop("options")
             out.pop("name")
@@ -621,3 +650,63 @@ def describe(value: object) -> object:
     if isinstance(value, tuple | list):
         return [describe(v) for v in value]
     return value
+
+
+def _masked(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {str(k): redact.MASK for k in value}
+    if isinstance(value, tuple | list):
+        return [redact.MASK for _ in value]
+    return None if value is None else redact.MASK
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """Valid but unsafe: the bridge runs, and says so."""
+
+    event: str
+    """The log event name the supervisor logs it under."""
+    key: str
+    """The key path it is about."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def config_warnings(config: Config) -> list[ConfigWarning]:
+    """What ``check`` prints as warnings and the supervisor logs at start."""
+    warnings: list[ConfigWarning] = []
+    ws = config.openmail.websocket
+    if ws.enabled:
+        parts = urllib.parse.urlsplit(ws.url)  # the loader checked it parses
+        if parts.scheme == "ws" and not _is_loopback_host(parts.hostname or ""):
+            warnings.append(
+                ConfigWarning(
+                    "config.websocket_cleartext",
+                    "openmail.websocket.url",
+                    f"ws:// to {parts.hostname} is not encrypted: the API key travels in clear "
+                    "(use wss://)",
+                )
+            )
+    admin = config.admin
+    if admin.enabled and admin.token is None and not admin.listen.is_loopback:
+        warnings.append(
+            ConfigWarning(
+                "admin.private_paths_disabled",
+                "admin.token",
+                f"is not set and admin.listen ({admin.listen}) is not a loopback address: "
+                "/status and the other private paths answer 403 (/healthz, /readyz and "
+                "/metrics still answer); set admin.token to use them",
+            )
+        )
+    return warnings
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

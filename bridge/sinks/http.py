@@ -18,7 +18,6 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Final, Literal
 
 import aiohttp
-import yarl
 from multidict import CIMultiDict
 
 from bridge import __version__, protocol
@@ -28,6 +27,7 @@ from bridge.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
+from bridge.redact import header_secrets, literal_secrets, mask_url, scrub_text, url_secrets
 
 if TYPE_CHECKING:
     from bridge.config import SinkConfig
@@ -39,7 +39,9 @@ class HttpSinkOptions:
     url: HttpUrl
     secret: Secret | None = None
     signature: Literal["openmail", "standard-webhooks"] = "openmail"
-    headers: Mapping[str, str] = field(default_factory=dict)
+    # Masked in `check` and /status: extra headers usually carry credentials (Authorization,
+    # X-Api-Key), and `check`'s printout reaches the journal through the unit's ExecStartPre.
+    headers: Mapping[str, str] = field(default_factory=dict, metadata={"masked": True})
     timeout: Duration = 10.0
     verify_tls: bool = True
 
@@ -118,30 +120,33 @@ def classify(
 
     2xx: delivered (None). Timeouts, connection errors, 408, 429 and 5xx: retryable, with 429 and
     503 carrying ``Retry-After`` as ``retry_after`` seconds. Anything else (3xx, since redirects
-    are not followed; other 4xx): permanent. ``url`` must not hold credentials; the strings in
-    ``redact`` (secret, signature) are masked in the quoted body, should the receiver echo them.
+    are not followed; other 4xx): permanent. The message is what ``/status``, the logs and the
+    dead-letter table show, so it is scrubbed: the strings in ``redact`` (secret, signature,
+    configured header values, URL credentials), URL credentials and anything else that looks
+    secret are masked, should the receiver echo them or an exception quote them.
     """
+    known = literal_secrets(redact)
     if isinstance(outcome, BaseException):
         if isinstance(outcome, TimeoutError):
             return RetryableDeliveryError(f"no response within {timeout:g}s")
         if isinstance(outcome, aiohttp.ClientConnectorError):
-            return RetryableDeliveryError(f"cannot connect to {url}: {_connect_reason(outcome)}")
-        reason = str(outcome) or type(outcome).__name__
-        return RetryableDeliveryError(f"connection to {url} failed: {reason}")
+            message = f"cannot connect to {url}: {_connect_reason(outcome)}"
+        else:
+            message = f"connection to {url} failed: {str(outcome) or type(outcome).__name__}"
+        return RetryableDeliveryError(scrub_text(message, known))
     status = outcome.status
     if 200 <= status < 300:
         return None
     message = f"HTTP {status} from {url}"
     if 300 <= status < 400:
-        location = outcome.headers.get("Location", "")[:BODY_EXCERPT]
+        location = mask_url(outcome.headers.get("Location", ""))[:BODY_EXCERPT]
         message += f" (redirect to {location}; redirects are not followed)" if location else ""
     else:
-        text = outcome.body.decode("utf-8", "replace")
-        for secret in redact:
-            if secret:
-                text = text.replace(secret, "***")
+        # Scrubbed before it is cut, so that no secret is cut in two and half of it shown.
+        text = scrub_text(outcome.body.decode("utf-8", "replace"), known)
         excerpt = " ".join(text.split())[:BODY_EXCERPT]
         message += f": {excerpt}" if excerpt else ""
+    message = scrub_text(message, known)
     if status in (408, 429) or status >= 500:
         retry_after = None
         if status in (429, 503):
@@ -211,7 +216,12 @@ class HttpSink:
         self._owns_session = session is None
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=options.timeout)
-        self._display_url = str(yarl.URL(options.url).with_user(None))  # no credentials in errors
+        self._display_url = mask_url(options.url)  # no credentials in errors
+        # Masked in every error this sink raises: a receiver may echo its request headers.
+        self._credentials = (
+            *header_secrets(options.headers),
+            *url_secrets(options.url),
+        )
         self._headers: CIMultiDict[str] = CIMultiDict(options.headers)
         self._headers.setdefault("User-Agent", USER_AGENT)
         self._secret = options.secret.get() if options.secret else None
@@ -263,7 +273,7 @@ class HttpSink:
             outcome,
             timeout=self._options.timeout,
             now=self._clock(),
-            redact=self._secrets_in(headers),
+            redact=(*self._credentials, *self._secrets_in(headers)),
         )
         if error is not None:
             raise error

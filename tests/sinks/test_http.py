@@ -370,8 +370,51 @@ async def test_credentials_in_the_url_stay_out_of_the_error(receiver, sinks):
     receiver.respond = respond
     with pytest.raises(RetryableDeliveryError) as caught:
         await sink.send(make_delivery())
-    assert str(caught.value) == f"HTTP 500 from {receiver.url}"
+    # Masked, not dropped: the reader still sees that the URL carries credentials.
+    assert str(caught.value) == f"HTTP 500 from {receiver.url.replace('http://', 'http://***@')}"
     assert receiver.requests[0].headers["Authorization"].startswith("Basic ")
+
+
+async def test_echoed_request_headers_and_url_credentials_never_appear_in_the_error(
+    receiver, sinks
+):
+    """A receiver that quotes the whole request back in its error body, as careless frameworks
+    do: neither the configured header credentials nor the URL's token reach the error (which
+    becomes ``last_error``, a log line and the dead-letter row)."""
+
+    async def echo(request: web.Request, body: bytes) -> web.StreamResponse:
+        lines = [f"{request.method} {request.path_qs}"]
+        lines += [f"{name}: {value}" for name, value in request.headers.items()]
+        return web.Response(status=400, text="bad request\n" + "\n".join(lines))
+
+    receiver.respond = echo
+    bearer, api_key, url_token = "bearer-xyz-0123456789", "custom-api-key-4321", "url-token-5678"
+    sink = await sinks(
+        f"{receiver.url}?token={url_token}",
+        headers={"Authorization": f"Bearer {bearer}", "X-Api-Key": api_key},
+    )
+    with pytest.raises(PermanentDeliveryError) as caught:
+        await sink.send(make_delivery())
+    sent = receiver.requests[0].headers
+    assert (sent["Authorization"], sent["X-Api-Key"]) == (f"Bearer {bearer}", api_key)
+    message = str(caught.value)
+    assert message.startswith(f"HTTP 400 from {receiver.url}?token=***: bad request")
+    assert "X-Api-Key: ***" in message  # the echo is there, its values are not
+    for value in (bearer, api_key, url_token):
+        assert value not in message
+
+
+async def test_a_connection_error_does_not_show_the_url_token(sinks):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sink = await sinks(f"http://127.0.0.1:{port}/hook?api_key=url-key-97531")
+    with pytest.raises(RetryableDeliveryError) as caught:
+        await sink.send(make_delivery())
+    assert str(caught.value).startswith(
+        f"cannot connect to http://127.0.0.1:{port}/hook?api_key=***"
+    )
+    assert "url-key-97531" not in str(caught.value)
 
 
 async def test_connection_refused_is_retryable(sinks):
