@@ -1,37 +1,29 @@
-"""The accept stage: route an event, persist it with its outbox rows, hand the rows to delivery.
+"""The accept stage: route events, persist them with their outbox rows, hand the rows to delivery.
 
-Both sources call :meth:`Pipeline.accept`; it returns only once the event is durably committed (or
-recognised as a duplicate, or quarantined as a conflict), which is what lets the webhook answer 200
-and the WebSocket cursor move.
+:class:`Pipeline` is the :class:`bridge.sources.Spool` every source is given. Its answer for a batch
+comes once the batch is durably committed (each event stored, recognised as a duplicate, or
+quarantined as a conflict), which is what lets the webhook answer 200 and the WebSocket cursor move.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
+from bridge.errors import StoreError
 from bridge.events import Event
 from bridge.metrics import Metrics
 from bridge.routing import Router
-from bridge.store import AcceptOutcome, Store
+from bridge.sources import AcceptResults
+from bridge.store import AcceptOutcome, AcceptResult, Store
 
 if TYPE_CHECKING:
     from bridge.delivery import Dispatcher
 
 log = structlog.get_logger("bridge.pipeline")
-_T = TypeVar("_T")
-
-
-def uncancellable(accepting: Awaitable[_T]) -> asyncio.Future[_T]:
-    """``accepting`` run to its end even if the caller stops waiting (an answer timed out, a
-    connection closed): a commit that lands must still reach the sinks. A failure nobody is
-    left to see is retrieved here, not reported as "never retrieved"."""
-    task = asyncio.ensure_future(accepting)
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
-    return asyncio.shield(task)
 
 
 class Pipeline:
@@ -47,14 +39,73 @@ class Pipeline:
         self._unrouted_inboxes: set[str | None] = set()
         self.last_event_at: float | None = None
 
-    async def accept(self, event: Event) -> AcceptOutcome:
-        """Persist ``event`` once. Raises SpoolFullError or StoreUnavailableError (nothing stored).
+    # -- the Spool that sources see (bridge.sources.Spool) -------------------------------------
 
-        The store enqueues synchronously before this coroutine first suspends, so accepts started
-        in order commit in order (the WebSocket cursor relies on it).
+    def accept(self, events: Sequence[Event]) -> asyncio.Future[AcceptResults]:
+        """Route ``events`` and commit them in one store transaction; see ``Spool.accept``."""
+        routed = [(event, self.router(event)) for event in events]
+        answer: asyncio.Future[AcceptResults] = asyncio.get_running_loop().create_future()
+        committed = self.store.accept_batch(routed)
+
+        # Counting and handing rows to the sinks hang on the commit itself, not on whoever
+        # waits for the answer: a webhook that gave up waiting must not strand its event.
+        def on_commit(done: asyncio.Future[list[AcceptResult | StoreError]]) -> None:
+            if done.cancelled():  # only a store closed under it; nothing was committed for us
+                answer.cancel()
+                return
+            if (exc := done.exception()) is not None:
+                if not answer.done():
+                    answer.set_exception(exc)
+                return
+            outcomes = [
+                self._committed(event, sinks, result)
+                for (event, sinks), result in zip(routed, done.result(), strict=True)
+            ]
+            if not answer.done():
+                answer.set_result(outcomes)
+
+        committed.add_done_callback(on_commit)
+        # A failure nobody is left to see is retrieved here, not reported as "never retrieved".
+        answer.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return answer
+
+    async def accept_one(self, event: Event) -> AcceptOutcome:
+        """:meth:`accept` for a single event, its refusal raised.
+
+        Raises:
+            SpoolFullError, StoreUnavailableError: nothing was stored.
         """
-        sinks = self.router(event)
-        result = await self.store.accept(event, sinks)
+        (outcome,) = await self.accept([event])
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return outcome
+
+    @property
+    def cursor(self) -> str | None:
+        return self.store.cursor
+
+    @property
+    def max_bytes(self) -> int:
+        return self.store.limits.max_bytes
+
+    def has_room_for(self, size: int) -> bool:
+        return self.store.writable and self.store.has_room_for(size)
+
+    async def wait_room(self, size: int = 0) -> None:
+        while not self.has_room_for(size):
+            await self.store.wait_writable()
+            await self.store.wait_room(size)
+
+    async def clear_cursor(self) -> None:
+        await self.store.clear_cursor()
+
+    # -- after the commit ----------------------------------------------------------------------
+
+    def _committed(
+        self, event: Event, sinks: Sequence[str], result: AcceptResult | StoreError
+    ) -> AcceptOutcome | StoreError:
+        if isinstance(result, StoreError):
+            return result
         source = event.origin.value
         if result.outcome is AcceptOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(source).inc()

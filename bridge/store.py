@@ -379,11 +379,27 @@ class Store:
             SpoolFullError: over ``max_bytes`` or under ``min_free``; nothing was written.
             StoreUnavailableError: the write failed; nothing was written.
         """
-        if isinstance(sinks, str):
-            raise TypeError("sinks must be a sequence of sink names, not one str")
-        ws = event.event_id if event.origin is Origin.WEBSOCKET else None
-        op = functools.partial(self._tx_accept, event=event, sinks=tuple(dict.fromkeys(sinks)))
-        return await self._write(op, ws_event_id=ws)
+        (result,) = await self.accept_batch([(event, sinks)])
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    def accept_batch(
+        self, routed: Sequence[tuple[Event, Sequence[str]]]
+    ) -> asyncio.Future[list[AcceptResult | StoreError]]:
+        """Record each event as :meth:`accept` does, all in one transaction; one result per event.
+
+        Queued when called, not when awaited: batches handed over in order commit in order, which
+        the WebSocket cursor relies on. A refusal (:class:`SpoolFullError`) is that event's result
+        and leaves the rest standing; a failed write fails the future, nothing written.
+        """
+        batch: list[tuple[Event, tuple[str, ...]]] = []
+        for event, sinks in routed:
+            if isinstance(sinks, str):
+                raise TypeError("sinks must be a sequence of sink names, not one str")
+            batch.append((event, tuple(dict.fromkeys(sinks))))
+        ws = next((e.event_id for e, _ in batch if e.origin is Origin.WEBSOCKET), None)
+        return self._write(functools.partial(self._tx_accept_batch, batch=batch), ws_event_id=ws)
 
     async def clear_cursor(self) -> None:
         await self._write(self._tx_clear_cursor)
@@ -567,6 +583,19 @@ class Store:
         finally:
             sql.rollback(conn)
         return results, tx
+
+    def _tx_accept_batch(
+        self, tx: _Tx, *, batch: list[tuple[Event, tuple[str, ...]]]
+    ) -> list[AcceptResult | StoreError]:
+        results: list[AcceptResult | StoreError] = []
+        for event, sinks in batch:
+            try:
+                results.append(self._tx_accept(tx, event=event, sinks=sinks))
+            except SpoolFullError as exc:  # this event wrote nothing; the rest stand
+                if event.origin is Origin.WEBSOCKET and tx.ws_gap is None:
+                    tx.ws_gap = event.event_id
+                results.append(exc)
+        return results
 
     def _tx_accept(self, tx: _Tx, *, event: Event, sinks: tuple[str, ...]) -> AcceptResult:
         known = sql.known_identity(tx.conn, event)

@@ -137,10 +137,10 @@ class Supervisor:
         om = config.openmail
         if om.webhook.enabled:
             self.webhook = WebhookSource(om.webhook, self.metrics)
-            await self.webhook.start(self.pipeline.accept)
+            await self.webhook.start(self.pipeline)
         if om.websocket.enabled:
             self.websocket = WebSocketSource(om, self.store, self.metrics)
-            await self.websocket.start(self.pipeline.accept)
+            await self.websocket.start(self.pipeline)
         self.started_at = time.time()
         log.info(
             "bridge.started",

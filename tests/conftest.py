@@ -27,7 +27,10 @@ import yaml
 from aiohttp import web
 
 from bridge.config import Config, build_config
+from bridge.errors import StoreError
+from bridge.events import Event
 from bridge.simulator import DEMO_API_KEY, Simulator
+from bridge.store import AcceptOutcome, Store
 from bridge.supervisor import Supervisor
 
 WEBHOOK_SECRET = "whsec-test-openmail-0001"
@@ -307,3 +310,39 @@ def bridge_processes() -> Iterator[list[BridgeProcess]]:
             bp.proc.wait(timeout=10)
         if bp.proc.stdout:
             bp.proc.stdout.close()
+
+
+class RecordingSpool:
+    """A ``bridge.sources.Spool`` that records what a source hands over and accepts all of it,
+    for tests of a source's own handling. The answer comes a turn of the loop later, as a
+    commit's does; room and the cursor are those of ``store`` when one is given."""
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store
+        self.accepted: list[Event] = []
+
+    def accept(self, events: Sequence[Event]) -> asyncio.Future[list[AcceptOutcome | StoreError]]:
+        self.accepted.extend(events)
+        answer: asyncio.Future[list[AcceptOutcome | StoreError]]
+        answer = asyncio.get_running_loop().create_future()
+        outcomes: list[AcceptOutcome | StoreError] = [AcceptOutcome.ACCEPTED] * len(events)
+        asyncio.get_running_loop().call_soon(lambda: answer.done() or answer.set_result(outcomes))
+        return answer
+
+    @property
+    def cursor(self) -> str | None:
+        return None if self.store is None else self.store.cursor
+
+    @property
+    def max_bytes(self) -> int:
+        return 1 << 30 if self.store is None else self.store.limits.max_bytes
+
+    def has_room_for(self, size: int) -> bool:
+        return True
+
+    async def wait_room(self, size: int = 0) -> None:
+        return None
+
+    async def clear_cursor(self) -> None:
+        if self.store is not None:
+            await self.store.clear_cursor()

@@ -728,7 +728,7 @@ async def test_events_arriving_while_a_worker_loads_keep_order_and_none_is_stran
         pipeline = supervisor.pipeline
         assert pipeline is not None
         for start in range(0, total, 10):  # bursts, as a busy webhook listener produces them
-            await asyncio.gather(*(pipeline.accept(event(n)) for n in range(start, start + 10)))
+            await asyncio.gather(*(pipeline.accept_one(event(n)) for n in range(start, start + 10)))
         await wait_until(lambda: len(read_lines(events_file)) >= total, timeout=15)
         await wait_until(lambda: _is(counts(supervisor, "audit"), (0, 0)))
     per_thread: dict[str, list[int]] = defaultdict(list)

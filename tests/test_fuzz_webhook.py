@@ -30,7 +30,14 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
-from conftest import WEBHOOK_SECRET, make_config, read_lines, running_bridge, wait_until
+from conftest import (
+    WEBHOOK_SECRET,
+    RecordingSpool,
+    make_config,
+    read_lines,
+    running_bridge,
+    wait_until,
+)
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
@@ -40,7 +47,6 @@ from bridge.config import Listen, Secret, WebhookConfig
 from bridge.events import Event
 from bridge.metrics import Metrics
 from bridge.sources.webhook import WebhookSource
-from bridge.store import AcceptOutcome
 
 NOW = 1_772_000_000
 """The listener's clock: freshness is judged against this, never against the wall clock."""
@@ -155,14 +161,11 @@ class Listener:
         self.runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
         self.metrics = Metrics()
         self.source = WebhookSource(config, self.metrics, clock=lambda: float(NOW))
-        self.accepted: list[Event] = []
-
-    async def _accept(self, event: Event) -> AcceptOutcome:
-        self.accepted.append(event)
-        return AcceptOutcome.ACCEPTED
+        self.spool = RecordingSpool()
+        self.accepted = self.spool.accepted
 
     def start(self) -> None:
-        self.runner.run(self.source.start(self._accept))
+        self.runner.run(self.source.start(self.spool))
 
     def close(self) -> None:
         try:

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import structlog
 from aiohttp import WSMsgType, web
-from conftest import make_config, read_lines, running_bridge, wait_until
+from conftest import RecordingSpool, make_config, read_lines, running_bridge, wait_until
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from strict_json import strict_loads, usable_event_id
@@ -37,7 +37,7 @@ from bridge.errors import EventError
 from bridge.events import Event, Origin, event_from_object, parse_event
 from bridge.metrics import Metrics
 from bridge.sources.websocket import WebSocketSource
-from bridge.store import AcceptOutcome, Store, StoreLimits
+from bridge.store import Store, StoreLimits
 
 SUBSCRIBED = json.dumps({"type": "subscribed", "inbox_ids": [], "event_types": []})
 INVALID_METRIC = "openmail_bridge_websocket_frames_invalid_total"
@@ -402,12 +402,6 @@ class Harness:
         """Log entries that mean the source hit something it did not handle."""
         return [e for e in self.logs if e["event"] in ("ws.unexpected_error", "ws.accept_failed")]
 
-    async def _accept(self, event: Event) -> AcceptOutcome:
-        if len(self.accepted) % 3 == 0:
-            await asyncio.sleep(0)  # some commits take a turn of the loop, as SQLite's do
-        self.accepted.append(event)
-        return AcceptOutcome.ACCEPTED
-
     async def start(self) -> None:
         await self.server.start()
         websocket = {
@@ -425,7 +419,9 @@ class Harness:
         )
         self.store = await Store.open(self.tmp_path / "ws.db", StoreLimits(min_free=0))
         self.source = WebSocketSource(config.openmail, self.store, self.metrics)
-        await self.source.start(self._accept)
+        spool = RecordingSpool(self.store)
+        self.accepted = spool.accepted
+        await self.source.start(spool)
         await wait_until(lambda: self.server.subscribes == 1, timeout=10)
 
     async def stop(self) -> BaseException | None:

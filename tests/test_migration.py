@@ -109,16 +109,16 @@ async def test_v0_1_database_migrates_and_delivers_everything(
             # An id seen before the upgrade is still a duplicate. Its seen row has no content
             # identity, and unknown content is never a conflict: other bytes are a duplicate too.
             again = parse_event(payload(DELIVERED, 1), Origin.WEBSOCKET)
-            assert await sup.pipeline.accept(again) is AcceptOutcome.DUPLICATE
+            assert await sup.pipeline.accept_one(again) is AcceptOutcome.DUPLICATE
             other = json.loads(payload(DELIVERED, 1))
             other["message"]["subject"] = "not what was seen"
             changed = parse_event(json.dumps(other).encode(), Origin.WEBHOOK)
-            assert await sup.pipeline.accept(changed) is AcceptOutcome.DUPLICATE
+            assert await sup.pipeline.accept_one(changed) is AcceptOutcome.DUPLICATE
             assert sup.store.cursor == DELIVERED  # the WebSocket duplicate moved it on
 
             # So is an event that was still held at the upgrade (delivered since).
             held = parse_event(payload(PENDING["agent"][0], 2), Origin.WEBHOOK)
-            assert await sup.pipeline.accept(held) is AcceptOutcome.DUPLICATE
+            assert await sup.pipeline.accept_one(held) is AcceptOutcome.DUPLICATE
     assert events_named(logs, "event.conflict") == []
 
     assert sorted(receiver.accepted_ids()) == everything  # each exactly once

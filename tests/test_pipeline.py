@@ -122,7 +122,7 @@ async def test_accept_persists_and_hands_rows_to_delivery(store: Store) -> None:
         store, routes(agent=(), archive=("inb_a",), other=("inb_b",))
     )
     with structlog.testing.capture_logs() as logs:
-        outcome = await pipeline.accept(make_event("evt_1"))
+        outcome = await pipeline.accept_one(make_event("evt_1"))
     assert outcome is AcceptOutcome.ACCEPTED
     assert sorted(d.sink for d in dispatcher.submitted) == ["agent", "archive"]
     assert {d.event_id for d in dispatcher.submitted} == {"evt_1"}
@@ -139,12 +139,16 @@ async def test_accept_persists_and_hands_rows_to_delivery(store: Store) -> None:
 
 async def test_duplicate_across_sources_is_dropped(store: Store) -> None:
     pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=()))
-    assert await pipeline.accept(make_event("evt_1", Origin.WEBHOOK)) is AcceptOutcome.ACCEPTED
+    assert await pipeline.accept_one(make_event("evt_1", Origin.WEBHOOK)) is AcceptOutcome.ACCEPTED
     with structlog.testing.capture_logs() as logs:
         assert (
-            await pipeline.accept(make_event("evt_1", Origin.WEBSOCKET)) is AcceptOutcome.DUPLICATE
+            await pipeline.accept_one(make_event("evt_1", Origin.WEBSOCKET))
+            is AcceptOutcome.DUPLICATE
         )
-        assert await pipeline.accept(make_event("evt_1", Origin.WEBHOOK)) is AcceptOutcome.DUPLICATE
+        assert (
+            await pipeline.accept_one(make_event("evt_1", Origin.WEBHOOK))
+            is AcceptOutcome.DUPLICATE
+        )
     assert len(dispatcher.submitted) == 1
     assert db_rows(store.path, "SELECT count(*) FROM deliveries") == [(1,)]
     assert sample(metrics, "events_duplicate_total", source="websocket") == 1
@@ -158,18 +162,18 @@ async def test_duplicate_across_sources_is_dropped(store: Store) -> None:
 async def test_duplicate_is_recognised_after_the_event_was_delivered(store: Store) -> None:
     """The seen record outlives the spooled payload: a late retry is still a duplicate."""
     pipeline, dispatcher, _ = pipeline_for(store, routes(agent=()))
-    await pipeline.accept(make_event("evt_1"))
+    await pipeline.accept_one(make_event("evt_1"))
     (delivery,) = dispatcher.submitted
     await store.mark_delivered(delivery.id)
     assert db_rows(store.path, "SELECT count(*) FROM events") == [(0,)]
-    assert await pipeline.accept(make_event("evt_1")) is AcceptOutcome.DUPLICATE
+    assert await pipeline.accept_one(make_event("evt_1")) is AcceptOutcome.DUPLICATE
 
 
 async def test_concurrent_accepts_commit_in_call_order(store: Store) -> None:
     pipeline, dispatcher, _ = pipeline_for(store, routes(agent=()))
     ids = [f"evt_{n:03d}" for n in range(50)]
     outcomes = await asyncio.gather(
-        *(pipeline.accept(make_event(i, Origin.WEBSOCKET)) for i in ids)
+        *(pipeline.accept_one(make_event(i, Origin.WEBSOCKET)) for i in ids)
     )
     assert set(outcomes) == {AcceptOutcome.ACCEPTED}
     assert [
@@ -185,7 +189,7 @@ async def test_unrouted_event_is_recorded_and_warned_once_per_inbox(store: Store
     with structlog.testing.capture_logs() as logs:
         for n, inbox in enumerate(["inb_x", "inb_x", "inb_y", None, None]):
             assert (
-                await pipeline.accept(make_event(f"evt_{n}", inbox_id=inbox))
+                await pipeline.accept_one(make_event(f"evt_{n}", inbox_id=inbox))
                 is AcceptOutcome.ACCEPTED
             )
     assert dispatcher.submitted == []
@@ -200,9 +204,9 @@ async def test_unrouted_event_is_recorded_and_warned_once_per_inbox(store: Store
 
 async def test_router_swap_applies_to_the_next_event(store: Store) -> None:
     pipeline, dispatcher, _ = pipeline_for(store, routes(old=()))
-    await pipeline.accept(make_event("evt_1"))
+    await pipeline.accept_one(make_event("evt_1"))
     pipeline.router = Router(routes(new=()))  # what a reload does
-    await pipeline.accept(make_event("evt_2"))
+    await pipeline.accept_one(make_event("evt_2"))
     assert [(d.event_id, d.sink) for d in dispatcher.submitted] == [
         ("evt_1", "old"),
         ("evt_2", "new"),
@@ -214,10 +218,10 @@ async def test_spool_full_raises_and_stores_nothing(tmp_path: Path) -> None:
     try:
         pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=()))
         small = make_event("evt_small")
-        assert await pipeline.accept(small) is AcceptOutcome.ACCEPTED
+        assert await pipeline.accept_one(small) is AcceptOutcome.ACCEPTED
         big = make_event("evt_big", Origin.WEBSOCKET)
         with pytest.raises(SpoolFullError):
-            await pipeline.accept(big)
+            await pipeline.accept_one(big)
         assert stored_ids(store.path) == {"evt_small"}
         assert [d.event_id for d in dispatcher.submitted] == ["evt_small"]
         assert sample(metrics, "events_received_total", source="websocket") == 0
@@ -249,7 +253,9 @@ async def test_replay_with_fresh_event_id_headers_is_accepted_once(store: Store)
     pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=()))
     raw = signed_body(None)  # a captured request; only the unsigned X-Event-Id is new each time
     outcomes = [
-        await pipeline.accept(parse_event(raw, Origin.WEBHOOK, fallback_event_id=f"evt_fresh_{n}"))
+        await pipeline.accept_one(
+            parse_event(raw, Origin.WEBHOOK, fallback_event_id=f"evt_fresh_{n}")
+        )
         for n in range(4)
     ]
     assert outcomes == [AcceptOutcome.ACCEPTED] + [AcceptOutcome.DUPLICATE] * 3
@@ -270,11 +276,11 @@ async def test_conflict_is_counted_logged_and_never_delivered(
 ) -> None:
     pipeline, dispatcher, metrics = pipeline_for(store, routes(agent=(), archive=("inb_b",)))
     original = parse_event(signed_body("evt_1"), Origin.WEBHOOK)
-    assert await pipeline.accept(original) is AcceptOutcome.ACCEPTED
+    assert await pipeline.accept_one(original) is AcceptOutcome.ACCEPTED
     conflicting = parse_event(signed_body("evt_1", attempt=2, **changes), Origin.WEBSOCKET)
 
     with structlog.testing.capture_logs() as logs:
-        outcome = await pipeline.accept(conflicting)
+        outcome = await pipeline.accept_one(conflicting)
 
     assert outcome is AcceptOutcome.CONFLICT
     assert [(d.event_id, d.sink) for d in dispatcher.submitted] == [("evt_1", "agent")]

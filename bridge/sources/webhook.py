@@ -29,8 +29,7 @@ from bridge.config import WebhookConfig
 from bridge.errors import EventError, MissingEventIdError, SpoolFullError, StoreError
 from bridge.events import Origin, event_from_object
 from bridge.metrics import Metrics
-from bridge.pipeline import uncancellable
-from bridge.sources import Accept
+from bridge.sources import Spool
 from bridge.sources.http_guard import ByteBudget, GuardedSite
 from bridge.store import AcceptOutcome
 from bridge.throttle import Throttle
@@ -72,7 +71,7 @@ class WebhookSource:
         self.config = config
         self.metrics = metrics
         self._clock = clock
-        self._accept: Accept | None = None
+        self._spool: Spool | None = None
         self._runner: web.AppRunner | None = None
         self._site: GuardedSite | None = None
         self._budget = ByteBudget(config.buffer_limit)
@@ -83,8 +82,8 @@ class WebhookSource:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, accept: Accept) -> None:
-        self._accept = accept
+    async def start(self, spool: Spool) -> None:
+        self._spool = spool
         config = self.config
         app = web.Application(client_max_size=config.max_body, middlewares=[self._track])
         app.router.add_route("*", config.path, self._handle)
@@ -187,9 +186,9 @@ class WebhookSource:
         try:
             if request.method != "POST":
                 raise Rejected(405, "method", f"method {request.method} not allowed; use POST")
-            if self._stopping or self._accept is None:
+            if self._stopping or self._spool is None:
                 raise Rejected(503, "stopping", "the bridge is shutting down")
-            return await self._receive(request, self._accept)
+            return await self._receive(request, self._spool)
         except Rejected as exc:
             self.metrics.webhook_rejected.labels(exc.reason).inc()
             self._log_rejected(exc, request)
@@ -291,7 +290,7 @@ class WebhookSource:
             raise Rejected(400, "bad_signature", "X-Signature does not match the body")
         return data if config.inbox_secrets else await self._decode(body)
 
-    async def _receive(self, request: web.Request, accept: Accept) -> web.StreamResponse:
+    async def _receive(self, request: web.Request, spool: Spool) -> web.StreamResponse:
         timestamp = self._check_headers(request)
         # Without a Content-Length (chunked) the body may be as large as max_body.
         reserved = request.content_length or self.config.max_body
@@ -305,12 +304,12 @@ class WebhookSource:
         try:
             body = await self._read_body(request)
             data = await self._verified(request, timestamp, body)
-            return await self._accept_verified(request, accept, data, body)
+            return await self._accept_verified(request, spool, data, body)
         finally:
             self._budget.give_back(reserved)
 
     async def _accept_verified(
-        self, request: web.Request, accept: Accept, data: object, body: bytes
+        self, request: web.Request, spool: Spool, data: object, body: bytes
     ) -> web.StreamResponse:
         if not isinstance(data, dict):
             raise Rejected(400, "malformed_json", "body is not a JSON object")
@@ -335,7 +334,9 @@ class WebhookSource:
         try:
             # A commit that outlives the answer still lands, and OpenMail's retry of it is then
             # recognised as a duplicate.
-            outcome = await asyncio.wait_for(uncancellable(accept(event)), ANSWER_WITHIN)
+            (outcome,) = await asyncio.wait_for(spool.accept([event]), ANSWER_WITHIN)
+            if isinstance(outcome, StoreError):
+                raise outcome  # this event refused (the spool is full): answered below
         except TimeoutError:
             raise Rejected(503, "timeout", "the store did not commit in time; retry") from None
         except SpoolFullError as exc:

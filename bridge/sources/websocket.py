@@ -25,9 +25,8 @@ from bridge.config import OpenMailConfig
 from bridge.errors import EventError, SpoolFullError, StoreError
 from bridge.events import Event, Origin, event_from_object
 from bridge.metrics import Metrics
-from bridge.pipeline import uncancellable
 from bridge.protocol import CloseClass, FrameKind
-from bridge.sources import Accept
+from bridge.sources import Spool
 from bridge.store import Store
 from bridge.throttle import Throttle
 
@@ -104,10 +103,10 @@ class WebSocketSource:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, accept: Accept) -> None:
+    async def start(self, spool: Spool) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        self._task = asyncio.create_task(self._run(accept), name="websocket")
+        self._task = asyncio.create_task(self._run(spool), name="websocket")
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -218,7 +217,7 @@ class WebSocketSource:
         else:
             log.info("ws.retrying", **fields)
 
-    async def _run(self, accept: Accept) -> None:
+    async def _run(self, spool: Spool) -> None:
         while not self._stopping.is_set():
             retrying = AsyncRetrying(
                 retry=retry_if_exception(_should_reconnect),
@@ -232,7 +231,7 @@ class WebSocketSource:
                     with attempt:
                         if self._stopping.is_set():
                             return
-                        await self._connect_once(accept)
+                        await self._connect_once(spool)
             except Disconnected:
                 return  # only when stopping
             except Exception:
@@ -271,7 +270,7 @@ class WebSocketSource:
                     w.cancel()
         self._room_needed = 0
 
-    async def _connect_once(self, accept: Accept) -> None:
+    async def _connect_once(self, spool: Spool) -> None:
         """One connection, start to end. Returns only after a long-lived connection; else raises."""
         await self._wait_for_store()
         if self._stopping.is_set():
@@ -303,7 +302,7 @@ class WebSocketSource:
         try:
             subscribed_at, cursor = await self._subscribe(ws)
             up_since = time.monotonic()
-            await self._receive(ws, accept, subscribed_at, replaying=cursor is not None)
+            await self._receive(ws, spool, subscribed_at, replaying=cursor is not None)
         except (aiohttp.ClientError, ConnectionError) as exc:
             # The socket failed under a send: the same as a dropped connection.
             raise Disconnected(CloseClass.TRANSIENT, f"connection failed: {exc}", 1006) from None
@@ -459,14 +458,14 @@ class WebSocketSource:
     async def _receive(
         self,
         ws: aiohttp.ClientWebSocketResponse,
-        accept: Accept,
+        spool: Spool,
         subscribed_at: float,
         *,
         replaying: bool,
     ) -> None:
         cfg = self.config.websocket
         queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=cfg.max_in_flight)
-        consumer = asyncio.create_task(self._consume(queue, accept, ws), name="websocket:commit")
+        consumer = asyncio.create_task(self._consume(queue, spool, ws), name="websocket:commit")
         early, self._early = self._early, []
         for kept in early:  # events that came before 'subscribed' go first, in order
             await self._hand_over(queue, kept, consumer)
@@ -571,7 +570,7 @@ class WebSocketSource:
         await ws.send_str(protocol.subscribe_frame(cfg.inbox_ids, cfg.event_types, after))
 
     async def _consume(
-        self, queue: asyncio.Queue[Event], accept: Accept, ws: aiohttp.ClientWebSocketResponse
+        self, queue: asyncio.Queue[Event], spool: Spool, ws: aiohttp.ClientWebSocketResponse
     ) -> None:
         """Commit queued events in batches submitted in one tick, so they share a transaction.
         On the first refusal the connection closes; the store never moves the cursor past a
@@ -580,9 +579,11 @@ class WebSocketSource:
             batch = [await queue.get()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            results = await asyncio.gather(
-                *(uncancellable(accept(e)) for e in batch), return_exceptions=True
-            )
+            results: list[object]
+            try:
+                results = list(await spool.accept(batch))
+            except Exception as exc:  # the write failed: nothing of the batch was stored
+                results = [exc] * len(batch)
             for _ in batch:
                 queue.task_done()
             failure = next((r for r in results if isinstance(r, BaseException)), None)
