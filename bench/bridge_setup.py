@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.process import API_KEY, ClientProcess
-from bridge import store_schema
+from bridge.store import database
 
 WEBHOOK_SECRET = "whsec_bench_0000000000000000"
 SEED_WINDOW = 5 * 86400.0
@@ -54,11 +54,11 @@ def write_config(workdir: Path, *, ws_url: str | None, webhook: bool) -> BridgeF
 def seed_seen(db: Path, count: int) -> None:
     """Put ``count`` ids into the dedup record (``seen``) of a new state database.
 
-    The database is created by the store's own code (``store_schema``: pragmas, migrations), then
+    The database is created by the store's own code (``store.database``: pragmas, migrations), then
     filled in one transaction, oldest first, so the ``seen_at`` index grows at its end.
     """
-    store_schema.prepare_directory(db)
-    conn = store_schema.open_database(db, recover=False)
+    database.prepare_directory(db)
+    conn = database.open_database(db, recover=False)
     try:
         now = time.time()
         step = SEED_WINDOW / max(count, 1)

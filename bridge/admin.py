@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final, Protocol
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import logs
-
-if TYPE_CHECKING:
-    from bridge.supervisor import Supervisor
+from bridge.config import AdminConfig
+from bridge.health import Readiness
 
 log = structlog.get_logger("bridge.admin")
 
@@ -35,10 +34,33 @@ PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 """Answer without a token: what liveness/readiness probes and a Prometheus scrape need."""
 
 
+class AdminView(Protocol):
+    """What the admin server shows of a bridge; the supervisor provides it."""
+
+    def readiness(self) -> tuple[Readiness, Mapping[str, str]]:
+        """The bridge's readiness and each part's state."""
+        ...
+
+    async def status(self) -> Mapping[str, object]:
+        """The ``/status`` report."""
+        ...
+
+    async def metrics_text(self) -> bytes:
+        """The Prometheus exposition, gauges brought up to date."""
+        ...
+
+
 class AdminServer:
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-        self.config = supervisor.config.admin
+    """The admin HTTP server.
+
+    Args:
+        config: the ``admin`` section: where to listen, and the bearer token of private paths.
+        view: the bridge it reports on.
+    """
+
+    def __init__(self, config: AdminConfig, view: AdminView) -> None:
+        self.config = config
+        self.view = view
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -104,18 +126,14 @@ class AdminServer:
         return web.json_response({"status": "ok", "time": time.time()})
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        state, parts = self.supervisor.readiness()
-        status = 503 if state == "unavailable" else 200
+        state, parts = self.view.readiness()
+        status = 503 if state is Readiness.UNAVAILABLE else 200
         return web.json_response({"status": state, **parts}, status=status)
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        sv = self.supervisor
-        if sv.store is not None:
-            counts = await sv.store.sink_counts()
-            sv.refresh_metrics({n: (c.pending, c.dead) for n, c in counts.items()})
-        body = sv.metrics.render()
+        body = await self.view.metrics_text()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _status(self, _: web.Request) -> web.Response:
         # Errors and reasons in it come from receivers and peers: masked as the logs are.
-        return web.json_response(logs.REDACTOR.scrub_tree(await self.supervisor.status()))
+        return web.json_response(logs.REDACTOR.scrub_tree(await self.view.status()))

@@ -18,14 +18,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_random_exponential,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from bridge import logs, redact
+from bridge.backoff import full_jitter
 from bridge.config import Secret, SinkConfig
 from bridge.errors import (
     DeliveryError,
@@ -57,7 +53,7 @@ def lane_of(delivery: Delivery, ordering: str) -> object:
     return ("inbox", delivery.inbox_id)
 
 
-def sink_credentials(config: SinkConfig) -> list[str]:
+def sink_credentials(config: SinkConfig[object]) -> list[str]:
     """The literal credentials in a sink's options (signing secret, extra header values, URL
     user-info and secret query values), whatever the sink type: any option named so is read."""
     options = config.options
@@ -90,7 +86,7 @@ class SinkWorker:
 
     def __init__(
         self,
-        config: SinkConfig,
+        config: SinkConfig[object],
         sink: Sink,
         store: Store,
         metrics: Metrics,
@@ -279,7 +275,7 @@ class SinkWorker:
 
     def _wait(self, state: RetryCallState) -> float:
         retry = self.config.retry
-        delay = float(wait_random_exponential(multiplier=retry.initial, max=retry.max)(state))
+        delay = full_jitter(state.attempt_number, retry.initial, retry.max)
         outcome = state.outcome
         exc = outcome.exception() if outcome else None
         if isinstance(exc, RetryableDeliveryError) and exc.retry_after is not None:

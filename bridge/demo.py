@@ -20,6 +20,7 @@ from bridge import logs
 from bridge.config import Config, build_config
 from bridge.metrics import Metrics
 from bridge.simulator import DEMO_API_KEY, Simulator
+from bridge.sinks import SINK_TYPES
 from bridge.supervisor import Supervisor
 
 STEP_TIMEOUT = 8.0
@@ -48,7 +49,7 @@ def demo_config(workdir: Path, ws_url: str, webhook_secret: str) -> Config:
             "audit": {"type": "file", "path": str(workdir / "events.jsonl")},
         },
     }
-    return build_config(raw, base_dir=workdir, env={})
+    return build_config(raw, sink_types=SINK_TYPES, base_dir=workdir, env={})
 
 
 def delivered_ids(path: Path) -> list[str]:

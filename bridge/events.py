@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypedDict, Unpack
 
 from bridge import protocol
 from bridge.errors import EventError, MissingEventIdError
@@ -102,23 +102,22 @@ def _opt_str(data: dict[str, object], key: str) -> str | None:
     return _text(value, key) if isinstance(value, str) else None
 
 
-def parse_event(
-    raw: bytes,
-    origin: Origin,
-    *,
-    received_at: float | None = None,
-    fallback_event_id: str | None = None,
-    require_type: bool = True,
-) -> Event:
-    """Parse a payload into an :class:`Event`.
+class EventOptions(TypedDict, total=False):
+    """How a payload becomes an :class:`Event`, beyond its bytes and origin.
 
-    Args:
-        raw: the payload bytes, kept unchanged in the result.
-        origin: the transport it arrived by.
-        received_at: Unix time of receipt; now when omitted.
-        fallback_event_id: used when the body has no ``event_id`` (the webhook's ``X-Event-Id``).
-        require_type: when false, a missing ``event`` is recorded as ``unknown`` instead of failing
-            (a verified webhook is accepted whatever its shape).
+    ``received_at``: Unix time of receipt; now when omitted. ``fallback_event_id``: used when the
+    body has no ``event_id`` (the webhook's ``X-Event-Id``). ``require_type``: when false, a missing
+    ``event`` is recorded as ``unknown`` instead of failing (a verified webhook is accepted
+    whatever its shape).
+    """
+
+    received_at: float | None
+    fallback_event_id: str | None
+    require_type: bool
+
+
+def parse_event(raw: bytes, origin: Origin, **options: Unpack[EventOptions]) -> Event:
+    """Parse a payload into an :class:`Event`; ``raw`` is kept unchanged in the result.
 
     Raises:
         EventError: not JSON, not an object, or no usable ``event_id`` / ``event``.
@@ -127,14 +126,7 @@ def parse_event(
         data = protocol.loads_strict(raw)
     except protocol.ProtocolError as exc:
         raise EventError(f"payload is {exc}") from None
-    return event_from_object(
-        data,
-        raw,
-        origin,
-        received_at=received_at,
-        fallback_event_id=fallback_event_id,
-        require_type=require_type,
-    )
+    return event_from_object(data, raw, origin, **options)
 
 
 def event_from_object(

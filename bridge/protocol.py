@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 # --- Endpoint -------------------------------------------------------------------------------
@@ -260,6 +261,41 @@ def error_is_unowned_inbox(message: str) -> bool:
     return "inbox" in lowered and any(
         word in lowered for word in ("own", "not found", "forbidden", "access", "unknown")
     )
+
+
+ASSUMPTION_AUTH_ERROR_WORDS: Final = ("unauthori", "api key", "invalid key", "revoked", "forbidden")
+"""Words that mark an ``error`` frame as a refused key. OpenMail gives errors no code, and a
+refused key is not retried like a passing failure, so the text is all there is to go on."""
+
+
+def error_looks_like_auth(message: str) -> bool:
+    """ASSUMPTION (``ASSUMPTION_AUTH_ERROR_WORDS``): an ``error`` answering ``subscribe`` that
+    names the key or authorisation means the key was refused, as a 4001 close would."""
+    lowered = message.lower()
+    return any(word in lowered for word in ASSUMPTION_AUTH_ERROR_WORDS)
+
+
+REPLAY_CLOCK_SLACK: Final = 0.5
+"""Seconds by which an event must precede ``subscribed`` to count as replayed: OpenMail's clock
+and ours differ a little, and a live event must not be taken for a replayed one."""
+
+
+def occurred_before(raw: bytes, moment: float) -> bool:
+    """ASSUMPTION (``ASSUMPTION_REPLAY_AFTER_SUBSCRIBED``): an event whose ``occurred_at`` precedes
+    ``moment`` (when ``subscribed`` came, as a Unix time) was replayed; live events come after.
+    Used only to count a replay against ``REPLAY_LIMIT``. The raw bytes are searched rather than
+    parsed: this runs for every event of a replay, and a missing or odd timestamp means "live"."""
+    marker = b'"occurred_at":"'
+    start = raw.find(marker)
+    if start < 0:
+        return False
+    start += len(marker)
+    text = raw[start : start + 40].split(b'"', 1)[0].decode(errors="replace")
+    try:
+        occurred = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return False
+    return occurred < moment - REPLAY_CLOCK_SLACK
 
 
 # --- Webhook signatures ------------------------------------------------------------------------

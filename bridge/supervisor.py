@@ -4,8 +4,10 @@ reverse.
 Start: store -> sinks and their workers -> pipeline -> admin server -> webhook listener -> WebSocket
 -> READY=1. Stop: readiness goes 503 and STOPPING=1; sources stop taking events (in-flight commits
 finish); deliveries in flight finish up to ``shutdown_timeout``; whatever is undelivered stays in
-the store for the next start; sinks close; the store closes. Reload swaps config parts atomically.
-The supervisor never touches signals: the CLI does, so tests run it in-process.
+the store for the next start; sinks close; the store closes. Reload swaps config parts atomically
+(``bridge.reload`` decides what changes). The supervisor reads health facts off the running parts
+for the admin server (``bridge.health`` models them). It never touches signals: the CLI does, so
+tests run it in-process.
 """
 
 from __future__ import annotations
@@ -17,17 +19,28 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from pathlib import Path
 
 import structlog
 
 from bridge import logs
-from bridge.config import Config, SinkConfig, describe, load_config
-from bridge.config.loader import config_warnings
+from bridge.admin import AdminServer
+from bridge.config import Config, SinkConfig, config_warnings, load_config
 from bridge.delivery import Dispatcher, SinkWorker
 from bridge.errors import ConfigError
+from bridge.health import (
+    HealthFacts,
+    Readiness,
+    SinkFacts,
+    StatusFacts,
+    one_line,
+    readiness,
+    status_report,
+)
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
+from bridge.reload import applicable_part, restart_only_changes, sinks_to_replace
 from bridge.routing import Router
 from bridge.sinks import SINK_TYPES
 from bridge.sources.webhook import WebhookSource
@@ -60,15 +73,38 @@ def config_secrets(config: Config) -> list[str]:
     return values
 
 
-def limits_of(config: Config) -> StoreLimits:
-    state = config.state
-    return StoreLimits(
-        max_bytes=state.max_bytes, min_free=state.min_free, dedup_window=state.dedup_window
-    )
+class Phase(StrEnum):
+    """Where a supervisor is in its life, from built to stopped."""
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Running:
+    """The parts of a bridge, built together once the store is open. A source or the admin
+    server is None only when the configuration disables it."""
+
+    store: Store
+    dispatcher: Dispatcher
+    pipeline: Pipeline
+    admin: AdminServer | None
+    webhook: WebhookSource | None
+    websocket: WebSocketSource | None
 
 
 class Supervisor:
-    """One running bridge."""
+    """One running bridge.
+
+    Args:
+        config: what to run.
+        reload_config: returns the configuration :meth:`reload` swaps in; by default the file
+            ``config`` was loaded from is read again.
+        notifier: tells systemd about readiness and stopping; silent by default.
+    """
 
     def __init__(
         self,
@@ -82,14 +118,9 @@ class Supervisor:
         self.notifier = notifier or Notifier(env={})
         self._reload_config = reload_config or self._load_from_source
         self._stop_requested = asyncio.Event()
-        self.store: Store | None = None
-        self.dispatcher: Dispatcher | None = None
-        self.pipeline: Pipeline | None = None
-        self.webhook: WebhookSource | None = None
-        self.websocket: WebSocketSource | None = None
-        self.admin: object | None = None  # bridge.admin.AdminServer; untyped here to avoid a cycle
+        self.running: Running | None = None
+        self.phase = Phase.NEW
         self.started_at: float | None = None
-        self.stopping = False
         self.last_reload: dict[str, object] = {}
         logs.REDACTOR.set_secrets(config_secrets(config))
 
@@ -98,7 +129,48 @@ class Supervisor:
             raise ConfigError(
                 ["<config>: this bridge was not started from a file; nothing to reload"]
             )
-        return load_config(self.config.source)
+        return load_config(self.config.source, sink_types=SINK_TYPES)
+
+    # --- the parts ---------------------------------------------------------------------------
+
+    def _parts(self) -> Running:
+        if self.running is None:
+            raise RuntimeError("the bridge is not started")
+        return self.running
+
+    @property
+    def store(self) -> Store:
+        """The open store. Raises RuntimeError before :meth:`start` opened it."""
+        return self._parts().store
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The sink workers. Raises RuntimeError before :meth:`start`."""
+        return self._parts().dispatcher
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """Where sources hand events over. Raises RuntimeError before :meth:`start`."""
+        return self._parts().pipeline
+
+    @property
+    def admin(self) -> AdminServer | None:
+        """The admin server; None before :meth:`start` or when disabled."""
+        return self.running.admin if self.running is not None else None
+
+    @property
+    def webhook(self) -> WebhookSource | None:
+        """The webhook listener; None before :meth:`start` or when disabled."""
+        return self.running.webhook if self.running is not None else None
+
+    @property
+    def websocket(self) -> WebSocketSource | None:
+        """The WebSocket source; None before :meth:`start` or when disabled."""
+        return self.running.websocket if self.running is not None else None
+
+    @property
+    def stopping(self) -> bool:
+        return self.phase in (Phase.STOPPING, Phase.STOPPED)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -111,6 +183,7 @@ class Supervisor:
             raise
 
     async def _start(self) -> None:
+        self.phase = Phase.STARTING
         config = self.config
         if config.state.max_bytes < config.openmail.webhook.max_body:
             log.warning(
@@ -122,26 +195,22 @@ class Supervisor:
             )
         for warning in config_warnings(config):
             log.warning(warning.event, setting=warning.key, hint=warning.message)
-        self.store = await Store.open(config.state.path, limits_of(config))
-        self.dispatcher = Dispatcher(self.store, self.metrics)
-        for sink_config in config.sinks.values():
-            self.dispatcher.add(self._worker(sink_config))
-        await self.dispatcher.start()
-        self.pipeline = Pipeline(self.store, Router(config.routes), self.dispatcher, self.metrics)
-        if config.admin.enabled:
-            from bridge.admin import AdminServer
-
-            admin = AdminServer(self)
-            await admin.start()
-            self.admin = admin
-        om = config.openmail
-        if om.webhook.enabled:
-            self.webhook = WebhookSource(om.webhook, self.metrics)
-            await self.webhook.start(self.pipeline)
-        if om.websocket.enabled:
-            self.websocket = WebSocketSource(om, self.store, self.metrics)
-            await self.websocket.start(self.pipeline)
+        store = await Store.open(config.state.path, StoreLimits.from_config(config.state))
+        try:
+            self.running = running = self._assemble(store)
+        except BaseException:
+            await store.close()
+            raise
+        await running.dispatcher.start()
+        if running.admin is not None:
+            await running.admin.start()
+        if running.webhook is not None:
+            await running.webhook.start(running.pipeline)
+        if running.websocket is not None:
+            await running.websocket.start(running.pipeline)
         self.started_at = time.time()
+        self.phase = Phase.RUNNING
+        om = config.openmail
         log.info(
             "bridge.started",
             pid=os.getpid(),
@@ -154,25 +223,41 @@ class Supervisor:
         self.notifier.ready(self.one_line_status())
         self.notifier.start_watchdog(self.one_line_status)
 
-    async def _start_workers(self, sinks: Mapping[str, SinkConfig]) -> None:
+    def _assemble(self, store: Store) -> Running:
+        """Every part, built but not started: each one's stop is safe before its start."""
+        config, om = self.config, self.config.openmail
+        dispatcher = Dispatcher(store, self.metrics)
+        for sink_config in config.sinks.values():
+            dispatcher.add(self._worker(store, sink_config))
+        return Running(
+            store=store,
+            dispatcher=dispatcher,
+            pipeline=Pipeline(store, Router(config.routes), dispatcher, self.metrics),
+            admin=AdminServer(config.admin, self) if config.admin.enabled else None,
+            webhook=WebhookSource(om.webhook, self.metrics) if om.webhook.enabled else None,
+            websocket=(WebSocketSource(om, self.metrics) if om.websocket.enabled else None),
+        )
+
+    def _worker(self, store: Store, sink_config: SinkConfig[object]) -> SinkWorker:
+        sink = SINK_TYPES[sink_config.type].factory(sink_config)
+        return SinkWorker(sink_config, sink, store, self.metrics)
+
+    async def _start_workers(
+        self, running: Running, sinks: Mapping[str, SinkConfig[object]]
+    ) -> None:
         """Start a worker for every sink in ``sinks`` that has none."""
-        assert self.dispatcher is not None
+        workers = running.dispatcher.workers
         for name, sink_config in sinks.items():
-            if name not in self.dispatcher.workers:
-                worker = self._worker(sink_config)
+            if name not in workers:
+                worker = self._worker(running.store, sink_config)
                 # Added before it starts: a row committed after its first load is still handed to
                 # it (submit and load both skip rows it already holds).
-                self.dispatcher.add(worker)
+                running.dispatcher.add(worker)
                 try:
                     await worker.start()
                 except BaseException:
-                    del self.dispatcher.workers[name]
+                    del workers[name]
                     raise
-
-    def _worker(self, sink_config: SinkConfig) -> SinkWorker:
-        assert self.store is not None
-        sink = SINK_TYPES[sink_config.type].factory(sink_config)
-        return SinkWorker(sink_config, sink, self.store, self.metrics)
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -190,32 +275,31 @@ class Supervisor:
 
     def abort(self) -> None:
         """Make a stop in progress skip the rest of its drain (a second SIGTERM)."""
-        if self.dispatcher is not None:
-            self.dispatcher.abort()
+        if self.running is not None:
+            self.running.dispatcher.abort()
 
     async def stop(self) -> None:
         """Stop in reverse order. Safe to call on a partly started bridge, and twice."""
         if self.stopping:
             return
-        self.stopping = True
+        self.phase = Phase.STOPPING
         self.notifier.stopping()
         log.info("bridge.stopping", timeout=self.config.shutdown_timeout)
-        if self.webhook is not None:
-            self.webhook.begin_stop()
-        if self.websocket is not None:
-            await self.websocket.stop()
-        if self.webhook is not None:
-            await self.webhook.stop()
-        if self.dispatcher is not None:
-            await self.dispatcher.stop(self.config.shutdown_timeout)
-        if self.admin is not None:
-            from bridge.admin import AdminServer
-
-            assert isinstance(self.admin, AdminServer)
-            await self.admin.stop()
+        running = self.running
+        if running is not None:
+            if running.webhook is not None:
+                running.webhook.begin_stop()
+            if running.websocket is not None:
+                await running.websocket.stop()
+            if running.webhook is not None:
+                await running.webhook.stop()
+            await running.dispatcher.stop(self.config.shutdown_timeout)
+            if running.admin is not None:
+                await running.admin.stop()
         await self.notifier.stop_watchdog()
-        if self.store is not None:
-            await self.store.close()
+        if running is not None:
+            await running.store.close()
+        self.phase = Phase.STOPPED
         log.info("bridge.stopped")
 
     # --- reload ----------------------------------------------------------------------------
@@ -247,163 +331,115 @@ class Supervisor:
         log.info("config.reloaded", sinks=list(new.sinks), routes=[r.name for r in new.routes])
         return True
 
-    def _running_part_of(self, new: Config) -> Config:
-        """``new`` with the parts that only a restart can change kept as they run now."""
-        old = self.config
-        hook_old, hook_new = old.openmail.webhook, new.openmail.webhook
-        ws_new = new.openmail.websocket
-        restart_only = {
-            "state": old.state != new.state,
-            "admin": old.admin != new.admin,
-            "openmail.webhook.enabled/listen/path/tls": (
-                (hook_old.enabled, hook_old.listen, hook_old.path, hook_old.tls)
-                != (hook_new.enabled, hook_new.listen, hook_new.path, hook_new.tls)
-            ),
-            "openmail.websocket.enabled": old.openmail.websocket.enabled != ws_new.enabled,
-        }
-        for section, changed in restart_only.items():
-            if changed:
-                log.warning(
-                    "config.restart_needed",
-                    section=section,
-                    hint="this part of the new config applies after a restart",
-                )
-        webhook = dataclasses.replace(
-            hook_new,
-            enabled=hook_old.enabled,
-            listen=hook_old.listen,
-            path=hook_old.path,
-            tls=hook_old.tls,
-        )
-        websocket = dataclasses.replace(ws_new, enabled=old.openmail.websocket.enabled)
-        openmail = dataclasses.replace(new.openmail, webhook=webhook, websocket=websocket)
-        return dataclasses.replace(new, state=old.state, admin=old.admin, openmail=openmail)
-
     async def _apply(self, new: Config) -> None:
-        new = self._running_part_of(new)
+        for section in restart_only_changes(self.config, new):
+            log.warning(
+                "config.restart_needed",
+                section=section,
+                hint="this part of the new config applies after a restart",
+            )
+        new = applicable_part(self.config, new)
         logs.REDACTOR.set_secrets(config_secrets(self.config) + config_secrets(new))
-        assert self.dispatcher is not None
-        assert self.pipeline is not None
+        running = self._parts()
+        workers = running.dispatcher.workers
         old_sinks = self.config.sinks
-        for name, worker in list(self.dispatcher.workers.items()):
-            if new.sinks.get(name) != worker.config:
-                await worker.stop(min(new.shutdown_timeout, 5.0))
-                del self.dispatcher.workers[name]
+
+        def running_sinks() -> dict[str, SinkConfig[object]]:
+            return {name: worker.config for name, worker in workers.items()}
+
+        for name in sinks_to_replace(running_sinks(), new.sinks):
+            await workers[name].stop(min(new.shutdown_timeout, 5.0))
+            del workers[name]
         try:
-            await self._start_workers(new.sinks)
+            await self._start_workers(running, new.sinks)
         except Exception:
             # Put back what ran before, so "the old configuration keeps running" holds.
-            for name, worker in list(self.dispatcher.workers.items()):
-                if old_sinks.get(name) != worker.config:
-                    await self.dispatcher.workers.pop(name).stop(0)
-            await self._start_workers(old_sinks)
+            for name in sinks_to_replace(running_sinks(), old_sinks):
+                await workers.pop(name).stop(0)
+            await self._start_workers(running, old_sinks)
             raise
-        self.pipeline.router = Router(new.routes)
-        if self.webhook is not None:
-            self.webhook.update_config(new.openmail.webhook)
-        if self.websocket is not None:
-            self.websocket.reconfigure(new.openmail)
+        running.pipeline.router = Router(new.routes)
+        if running.webhook is not None:
+            running.webhook.update_config(new.openmail.webhook)
+        if running.websocket is not None:
+            running.websocket.reconfigure(new.openmail)
         self.config = new
         logs.REDACTOR.set_secrets(config_secrets(new))
         await self.reopen()
 
     async def reopen(self) -> None:
         """Reopen file sinks (logrotate moved their files)."""
-        if self.dispatcher is None:
+        if self.running is None:
             return
-        for worker in self.dispatcher.workers.values():
+        for worker in self.running.dispatcher.workers.values():
             with contextlib.suppress(Exception):
                 await worker.sink.reopen()
 
-    # --- health ----------------------------------------------------------------------------
+    # --- what the admin server shows (bridge.admin.AdminView) ---------------------------------
 
-    def readiness(self) -> tuple[str, dict[str, object]]:
+    def _health_facts(self) -> HealthFacts:
+        running, om = self.running, self.config.openmail
+        ws = running.websocket if running is not None else None
+        hook = running.webhook if running is not None else None
+        store = running.store if running is not None else None
+        return HealthFacts(
+            websocket_enabled=om.websocket.enabled,
+            websocket_state=ws.state if ws is not None else None,
+            websocket_receiving=ws is not None and ws.receiving,
+            webhook_enabled=om.webhook.enabled,
+            webhook_receiving=hook is not None and hook.receiving,
+            store_writable=store is not None and store.writable,
+            store_has_room=store is not None and store.has_room,
+            stopping=self.stopping,
+        )
+
+    def readiness(self) -> tuple[Readiness, dict[str, str]]:
         """``ready``, ``degraded`` or ``unavailable``, and each part's state."""
-        parts: dict[str, object] = {}
-        receiving: list[bool] = []
-        if self.config.openmail.websocket.enabled:
-            ws_ok = self.websocket is not None and self.websocket.receiving and not self.stopping
-            parts["websocket"] = self.websocket.state if self.websocket else "not started"
-            receiving.append(ws_ok)
-        else:
-            parts["websocket"] = "disabled"
-        if self.config.openmail.webhook.enabled:
-            hook_ok = self.webhook is not None and self.webhook.receiving and not self.stopping
-            parts["webhook"] = "listening" if hook_ok else "down"
-            receiving.append(hook_ok)
-        else:
-            parts["webhook"] = "disabled"
-        store_ok = self.store is not None and self.store.writable
-        parts["store"] = "writable" if store_ok else "unwritable"
-        if store_ok and self.store is not None and not self.store.has_room:
-            # A full spool refuses every event (webhook 503, WebSocket paused): nothing gets in.
-            parts["store"] = "full"
-            store_ok = False
-        if self.stopping:
-            parts["bridge"] = "stopping"
-        if not store_ok or not any(receiving) or self.stopping:
-            return "unavailable", parts
-        return ("ready" if all(receiving) else "degraded"), parts
+        return readiness(self._health_facts())
 
     def one_line_status(self) -> str:
-        state, parts = self.readiness()
-        return f"{state}: " + ", ".join(f"{k} {v}" for k, v in parts.items())
+        return one_line(*self.readiness())
+
+    async def _queue_counts(self, store: Store) -> dict[str, tuple[int, int]]:
+        """(pending, dead) for every sink holding rows."""
+        return {name: (c.pending, c.dead) for name, c in (await store.sink_counts()).items()}
 
     async def status(self) -> dict[str, object]:
-        """Everything ``/status`` and ``openmail-bridge status`` show."""
-        assert self.store is not None
-        state, parts = self.readiness()
-        counts = await self.store.sink_counts()
-        sinks: dict[str, object] = {}
-        workers = self.dispatcher.workers if self.dispatcher else {}
-        for name in sorted(set(counts) | set(workers)):
-            c = counts.get(name)
-            entry: dict[str, object] = {
-                "pending": c.pending if c else 0,
-                "dead": c.dead if c else 0,
-                "configured": name in workers,
-            }
-            if name in workers:
-                s = workers[name].state
-                entry |= {
-                    "type": workers[name].config.type,
-                    "delivered": s.delivered,
-                    "last_error": s.last_error,
-                    "last_error_at": s.last_error_at,
-                    "last_delivered_at": s.last_delivered_at,
-                }
-            sinks[name] = entry
-        last_event_at = self.pipeline.last_event_at if self.pipeline else None
-        return {
-            "state": state,
-            "parts": parts,
-            "pid": os.getpid(),
-            "started_at": self.started_at,
-            "websocket": self.websocket.status() if self.websocket else None,
-            "webhook": self.webhook.status() if self.webhook else None,
-            "cursor": self.store.cursor,
-            "last_event_at": last_event_at,
-            "possible_gaps": self.websocket.possible_gaps if self.websocket else 0,
-            "spool": {
-                "bytes": self.store.spool_bytes,
-                "max_bytes": self.config.state.max_bytes,
-                "writable": self.store.writable,
-                "has_room": self.store.has_room,
-                "path": str(self.config.state.path),
-            },
-            "sinks": sinks,
-            "removed_sinks": sorted(n for n in counts if n not in workers),
-            "config": {
-                "source": str(self.config.source) if self.config.source else None,
-                "last_reload": self.last_reload,
-            },
-        }
+        """Everything ``/status`` and ``openmail-bridge status`` show. Raises RuntimeError
+        before :meth:`start`."""
+        running = self._parts()
+        ws, hook = running.websocket, running.webhook
+        return status_report(
+            StatusFacts(
+                health=self._health_facts(),
+                pid=os.getpid(),
+                started_at=self.started_at,
+                websocket=ws.status() if ws is not None else None,
+                webhook=hook.status() if hook is not None else None,
+                cursor=running.store.cursor,
+                last_event_at=running.pipeline.last_event_at,
+                possible_gaps=ws.possible_gaps if ws is not None else 0,
+                spool_bytes=running.store.spool_bytes,
+                spool_max_bytes=self.config.state.max_bytes,
+                spool_path=str(self.config.state.path),
+                counts=await self._queue_counts(running.store),
+                sinks={
+                    name: SinkFacts(worker.config.type, worker.state)
+                    for name, worker in running.dispatcher.workers.items()
+                },
+                config_source=str(self.config.source) if self.config.source else None,
+                last_reload=self.last_reload,
+            )
+        )
 
-    def refresh_metrics(self, counts: dict[str, tuple[int, int]]) -> None:
-        if self.store is None:
-            return
-        self.metrics.spool_bytes.set(self.store.spool_bytes)
-        self.metrics.store_writable.set(1 if self.store.writable else 0)
+    async def metrics_text(self) -> bytes:
+        if self.running is not None:
+            self._refresh_metrics(self.running, await self._queue_counts(self.running.store))
+        return self.metrics.render()
+
+    def _refresh_metrics(self, running: Running, counts: Mapping[str, tuple[int, int]]) -> None:
+        self.metrics.spool_bytes.set(running.store.spool_bytes)
+        self.metrics.store_writable.set(1 if running.store.writable else 0)
         with contextlib.suppress(OSError):
             st = os.statvfs(Path(self.config.state.path).parent)
             self.metrics.disk_free_bytes.set(st.f_bavail * st.f_frsize)
@@ -411,11 +447,7 @@ class Supervisor:
         # value, and a removed sink that drained drops out.
         self.metrics.pending.clear()
         self.metrics.dead_letters.clear()
-        configured = self.dispatcher.workers if self.dispatcher else {}
-        for name in sorted(set(configured) | set(counts)):
+        for name in sorted(set(running.dispatcher.workers) | set(counts)):
             pending, dead = counts.get(name, (0, 0))
             self.metrics.pending.labels(name).set(pending)
             self.metrics.dead_letters.labels(name).set(dead)
-
-    def describe_config(self) -> object:
-        return describe(self.config)

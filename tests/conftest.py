@@ -30,6 +30,9 @@ from bridge.config import Config, build_config
 from bridge.errors import StoreError
 from bridge.events import Event
 from bridge.simulator import DEMO_API_KEY, Simulator
+from bridge.sinks import SINK_TYPES
+from bridge.sources.webhook import WebhookSource
+from bridge.sources.websocket import WebSocketSource
 from bridge.store import AcceptOutcome, Store
 from bridge.supervisor import Supervisor
 
@@ -127,7 +130,10 @@ def bridge_config_dict(
 
 def make_config(tmp_path: Path, sim: Simulator | None = None, **overrides: Any) -> Config:
     return build_config(
-        bridge_config_dict(tmp_path, sim, **overrides), base_dir=tmp_path, env=os.environ
+        bridge_config_dict(tmp_path, sim, **overrides),
+        sink_types=SINK_TYPES,
+        base_dir=tmp_path,
+        env=os.environ,
     )
 
 
@@ -346,3 +352,28 @@ class RecordingSpool:
     async def clear_cursor(self) -> None:
         if self.store is not None:
             await self.store.clear_cursor()
+
+
+@contextlib.asynccontextmanager
+async def sink_down(
+    receiver: Receiver, inject: Callable[[], Awaitable[str]], count: int
+) -> AsyncIterator[list[str]]:
+    """Take ``receiver`` down (it answers 503, so its sink keeps retrying), inject ``count``
+    events with ``inject()`` and hand their ids to the block; the receiver is back up after it."""
+    receiver.up = False
+    try:
+        yield [await inject() for _ in range(count)]
+    finally:
+        receiver.up = True
+
+
+def websocket_of(supervisor: Supervisor) -> WebSocketSource:
+    """The running WebSocket source of a bridge whose config enables it."""
+    assert supervisor.websocket is not None, "the WebSocket source is not enabled"
+    return supervisor.websocket
+
+
+def webhook_of(supervisor: Supervisor) -> WebhookSource:
+    """The running webhook listener of a bridge whose config enables it."""
+    assert supervisor.webhook is not None, "the webhook listener is not enabled"
+    return supervisor.webhook

@@ -4,8 +4,8 @@ public and private paths with and without ``admin.token`` on loopback and other 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import datetime
 import json
 import os
 import sqlite3
@@ -66,9 +66,9 @@ class Admin:
 
     def __init__(self, session: aiohttp.ClientSession, sv: Supervisor) -> None:
         self.session, self.sv = session, sv
-        admin_port = getattr(sv.admin, "port", None)
-        assert admin_port
-        self.base = f"http://127.0.0.1:{admin_port}"
+        assert sv.admin is not None
+        assert sv.admin.port
+        self.base = f"http://127.0.0.1:{sv.admin.port}"
 
     async def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
@@ -110,8 +110,9 @@ async def test_ready_when_websocket_subscribed_and_webhook_up(
 ) -> None:
     async with running_bridge(make_config(tmp_path, sim)) as sv:
         admin = Admin(http, sv)
-        assert sv.websocket is not None
-        await wait_until(lambda: sv.websocket.receiving)  # type: ignore[union-attr]
+        ws = sv.websocket
+        assert ws is not None
+        await wait_until(lambda: ws.receiving)
         assert await admin.get("/healthz") == (
             200,
             {"status": "ok", "time": pytest.approx(time.time(), abs=5)},
@@ -214,8 +215,9 @@ async def test_ready_with_webhook_disabled_and_websocket_up(
     config = make_config(tmp_path, sim, openmail={"webhook": {"enabled": False}})
     async with running_bridge(config) as sv:
         assert sv.webhook is None
-        assert sv.websocket is not None
-        await wait_until(lambda: sv.websocket.receiving)  # type: ignore[union-attr]
+        ws = sv.websocket
+        assert ws is not None
+        await wait_until(lambda: ws.receiving)
         status, body = await Admin(http, sv).get("/readyz")
         assert status == 200
         assert body == {
@@ -286,7 +288,7 @@ async def test_store_unwritable_makes_readyz_503_but_healthz_stays_200(
                 == 1
             )
             filler.unlink()
-            await wait_until(lambda: sv.store is not None and sv.store.writable)
+            await wait_until(lambda: sv.store.writable)
             assert await admin.get("/readyz") == (
                 200,
                 {
@@ -333,7 +335,7 @@ async def test_healthz_and_readyz_unaffected_by_a_sink_that_is_down(
         admin = Admin(http, sv)
         body = event_body("evt_sink_down")
         assert await admin.post_event(body, signed(body)) == 200
-        await wait_until(lambda: sv.dispatcher.workers["agent"].state.last_error is not None)  # type: ignore[union-attr]
+        await wait_until(lambda: sv.dispatcher.workers["agent"].state.last_error is not None)
         assert (await admin.get("/healthz"))[0] == 200
         status, ready = await admin.get("/readyz")
         assert (status, ready["status"]) == (200, "ready")
@@ -408,7 +410,7 @@ async def test_metrics_names_and_values_move_with_events(
             audit = tmp_path / "events.jsonl"
             await wait_until(lambda: len(read_lines(audit)) == 3)
             await wait_until(lambda: len(rejecting.received) == 3)
-            await wait_until(lambda: sv.dispatcher.workers["strict"].state.dead == 3)  # type: ignore[union-attr]
+            await wait_until(lambda: sv.dispatcher.workers["strict"].state.dead == 3)
             await sim.disconnect(1006, abrupt=True)
             await wait_until(lambda: ws.attempts >= 1 and ws.receiving)
 
@@ -448,13 +450,19 @@ async def test_possible_gap_counted_when_the_replay_hits_its_limit(
         assert ws is not None
         await wait_until(lambda: ws.receiving)
         await sim.inject()  # gives the bridge a replay cursor
-        await wait_until(lambda: sv.store is not None and sv.store.cursor is not None)
+        await wait_until(lambda: sv.store.cursor is not None)
         sim.refuse(30, mode="http", code=503)
         await sim.disconnect(1001)
         await wait_until(lambda: not ws.receiving)
-        missed = [await sim.inject() for _ in range(101)]  # one more than OpenMail replays
-        # A replayed event is told apart from a live one by occurring before the subscribe.
-        await asyncio.sleep(0.6)
+        # A replayed event is told apart from a live one by occurring before the subscribe (with
+        # protocol.REPLAY_CLOCK_SLACK to spare): these happened well before it.
+        earlier = (
+            (datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=30))
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+        # One more than OpenMail replays.
+        missed = [await sim.inject(occurred_at=earlier) for _ in range(101)]
         sim.refuse(0)
         await wait_until(lambda: ws.receiving)
         # OpenMail replays 100; the bridge asks for the page after them and gets the 101st.
@@ -493,7 +501,7 @@ async def test_pending_gauge_returns_to_zero_once_a_sink_drains(
         assert sample(m, "openmail_bridge_dead_letters", sink="agent") == 0
         receiver.up = True
         await wait_until(lambda: receiver.accepted_ids() == ["evt_waits"])
-        await wait_until(lambda: sv.dispatcher.workers["agent"].state.delivered == 1)  # type: ignore[union-attr]
+        await wait_until(lambda: sv.dispatcher.workers["agent"].state.delivered == 1)
 
         async def drained() -> bool:
             return sample(await admin.metrics(), "openmail_bridge_pending", sink="agent") == 0
@@ -542,7 +550,7 @@ async def test_status_reports_connection_cursor_gaps_sinks_and_removed_sinks(
         first = await sim.inject()
         last = await sim.inject()
         await wait_until(lambda: len(read_lines(tmp_path / "events.jsonl")) == 2)
-        await wait_until(lambda: sv.dispatcher.workers["agent"].state.last_error is not None)  # type: ignore[union-attr]
+        await wait_until(lambda: sv.dispatcher.workers["agent"].state.last_error is not None)
         status, st = await admin.get("/status")
         assert status == 200
         assert st["state"] == "ready"

@@ -1,8 +1,10 @@
 """Smoke test of the benchmark harness (``bench/``): it runs end to end in its tiny ``--quick`` mode
-and prints the whole table. No speed figure is asserted: that is what ``make bench`` is for."""
+and prints the whole table, whose ratios and verdicts follow from its own measured figures. No speed
+figure is asserted: that is what ``make bench`` is for."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,19 @@ from bench.targets import all_targets
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _cells(line: str) -> list[str]:
+    """The cells of a table line: columns are padded apart by at least two spaces."""
+    return re.split(r" {2,}", line.strip())
+
+
+def _figure(cell: str) -> float | None:
+    """A number as the table prints it (``1,497``, ``0.04x``, ``+3.60``); None for ``-`` or an
+    INVALID mark."""
+    if cell == "-" or cell.startswith("INVALID["):
+        return None
+    return float(cell.replace(",", "").removesuffix("x"))
+
+
 @pytest.mark.timeout(60)
 def test_quick_run_prints_every_row_and_every_target() -> None:
     result = subprocess.run(
@@ -29,14 +44,52 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     table = result.stdout
-    for header in report.HEADERS:
-        assert header in table
-    rows = {line.split("  ")[0] for line in table.splitlines()}
-    for target in all_targets(QUICK.seed_ids, QUICK.concurrencies):
-        assert target.label in rows, f"row {target.label!r} missing from:\n{table}"
-    verdicts = table.split("\ntargets\n", 1)[1].splitlines()
+    lines = table.splitlines()
+    rules = [i for i, line in enumerate(lines) if line and set(line) == {"-"}]
+    assert len(rules) == 3, table
+    assert _cells(lines[rules[0] + 1]) == list(report.HEADERS)
+    targets = all_targets(QUICK.seed_ids, QUICK.concurrencies)
+    grid = [
+        dict(zip(report.HEADERS, _cells(line), strict=True))
+        for line in lines[rules[1] + 1 : rules[2]]
+    ]
+    assert [row["configuration"] for row in grid] == [t.label for t in targets], table
+    rows = {t.key: {h: _figure(c) for h, c in row.items() if h != "configuration"}
+            for t, row in zip(targets, grid, strict=True)}  # fmt: skip
+
+    # Every figure parses, and each derived one is computed from the measured ones beside it.
+    base_a, base_b = rows[report.BASE_A], rows[report.BASE_B]
+    for key, row in rows.items():
+        assert row["peak RSS MB"] is not None, key
+        speed = row["events/s"]
+        for column, base in (("ratio vs A", base_a), ("ratio vs B", base_b)):
+            if speed is None or base["events/s"] is None:
+                assert row[column] is None, (key, column)
+            else:  # both printed rounded: to the unit and to 0.01
+                assert row[column] == pytest.approx(speed / base["events/s"], abs=0.01), key
+        p99, p99_a = row["p99 ms"], base_a["p99 ms"]
+        if p99 is None or p99_a is None:
+            assert row["p99 added vs A ms"] is None, key
+        else:
+            assert row["p99 added vs A ms"] == pytest.approx(p99 - p99_a, abs=0.011), key
+
+    # Each verdict is the target applied to the table's own figures.
+    verdicts = [line.split(maxsplit=1) for line in table.split("\ntargets\n", 1)[1].splitlines()]
     assert len(verdicts) == 6
-    assert all(line.strip().split()[0] in ("PASS", "FAIL") for line in verdicts)
+    ws = rows[report.WS]["events/s"]
+    for (verdict, _), base, want in zip(
+        verdicts[:2],
+        (base_a, base_b),
+        (report.THROUGHPUT_VS_A, report.THROUGHPUT_VS_B),
+        strict=True,
+    ):
+        ref = base["events/s"]
+        passed = ws is not None and ref is not None and ws / ref >= want
+        assert verdict == ("PASS" if passed else "FAIL")
+    bridge_rss = [row["peak RSS MB"] for key, row in rows.items() if key.startswith("bridge-")]
+    passed = all(v is not None and v <= report.MAX_RSS_MB for v in bridge_rss)
+    assert verdicts[3][0] == ("PASS" if passed else "FAIL")
+    assert all(verdict in ("PASS", "FAIL") for verdict, _ in verdicts)
 
 
 def test_an_invalid_run_is_never_a_ratio_or_a_pass() -> None:

@@ -3,6 +3,7 @@ errors named by key path -- all of them at once, never a traceback."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import json
@@ -29,6 +30,7 @@ from bridge.config import (
     parse_size,
 )
 from bridge.errors import ConfigError
+from bridge.sinks import SINK_TYPES
 from bridge.sinks.file import FileSinkOptions
 from bridge.sinks.http import HttpSinkOptions
 
@@ -83,7 +85,7 @@ def write(directory: Path, data: dict[str, Any] | str, name: str = "config.yaml"
 
 
 def load(tmp_path: Path, data: dict[str, Any] | str, env: dict[str, str] | None = None) -> Config:
-    return load_config(write(tmp_path, data), env=env or {})
+    return load_config(write(tmp_path, data), sink_types=SINK_TYPES, env=env or {})
 
 
 def problems(
@@ -116,7 +118,7 @@ def test_example_config_needs_exactly_the_variables_its_header_names() -> None:
 
 def test_example_config_is_valid_with_its_variables_set() -> None:
     env = {name: f"value-of-{name.lower()}" for name in example_variables()}
-    config = load_config(EXAMPLE, env=env)
+    config = load_config(EXAMPLE, sink_types=SINK_TYPES, env=env)
     assert config.openmail.api_key == Secret("value-of-openmail_api_key")
     assert config.openmail.webhook.secret == Secret("value-of-openmail_webhook_secret")
     assert list(config.sinks) == ["agent", "audit", "console"]
@@ -354,12 +356,12 @@ def test_an_empty_file_asks_for_the_required_parts(tmp_path: Path) -> None:
 
 def test_an_unreadable_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(tmp_path / "absent.yaml", env={})
+        load_config(tmp_path / "absent.yaml", sink_types=SINK_TYPES, env={})
     assert info.value.problems == [
         f"{tmp_path / 'absent.yaml'}: cannot read config file: No such file or directory"
     ]
     with pytest.raises(ConfigError, match="no config file given"):
-        load_config(None, env={})
+        load_config(None, sink_types=SINK_TYPES, env={})
 
 
 # --- inputs that once escaped as bare exceptions ----------------------------------------------
@@ -645,7 +647,7 @@ def test_text_config_resolves_against_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    config = load_config(text=yaml.safe_dump(BASE), env={})
+    config = load_config(text=yaml.safe_dump(BASE), sink_types=SINK_TYPES, env={})
     assert config.state.path == tmp_path / "state" / "bridge.db"
     assert config.source is None
 
@@ -785,7 +787,32 @@ def test_sink_config_carries_shared_and_typed_options(tmp_path: Path) -> None:
 
 
 def test_build_config_takes_a_parsed_tree(tmp_path: Path) -> None:
-    config = build_config(copy.deepcopy(BASE), base_dir=tmp_path, env={})
+    config = build_config(copy.deepcopy(BASE), base_dir=tmp_path, sink_types=SINK_TYPES, env={})
     assert config.state.path == tmp_path / "state" / "bridge.db"
     with pytest.raises(ConfigError, match="<top>: expected a mapping"):
-        build_config(["not", "a", "mapping"], base_dir=tmp_path, env={})
+        build_config(["not", "a", "mapping"], base_dir=tmp_path, sink_types=SINK_TYPES, env={})
+
+
+def test_the_config_package_does_not_import_the_sinks() -> None:
+    # The sink registry is passed in (``sink_types=``): loading a config needs no sink module.
+    code = "import sys, bridge.config; print('bridge.sinks' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_sinks_import_only_the_leaf_config_modules() -> None:
+    # ``bridge.config`` (the package face) and its loader are for callers that load configs.
+    allowed = {"bridge.config.schema", "bridge.config.values"}
+    for module in sorted((REPO / "bridge" / "sinks").glob("*.py")):
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        config_imports = {name for name in imported if name and name.startswith("bridge.config")}
+        assert config_imports <= allowed, module.name

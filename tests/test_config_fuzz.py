@@ -186,7 +186,7 @@ def _problem_ok(problem: object, top_keys: set[str]) -> bool:
 @example(_graft(("openmail", "api_key"), "${NUL}", None))  # ValueError reading NUL_FILE
 def test_any_tree_gives_config_or_key_path_errors(raw: Any) -> None:
     try:
-        config: Config | None = build_config(raw, base_dir=BASE_DIR, env=ENV)
+        config: Config | None = build_config(raw, base_dir=BASE_DIR, sink_types=SINK_TYPES, env=ENV)
         problems: list[str] = []
     except ConfigError as exc:  # any other exception fails the test
         config, problems = None, exc.problems
@@ -206,6 +206,6 @@ def test_any_tree_gives_config_or_key_path_errors(raw: Any) -> None:
 
 def test_the_grafting_base_is_valid() -> None:
     """The base the grafts start from is itself valid, so a failure points at the graft."""
-    config = build_config(VALID, base_dir=BASE_DIR, env=ENV)
+    config = build_config(VALID, base_dir=BASE_DIR, sink_types=SINK_TYPES, env=ENV)
     assert config.state.path == BASE_DIR / "state" / "bridge.db"
     assert [r.name for r in config.routes] == ["r", "all"]

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,25 +160,29 @@ def test_entrypoint_runs_unprivileged_serves_healthz_and_stops_on_sigterm(open_t
     config.write_text(text)
     config.chmod(0o644)
     env["OPENMAIL_BRIDGE_CONFIG"] = str(config)
-    stderr = open_tmp / "stderr.log"
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen(_unprivileged([str(EXECUTABLE), "run"]), env=env, stderr=err,
-                                stdout=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(_unprivileged([str(EXECUTABLE), "run"]), env=env, text=True,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)  # fmt: skip
+    assert proc.stderr is not None
+    stderr: list[str] = []
+    reader: threading.Thread | None = None
     try:
         port = None
-        deadline = time.monotonic() + 20
-        while port is None and time.monotonic() < deadline:
-            for line in stderr.read_text().splitlines():
-                if '"admin.listening"' in line:
-                    port = json.loads(line)["listen"].rsplit(":", 1)[1]
-            if proc.poll() is not None:
-                pytest.fail(f"bridge exited {proc.returncode}: {stderr.read_text()}")
-            time.sleep(0.1)
-        assert port is not None, stderr.read_text()
+        for line in proc.stderr:  # each line as the bridge writes it; the end when it exits
+            stderr.append(line)
+            if '"admin.listening"' in line:
+                port = json.loads(line)["listen"].rsplit(":", 1)[1]
+                break
+        if port is None:
+            pytest.fail(f"bridge exited {proc.wait(timeout=20)}: {''.join(stderr)}")
+        # Keep reading, so a full pipe never blocks the bridge's logging.
+        reader = threading.Thread(target=lambda: stderr.extend(proc.stderr or ()), daemon=True)
+        reader.start()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
             assert response.status == 200
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0, stderr.read_text()
+        code = proc.wait(timeout=20)
+        reader.join(timeout=5)
+        assert code == 0, "".join(stderr)
         db = open_tmp / "state" / "bridge.db"
         assert db.exists()
         assert db.stat().st_uid == 65534
@@ -186,3 +190,6 @@ def test_entrypoint_runs_unprivileged_serves_healthz_and_stops_on_sigterm(open_t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if reader is not None:
+            reader.join(timeout=5)
+        proc.stderr.close()

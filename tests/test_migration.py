@@ -28,6 +28,7 @@ from structlog.testing import capture_logs
 
 from bridge.config import build_config
 from bridge.events import Origin, parse_event
+from bridge.sinks import SINK_TYPES
 from bridge.store import AcceptOutcome, Store
 
 FIXTURE_SHA256 = "54fcc8e4c64ca3b83286565bdb5ec301c6b35a8cb88710d73e0637b332cfed9b"
@@ -80,7 +81,7 @@ async def test_v0_1_database_migrates_and_delivers_everything(
         routes=[{"name": "all", "sinks": ["agent", "audit"]}],
     )
     config_file = write_config(tmp_path / "config.yaml", data)
-    config = build_config(data, base_dir=tmp_path, env={})
+    config = build_config(data, sink_types=SINK_TYPES, base_dir=tmp_path, env={})
 
     with capture_logs() as logs:
         async with running_bridge(config) as sup:

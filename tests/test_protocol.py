@@ -120,3 +120,38 @@ def test_signature_matches_an_independent_hmac() -> None:
 )
 def test_timestamp_window(value: str | None, problem: protocol.TimestampProblem | None) -> None:
     assert protocol.check_timestamp(value, 1_700_000_000.0, 300.0) == problem
+
+
+@pytest.mark.parametrize(
+    ("message", "auth"),
+    [
+        ("Unauthorized", True),
+        ("invalid API key", True),
+        ("Invalid key", True),
+        ("key revoked", True),
+        ("Forbidden", True),
+        ("unknown last_event_id", False),
+        ("rate limit exceeded", False),
+        ("", False),
+    ],
+)
+def test_error_text_that_names_the_key_is_taken_for_a_refused_key(message: str, auth: bool) -> None:
+    assert protocol.error_looks_like_auth(message) is auth
+
+
+@pytest.mark.parametrize(
+    ("raw", "replayed"),
+    [
+        (b'{"event":"x","occurred_at":"2020-01-01T00:00:00.000Z"}', True),
+        (b'{"event":"x","occurred_at":"2030-01-01T00:00:00.000Z"}', False),
+        (b'{"event":"x","occurred_at":"2026-01-01T00:00:09.800+00:00"}', False),  # within slack
+        (b'{"event":"x","occurred_at":"2026-01-01T00:00:09.400+00:00"}', True),
+        (b'{"event":"x","occurred_at":"yesterday"}', False),
+        (b'{"event":"x","occurred_at":""}', False),
+        (b'{"event":"x"}', False),
+        (b'{"event":"x", "occurred_at": "2020-01-01T00:00:00Z"}', False),  # only the compact form
+    ],
+)
+def test_an_event_that_occurred_before_subscribed_was_replayed(raw: bytes, replayed: bool) -> None:
+    moment = 1767225610.0  # 2026-01-01T00:00:10Z
+    assert protocol.occurred_before(raw, moment) is replayed

@@ -1,4 +1,5 @@
-"""Tests for bridge.store: real SQLite files under tmp_path, real subprocesses for the lock."""
+"""Tests for bridge.store: real SQLite files under tmp_path, real subprocesses for the lock; the
+clock and the sleeps between prune rounds and write probes are injected and stepped by hand."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 import sqlite3
 import sys
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
@@ -16,7 +18,6 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from bridge import store_schema
 from bridge.errors import (
     SpoolFullError,
     StoreError,
@@ -32,6 +33,8 @@ from bridge.store import (
     SinkCounts,
     Store,
     StoreLimits,
+    database,
+    schema,
 )
 
 ACCEPTED, DUPLICATE, CONFLICT = (
@@ -67,9 +70,58 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "bridge.db"
 
 
+PROBE = 0.5  # the probe interval, by which a test steps the write probe's sleep
+PRUNE = 60.0  # the prune interval, likewise
+
+
+class SteppedSleep:
+    """An injected ``sleep``: a sleeper wakes only when the test lets it (keyed by its delay)."""
+
+    def __init__(self) -> None:
+        self._wakers: dict[float, asyncio.Future[None]] = {}
+        self._arrived = asyncio.Event()
+
+    async def __call__(self, delay: float) -> None:
+        waker = asyncio.get_running_loop().create_future()
+        self._wakers[delay] = waker
+        self._arrived.set()
+        await waker
+
+    async def _asleep(self, delay: float) -> asyncio.Future[None]:
+        async with asyncio.timeout(10):
+            while (waker := self._wakers.get(delay)) is None or waker.done():
+                self._arrived.clear()
+                await self._arrived.wait()
+        return waker
+
+    async def wake(self, delay: float) -> None:
+        """Wait until something sleeps ``delay``, then end that sleep."""
+        (await self._asleep(delay)).set_result(None)
+
+    async def step(self, delay: float) -> None:
+        """One round of a loop sleeping ``delay``: wake it, wait until it sleeps again."""
+        await self.wake(delay)
+        await self._asleep(delay)
+
+
+class Clock:
+    """An injected wall clock the test moves."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(db_path, probe_interval=0.05)
+def sleep() -> SteppedSleep:
+    return SteppedSleep()
+
+
+@pytest.fixture
+async def store(db_path: Path, sleep: SteppedSleep) -> AsyncIterator[Store]:
+    s = await Store.open(db_path, probe_interval=PROBE, prune_interval=PRUNE, sleep=sleep)
     yield s
     await s.close()
 
@@ -217,9 +269,15 @@ async def test_group_commit_shares_transactions(store: Store) -> None:
 
 async def test_accepts_fired_without_awaiting_commit_in_call_order(store: Store) -> None:
     # The WebSocket source's pattern: several accepts in flight, the cursor must end on the last.
+    # The writer thread is held, so the first accepts' batch is still committing (waiting for
+    # the thread) when the later ones are queued behind it.
+    gate = threading.Event()
+    held = asyncio.get_running_loop().run_in_executor(store._res.writer, gate.wait)
     tasks = [asyncio.create_task(store.accept(event(f"ev-{i}"), ["agent"])) for i in range(50)]
-    await asyncio.sleep(0)  # lets the first batch start committing while more are queued
+    await store.pending("agent")  # a read round trip: the first accepts are queued meanwhile
     tasks += [asyncio.create_task(store.accept(event(f"ev-{i}"), ["agent"])) for i in range(50, 80)]
+    gate.set()
+    await held
     results = await asyncio.gather(*tasks)
 
     seqs = [r.seq or 0 for r in results]
@@ -399,12 +457,10 @@ async def test_an_event_of_unknown_content_never_conflicts(store: Store) -> None
     assert (await store.accept(event("evt_2"), ["agent"])).outcome is DUPLICATE
 
 
-async def test_quarantine_is_bounded_and_purged(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(store_schema, "QUARANTINE_MAX_ROWS", 2)
+async def test_quarantine_is_bounded_and_purged(db_path: Path) -> None:
     first = parsed(payload())
-    store = await Store.open(db_path, StoreLimits(max_bytes=2 * len(first.raw) + 100))
+    limits = StoreLimits(max_bytes=2 * len(first.raw) + 100, max_quarantined=2)
+    store = await Store.open(db_path, limits)
     try:
         await store.accept(first, ["agent"])
         big = parsed(payload(subject="b" * 200))  # does not fit the room left
@@ -555,20 +611,24 @@ async def test_seq_keeps_increasing_across_deletes_and_restarts(db_path: Path) -
 # -- dedup window -------------------------------------------------------------------------------
 
 
-async def test_seen_ids_are_pruned_after_the_window(db_path: Path) -> None:
-    limits = StoreLimits(dedup_window=0.05)
-    store = await Store.open(db_path, limits, prune_interval=0.05)
+async def test_seen_ids_are_pruned_after_the_window(db_path: Path, sleep: SteppedSleep) -> None:
+    clock = Clock()
+    limits = StoreLimits(dedup_window=60)
+    store = await Store.open(db_path, limits, prune_interval=PRUNE, clock=clock, sleep=sleep)
     try:
         held = await store.accept(event("held"), ["agent"])
         await store.accept(event("gone"), [])
-        await asyncio.sleep(0.4)  # several prune rounds
+        await sleep.step(PRUNE)  # a prune round inside the window forgets nothing
+        assert query(db_path, "SELECT event_id FROM seen") == [("gone",), ("held",)]
 
+        clock.now += 61
+        await sleep.step(PRUNE)
         assert query(db_path, "SELECT event_id FROM seen") == [("held",)]
         assert (await store.accept(event("gone"), [])).outcome is ACCEPTED
         # An event still held is its own dedup record, however old.
         assert (await store.accept(event("held"), ["agent"])).outcome is DUPLICATE
         await store.mark_delivered(held.deliveries[0].id)
-        await asyncio.sleep(0.3)
+        await sleep.step(PRUNE)
         assert (await store.accept(event("held"), ["agent"])).outcome is ACCEPTED
     finally:
         await store.close()
@@ -619,7 +679,8 @@ async def test_spool_bound_refuses_without_writing_and_resumes(db_path: Path) ->
             await store.accept(big, ["agent"])
         assert store.has_room  # 100 < 150, but the 100-byte event does not fit:
         waiter = asyncio.create_task(store.wait_room(len(big.raw)))
-        await asyncio.sleep(0.05)
+        # A commit that frees nothing does not let it through.
+        await store.record_attempt(first.deliveries[0].id, attempts=1, error="x")
         assert not waiter.done()
 
         await store.mark_delivered(first.deliveries[0].id)
@@ -687,7 +748,9 @@ async def test_refused_websocket_event_holds_the_cursor_until_replayed(db_path: 
 # -- write failures -----------------------------------------------------------------------------
 
 
-async def test_write_failure_fails_the_batch_and_recovers(store: Store, db_path: Path) -> None:
+async def test_write_failure_fails_the_batch_and_recovers(
+    store: Store, db_path: Path, sleep: SteppedSleep
+) -> None:
     await store.accept(event("ev-0"), ["agent"])
     ((pages,),) = await on_writer(store, "PRAGMA page_count")
     await on_writer(store, f"PRAGMA max_page_count = {pages}")  # the file may not grow: SQLITE_FULL
@@ -701,12 +764,14 @@ async def test_write_failure_fails_the_batch_and_recovers(store: Store, db_path:
         assert str(db_path) in str(results[0])
         assert "SQLITE_FULL" in str(results[0])
         assert not store.writable
-        await asyncio.sleep(0.25)  # probes run, and fail: the file still cannot grow
+        for _ in range(2):  # probes run, and fail: the file still cannot grow
+            await sleep.step(PROBE)
         assert not store.writable
         with pytest.raises(StoreUnavailableError, match="not writable"):
             await store.accept(event("ev-9"), ["agent"])
 
         await on_writer(store, "PRAGMA max_page_count = 1073741823")
+        await sleep.wake(PROBE)
         async with asyncio.timeout(2):
             await store.wait_writable()
     assert [e["event"] for e in logs if e["event"].startswith("store.w")] == [
@@ -729,7 +794,7 @@ async def test_empty_file_migrates_to_current_version(db_path: Path) -> None:
     store = await Store.open(db_path)
     await store.accept(event("ev-1"), ["agent"])
     await store.close()
-    assert query(db_path, "PRAGMA user_version") == [(store_schema.SCHEMA_VERSION,)]
+    assert query(db_path, "PRAGMA user_version") == [(schema.SCHEMA_VERSION,)]
 
 
 async def test_newer_database_is_refused_and_left_alone(db_path: Path) -> None:
@@ -740,7 +805,7 @@ async def test_newer_database_is_refused_and_left_alone(db_path: Path) -> None:
         with pytest.raises(StoreVersionError) as caught:
             await Store.open(db_path)
         assert "version 99" in str(caught.value)
-        assert f"version {store_schema.SCHEMA_VERSION})" in str(caught.value)
+        assert f"version {schema.SCHEMA_VERSION})" in str(caught.value)
     assert query(db_path, "PRAGMA user_version") == [(99,)]
     assert names(db_path.parent) == ["bridge.db", "bridge.db.lock"]
 
@@ -749,18 +814,18 @@ async def test_migrations_apply_forward_in_one_transaction(db_path: Path) -> Non
     store = await Store.open(db_path)
     await store.accept(event("ev-1"), ["agent"])
     await store.close()
-    current = tuple(store_schema.MIGRATIONS)
+    current = tuple(schema.MIGRATIONS)
     broken = (*current, ("ALTER TABLE deliveries ADD COLUMN note TEXT", "NOT SQL AT ALL"))
     good = (*current, ("ALTER TABLE deliveries ADD COLUMN note TEXT",))
 
-    with contextlib.closing(store_schema.connect(db_path)) as conn:
+    with contextlib.closing(database.connect(db_path)) as conn:
         with pytest.raises(sqlite3.OperationalError):
-            store_schema.migrate(conn, db_path, broken)
+            database.migrate(conn, db_path, broken)
         assert conn.execute("PRAGMA user_version").fetchone() == (len(current),)
         columns = [row[1] for row in conn.execute("PRAGMA table_info(deliveries)")]
         assert "note" not in columns  # the half-applied migration was rolled back
 
-        assert store_schema.migrate(conn, db_path, good) == len(current)
+        assert database.migrate(conn, db_path, good) == len(current)
         assert conn.execute("PRAGMA user_version").fetchone() == (len(current) + 1,)
         rows = conn.execute("SELECT sink, state, note FROM deliveries").fetchall()
         assert rows == [("agent", "pending", None)]  # pending rows kept

@@ -26,9 +26,10 @@ from conftest import (
     wait_until,
 )
 
-from bridge.config import Config
+from bridge.config import Config, build_config
 from bridge.errors import ConfigError, StoreLockedError
 from bridge.simulator import Simulator
+from bridge.sinks import SINK_TYPES
 from bridge.store import Store
 from bridge.supervisor import Supervisor
 from bridge.systemd import Notifier
@@ -61,7 +62,8 @@ async def post_event(http: aiohttp.ClientSession, sv: Supervisor, event_id: str)
 
 
 async def admin_get(http: aiohttp.ClientSession, sv: Supervisor, path: str) -> tuple[int, Any]:
-    async with http.get(f"http://127.0.0.1:{getattr(sv.admin, 'port', 0)}{path}") as response:
+    assert sv.admin is not None
+    async with http.get(f"http://127.0.0.1:{sv.admin.port}{path}") as response:
         return response.status, await response.json()
 
 
@@ -83,11 +85,10 @@ class RecordingNotifier(Notifier):
     def ready(self, status: str) -> None:
         sv = self.supervisor
         assert sv is not None
-        assert sv.dispatcher is not None
         self.at_ready = {
-            "store_open": sv.store is not None and sv.store.writable,
+            "store_open": sv.store.writable,
             "workers_running": all(w._tasks for w in sv.dispatcher.workers.values()),
-            "admin_bound": port_is_bound(getattr(sv.admin, "port", None)),
+            "admin_bound": sv.admin is not None and port_is_bound(sv.admin.port),
             "webhook_bound": sv.webhook is not None and port_is_bound(sv.webhook.port),
             "websocket_started": sv.websocket is not None,
         }
@@ -136,11 +137,11 @@ async def test_stops_in_reverse_order_refusing_new_events_while_stopping(
     sv = Supervisor(make_config(tmp_path, sim), notifier=notifier)
     notifier.supervisor = sv
     await sv.start()
-    assert sv.websocket is not None
-    assert sv.webhook is not None
-    assert sv.dispatcher is not None
-    assert sv.store is not None
-    await wait_until(lambda: sv.websocket.receiving)  # type: ignore[union-attr]
+    websocket, webhook, admin = sv.websocket, sv.webhook, sv.admin
+    assert websocket is not None
+    assert webhook is not None
+    assert admin is not None
+    await wait_until(lambda: websocket.receiving)
     calls: list[str] = []
     seen_while_stopping: dict[str, Any] = {}
 
@@ -165,12 +166,11 @@ async def test_stops_in_reverse_order_refusing_new_events_while_stopping(
     async def probe_drain() -> None:
         seen_while_stopping["healthz"] = (await admin_get(http, sv, "/healthz"))[0]
 
-    admin = sv.admin
     # Each component's own stop still runs; the spies only note the order and probe in between.
-    sv.websocket.stop = spy("websocket", sv.websocket.stop, probe_sources)  # type: ignore[method-assign]
-    sv.webhook.stop = spy("webhook", sv.webhook.stop)  # type: ignore[method-assign]
+    websocket.stop = spy("websocket", websocket.stop, probe_sources)  # type: ignore[method-assign]
+    webhook.stop = spy("webhook", webhook.stop)  # type: ignore[method-assign]
     sv.dispatcher.stop = spy("sinks", sv.dispatcher.stop, probe_drain)  # type: ignore[method-assign]
-    admin.stop = spy("admin", admin.stop)  # type: ignore[attr-defined]
+    admin.stop = spy("admin", admin.stop)  # type: ignore[method-assign]
     sv.store.close = spy("store", sv.store.close)  # type: ignore[method-assign]
 
     await sv.stop()
@@ -313,9 +313,7 @@ def two_file_sinks(tmp_path: Path, route_to: str, **extra: Any) -> dict[str, Any
 
 
 def build(tmp_path: Path, data: dict[str, Any]) -> Config:
-    from bridge.config import build_config
-
-    return build_config(data, base_dir=tmp_path, env={})
+    return build_config(data, sink_types=SINK_TYPES, base_dir=tmp_path, env={})
 
 
 async def test_reload_swaps_routes_atomically_under_load(
@@ -481,6 +479,8 @@ async def test_second_instance_on_the_same_state_fails_with_store_locked_error(
         assert second.websocket is None
         assert second.stopping
         # The first one is untouched.
-        await wait_until(lambda: first.websocket is not None and first.websocket.receiving)
+        websocket = first.websocket
+        assert websocket is not None
+        await wait_until(lambda: websocket.receiving)
         assert (await admin_get(http, first, "/readyz"))[1]["status"] == "ready"
         assert await post_event(http, first, "evt_first_still_works") == 200

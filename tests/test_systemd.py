@@ -25,6 +25,11 @@ from bridge.simulator import Simulator
 from bridge.systemd import Notifier
 
 
+def watchdog_tasks() -> list[asyncio.Task[Any]]:
+    """The Notifier's running beat (its task is named ``systemd:watchdog``)."""
+    return [t for t in asyncio.all_tasks() if t.get_name() == "systemd:watchdog"]
+
+
 @pytest.fixture
 def socket_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory short enough for a Unix socket path (108 bytes at most)."""
@@ -133,7 +138,7 @@ async def test_watchdog_pid_of_another_process_disables_the_watchdog(
     )
     assert notifier.watchdog_interval is None
     notifier.start_watchdog()
-    await asyncio.sleep(0.1)
+    assert watchdog_tasks() == []  # no beat at all, so no ping can come later
     await notifier.stop_watchdog()
     assert listener.with_key("WATCHDOG") == []
 
@@ -145,10 +150,9 @@ async def test_watchdog_pings_from_the_event_loop_until_stopped(
     notifier = Notifier(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "40000"})  # every 20 ms
     notifier.start_watchdog()
     await wait_until(lambda: len(listener.with_key("WATCHDOG")) >= 4, timeout=5)
+    assert watchdog_tasks()
     await notifier.stop_watchdog()
-    count = len(listener.with_key("WATCHDOG"))
-    await asyncio.sleep(0.1)
-    assert len(listener.with_key("WATCHDOG")) == count
+    assert watchdog_tasks() == []  # stopped, not merely between two pings
 
 
 async def test_status_is_resent_only_when_it_changes(
@@ -158,12 +162,20 @@ async def test_status_is_resent_only_when_it_changes(
     path, listener = notify_socket
     notifier = Notifier(env={"NOTIFY_SOCKET": path})  # no watchdog: STATUS= only
     state = ["degraded: websocket connecting"]
+    beats = 0
+
+    def status() -> str:
+        nonlocal beats
+        beats += 1
+        return state[0]
+
     notifier.ready(state[0])
-    notifier.start_watchdog(lambda: state[0])
-    await asyncio.sleep(0.1)
+    notifier.start_watchdog(status)
+    await wait_until(lambda: beats >= 3)  # beats with the state unchanged since READY=1
     state[0] = "ready: websocket subscribed"
     await wait_until(lambda: len(listener.drain()) == 2)
-    await asyncio.sleep(0.1)
+    seen = beats
+    await wait_until(lambda: beats >= seen + 3)  # more beats, the state unchanged again
     await notifier.stop_watchdog()
     assert listener.drain() == [
         {"READY": "1", "STATUS": "degraded: websocket connecting"},

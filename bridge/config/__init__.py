@@ -2,12 +2,17 @@
 
 A section is declared once, as a frozen dataclass (``schema``), and validated by its annotations
 (``values``: ``Duration``, ``ByteSize``, ``Secret``, ``FilePath``, ``HttpUrl``, ``WsUrl``,
-``Listen``, ``Literal`` choices, tuples, maps, nested sections) by one loader (``loader``) that
-reports every problem at once as ``key.path: message``. Sink types bring their own option
-dataclasses (``bridge.sinks.SINK_TYPES``).
+``Listen``, ``Literal`` choices, tuples, maps, nested sections) by one walker (``walker``) that
+reports every problem at once as ``key.path: message``; ``loader`` adds the rules that span
+sections. ``presentation`` shows a loaded config with its secrets masked and lists its warnings.
+
+Sink types bring their own option dataclasses: the caller passes the registry
+(``load_config(path, sink_types=bridge.sinks.SINK_TYPES)``), so this package never imports the
+sinks, and the sinks import only ``schema`` and ``values``.
 """
 
-from bridge.config.loader import build_config, describe, load_config
+from bridge.config.loader import build_config, load_config
+from bridge.config.presentation import ConfigWarning, config_warnings, describe
 from bridge.config.schema import (
     AdminConfig,
     Config,
@@ -18,6 +23,7 @@ from bridge.config.schema import (
     RouteConfig,
     RouteMatch,
     SinkConfig,
+    SinkOptionsSource,
     StateConfig,
     TlsConfig,
     WebhookConfig,
@@ -40,6 +46,7 @@ __all__ = [
     "AdminConfig",
     "ByteSize",
     "Config",
+    "ConfigWarning",
     "Duration",
     "FilePath",
     "HttpUrl",
@@ -52,12 +59,14 @@ __all__ = [
     "RouteMatch",
     "Secret",
     "SinkConfig",
+    "SinkOptionsSource",
     "StateConfig",
     "TlsConfig",
     "WebSocketConfig",
     "WebhookConfig",
     "WsUrl",
     "build_config",
+    "config_warnings",
     "describe",
     "load_config",
     "parse_duration",

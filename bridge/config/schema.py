@@ -1,6 +1,7 @@
 """The configuration schema: one frozen dataclass per section, defaults included.
 
-Sink types add their own option dataclasses next to their classes (``bridge.sinks``).
+Sink types add their own option dataclasses next to their classes (``bridge.sinks``); the loader
+learns them from the registry it is given (:class:`SinkOptionsSource`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, Protocol, TypeVar
 
 from bridge import protocol
 from bridge.config.values import ByteSize, Duration, FilePath, Listen, Secret, WsUrl
@@ -144,17 +145,32 @@ class RetryConfig:
 
 Ordering = Literal["thread", "none", "strict"]
 
+OptionsT_co = TypeVar("OptionsT_co", covariant=True)
+"""A sink type's options dataclass; covariant because a ``SinkConfig`` never changes."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SinkConfig:
-    """Options every sink has, plus ``options``: the dataclass its ``type`` declares."""
+class SinkConfig(Generic[OptionsT_co]):
+    """Options every sink has, plus ``options``: the dataclass its ``type`` declares.
+
+    The loader knows a sink's options only as ``object`` (``SinkConfig[object]``); a sink class
+    takes ``SinkConfig[ItsOptions]``, and the registry (``bridge.sinks``) checks the match once.
+    """
 
     name: str
     type: str
-    options: object
+    options: OptionsT_co
     ordering: Ordering = "thread"
     concurrency: int = 4
     retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+class SinkOptionsSource(Protocol):
+    """What the loader needs of one sink type in the registry it is given: the options dataclass
+    that the keys of a sink of that ``type:`` (other than the common ones) fill."""
+
+    @property
+    def options(self) -> type: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,7 +194,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    sinks: Mapping[str, SinkConfig] = field(default_factory=dict)
+    sinks: Mapping[str, SinkConfig[object]] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     shutdown_timeout: Duration = 10.0
     source: Path | None = field(default=None, metadata={"internal": True})

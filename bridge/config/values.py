@@ -1,7 +1,7 @@
 """Configuration value types: durations, sizes, secrets, listen addresses, URLs, file paths.
 
 Each is a plain Python value carrying an ``Annotated`` marker, so a section dataclass says what it
-wants in its type hints and the loader (``bridge.config.loader``) knows how to read it.
+wants in its type hints and the walker (``bridge.config.walker``) knows how to read it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from bridge import protocol
-from bridge.simulator.delivery import DeliveryRecord, encode, stamp
+from bridge.simulator.records import DeliveryRecord, encode, stamp
 
 log = structlog.get_logger(__name__)
 
@@ -95,12 +95,14 @@ class Connection:
         *,
         auth: AuthForm,
         record: Callable[[DeliveryRecord], None],
+        clock: Callable[[], float],
     ) -> None:
         self.id = conn_id
         self.ws = ws
         self._request = request
         self.auth: AuthForm = auth
         self._record = record
+        self._clock = clock
         self.subscribed = False
         self.inbox_ids: set[str] = set()
         self.event_types: set[str] = set()
@@ -248,7 +250,7 @@ class Connection:
 
     def over_rate_limit(self, limit: int, window: float) -> bool:
         """Count one client message; True once more than ``limit`` arrived within ``window`` s."""
-        now = time.monotonic()
+        now = self._clock()
         self.messages += 1
         self._recent.append(now)
         while self._recent and self._recent[0] <= now - window:

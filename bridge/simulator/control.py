@@ -8,29 +8,70 @@ secrets. Bad input is answered ``400 {"error": "..."}`` naming the offending fie
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Final, Literal
+from collections.abc import Sequence
+from typing import Final, Literal, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from bridge import protocol
+from bridge.simulator.connection import ConnectionInfo
 from bridge.simulator.endpoint import is_server_close_code
 from bridge.simulator.mail import UNSET, Unset
-
-if TYPE_CHECKING:
-    from bridge.simulator.server import Simulator
+from bridge.simulator.records import DeliveryRecord
 
 MAX_COUNT: Final = 1000
 """Most events one ``POST /_sim/events`` may create."""
 
-_simulator: Final = web.AppKey["Simulator"]("simulator")
+
+class Controlled(Protocol):
+    """What the control API reads and turns: the parts of ``Simulator`` it needs, so that the
+    server can hand itself in without this module depending on it."""
+
+    @property
+    def inboxes(self) -> tuple[str, ...]: ...
+    @property
+    def events(self) -> Sequence[dict[str, object]]: ...
+    @property
+    def deliveries(self) -> Sequence[DeliveryRecord]: ...
+    @property
+    def ws_url(self) -> str: ...
+    @property
+    def connections(self) -> list[ConnectionInfo]: ...
+    @property
+    def refusing(self) -> bool: ...
+    @property
+    def pending_webhooks(self) -> int: ...
+
+    def webhook_config(self) -> dict[str, object]: ...
+    def message_event(
+        self, *, inbox_id: str | None = None, thread_id: str | None = None, **overrides: object
+    ) -> dict[str, object]: ...
+    def lifecycle_event(
+        self,
+        kind: str = "inbox.suspended",
+        *,
+        inbox_id: str | Unset | None = UNSET,
+        reason: str | Unset | None = UNSET,
+    ) -> dict[str, object]: ...
+    async def inject(self, payload: dict[str, object] | None = None) -> str: ...
+    async def disconnect(self, code: int = 1001, *, abrupt: bool = False) -> int: ...
+    def refuse(
+        self, seconds: float, *, mode: Literal["close", "http"] = "close", code: int | None = None
+    ) -> None: ...
+    def set_webhook(
+        self, url: str | None, secret: str | None, *, inbox_id: str | None = None
+    ) -> None: ...
+
+
+_simulator: Final = web.AppKey[Controlled]("simulator")
 
 
 class BadRequest(ValueError):
     """A control request that cannot be carried out; the message is shown to the caller."""
 
 
-def add_routes(app: web.Application, simulator: Simulator) -> None:
+def add_routes(app: web.Application, simulator: Controlled) -> None:
     app[_simulator] = simulator
     app.router.add_post("/_sim/events", post_events)
     app.router.add_get("/_sim/events", get_events)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -24,7 +23,7 @@ from bridge.simulator.connection import (
     ConnectionInfo,
     error_frame,
 )
-from bridge.simulator.delivery import DeliveryRecord
+from bridge.simulator.records import DeliveryRecord
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +63,7 @@ class WebSocketEndpoint:
         history: the simulator's event history, read (never written) for replay.
         record: called with every delivery record.
         notify: called whenever connections or their filters change.
+        clock: monotonic seconds, for refusal windows and the rate limit.
     """
 
     def __init__(
@@ -75,6 +75,7 @@ class WebSocketEndpoint:
         limits: Limits,
         record: Callable[[DeliveryRecord], None],
         notify: Callable[[], None],
+        clock: Callable[[], float],
     ) -> None:
         if not api_key:
             raise ValueError("api_key must not be empty")
@@ -84,6 +85,7 @@ class WebSocketEndpoint:
         self._limits = limits
         self._record = record
         self._notify = notify
+        self._clock = clock
         self.connections: dict[int, Connection] = {}
         self._next_id = 1
         self._refuse_until = 0.0
@@ -94,7 +96,7 @@ class WebSocketEndpoint:
 
     @property
     def refusing(self) -> bool:
-        return time.monotonic() < self._refuse_until
+        return self._clock() < self._refuse_until
 
     def refuse(self, seconds: float, mode: Literal["close", "http"], code: int | None) -> None:
         if mode not in ("close", "http"):
@@ -107,7 +109,7 @@ class WebSocketEndpoint:
             raise ValueError("an HTTP refusal needs a 4xx or 5xx status")
         if seconds < 0:
             raise ValueError("seconds must be >= 0")
-        self._refuse_until = time.monotonic() + seconds
+        self._refuse_until = self._clock() + seconds
         self._refuse_mode, self._refuse_code = mode, code
 
     def rotate_key(self, new_key: str, *, close_existing: bool) -> None:
@@ -180,7 +182,9 @@ class WebSocketEndpoint:
                 await ws.send_str(error_frame(text))
             await ws.close(code=code)
             return ws
-        conn = Connection(self._next_id, ws, request, auth=auth, record=self._record)
+        conn = Connection(
+            self._next_id, ws, request, auth=auth, record=self._record, clock=self._clock
+        )
         self._next_id += 1
         self.connections[conn.id] = conn
         self._notify()

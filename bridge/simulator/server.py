@@ -1,8 +1,8 @@
 """The :class:`Simulator`: its aiohttp server's lifecycle, the event history, routing of each
 event (§8: WebSocket fan-out, else webhook, else failed) and the knobs tests turn.
 
-The ``/v1/ws`` endpoint is in ``endpoint``, webhook sending in ``delivery``, mail content in
-``mail``, the ``/_sim`` HTTP API in ``control``.
+The ``/v1/ws`` endpoint is in ``endpoint``, webhook sending in ``webhooks``, delivery records in
+``records``, mail content in ``mail``, the ``/_sim`` HTTP API in ``control``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final, Literal, Self
@@ -20,9 +21,10 @@ from aiohttp import web
 from bridge import protocol
 from bridge.simulator import control
 from bridge.simulator.connection import ConnectionInfo
-from bridge.simulator.delivery import DeliveryRecord, WebhookConfig, WebhookDispatcher
 from bridge.simulator.endpoint import Limits, WebSocketEndpoint
 from bridge.simulator.mail import UNSET, MailFactory, Unset, iso_now, new_id
+from bridge.simulator.records import DeliveryRecord
+from bridge.simulator.webhooks import WebhookSender, WebhookTargets
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +41,8 @@ class Simulator:
     Use it as ``async with Simulator(...) as sim:``; it listens on ``127.0.0.1`` and a free port
     unless :meth:`start` is called with others. Constructor arguments mirror OpenMail's limits
     (``bridge.protocol``) so tests can shrink them; ``auth_failure`` picks the documented form of a
-    rejected key (ASSUMPTION 5); ``seed`` makes generated mail content reproducible.
+    rejected key (ASSUMPTION 5); ``seed`` makes generated mail content reproducible; ``clock``
+    (monotonic seconds) times refusal windows and the rate limit, so tests can move it.
 
     Raises:
         ValueError: an inconsistent argument (webhook without secret, non-positive limit, ...).
@@ -63,6 +66,7 @@ class Simulator:
         max_connections: int = protocol.MAX_CONNECTIONS,
         auth_failure: Literal["close", "http"] = "close",
         seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not inboxes or any(not inbox.startswith("inb_") for inbox in inboxes):
             raise ValueError("inboxes must be a non-empty list of 'inb_...' ids")
@@ -85,14 +89,15 @@ class Simulator:
             limits=limits,
             record=self._record,
             notify=self._notify,
+            clock=clock,
         )
         self._mail = MailFactory(self.inboxes, seed)
-        self._webhooks = WebhookConfig(self._owned)
+        self._webhooks = WebhookTargets(self._owned)
         if webhook_secret is not None and webhook_url is None:
             raise ValueError("webhook_secret given without webhook_url")
         if webhook_url is not None:
             self.set_webhook(webhook_url, webhook_secret)
-        self._dispatcher = WebhookDispatcher(
+        self._sender = WebhookSender(
             resolve=self._webhooks.resolve,
             record=self._record,
             retry_delays=retry_delays,
@@ -120,7 +125,7 @@ class Simulator:
         except BaseException:
             await runner.cleanup()
             raise
-        await self._dispatcher.start()
+        await self._sender.start()
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         url_host = f"[{host}]" if ":" in host else host
@@ -136,7 +141,7 @@ class Simulator:
         with contextlib.suppress(TimeoutError):
             await self.wait_for(lambda: not self._endpoint.connections, STOP_GRACE)
         await self.disconnect(abrupt=True)  # peers that did not answer the close frame
-        await self._dispatcher.close()
+        await self._sender.close()
         await self._runner.cleanup()
         self._runner = None
         log.info("sim.stopped")
@@ -162,7 +167,7 @@ class Simulator:
 
     @property
     def pending_webhooks(self) -> int:
-        return self._dispatcher.pending
+        return self._sender.pending
 
     def webhook_config(self) -> dict[str, object]:
         """The webhook configuration without secrets."""
@@ -267,7 +272,7 @@ class Simulator:
         if not targets:
             inbox = event.get("inbox_id")
             if self._webhooks.resolve(inbox if isinstance(inbox, str) else None) is not None:
-                self._dispatcher.submit(event)
+                self._sender.submit(event)
             else:
                 reason = "no subscribed WebSocket connection and no webhook configured"
                 self._record(

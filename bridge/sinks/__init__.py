@@ -1,21 +1,25 @@
 """Sinks: where events go. The ``Sink`` protocol and the registry from config ``type:`` to class.
 
-Adding a sink type is one module defining an options dataclass and a class, plus one line here.
+Adding a sink type is one module defining an options dataclass and a class taking
+``SinkConfig[ItsOptions]``, plus one line here. The registry is passed to the config loader
+(``load_config(path, sink_types=SINK_TYPES)``), which fills each sink's options from it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol, TypeGuard, TypeVar
 
+from bridge.config.schema import SinkConfig
 from bridge.sinks.file import FileSink, FileSinkOptions
 from bridge.sinks.http import HttpSink, HttpSinkOptions
 from bridge.sinks.stdout import StdoutSink, StdoutSinkOptions
 
 if TYPE_CHECKING:
-    from bridge.config import SinkConfig
     from bridge.store import Delivery
+
+OptionsT = TypeVar("OptionsT")
 
 
 class Sink(Protocol):
@@ -38,14 +42,37 @@ class Sink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SinkType:
-    """A registry entry: the options dataclass the config loader fills, and the factory."""
+    """A registry entry: the options dataclass the config loader fills, and the factory that
+    builds the sink from a loaded ``SinkConfig``."""
 
     options: type
-    factory: Callable[[SinkConfig], Sink]
+    factory: Callable[[SinkConfig[object]], Sink]
 
 
-SINK_TYPES: Final[dict[str, SinkType]] = {
-    "http": SinkType(HttpSinkOptions, HttpSink),
-    "file": SinkType(FileSinkOptions, FileSink),
-    "stdout": SinkType(StdoutSinkOptions, StdoutSink),
+def sink_type(options: type[OptionsT], cls: Callable[[SinkConfig[OptionsT]], Sink]) -> SinkType:
+    """The entry for sink class ``cls``, whose config's options are an ``options`` instance.
+
+    The one place a loaded config's options (``object`` to the loader) meet their sink's type.
+    """
+
+    def factory(config: SinkConfig[object]) -> Sink:
+        if not _has_options(config, options):
+            raise TypeError(
+                f"sink {config.name!r}: expected {options.__name__}, got {config.options!r}"
+            )
+        return cls(config)
+
+    return SinkType(options, factory)
+
+
+def _has_options(
+    config: SinkConfig[object], options: type[OptionsT]
+) -> TypeGuard[SinkConfig[OptionsT]]:
+    return isinstance(config.options, options)
+
+
+SINK_TYPES: Final[Mapping[str, SinkType]] = {
+    "http": sink_type(HttpSinkOptions, HttpSink),
+    "file": sink_type(FileSinkOptions, FileSink),
+    "stdout": sink_type(StdoutSinkOptions, StdoutSink),
 }

@@ -1,93 +1,37 @@
-"""File sink: appends one JSON line per event, with an fsync policy, per-inbox paths and rotation.
-
-Also home of :func:`format_line`, the one-line event format the stdout sink shares.
-"""
+"""File sink: appends one JSON line per event, with an fsync policy, per-inbox paths and
+rotation."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import errno
-import json
 import os
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
 import structlog
 
-from bridge.config import ByteSize, FilePath
-from bridge.errors import PermanentDeliveryError, RetryableDeliveryError
+from bridge.config.schema import SinkConfig
+from bridge.config.values import ByteSize, FilePath
+from bridge.errors import RetryableDeliveryError
+from bridge.sinks.lines import LineFormat, format_line
 
 if TYPE_CHECKING:
-    from bridge.config import SinkConfig
     from bridge.store import Delivery
 
 log = structlog.get_logger(__name__)
-
-LineFormat = Literal["payload", "envelope"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileSinkOptions:
     path: FilePath
-    format: Literal["payload", "envelope"] = "payload"
+    format: LineFormat = "payload"
     fsync: Literal["always", "batch", "never"] = "batch"
     max_bytes: ByteSize | None = None
     backups: int = 5
-
-
-# --- Line format ---------------------------------------------------------------------------------
-
-
-def format_line(delivery: Delivery, line_format: LineFormat) -> bytes:
-    """One event as one UTF-8 JSON line, newline included.
-
-    ``payload``: the event object as received, compacted (key order and values kept).
-    ``envelope``: ``{"source", "received_at", "payload"}`` around it.
-
-    Raises:
-        PermanentDeliveryError: the payload is not JSON (retrying cannot change that).
-    """
-    try:
-        data: object = json.loads(delivery.payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PermanentDeliveryError(
-            f"event {delivery.event_id}: payload is not JSON: {exc}"
-        ) from None
-    except RecursionError:
-        raise PermanentDeliveryError(
-            f"event {delivery.event_id}: payload is nested too deeply"
-        ) from None
-    if line_format == "envelope":
-        data = {
-            "source": delivery.origin.value,
-            "received_at": iso_utc(delivery.received_at),
-            "payload": data,
-        }
-    try:
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except RecursionError:
-        raise PermanentDeliveryError(
-            f"event {delivery.event_id}: payload is nested too deeply"
-        ) from None
-    except ValueError:  # NaN, Infinity, or a number too large for a float: not JSON out
-        raise PermanentDeliveryError(
-            f"event {delivery.event_id}: payload has a number JSON cannot carry"
-        ) from None
-    try:
-        return text.encode() + b"\n"
-    except UnicodeEncodeError:
-        # A lone surrogate ("\ud800") is legal JSON but not UTF-8: keep it escaped, as it came.
-        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode() + b"\n"
-
-
-def iso_utc(timestamp: float) -> str:
-    """Unix time as ISO-8601 UTC with milliseconds and ``Z``: ``2026-02-24T10:05:00.012Z``."""
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 # --- Paths ---------------------------------------------------------------------------------------
@@ -114,6 +58,7 @@ def path_component(inbox_id: str | None) -> str:
 
 _FILE_MODE: Final = 0o640
 """Event lines hold mail content: not world-readable (the umask may narrow it further)."""
+DEFAULT_MAX_OPEN_FILES: Final = 64
 
 
 class _OpenFile:
@@ -137,12 +82,17 @@ class FileSink:
     check and the end of the write, so a line is always whole and concurrent sends never interleave;
     only ``fsync`` (which can take long) runs in a thread. With ``fsync: batch`` concurrent sends
     share one ``fsync`` that covers all of their lines (group commit); ``fsyncs`` counts them.
+
+    Args:
+        config: the sink's config, with its :class:`FileSinkOptions`.
+        max_open_files: per-inbox files kept open at once; the least recently used is closed
+            beyond this.
     """
 
-    def __init__(self, config: SinkConfig) -> None:
+    def __init__(
+        self, config: SinkConfig[FileSinkOptions], *, max_open_files: int = DEFAULT_MAX_OPEN_FILES
+    ) -> None:
         options = config.options
-        if not isinstance(options, FileSinkOptions):
-            raise TypeError(f"sink {config.name!r}: expected FileSinkOptions, got {options!r}")
         self.name = config.name
         self._options = options
         self._template = str(options.path)
@@ -152,8 +102,7 @@ class FileSink:
         self._lock = asyncio.Lock()
         self.fsyncs = 0
         """fsync calls made so far (for tests and metrics)."""
-        self.max_open_files = 64
-        """Per-inbox files kept open at once; the least recently used is closed beyond this."""
+        self._max_open_files = max_open_files
 
     async def start(self) -> None:
         """Nothing to do: files are opened on first use, so per-inbox files appear as needed."""
@@ -215,7 +164,7 @@ class FileSink:
             self._rotate(path)
             file = None
         if file is None:
-            while len(self._files) >= self.max_open_files:
+            while len(self._files) >= self._max_open_files:
                 await self._close(self._files.pop(next(iter(self._files))))  # least recently used
             file = self._open(path)
         else:

@@ -21,7 +21,8 @@ import aiohttp
 from multidict import CIMultiDict
 
 from bridge import __version__, protocol
-from bridge.config import Duration, HttpUrl, Secret
+from bridge.config.schema import SinkConfig
+from bridge.config.values import Duration, HttpUrl, Secret
 from bridge.errors import (
     DeliveryError,
     PermanentDeliveryError,
@@ -30,7 +31,6 @@ from bridge.errors import (
 from bridge.redact import header_secrets, literal_secrets, mask_url, scrub_text, url_secrets
 
 if TYPE_CHECKING:
-    from bridge.config import SinkConfig
     from bridge.store import Delivery
 
 
@@ -195,21 +195,19 @@ class HttpSink:
     passes the receiver's freshness window.
 
     Args:
-        config: the sink's config; ``config.options`` is an :class:`HttpSinkOptions`.
+        config: the sink's config, with its :class:`HttpSinkOptions`.
         session: a session to use instead of one of its own; the sink never closes it.
         clock: Unix time for signature timestamps and ``Retry-After`` dates (tests fake it).
     """
 
     def __init__(
         self,
-        config: SinkConfig,
+        config: SinkConfig[HttpSinkOptions],
         *,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         options = config.options
-        if not isinstance(options, HttpSinkOptions):
-            raise TypeError(f"sink {config.name!r}: expected HttpSinkOptions, got {options!r}")
         self.name = config.name
         self._options = options
         self._session = session

@@ -8,35 +8,32 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from bridge.config.schema import SinkConfig
 from bridge.errors import RetryableDeliveryError
-from bridge.sinks.file import format_line
+from bridge.sinks.lines import LineFormat, format_line
 
 if TYPE_CHECKING:
-    from bridge.config import SinkConfig
     from bridge.store import Delivery
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StdoutSinkOptions:
-    format: Literal["payload", "envelope"] = "payload"
+    format: LineFormat = "payload"
 
 
 class StdoutSink:
-    """Writes each event as one line (see :func:`bridge.sinks.file.format_line`) to stdout.
+    """Writes each event as one line (see :func:`bridge.sinks.lines.format_line`) to stdout.
 
     The write runs in a thread: a pipe whose reader is slow blocks the writer, and that must not
     stall the event loop. ``sys.stdout`` is looked up at every send, not at import, so a redirected
     or captured stdout is honoured.
     """
 
-    def __init__(self, config: SinkConfig) -> None:
-        options = config.options
-        if not isinstance(options, StdoutSinkOptions):
-            raise TypeError(f"sink {config.name!r}: expected StdoutSinkOptions, got {options!r}")
+    def __init__(self, config: SinkConfig[StdoutSinkOptions]) -> None:
         self.name = config.name
-        self._format = options.format
+        self._format = config.options.format
         # A threading lock, not an asyncio one: it is held inside the writing thread, so a send
         # cancelled mid-write cannot let the next line start before this one is whole.
         self._write_lock = threading.Lock()

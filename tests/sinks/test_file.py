@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from bridge.config import SinkConfig
 from bridge.errors import PermanentDeliveryError, RetryableDeliveryError
 from bridge.events import Origin
-from bridge.sinks.file import FileSink, FileSinkOptions, format_line, iso_utc, path_component
+from bridge.sinks.file import DEFAULT_MAX_OPEN_FILES, FileSink, FileSinkOptions, path_component
+from bridge.sinks.lines import format_line, iso_utc
 from bridge.store import Delivery
 
 EVENT = {
@@ -64,17 +65,22 @@ def make_delivery(
     )
 
 
-def make_sink(path: Path, **options: object) -> FileSink:
+def make_sink(
+    path: Path, *, max_open_files: int = DEFAULT_MAX_OPEN_FILES, **options: object
+) -> FileSink:
     opts = FileSinkOptions(path=path, **options)  # type: ignore[arg-type]
-    return FileSink(SinkConfig(name="events", type="file", options=opts))
+    config = SinkConfig(name="events", type="file", options=opts)
+    return FileSink(config, max_open_files=max_open_files)
 
 
 @pytest.fixture
 async def sinks():
     made: list[FileSink] = []
 
-    def factory(path: Path, **options: object) -> FileSink:
-        sink = make_sink(path, **options)
+    def factory(
+        path: Path, *, max_open_files: int = DEFAULT_MAX_OPEN_FILES, **options: object
+    ) -> FileSink:
+        sink = make_sink(path, max_open_files=max_open_files, **options)
         made.append(sink)
         return sink
 
@@ -214,8 +220,7 @@ async def test_a_hostile_inbox_id_cannot_leave_the_directory(tmp_path, sinks, te
 
 
 async def test_lru_closes_files_beyond_the_limit_without_losing_lines(tmp_path, sinks):
-    sink = sinks(tmp_path / "{inbox_id}.jsonl", fsync="never")
-    sink.max_open_files = 2
+    sink = sinks(tmp_path / "{inbox_id}.jsonl", fsync="never", max_open_files=2)
     for round_ in range(2):
         for inbox in ("inb_1", "inb_2", "inb_3", "inb_4"):
             await sink.send(make_delivery(event_id=f"evt_{inbox}_{round_}", inbox_id=inbox))

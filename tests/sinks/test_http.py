@@ -25,6 +25,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from bridge.config import Secret, SinkConfig, build_config
 from bridge.errors import ConfigError, PermanentDeliveryError, RetryableDeliveryError
 from bridge.events import Origin
+from bridge.sinks import SINK_TYPES
 from bridge.sinks.http import HttpSink, HttpSinkOptions, parse_retry_after
 from bridge.store import Delivery
 
@@ -286,7 +287,7 @@ def test_a_whsec_secret_that_is_not_base64_is_a_config_error(tmp_path):
         },
     }
     with pytest.raises(ConfigError, match=r"sinks\.agent\.secret: .*base64"):
-        build_config(raw, base_dir=tmp_path, env={})
+        build_config(raw, base_dir=tmp_path, sink_types=SINK_TYPES, env={})
 
 
 # --- Classification ------------------------------------------------------------------------------

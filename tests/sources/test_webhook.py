@@ -23,7 +23,15 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
-from conftest import WEBHOOK_SECRET, make_config, read_lines, running_bridge, stored_ids, wait_until
+from conftest import (
+    WEBHOOK_SECRET,
+    make_config,
+    read_lines,
+    running_bridge,
+    stored_ids,
+    wait_until,
+    webhook_of,
+)
 from multidict import CIMultiDictProxy
 
 from bridge.sources import webhook as webhook_module
@@ -112,6 +120,11 @@ class Hook:
             "openmail_bridge_webhook_rejected_total", {"reason": reason}
         )
         return 0.0 if value is None else value
+
+
+async def nothing_pending(hook: Hook) -> bool:
+    assert hook.sup.store is not None
+    return all(c.pending == 0 for c in (await hook.sup.store.sink_counts()).values())
 
 
 @contextlib.asynccontextmanager
@@ -270,6 +283,14 @@ async def test_stop_is_not_held_by_a_request_still_arriving(
     """A request whose body is still arriving when the bridge stops gets no 200, nothing is
     stored, and it holds the stop no longer than the commit bound (aiohttp's own is 60 s)."""
     monkeypatch.setattr(webhook_module, "ANSWER_WITHIN", 0.5)
+    reading = asyncio.Event()
+    read_body = webhook_module.WebhookSource._read_body
+
+    async def reading_body(source: webhook_module.WebhookSource, request: Any) -> bytes:
+        reading.set()  # the real method runs: this only says the handler got this far
+        return await read_body(source, request)
+
+    monkeypatch.setattr(webhook_module.WebhookSource, "_read_body", reading_body)
     async with bridge_hook(tmp_path) as hook:
         body = event_body("evt_inflight")
         release = asyncio.Event()
@@ -280,11 +301,11 @@ async def test_stop_is_not_held_by_a_request_still_arriving(
             yield body[10:]
 
         post = asyncio.create_task(hook.post(slow_body(), signed_headers(body)))  # type: ignore[arg-type]
-        await asyncio.sleep(0.2)  # the handler is running, waiting for the rest of the body
+        await reading.wait()  # the handler is running, waiting for the rest of the body
         started = time.monotonic()
         stopper = asyncio.create_task(hook.sup.stop())
         assert hook.sup.webhook is not None
-        await wait_until(lambda: not hook.sup.webhook.receiving)  # type: ignore[union-attr]
+        await wait_until(lambda: not webhook_of(hook.sup).receiving)
         release.set()
         await stopper
         assert time.monotonic() - started < 3.0
@@ -327,7 +348,9 @@ async def test_duplicate_is_200_and_stored_once(hook: Hook, tmp_path: Path) -> N
     assert hook.stored() == {"evt_dup"}
     assert hook.sup.metrics.events_duplicate.labels("webhook")._value.get() == 1
     await wait_until(lambda: len(read_lines(tmp_path / "events.jsonl")) >= 1)
-    await asyncio.sleep(0.2)  # a second delivery, if there were one, would land by now
+    # Both answers came after their commits; once no row is pending, a second delivery, if there
+    # were one, has landed.
+    await wait_until(lambda: nothing_pending(hook))
     assert [line["event_id"] for line in read_lines(tmp_path / "events.jsonl")] == ["evt_dup"]
 
 

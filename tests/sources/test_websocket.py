@@ -16,11 +16,23 @@ import aiohttp
 import pytest
 import structlog
 from aiohttp import WSMsgType, web
-from conftest import events_named, make_config, read_lines, running_bridge, stored_ids, wait_until
+from conftest import (
+    RecordingSpool,
+    events_named,
+    make_config,
+    read_lines,
+    running_bridge,
+    stored_ids,
+    wait_until,
+    websocket_of,
+)
 
+from bridge.backoff import ReconnectPolicy
 from bridge.config import Config
 from bridge.events import Event, Origin
+from bridge.metrics import Metrics
 from bridge.simulator import DEMO_API_KEY, Simulator
+from bridge.sources.websocket import WebSocketSource
 from bridge.store import Store
 from bridge.supervisor import Supervisor
 
@@ -56,6 +68,35 @@ async def go_down(sim: Simulator, *, code: int = 1001) -> None:
     await sim.disconnect(code)
 
 
+class Sleeps:
+    """A reconnect sleep that records each delay and returns at once, until ``count`` delays
+    were asked for: then ``enough`` is set and the loop holds there until the source stops."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.asked: list[float] = []
+        self.enough = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        if len(self.asked) >= self.count:
+            self.enough.set()
+            await asyncio.Event().wait()
+
+
+@contextlib.asynccontextmanager
+async def direct_source(config: Config, sleeps: Sleeps) -> AsyncIterator[WebSocketSource]:
+    """A WebSocketSource on its own, with an injected reconnect sleep, handing events to a
+    recording spool."""
+    policy = ReconnectPolicy(config.openmail.websocket.reconnect, sleep=sleeps)
+    source = WebSocketSource(config.openmail, Metrics(), policy=policy)
+    await source.start(RecordingSpool())
+    try:
+        yield source
+    finally:
+        await source.stop()
+
+
 # --- a scripted WebSocket server -----------------------------------------------------------------
 
 Script = Callable[[web.WebSocketResponse, int], Awaitable[None]]
@@ -81,6 +122,7 @@ class ScriptedServer:
         self.answer_pings = answer_pings
         self.connections = 0
         self.closed = 0
+        self.pings = 0
         self.subscribes: list[dict[str, Any]] = []
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -112,6 +154,7 @@ class ScriptedServer:
                 if self.script is not None:
                     await self.script(ws, number)
             elif data.get("type") == "ping" and self.answer_pings:
+                self.pings += 1
                 await ws.send_str('{"type":"pong"}')
 
     async def start(self) -> None:
@@ -206,11 +249,11 @@ async def test_reconnect_sends_cursor_and_replay_fills_the_gap(
     async with running_bridge(config) as sup:
         assert sup.websocket is not None
         assert sup.store is not None
-        await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
+        await wait_until(lambda: websocket_of(sup).receiving)
         before = [await sim.inject() for _ in range(3)]
-        await wait_until(lambda: sup.store.cursor == before[-1])  # type: ignore[union-attr]
+        await wait_until(lambda: sup.store.cursor == before[-1])
         await go_down(sim)
-        await wait_until(lambda: not sup.websocket.receiving)  # type: ignore[union-attr]
+        await wait_until(lambda: not websocket_of(sup).receiving)
         gap = [await sim.inject() for _ in range(5)]  # no WebSocket, no webhook: only in history
         sim.refuse(0)
         await wait_until(lambda: stored_ids(config.state.path) == set(before + gap))
@@ -226,7 +269,7 @@ async def test_cursor_survives_a_restart(sim: Simulator, tmp_path: Path) -> None
     async with running_bridge(config) as sup:
         await wait_until(lambda: sup.websocket is not None and sup.websocket.receiving)
         first = [await sim.inject() for _ in range(3)]
-        await wait_until(lambda: sup.store is not None and sup.store.cursor == first[-1])
+        await wait_until(lambda: sup.store.cursor == first[-1])
     missed = [await sim.inject() for _ in range(4)]  # while no bridge runs
     async with running_bridge(config) as sup:
         await wait_until(lambda: stored_ids(config.state.path) == set(first + missed))
@@ -256,7 +299,7 @@ async def test_unknown_cursor_is_cleared_and_resubscribed_with_a_warning(
         async with running_bridge(config) as sup:
             assert sup.websocket is not None
             assert sup.store is not None
-            await wait_until(lambda: sup.websocket.receiving, timeout=5)  # type: ignore[union-attr]
+            await wait_until(lambda: websocket_of(sup).receiving, timeout=5)
             assert sup.store.cursor is None
             live = await sim.inject()
             await wait_until(lambda: live in stored_ids(config.state.path))
@@ -275,9 +318,9 @@ async def test_replay_hitting_the_limit_warns_and_counts(sim: Simulator, tmp_pat
     with structlog.testing.capture_logs() as logs:
         async with running_bridge(config) as sup:
             assert sup.websocket is not None
-            await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
+            await wait_until(lambda: websocket_of(sup).receiving)
             first = await sim.inject()
-            await wait_until(lambda: sup.store is not None and sup.store.cursor == first)
+            await wait_until(lambda: sup.store.cursor == first)
             await go_down(sim)
             # Events that happened a minute ago, while the bridge was away; no webhook is set, so
             # the simulator records each as failed and keeps it for replay.
@@ -303,9 +346,9 @@ async def test_replay_under_the_limit_does_not_warn(sim: Simulator, tmp_path: Pa
     with structlog.testing.capture_logs() as logs:
         async with running_bridge(config) as sup:
             assert sup.websocket is not None
-            await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
+            await wait_until(lambda: websocket_of(sup).receiving)
             first = await sim.inject()
-            await wait_until(lambda: sup.store is not None and sup.store.cursor == first)
+            await wait_until(lambda: sup.store.cursor == first)
             await go_down(sim)
             gap = [await sim.inject(occurred_at=iso_ago(60)) for _ in range(99)]
             sim.refuse(0)
@@ -338,29 +381,30 @@ async def test_subscribe_rejected_for_unowned_inbox(sim: Simulator, tmp_path: Pa
 
 @pytest.mark.parametrize("auth_failure", ["close", "http"])
 async def test_rejected_key_backs_off_at_the_cap(tmp_path: Path, auth_failure: str) -> None:
-    """A key OpenMail refuses: the daemon stays up, retries about once per ``reconnect.max``,
+    """A key OpenMail refuses: the source stays up, retries about once per ``reconnect.max``,
     logs one ERROR naming the cause and a WARNING per attempt after that."""
     sim = Simulator(api_key="om_test_someone_else_0000", auth_failure=auth_failure)  # type: ignore[arg-type]
     await sim.start()
+    sleeps = Sleeps(4)
     try:
         config = ws_config(
             tmp_path, sim, openmail={"websocket": {"reconnect": {"initial": "50ms", "max": "1s"}}}
         )
         with structlog.testing.capture_logs() as logs:
-            async with running_bridge(config) as sup:
-                assert sup.websocket is not None
-                await asyncio.sleep(3.0)  # the thing measured: attempts in a window of time
+            async with direct_source(config, sleeps) as source:
+                await asyncio.wait_for(sleeps.enough.wait(), timeout=10)
                 attempts = len(events_named(logs, "sim.ws.rejected"))
-                assert sup.websocket.state == "down"
-                assert sup.readiness()[0] == "degraded"
-                assert sup.websocket.status()["reason"] == (
+                assert source.state == "down"
+                assert not source.receiving
+                assert source.status()["reason"] == (
                     "upgrade refused with HTTP 401"
                     if auth_failure == "http"
                     else "the API key was rejected"
                 )
     finally:
         await sim.stop()
-    assert 2 <= attempts <= 5, attempts
+    assert attempts == len(sleeps.asked) == 4  # one sleep after each refused attempt
+    assert all(0.8 <= delay <= 1.0 for delay in sleeps.asked), sleeps.asked  # at the cap
     bridge_logs = [e for e in logs if e["event"] in ("ws.rejected", "ws.retrying")]
     assert bridge_logs[0]["event"] == "ws.rejected"
     assert bridge_logs[0]["log_level"] == "error"
@@ -368,13 +412,31 @@ async def test_rejected_key_backs_off_at_the_cap(tmp_path: Path, auth_failure: s
     assert "api_key" in bridge_logs[0]["hint"]
     assert len(events_named(logs, "ws.rejected")) == 1
     assert all(e["log_level"] == "warning" for e in bridge_logs[1:])
-    assert len(bridge_logs) >= attempts - 1
+    assert len(bridge_logs) == attempts
     assert all(DEMO_API_KEY not in json.dumps(e, default=str) for e in logs)
+
+
+async def test_a_rejected_key_leaves_the_bridge_up_but_degraded(tmp_path: Path) -> None:
+    sim = Simulator(api_key="om_test_someone_else_0000")
+    await sim.start()
+    try:
+        config = ws_config(
+            tmp_path, sim, openmail={"websocket": {"reconnect": {"initial": "50ms", "max": "1s"}}}
+        )
+        with structlog.testing.capture_logs() as logs:
+            async with running_bridge(config) as sup:
+                await wait_until(lambda: len(events_named(logs, "ws.rejected")) == 1)
+                assert sup.websocket is not None
+                assert sup.websocket.state == "down"
+                assert sup.readiness()[0] == "degraded"
+    finally:
+        await sim.stop()
 
 
 async def test_too_many_connections_backs_off_at_the_cap(tmp_path: Path) -> None:
     sim = Simulator(max_connections=1)
     await sim.start()
+    sleeps = Sleeps(3)
     try:
         async with (
             aiohttp.ClientSession() as session,
@@ -387,18 +449,19 @@ async def test_too_many_connections_backs_off_at_the_cap(tmp_path: Path) -> None
                 openmail={"websocket": {"reconnect": {"initial": "50ms", "max": "1s"}}},
             )
             with structlog.testing.capture_logs() as logs:
-                async with running_bridge(config) as sup:
-                    await asyncio.sleep(3.0)  # the thing measured: attempts in a window of time
-                    assert sup.readiness()[0] == "degraded"
+                async with direct_source(config, sleeps) as source:
+                    await asyncio.wait_for(sleeps.enough.wait(), timeout=10)
+                    assert not source.receiving
     finally:
         await sim.stop()
     rejected = [e for e in events_named(logs, "sim.ws.rejected") if e.get("code") == 4008]
-    assert 2 <= len(rejected) <= 5, len(rejected)
+    assert len(rejected) == len(sleeps.asked) == 3
+    assert all(0.8 <= delay <= 1.0 for delay in sleeps.asked), sleeps.asked  # at the cap
     (error,) = events_named(logs, "ws.rejected")
     assert error["log_level"] == "error"
     assert error["cause"] == "too_many_connections"
     assert error["close_code"] == 4008
-    assert len(events_named(logs, "ws.retrying")) >= len(rejected) - 1
+    assert len(events_named(logs, "ws.retrying")) == len(rejected) - 1
 
 
 async def test_revoked_key_on_open_connection_logs_error_once(
@@ -408,7 +471,7 @@ async def test_revoked_key_on_open_connection_logs_error_once(
     with structlog.testing.capture_logs() as logs:
         async with running_bridge(config) as sup:
             assert sup.websocket is not None
-            await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
+            await wait_until(lambda: websocket_of(sup).receiving)
             sim.rotate_api_key("om_test_rotated_0000")
             await wait_until(lambda: len(events_named(logs, "ws.retrying")) >= 1)
             assert sup.readiness()[0] == "degraded"
@@ -439,7 +502,7 @@ async def test_transient_close_reconnects(
     with structlog.testing.capture_logs() as logs:
         async with running_bridge(config) as sup:
             assert sup.websocket is not None
-            await wait_until(lambda: sup.websocket.receiving)  # type: ignore[union-attr]
+            await wait_until(lambda: websocket_of(sup).receiving)
             before = await sim.inject()
             await sim.disconnect(code, abrupt=abrupt)
             await wait_until(lambda: len(events_named(logs, "ws.connected")) == 2)
@@ -585,7 +648,8 @@ async def test_answered_pings_keep_an_idle_connection(tmp_path: Path) -> None:
         config = scripted_config(tmp_path, server, ping_interval="200ms", stale_after="800ms")
         async with running_bridge(config) as sup:
             await wait_until(lambda: server.connections == 1)
-            await asyncio.sleep(1.8)  # idle for more than twice stale_after
+            # Nine answered pings, 200 ms apart: idle for more than twice stale_after.
+            await wait_until(lambda: server.pings >= 9, timeout=5)
             assert server.connections == 1
             assert sup.websocket is not None
             assert sup.websocket.receiving

@@ -1,52 +1,24 @@
-"""Delivery bookkeeping and signed webhook delivery with OpenMail's retry schedule (§7).
+"""Signed webhook delivery with OpenMail's retry schedule (§7), and where each event's webhook is.
 
-:class:`DeliveryRecord` is what the simulator writes down for every delivery attempt on any channel;
-:class:`WebhookDispatcher` POSTs events in background tasks, one task per event, re-stamping
-``attempt``/``delivered_at`` and re-signing on every attempt.
+:class:`WebhookTargets` holds the account webhook and the inboxes' own; :class:`WebhookSender` POSTs
+events in background tasks, one task per event, re-stamping ``attempt``/``delivered_at`` and
+re-signing on every attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Final, Literal
+from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
 
 from bridge import protocol
-from bridge.simulator.mail import iso_now
+from bridge.simulator.records import DeliveryRecord, encode, stamp
 
 log = structlog.get_logger(__name__)
-
-Channel = Literal["websocket", "webhook", "failed"]
-_DELIVERY_FIELDS: Final = ("delivered_at", "attempt")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeliveryRecord:
-    """One delivery attempt, or the final verdict ``channel="failed"``.
-
-    ``failed`` records carry the number of webhook attempts made (0 when the event had no route) and
-    the last status/error. ``replay`` marks WebSocket frames sent in answer to ``last_event_id``;
-    ``url`` is the webhook the attempt went to.
-    """
-
-    event_id: str
-    channel: Channel
-    attempt: int
-    status: int | None = None
-    error: str | None = None
-    at: float = field(default_factory=time.time)
-    connection_id: int | None = None
-    replay: bool = False
-    url: str | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +27,7 @@ class WebhookTarget:
     secret: str = field(repr=False)
 
 
-class WebhookConfig:
+class WebhookTargets:
     """The account webhook and the inboxes' own webhooks, which override it and have own secrets."""
 
     def __init__(self, owned: frozenset[str]) -> None:
@@ -104,19 +76,7 @@ class WebhookConfig:
         }
 
 
-def encode(event: dict[str, object]) -> str:
-    """The compact JSON both channels send."""
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-
-
-def stamp(event: dict[str, object], attempt: int) -> dict[str, object]:
-    """A copy of ``event`` with this delivery's ``delivered_at`` and ``attempt``, in §6's order."""
-    head = {key: event[key] for key in ("event", "event_id", "occurred_at") if key in event}
-    rest = {k: v for k, v in event.items() if k not in head and k not in _DELIVERY_FIELDS}
-    return {**head, "delivered_at": iso_now(), "attempt": attempt, **rest}
-
-
-class WebhookDispatcher:
+class WebhookSender:
     """Delivers events by webhook in the background; owns one ``ClientSession``.
 
     Args:

@@ -1,0 +1,38 @@
+"""``route-test``: which routes and sinks one event payload would reach."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_OK
+from bridge.config import Config
+from bridge.errors import EventError
+from bridge.events import Origin, parse_event
+from bridge.routing import Router
+
+
+def cmd_route_test(args: argparse.Namespace, config: Config) -> int:
+    try:
+        raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
+        event = parse_event(raw, Origin.WEBHOOK, require_type=False)
+    except OSError as exc:
+        print(f"openmail-bridge: cannot read {args.event}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EventError as exc:
+        print(f"openmail-bridge: {args.event}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    router = Router(config.routes)
+    routes = [r.name for r in router.matching(event)]
+    sinks = list(router(event))
+    if args.json:
+        print(json.dumps({"event_id": event.event_id, "routes": routes, "sinks": sinks}))
+    else:
+        print(f"event {event.event_id} ({event.type}, inbox {event.inbox_id})")
+        for route in router.routes:
+            mark = "match" if route.name in routes else "no match"
+            print(f"  route {route.name}: {mark}")
+        print(f"  sinks: {', '.join(sinks) if sinks else '(none: the event would be unrouted)'}")
+    return EXIT_OK

@@ -1,0 +1,110 @@
+"""Presentation of a loaded config: ``describe`` (secrets masked, for ``check`` and ``/status``)
+and ``config_warnings`` (what is valid but unsafe, for ``check`` to print and the supervisor to log
+at start)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+
+from bridge import redact
+from bridge.config.schema import Config, SinkConfig
+from bridge.config.values import Listen, Secret
+
+
+def describe(value: object) -> object:
+    """A JSON-able view of a config with every secret masked, for ``check`` and ``/status``.
+
+    Masked: ``Secret`` values; every value of a field whose metadata says ``masked`` (an HTTP
+    sink's ``headers``: names shown, values not); user-info and secret-looking query values of
+    any URL. ``check``'s output reaches the journal through the systemd unit's ``ExecStartPre``.
+    """
+    if isinstance(value, Secret):
+        return redact.MASK
+    if isinstance(value, Listen | Path):
+        return str(value)
+    if isinstance(value, str):
+        return redact.mask_url(value) if "://" in value else value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(value):
+            if f.metadata.get("internal"):
+                continue
+            field_value = getattr(value, f.name)
+            masked = f.metadata.get("masked")
+            shown = _masked(field_value) if masked else describe(field_value)
+            out[f.metadata.get("key", f.name)] = shown
+        if isinstance(value, SinkConfig):
+            options = out.pop("options")
+            out.pop("name")
+            if isinstance(options, dict):
+                out.update(options)
+        return out
+    if isinstance(value, Mapping):
+        return {str(k): describe(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [describe(v) for v in value]
+    return value
+
+
+def _masked(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {str(k): redact.MASK for k in value}
+    if isinstance(value, tuple | list):
+        return [redact.MASK for _ in value]
+    return None if value is None else redact.MASK
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConfigWarning:
+    """Valid but unsafe: the bridge runs, and says so."""
+
+    event: str
+    """The log event name the supervisor logs it under."""
+    key: str
+    """The key path it is about."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def config_warnings(config: Config) -> list[ConfigWarning]:
+    """What ``check`` prints as warnings and the supervisor logs at start."""
+    warnings: list[ConfigWarning] = []
+    ws = config.openmail.websocket
+    if ws.enabled:
+        parts = urllib.parse.urlsplit(ws.url)  # the loader checked it parses
+        if parts.scheme == "ws" and not _is_loopback_host(parts.hostname or ""):
+            warnings.append(
+                ConfigWarning(
+                    "config.websocket_cleartext",
+                    "openmail.websocket.url",
+                    f"ws:// to {parts.hostname} is not encrypted: the API key travels in clear "
+                    "(use wss://)",
+                )
+            )
+    admin = config.admin
+    if admin.enabled and admin.token is None and not admin.listen.is_loopback:
+        warnings.append(
+            ConfigWarning(
+                "admin.private_paths_disabled",
+                "admin.token",
+                f"is not set and admin.listen ({admin.listen}) is not a loopback address: "
+                "/status and the other private paths answer 403 (/healthz, /readyz and "
+                "/metrics still answer); set admin.token to use them",
+            )
+        )
+    return warnings
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,234 @@
+"""The SQL of store operations: the statements each read and write runs, the identity lookup
+behind dedup and conflicts, inserting an accepted event, the quarantine, and the deletes that
+free spool bytes.
+
+Plain blocking functions of a connection inside the caller's transaction (no asyncio here).
+Row layouts come from :mod:`bridge.store.rows`; the tables from :mod:`bridge.store.schema`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Final, NamedTuple
+
+from bridge.errors import StoreError
+from bridge.events import Event
+from bridge.store.rows import DEAD_LETTER_COLUMNS, DELIVERY_COLUMNS, QUARANTINED_COLUMNS
+
+
+class State(NamedTuple):
+    """What the store keeps in memory between transactions."""
+
+    spool: int  # payload bytes held: events and quarantined payloads
+    cursor: str | None  # the WebSocket replay cursor
+    data_version: int  # PRAGMA data_version when read: another process's commit changes it
+
+
+_DELIVERIES: Final = "FROM deliveries AS d JOIN events AS e ON e.seq = d.seq"
+
+PENDING_SQL: Final = f"""SELECT {DELIVERY_COLUMNS} {_DELIVERIES}
+    WHERE d.sink = ? AND d.state = 'pending' AND d.seq > ? ORDER BY d.seq LIMIT ?"""
+# The dlq filters are optional: a NULL parameter matches every row.
+DLQ_LIST_SQL: Final = f"""SELECT {DEAD_LETTER_COLUMNS} {_DELIVERIES}
+    WHERE d.state = 'dead' AND (:sink IS NULL OR d.sink = :sink)
+    AND (:event_id IS NULL OR e.event_id = :event_id) ORDER BY d.seq, d.sink"""
+DLQ_RETRY_SQL: Final = """UPDATE deliveries SET state = 'pending', attempts = 0, dead_at = NULL
+    WHERE state = 'dead' AND (:sink IS NULL OR sink = :sink)
+    AND (:event_id IS NULL OR seq IN (SELECT seq FROM events WHERE event_id = :event_id))"""
+DLQ_PURGE_SQL: Final = """DELETE FROM deliveries
+    WHERE state = 'dead' AND (:sink IS NULL OR sink = :sink)
+    AND (:event_id IS NULL OR seq IN (SELECT seq FROM events WHERE event_id = :event_id))"""
+DROP_SINK_SQL: Final = "DELETE FROM deliveries WHERE sink = :sink"
+RECORD_ATTEMPT_SQL: Final = (
+    "UPDATE deliveries SET attempts = ?, last_error = ? WHERE id = ? AND state = 'pending'"
+)
+DEAD_LETTER_SQL: Final = (
+    "UPDATE deliveries SET state = 'dead', attempts = ?, last_error = ?, dead_at = ? WHERE id = ?"
+)
+SINK_COUNTS_SQL: Final = """SELECT sink, SUM(state = 'pending'), SUM(state = 'dead')
+    FROM deliveries GROUP BY sink ORDER BY sink"""
+LAST_EVENT_SQL: Final = "SELECT value FROM meta WHERE key = 'last_event_at'"
+# Quarantined payloads count toward the spool bound like held ones.
+SPOOL_SQL: Final = """SELECT (SELECT COALESCE(SUM(size), 0) FROM events)
+    + (SELECT COALESCE(SUM(size), 0) FROM quarantine)"""
+QUARANTINE_LIST_SQL: Final = f"""SELECT {QUARANTINED_COLUMNS} FROM quarantine
+    WHERE (:event_id IS NULL OR event_id = :event_id) ORDER BY id"""  # noqa: S608 - constant columns
+QUARANTINE_PURGE_SQL: Final = (
+    "DELETE FROM quarantine WHERE (:event_id IS NULL OR event_id = :event_id)"
+)
+QUARANTINE_COUNT_SQL: Final = "SELECT COUNT(*) FROM quarantine"
+
+
+def read_state(conn: sqlite3.Connection) -> State:
+    """The facts the store keeps in memory, as the database holds them now."""
+    (spool,) = conn.execute(SPOOL_SQL).fetchone()
+    row = conn.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()
+    (version,) = conn.execute("PRAGMA data_version").fetchone()
+    return State(int(spool), None if row is None else str(row[0]), int(version))
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
+    if value is None:
+        conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+    else:
+        conn.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+KNOWN_KEY: Final = 1
+ID_TAKEN: Final = 2
+# One statement, first hit wins: the dedup key seen (with what it was), else the id sinks would
+# send already in use under another key (as a seen key or sent id, or by a held event). The
+# first column is KNOWN_KEY (1) or ID_TAKEN (2).
+_IDENTITY_SQL: Final = """
+    SELECT 1, content_id, inbox_id FROM seen WHERE event_id = :key
+    UNION ALL SELECT 2, NULL, NULL FROM seen WHERE sent_id = :id
+    UNION ALL SELECT 2, NULL, NULL FROM seen WHERE :id != :key AND event_id = :id
+    UNION ALL SELECT CASE WHEN :id = :key THEN 1 ELSE 2 END, NULL, NULL
+        FROM events WHERE event_id = :id
+    LIMIT 1"""
+
+
+def known_identity(
+    conn: sqlite3.Connection, event: Event
+) -> tuple[int, str | None, str | None] | None:
+    """What the store knows of ``event``'s dedup key and id; None when both are new.
+
+    ``(KNOWN_KEY, content_id, inbox_id)``: the key was seen (the content NULL when unknown, a row
+    from before migration 2 or a held event without its seen row); ``(ID_TAKEN, None, None)``:
+    the key is new but ``event.event_id`` is already in use under another key.
+    """
+    row = conn.execute(_IDENTITY_SQL, {"key": event.dedup_key, "id": event.event_id}).fetchone()
+    return None if row is None else (int(row[0]), row[1], row[2])
+
+
+def insert_event(
+    conn: sqlite3.Connection, event: Event, sinks: Sequence[str], *, seen_at: float
+) -> tuple[int, list[int]]:
+    """Record a new event: its seen id, its row, one pending row per sink; (seq, row ids).
+
+    With no sinks the event row only numbers the event and is deleted again: nothing is held.
+    """
+    payload = event.raw if sinks else b""
+    sent_id = None if event.event_id == event.dedup_key else event.event_id
+    conn.execute(
+        "INSERT INTO seen (event_id, seen_at, content_id, inbox_id, sent_id)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (event.dedup_key, seen_at, event.content_id, event.inbox_id, sent_id),
+    )
+    row = (event.event_id, event.type, event.inbox_id, event.thread_id, event.origin.value)
+    seq = _rowid(
+        conn.execute(
+            "INSERT INTO events (event_id, type, inbox_id, thread_id, origin, received_at, size,"
+            " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*row, event.received_at, len(payload), payload),
+        )
+    )
+    sql = "INSERT INTO deliveries (seq, sink) VALUES (?, ?)"
+    ids = [_rowid(conn.execute(sql, (seq, sink))) for sink in sinks]
+    if not sinks:
+        conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
+    return seq, ids
+
+
+def quarantine_event(
+    conn: sqlite3.Connection,
+    event: Event,
+    reason: str,
+    *,
+    keep_payload: bool,
+    at: float,
+    max_rows: int,
+) -> tuple[bool, int]:
+    """Record a conflicting event; (whether it is in the quarantine, payload bytes added).
+
+    One row per dedup key and content: OpenMail's retries of one conflicting event add nothing.
+    Past ``max_rows`` quarantined events, nothing is recorded.
+    """
+    held = conn.execute(
+        "SELECT 1 FROM quarantine WHERE dedup_key = ? AND content_id IS ?",
+        (event.dedup_key, event.content_id),
+    ).fetchone()
+    if held is not None:
+        return True, 0
+    (count,) = conn.execute(QUARANTINE_COUNT_SQL).fetchone()
+    if count >= max_rows:
+        return False, 0
+    payload = event.raw if keep_payload else None
+    size = len(event.raw) if keep_payload else 0
+    conn.execute(
+        "INSERT INTO quarantine (event_id, dedup_key, reason, origin, type, inbox_id,"
+        " received_at, content_id, quarantined_at, size, payload)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            event.event_id,
+            event.dedup_key,
+            reason,
+            event.origin.value,
+            event.type,
+            event.inbox_id,
+            event.received_at,
+            event.content_id,
+            at,
+            size,
+            payload,
+        ),
+    )
+    return True, size
+
+
+def purge_quarantine(conn: sqlite3.Connection, event_id: str | None) -> tuple[int, int]:
+    """Delete quarantined events (all, or those of ``event_id``); (count, spool bytes after)."""
+    count = conn.execute(QUARANTINE_PURGE_SQL, {"event_id": event_id}).rowcount
+    (spool,) = conn.execute(SPOOL_SQL).fetchone()
+    return count, int(spool)
+
+
+def _rowid(cursor: sqlite3.Cursor) -> int:
+    if cursor.lastrowid is None:  # an INSERT always sets it; this only narrows the type
+        raise StoreError("INSERT reported no rowid")
+    return cursor.lastrowid
+
+
+def delete_delivery(conn: sqlite3.Connection, delivery_id: int) -> int:
+    """Delete one delivery row, and its event when that was the last row; return bytes freed."""
+    row = conn.execute("SELECT seq FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+    if row is None:
+        return 0  # already gone (its sink dropped, or purged, meanwhile)
+    conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+    held = conn.execute(
+        "SELECT size FROM events WHERE seq = ?1 AND NOT EXISTS"
+        " (SELECT 1 FROM deliveries WHERE seq = ?1)",
+        row,
+    ).fetchone()
+    if held is None:
+        return 0
+    conn.execute("DELETE FROM events WHERE seq = ?", row)
+    return int(held[0])
+
+
+def delete_deliveries(
+    conn: sqlite3.Connection, sql: str, params: Mapping[str, str | None]
+) -> tuple[int, int]:
+    """Run a bulk DELETE of delivery rows, then drop events left without rows; (count, spool)."""
+    count = conn.execute(sql, params).rowcount
+    conn.execute(
+        "DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d"
+        " WHERE d.seq = events.seq)"
+    )
+    (spool,) = conn.execute(SPOOL_SQL).fetchone()
+    return count, int(spool)
+
+
+def prune_seen(conn: sqlite3.Connection, *, before: float, limit: int) -> int:
+    """Forget up to ``limit`` ids seen before ``before`` whose event is no longer held."""
+    # A held event's row carries the id it is sent under: sent_id when set, else the key.
+    return conn.execute(
+        "DELETE FROM seen WHERE event_id IN (SELECT s.event_id FROM seen AS s"
+        " WHERE s.seen_at < ? AND NOT EXISTS (SELECT 1 FROM events AS e"
+        " WHERE e.event_id = COALESCE(s.sent_id, s.event_id)) LIMIT ?)",
+        (before, limit),
+    ).rowcount

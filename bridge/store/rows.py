@@ -1,0 +1,157 @@
+"""What the store hands out: the outcome of an accept, the delivery, dead-letter and quarantine
+rows, and the one layout of each row, from which both the SELECT column list and the value built
+from a fetched row come.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from bridge.events import Event, Origin
+
+
+class AcceptOutcome(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    # A known id with other content or another inbox: answered like a duplicate, never
+    # delivered, quarantined.
+    CONFLICT = "conflict"
+
+
+class ConflictReason(enum.StrEnum):
+    """Why an event is a conflict rather than a duplicate."""
+
+    CONTENT = "content_mismatch"  # its dedup key was seen with other content
+    INBOX = "inbox_mismatch"  # its dedup key was seen for another inbox
+    ID_REUSED = "event_id_reused"  # its key is new, but the id it is sent under is taken
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """One (event, sink) outbox row, with what the sink needs to deliver it."""
+
+    id: int
+    seq: int
+    sink: str
+    event_id: str
+    type: str
+    inbox_id: str | None
+    thread_id: str | None
+    origin: Origin
+    received_at: float
+    payload: bytes
+    attempts: int
+    last_error: str | None
+
+    @classmethod
+    def of_accepted(cls, event: Event, *, id: int, seq: int, sink: str) -> Delivery:
+        """The row an accept of ``event`` has just inserted for ``sink``: never attempted."""
+        return cls(
+            id=id,
+            seq=seq,
+            sink=sink,
+            event_id=event.event_id,
+            type=event.type,
+            inbox_id=event.inbox_id,
+            thread_id=event.thread_id,
+            origin=event.origin,
+            received_at=event.received_at,
+            payload=event.raw,
+            attempts=0,
+            last_error=None,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AcceptResult:
+    outcome: AcceptOutcome
+    seq: int | None  # seq and deliveries only when ACCEPTED
+    deliveries: tuple[Delivery, ...]
+    conflict: ConflictReason | None = None  # only when CONFLICT
+    quarantined: bool = False  # a CONFLICT is in the quarantine (false past its row cap)
+
+
+DUPLICATE: Final = AcceptResult(outcome=AcceptOutcome.DUPLICATE, seq=None, deliveries=())
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Quarantined:
+    """A conflicting event kept for inspection; ``payload`` is None when it did not fit."""
+
+    id: int
+    event_id: str
+    dedup_key: str
+    reason: str
+    origin: Origin
+    type: str
+    inbox_id: str | None
+    received_at: float
+    content_id: str | None
+    quarantined_at: float
+    payload: bytes | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    delivery: Delivery
+    error: str
+    dead_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SinkCounts:
+    pending: int
+    dead: int
+
+
+# -- row layouts ---------------------------------------------------------------------------------
+
+# Where each Delivery field is read from, in queries joining ``deliveries AS d`` with
+# ``events AS e``. The SELECT lists the fields in the dataclass's order, so a field added to
+# Delivery without a column here fails at import, not at the first read.
+_DELIVERY_SOURCE: Final[Mapping[str, str]] = {
+    "id": "d.id",
+    "seq": "d.seq",
+    "sink": "d.sink",
+    "event_id": "e.event_id",
+    "type": "e.type",
+    "inbox_id": "e.inbox_id",
+    "thread_id": "e.thread_id",
+    "origin": "e.origin",
+    "received_at": "e.received_at",
+    "payload": "e.payload",
+    "attempts": "d.attempts",
+    "last_error": "d.last_error",
+}
+_DELIVERY_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Delivery))
+DELIVERY_COLUMNS: Final = ", ".join(_DELIVERY_SOURCE[name] for name in _DELIVERY_FIELDS)
+"""The SELECT list of a Delivery (read it back with :func:`delivery_from_row`)."""
+DEAD_LETTER_COLUMNS: Final = f"{DELIVERY_COLUMNS}, d.dead_at"
+"""The SELECT list of a DeadLetter: its delivery, then when it died."""
+
+# The quarantine table names its columns as Quarantined names its fields.
+_QUARANTINED_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Quarantined))
+QUARANTINED_COLUMNS: Final = ", ".join(_QUARANTINED_FIELDS)
+"""The SELECT list of a Quarantined, from the ``quarantine`` table."""
+
+
+def delivery_from_row(row: Sequence[Any]) -> Delivery:
+    """A Delivery from a row selected as :data:`DELIVERY_COLUMNS`."""
+    fields = dict(zip(_DELIVERY_FIELDS, row, strict=True))
+    return Delivery(**fields | {"origin": Origin(fields["origin"])})
+
+
+def dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:
+    """A DeadLetter from a row selected as :data:`DEAD_LETTER_COLUMNS`."""
+    *columns, dead_at = row
+    delivery = delivery_from_row(columns)
+    return DeadLetter(delivery=delivery, error=delivery.last_error or "", dead_at=dead_at)
+
+
+def quarantined_from_row(row: Sequence[Any]) -> Quarantined:
+    """A Quarantined from a row selected as :data:`QUARANTINED_COLUMNS`."""
+    fields = dict(zip(_QUARANTINED_FIELDS, row, strict=True))
+    return Quarantined(**fields | {"origin": Origin(fields["origin"])})

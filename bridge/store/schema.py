@@ -1,0 +1,78 @@
+"""The state database's schema: the append-only migrations and the schema version they make.
+
+:func:`bridge.store.database.migrate` applies them; the SQL written against the schema is in
+:mod:`bridge.store.queries`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+Migration = Sequence[str]
+
+# Migration N (1-based) takes a database from user_version N-1 to N. Append, never edit: a
+# released migration has already run on someone's disk.
+MIGRATIONS: Final[Sequence[Migration]] = (
+    (
+        # Small key/value facts: the WebSocket cursor, the time of the last accepted event.
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+        # Dedup memory. The primary key is the dedup index; seen_at drives the window prune.
+        "CREATE TABLE seen (event_id TEXT PRIMARY KEY, seen_at REAL NOT NULL) WITHOUT ROWID",
+        "CREATE INDEX seen_by_age ON seen (seen_at)",
+        # AUTOINCREMENT: seq and delivery ids are never reused, so a stale id held by a sink
+        # worker can never name another event's row. payload last: the row's other columns are
+        # read without touching its overflow pages.
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            inbox_id TEXT,
+            thread_id TEXT,
+            origin TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            size INTEGER NOT NULL,
+            payload BLOB NOT NULL
+        )""",
+        """CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq INTEGER NOT NULL REFERENCES events (seq),
+            sink TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            dead_at REAL,
+            UNIQUE (seq, sink)
+        )""",
+        "CREATE INDEX deliveries_by_sink ON deliveries (sink, state, seq)",
+    ),
+    (
+        # What a seen event was: its content identity (bridge.events.content_identity) and inbox,
+        # so a known id arriving with other content or for another inbox is a conflict, not a
+        # duplicate. Rows from before this migration keep NULL: unknown, never a conflict.
+        "ALTER TABLE seen ADD COLUMN content_id TEXT",
+        "ALTER TABLE seen ADD COLUMN inbox_id TEXT",
+        # The id sinks send, when it is not the dedup key: a payload without event_id is keyed by
+        # its content and sent under the webhook's X-Event-Id. Partial: almost every row has none.
+        "ALTER TABLE seen ADD COLUMN sent_id TEXT",
+        "CREATE INDEX seen_by_sent_id ON seen (sent_id) WHERE sent_id IS NOT NULL",
+        # Conflicting events, never delivered, kept for an operator (`dlq list`). payload is NULL
+        # when it did not fit the spool bound; size counts toward it like a held event's.
+        """CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL,
+            dedup_key TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            type TEXT NOT NULL,
+            inbox_id TEXT,
+            received_at REAL NOT NULL,
+            content_id TEXT,
+            quarantined_at REAL NOT NULL,
+            size INTEGER NOT NULL,
+            payload BLOB
+        )""",
+        "CREATE INDEX quarantine_by_key ON quarantine (dedup_key)",
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)

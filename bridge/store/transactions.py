@@ -1,0 +1,176 @@
+"""What each write does inside its transaction, on the writer thread: accept (dedup, conflicts and
+the quarantine, the room check), the WebSocket cursor rules, and the changes to delivery state
+that free spool bytes.
+
+Each works on a :class:`Tx`, which collects what the store keeps in memory; the writer applies it
+only once the transaction commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
+
+from bridge.errors import SpoolFullError, StoreError
+from bridge.events import Event, Origin
+from bridge.store import queries
+from bridge.store.bounds import Room
+from bridge.store.rows import DUPLICATE, AcceptOutcome, AcceptResult, ConflictReason, Delivery
+
+Clock = Callable[[], float]
+"""Wall-clock seconds: when an id was seen, a delivery died, an event was quarantined."""
+
+PRUNE_CHUNK: Final = 1000
+"""Seen ids forgotten per transaction, so a prune never holds the write lock for long."""
+
+
+class Tx:
+    """What one write transaction changes in the store's memory; applied only once it commits."""
+
+    __slots__ = ("conn", "cursor", "data_version", "last_event_at", "spool", "ws_gap")
+
+    def __init__(self, conn: sqlite3.Connection, state: queries.State, ws_gap: str | None) -> None:
+        self.conn = conn
+        self.spool, self.cursor, self.data_version = state
+        self.ws_gap = ws_gap  # the first refused WebSocket event id, see advance_cursor
+        self.last_event_at: float | None = None
+
+
+# -- the WebSocket cursor ------------------------------------------------------------------------
+
+
+def advance_cursor(tx: Tx, event: Event) -> None:
+    """Move the cursor to ``event``, stored or recognised, unless a refused one is before it."""
+    if event.origin is not Origin.WEBSOCKET:
+        return
+    if tx.ws_gap is not None:
+        # A WebSocket event before this one was refused (spool full, write failed). The
+        # cursor must not pass it, or the replay after reconnecting would skip it; it moves
+        # again once that event comes back (replayed) and is stored.
+        if tx.ws_gap != event.event_id:
+            return
+        tx.ws_gap = None
+    tx.cursor = event.event_id
+
+
+def hold_cursor(tx: Tx, ws_event_id: str | None) -> None:
+    """``ws_event_id`` (a WebSocket event, if not None) was refused: the cursor stays before it."""
+    if ws_event_id is not None and tx.ws_gap is None:
+        tx.ws_gap = ws_event_id
+
+
+def clear_cursor(tx: Tx) -> None:
+    tx.cursor = tx.ws_gap = None
+
+
+# -- accept --------------------------------------------------------------------------------------
+
+
+def accept_batch(
+    tx: Tx, *, batch: Sequence[tuple[Event, tuple[str, ...]]], room: Room, clock: Clock
+) -> list[AcceptResult | StoreError]:
+    """Accept each event; a refused one (:class:`SpoolFullError`) is its result, the rest stand."""
+    results: list[AcceptResult | StoreError] = []
+    for event, sinks in batch:
+        try:
+            results.append(accept(tx, event, sinks, room=room, clock=clock))
+        except SpoolFullError as exc:  # this event wrote nothing; the rest stand
+            if event.origin is Origin.WEBSOCKET:
+                hold_cursor(tx, event.event_id)
+            results.append(exc)
+    return results
+
+
+def accept(
+    tx: Tx, event: Event, sinks: tuple[str, ...], *, room: Room, clock: Clock
+) -> AcceptResult:
+    """Record ``event`` with one pending delivery per sink, unless its key or id is known.
+
+    Raises:
+        SpoolFullError: it does not fit; nothing was written.
+    """
+    known = queries.known_identity(tx.conn, event)
+    if known is not None:
+        # Handled either way: a conflict moves the cursor like a duplicate.
+        advance_cursor(tx, event)
+        reason = conflict_reason(known, event)
+        return DUPLICATE if reason is None else _quarantine(tx, event, reason, room, clock)
+    size = len(event.raw) if sinks else 0
+    room.check(tx.spool, size)
+    seq, ids = queries.insert_event(tx.conn, event, sinks, seen_at=clock())
+    tx.spool += size
+    tx.last_event_at = event.received_at
+    advance_cursor(tx, event)
+    deliveries = tuple(
+        Delivery.of_accepted(event, id=row_id, seq=seq, sink=sink)
+        for row_id, sink in zip(ids, sinks, strict=True)
+    )
+    return AcceptResult(outcome=AcceptOutcome.ACCEPTED, seq=seq, deliveries=deliveries)
+
+
+def conflict_reason(
+    known: tuple[int, str | None, str | None], event: Event
+) -> ConflictReason | None:
+    """Why ``event`` conflicts with what the store knows of its key or id; None: a duplicate."""
+    kind, content_id, inbox_id = known
+    if kind == queries.ID_TAKEN:
+        return ConflictReason.ID_REUSED
+    if content_id is None or event.content_id is None:
+        return None  # unknown content (a row from before migration 2) never conflicts
+    if inbox_id != event.inbox_id:
+        return ConflictReason.INBOX
+    if content_id != event.content_id:
+        return ConflictReason.CONTENT
+    return None
+
+
+def _quarantine(
+    tx: Tx, event: Event, reason: ConflictReason, room: Room, clock: Clock
+) -> AcceptResult:
+    # A conflict is answered like a duplicate whatever room is left: past the spool bound it
+    # is kept without its payload rather than refused (a 503 would only bring it back).
+    try:
+        room.check(tx.spool, len(event.raw))
+        keep = True
+    except SpoolFullError:
+        keep = False
+    stored, size = queries.quarantine_event(
+        tx.conn,
+        event,
+        reason.value,
+        keep_payload=keep,
+        at=clock(),
+        max_rows=room.limits.max_quarantined,
+    )
+    tx.spool += size
+    return AcceptResult(
+        outcome=AcceptOutcome.CONFLICT,
+        seq=None,
+        deliveries=(),
+        conflict=reason,
+        quarantined=stored,
+    )
+
+
+# -- delivery state and the dedup record ---------------------------------------------------------
+
+
+def delivered(tx: Tx, *, delivery_id: int) -> None:
+    tx.spool -= queries.delete_delivery(tx.conn, delivery_id)
+
+
+def drop(statement: str, params: Mapping[str, str | None], tx: Tx) -> int:
+    """Run a bulk DELETE of delivery rows (``queries.DLQ_PURGE_SQL``, ``DROP_SINK_SQL``)."""
+    count, tx.spool = queries.delete_deliveries(tx.conn, statement, params)
+    return count
+
+
+def purge_quarantine(tx: Tx, *, event_id: str | None) -> int:
+    count, tx.spool = queries.purge_quarantine(tx.conn, event_id)
+    return count
+
+
+def prune_seen(tx: Tx, *, window: float, clock: Clock) -> int:
+    """Forget up to :data:`PRUNE_CHUNK` ids seen more than ``window`` seconds ago."""
+    return queries.prune_seen(tx.conn, before=clock() - window, limit=PRUNE_CHUNK)
