@@ -3,7 +3,8 @@
 Each sink has its own :class:`SinkWorker` (own tasks, queue, retry state), so a slow or dead sink
 never holds up another, nor ingest. Ordering within a sink is by *lane*: with ``ordering: thread``
 a lane is a thread (else the inbox, else one shared lane); one delivery per lane is in flight at a
-time and lanes proceed in parallel up to ``concurrency``. A delivery that is retrying holds its
+time (for a sink that takes batches, one batch holding the lane's rows in order) and lanes proceed
+in parallel up to ``concurrency``. A delivery that is retrying holds its
 lane; a dead-lettered one releases it. Rows live in the store until delivered, so memory holds only
 a window of them and a crash loses nothing.
 """
@@ -14,7 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -30,15 +31,15 @@ from bridge.errors import (
     StoreError,
 )
 from bridge.metrics import Metrics
-from bridge.sinks import Sink
+from bridge.sinks import BatchSink, Sink
 from bridge.store import Delivery, Store
 
 log = structlog.get_logger("bridge.delivery")
 
 WINDOW = 2000
 """Deliveries a worker keeps in memory; the rest wait in the store until the window drains."""
-RESYNC_INTERVAL = 1.0
-"""How often the dispatcher looks for rows another process changed (``dlq retry``)."""
+BATCH = 256
+"""Deliveries a worker hands a ``BatchSink`` at once: one write, one fsync, one store commit."""
 RESYNC_PAGE = 1000
 """Rows per store read when a resync looks for redriven rows below those already seen."""
 
@@ -92,6 +93,7 @@ class SinkWorker:
         metrics: Metrics,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        batch: int = BATCH,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -114,6 +116,7 @@ class SinkWorker:
         self._reads: list[set[int]] = []
         self._log = log.bind(sink=config.name)
         self._credentials = sink_credentials(config)
+        self._batch = batch if isinstance(sink, BatchSink) else 1
 
     @property
     def name(self) -> str:
@@ -232,43 +235,63 @@ class SinkWorker:
         for task in self._tasks:
             task.cancel()
 
-    async def _next(self) -> tuple[object, Delivery] | None:
+    async def _next(self) -> list[tuple[object, Delivery]] | None:
         while not self._stopping.is_set():
             if self._ready:
-                lane = self._ready.popleft()
-                queue = self._lanes[lane]
-                self._busy.add(lane)
-                return lane, queue.popleft()
+                return self._take()
             if self._overflow and (self._loader is None or self._loader.done()):
                 self._loader = asyncio.create_task(self.load(after_seq=self._max_seq))
             self._wakeup.clear()
             await self._wakeup.wait()
         return None
 
-    def _release(self, lane: object, delivery: Delivery) -> None:
-        self._known.discard(delivery.id)
-        for settled in self._reads:
-            settled.add(delivery.id)
-        self._busy.discard(lane)
-        queue = self._lanes.get(lane)
-        if queue:
-            self._ready.append(lane)
-        elif queue is not None:
-            del self._lanes[lane]
+    def _take(self) -> list[tuple[object, Delivery]]:
+        """The next deliveries, each with its lane, which stays busy until they are done.
+
+        One for a sink that takes events one at a time. For a :class:`BatchSink`, up to
+        ``batch`` of them: the ready lanes' heads and the rows behind them, in lane order, so a
+        batch written in order keeps every thread's order.
+        """
+        taken: list[tuple[object, Delivery]] = []
+        while self._ready and len(taken) < self._batch:
+            lane = self._ready.popleft()
+            self._busy.add(lane)
+            queue = self._lanes[lane]
+            taken.append((lane, queue.popleft()))
+            while queue and len(taken) < self._batch:
+                taken.append((lane, queue.popleft()))
+        return taken
+
+    def _release(self, items: list[tuple[object, Delivery]]) -> None:
+        lanes: dict[object, None] = {}
+        for lane, delivery in items:
+            self._known.discard(delivery.id)
+            for settled in self._reads:
+                settled.add(delivery.id)
+            lanes[lane] = None
+        for lane in lanes:
+            self._busy.discard(lane)
+            queue = self._lanes.get(lane)
+            if queue:
+                self._ready.append(lane)
+            elif queue is not None:
+                del self._lanes[lane]
         if self._overflow and len(self._known) < WINDOW // 2:
             self._wakeup.set()
 
     async def _work(self) -> None:
-        while (item := await self._next()) is not None:
-            lane, delivery = item
+        while (items := await self._next()) is not None:
             try:
-                await self._deliver(delivery)
+                if len(items) == 1:
+                    await self._deliver(items[0][1])
+                else:
+                    await self._deliver_batch([delivery for _, delivery in items])
             except Exception:
-                # A bug must not end this worker for the life of the process; the row stays
-                # pending in the store and is delivered again after the next resync or restart.
-                self._log.exception("delivery.worker_error", event_id=delivery.event_id)
+                # A bug must not end this worker for the life of the process; the rows stay
+                # pending in the store and are delivered again after the next resync or restart.
+                self._log.exception("delivery.worker_error", event_id=items[0][1].event_id)
             finally:
-                self._release(lane, delivery)
+                self._release(items)
                 self._wakeup.set()
 
     # --- one delivery ----------------------------------------------------------------------
@@ -362,15 +385,46 @@ class SinkWorker:
             await self._dead_letter(delivery, attempts + tries, exc)
             return
         await self._store_call(lambda: self.store.mark_delivered(delivery.id), delivery)
+        self._count_delivered((delivery,), attempt=attempts + tries)
+
+    async def _deliver_batch(self, deliveries: list[Delivery]) -> None:
+        """Many deliveries in one ``send_batch`` and one store commit. A failure of the batch as a
+        whole (the file cannot be written) sends them again one by one, each with its own retries,
+        so no event's failure becomes another's."""
+        assert isinstance(self.sink, BatchSink)  # _batch > 1 only for a BatchSink
+        try:
+            results = await self.sink.send_batch(deliveries)
+        except Exception as exc:
+            if not isinstance(exc, DeliveryError):
+                self._log.exception("delivery.sink_error", event_id=deliveries[0].event_id)
+            for delivery in deliveries:
+                if self._stopping.is_set():
+                    return  # the rest stay pending for the next start
+                await self._deliver(delivery)
+            return
+        done = [d for d, failure in zip(deliveries, results, strict=True) if failure is None]
+        for delivery, failure in zip(deliveries, results, strict=True):
+            if failure is not None:
+                await self._dead_letter(delivery, delivery.attempts + 1, failure)
+        if done:
+            ids = [d.id for d in done]
+            await self._store_call(lambda: self.store.mark_delivered_many(ids), done[0])
+            self._count_delivered(done, attempt=None)
+
+    def _count_delivered(self, deliveries: Sequence[Delivery], *, attempt: int | None) -> None:
         # Counted once recorded, so /status never shows a delivered row as still pending.
         now = time.time()
-        self.state.delivered += 1
+        self.state.delivered += len(deliveries)
         self.state.last_delivered_at = now
-        self.metrics.deliveries.labels(self.name, "delivered").inc()
-        self.metrics.delivery_latency.labels(self.name).observe(
-            max(0.0, now - delivery.received_at)
-        )
-        self._log.debug("delivery.sent", event_id=delivery.event_id, attempt=attempts + tries)
+        self.metrics.deliveries.labels(self.name, "delivered").inc(len(deliveries))
+        latency = self.metrics.delivery_latency.labels(self.name)
+        for delivery in deliveries:
+            latency.observe(max(0.0, now - delivery.received_at))
+            self._log.debug(
+                "delivery.sent",
+                event_id=delivery.event_id,
+                attempt=delivery.attempts + 1 if attempt is None else attempt,
+            )
 
     async def _first_attempt(self, delivery: Delivery) -> RetryableDeliveryError | None:
         """Most deliveries succeed at once, so the first attempt runs without tenacity, whose
@@ -420,50 +474,3 @@ class SinkWorker:
                 if self._stopping.is_set():
                     return  # delivered again after restart: allowed by the at-least-once guarantee
                 await self.store.wait_writable()
-
-
-class Dispatcher:
-    """All sink workers, and the hand-off from the pipeline."""
-
-    def __init__(self, store: Store, metrics: Metrics) -> None:
-        self.store = store
-        self.metrics = metrics
-        self.workers: dict[str, SinkWorker] = {}
-        self._resync_task: asyncio.Task[None] | None = None
-
-    def add(self, worker: SinkWorker) -> None:
-        self.workers[worker.name] = worker
-
-    def submit(self, deliveries: Iterable[Delivery]) -> None:
-        for delivery in deliveries:
-            worker = self.workers.get(delivery.sink)
-            if worker is not None:  # a sink removed by reload keeps its rows in the store
-                worker.submit((delivery,))
-
-    async def start(self) -> None:
-        for worker in self.workers.values():
-            await worker.start()
-        self._resync_task = asyncio.create_task(self._watch_store(), name="dispatcher:resync")
-
-    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - each worker's drain deadline
-        if self._resync_task:
-            self._resync_task.cancel()
-            await asyncio.gather(self._resync_task, return_exceptions=True)
-        await asyncio.gather(*(w.stop(timeout) for w in self.workers.values()))
-
-    def abort(self) -> None:
-        for worker in self.workers.values():
-            worker.abort()
-
-    async def _watch_store(self) -> None:
-        version = await self.store.data_version()
-        while True:
-            await asyncio.sleep(RESYNC_INTERVAL)
-            try:
-                current = await self.store.data_version()
-                if current != version:
-                    version = current
-                    for worker in list(self.workers.values()):
-                        await worker.resync()
-            except StoreError as exc:
-                log.debug("dispatcher.resync_failed", error=str(exc))

@@ -21,7 +21,7 @@ from bridge.sources import AcceptResults
 from bridge.store import AcceptOutcome, AcceptResult, Store
 
 if TYPE_CHECKING:
-    from bridge.delivery import Dispatcher
+    from bridge.dispatcher import Dispatcher
 
 log = structlog.get_logger("bridge.pipeline")
 

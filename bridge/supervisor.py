@@ -27,7 +27,8 @@ import structlog
 from bridge import logs
 from bridge.admin import AdminServer
 from bridge.config import Config, SinkConfig, config_warnings, load_config
-from bridge.delivery import Dispatcher, SinkWorker
+from bridge.delivery import SinkWorker
+from bridge.dispatcher import Dispatcher
 from bridge.errors import ConfigError
 from bridge.health import (
     HealthFacts,

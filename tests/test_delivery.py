@@ -674,7 +674,9 @@ async def test_resync_while_delivering_never_delivers_a_row_twice(tmp_path: Path
 
         await asyncio.gather(*(store.accept(event(n), ["fast"]) for n in range(1500)))
         sink = SINK_TYPES[sink_config.type].factory(sink_config)
-        fast = SinkWorker(sink_config, sink, store, Metrics())
+        fast = SinkWorker(
+            sink_config, sink, store, Metrics(), batch=4
+        )  # small: many resyncs overlap
         await fast.start()
         resyncs = 0
         while (await store.sink_counts()).get("fast"):

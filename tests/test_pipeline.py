@@ -50,7 +50,7 @@ ROUTE_ALL = [{"name": "all", "sinks": ["audit"]}]
 
 
 class RecordingDispatcher:
-    """Stands in for bridge.delivery.Dispatcher: records what the pipeline hands over."""
+    """Stands in for bridge.dispatcher.Dispatcher: records what the pipeline hands over."""
 
     def __init__(self) -> None:
         self.submitted: list[Delivery] = []

@@ -7,11 +7,12 @@ Adding a sink type is one module defining an options dataclass and a class takin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 from bridge.config.schema import SinkConfig
+from bridge.errors import PermanentDeliveryError
 from bridge.sinks.file import FileSink, FileSinkOptions
 from bridge.sinks.http import HttpSink, HttpSinkOptions
 from bridge.sinks.stdout import StdoutSink, StdoutSinkOptions
@@ -38,6 +39,22 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchSink(Sink, Protocol):
+    """A sink that takes many events in one go (one write and one fsync for a file).
+
+    ``send_batch`` returns one entry per delivery, in order: None when it is delivered, or the
+    ``PermanentDeliveryError`` that concerns it alone (its payload cannot be written). A failure
+    of the write itself concerns every event of the batch: it raises ``RetryableDeliveryError``,
+    and the worker then delivers them one by one, each with its own retries. One event's failure
+    is therefore never another's.
+    """
+
+    async def send_batch(
+        self, deliveries: Sequence[Delivery]
+    ) -> list[PermanentDeliveryError | None]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
@@ -16,7 +17,7 @@ import structlog
 
 from bridge.config.schema import SinkConfig
 from bridge.config.values import ByteSize, FilePath
-from bridge.errors import RetryableDeliveryError
+from bridge.errors import PermanentDeliveryError, RetryableDeliveryError
 from bridge.sinks.lines import LineFormat, format_line
 
 if TYPE_CHECKING:
@@ -124,6 +125,38 @@ class FileSink:
                 await self._sync(file, seq)
         if self._options.fsync == "batch":
             await self._sync(file, seq)
+
+    async def send_batch(
+        self, deliveries: Sequence[Delivery]
+    ) -> list[PermanentDeliveryError | None]:
+        """Append the lines of ``deliveries`` in order, then one fsync per file touched.
+
+        Returns one entry per delivery: None once written (and fsynced as the policy says), or
+        the error of a payload that cannot be written, which concerns that event alone.
+
+        Raises:
+            RetryableDeliveryError: a file cannot be opened, written or fsynced; lines written
+                before the failure stay, and the worker delivers the batch again one by one.
+        """
+        results: list[PermanentDeliveryError | None] = []
+        lines: list[tuple[Path, bytes]] = []
+        for delivery in deliveries:
+            try:
+                line = format_line(delivery, self._options.format)
+                lines.append((self.path_for(delivery.inbox_id), line))
+                results.append(None)
+            except PermanentDeliveryError as exc:
+                results.append(exc)
+        touched: dict[Path, tuple[_OpenFile, int]] = {}
+        async with self._lock:
+            for path, line in lines:
+                file = await self._file_for(path, len(line))
+                self._write(file, line)
+                touched[file.path] = (file, file.written)
+        if self._options.fsync != "never":
+            for file, seq in touched.values():
+                await self._sync(file, seq)
+        return results
 
     async def reopen(self) -> None:
         """Close every file; the next line reopens its path (after logrotate moved the file)."""

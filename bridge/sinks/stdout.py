@@ -7,11 +7,12 @@ import errno
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bridge.config.schema import SinkConfig
-from bridge.errors import RetryableDeliveryError
+from bridge.errors import PermanentDeliveryError, RetryableDeliveryError
 from bridge.sinks.lines import LineFormat, format_line
 
 if TYPE_CHECKING:
@@ -50,6 +51,26 @@ class StdoutSink:
         """
         line = format_line(delivery, self._format)
         await asyncio.to_thread(self._write, line)
+
+    async def send_batch(
+        self, deliveries: Sequence[Delivery]
+    ) -> list[PermanentDeliveryError | None]:
+        """Write the lines of ``deliveries`` in one write and one flush; see ``BatchSink``.
+
+        Raises:
+            RetryableDeliveryError: stdout is closed (broken pipe) or cannot be written.
+        """
+        results: list[PermanentDeliveryError | None] = []
+        lines: list[bytes] = []
+        for delivery in deliveries:
+            try:
+                lines.append(format_line(delivery, self._format))
+                results.append(None)
+            except PermanentDeliveryError as exc:
+                results.append(exc)
+        if lines:
+            await asyncio.to_thread(self._write, b"".join(lines))
+        return results
 
     async def reopen(self) -> None:
         pass

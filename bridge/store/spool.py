@@ -248,7 +248,12 @@ class Store:
         await self._write(transactions.clear_cursor)
 
     async def mark_delivered(self, delivery_id: int) -> None:
-        await self._write(functools.partial(transactions.delivered, delivery_id=delivery_id))
+        await self.mark_delivered_many((delivery_id,))
+
+    async def mark_delivered_many(self, delivery_ids: Sequence[int]) -> None:
+        """Delete delivered rows (and events left without rows) in one transaction."""
+        delivered = functools.partial(transactions.delivered, delivery_ids=tuple(delivery_ids))
+        await self._write(delivered)
 
     async def record_attempt(self, delivery_id: int, *, attempts: int, error: str) -> None:
         await self._execute(queries.RECORD_ATTEMPT_SQL, (attempts, error, delivery_id))

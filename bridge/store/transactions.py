@@ -156,8 +156,9 @@ def _quarantine(
 # -- delivery state and the dedup record ---------------------------------------------------------
 
 
-def delivered(tx: Tx, *, delivery_id: int) -> None:
-    tx.spool -= queries.delete_delivery(tx.conn, delivery_id)
+def delivered(tx: Tx, *, delivery_ids: Sequence[int]) -> None:
+    for delivery_id in delivery_ids:
+        tx.spool -= queries.delete_delivery(tx.conn, delivery_id)
 
 
 def drop(statement: str, params: Mapping[str, str | None], tx: Tx) -> int:
