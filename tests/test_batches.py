@@ -1,0 +1,128 @@
+"""Batch boundaries: many events in one store transaction, many deliveries in one sink write.
+
+A batch never turns one event's failure into another's: a duplicate, a refusal or a poison
+payload in the middle of a batch concerns that event alone, and a write that fails as a whole is
+retried event by event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from conftest import make_config, read_lines, wait_until
+
+from bridge.delivery import SinkWorker
+from bridge.errors import PermanentDeliveryError, RetryableDeliveryError, SpoolFullError
+from bridge.events import Event, Origin, parse_event
+from bridge.metrics import Metrics
+from bridge.sinks import SINK_TYPES, BatchSink
+from bridge.store import AcceptOutcome, Delivery, Store, StoreLimits
+
+
+def event(event_id: str, *, thread: str = "thr_1", pad: int = 0) -> Event:
+    body = {"event": "message.received", "event_id": event_id, "inbox_id": "inb_1",
+            "thread_id": thread, "pad": "x" * pad}  # fmt: skip
+    return parse_event(json.dumps(body).encode(), Origin.WEBSOCKET)
+
+
+async def test_a_duplicate_and_a_refusal_inside_a_batch_concern_those_events_alone(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(tmp_path / "b.db", StoreLimits(max_bytes=4096, min_free=0))
+    try:
+        first, too_big, after = event("evt_1"), event("evt_big", pad=8000), event("evt_3")
+        results = await store.accept_batch(
+            [(first, ["s"]), (first, ["s"]), (too_big, ["s"]), (after, ["s"])]
+        )
+        assert [getattr(r, "outcome", None) for r in results] == [
+            AcceptOutcome.ACCEPTED,
+            AcceptOutcome.DUPLICATE,
+            None,
+            AcceptOutcome.ACCEPTED,
+        ]
+        assert isinstance(results[2], SpoolFullError)
+        # The cursor never passes the refused WebSocket event: a reconnect replays from it.
+        assert store.cursor == "evt_1"
+        assert [d.event_id for d in await store.pending("s")] == ["evt_1", "evt_3"]
+    finally:
+        await store.close()
+
+
+async def test_a_poison_payload_in_a_batch_is_dead_lettered_alone(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    config = make_config(tmp_path, sinks={"file": {"type": "file", "path": str(out)}})
+    store = await Store.open(tmp_path / "b.db", StoreLimits(min_free=0))
+    try:
+        poison = Event(event_id="evt_poison", type="message.received", inbox_id="inb_1",
+                       thread_id="thr_1", sender=None, recipient=None,
+                       origin=Origin.WEBHOOK, received_at=0.0, raw=b"{not json")  # fmt: skip
+        for e in (event("evt_1"), poison, event("evt_2")):
+            await store.accept(e, ["file"])
+        sink_config = config.sinks["file"]
+        worker = SinkWorker(sink_config, SINK_TYPES["file"].factory(sink_config), store, Metrics())
+        assert worker._batch > 1
+        await worker.start()
+        await wait_until(lambda: worker.state.delivered == 2 and worker.state.dead == 1)
+        await worker.stop(2)
+        assert [line["event_id"] for line in read_lines(out)] == ["evt_1", "evt_2"]
+        (dead,) = await store.dlq_list()
+        assert dead.delivery.event_id == "evt_poison"
+        assert "not JSON" in dead.error
+        assert await store.pending("file") == []
+    finally:
+        await store.close()
+
+
+class FailingBatches:
+    """A batch sink whose batch write always fails: what a full disk does to a file sink."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.batches = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, delivery: Delivery) -> None:
+        self.sent.append(delivery.event_id)
+
+    async def send_batch(
+        self, deliveries: Sequence[Delivery]
+    ) -> list[PermanentDeliveryError | None]:
+        self.batches += 1
+        raise RetryableDeliveryError("the batch write failed")
+
+    async def reopen(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_failed_batch_write_is_retried_event_by_event_in_thread_order(
+    tmp_path: Path,
+) -> None:
+    config = make_config(tmp_path, sinks={"flaky": {"type": "stdout"}})
+    store = await Store.open(tmp_path / "b.db", StoreLimits(min_free=0))
+    try:
+        ids = [f"evt_{n}" for n in range(6)]
+        for n, event_id in enumerate(ids):
+            await store.accept(event(event_id, thread=f"thr_{n % 2}"), ["flaky"])
+        sink = FailingBatches()
+        assert isinstance(sink, BatchSink)
+        worker = SinkWorker(config.sinks["flaky"], sink, store, Metrics())
+        await worker.start()
+        await wait_until(lambda: worker.state.delivered == 6)
+        await worker.stop(2)
+        assert sink.batches >= 1
+        assert sorted(sink.sent) == ids
+        for thread in ("0", "1"):
+            in_thread = [e for e in ids if int(e[-1]) % 2 == int(thread)]
+            assert [e for e in sink.sent if e in in_thread] == in_thread
+        assert await store.pending("flaky") == []
+    finally:
+        await store.close()
