@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+import orjson
+
 from bridge.errors import PermanentDeliveryError
 
 if TYPE_CHECKING:
@@ -24,6 +26,14 @@ def format_line(delivery: Delivery, line_format: LineFormat) -> bytes:
     Raises:
         PermanentDeliveryError: the payload is not JSON (retrying cannot change that).
     """
+    if line_format == "payload":
+        # The common case, at a fraction of the standard library's cost: orjson reads and
+        # writes the same compact JSON. What it refuses (an integer past 64 bits, a lone
+        # surrogate) takes the standard path below, which decides what is writable.
+        try:
+            return orjson.dumps(orjson.loads(delivery.payload)) + b"\n"
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+            pass
     try:
         data: object = json.loads(delivery.payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
