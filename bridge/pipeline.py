@@ -57,8 +57,11 @@ class Pipeline:
                 if not answer.done():
                     answer.set_exception(exc)
                 return
+            # One logger bound per batch, not one per event: binding the module's lazy logger
+            # costs more than the debug lines it then drops.
+            logger = log.bind()
             outcomes = [
-                self._committed(event, sinks, result)
+                self._committed(logger, event, sinks, result)
                 for (event, sinks), result in zip(routed, done.result(), strict=True)
             ]
             if not answer.done():
@@ -102,20 +105,24 @@ class Pipeline:
     # -- after the commit ----------------------------------------------------------------------
 
     def _committed(
-        self, event: Event, sinks: Sequence[str], result: AcceptResult | StoreError
+        self,
+        logger: structlog.typing.FilteringBoundLogger,
+        event: Event,
+        sinks: Sequence[str],
+        result: AcceptResult | StoreError,
     ) -> AcceptOutcome | StoreError:
         if isinstance(result, StoreError):
             return result
         source = event.origin.value
         if result.outcome is AcceptOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(source).inc()
-            log.debug("event.duplicate", event_id=event.event_id, source=source)
+            logger.debug("event.duplicate", event_id=event.event_id, source=source)
             return result.outcome
         if result.outcome is AcceptOutcome.CONFLICT:
             # A warning each time: the same id carrying two different events means one of them
             # was never delivered, and only an operator can say which was right.
             self.metrics.events_conflict.labels(source).inc()
-            log.warning(
+            logger.warning(
                 "event.conflict",
                 event_id=event.event_id,
                 source=source,
@@ -128,7 +135,7 @@ class Pipeline:
         self.metrics.events_received.labels(source).inc()
         self.last_event_at = event.received_at
         # Debug, not info: at thousands of events a second the line costs more than the event.
-        log.debug(
+        logger.debug(
             "event.accepted",
             event_id=event.event_id,
             event_type=event.type,
@@ -141,7 +148,7 @@ class Pipeline:
             # Logged once per inbox: a misrouted inbox would otherwise flood the log.
             if event.inbox_id not in self._unrouted_inboxes:
                 self._unrouted_inboxes.add(event.inbox_id)
-                log.warning(
+                logger.warning(
                     "event.unrouted",
                     event_id=event.event_id,
                     inbox_id=event.inbox_id,
