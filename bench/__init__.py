@@ -1,9 +1,11 @@
 """Benchmark harness for openmail-bridge (``make bench`` / ``python -m bench``).
 
 Measures, in one run on one machine, how fast events get from an OpenMail-speaking load server
-into a file: baseline A (a minimal aiohttp client that only parses: the practical limit of the
-ingest path), baseline B (the Python listener from OpenMail's quickstart), and the bridge (WebSocket
-and webhook paths). Results are reported as ratios between runs of the same invocation, so machine
-speed cancels out. See ``bench.runner`` for the procedure, ``bench.report`` for the table and
-the targets.
+into a file or to an HTTP hook: baseline A (a minimal aiohttp client that only parses: the
+practical limit of the ingest path), baseline B (the Python listener from OpenMail's quickstart),
+baseline C (a forwarder that POSTs each event to a hook, one at a time, as OpenMail's CLI bridge
+does), and the bridge (WebSocket to a file or to the hook, webhook, and the drain of a backlog
+built up while the hook was down). Results are reported as ratios between runs of the same
+invocation, so machine speed cancels out. See ``bench.runner`` and ``bench.backlog`` for the
+procedures, ``bench.report`` for the table and the targets.
 """

@@ -1,6 +1,7 @@
 """``python -m bench``: run every configuration, print the table and the targets.
 
-Options: ``--quick`` (tiny counts, for the smoke test), ``--json`` (machine-readable, on stdout),
+Options: ``--quick`` (tiny counts, for the smoke test), ``--backlog N`` (events in the backlog-drain
+row, default 200,000), ``--json`` (machine-readable, on stdout),
 ``--only KEY,...`` (a subset of rows), ``--keep``/``--workdir`` (leave the run's files: configs,
 outputs, client logs), ``--profile DIR`` (the bridge WebSocket row only, under pyinstrument).
 Progress goes to stderr. Exit status 0 once the table is printed, whether targets pass or not.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -18,7 +20,8 @@ import tempfile
 from pathlib import Path
 
 from bench import report
-from bench.runner import FULL, QUICK, Settings, log, run_all
+from bench.runner import log, run_all
+from bench.settings import FULL, QUICK, Settings
 from bench.targets import BridgeWs, Target, all_targets
 from bridge import logs
 
@@ -29,6 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--only", metavar="KEY,...", help="run only these rows (see --list)")
     parser.add_argument("--list", action="store_true", help="list the row keys and exit")
+    parser.add_argument(
+        "--backlog", type=int, metavar="N", help=f"events in the backlog row ({FULL.backlog:,})"
+    )
     parser.add_argument("--workdir", type=Path, help="where run files go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the run files")
     parser.add_argument(
@@ -62,9 +68,9 @@ def render_profile(session: Path) -> list[Path]:
 
 
 async def run_table(args: argparse.Namespace, settings: Settings, root: Path) -> None:
-    targets = select(all_targets(settings.seed_ids, settings.concurrencies), args.only)
+    targets = select(all_targets(settings), args.only)
     rows = await run_all(targets, settings, root)
-    checks = report.check_targets({r.key: r for r in rows})
+    checks = report.check_targets({r.key: r for r in rows}, settings.rate)
     if args.json:
         print(json.dumps(report.as_json(rows, checks, settings), indent=2))
     else:
@@ -85,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logs.configure("warning", "console")  # bridge code used here (seeding) logs to stderr only
     settings = QUICK if args.quick else FULL
+    if args.backlog is not None:
+        if args.backlog < 1:
+            raise SystemExit("python -m bench: --backlog must be at least 1")
+        settings = dataclasses.replace(settings, backlog=args.backlog)
     if args.list:
-        for target in all_targets(settings.seed_ids, settings.concurrencies):
+        for target in all_targets(settings):
             print(f"{target.key}\t{target.label}")
         return 0
     if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):

@@ -1,21 +1,27 @@
-"""Everything the bridge needs before a run: its config file, a pre-filled dedup record, its port.
+"""Everything the bridge needs before a run: its config file and a pre-filled dedup record.
 
-The config is the one a user would write for this path: a file sink with ``fsync: batch``, the
-default routes (every event to every sink), default log level, no admin listener.
+The config is the one a user would write for each path: one sink (a file with ``fsync: batch``, or
+an HTTP hook re-signed with a secret), the default routes (every event to every sink), default log
+level, and the admin listener only where the run reads its metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
-from bench.process import API_KEY, ClientProcess
+from bench.process import API_KEY
 from bridge.store import database
 
-WEBHOOK_SECRET = "whsec_bench_0000000000000000"
+WEBHOOK_SECRET: Final = "whsec_bench_0000000000000000"
+HOOK_SECRET: Final = "bench_hook_secret_0000000000000000"
+"""What the bridge re-signs its HTTP deliveries with, and the receiver checks them against."""
+BACKLOG_RETRY: Final = {"initial": "50ms", "max": "250ms"}
+"""The backlog row's retry schedule: short, so the drain starts within 250 ms of the hook coming
+back instead of at the next step of the default curve (up to five minutes)."""
 SEED_WINDOW = 5 * 86400.0
 """Seeded ids look seen over the last five days: inside the default 7-day window, none is pruned."""
 
@@ -24,28 +30,49 @@ SEED_WINDOW = 5 * 86400.0
 class BridgeFiles:
     config: Path
     state: Path
-    sink: Path
 
 
-def write_config(workdir: Path, *, ws_url: str | None, webhook: bool) -> BridgeFiles:
-    """A bridge config taking events by WebSocket (``ws_url``) or by webhook on 127.0.0.1:0."""
-    files = BridgeFiles(
-        workdir / "bridge.yaml", workdir / "state" / "bridge.db", workdir / "out.jsonl"
-    )
+def file_sink(path: Path) -> dict[str, object]:
+    return {"type": "file", "path": str(path), "fsync": "batch"}
+
+
+def http_sink(url: str, *, retry: dict[str, str] | None = None) -> dict[str, object]:
+    sink: dict[str, object] = {"type": "http", "url": url, "secret": HOOK_SECRET}
+    if retry is not None:
+        sink["retry"] = retry
+    return sink
+
+
+def write_config(
+    workdir: Path,
+    *,
+    ws_url: str | None,
+    webhook: bool,
+    sink: dict[str, object],
+    admin: bool = False,
+    max_bytes: int | None = None,
+) -> BridgeFiles:
+    """A bridge config taking events by WebSocket (``ws_url``) or by webhook on 127.0.0.1:0,
+    delivering them to ``sink``; ``admin``: its admin listener on 127.0.0.1:0 (for
+    ``/metrics``); ``max_bytes``: the spool's bound, when the default is too small for the run."""
+    files = BridgeFiles(workdir / "bridge.yaml", workdir / "state" / "bridge.db")
     webhook_section: dict[str, object] = {"enabled": webhook}
     if webhook:
         webhook_section |= {"listen": "127.0.0.1:0", "secret": WEBHOOK_SECRET}
+    state: dict[str, object] = {"path": str(files.state)}
+    if max_bytes is not None:
+        state["max_bytes"] = max_bytes
     config = {
         "openmail": {
             "api_key": API_KEY,
             "websocket": {"enabled": ws_url is not None, "url": ws_url or "ws://127.0.0.1:9/v1/ws"},
             "webhook": webhook_section,
         },
-        "state": {"path": str(files.state)},
-        "admin": {"enabled": False},
+        "state": state,
+        "admin": {"enabled": True, "listen": "127.0.0.1:0"} if admin else {"enabled": False},
         "log": {"level": "info", "format": "json"},
         "shutdown_timeout": "5s",
-        "sinks": {"file": {"type": "file", "path": str(files.sink), "fsync": "batch"}},
+        "sinks": {str(sink["type"]): sink},
     }
     files.config.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
     return files
@@ -68,19 +95,3 @@ def seed_seen(db: Path, count: int) -> None:
         conn.execute("COMMIT")
     finally:
         conn.close()
-
-
-async def webhook_port(process: ClientProcess, within: float) -> int:
-    """The port the bridge's webhook listener bound, from its ``webhook.listening`` log line."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline and process.alive():
-        try:
-            lines = process.stderr_path.read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            if '"webhook.listening"' in line:
-                listen = json.loads(line).get("listen", "")
-                return int(listen.rpartition(":")[2])
-        await asyncio.sleep(0.05)
-    raise TimeoutError("the bridge did not report its webhook listener")

@@ -2,7 +2,9 @@
 
 ``FileTail`` follows an output file from a thread, polling every half millisecond, and stamps each
 line with the time it became visible (so latency is measured to the line being in the file, within
-the poll interval). ``ReceiptLog`` is for baseline A, which writes no file: the client keeps the
+the poll interval). ``ReceiptTail`` follows the hook receiver's receipts file the same way, but
+takes each event's time from the line: the receiver stamped it when the request came in.
+``ReceiptLog`` is for baseline A, which writes no file: the client keeps the
 arrival time of each event, in arrival order, and hands them over when it exits; a WebSocket ping
 fences each stage (aiohttp answers it only after handling every earlier frame).
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bench.events import EVENT_ID_RE, Stage
+from bench.receiver import RECEIPT_RE
 from bench.wsserver import WsConnection
 
 POLL_SECONDS = 0.0005
@@ -26,6 +29,8 @@ MAX_TAIL_SECONDS = 3600.0
 
 
 class Observer(Protocol):
+    def start(self) -> None: ...
+
     def track(self, stage: Stage) -> None: ...
 
     async def wait(self, stage: Stage, within: float) -> bool:
@@ -95,12 +100,25 @@ class FileTail:
                 os.close(fd)
 
     def _land(self, line: bytes, now: int) -> None:
-        match = EVENT_ID_RE.search(line)
-        stage = self._stages.get(match.group(1)) if match else None
-        if match is None or stage is None:
+        found = self._read(line, now)
+        stage = self._stages.get(found[0]) if found else None
+        if found is None or stage is None:
             self.foreign_lines += 1
             return
-        stage.mark_landed(int(match.group(2)), now)
+        stage.mark_landed(found[1], found[2])
+
+    def _read(self, line: bytes, now: int) -> tuple[bytes, int, int] | None:
+        """A benchmark event's stage tag, index and landing time in ``line`` (seen ``now``)."""
+        match = EVENT_ID_RE.search(line)
+        return (match.group(1), int(match.group(2)), now) if match else None
+
+
+class ReceiptTail(FileTail):
+    """Follows the hook receiver's receipts; an event landed when the receiver got it."""
+
+    def _read(self, line: bytes, now: int) -> tuple[bytes, int, int] | None:
+        match = RECEIPT_RE.search(line)
+        return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
 
 
 class ReceiptLog:

@@ -1,13 +1,16 @@
 """A client under test in its own subprocess: start, peak RSS, bounded stop.
 
 Peak RSS is the kernel's high-water mark of the process's resident set, ``VmHWM`` in
-``/proc/<pid>/status``: no sampling, no extra dependency.
+``/proc/<pid>/status``: no sampling, no extra dependency. Writing ``5`` to
+``/proc/<pid>/clear_refs`` resets that mark, so one phase of a run is measured apart from the one
+before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +31,15 @@ def peak_rss_mb(pid: int) -> float | None:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024 / 1e6
     return None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Start ``pid``'s ``VmHWM`` afresh from its current RSS; False if the kernel refused."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 class ClientProcess:
@@ -68,6 +80,31 @@ class ClientProcess:
 
     def peak_rss_mb(self) -> float | None:
         return peak_rss_mb(self.pid) if self.alive() else None
+
+    def reset_peak_rss(self) -> bool:
+        return self.alive() and reset_peak_rss(self.pid)
+
+    async def listening_port(self, log_event: str, within: float) -> int:
+        """The port from the first ``{"event": log_event, "listen": "host:port"}`` line on stderr:
+        how the bridge (``webhook.listening``, ``admin.listening``) and the hook receiver report
+        the port they bound on 127.0.0.1:0.
+
+        Raises:
+            TimeoutError: no such line within ``within`` seconds, or the process exited first.
+        """
+        deadline = time.monotonic() + within
+        marker = f'"{log_event}"'
+        while time.monotonic() < deadline and self.alive():
+            try:
+                lines = self.stderr_path.read_text(errors="replace").splitlines()
+            except OSError:
+                lines = []
+            for line in lines:
+                if marker in line:
+                    listen = json.loads(line).get("listen", "")
+                    return int(listen.rpartition(":")[2])
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{self.name} did not report {log_event}")
 
     def stderr_tail(self, lines: int = 5) -> str:
         try:

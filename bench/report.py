@@ -11,17 +11,22 @@ import platform
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
-from bench.runner import Measurement, Settings
+from bench.measurement import Measurement
+from bench.settings import Settings
+from bench.targets import BACKLOG, BASE_A, BASE_B, BASE_C, WS, WS_HTTP, WS_SEEDED, webhook_key
 
 THROUGHPUT_VS_A = 0.5
 THROUGHPUT_VS_B = 1.0
+HTTP_VS_C = 1.0
+"""The bridge forwarding WebSocket -> HTTP, against baseline C doing the same without a spool."""
 MAX_ADDED_P99_MS = 5.0
+LATENCY_WEBHOOK_CONCURRENCY = 16
+"""The webhook row the added-latency target names on its own line."""
 MAX_RSS_MB = 80.0
 SEEDED_THROUGHPUT = 0.8
 """With the dedup record pre-filled, throughput within 20% of the empty store."""
 SEEDED_RSS_TOLERANCE = 0.10
 """... and peak RSS unchanged: no more than 10% above the empty store's."""
-BASE_A, BASE_B, WS, WS_SEEDED = "baseline-a", "baseline-b", "bridge-ws", "bridge-ws-seeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,36 +51,63 @@ def added_p99(row: Measurement, base: Measurement | None) -> float | None:
     return row.p99 - base.p99
 
 
-def _why(row: Measurement | None, problem: str | None) -> str:
-    if row is None:
-        return "not measured in this run"
-    return f"not measurable: {row.label}: {problem}"
+def _unmeasured(
+    name: str,
+    row: Measurement | None,
+    ref: Measurement | None,
+    figure: Callable[[Measurement], float | None],
+    problem: Callable[[Measurement], str | None],
+) -> Check:
+    """A failed check whose figure is missing from ``row`` or from ``ref``, saying which."""
+    bad = row if row is None or figure(row) is None else ref
+    if bad is None:
+        return Check(name, False, "not measured in this run")
+    return Check(name, False, f"not measurable: {bad.label}: {problem(bad)}")
 
 
-def _throughput_ratio(rows: dict[str, Measurement], key: str, base: str, want: float) -> Check:
-    name = f"bridge WS events/s >= {want:g} x {rows[base].label if base in rows else base}"
+def _throughput(row: Measurement) -> float | None:
+    return row.throughput
+
+
+def _throughput_problem(row: Measurement) -> str | None:
+    return row.throughput_problem
+
+
+def _throughput_ratio(
+    rows: dict[str, Measurement], what: str, key: str, base: str, want: float
+) -> Check:
+    name = f"{what} events/s >= {want:.1f} x {rows[base].label if base in rows else base}"
     row, ref = rows.get(key), rows.get(base)
     value = ratio(row.throughput if row else None, ref.throughput if ref else None)
     if value is None:
-        bad = row if row is None or row.throughput is None else ref
-        return Check(name, False, _why(bad, bad.throughput_problem if bad else None))
+        return _unmeasured(name, row, ref, _throughput, _throughput_problem)
     assert row is not None
     assert ref is not None
     detail = f"{value:.2f} x ({row.throughput:,.0f} vs {ref.throughput:,.0f} events/s)"
     return Check(name, value >= want, detail)
 
 
-def _every_bridge_row(
-    rows: dict[str, Measurement],
+def _added_latency(rows: dict[str, Measurement], key: str, name: str) -> Check:
+    row, base = rows.get(key), rows.get(BASE_A)
+    value = added_p99(row, base) if row else None
+    if value is None:
+        return _unmeasured(name, row, base, lambda r: r.p99, lambda r: r.latency_problem)
+    assert row is not None
+    assert base is not None
+    detail = f"{value:.1f} ms (p99 {row.p99_ms:.2f} ms vs {base.p99_ms:.2f} ms for baseline A)"
+    return Check(name, value <= MAX_ADDED_P99_MS, detail)
+
+
+def _every_row(
+    rows: list[Measurement],
     name: str,
     value: Callable[[Measurement], float | None],
     problem: Callable[[Measurement], str | None],
     ok: Callable[[float], bool],
     unit: str,
 ) -> Check:
-    bridge = [r for r in rows.values() if r.is_bridge]
-    parts, passed = [], bool(bridge)
-    for row in bridge:
+    parts, passed = [], bool(rows)
+    for row in rows:
         v = value(row)
         if v is None:
             passed = False
@@ -86,24 +118,30 @@ def _every_bridge_row(
     return Check(name, passed, "; ".join(parts) or "no bridge row measured")
 
 
-def check_targets(rows: dict[str, Measurement]) -> list[Check]:
+def check_targets(rows: dict[str, Measurement], rate: float) -> list[Check]:
+    """Every target, judged on the valid figures of ``rows`` (measured at ``rate`` events/s)."""
     base_a = rows.get(BASE_A)
+    bridge = [r for r in rows.values() if r.is_bridge]
+    latency = f"p99 added latency <= {MAX_ADDED_P99_MS:g} ms at {rate:,.0f} events/s"
+    webhook = LATENCY_WEBHOOK_CONCURRENCY
     checks = [
-        _throughput_ratio(rows, WS, BASE_A, THROUGHPUT_VS_A),
-        _throughput_ratio(rows, WS, BASE_B, THROUGHPUT_VS_B),
-        _every_bridge_row(
-            rows,
-            f"p99 added latency <= {MAX_ADDED_P99_MS:g} ms at the offered rate (every bridge row)",
+        _throughput_ratio(rows, "bridge WS", WS, BASE_A, THROUGHPUT_VS_A),
+        _throughput_ratio(rows, "bridge WS", WS, BASE_B, THROUGHPUT_VS_B),
+        _throughput_ratio(rows, "bridge WS -> HTTP", WS_HTTP, BASE_C, HTTP_VS_C),
+        _added_latency(rows, webhook_key(webhook), f"{latency}, webhook c={webhook}"),
+        _every_row(
+            [r for r in bridge if r.latency_measured],
+            f"{latency}, every bridge row with a latency run",
             lambda r: added_p99(r, base_a),
             lambda r: r.latency_problem or (base_a.latency_problem if base_a else "no baseline A"),
             lambda v: v <= MAX_ADDED_P99_MS,
             "ms",
         ),
-        _every_bridge_row(
-            rows,
-            f"peak RSS <= {MAX_RSS_MB:g} MB (every bridge row)",
+        _every_row(
+            bridge,
+            f"peak RSS <= {MAX_RSS_MB:g} MB (every bridge row, the backlog drain included)",
             lambda r: r.peak_rss_mb,
-            lambda r: r.throughput_problem,
+            _throughput_problem,
             lambda v: v <= MAX_RSS_MB,
             "MB",
         ),
@@ -113,8 +151,7 @@ def check_targets(rows: dict[str, Measurement]) -> list[Check]:
     name = f"with {label}: events/s within {1 - SEEDED_THROUGHPUT:.0%} of the empty store"
     value = ratio(seeded.throughput if seeded else None, empty.throughput if empty else None)
     if value is None:
-        bad = seeded if seeded is None or seeded.throughput is None else empty
-        checks.append(Check(name, False, _why(bad, bad.throughput_problem if bad else None)))
+        checks.append(_unmeasured(name, seeded, empty, _throughput, _throughput_problem))
     else:
         checks.append(Check(name, value >= SEEDED_THROUGHPUT, f"{value:.2f} x the empty store"))
     name = f"with {label}: peak RSS unchanged (within {SEEDED_RSS_TOLERANCE:.0%})"
@@ -131,10 +168,18 @@ def check_targets(rows: dict[str, Measurement]) -> list[Check]:
 
 # --- rendering -----------------------------------------------------------------------------------
 
+BASELINES = (BASE_A, BASE_B, BASE_C)
+"""The rows every events/s is a ratio to, in column order."""
 HEADERS = (
-    "configuration", "events/s", "ratio vs A", "ratio vs B", "p50 ms", "p99 ms",
-    "p99 added vs A ms", "peak RSS MB",
+    "configuration", "events/s", "ratio vs A", "ratio vs B", "ratio vs C", "p50 ms", "p99 ms",
+    "p99 added vs A ms", "drain s", "peak RSS MB",
 )  # fmt: skip
+
+
+def ratios(row: Measurement, rows: dict[str, Measurement]) -> list[float | None]:
+    """``row``'s events/s over each baseline's, in ``BASELINES`` order (None when not valid)."""
+    bases = [rows.get(key) for key in BASELINES]
+    return [ratio(row.throughput, base.throughput if base else None) for base in bases]
 
 
 class _Footnotes:
@@ -152,25 +197,23 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def _cells(row: Measurement, rows: dict[str, Measurement], notes: _Footnotes) -> list[str]:
-    base_a, base_b = rows.get(BASE_A), rows.get(BASE_B)
     if row.throughput_problem:
-        speed = [notes.mark(row.throughput_problem), "-", "-"]
+        speed = [notes.mark(row.throughput_problem), *("-" for _ in BASELINES)]
     else:
-        speed = [
-            _fmt(row.events_per_s, ",.0f"),
-            _fmt(ratio(row.throughput, base_a.throughput if base_a else None), ".2f", "x"),
-            _fmt(ratio(row.throughput, base_b.throughput if base_b else None), ".2f", "x"),
-        ]
-    if row.latency_problem:
+        speed = [_fmt(row.events_per_s, ",.0f")]
+        speed += [_fmt(value, ".2f", "x") for value in ratios(row, rows)]
+    if not row.latency_measured:
+        latency = ["-", "-", "-"]
+    elif row.latency_problem:
         mark = notes.mark(row.latency_problem)
         latency = [mark, mark, "-"]
     else:
         latency = [
             _fmt(row.p50_ms, ".2f"),
             _fmt(row.p99_ms, ".2f"),
-            _fmt(added_p99(row, base_a), "+.2f"),
+            _fmt(added_p99(row, rows.get(BASE_A)), "+.2f"),
         ]
-    return [row.label, *speed, *latency, _fmt(row.peak_rss_mb, ".1f")]
+    return [row.label, *speed, *latency, _fmt(row.drain_s, ".2f"), _fmt(row.peak_rss_mb, ".1f")]
 
 
 def _grid(lines: Iterable[list[str]]) -> list[str]:
@@ -194,14 +237,16 @@ def render(rows: list[Measurement], checks: list[Check], settings: Settings) -> 
     out = [
         f"openmail-bridge benchmark: latency at {settings.rate:,.0f} events/s offered for "
         f"{settings.paced_seconds:g}s; events/s from bursts of {settings.burst_baseline:,} "
-        f"(baselines), {settings.burst_bridge:,} (bridge WS), {settings.burst_webhook:,} (webhook) "
-        f"events; {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        rule,
-        grid[0],
-        rule,
-        *grid[1:],
-        rule,
+        f"(baselines A, B), {settings.burst_bridge:,} (bridge WS), {settings.burst_forwarder:,} "
+        f"(WS -> HTTP), {settings.burst_webhook:,} (webhook) events; {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}"
     ]
+    if BACKLOG in by_key:
+        out.append(
+            f"backlog drain: {settings.backlog:,} events stored while the hook answers 503, then "
+            "drained; its events/s is that backlog over the drain time"
+        )
+    out += [rule, grid[0], rule, *grid[1:], rule]
     out += [f"[{i}] {reason}" for i, reason in enumerate(notes.reasons, 1)]
     out += [f"note: {r.key}: {n}" for r in rows for n in r.notes]
     if checks:
@@ -212,7 +257,6 @@ def render(rows: list[Measurement], checks: list[Check], settings: Settings) -> 
 
 def as_json(rows: list[Measurement], checks: list[Check], settings: Settings) -> dict[str, object]:
     by_key = {r.key: r for r in rows}
-    base_a, base_b = by_key.get(BASE_A), by_key.get(BASE_B)
     return {
         "settings": asdict(settings),
         "machine": {
@@ -222,11 +266,8 @@ def as_json(rows: list[Measurement], checks: list[Check], settings: Settings) ->
         },
         "rows": [
             r.as_dict()
-            | {
-                "vs_a": ratio(r.throughput, base_a.throughput if base_a else None),
-                "vs_b": ratio(r.throughput, base_b.throughput if base_b else None),
-                "p99_added_ms": added_p99(r, base_a),
-            }
+            | dict(zip(("vs_a", "vs_b", "vs_c"), ratios(r, by_key), strict=True))
+            | {"p99_added_ms": added_p99(r, by_key.get(BASE_A))}
             for r in rows
         ],
         "targets": [asdict(c) | {"verdict": c.verdict} for c in checks],

@@ -8,94 +8,24 @@ For each target, a fresh client process (and, for the bridge, a fresh state dire
 3. throughput: a burst of events pushed as fast as the client takes them; events/s is the burst
    size over first send -> last landed.
 
-Then the peak RSS (``VmHWM``) of the client, before it is stopped. Every wait is bounded.
+Then the peak RSS (``VmHWM``) of the client, before it is stopped. Every wait is bounded. The
+backlog row has a procedure of its own (``bench.backlog``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import backlog
 from bench.events import Stage
 from bench.machine import NOISY_CPUS, CpuMeter
-from bench.pacing import PaceCheck, Pacer, check_pace
-from bench.targets import BurstKind, Session, StartError, Target, settle
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    rate: float = 1000.0
-    paced_seconds: float = 10.0
-    warmup: int = 500
-    burst_baseline: int = 50_000
-    burst_bridge: int = 20_000
-    burst_webhook: int = 4_000
-    seed_ids: int = 1_000_000
-    concurrencies: tuple[int, ...] = (1, 16, 64)
-    stage_timeout: float = 90.0
-    start_timeout: float = 30.0
-    give_up_after: float = 1.0
-    """A paced sender this late (seconds) stops: the offered rate is out of reach."""
-
-    @property
-    def paced_events(self) -> int:
-        return max(2, round(self.rate * self.paced_seconds))
-
-    def burst_events(self, kind: BurstKind) -> int:
-        """Events in a throughput run: sized so that each lasts a second or more at full speed."""
-        return {"baseline": self.burst_baseline, "bridge": self.burst_bridge,
-                "webhook": self.burst_webhook}[kind]  # fmt: skip
-
-
-FULL = Settings()
-QUICK = Settings(
-    paced_seconds=0.2,
-    warmup=20,
-    burst_baseline=300,
-    burst_bridge=300,
-    burst_webhook=100,
-    seed_ids=20_000,
-    stage_timeout=8.0,
-    start_timeout=10.0,
-    give_up_after=0.5,
-)
-
-
-@dataclass
-class Measurement:
-    """One row's numbers; a ``*_problem`` makes the matching numbers INVALID (kept for the JSON)."""
-
-    key: str
-    label: str
-    is_bridge: bool
-    events_per_s: float | None = None
-    throughput_problem: str | None = None
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    latency_problem: str | None = None
-    pace: PaceCheck | None = None
-    peak_rss_mb: float | None = None
-    other_cpus: float | None = None
-    """CPUs busy in other processes while the row ran (``bench.machine``)."""
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def throughput(self) -> float | None:
-        """events/s when valid, else None."""
-        return None if self.throughput_problem else self.events_per_s
-
-    @property
-    def p99(self) -> float | None:
-        return None if self.latency_problem else self.p99_ms
-
-    def as_dict(self) -> dict[str, object]:
-        data = dataclasses.asdict(self)
-        data["pace"] = dataclasses.asdict(self.pace) if self.pace else None
-        return data
+from bench.measurement import Measurement
+from bench.pacing import Pacer, check_pace
+from bench.settings import Settings
+from bench.targets import BridgeBacklog, Session, StartError, Target, settle
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -143,7 +73,7 @@ def evaluate(m: Measurement, paced: Stage, burst: Stage, source_problem: str | N
 async def _stages(session: Session, m: Measurement, s: Settings, stages: list[Stage]) -> None:
     warm, paced, burst = stages
     source, observer = session.source, session.observer
-    meter = CpuMeter(session.process.pid)
+    meter = CpuMeter(*session.pids())
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(warm.count / s.rate + s.stage_timeout):
             await source.push_paced(warm, Pacer(s.rate, give_up_after=s.stage_timeout))
@@ -174,7 +104,6 @@ def _make_dir(path: Path) -> None:
 async def measure(target: Target, settings: Settings, workdir: Path) -> Measurement:
     """Run the three stages against ``target``; problems become INVALID cells, never exceptions."""
     m = Measurement(target.key, target.label, target.is_bridge)
-    _make_dir(workdir)
     stages = [
         Stage("w", settings.warmup),
         Stage("p", settings.paced_events),
@@ -204,9 +133,14 @@ def summary(m: Measurement) -> str:
         return "-" if value is None else format(value, fmt)
 
     flags = " (INVALID: see table)" if m.latency_problem or m.throughput_problem else ""
+    timing = (
+        f"p50 {num(m.p50_ms, '.2f')} ms, p99 {num(m.p99_ms, '.2f')} ms"
+        if m.latency_measured
+        else f"drain {num(m.drain_s, '.2f')} s"
+    )
     return (
-        f"{num(m.events_per_s, ',.0f')} events/s, p50 {num(m.p50_ms, '.2f')} ms, "
-        f"p99 {num(m.p99_ms, '.2f')} ms, peak RSS {num(m.peak_rss_mb, '.1f')} MB{flags}"
+        f"{num(m.events_per_s, ',.0f')} events/s, {timing}, "
+        f"peak RSS {num(m.peak_rss_mb, '.1f')} MB{flags}"
     )
 
 
@@ -214,7 +148,12 @@ async def run_all(targets: list[Target], settings: Settings, root: Path) -> list
     results = []
     for n, target in enumerate(targets, 1):
         log(f"[{n}/{len(targets)}] {target.label} ...")
-        m = await measure(target, settings, root / target.key)
+        workdir = root / target.key
+        _make_dir(workdir)
+        if isinstance(target, BridgeBacklog):
+            m = await backlog.measure(target, settings, workdir, log)
+        else:
+            m = await measure(target, settings, workdir)
         log(f"[{n}/{len(targets)}] {target.label}: {summary(m)}")
         results.append(m)
         await settle()

@@ -3,7 +3,9 @@
 A target starts its client subprocess and returns a :class:`Session`: a *source* that pushes events
 (the load server's connection, or the webhook generator), an *observer* that sees them land, and the
 process (for peak RSS). The WebSocket targets differ only in the command they run and in how their
-events are observed; the webhook target differs in its source.
+events are observed; the webhook target differs in its source. The HTTP-forwarding targets (baseline
+C, the bridge with an HTTP sink, the backlog drain) also start the hook receiver and observe the
+events there.
 """
 
 from __future__ import annotations
@@ -14,17 +16,31 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Final, Protocol
 
 from bench import bridge_setup
 from bench.events import Stage
-from bench.observe import FileTail, Observer, ReceiptLog
+from bench.observe import FileTail, Observer, ReceiptLog, ReceiptTail
 from bench.pacing import Pacer
 from bench.process import ClientProcess, python_module
+from bench.receiver import ReceiverProcess
+from bench.settings import BurstKind, Settings
 from bench.webhook_load import WebhookLoad
 from bench.wsserver import LoadServer, WsConnection
 
-BurstKind = Literal["baseline", "bridge", "webhook"]
+BASE_A: Final = "baseline-a"
+BASE_B: Final = "baseline-b"
+BASE_C: Final = "baseline-c"
+WS: Final = "bridge-ws"
+WS_SEEDED: Final = "bridge-ws-seeded"
+WS_HTTP: Final = "bridge-ws-http"
+BACKLOG: Final = "bridge-backlog"
+OUT_FILE: Final = "out.jsonl"
+"""The file sink's file, and baseline B's."""
+
+
+def webhook_key(concurrency: int) -> str:
+    return f"bridge-webhook-c{concurrency}"
 
 
 class StartError(Exception):
@@ -48,6 +64,11 @@ class Session:
     source: Source
     observer: Observer
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    helpers: list[ClientProcess] = field(default_factory=list)
+    """Other processes of the measurement (the hook receiver): their CPU is not noise."""
+
+    def pids(self) -> tuple[int, ...]:
+        return (self.process.pid, *(helper.pid for helper in self.helpers))
 
     async def close(self) -> None:
         """Stop the client in the order that lets it finish cleanly, then collect what it left."""
@@ -88,7 +109,7 @@ class WsTarget(Target):
         """Prepare what the client needs in ``workdir``; its command line."""
 
     @abc.abstractmethod
-    def observer(self, conn: WsConnection, workdir: Path) -> FileTail | ReceiptLog: ...
+    def observer(self, conn: WsConnection, workdir: Path) -> Observer: ...
 
     async def open(self, workdir: Path, *, within: float) -> Session:
         server = LoadServer()
@@ -125,8 +146,41 @@ async def _first_subscriber(
     raise StartError(f"{process.name} did not subscribe within {within:g}s")
 
 
+class HookTarget(WsTarget):
+    """A WebSocket client that POSTs every event to the hook receiver, where it is observed.
+
+    The receiver runs in its own process, started before the client and stopped after it.
+    """
+
+    secret: str | None = None
+    """The receiver checks OpenMail signatures under this secret."""
+    refuse = False
+    """The receiver answers 503 until it is switched (``ReceiverProcess.accept``)."""
+    receiver: ReceiverProcess
+    """The receiver of the session last opened."""
+
+    async def open(self, workdir: Path, *, within: float) -> Session:
+        receiver = ReceiverProcess(workdir, secret=self.secret, refuse=self.refuse)
+        try:
+            await receiver.start(within)
+        except TimeoutError as exc:
+            raise StartError(f"{exc}: {receiver.process.stderr_tail()}") from None
+        self.receiver = receiver
+        try:
+            session = await super().open(workdir, within=within)
+        except BaseException:
+            await receiver.stop()
+            raise
+        session.cleanups.append(receiver.stop)
+        session.helpers.append(receiver.process)
+        return session
+
+    def observer(self, conn: WsConnection, workdir: Path) -> ReceiptTail:
+        return ReceiptTail(self.receiver.receipts)
+
+
 class BaselineA(WsTarget):
-    key = "baseline-a"
+    key = BASE_A
     label = "baseline A: aiohttp, parse only"
 
     async def command(self, url: str, workdir: Path) -> list[str]:
@@ -137,14 +191,23 @@ class BaselineA(WsTarget):
 
 
 class BaselineB(WsTarget):
-    key = "baseline-b"
+    key = BASE_B
     label = "baseline B: quickstart listener"
 
     async def command(self, url: str, workdir: Path) -> list[str]:
-        return python_module("bench.baseline_b", url, workdir / "out.jsonl")
+        return python_module("bench.baseline_b", url, workdir / OUT_FILE)
 
     def observer(self, conn: WsConnection, workdir: Path) -> FileTail:
-        return FileTail(workdir / "out.jsonl")
+        return FileTail(workdir / OUT_FILE)
+
+
+class BaselineC(HookTarget):
+    key = BASE_C
+    label = "baseline C: forwarder, one POST at a time"
+    burst: BurstKind = "forwarder"
+
+    async def command(self, url: str, workdir: Path) -> list[str]:
+        return python_module("bench.baseline_c", url, self.receiver.hook_url)
 
 
 def bridge_argv(config: Path, profile: Path | None) -> list[str]:
@@ -165,19 +228,60 @@ class BridgeWs(WsTarget):
     def __init__(self, *, seed_ids: int = 0, profile: Path | None = None) -> None:
         self.seed_ids = seed_ids
         self.profile = profile
-        self.key = "bridge-ws-seeded" if seed_ids else "bridge-ws"
+        self.key = WS_SEEDED if seed_ids else WS
         self.label = (
             f"bridge WS, {seed_ids:,} stored ids" if seed_ids else "bridge WS -> spool -> file"
         )
 
     async def command(self, url: str, workdir: Path) -> list[str]:
-        files = bridge_setup.write_config(workdir, ws_url=url, webhook=False)
+        sink = bridge_setup.file_sink(workdir / OUT_FILE)
+        files = bridge_setup.write_config(workdir, ws_url=url, webhook=False, sink=sink)
         if self.seed_ids:
             await asyncio.to_thread(bridge_setup.seed_seen, files.state, self.seed_ids)
         return bridge_argv(files.config, self.profile)
 
     def observer(self, conn: WsConnection, workdir: Path) -> FileTail:
-        return FileTail(workdir / "out.jsonl")
+        return FileTail(workdir / OUT_FILE)
+
+
+class BridgeWsHttp(HookTarget):
+    """``openmail-bridge run``: WebSocket -> durable spool -> HTTP sink, re-signed, to the
+    receiver (which checks the signature)."""
+
+    key = WS_HTTP
+    label = "bridge WS -> spool -> HTTP"
+    stop_by_signal = True
+    is_bridge = True
+    burst: BurstKind = "forwarder"
+    secret = bridge_setup.HOOK_SECRET
+
+    async def command(self, url: str, workdir: Path) -> list[str]:
+        sink = bridge_setup.http_sink(self.receiver.hook_url)
+        files = bridge_setup.write_config(workdir, ws_url=url, webhook=False, sink=sink)
+        return bridge_argv(files.config, None)
+
+
+class BridgeBacklog(BridgeWsHttp):
+    """The HTTP row's bridge with its hook down (503): a backlog builds up in the spool, then drains
+    once the hook is back (``bench.backlog``). Its admin listener serves ``/metrics``, which tells
+    when every event is stored."""
+
+    key = BACKLOG
+    refuse = True
+    SPOOL_BYTES_PER_EVENT = 4096
+    """``state.max_bytes`` per backlog event: several times a payload, so the spool never fills."""
+
+    def __init__(self, events: int) -> None:
+        self.events = events
+        self.label = f"bridge backlog drain, {events:,} events"
+
+    async def command(self, url: str, workdir: Path) -> list[str]:
+        sink = bridge_setup.http_sink(self.receiver.hook_url, retry=bridge_setup.BACKLOG_RETRY)
+        max_bytes = max(1 << 30, self.events * self.SPOOL_BYTES_PER_EVENT)
+        files = bridge_setup.write_config(
+            workdir, ws_url=url, webhook=False, sink=sink, admin=True, max_bytes=max_bytes
+        )
+        return bridge_argv(files.config, None)
 
 
 class BridgeWebhook(Target):
@@ -188,16 +292,19 @@ class BridgeWebhook(Target):
 
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
-        self.key = f"bridge-webhook-c{concurrency}"
+        self.key = webhook_key(concurrency)
         self.label = f"bridge webhook -> file, c={concurrency}"
 
     async def open(self, workdir: Path, *, within: float) -> Session:
-        files = bridge_setup.write_config(workdir, ws_url=None, webhook=True)
+        out = workdir / OUT_FILE
+        files = bridge_setup.write_config(
+            workdir, ws_url=None, webhook=True, sink=bridge_setup.file_sink(out)
+        )
         process = ClientProcess(self.key, bridge_argv(files.config, None), workdir,
                                 stop_by_signal=True)  # fmt: skip
         try:
             process.start()
-            port = await bridge_setup.webhook_port(process, within)
+            port = await process.listening_port("webhook.listening", within)
         except (TimeoutError, OSError, ValueError) as exc:
             await process.stop(exit_wait=0.0)
             raise StartError(f"{self.key}: {exc}: {process.stderr_tail()}") from None
@@ -206,15 +313,17 @@ class BridgeWebhook(Target):
             raise
         source = WebhookLoad(f"http://127.0.0.1:{port}/webhooks", bridge_setup.WEBHOOK_SECRET,
                              self.concurrency)  # fmt: skip
-        tail = FileTail(files.sink)
+        tail = FileTail(out)
         tail.start()
         return Session(process, source, tail)
 
 
-def all_targets(seed_ids: int, concurrencies: tuple[int, ...]) -> list[Target]:
+def all_targets(settings: Settings) -> list[Target]:
     """Every row, in table order: baselines first, as the ratios refer to them."""
-    targets: list[Target] = [BaselineA(), BaselineB(), BridgeWs(), BridgeWs(seed_ids=seed_ids)]
-    return targets + [BridgeWebhook(c) for c in concurrencies]
+    targets: list[Target] = [BaselineA(), BaselineB(), BaselineC()]
+    targets += [BridgeWs(), BridgeWs(seed_ids=settings.seed_ids)]
+    targets += [BridgeWebhook(c) for c in settings.concurrencies]
+    return [*targets, BridgeWsHttp(), BridgeBacklog(settings.backlog)]
 
 
 async def settle() -> None:

@@ -12,9 +12,19 @@ from pathlib import Path
 import pytest
 
 from bench import report
+from bench.measurement import Measurement
 from bench.pacing import PaceCheck
-from bench.runner import QUICK, Measurement
-from bench.targets import all_targets
+from bench.settings import QUICK
+from bench.targets import (
+    BACKLOG,
+    BASE_A,
+    BASE_B,
+    BASE_C,
+    WS,
+    WS_HTTP,
+    all_targets,
+    webhook_key,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +58,7 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
     rules = [i for i, line in enumerate(lines) if line and set(line) == {"-"}]
     assert len(rules) == 3, table
     assert _cells(lines[rules[0] + 1]) == list(report.HEADERS)
-    targets = all_targets(QUICK.seed_ids, QUICK.concurrencies)
+    targets = all_targets(QUICK)
     grid = [
         dict(zip(report.HEADERS, _cells(line), strict=True))
         for line in lines[rules[1] + 1 : rules[2]]
@@ -57,38 +67,64 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
     rows = {t.key: {h: _figure(c) for h, c in row.items() if h != "configuration"}
             for t, row in zip(targets, grid, strict=True)}  # fmt: skip
 
+    assert {BASE_C, WS_HTTP, BACKLOG} <= rows.keys()
+
     # Every figure parses, and each derived one is computed from the measured ones beside it.
-    base_a, base_b = rows[report.BASE_A], rows[report.BASE_B]
+    base_a, base_b, base_c = rows[BASE_A], rows[BASE_B], rows[BASE_C]
     for key, row in rows.items():
         assert row["peak RSS MB"] is not None, key
         speed = row["events/s"]
-        for column, base in (("ratio vs A", base_a), ("ratio vs B", base_b)):
+        for column, base in (
+            ("ratio vs A", base_a),
+            ("ratio vs B", base_b),
+            ("ratio vs C", base_c),
+        ):
             if speed is None or base["events/s"] is None:
                 assert row[column] is None, (key, column)
-            else:  # both printed rounded: to the unit and to 0.01
-                assert row[column] == pytest.approx(speed / base["events/s"], abs=0.01), key
+            else:
+                expected, ref = speed / base["events/s"], base["events/s"]
+                # Printed rounded: events/s to the unit (off by up to 0.5 each), ratios to 0.01.
+                slack = 0.005 + expected * (0.5 / speed + 0.5 / ref) + 1e-9
+                assert row[column] == pytest.approx(expected, abs=slack), (key, column)
         p99, p99_a = row["p99 ms"], base_a["p99 ms"]
         if p99 is None or p99_a is None:
             assert row["p99 added vs A ms"] is None, key
         else:
             assert row["p99 added vs A ms"] == pytest.approx(p99 - p99_a, abs=0.011), key
+        assert (row["drain s"] is None) == (key != BACKLOG), key
+
+    # The backlog row: no latency run; its events/s is the backlog over the drain time, both
+    # printed rounded (to the unit, to 0.01 s).
+    backlog = rows[BACKLOG]
+    assert backlog["p50 ms"] is None
+    assert backlog["p99 ms"] is None
+    drain, drained = backlog["drain s"], backlog["events/s"]
+    assert drain is not None
+    assert drained is not None
+    slowest, fastest = QUICK.backlog / (drain + 0.005), QUICK.backlog / max(drain - 0.005, 1e-9)
+    assert slowest - 0.5 <= drained <= fastest + 0.5, (drain, drained)
 
     # Each verdict is the target applied to the table's own figures.
     verdicts = [line.split(maxsplit=1) for line in table.split("\ntargets\n", 1)[1].splitlines()]
-    assert len(verdicts) == 6
-    ws = rows[report.WS]["events/s"]
-    for (verdict, _), base, want in zip(
-        verdicts[:2],
-        (base_a, base_b),
-        (report.THROUGHPUT_VS_A, report.THROUGHPUT_VS_B),
+    assert len(verdicts) == 8
+    for (verdict, name), key, base, want in zip(
+        verdicts[:3],
+        (WS, WS, WS_HTTP),
+        (base_a, base_b, base_c),
+        (report.THROUGHPUT_VS_A, report.THROUGHPUT_VS_B, report.HTTP_VS_C),
         strict=True,
     ):
-        ref = base["events/s"]
-        passed = ws is not None and ref is not None and ws / ref >= want
-        assert verdict == ("PASS" if passed else "FAIL")
+        measured, base_speed = rows[key]["events/s"], base["events/s"]
+        passed = measured is not None and base_speed is not None and measured / base_speed >= want
+        assert verdict == ("PASS" if passed else "FAIL"), name
+    assert verdicts[2][1].startswith("bridge WS -> HTTP events/s >= 1.0 x baseline C")
+    verdict, name = verdicts[3]
+    assert name.startswith("p99 added latency <= 5 ms at 1,000 events/s, webhook c=16:")
+    added = rows[webhook_key(16)]["p99 added vs A ms"]
+    assert verdict == ("PASS" if added is not None and added <= report.MAX_ADDED_P99_MS else "FAIL")
     bridge_rss = [row["peak RSS MB"] for key, row in rows.items() if key.startswith("bridge-")]
     passed = all(v is not None and v <= report.MAX_RSS_MB for v in bridge_rss)
-    assert verdicts[3][0] == ("PASS" if passed else "FAIL")
+    assert verdicts[5][0] == ("PASS" if passed else "FAIL")
     assert all(verdict in ("PASS", "FAIL") for verdict, _ in verdicts)
 
 
@@ -106,7 +142,7 @@ def test_an_invalid_run_is_never_a_ratio_or_a_pass() -> None:
         pace=PaceCheck(1000.0, 500.0, 0.0, 5, 10),
         peak_rss_mb=50.0,
     )
-    checks = report.check_targets({m.key: m for m in (base, slow)})
+    checks = report.check_targets({m.key: m for m in (base, slow)}, QUICK.rate)
     table = report.render([base, slow], checks, QUICK)
     bridge_line = next(line for line in table.splitlines() if line.startswith("bridge WS"))
     assert "INVALID[1]" in bridge_line
