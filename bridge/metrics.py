@@ -9,101 +9,63 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 PREFIX = "openmail_bridge"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+                   300, 3600)  # fmt: skip
 
 
 class Metrics:
     """Every metric the bridge exports. Label values are fixed words, sink names and reasons."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        p = PREFIX
-        self.events_received = Counter(
-            f"{p}_events_received",
-            "Events accepted into the spool, by source",
-            ["source"],
-            registry=r,
+        self.registry = CollectorRegistry(auto_describe=True)
+        counter, gauge = self._counter, self._gauge
+        self.events_received = counter(
+            "events_received", "Events accepted into the spool", "source"
         )
-        self.events_duplicate = Counter(
-            f"{p}_events_duplicate",
-            "Events dropped as duplicates, by source",
-            ["source"],
-            registry=r,
+        self.events_duplicate = counter(
+            "events_duplicate", "Events dropped as duplicates", "source"
         )
-        self.events_conflict = Counter(
-            f"{p}_events_conflict",
-            "Events whose id was known with other content or another inbox, quarantined, by source",
-            ["source"],
-            registry=r,
+        self.events_conflict = counter(
+            "events_conflict",
+            "Events whose id was known with other content or another inbox, quarantined",
+            "source",
         )
-        self.events_unrouted = Counter(
-            f"{p}_events_unrouted", "Accepted events that no route matched", registry=r
+        self.events_unrouted = counter("events_unrouted", "Accepted events that no route matched")
+        self.webhook_rejected = counter(
+            "webhook_rejected", "Webhook requests and connections rejected", "reason"
         )
-        self.webhook_rejected = Counter(
-            f"{p}_webhook_rejected", "Webhook requests rejected, by reason", ["reason"], registry=r
+        self.ws_connected = gauge("websocket_connected", "1 while the WebSocket is subscribed")
+        self.ws_reconnects = counter(
+            "websocket_reconnects", "WebSocket connection attempts after the first"
         )
-        self.ws_connected = Gauge(
-            f"{p}_websocket_connected", "1 while the WebSocket is subscribed", registry=r
-        )
-        self.ws_reconnects = Counter(
-            f"{p}_websocket_reconnects", "WebSocket connection attempts after the first", registry=r
-        )
-        self.ws_frames_invalid = Counter(
-            f"{p}_websocket_frames_invalid", "Frames ignored, by reason", ["reason"], registry=r
-        )
-        self.possible_gaps = Counter(
-            f"{p}_possible_gaps",
+        self.ws_frames_invalid = counter("websocket_frames_invalid", "Frames ignored", "reason")
+        self.possible_gaps = counter(
+            "possible_gaps",
             "Times events may have been missed (cursor_reset, replay_limit)",
-            ["reason"],
-            registry=r,
+            "reason",
         )
-        self.spool_bytes = Gauge(f"{p}_spool_bytes", "Payload bytes held in the spool", registry=r)
-        self.disk_free_bytes = Gauge(
-            f"{p}_disk_free_bytes", "Free bytes on the state filesystem", registry=r
-        )
-        self.store_writable = Gauge(
-            f"{p}_store_writable", "1 while the store accepts writes", registry=r
-        )
-        self.deliveries = Counter(
-            f"{p}_deliveries",
-            "Delivery attempts by sink and outcome (delivered, retry, dead)",
-            ["sink", "outcome"],
-            registry=r,
+        self.spool_bytes = gauge("spool_bytes", "Payload bytes held in the spool")
+        self.disk_free_bytes = gauge("disk_free_bytes", "Free bytes on the state filesystem")
+        self.store_writable = gauge("store_writable", "1 while the store accepts writes")
+        self.deliveries = counter(
+            "deliveries", "Delivery attempts by outcome (delivered, retry, dead)", "sink", "outcome"
         )
         self.delivery_latency = Histogram(
-            f"{p}_delivery_latency_seconds",
+            f"{PREFIX}_delivery_latency_seconds",
             "Time from receipt to successful delivery",
             ["sink"],
-            buckets=(
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1,
-                2.5,
-                5,
-                10,
-                30,
-                60,
-                300,
-                3600,
-            ),
-            registry=r,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
-        self.pending = Gauge(f"{p}_pending", "Deliveries waiting, per sink", ["sink"], registry=r)
-        self.dead_letters = Gauge(
-            f"{p}_dead_letters",
-            "Deliveries in the dead-letter table, per sink",
-            ["sink"],
-            registry=r,
-        )
-        self.config_reloads = Counter(
-            f"{p}_config_reloads", "Config reloads by result (ok, invalid)", ["result"], registry=r
-        )
+        self.pending = gauge("pending", "Deliveries waiting, per sink", "sink")
+        self.dead_letters = gauge("dead_letters", "Deliveries in the dead-letter table", "sink")
+        self.config_reloads = counter("config_reloads", "Config reloads by result", "result")
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(f"{PREFIX}_{name}", documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(f"{PREFIX}_{name}", documentation, labels, registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

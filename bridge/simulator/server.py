@@ -22,7 +22,7 @@ from bridge import protocol
 from bridge.simulator import control
 from bridge.simulator.connection import ConnectionInfo
 from bridge.simulator.endpoint import Limits, WebSocketEndpoint
-from bridge.simulator.mail import UNSET, MailFactory, Unset, iso_now, new_id
+from bridge.simulator.mail import MailFactory, iso_now, new_id
 from bridge.simulator.records import DeliveryRecord
 from bridge.simulator.webhooks import WebhookSender, WebhookTargets
 
@@ -92,6 +92,8 @@ class Simulator:
             clock=clock,
         )
         self._mail = MailFactory(self.inboxes, seed)
+        self.lifecycle_event = self._mail.lifecycle_event
+        """A lifecycle payload (webhook-only), as :meth:`MailFactory.lifecycle_event` makes it."""
         self._webhooks = WebhookTargets(self._owned)
         if webhook_secret is not None and webhook_url is None:
             raise ValueError("webhook_secret given without webhook_url")
@@ -211,17 +213,6 @@ class Simulator:
         ``thread_id`` this simulator generated produces a reply in that thread.
         """
         return self._mail.message_event(inbox_id=inbox_id, thread_id=thread_id, **overrides)
-
-    def lifecycle_event(
-        self,
-        kind: str = "inbox.suspended",
-        *,
-        inbox_id: str | Unset | None = UNSET,
-        reason: str | Unset | None = UNSET,
-    ) -> dict[str, object]:
-        """A lifecycle payload (webhook-only). Defaults: the first inbox for ``inbox.*`` (null for
-        ``pod.*``), ``high_bounce_rate`` for ``*.suspended`` and null for ``*.reactivated``."""
-        return self._mail.lifecycle_event(kind, inbox_id=inbox_id, reason=reason)
 
     async def inject(
         self,
