@@ -377,3 +377,15 @@ def webhook_of(supervisor: Supervisor) -> WebhookSource:
     """The running webhook listener of a bridge whose config enables it."""
     assert supervisor.webhook is not None, "the webhook listener is not enabled"
     return supervisor.webhook
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """The real ``openmail-bridge`` in a subprocess, awaited while an in-process bridge runs on:
+    (exit status, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

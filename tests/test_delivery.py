@@ -16,7 +16,6 @@ import hmac
 import itertools
 import json
 import os
-import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -49,6 +48,7 @@ from tests.conftest import (
     make_config,
     openmail_signature_ok,
     read_lines,
+    run_cli,
     running_bridge,
     sink_down,
     wait_until,
@@ -128,17 +128,6 @@ def without_attempt_fields(payload: dict[str, Any]) -> dict[str, Any]:
 
 def metric(supervisor: Supervisor, name: str, **labels: str) -> float:
     return supervisor.metrics.registry.get_sample_value(name, labels) or 0.0
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    """The real ``openmail-bridge`` in a subprocess, awaited: the in-process bridge runs on."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def post_signed(port: int, body: bytes) -> None:
@@ -442,7 +431,7 @@ async def test_lifecycle_events_are_ordered_by_inbox_and_pod_events_together(
 async def test_dlq_json_output_is_only_json(tmp_path: Path) -> None:
     """Scripts parse ``--json`` output: the store's log lines must not land on stdout."""
     config = write_config(tmp_path / "config.yaml", bridge_config_dict(tmp_path))
-    code, out, _ = await cli("dlq", "list", "-c", str(config), "--json")
+    code, out, _ = await run_cli("dlq", "list", "-c", str(config), "--json")
     assert code == 0
     assert json.loads(out) == []
 
@@ -462,12 +451,12 @@ async def test_400_dead_letters_releases_the_thread_and_dlq_retry_redelivers(
         second = await sim.inject(inbox_id=INBOX, thread_id=thread)
         await wait_until(lambda: ids_of(receiver.accepted) == [second])
 
-        code, out, err = await cli("dlq", "list", "-c", path, "--json")  # while the bridge runs
+        code, out, err = await run_cli("dlq", "list", "-c", path, "--json")  # while the bridge runs
         assert code == 0, err
         [item] = json.loads(out)
         assert (item["sink"], item["event_id"], item["attempts"]) == ("agent", dead, 1)
         assert item["error"].startswith(f"HTTP 400 from {receiver.url}")
-        code, out, _ = await cli("dlq", "list", "-c", path, "--json", "--sink", "audit")
+        code, out, _ = await run_cli("dlq", "list", "-c", path, "--json", "--sink", "audit")
         assert (code, json.loads(out)) == (0, [])
 
         # Redrive while later events of the thread wait behind one that is being retried:
@@ -477,7 +466,7 @@ async def test_400_dead_letters_releases_the_thread_and_dlq_retry_redelivers(
             fourth,
         ):
             await wait_until(lambda: len(hits(receiver, third)) >= 1)
-            code, out, err = await cli("dlq", "retry", "-c", path, "--event-id", dead, "--json")
+            code, out, err = await run_cli("dlq", "retry", "-c", path, "--event-id", dead, "--json")
             assert (code, json.loads(out)) == (0, {"retried": 1}), err
             # The running bridge notices the other process's change by itself.
             await wait_until(lambda: worker(supervisor, "agent").in_memory == 3, timeout=5)
@@ -486,7 +475,7 @@ async def test_400_dead_letters_releases_the_thread_and_dlq_retry_redelivers(
         assert len(hits(receiver, dead)) == 2  # the 400, then the redrive
         assert hits(receiver, dead)[-1].headers["X-Event-Id"] == dead
         await wait_until(lambda: _is(counts(supervisor, "agent"), (0, 0)))
-        code, out, _ = await cli("dlq", "list", "-c", path, "--json")
+        code, out, _ = await run_cli("dlq", "list", "-c", path, "--json")
         assert json.loads(out) == []
     assert receiver.bad_signatures == 0
 
@@ -500,14 +489,14 @@ async def test_dlq_purge_drops_dead_letters_by_event_and_by_sink(
     async with bridge(load_config(Path(path), sink_types=SINK_TYPES), sim) as supervisor:
         dead = [await sim.inject(inbox_id=INBOX) for _ in range(3)]
         await wait_until(lambda: _is(counts(supervisor, "agent"), (0, 3)))
-        code, out, _ = await cli("dlq", "purge", "-c", path, "--event-id", dead[0], "--json")
+        code, out, _ = await run_cli("dlq", "purge", "-c", path, "--event-id", dead[0], "--json")
         assert (code, json.loads(out)) == (0, {"purged": 1})
-        code, out, _ = await cli("dlq", "list", "-c", path, "--json")
+        code, out, _ = await run_cli("dlq", "list", "-c", path, "--json")
         assert [i["event_id"] for i in json.loads(out)] == dead[1:]
-        code, out, _ = await cli("dlq", "purge", "-c", path, "--sink", "agent", "--json")
+        code, out, _ = await run_cli("dlq", "purge", "-c", path, "--sink", "agent", "--json")
         assert (code, json.loads(out)) == (0, {"purged": 2})
         assert await counts(supervisor, "agent") == (0, 0)
-        code, out, _ = await cli("dlq", "retry", "-c", path, "--json")
+        code, out, _ = await run_cli("dlq", "retry", "-c", path, "--json")
         assert json.loads(out) == {"retried": 0}
     assert receiver.accepted == []
 
@@ -645,7 +634,7 @@ async def test_dlq_purge_sink_drops_the_rows_of_a_sink_gone_from_the_config_file
         write_config(path, bridge_config_dict(tmp_path, sim))  # the agent sink is gone
         assert await supervisor.reload()  # re-reads the file
         assert (await supervisor.status())["removed_sinks"] == ["agent"]
-        code, out, err = await cli("dlq", "purge", "-c", str(path), "--sink", "agent", "--json")
+        code, out, err = await run_cli("dlq", "purge", "-c", str(path), "--sink", "agent", "--json")
         assert (code, json.loads(out)) == (0, {"purged": 2}), err
         status = await supervisor.status()
         assert status["removed_sinks"] == []

@@ -4,13 +4,11 @@ held, to a real HTTP receiver and a real file, with a real bridge."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import shutil
 import sqlite3
-import sys
 from pathlib import Path
 
 from conftest import (
@@ -19,6 +17,7 @@ from conftest import (
     bridge_config_dict,
     events_named,
     read_lines,
+    run_cli,
     running_bridge,
     wait_until,
     write_config,
@@ -37,17 +36,6 @@ FIXTURE_SHA256 = "54fcc8e4c64ca3b83286565bdb5ec301c6b35a8cb88710d73e0637b332cfed
 def read_db(db: Path, sql: str) -> list[tuple[object, ...]]:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         return conn.execute(sql).fetchall()
-
-
-async def cli(*args: str) -> tuple[int, str, str]:
-    """The real ``openmail-bridge`` in a subprocess, beside the in-process bridge."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bridge", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def test_the_fixture_is_the_committed_v1_database() -> None:
@@ -97,12 +85,12 @@ async def test_v0_1_database_migrates_and_delivers_everything(
             await wait_until(lambda: len(read_lines(audit)) == len(PENDING["audit"]))
 
             # The dead rows are dead letters still: listed and redriven by the command.
-            code, out, err = await cli("dlq", "list", "--json", "-c", str(config_file))
+            code, out, err = await run_cli("dlq", "list", "--json", "-c", str(config_file))
             assert code == 0, err
             assert [(i["sink"], i["event_id"], i["error"]) for i in json.loads(out)] == [
                 ("agent", event_id, DEAD_ERROR) for event_id in DEAD["agent"]
             ]
-            code, out, err = await cli("dlq", "retry", "--json", "-c", str(config_file))
+            code, out, err = await run_cli("dlq", "retry", "--json", "-c", str(config_file))
             assert (code, json.loads(out)) == (0, {"retried": 2}), err
             everything = sorted(PENDING["agent"] + DEAD["agent"])
             await wait_until(lambda: sorted(receiver.accepted_ids()) == everything)
