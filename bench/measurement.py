@@ -26,6 +26,9 @@ class Measurement:
     drain_s: float | None = None
     """The backlog row: from the hook starting to answer 200 to the last event received."""
     peak_rss_mb: float | None = None
+    cpu_us_per_event: float | None = None
+    """CPU time the client under test spent per event of the burst (all its threads): less noisy
+    than events/s on a shared machine, and what a busy host pays per email."""
     other_cpus: float | None = None
     """CPUs busy in other processes while the row ran (``bench.machine``)."""
     notes: list[str] = field(default_factory=list)

@@ -172,7 +172,7 @@ BASELINES = (BASE_A, BASE_B, BASE_C)
 """The rows every events/s is a ratio to, in column order."""
 HEADERS = (
     "configuration", "events/s", "ratio vs A", "ratio vs B", "ratio vs C", "p50 ms", "p99 ms",
-    "p99 added vs A ms", "drain s", "peak RSS MB",
+    "p99 added vs A ms", "drain s", "peak RSS MB", "CPU us/event",
 )  # fmt: skip
 
 
@@ -213,7 +213,14 @@ def _cells(row: Measurement, rows: dict[str, Measurement], notes: _Footnotes) ->
             _fmt(row.p99_ms, ".2f"),
             _fmt(added_p99(row, rows.get(BASE_A)), "+.2f"),
         ]
-    return [row.label, *speed, *latency, _fmt(row.drain_s, ".2f"), _fmt(row.peak_rss_mb, ".1f")]
+    return [
+        row.label,
+        *speed,
+        *latency,
+        _fmt(row.drain_s, ".2f"),
+        _fmt(row.peak_rss_mb, ".1f"),
+        _fmt(row.cpu_us_per_event, ".0f"),
+    ]
 
 
 def _grid(lines: Iterable[list[str]]) -> list[str]:

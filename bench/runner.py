@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench import backlog
 from bench.events import Stage
-from bench.machine import NOISY_CPUS, CpuMeter
+from bench.machine import NOISY_CPUS, CpuMeter, process_seconds
 from bench.measurement import Measurement
 from bench.pacing import Pacer, check_pace
 from bench.settings import Settings
@@ -85,12 +85,14 @@ async def _stages(session: Session, m: Measurement, s: Settings, stages: list[St
             await source.push_paced(paced, pacer)
     m.pace = check_pace(paced, pacer, s.rate)
     await observer.wait(paced, s.stage_timeout)
+    cpu_before = process_seconds(session.process.pid)
     try:
         async with asyncio.timeout(s.stage_timeout):
             await source.push_burst(burst)
     except TimeoutError:
         m.notes.append(f"the burst was not taken within {s.stage_timeout:g}s")
-    await observer.wait(burst, s.stage_timeout)
+    if await observer.wait(burst, s.stage_timeout) and burst.count:
+        m.cpu_us_per_event = (process_seconds(session.process.pid) - cpu_before) / burst.count * 1e6
     m.peak_rss_mb = session.process.peak_rss_mb()
     m.other_cpus = meter.other_cpus()
     if m.other_cpus is not None and m.other_cpus > NOISY_CPUS:

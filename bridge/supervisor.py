@@ -43,6 +43,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.reload import applicable_part, restart_only_changes, sinks_to_replace
 from bridge.routing import Router
+from bridge.runtime import loop_name
 from bridge.sinks import SINK_TYPES
 from bridge.sources.webhook import WebhookSource
 from bridge.sources.websocket import WebSocketSource
@@ -220,6 +221,7 @@ class Supervisor:
             routes=[r.name for r in config.routes],
             webhook=str(om.webhook.listen) if om.webhook.enabled else None,
             websocket=om.websocket.url if om.websocket.enabled else None,
+            event_loop=loop_name(config.event_loop),
         )
         self.notifier.ready(self.one_line_status())
         self.notifier.start_watchdog(self.one_line_status)

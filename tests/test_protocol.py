@@ -155,3 +155,33 @@ def test_error_text_that_names_the_key_is_taken_for_a_refused_key(message: str, 
 def test_an_event_that_occurred_before_subscribed_was_replayed(raw: bytes, replayed: bool) -> None:
     moment = 1767225610.0  # 2026-01-01T00:00:10Z
     assert protocol.occurred_before(raw, moment) is replayed
+
+
+# --- strict JSON: the compact fast path and the strict parser agree ------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a":1,"a":2}',  # compact: the fast path's round trip differs, the strict parse refuses
+        b'{"a": 1, "a": 2}',
+        b'{"m":{"inbox_id":"inb_a","x":[1,{"k":1,"k":1}],"inbox_id":"inb_b"}}',
+        b'[{"k":"v","k":"v"}]',
+    ],
+)
+def test_a_key_given_twice_is_refused_in_any_spacing(raw: bytes) -> None:
+    with pytest.raises(protocol.ProtocolError, match="given twice"):
+        protocol.loads_strict(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"event":"message.received","n":[1,2.5,-0.0,null,true],"s":"\\u00e9\\n"}',
+        b'{"big":123456789012345678901234567890,"f":1E5}',  # values orjson reads differently
+        b'{ "spaced" : "json" }',
+        '{"text":"caf\u00e9"}'.encode(),
+    ],
+)
+def test_strict_parse_returns_what_the_standard_parser_returns(raw: bytes) -> None:
+    assert protocol.loads_strict(raw) == json.loads(raw)

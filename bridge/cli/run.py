@@ -19,6 +19,7 @@ from bridge.config import Config
 from bridge.errors import StoreError
 from bridge.loop_errors import LoopErrorReporter
 from bridge.memory import tune_malloc
+from bridge.runtime import loop_factory
 from bridge.supervisor import Supervisor
 from bridge.systemd import Notifier
 
@@ -79,4 +80,5 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     # A file-size limit should fail a write (EFBIG, handled as a store error), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     tune_malloc()
-    return asyncio.run(_run(config))
+    with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
+        return runner.run(_run(config))

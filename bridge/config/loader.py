@@ -29,6 +29,7 @@ from bridge.config.schema import (
 from bridge.config.values import Secret
 from bridge.config.walker import INVALID, Walker, describe_raw
 from bridge.errors import ConfigError
+from bridge.runtime import uvloop_available
 
 _SINK_COMMON: Final = frozenset({"type", "ordering", "concurrency", "retry"})
 """Keys every sink has (``SinkConfig``); the rest belong to its type's options."""
@@ -162,6 +163,8 @@ def build_config(
         raw["state"] = {**(raw_state or {}), "path": str(_default_state_path(env, base_dir))}
 
     config = walker.section("", raw, Config, extra=extra)
+    if isinstance(config, Config) and config.event_loop == "uvloop" and not uvloop_available():
+        walker.fail("event_loop", "uvloop is not installed (pip install uvloop, or use auto)")
     if walker.problems or not isinstance(config, Config):
         raise ConfigError(walker.problems or ["<top>: invalid configuration"])
     return config

@@ -14,6 +14,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 from bridge import protocol
 from bridge.config.values import ByteSize, Duration, FilePath, Listen, Secret, WsUrl
+from bridge.runtime import EventLoopChoice
 
 DEFAULT_MAX_CONNECTIONS = 256
 
@@ -197,5 +198,7 @@ class Config:
     sinks: Mapping[str, SinkConfig[object]] = field(default_factory=dict)
     routes: tuple[RouteConfig, ...] = ()
     shutdown_timeout: Duration = 10.0
+    event_loop: EventLoopChoice = "auto"
+    """``auto``: uvloop when installed (the default on Linux), else asyncio's own loop."""
     source: Path | None = field(default=None, metadata={"internal": True})
     """The file this config was read from."""

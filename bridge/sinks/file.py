@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
+import operator
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
@@ -149,9 +151,9 @@ class FileSink:
                 results.append(exc)
         touched: dict[Path, tuple[_OpenFile, int]] = {}
         async with self._lock:
-            for path, line in lines:
-                file = await self._file_for(path, len(line))
-                self._write(file, line)
+            for path, run in self._runs(lines):
+                file = await self._file_for(path, sum(map(len, run)))
+                self._write(file, b"".join(run), lines=len(run))
                 touched[file.path] = (file, file.written)
         if self._options.fsync != "never":
             for file, seq in touched.values():
@@ -183,6 +185,16 @@ class FileSink:
         return Path(self._template.replace(INBOX_PLACEHOLDER, path_component(inbox_id)))
 
     # --- Internals (called with the lock held, except _sync and _fsync) ---
+
+    def _runs(self, lines: list[tuple[Path, bytes]]) -> Iterator[tuple[Path, list[bytes]]]:
+        """Consecutive lines to one file, written with one system call. With ``max_bytes`` set,
+        line by line: a file rotates between two lines, never past its limit by a run."""
+        if self._options.max_bytes is not None:
+            for path, line in lines:
+                yield path, [line]
+            return
+        for path, group in itertools.groupby(lines, key=operator.itemgetter(0)):
+            yield path, [line for _, line in group]
 
     async def _file_for(self, path: Path, size: int) -> _OpenFile:
         """The open file for ``path``, rotated first if ``size`` more bytes would pass the limit.
@@ -217,13 +229,14 @@ class FileSink:
             raise _os_error(path, exc) from None
         return _OpenFile(path, fd)
 
-    def _write(self, file: _OpenFile, line: bytes) -> None:
+    def _write(self, file: _OpenFile, data: bytes, *, lines: int = 1) -> None:
+        """Append ``data`` (``lines`` whole lines); a failure takes back all of it."""
         try:
             start = os.lseek(file.fd, 0, os.SEEK_END)
         except OSError as exc:
             raise _os_error(file.path, exc) from None
         try:
-            view = memoryview(line)
+            view = memoryview(data)
             while view:
                 view = view[os.write(file.fd, view) :]
         except OSError as exc:
@@ -231,7 +244,7 @@ class FileSink:
             with contextlib.suppress(OSError):
                 os.ftruncate(file.fd, start)
             raise _os_error(file.path, exc) from None
-        file.written += 1
+        file.written += lines
 
     def _must_rotate(self, file: _OpenFile, size: int) -> bool:
         limit = self._options.max_bytes

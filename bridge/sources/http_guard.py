@@ -14,6 +14,7 @@ import asyncio
 import enum
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 import structlog
 from aiohttp import web
@@ -61,8 +62,10 @@ class _GuardedProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._phase = Phase.HEADERS
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream server's, TLS or not
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # A stream server's transport, TLS or not. Not an isinstance check: uvloop's transports
+        # have the methods without subclassing asyncio.Transport.
+        transport = cast(asyncio.Transport, base)
         if not self._guard.admit(transport, self):
             transport.abort()  # closed before aiohttp ever sees it; connection_lost is ours alone
             return

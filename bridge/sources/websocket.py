@@ -371,17 +371,13 @@ class WebSocketSource:
         for kept in link.early:  # events that came before 'subscribed' go first, in order
             await self._hand_over(queue, kept, consumer)
         keepalive = asyncio.create_task(self._keepalive(ws), name="websocket:keepalive")
+        loop = asyncio.get_running_loop()
+        heard = [loop.time()]
+        watchdog = asyncio.create_task(self._watch_silence(ws, heard), name="websocket:watchdog")
         try:
             while not ws.closed:
-                try:
-                    # An outer deadline: receive() restarts its own timeout at every WebSocket
-                    # pong, so a transport that answers pings would hide a silent server.
-                    async with asyncio.timeout(cfg.stale_after):
-                        msg = await self._read(link)
-                except TimeoutError:
-                    log.warning("ws.stale", silent_for=cfg.stale_after)
-                    await ws.close(code=protocol.CloseCode.GOING_AWAY)
-                    break
+                msg = await self._read(link)
+                heard[0] = loop.time()
                 if msg.type is WSMsgType.TEXT:
                     action = link.session.receive(msg.data, time.time())
                     if not isinstance(action, Deliver):
@@ -396,6 +392,7 @@ class WebSocketSource:
                     break  # close, closing, closed or error
         finally:
             keepalive.cancel()
+            watchdog.cancel()
             if not consumer.done():
                 # Commit what was read before the close (on stop too): fewer events to replay.
                 drained = asyncio.ensure_future(queue.join())
@@ -404,7 +401,7 @@ class WebSocketSource:
                 )
                 drained.cancel()
             consumer.cancel()
-            await asyncio.gather(consumer, keepalive, return_exceptions=True)
+            await asyncio.gather(consumer, keepalive, watchdog, return_exceptions=True)
         # Events read but not committed are not lost: the cursor has not passed them.
         if refused.done():
             raise Disconnected(refused.result())
@@ -470,9 +467,23 @@ class WebSocketSource:
             await link.ws.close(code=protocol.CloseCode.NORMAL)
             return
 
+    async def _watch_silence(self, ws: aiohttp.ClientWebSocketResponse, heard: list[float]) -> None:
+        """Close a connection on which no frame came for ``stale_after`` seconds. receive()
+        restarts its own timeout at every WebSocket pong, so a transport that answers pings
+        would hide a silent server. One clock read per frame, not a timer around each read."""
+        stale = self.config.websocket.stale_after
+        loop = asyncio.get_running_loop()
+        while not ws.closed:
+            silent = loop.time() - heard[0]
+            if silent >= stale:
+                log.warning("ws.stale", silent_for=stale)
+                await ws.close(code=protocol.CloseCode.GOING_AWAY)
+                return
+            await asyncio.sleep(stale - silent)
+
     async def _keepalive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """The protocol's own ``ping`` (answered by a text ``pong``) keeps traffic flowing, which
-        the stale watchdog in ``_receive`` relies on; aiohttp sends the WebSocket-level pings."""
+        the silence watchdog relies on; aiohttp sends the WebSocket-level pings."""
         interval = self.config.websocket.ping_interval
         while not ws.closed:
             await asyncio.sleep(interval)

@@ -9,7 +9,8 @@ What lives where:
 - :mod:`~bridge.store.transactions`: what each write does in its transaction; the cursor rules.
 - :mod:`~bridge.store.bounds`: :class:`StoreLimits` and the room check.
 - :mod:`~bridge.store.rows`: the values handed out, and the one layout of each row.
-- :mod:`~bridge.store.queries`: the SQL of store operations.
+- :mod:`~bridge.store.batch`: the SQL of accepting a batch: one lookup, one insert per table.
+- :mod:`~bridge.store.queries`: the SQL of the other store operations.
 - :mod:`~bridge.store.database`: opening the file: lock, pragmas, migration, corrupt files.
 - :mod:`~bridge.store.schema`: the append-only migrations.
 """

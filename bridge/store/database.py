@@ -95,6 +95,7 @@ def connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
     create_private(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
+        _require_json(conn)
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if mode != "wal":
             raise StoreError(f"cannot use state database {path}: WAL mode unavailable ({mode})")
@@ -107,6 +108,18 @@ def connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _require_json(conn: sqlite3.Connection) -> None:
+    """Batches travel to SQLite as JSON arrays (json_each): built in since SQLite 3.38, and in
+    most earlier builds as the JSON1 extension."""
+    try:
+        conn.execute("SELECT json_valid('[]')").fetchone()
+    except sqlite3.OperationalError:
+        raise StoreError(
+            f"SQLite {sqlite3.sqlite_version} has no JSON functions, which the state database"
+            " needs: use SQLite 3.38 or later (or a build with JSON1)"
+        ) from None
 
 
 def migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[Migration]) -> int:
@@ -236,6 +249,11 @@ def open_reader(path: Path) -> sqlite3.Connection:
         return connect(path, query_only=True)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open state database {path}: {exc}") from None
+
+
+def set_durable(conn: sqlite3.Connection, durable: bool) -> None:
+    """Whether the next commits wait for the disk (``synchronous=FULL``) or not (``NORMAL``)."""
+    conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
 
 
 def begin(conn: sqlite3.Connection) -> None:

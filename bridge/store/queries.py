@@ -12,7 +12,8 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Final, NamedTuple
 
-from bridge.errors import StoreError
+import orjson
+
 from bridge.events import Event
 from bridge.store.rows import DEAD_LETTER_COLUMNS, DELIVERY_COLUMNS, QUARANTINED_COLUMNS
 
@@ -78,62 +79,6 @@ def set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
         )
 
 
-KNOWN_KEY: Final = 1
-ID_TAKEN: Final = 2
-# One statement, first hit wins: the dedup key seen (with what it was), else the id sinks would
-# send already in use under another key (as a seen key or sent id, or by a held event). The
-# first column is KNOWN_KEY (1) or ID_TAKEN (2).
-_IDENTITY_SQL: Final = """
-    SELECT 1, content_id, inbox_id FROM seen WHERE event_id = :key
-    UNION ALL SELECT 2, NULL, NULL FROM seen WHERE sent_id = :id
-    UNION ALL SELECT 2, NULL, NULL FROM seen WHERE :id != :key AND event_id = :id
-    UNION ALL SELECT CASE WHEN :id = :key THEN 1 ELSE 2 END, NULL, NULL
-        FROM events WHERE event_id = :id
-    LIMIT 1"""
-
-
-def known_identity(
-    conn: sqlite3.Connection, event: Event
-) -> tuple[int, str | None, str | None] | None:
-    """What the store knows of ``event``'s dedup key and id; None when both are new.
-
-    ``(KNOWN_KEY, content_id, inbox_id)``: the key was seen (the content NULL when unknown, a row
-    from before migration 2 or a held event without its seen row); ``(ID_TAKEN, None, None)``:
-    the key is new but ``event.event_id`` is already in use under another key.
-    """
-    row = conn.execute(_IDENTITY_SQL, {"key": event.dedup_key, "id": event.event_id}).fetchone()
-    return None if row is None else (int(row[0]), row[1], row[2])
-
-
-def insert_event(
-    conn: sqlite3.Connection, event: Event, sinks: Sequence[str], *, seen_at: float
-) -> tuple[int, list[int]]:
-    """Record a new event: its seen id, its row, one pending row per sink; (seq, row ids).
-
-    With no sinks the event row only numbers the event and is deleted again: nothing is held.
-    """
-    payload = event.raw if sinks else b""
-    sent_id = None if event.event_id == event.dedup_key else event.event_id
-    conn.execute(
-        "INSERT INTO seen (event_id, seen_at, content_id, inbox_id, sent_id)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (event.dedup_key, seen_at, event.content_id, event.inbox_id, sent_id),
-    )
-    row = (event.event_id, event.type, event.inbox_id, event.thread_id, event.origin.value)
-    seq = _rowid(
-        conn.execute(
-            "INSERT INTO events (event_id, type, inbox_id, thread_id, origin, received_at, size,"
-            " payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (*row, event.received_at, len(payload), payload),
-        )
-    )
-    sql = "INSERT INTO deliveries (seq, sink) VALUES (?, ?)"
-    ids = [_rowid(conn.execute(sql, (seq, sink))) for sink in sinks]
-    if not sinks:
-        conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
-    return seq, ids
-
-
 def quarantine_event(
     conn: sqlite3.Connection,
     event: Event,
@@ -187,27 +132,28 @@ def purge_quarantine(conn: sqlite3.Connection, event_id: str | None) -> tuple[in
     return count, int(spool)
 
 
-def _rowid(cursor: sqlite3.Cursor) -> int:
-    if cursor.lastrowid is None:  # an INSERT always sets it; this only narrows the type
-        raise StoreError("INSERT reported no rowid")
-    return cursor.lastrowid
+# A list of ids goes to SQLite as one JSON array (json_each), so one cached statement serves a
+# batch of any size.
+_SEQS_OF_SQL: Final = """SELECT json_group_array(DISTINCT seq) FROM deliveries
+    WHERE id IN (SELECT value FROM json_each(?))"""
+_DELETE_IDS_SQL: Final = "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?))"
+_ORPHANED: Final = """FROM events WHERE seq IN (SELECT value FROM json_each(?))
+    AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = events.seq)"""
+_ORPHANED_SIZE_SQL: Final = "SELECT COALESCE(SUM(size), 0) " + _ORPHANED
+_DELETE_ORPHANED_SQL: Final = "DELETE " + _ORPHANED
 
 
-def delete_delivery(conn: sqlite3.Connection, delivery_id: int) -> int:
-    """Delete one delivery row, and its event when that was the last row; return bytes freed."""
-    row = conn.execute("SELECT seq FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
-    if row is None:
-        return 0  # already gone (its sink dropped, or purged, meanwhile)
-    conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
-    held = conn.execute(
-        "SELECT size FROM events WHERE seq = ?1 AND NOT EXISTS"
-        " (SELECT 1 FROM deliveries WHERE seq = ?1)",
-        row,
-    ).fetchone()
-    if held is None:
-        return 0
-    conn.execute("DELETE FROM events WHERE seq = ?", row)
-    return int(held[0])
+def delete_delivered(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> int:
+    """Delete delivery rows, and the events left without rows; return the spool bytes freed.
+
+    Ids already gone (their sink dropped, or purged, meanwhile) are skipped.
+    """
+    ids = orjson.dumps(list(delivery_ids))
+    (seqs,) = conn.execute(_SEQS_OF_SQL, (ids,)).fetchone()  # a JSON array, passed on as is
+    conn.execute(_DELETE_IDS_SQL, (ids,))
+    (freed,) = conn.execute(_ORPHANED_SIZE_SQL, (seqs,)).fetchone()
+    conn.execute(_DELETE_ORPHANED_SQL, (seqs,))
+    return int(freed)
 
 
 def delete_deliveries(

@@ -253,7 +253,8 @@ class Store:
     async def mark_delivered_many(self, delivery_ids: Sequence[int]) -> None:
         """Delete delivered rows (and events left without rows) in one transaction."""
         delivered = functools.partial(transactions.delivered, delivery_ids=tuple(delivery_ids))
-        await self._write(delivered)
+        # Not durable: lost in a power cut, a delivery is made again (at least once holds).
+        await self._write(delivered, durable=False)
 
     async def record_attempt(self, delivery_id: int, *, attempts: int, error: str) -> None:
         await self._execute(queries.RECORD_ATTEMPT_SQL, (attempts, error, delivery_id))
@@ -307,11 +308,11 @@ class Store:
         return self._write(lambda tx: tx.conn.execute(statement, params).rowcount)
 
     def _write(
-        self, fn: Callable[[Tx], _T], *, ws_event_id: str | None = None
+        self, fn: Callable[[Tx], _T], *, ws_event_id: str | None = None, durable: bool = True
     ) -> asyncio.Future[_T]:
         if self._closed:
             raise StoreError(f"state database {self.path} is closed")
-        return self._writer.submit(fn, ws_event_id=ws_event_id)
+        return self._writer.submit(fn, ws_event_id=ws_event_id, durable=durable)
 
     async def _prune_loop(self, interval: float, sleep: Sleep) -> None:
         while True:

@@ -15,6 +15,7 @@ from typing import Final
 from bridge.errors import SpoolFullError, StoreError
 from bridge.events import Event, Origin
 from bridge.store import queries
+from bridge.store.batch import ID_TAKEN, KnownIds, NewEvents
 from bridge.store.bounds import Room
 from bridge.store.rows import DUPLICATE, AcceptOutcome, AcceptResult, ConflictReason, Delivery
 
@@ -72,33 +73,47 @@ def accept_batch(
 ) -> list[AcceptResult | StoreError]:
     """Accept each event; a refused one (:class:`SpoolFullError`) is its result, the rest stand."""
     results: list[AcceptResult | StoreError] = []
+    known = KnownIds(tx.conn, (event for event, _ in batch))
+    new = NewEvents(tx.conn)
     for event, sinks in batch:
         try:
-            results.append(accept(tx, event, sinks, room=room, clock=clock))
+            results.append(accept(tx, event, sinks, room=room, clock=clock, known=known, new=new))
         except SpoolFullError as exc:  # this event wrote nothing; the rest stand
             if event.origin is Origin.WEBSOCKET:
                 hold_cursor(tx, event.event_id)
             results.append(exc)
+    new.flush()
     return results
 
 
 def accept(
-    tx: Tx, event: Event, sinks: tuple[str, ...], *, room: Room, clock: Clock
+    tx: Tx,
+    event: Event,
+    sinks: tuple[str, ...],
+    *,
+    room: Room,
+    clock: Clock,
+    known: KnownIds,
+    new: NewEvents,
 ) -> AcceptResult:
     """Record ``event`` with one pending delivery per sink, unless its key or id is known.
+
+    ``known`` holds what the store knows of the batch's ids; the rows join ``new``, which the
+    caller flushes before the transaction commits.
 
     Raises:
         SpoolFullError: it does not fit; nothing was written.
     """
-    known = queries.known_identity(tx.conn, event)
-    if known is not None:
+    identity = known.identity(event)
+    if identity is not None:
         # Handled either way: a conflict moves the cursor like a duplicate.
         advance_cursor(tx, event)
-        reason = conflict_reason(known, event)
+        reason = conflict_reason(identity, event)
         return DUPLICATE if reason is None else _quarantine(tx, event, reason, room, clock)
     size = len(event.raw) if sinks else 0
     room.check(tx.spool, size)
-    seq, ids = queries.insert_event(tx.conn, event, sinks, seen_at=clock())
+    seq, ids = new.add(event, sinks, seen_at=clock())
+    known.add(event, held=bool(sinks))
     tx.spool += size
     tx.last_event_at = event.received_at
     advance_cursor(tx, event)
@@ -114,7 +129,7 @@ def conflict_reason(
 ) -> ConflictReason | None:
     """Why ``event`` conflicts with what the store knows of its key or id; None: a duplicate."""
     kind, content_id, inbox_id = known
-    if kind == queries.ID_TAKEN:
+    if kind == ID_TAKEN:
         return ConflictReason.ID_REUSED
     if content_id is None or event.content_id is None:
         return None  # unknown content (a row from before migration 2) never conflicts
@@ -157,8 +172,7 @@ def _quarantine(
 
 
 def delivered(tx: Tx, *, delivery_ids: Sequence[int]) -> None:
-    for delivery_id in delivery_ids:
-        tx.spool -= queries.delete_delivery(tx.conn, delivery_id)
+    tx.spool -= queries.delete_delivered(tx.conn, delivery_ids)
 
 
 def drop(statement: str, params: Mapping[str, str | None], tx: Tx) -> int:

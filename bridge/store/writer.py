@@ -38,6 +38,7 @@ class _Op:
     fn: Callable[[Tx], object]
     future: asyncio.Future[Any]
     ws_event_id: str | None  # a WebSocket accept: its refusal must hold the cursor back
+    durable: bool  # its commit waits for the disk; see Writer.submit
 
 
 class Writer:
@@ -70,6 +71,7 @@ class Writer:
         self.ws_gap: str | None = None  # first refused WebSocket event id, see advance_cursor
         self.failure: str | None = None  # why writes fail; None while writable
         self._conn = conn
+        self._durable: bool | None = None  # the connection's synchronous mode, once set here
         self._thread = thread
         self._probe_interval = probe_interval
         self._sleep = sleep
@@ -80,12 +82,18 @@ class Writer:
         self._task = asyncio.create_task(self._write_loop(), name="store-writer")
 
     def submit(
-        self, fn: Callable[[Tx], _T], *, ws_event_id: str | None = None
+        self, fn: Callable[[Tx], _T], *, ws_event_id: str | None = None, durable: bool = True
     ) -> asyncio.Future[_T]:
-        """Queue ``fn`` for the next batch; its future gives what it returned once committed."""
+        """Queue ``fn`` for the next batch; its future gives what it returned once committed.
+
+        ``durable=False``: a write whose loss in a power cut only repeats work (a delivery
+        marked done): a transaction holding only such writes commits without waiting for the
+        disk (``synchronous=NORMAL``); the next durable commit makes it durable too, as the WAL
+        is written in order. A crash of the process alone loses nothing either way.
+        """
         # Synchronous on purpose: the queue position is taken when the caller runs, not later.
         future: asyncio.Future[_T] = self._loop.create_future()
-        self._queue.put_nowait(_Op(fn, future, ws_event_id))
+        self._queue.put_nowait(_Op(fn, future, ws_event_id, durable))
         return future
 
     async def stop(self) -> None:
@@ -198,6 +206,10 @@ class Writer:
 
     def _commit_batch(self, batch: list[_Op]) -> tuple[list[object], Tx]:
         conn = self._conn
+        durable = any(op.durable for op in batch)
+        if durable is not self._durable:
+            database.set_durable(conn, durable)
+            self._durable = durable
         database.begin(conn)
         try:
             (version,) = conn.execute("PRAGMA data_version").fetchone()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import SinkConfig
@@ -159,6 +159,8 @@ json_values = st.recursive(
 
 @settings(max_examples=150, deadline=None)
 @given(obj=st.dictionaries(st.text(), json_values, max_size=6), indent=st.sampled_from([None, 2]))
+@example(obj={"n": -9223372036854775809}, indent=None)  # past 64 bits: orjson would make a float
+@example(obj={"n": 2**64}, indent=2)
 def test_any_json_object_becomes_one_line_that_decodes_to_the_same_value(obj, indent):
     raw = json.dumps(obj, indent=indent).encode()
     line = format_line(make_delivery(raw), "payload")

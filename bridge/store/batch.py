@@ -1,0 +1,183 @@
+"""A batch of accepted events in SQL: what the store knows of their ids, and their new rows.
+
+The writer thread holds the GIL only between SQLite calls, and every call gives it up while
+SQLite works; with the event loop busy, each call can wait milliseconds to get it back. So a
+batch costs a fixed number of calls, not some per event: one lookup of every key and id in the
+batch, and one ``INSERT ... SELECT FROM json_each(?)`` per table for every new row (payloads
+travel as one blob, each row naming its slice). A batch of 256 events is about eight calls.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import orjson
+
+from bridge.events import Event
+
+KNOWN_KEY: Final = 1
+ID_TAKEN: Final = 2
+
+# Every row naming one of the batch's keys or ids: a seen key (1), a sent id (2), a held event (3).
+_KNOWN_SQL: Final = """
+    SELECT 1, event_id, content_id, inbox_id FROM seen
+        WHERE event_id IN (SELECT value FROM json_each(?1))
+    UNION ALL SELECT 2, sent_id, NULL, NULL FROM seen
+        WHERE sent_id IN (SELECT value FROM json_each(?1))
+    UNION ALL SELECT 3, event_id, NULL, NULL FROM events
+        WHERE event_id IN (SELECT value FROM json_each(?1))"""
+
+_INSERT_SEEN_SQL: Final = """INSERT INTO seen (event_id, seen_at, content_id, inbox_id, sent_id)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+        json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]')
+    FROM json_each(?)"""
+# ?2 is every payload end to end; a row's [7] and [8] are its slice (1-based start, length).
+_INSERT_EVENTS_SQL: Final = """INSERT INTO events
+    (seq, event_id, type, inbox_id, thread_id, origin, received_at, size, payload)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+        json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),
+        json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[8]'),
+        COALESCE(substr(?2, json_extract(value, '$[7]'), json_extract(value, '$[8]')), x'')
+    FROM json_each(?1)"""
+_INSERT_DELIVERIES_SQL: Final = """INSERT INTO deliveries (id, seq, sink)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+    FROM json_each(?)"""
+_DELETE_EVENTS_SQL: Final = "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))"
+_NEXT_IDS_SQL: Final = """SELECT
+    MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+        COALESCE((SELECT MAX(seq) FROM events), 0)),
+    MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
+        COALESCE((SELECT MAX(id) FROM deliveries), 0))"""
+
+
+class KnownIds:
+    """What the store knows of a batch's dedup keys and ids, kept current as the batch is
+    accepted, so that a later event of the batch sees the earlier ones."""
+
+    __slots__ = ("_held", "_seen", "_sent")
+
+    def __init__(self, conn: sqlite3.Connection, events: Iterable[Event]) -> None:
+        names = {name for e in events for name in (e.dedup_key, e.event_id)}
+        self._seen: dict[str, tuple[str | None, str | None]] = {}  # key -> content, inbox
+        self._sent: set[str] = set()  # ids sent under another key (sent_id)
+        self._held: set[str] = set()  # event ids of held events
+        for kind, name, content_id, inbox_id in conn.execute(
+            _KNOWN_SQL, (orjson.dumps(sorted(names)),)
+        ):
+            if kind == 1:
+                self._seen[name] = (content_id, inbox_id)
+            elif kind == 2:
+                self._sent.add(name)
+            else:
+                self._held.add(name)
+
+    def identity(self, event: Event) -> tuple[int, str | None, str | None] | None:
+        """What the store knows of ``event``'s dedup key and id; None when both are new.
+
+        ``(KNOWN_KEY, content_id, inbox_id)``: the key was seen (the content None when unknown, a
+        row from before migration 2 or a held event without its seen row); ``(ID_TAKEN, None,
+        None)``: the key is new but ``event.event_id`` is already in use under another key, as a
+        seen key or sent id, or by a held event.
+        """
+        key, sent = event.dedup_key, event.event_id
+        if key in self._seen:
+            return (KNOWN_KEY, *self._seen[key])
+        if sent in self._sent or (sent != key and sent in self._seen):
+            return ID_TAKEN, None, None
+        if sent in self._held:
+            return (KNOWN_KEY if sent == key else ID_TAKEN), None, None
+        return None
+
+    def add(self, event: Event, *, held: bool) -> None:
+        """``event`` was accepted in this batch; ``held``: it has rows to deliver."""
+        self._seen[event.dedup_key] = (event.content_id, event.inbox_id)
+        if event.event_id != event.dedup_key:
+            self._sent.add(event.event_id)
+        if held:
+            self._held.add(event.event_id)
+
+
+class NewEvents:
+    """New events' rows, written together by :meth:`flush` before the transaction commits.
+
+    seq and delivery ids are handed out here as AUTOINCREMENT would: past the largest ever used,
+    never reused, so a stale id held by a sink worker can never name another event's row.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_deliveries",
+        "_events",
+        "_next_id",
+        "_next_seq",
+        "_payloads",
+        "_seen",
+        "_start",
+        "_unrouted",
+    )
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._next_seq = self._next_id = 0  # 0: not read yet
+        self._seen: list[tuple[object, ...]] = []
+        self._events: list[tuple[object, ...]] = []
+        self._payloads: list[bytes] = []
+        self._start = 1  # where the next payload starts in the joined blob (1-based)
+        self._deliveries: list[tuple[int, int, str]] = []
+        self._unrouted: list[int] = []
+
+    def add(self, event: Event, sinks: Sequence[str], *, seen_at: float) -> tuple[int, list[int]]:
+        """Record a new event: its seen id, its row, one pending row per sink; (seq, row ids).
+
+        With no sinks the event is numbered and remembered as seen, and nothing is held.
+        """
+        if not self._next_seq:
+            self._next_seq, self._next_id = map(int, self._conn.execute(_NEXT_IDS_SQL).fetchone())
+            self._next_seq += 1
+            self._next_id += 1
+        seq, self._next_seq = self._next_seq, self._next_seq + 1
+        ids = list(range(self._next_id, self._next_id + len(sinks)))
+        self._next_id += len(sinks)
+        sent_id = None if event.event_id == event.dedup_key else event.event_id
+        self._seen.append((event.dedup_key, seen_at, event.content_id, event.inbox_id, sent_id))
+        payload = event.raw if sinks else b""
+        self._events.append(
+            (
+                seq,
+                event.event_id,
+                event.type,
+                event.inbox_id,
+                event.thread_id,
+                event.origin.value,
+                event.received_at,
+                self._start,
+                len(payload),
+            )
+        )
+        self._payloads.append(payload)
+        self._start += len(payload)
+        self._deliveries.extend(zip(ids, (seq,) * len(sinks), sinks, strict=True))
+        if not sinks:
+            # Inserted and deleted all the same: AUTOINCREMENT then remembers its seq, which
+            # its accept result carries, so no other event is ever given it.
+            self._unrouted.append(seq)
+        return seq, ids
+
+    def flush(self) -> None:
+        if not self._seen:
+            return
+        conn = self._conn
+        conn.execute(_INSERT_SEEN_SQL, (orjson.dumps(self._seen),))
+        conn.execute(_INSERT_EVENTS_SQL, (orjson.dumps(self._events), b"".join(self._payloads)))
+        if self._deliveries:
+            conn.execute(_INSERT_DELIVERIES_SQL, (orjson.dumps(self._deliveries),))
+        if self._unrouted:
+            conn.execute(_DELETE_EVENTS_SQL, (orjson.dumps(self._unrouted),))
+        self._seen.clear()
+        self._events.clear()
+        self._payloads.clear()
+        self._start = 1
+        self._deliveries.clear()
+        self._unrouted.clear()
