@@ -116,7 +116,9 @@ class SinkWorker:
         self._reads: list[set[int]] = []
         self._log = log.bind(sink=config.name)
         self._credentials = sink_credentials(config)
-        self._batch = batch if isinstance(sink, BatchSink) else 1
+        # Decided once: a runtime-checkable Protocol's isinstance walks its members each time.
+        self._batch_sink = sink if isinstance(sink, BatchSink) else None
+        self._batch = batch if self._batch_sink is not None else 1
 
     @property
     def name(self) -> str:
@@ -391,9 +393,9 @@ class SinkWorker:
         """Many deliveries in one ``send_batch`` and one store commit. A failure of the batch as a
         whole (the file cannot be written) sends them again one by one, each with its own retries,
         so no event's failure becomes another's."""
-        assert isinstance(self.sink, BatchSink)  # _batch > 1 only for a BatchSink
+        assert self._batch_sink is not None  # _batch > 1 only for a BatchSink
         try:
-            results = await self.sink.send_batch(deliveries)
+            results = await self._batch_sink.send_batch(deliveries)
         except Exception as exc:
             if not isinstance(exc, DeliveryError):
                 self._log.exception("delivery.sink_error", event_id=deliveries[0].event_id)
