@@ -59,6 +59,15 @@ class Event:
     raw: bytes = field(repr=False)
     content_id: str | None = None
     dedup_key: str = ""
+    via: str | None = None
+    """The bridge-to-bridge transport it came by (``nats``), None when straight from OpenMail:
+    ``origin`` stays OpenMail's, which sinks send on; only an event OpenMail sent this bridge
+    over the WebSocket moves its replay cursor; metrics count it under ``via`` when set."""
+
+    @property
+    def from_own_websocket(self) -> bool:
+        """Whether OpenMail sent it to this bridge's own WebSocket subscription."""
+        return self.origin is Origin.WEBSOCKET and self.via is None
 
     def __post_init__(self) -> None:
         if not self.dedup_key:

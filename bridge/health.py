@@ -1,6 +1,7 @@
 """The health model: what ``/readyz`` and ``/status`` report, computed from plain facts.
 
-Readiness answers "can events get in?": ``ready`` when every enabled source receives and the store
+Readiness answers "can events get in?": ``ready`` when every enabled source (the NATS consumer
+included) receives and the store
 takes writes, ``degraded`` when only some sources receive, ``unavailable`` when none does, the
 store refuses or the bridge is stopping. Liveness is not modelled here: the admin server answers
 ``/healthz`` whenever the event loop turns. The supervisor reads the facts off the running parts;
@@ -35,6 +36,11 @@ class HealthFacts:
     store_writable: bool  # False too while no store is open
     store_has_room: bool
     stopping: bool
+    nats_state: str | None = None
+    """The NATS connection's state word; None when the bridge does not use NATS."""
+    nats_consuming: bool | None = None
+    """Whether the NATS source receives; None when ``nats.consume`` is not set. A NATS sink
+    alone never counts: events still get in while it cannot publish."""
 
 
 def readiness(facts: HealthFacts) -> tuple[Readiness, dict[str, str]]:
@@ -53,6 +59,10 @@ def readiness(facts: HealthFacts) -> tuple[Readiness, dict[str, str]]:
         receiving.append(hook_ok)
     else:
         parts["webhook"] = "disabled"
+    if facts.nats_state is not None:
+        parts["nats"] = facts.nats_state
+        if facts.nats_consuming is not None:
+            receiving.append(facts.nats_consuming and not facts.stopping)
     store_ok = facts.store_writable
     parts["store"] = "writable" if store_ok else "unwritable"
     if store_ok and not facts.store_has_room:
@@ -102,6 +112,7 @@ class StatusFacts:
     sinks: Mapping[str, SinkFacts]
     config_source: str | None
     last_reload: Mapping[str, object]
+    nats: Mapping[str, object] | None = None  # the NATS parts' status; None without NATS
 
 
 def sink_report(
@@ -148,4 +159,5 @@ def status_report(facts: StatusFacts) -> dict[str, object]:
         "sinks": sink_report(facts.counts, facts.sinks),
         "removed_sinks": sorted(n for n in facts.counts if n not in facts.sinks),
         "config": {"source": facts.config_source, "last_reload": facts.last_reload},
+        "nats": facts.nats,
     }

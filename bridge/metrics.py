@@ -60,6 +60,35 @@ class Metrics:
         self.pending = gauge("pending", "Deliveries waiting, per sink", "sink")
         self.dead_letters = gauge("dead_letters", "Deliveries in the dead-letter table", "sink")
         self.config_reloads = counter("config_reloads", "Config reloads by result", "result")
+        self.nats_connected = gauge("nats_connected", "1 while the NATS connection is usable")
+        self.nats_reconnects = counter("nats_reconnects", "NATS reconnections after the first")
+        self.nats_publishes = counter(
+            "nats_publishes",
+            "JetStream publishes by outcome (acked, duplicate, failed)",
+            "sink",
+            "outcome",
+        )
+        self.nats_stream_messages = gauge("nats_stream_messages", "Messages in the stream")
+        self.nats_stream_last_seq = gauge(
+            "nats_stream_last_sequence", "The stream's last sequence number"
+        )
+        self.nats_consumer_pending = gauge(
+            "nats_consumer_pending", "Stream messages the consumer has not yet been given"
+        )
+        self.nats_consumer_ack_pending = gauge(
+            "nats_consumer_ack_pending", "Messages given to the consumer and not yet acked"
+        )
+        self.nats_consumer_redelivered = gauge(
+            "nats_consumer_redelivered", "Messages the server is redelivering to the consumer"
+        )
+        self.nats_consumed = counter(
+            "nats_consumed",
+            "Messages taken from the stream by outcome (acked, terminated, unacked)",
+            "outcome",
+        )
+        self.nats_poison = counter(
+            "nats_poison", "Messages terminated as unusable, by reason", "reason"
+        )
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(f"{PREFIX}_{name}", documentation, labels, registry=self.registry)

@@ -113,7 +113,7 @@ class Pipeline:
     ) -> AcceptOutcome | StoreError:
         if isinstance(result, StoreError):
             return result
-        source = event.origin.value
+        source = event.via or event.origin.value
         if result.outcome is AcceptOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(source).inc()
             logger.debug("event.duplicate", event_id=event.event_id, source=source)

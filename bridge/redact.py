@@ -134,6 +134,13 @@ def url_secrets(url: str) -> list[str]:
     return [v for v in values if v]
 
 
+def credential_lines(text: str) -> list[str]:
+    """The secret lines of a NATS credentials or nkey seed file: the JWT and the seed, not the
+    ``-----BEGIN ...`` markers or the ``***`` banner between them."""
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith(("-", "*"))]
+
+
 def mask_url(url: str) -> str:
     """``url`` with its user-info shown as ``***@`` and secret-looking query (and fragment or
     path-parameter) values as ``***``; everything else as written."""

@@ -13,7 +13,8 @@ from bridge.config import Config, SinkConfig
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
     """The sections that differ between ``old`` and ``new`` but apply only after a restart:
-    the store, the admin server, the webhook's socket and which sources run."""
+    the store, the admin server, the webhook's socket, which sources run and the NATS
+    connection, stream and consumer."""
     hook_old, hook_new = old.openmail.webhook, new.openmail.webhook
     changed = {
         "state": old.state != new.state,
@@ -25,6 +26,7 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         "openmail.websocket.enabled": (
             old.openmail.websocket.enabled != new.openmail.websocket.enabled
         ),
+        "nats": old.nats != new.nats,
     }
     return [section for section, differs in changed.items() if differs]
 
@@ -41,7 +43,9 @@ def applicable_part(old: Config, new: Config) -> Config:
     )
     websocket = dataclasses.replace(new.openmail.websocket, enabled=old.openmail.websocket.enabled)
     openmail = dataclasses.replace(new.openmail, webhook=webhook, websocket=websocket)
-    return dataclasses.replace(new, state=old.state, admin=old.admin, openmail=openmail)
+    return dataclasses.replace(
+        new, state=old.state, admin=old.admin, openmail=openmail, nats=old.nats
+    )
 
 
 def sinks_to_replace(

@@ -40,6 +40,8 @@ from bridge.health import (
     status_report,
 )
 from bridge.metrics import Metrics
+from bridge.nats.bus import NatsBus
+from bridge.nats.connection import credentials as nats_credentials
 from bridge.pipeline import Pipeline
 from bridge.reload import applicable_part, restart_only_changes, sinks_to_replace
 from bridge.routing import Router
@@ -72,6 +74,8 @@ def config_secrets(config: Config) -> list[str]:
             if CREDENTIAL_HEADER.search(name):
                 values.append(value.split(" ", 1)[-1])
                 values.append(value)
+    if config.nats is not None:
+        values += nats_credentials(config.nats)
     return values
 
 
@@ -96,6 +100,7 @@ class Running:
     admin: AdminServer | None
     webhook: WebhookSource | None
     websocket: WebSocketSource | None
+    nats: NatsBus | None
 
 
 class Supervisor:
@@ -124,6 +129,7 @@ class Supervisor:
         self.phase = Phase.NEW
         self.started_at: float | None = None
         self.last_reload: dict[str, object] = {}
+        self._nats: NatsBus | None = None
         logs.REDACTOR.set_secrets(config_secrets(config))
 
     def _load_from_source(self) -> Config:
@@ -203,6 +209,8 @@ class Supervisor:
         except BaseException:
             await store.close()
             raise
+        if running.nats is not None:
+            await running.nats.start()
         await running.dispatcher.start()
         if running.admin is not None:
             await running.admin.start()
@@ -210,6 +218,8 @@ class Supervisor:
             await running.webhook.start(running.pipeline)
         if running.websocket is not None:
             await running.websocket.start(running.pipeline)
+        if running.nats is not None:
+            await running.nats.start_source(running.pipeline)
         self.started_at = time.time()
         self.phase = Phase.RUNNING
         om = config.openmail
@@ -221,6 +231,7 @@ class Supervisor:
             routes=[r.name for r in config.routes],
             webhook=str(om.webhook.listen) if om.webhook.enabled else None,
             websocket=om.websocket.url if om.websocket.enabled else None,
+            nats=running.nats is not None,
             event_loop=loop_name(config.event_loop),
         )
         self.notifier.ready(self.one_line_status())
@@ -230,12 +241,15 @@ class Supervisor:
         """Every part, built but not started: each one's stop is safe before its start."""
         config, om = self.config, self.config.openmail
         dispatcher = Dispatcher(store, self.metrics)
+        nats = NatsBus(config.nats, self.metrics, config.sinks.values()) if config.nats else None
+        self._nats = nats
         for sink_config in config.sinks.values():
             dispatcher.add(self._worker(store, sink_config))
         return Running(
             store=store,
             dispatcher=dispatcher,
             pipeline=Pipeline(store, Router(config.routes), dispatcher, self.metrics),
+            nats=nats,
             admin=AdminServer(config.admin, self) if config.admin.enabled else None,
             webhook=WebhookSource(om.webhook, self.metrics) if om.webhook.enabled else None,
             websocket=(WebSocketSource(om, self.metrics) if om.websocket.enabled else None),
@@ -243,6 +257,8 @@ class Supervisor:
 
     def _worker(self, store: Store, sink_config: SinkConfig[object]) -> SinkWorker:
         sink = SINK_TYPES[sink_config.type].factory(sink_config)
+        if self._nats is not None:
+            self._nats.bind(sink)
         return SinkWorker(sink_config, sink, store, self.metrics)
 
     async def _start_workers(
@@ -294,9 +310,13 @@ class Supervisor:
                 running.webhook.begin_stop()
             if running.websocket is not None:
                 await running.websocket.stop()
+            if running.nats is not None:
+                await running.nats.stop_source()
             if running.webhook is not None:
                 await running.webhook.stop()
             await running.dispatcher.stop(self.config.shutdown_timeout)
+            if running.nats is not None:
+                await running.nats.stop()
             if running.admin is not None:
                 await running.admin.stop()
         await self.notifier.stop_watchdog()
@@ -385,6 +405,7 @@ class Supervisor:
         ws = running.websocket if running is not None else None
         hook = running.webhook if running is not None else None
         store = running.store if running is not None else None
+        nats = running.nats if running is not None else None
         return HealthFacts(
             websocket_enabled=om.websocket.enabled,
             websocket_state=ws.state if ws is not None else None,
@@ -394,6 +415,8 @@ class Supervisor:
             store_writable=store is not None and store.writable,
             store_has_room=store is not None and store.has_room,
             stopping=self.stopping,
+            nats_state=nats.state if nats is not None else None,
+            nats_consuming=(nats.source.receiving if nats.source else None) if nats else None,
         )
 
     def readiness(self) -> tuple[Readiness, dict[str, str]]:
@@ -412,6 +435,8 @@ class Supervisor:
         before :meth:`start`."""
         running = self._parts()
         ws, hook = running.websocket, running.webhook
+        if running.nats is not None:
+            await running.nats.refresh()
         return status_report(
             StatusFacts(
                 health=self._health_facts(),
@@ -432,11 +457,14 @@ class Supervisor:
                 },
                 config_source=str(self.config.source) if self.config.source else None,
                 last_reload=self.last_reload,
+                nats=running.nats.status() if running.nats is not None else None,
             )
         )
 
     async def metrics_text(self) -> bytes:
         if self.running is not None:
+            if self.running.nats is not None:
+                await self.running.nats.refresh()
             self._refresh_metrics(self.running, await self._queue_counts(self.running.store))
         return self.metrics.render()
 

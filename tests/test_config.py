@@ -204,7 +204,7 @@ BROKEN: list[tuple[str, dict[str, Any], dict[str, str], str, str]] = [
      {"routes": [{"name": "r", "sinks": ["agent"], "match": {"from": "*@x.com"}}]}, {},
      "routes[0] (r).match.from", "expected a list"),
     ("unknown sink type", {"sinks": {"queue": {"type": "kafka"}}}, {},
-     "sinks.queue.type", "unknown sink type 'kafka' (known: http, file, stdout)"),
+     "sinks.queue.type", "unknown sink type 'kafka' (known: http, file, stdout, nats)"),
     ("sink without a type", {"sinks": {"queue": {"path": "x"}}}, {},
      "sinks.queue.type", "is required"),
     ("no sinks at all", {"sinks": None, "routes": DROP}, {}, "sinks", "at least one sink"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -308,6 +309,19 @@ async def test_accept_takes_its_queue_place_before_first_suspending(store: Store
     assert b.seq is not None
     assert b.seq < a.seq
     assert store.cursor == "ev-a"
+
+
+async def test_an_event_relayed_by_another_bridge_never_moves_the_replay_cursor(
+    store: Store,
+) -> None:
+    # An edge received it over its WebSocket; this bridge took it from the stream.
+    relayed = dataclasses.replace(event("ev-relayed", Origin.WEBSOCKET), via="nats")
+    assert (await store.accept(relayed, ["agent"])).outcome is ACCEPTED
+    assert store.cursor is None
+    await store.accept(event("ev-own", Origin.WEBSOCKET), ["agent"])
+    assert store.cursor == "ev-own"
+    await store.accept(dataclasses.replace(event("ev-later", Origin.WEBSOCKET), via="nats"), [])
+    assert store.cursor == "ev-own"
 
 
 async def test_cursor_survives_restarts_and_clears(db_path: Path) -> None:

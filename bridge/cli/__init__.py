@@ -1,4 +1,5 @@
-"""Command line: ``run``, ``check``, ``simulator``, ``demo``, ``dlq``, ``route-test``, ``status``.
+"""Command line: ``run``, ``check``, ``simulator``, ``demo``, ``dlq``, ``route-test``, ``status``,
+``nats-status``.
 
 One module per command; this one holds the parser and ``main``. The CLI is the only place that
 touches signals or turns exceptions into exit codes (``exit_codes``): 0 success, 1 a runtime
@@ -18,6 +19,7 @@ from bridge.cli.config_file import config_path, print_config_error
 from bridge.cli.demo import cmd_demo
 from bridge.cli.dlq import cmd_dlq
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE
+from bridge.cli.nats_status import cmd_nats_status
 from bridge.cli.route_test import cmd_route_test
 from bridge.cli.run import cmd_run
 from bridge.cli.simulator import cmd_simulator
@@ -88,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("status", help="show a running bridge's state"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = with_config(
+        sub.add_parser("nats-status", help="show the NATS stream's and consumer's state")
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_nats_status)
 
     p = sub.add_parser("simulator", help="run a local OpenMail stand-in (WebSocket + webhooks)")
     p.add_argument("--host", default="127.0.0.1")

@@ -12,6 +12,13 @@ sinks, and the sinks import only ``schema`` and ``values``.
 """
 
 from bridge.config.loader import build_config, load_config
+from bridge.config.nats import (
+    NatsConfig,
+    NatsConsumeConfig,
+    NatsPublishing,
+    NatsStreamConfig,
+    NatsTlsConfig,
+)
 from bridge.config.presentation import ConfigWarning, config_warnings, describe
 from bridge.config.schema import (
     AdminConfig,
@@ -52,6 +59,11 @@ __all__ = [
     "HttpUrl",
     "Listen",
     "LogConfig",
+    "NatsConfig",
+    "NatsConsumeConfig",
+    "NatsPublishing",
+    "NatsStreamConfig",
+    "NatsTlsConfig",
     "OpenMailConfig",
     "ReconnectConfig",
     "RetryConfig",

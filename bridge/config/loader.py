@@ -18,6 +18,7 @@ from typing import Final
 import yaml
 
 from bridge import protocol
+from bridge.config.nats import NatsConfig, NatsPublishing, load_nats, publish_problems
 from bridge.config.schema import (
     Config,
     OpenMailConfig,
@@ -153,8 +154,19 @@ def build_config(
     if routes is not None:
         extra["routes"] = routes
 
+    raw_nats = raw.pop("nats", None)
+    nats = load_nats(walker, raw_nats) if raw_nats is not None else None
+    if isinstance(nats, NatsConfig):
+        extra["nats"] = nats
+    if nats is None or isinstance(nats, NatsConfig):  # an invalid section was reported already
+        for name, sink in sinks.items():
+            if isinstance(sink.options, NatsPublishing):
+                for key, message in publish_problems(nats, name, sink.options):
+                    walker.fail(key, message)
+
     raw_openmail = raw.pop("openmail", None)
-    openmail = _load_openmail(walker, raw_openmail)
+    consumes = isinstance(nats, NatsConfig) and nats.consume is not None
+    openmail = _load_openmail(walker, raw_openmail, consumes_nats=consumes)
     if isinstance(openmail, OpenMailConfig):
         extra["openmail"] = openmail
 
@@ -227,7 +239,9 @@ def _load_routes(walker: Walker, raw: object, raw_sinks: object) -> tuple[RouteC
     return tuple(routes)
 
 
-def _load_openmail(walker: Walker, given: object) -> object:
+def _load_openmail(walker: Walker, given: object, *, consumes_nats: bool) -> object:
+    """``consumes_nats``: ``nats.consume`` is set, so the bridge has a source even with both
+    OpenMail transports disabled (a pure sidecar, which needs no API key)."""
     if (raw := walker.mapping("openmail", given)) is None:
         return INVALID
     webhook_raw = raw.pop("webhook", None)
@@ -260,9 +274,11 @@ def _load_openmail(walker: Walker, given: object) -> object:
         walker.fail("openmail.websocket.subscribe_timeout", "must be more than 0")
     if ws.enabled and om.api_key is None:
         walker.fail("openmail.api_key", "is required while openmail.websocket.enabled is true")
-    if not ws.enabled and not om.webhook.enabled:
+    if not ws.enabled and not om.webhook.enabled and not consumes_nats:
         walker.fail(
-            "openmail", "both websocket and webhook are disabled: nothing would receive events"
+            "openmail",
+            "both websocket and webhook are disabled and nats.consume is not set: nothing "
+            "would receive events",
         )
     return om if len(walker.problems) == before else INVALID
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bridge import redact
+from bridge.config.nats import duplicate_window_short
 from bridge.config.schema import Config, SinkConfig
 from bridge.config.values import Listen, Secret
 
@@ -97,6 +98,10 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
                 "/status and the other private paths answer 403 (/healthz, /readyz and "
                 "/metrics still answer); set admin.token to use them",
             )
+        )
+    if config.nats is not None and (short := duplicate_window_short(config.nats)):
+        warnings.append(
+            ConfigWarning("config.nats_duplicate_window", "nats.stream.duplicate_window", short)
         )
     return warnings
 

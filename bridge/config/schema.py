@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Generic, Literal, Protocol, TypeVar
 
 from bridge import protocol
+from bridge.config.nats import NatsConfig
 from bridge.config.values import ByteSize, Duration, FilePath, Listen, Secret, WsUrl
 from bridge.runtime import EventLoopChoice
 
@@ -200,5 +201,7 @@ class Config:
     shutdown_timeout: Duration = 10.0
     event_loop: EventLoopChoice = "auto"
     """``auto``: uvloop when installed (the default on Linux), else asyncio's own loop."""
+    nats: NatsConfig | None = None
+    """The JetStream connection, stream and consumer; None when the bridge does not use NATS."""
     source: Path | None = field(default=None, metadata={"internal": True})
     """The file this config was read from."""

@@ -15,6 +15,7 @@ from bridge.config.schema import SinkConfig
 from bridge.errors import PermanentDeliveryError
 from bridge.sinks.file import FileSink, FileSinkOptions
 from bridge.sinks.http import HttpSink, HttpSinkOptions
+from bridge.sinks.nats import NatsSink, NatsSinkOptions
 from bridge.sinks.stdout import StdoutSink, StdoutSinkOptions
 
 if TYPE_CHECKING:
@@ -92,4 +93,5 @@ SINK_TYPES: Final[Mapping[str, SinkType]] = {
     "http": sink_type(HttpSinkOptions, HttpSink),
     "file": sink_type(FileSinkOptions, FileSink),
     "stdout": sink_type(StdoutSinkOptions, StdoutSink),
+    "nats": sink_type(NatsSinkOptions, NatsSink),
 }

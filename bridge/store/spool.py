@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar
 import structlog
 
 from bridge.errors import SpoolFullError, StoreError, StoreUnavailableError
-from bridge.events import Event, Origin
+from bridge.events import Event
 from bridge.store import database, queries, transactions
 from bridge.store.bounds import DISK_CACHE_SECONDS, Room, StoreLimits
 from bridge.store.rows import (
@@ -238,7 +238,7 @@ class Store:
             if isinstance(sinks, str):
                 raise TypeError("sinks must be a sequence of sink names, not one str")
             batch.append((event, tuple(dict.fromkeys(sinks))))
-        ws = next((e.event_id for e, _ in batch if e.origin is Origin.WEBSOCKET), None)
+        ws = next((e.event_id for e, _ in batch if e.from_own_websocket), None)
         accept = functools.partial(
             transactions.accept_batch, batch=batch, room=self._room, clock=self._clock
         )

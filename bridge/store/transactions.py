@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 from bridge.errors import SpoolFullError, StoreError
-from bridge.events import Event, Origin
+from bridge.events import Event
 from bridge.store import queries
 from bridge.store.batch import ID_TAKEN, KnownIds, NewEvents
 from bridge.store.bounds import Room
@@ -43,7 +43,7 @@ class Tx:
 
 def advance_cursor(tx: Tx, event: Event) -> None:
     """Move the cursor to ``event``, stored or recognised, unless a refused one is before it."""
-    if event.origin is not Origin.WEBSOCKET:
+    if not event.from_own_websocket:
         return
     if tx.ws_gap is not None:
         # A WebSocket event before this one was refused (spool full, write failed). The
@@ -79,7 +79,7 @@ def accept_batch(
         try:
             results.append(accept(tx, event, sinks, room=room, clock=clock, known=known, new=new))
         except SpoolFullError as exc:  # this event wrote nothing; the rest stand
-            if event.origin is Origin.WEBSOCKET:
+            if event.from_own_websocket:
                 hold_cursor(tx, event.event_id)
             results.append(exc)
     new.flush()

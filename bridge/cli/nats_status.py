@@ -1,0 +1,106 @@
+"""``nats-status``: the stream's and the consumer's state, read from NATS with the config's
+``nats:`` section (one connection attempt; credentials never printed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+import nats.errors
+from nats.aio.client import Client
+from nats.js.api import ConsumerInfo, StreamInfo
+
+from bridge import redact
+from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from bridge.config import Config, NatsConfig
+from bridge.nats.connection import AUTH_HINT, credentials, is_auth_error
+from bridge.nats.options import connect_options
+
+
+async def _read(nats_config: NatsConfig) -> tuple[str, StreamInfo, ConsumerInfo | None]:
+    client = Client()
+
+    async def quiet(_: Exception) -> None:
+        """Errors are reported once, by the caller; nats-py would print each one."""
+
+    options = connect_options(nats_config)
+    options["allow_reconnect"] = False
+    options["max_reconnect_attempts"] = 0
+    await client.connect(error_cb=quiet, **options)
+    try:
+        url = client.connected_url
+        server = redact.mask_url(url.geturl()) if url is not None else "?"
+        js = client.jetstream()
+        stream = await js.stream_info(nats_config.stream.name)
+        consumer = None
+        if nats_config.consume is not None:
+            consumer = await js.consumer_info(nats_config.stream.name, nats_config.consume.consumer)
+        return server, stream, consumer
+    finally:
+        await client.close()
+
+
+def report(server: str, stream: StreamInfo, consumer: ConsumerInfo | None) -> dict[str, object]:
+    state = stream.state
+    out: dict[str, object] = {
+        "server": server,
+        "stream": {
+            "name": stream.config.name,
+            "subjects": stream.config.subjects,
+            "replicas": stream.config.num_replicas,
+            "duplicate_window": stream.config.duplicate_window,
+            "max_age": stream.config.max_age,
+            "messages": state.messages,
+            "bytes": state.bytes,
+            "first_seq": state.first_seq,
+            "last_seq": state.last_seq,
+            "consumers": state.consumer_count,
+        },
+        "consumer": None,
+    }
+    if consumer is not None:
+        out["consumer"] = {
+            "name": consumer.name,
+            "pending": consumer.num_pending,
+            "ack_pending": consumer.num_ack_pending,
+            "redelivered": consumer.num_redelivered,
+            "delivered_seq": consumer.delivered.stream_seq if consumer.delivered else None,
+            "ack_floor_seq": consumer.ack_floor.stream_seq if consumer.ack_floor else None,
+        }
+    return out
+
+
+def cmd_nats_status(args: argparse.Namespace, config: Config) -> int:
+    nats_config = config.nats
+    if nats_config is None:
+        print("openmail-bridge: the config has no nats: section", file=sys.stderr)
+        return EXIT_CONFIG
+    servers = ", ".join(redact.mask_url(s) for s in nats_config.servers)
+    try:
+        server, stream, consumer = asyncio.run(_read(nats_config))
+    except Exception as exc:  # every failure is reported the same way: what, and where
+        error = redact.scrub_text(str(exc) or type(exc).__name__, credentials(nats_config))
+        if is_auth_error(exc):
+            error = f"the server refused the credentials ({AUTH_HINT})"
+        elif isinstance(exc, nats.errors.NoServersError):
+            error = "no server answers"
+        print(f"openmail-bridge: NATS at {servers}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    shown = report(server, stream, consumer)
+    if args.json:
+        print(json.dumps(shown, indent=2))
+        return EXIT_OK
+    print(_format(shown))
+    return EXIT_OK
+
+
+def _format(shown: dict[str, object]) -> str:
+    lines = [f"server: {shown['server']}"]
+    for section in ("stream", "consumer"):
+        value = shown[section]
+        if isinstance(value, dict):
+            lines.append(f"{section}:")
+            lines += [f"  {key}: {item}" for key, item in value.items()]
+    return "\n".join(lines)

@@ -1,0 +1,202 @@
+"""The ``nats:`` section: the JetStream connection the NATS sink and the NATS source share, the
+stream it publishes to, the durable consumer a sidecar pulls from, and the rules across its keys.
+
+Secrets (``token``, ``password``) are read as elsewhere (``${VAR}``, ``token_file``); ``creds_file``
+and ``nkey_seed_file`` are paths the client reads, never their contents here.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final, Protocol, runtime_checkable
+
+from bridge.config.values import Duration, FilePath, Secret
+from bridge.config.walker import INVALID, Walker
+from bridge.nats import subjects
+
+SCHEMES: Final = ("nats", "tls", "ws", "wss")
+MIN_DUPLICATE_WINDOW: Final = 120.0
+"""Below this, two edges' copies of one event (skewed by a reconnect replay or a webhook retry)
+may land outside one window and both be stored: ``check`` warns."""
+_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
+"""Stream and consumer names: no dots, wildcards or spaces (they become API subjects)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsTlsConfig:
+    ca: FilePath | None = None
+    cert: FilePath | None = None
+    key: FilePath | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsStreamConfig:
+    name: str = "OPENMAIL"
+    subjects: tuple[str, ...] = ("openmail.>",)
+    duplicate_window: Duration = 600.0
+    """Must cover the longest skew between edges publishing the same event."""
+    replicas: int = 1
+    max_age: Duration = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsConsumeConfig:
+    consumer: str
+    filter_subjects: tuple[str, ...] = ()
+    ack_wait: Duration = 30.0
+    max_ack_pending: int = 1000
+    batch: int = 100
+    """Messages fetched at once, committed to the spool in one transaction."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsConfig:
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    token: Secret | None = None
+    user: str | None = None
+    password: Secret | None = None
+    creds_file: FilePath | None = None
+    nkey_seed_file: FilePath | None = None
+    tls: NatsTlsConfig | None = None
+    name: str = "openmail-bridge"
+    """The client name the server shows in its connection list."""
+    connect_timeout: Duration = 5.0
+    reconnect_wait: Duration = 2.0
+    """Between attempts to reach a server, at start and after an outage."""
+    stream: NatsStreamConfig = field(default_factory=NatsStreamConfig)
+    consume: NatsConsumeConfig | None = None
+
+
+@runtime_checkable
+class NatsPublishing(Protocol):
+    """Sink options that publish to NATS: the loader checks the stream covers their subjects."""
+
+    def subject_filter(self) -> str:
+        """The subject filter every subject this sink publishes matches."""
+        ...
+
+
+def load_nats(walker: Walker, raw: object) -> object:
+    """The ``nats:`` section, or INVALID after a problem (all of them recorded)."""
+    section = walker.section("nats", raw, NatsConfig)
+    if not isinstance(section, NatsConfig):
+        return INVALID
+    before = len(walker.problems)
+    for key, message in _problems(section):
+        walker.fail(f"nats.{key}", message)
+    return section if len(walker.problems) == before else INVALID
+
+
+def _problems(nats: NatsConfig) -> Iterable[tuple[str, str]]:
+    if not nats.servers:
+        yield "servers", "names no server"
+    for i, server in enumerate(nats.servers):
+        problem = _server_problem(server)
+        if problem:
+            yield f"servers[{i}]", problem
+    methods = [
+        key
+        for key, given in (
+            ("token", nats.token),
+            ("user", nats.user or nats.password),
+            ("creds_file", nats.creds_file),
+            ("nkey_seed_file", nats.nkey_seed_file),
+        )
+        if given
+    ]
+    if len(methods) > 1:
+        yield methods[1], f"give one way to authenticate, not {' and '.join(methods)}"
+    if (nats.user is None) != (nats.password is None):
+        yield ("password" if nats.user else "user"), "user and password go together"
+    for key in ("creds_file", "nkey_seed_file"):
+        path = getattr(nats, key)
+        if path is not None and not path.is_file():
+            yield key, f"{path} is not a readable file"
+    if nats.tls is not None:
+        if (nats.tls.cert is None) != (nats.tls.key is None):
+            yield "tls", "cert and key go together"
+        for key in ("ca", "cert", "key"):
+            path = getattr(nats.tls, key)
+            if path is not None and not path.is_file():
+                yield f"tls.{key}", f"{path} is not a readable file"
+    for key in ("connect_timeout", "reconnect_wait"):
+        if getattr(nats, key) <= 0:
+            yield key, "must be more than 0s"
+    yield from _stream_problems(nats.stream)
+    if nats.consume is not None:
+        yield from _consume_problems(nats.consume)
+
+
+def _server_problem(server: str) -> str | None:
+    try:
+        parts = urllib.parse.urlsplit(server)
+        _ = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError:
+        return "not a server URL such as nats://host:4222"
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        return f"not a server URL such as nats://host:4222 (schemes: {', '.join(SCHEMES)})"
+    return None
+
+
+def _name_and_subjects(
+    name_key: str, name: str, subjects_key: str, given: tuple[str, ...]
+) -> Iterable[tuple[str, str]]:
+    if not _NAME.fullmatch(name):
+        yield name_key, "may use letters, digits, '_' and '-' only"
+    for i, subject in enumerate(given):
+        if not subjects.is_subject(subject):
+            yield f"{subjects_key}[{i}]", f"{subject!r} is not a NATS subject"
+
+
+def _stream_problems(stream: NatsStreamConfig) -> Iterable[tuple[str, str]]:
+    yield from _name_and_subjects("stream.name", stream.name, "stream.subjects", stream.subjects)
+    if not stream.subjects:
+        yield "stream.subjects", "names no subject"
+    if stream.duplicate_window <= 0:
+        yield "stream.duplicate_window", "must be more than 0s"
+    if not 1 <= stream.replicas <= 5:
+        yield "stream.replicas", "must be between 1 and 5"
+    if stream.max_age and stream.duplicate_window > stream.max_age:
+        yield "stream.duplicate_window", "must not be longer than stream.max_age"
+
+
+def _consume_problems(consume: NatsConsumeConfig) -> Iterable[tuple[str, str]]:
+    yield from _name_and_subjects(
+        "consume.consumer", consume.consumer, "consume.filter_subjects", consume.filter_subjects
+    )
+    if consume.ack_wait <= 0:
+        yield "consume.ack_wait", "must be more than 0s"
+    if consume.max_ack_pending < 1:
+        yield "consume.max_ack_pending", "must be at least 1"
+    if consume.batch < 1:
+        yield "consume.batch", "must be at least 1"
+
+
+def publish_problems(
+    nats: NatsConfig | None, sink: str, options: NatsPublishing
+) -> Iterable[tuple[str, str]]:
+    """A sink publishing to NATS: its key path and problem, if the config cannot serve it."""
+    if nats is None:
+        yield f"sinks.{sink}", "a sink of type nats needs the top-level nats: section"
+        return
+    wanted = options.subject_filter()
+    if not subjects.covered_by(nats.stream.subjects, wanted):
+        covering = ", ".join(nats.stream.subjects)
+        yield (
+            f"sinks.{sink}.subject",
+            f"publishes to {wanted}, which nats.stream.subjects ({covering}) does not cover",
+        )
+
+
+def duplicate_window_short(nats: NatsConfig) -> str | None:
+    """The warning ``check`` prints for a duplicate window under two minutes, if it is."""
+    window = nats.stream.duplicate_window
+    if window >= MIN_DUPLICATE_WINDOW:
+        return None
+    return (
+        f"is {window:g}s, under {MIN_DUPLICATE_WINDOW:g}s: copies of one event that edges "
+        "publish further apart than this are both stored"
+    )

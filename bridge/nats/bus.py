@@ -1,0 +1,97 @@
+"""The NATS parts of one bridge, built from the ``nats:`` section: the shared connection, the
+stream it checks after every connection, the NATS sinks bound to both, and the consumer source
+when ``nats.consume`` is set. What readiness, ``/status`` and ``/metrics`` show of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import nats.errors
+from nats.js.api import StreamInfo
+
+from bridge.config import NatsConfig, NatsPublishing, SinkConfig
+from bridge.metrics import Metrics
+from bridge.nats.connection import NatsConnection
+from bridge.nats.stream import StreamKeeper
+from bridge.sinks import Sink
+from bridge.sinks.nats import NatsSink
+from bridge.sources import Spool
+from bridge.sources.nats import NatsSource
+
+
+class NatsBus:
+    """Args:
+    config: the ``nats:`` section.
+    metrics: the bridge's metrics.
+    sinks: the configured sinks; those publishing to NATS say which subjects the stream must
+        cover.
+    """
+
+    def __init__(
+        self, config: NatsConfig, metrics: Metrics, sinks: Iterable[SinkConfig[object]]
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.connection = NatsConnection(config, metrics)
+        published = [
+            sink.options.subject_filter()
+            for sink in sinks
+            if isinstance(sink.options, NatsPublishing)
+        ]
+        self.stream = StreamKeeper(config.stream, published)
+        self.connection.on_connect(self.stream.ensure)
+        self.source = NatsSource(config, self.connection, metrics) if config.consume else None
+        self.sinks: dict[str, NatsSink] = {}
+        self.stream_info: StreamInfo | None = None
+
+    def bind(self, sink: Sink) -> None:
+        """Give a NATS sink the connection; any other sink is left alone."""
+        if isinstance(sink, NatsSink):
+            sink.bind(self.connection, self.stream, self.metrics)
+            self.sinks[sink.name] = sink
+
+    async def start(self) -> None:
+        """Start connecting (in the background: a server that is down does not stop the
+        bridge)."""
+        await self.connection.start()
+
+    async def start_source(self, spool: Spool) -> None:
+        if self.source is not None:
+            await self.source.start(spool)
+
+    async def stop_source(self) -> None:
+        if self.source is not None:
+            await self.source.stop()
+
+    async def stop(self) -> None:
+        await self.connection.stop()
+
+    async def refresh(self) -> None:
+        """Read the stream's and the consumer's state and set their gauges."""
+        js = self.connection.jetstream()
+        if js is not None:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                self.stream_info = await js.stream_info(self.config.stream.name)
+        if self.stream_info is not None:
+            self.metrics.nats_stream_messages.set(self.stream_info.state.messages)
+            self.metrics.nats_stream_last_seq.set(self.stream_info.state.last_seq)
+        if self.source is not None:
+            await self.source.refresh()
+
+    @property
+    def state(self) -> str:
+        return self.connection.state.value
+
+    def status(self) -> dict[str, object]:
+        info = self.stream_info
+        stream: dict[str, object] = self.stream.status()
+        stream["messages"] = info.state.messages if info is not None else None
+        stream["last_seq"] = info.state.last_seq if info is not None else None
+        return {
+            "connection": self.connection.status(),
+            "stream": stream,
+            "publishes": {name: sink.status() for name, sink in sorted(self.sinks.items())},
+            "consumer": self.source.status() if self.source is not None else None,
+        }
