@@ -14,16 +14,16 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 
 
-async def forward(ws_url: str, hook_url: str) -> None:
+async def events(session: aiohttp.ClientSession, ws_url: str) -> AsyncIterator[tuple[str, Any]]:
+    """Each event of the subscription, as received and parsed, until the server closes."""
     headers = {"Authorization": f"Bearer {os.environ.get('OPENMAIL_API_KEY', 'om_bench')}"}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(ws_url, headers=headers) as ws,
-    ):
+    async with session.ws_connect(ws_url, headers=headers) as ws:
         await ws.send_str('{"type":"subscribe"}')
         async for message in ws:
             if message.type is not aiohttp.WSMsgType.TEXT:
@@ -31,6 +31,12 @@ async def forward(ws_url: str, hook_url: str) -> None:
             event = json.loads(message.data)
             if "event" not in event:
                 continue  # a control frame: subscribed, pong
+            yield message.data, event
+
+
+async def forward(ws_url: str, hook_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async for _, event in events(session, ws_url):
             async with session.post(hook_url, json=event) as response:
                 await response.read()
 

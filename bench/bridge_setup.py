@@ -51,10 +51,13 @@ def write_config(
     sink: dict[str, object],
     admin: bool = False,
     max_bytes: int | None = None,
+    nats: dict[str, object] | None = None,
 ) -> BridgeFiles:
     """A bridge config taking events by WebSocket (``ws_url``) or by webhook on 127.0.0.1:0,
     delivering them to ``sink``; ``admin``: its admin listener on 127.0.0.1:0 (for
-    ``/metrics``); ``max_bytes``: the spool's bound, when the default is too small for the run."""
+    ``/metrics``); ``max_bytes``: the spool's bound, when the default is too small for the run;
+    ``nats``: its ``nats:`` section (with ``consume``, and neither transport, a pure sidecar,
+    which is given no API key)."""
     files = BridgeFiles(workdir / "bridge.yaml", workdir / "state" / "bridge.db")
     webhook_section: dict[str, object] = {"enabled": webhook}
     if webhook:
@@ -62,18 +65,22 @@ def write_config(
     state: dict[str, object] = {"path": str(files.state)}
     if max_bytes is not None:
         state["max_bytes"] = max_bytes
-    config = {
-        "openmail": {
-            "api_key": API_KEY,
-            "websocket": {"enabled": ws_url is not None, "url": ws_url or "ws://127.0.0.1:9/v1/ws"},
-            "webhook": webhook_section,
-        },
+    openmail: dict[str, object] = {
+        "websocket": {"enabled": ws_url is not None, "url": ws_url or "ws://127.0.0.1:9/v1/ws"},
+        "webhook": webhook_section,
+    }
+    if ws_url is not None or webhook:
+        openmail["api_key"] = API_KEY
+    config: dict[str, object] = {
+        "openmail": openmail,
         "state": state,
         "admin": {"enabled": True, "listen": "127.0.0.1:0"} if admin else {"enabled": False},
         "log": {"level": "info", "format": "json"},
         "shutdown_timeout": "5s",
         "sinks": {str(sink["type"]): sink},
     }
+    if nats is not None:
+        config["nats"] = nats
     files.config.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
     return files
 

@@ -13,12 +13,28 @@ from dataclasses import asdict, dataclass
 
 from bench.measurement import Measurement
 from bench.settings import Settings
-from bench.targets import BACKLOG, BASE_A, BASE_B, BASE_C, WS, WS_HTTP, WS_SEEDED, webhook_key
+from bench.targets import (
+    BACKLOG,
+    BASE_A,
+    BASE_B,
+    BASE_C,
+    BASE_D,
+    NATS_E2E,
+    WS,
+    WS_HTTP,
+    WS_NATS,
+    WS_SEEDED,
+    webhook_key,
+)
 
 THROUGHPUT_VS_A = 0.5
 THROUGHPUT_VS_B = 1.0
 HTTP_VS_C = 1.0
 """The bridge forwarding WebSocket -> HTTP, against baseline C doing the same without a spool."""
+NATS_VS_D = 0.5
+"""The bridge publishing WebSocket -> JetStream, against baseline D doing the same without a
+spool."""
+NATS_ROWS = (BASE_D, WS_NATS, NATS_E2E)
 MAX_ADDED_P99_MS = 5.0
 LATENCY_WEBHOOK_CONCURRENCY = 16
 """The webhook row the added-latency target names on its own line."""
@@ -163,16 +179,17 @@ def check_targets(rows: dict[str, Measurement], rate: float) -> list[Check]:
         assert empty is not None
         detail = f"{seeded.peak_rss_mb:.1f} vs {empty.peak_rss_mb:.1f} MB"
         checks.append(Check(name, value <= 1 + SEEDED_RSS_TOLERANCE, detail))
+    checks.append(_throughput_ratio(rows, "bridge WS -> JetStream", WS_NATS, BASE_D, NATS_VS_D))
     return checks
 
 
 # --- rendering -----------------------------------------------------------------------------------
 
-BASELINES = (BASE_A, BASE_B, BASE_C)
+BASELINES = (BASE_A, BASE_B, BASE_C, BASE_D)
 """The rows every events/s is a ratio to, in column order."""
 HEADERS = (
-    "configuration", "events/s", "ratio vs A", "ratio vs B", "ratio vs C", "p50 ms", "p99 ms",
-    "p99 added vs A ms", "drain s", "peak RSS MB", "CPU us/event",
+    "configuration", "events/s", "ratio vs A", "ratio vs B", "ratio vs C", "ratio vs D", "p50 ms",
+    "p99 ms", "p99 added vs A ms", "drain s", "peak RSS MB", "CPU us/event",
 )  # fmt: skip
 
 
@@ -245,13 +262,18 @@ def render(rows: list[Measurement], checks: list[Check], settings: Settings) -> 
         f"openmail-bridge benchmark: latency at {settings.rate:,.0f} events/s offered for "
         f"{settings.paced_seconds:g}s; events/s from bursts of {settings.burst_baseline:,} "
         f"(baselines A, B), {settings.burst_bridge:,} (bridge WS), {settings.burst_forwarder:,} "
-        f"(WS -> HTTP), {settings.burst_webhook:,} (webhook) events; {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}"
+        f"(WS -> HTTP, baseline D), {settings.burst_webhook:,} (webhook) events; "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
     ]
     if BACKLOG in by_key:
         out.append(
             f"backlog drain: {settings.backlog:,} events stored while the hook answers 503, then "
             "drained; its events/s is that backlog over the drain time"
+        )
+    if any(key in by_key for key in NATS_ROWS):
+        out.append(
+            "JetStream rows: a nats-server of the run's own (one node, file store); an event has "
+            "landed once a reader of the stream received it, or once it is in the sidecar's file"
         )
     out += [rule, grid[0], rule, *grid[1:], rule]
     out += [f"[{i}] {reason}" for i, reason in enumerate(notes.reasons, 1)]
@@ -273,7 +295,7 @@ def as_json(rows: list[Measurement], checks: list[Check], settings: Settings) ->
         },
         "rows": [
             r.as_dict()
-            | dict(zip(("vs_a", "vs_b", "vs_c"), ratios(r, by_key), strict=True))
+            | dict(zip(("vs_a", "vs_b", "vs_c", "vs_d"), ratios(r, by_key), strict=True))
             | {"p99_added_ms": added_p99(r, by_key.get(BASE_A))}
             for r in rows
         ],

@@ -9,7 +9,8 @@ For each target, a fresh client process (and, for the bridge, a fresh state dire
    size over first send -> last landed.
 
 Then the peak RSS (``VmHWM``) of the client, before it is stopped. Every wait is bounded. The
-backlog row has a procedure of its own (``bench.backlog``).
+backlog row has a procedure of its own (``bench.backlog``). A row that cannot run on this machine
+(the NATS rows without ``nats-server``) is skipped: its cells say why.
 """
 
 from __future__ import annotations
@@ -85,18 +86,30 @@ async def _stages(session: Session, m: Measurement, s: Settings, stages: list[St
             await source.push_paced(paced, pacer)
     m.pace = check_pace(paced, pacer, s.rate)
     await observer.wait(paced, s.stage_timeout)
-    cpu_before = process_seconds(session.process.pid)
+    client = session.client()
+    cpu_before = sum(process_seconds(p.pid) for p in client)
     try:
         async with asyncio.timeout(s.stage_timeout):
             await source.push_burst(burst)
     except TimeoutError:
         m.notes.append(f"the burst was not taken within {s.stage_timeout:g}s")
     if await observer.wait(burst, s.stage_timeout) and burst.count:
-        m.cpu_us_per_event = (process_seconds(session.process.pid) - cpu_before) / burst.count * 1e6
-    m.peak_rss_mb = session.process.peak_rss_mb()
+        cpu = sum(process_seconds(p.pid) for p in client) - cpu_before
+        m.cpu_us_per_event = cpu / burst.count * 1e6
+    peaks = [p.peak_rss_mb() for p in client]
+    m.peak_rss_mb = None if None in peaks else max(p for p in peaks if p is not None)
+    if len(client) > 1:
+        m.notes.append(
+            "peak RSS "
+            + ", ".join(f"{p.name} {_mb(v)}" for p, v in zip(client, peaks, strict=True))
+        )
     m.other_cpus = meter.other_cpus()
     if m.other_cpus is not None and m.other_cpus > NOISY_CPUS:
         m.notes.append(f"other processes used {m.other_cpus:.2f} CPUs meanwhile: numbers are noisy")
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} MB"
 
 
 def _make_dir(path: Path) -> None:
@@ -106,6 +119,10 @@ def _make_dir(path: Path) -> None:
 async def measure(target: Target, settings: Settings, workdir: Path) -> Measurement:
     """Run the three stages against ``target``; problems become INVALID cells, never exceptions."""
     m = Measurement(target.key, target.label, target.is_bridge)
+    skipped = target.unavailable()
+    if skipped is not None:
+        m.latency_problem = m.throughput_problem = f"skipped: {skipped}"
+        return m
     stages = [
         Stage("w", settings.warmup),
         Stage("p", settings.paced_events),

@@ -5,7 +5,9 @@ A target starts its client subprocess and returns a :class:`Session`: a *source*
 process (for peak RSS). The WebSocket targets differ only in the command they run and in how their
 events are observed; the webhook target differs in its source. The HTTP-forwarding targets (baseline
 C, the bridge with an HTTP sink, the backlog drain) also start the hook receiver and observe the
-events there.
+events there. The NATS targets (baseline D, the bridge with a NATS sink, an edge and a sidecar
+bridge) also start the run's own nats-server and observe the events in the stream, or in the
+sidecar's file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
-from bench import bridge_setup
+import nats.errors
+
+from bench import bridge_setup, jetstream
 from bench.events import Stage
 from bench.observe import FileTail, Observer, ReceiptLog, ReceiptTail
 from bench.pacing import Pacer
@@ -35,6 +39,9 @@ WS: Final = "bridge-ws"
 WS_SEEDED: Final = "bridge-ws-seeded"
 WS_HTTP: Final = "bridge-ws-http"
 BACKLOG: Final = "bridge-backlog"
+BASE_D: Final = "baseline-d"
+WS_NATS: Final = "bridge-ws-nats"
+NATS_E2E: Final = "bridge-nats-e2e"
 OUT_FILE: Final = "out.jsonl"
 """The file sink's file, and baseline B's."""
 
@@ -66,9 +73,15 @@ class Session:
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     helpers: list[ClientProcess] = field(default_factory=list)
     """Other processes of the measurement (the hook receiver): their CPU is not noise."""
+    partners: list[ClientProcess] = field(default_factory=list)
+    """Other processes of the client under test (the sidecar bridge): their CPU counts in the
+    row's CPU per event, their peak RSS in its peak RSS."""
+
+    def client(self) -> tuple[ClientProcess, ...]:
+        return (self.process, *self.partners)
 
     def pids(self) -> tuple[int, ...]:
-        return (self.process.pid, *(helper.pid for helper in self.helpers))
+        return tuple(p.pid for p in (*self.client(), *self.helpers))
 
     async def close(self) -> None:
         """Stop the client in the order that lets it finish cleanly, then collect what it left."""
@@ -97,6 +110,10 @@ class Target(abc.ABC):
     @abc.abstractmethod
     async def open(self, workdir: Path, *, within: float) -> Session:
         """Start the client and return once it can take events. Raises StartError."""
+
+    def unavailable(self) -> str | None:
+        """Why this row cannot run on this machine (it is then skipped), else None."""
+        return None
 
 
 class WsTarget(Target):
@@ -318,12 +335,156 @@ class BridgeWebhook(Target):
         return Session(process, source, tail)
 
 
+class JetStreamTarget(WsTarget):
+    """A WebSocket client publishing to JetStream. The run's own nats-server, with the stream, is
+    started first, then what observes the row (:meth:`prepare`), then the client; they stop in
+    the reverse order."""
+
+    server: jetstream.NatsServer
+    """The server of the session last opened."""
+
+    def unavailable(self) -> str | None:
+        return None if jetstream.server_binary() else jetstream.MISSING
+
+    def edge_argv(self, url: str, workdir: Path) -> list[str]:
+        """An edge bridge: WebSocket -> spool -> NATS sink, its config in ``workdir``."""
+        files = bridge_setup.write_config(
+            workdir,
+            ws_url=url,
+            webhook=False,
+            sink=jetstream.nats_sink(),
+            nats=jetstream.nats_section(self.server.url),
+        )
+        return bridge_argv(files.config, None)
+
+    @abc.abstractmethod
+    async def prepare(self, workdir: Path, within: float) -> ClientProcess:
+        """Start the process the events are observed through; it is stopped after the client."""
+
+    async def open(self, workdir: Path, *, within: float) -> Session:
+        server = jetstream.NatsServer(workdir)
+        self.server = server
+        try:
+            await server.start(within)
+            await jetstream.create_stream(server.url)
+            observed = await self.prepare(workdir, within)
+        except (RuntimeError, OSError, TimeoutError, nats.errors.Error) as exc:
+            await server.stop()
+            raise StartError(f"{self.key}: {exc}") from None
+        except BaseException:
+            await server.stop()
+            raise
+        try:
+            session = await super().open(workdir, within=within)
+        except BaseException:
+            await observed.stop(exit_wait=0.0)
+            await server.stop()
+            raise
+        session.cleanups += [self._stopper(observed), server.stop]
+        if server.process is not None:
+            session.helpers.append(server.process)
+        return session
+
+    @staticmethod
+    def _stopper(process: ClientProcess) -> Callable[[], Awaitable[None]]:
+        async def stop() -> None:
+            await process.stop(exit_wait=0.0)
+
+        return stop
+
+
+class StreamTarget(JetStreamTarget):
+    """Observed in the stream: the stream tail (``bench.stream_tail``) records each event's
+    arrival there."""
+
+    tail: jetstream.StreamTail
+
+    async def prepare(self, workdir: Path, within: float) -> ClientProcess:
+        self.tail = jetstream.StreamTail(workdir, self.server.url)
+        await self.tail.start(within)
+        return self.tail.process
+
+    def observer(self, conn: WsConnection, workdir: Path) -> ReceiptTail:
+        return ReceiptTail(self.tail.receipts)
+
+    async def open(self, workdir: Path, *, within: float) -> Session:
+        session = await super().open(workdir, within=within)
+        session.helpers.append(self.tail.process)
+        return session
+
+
+class BaselineD(StreamTarget):
+    key = BASE_D
+    label = "baseline D: nats-py, await each PubAck"
+    burst: BurstKind = "forwarder"
+
+    async def command(self, url: str, workdir: Path) -> list[str]:
+        return python_module("bench.baseline_d", url, self.server.url, jetstream.STREAM.name)
+
+
+class BridgeWsNats(StreamTarget):
+    """``openmail-bridge run``: WebSocket -> durable spool -> NATS sink (JetStream)."""
+
+    key = WS_NATS
+    label = "bridge WS -> spool -> JetStream"
+    stop_by_signal = True
+    is_bridge = True
+    burst: BurstKind = "bridge"
+
+    async def command(self, url: str, workdir: Path) -> list[str]:
+        return self.edge_argv(url, workdir)
+
+
+class BridgeNatsEndToEnd(JetStreamTarget):
+    """An edge bridge (WebSocket -> spool -> NATS sink) and a sidecar bridge (durable consumer ->
+    spool -> file sink), observed in the sidecar's file. The sidecar is part of the client: its
+    CPU and peak RSS count in the row."""
+
+    key = NATS_E2E
+    label = "edge -> JetStream -> sidecar -> file"
+    stop_by_signal = True
+    is_bridge = True
+    burst: BurstKind = "bridge"
+    sidecar: ClientProcess
+
+    async def prepare(self, workdir: Path, within: float) -> ClientProcess:
+        (workdir / "sidecar").mkdir(exist_ok=True)
+        files = bridge_setup.write_config(
+            workdir / "sidecar",
+            ws_url=None,
+            webhook=False,
+            sink=bridge_setup.file_sink(workdir / OUT_FILE),
+            nats=jetstream.nats_section(self.server.url, consume=True),
+        )
+        self.sidecar = ClientProcess("sidecar", bridge_argv(files.config, None), workdir,
+                                     stop_by_signal=True)  # fmt: skip
+        self.sidecar.start()
+        try:
+            await jetstream.wait_consumer(self.server.url, self.sidecar, within)
+        except BaseException:
+            await self.sidecar.stop(exit_wait=0.0)
+            raise
+        return self.sidecar
+
+    async def command(self, url: str, workdir: Path) -> list[str]:
+        return self.edge_argv(url, workdir)
+
+    def observer(self, conn: WsConnection, workdir: Path) -> FileTail:
+        return FileTail(workdir / OUT_FILE)
+
+    async def open(self, workdir: Path, *, within: float) -> Session:
+        session = await super().open(workdir, within=within)
+        session.partners.append(self.sidecar)
+        return session
+
+
 def all_targets(settings: Settings) -> list[Target]:
     """Every row, in table order: baselines first, as the ratios refer to them."""
-    targets: list[Target] = [BaselineA(), BaselineB(), BaselineC()]
+    targets: list[Target] = [BaselineA(), BaselineB(), BaselineC(), BaselineD()]
     targets += [BridgeWs(), BridgeWs(seed_ids=settings.seed_ids)]
     targets += [BridgeWebhook(c) for c in settings.concurrencies]
-    return [*targets, BridgeWsHttp(), BridgeBacklog(settings.backlog)]
+    targets += [BridgeWsHttp(), BridgeBacklog(settings.backlog)]
+    return [*targets, BridgeWsNats(), BridgeNatsEndToEnd()]
 
 
 async def settle() -> None:

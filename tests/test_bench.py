@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import report
+from bench import jetstream, report
 from bench.measurement import Measurement
 from bench.pacing import PaceCheck
 from bench.settings import QUICK
@@ -20,8 +20,10 @@ from bench.targets import (
     BASE_A,
     BASE_B,
     BASE_C,
+    BASE_D,
     WS,
     WS_HTTP,
+    WS_NATS,
     all_targets,
     webhook_key,
 )
@@ -70,14 +72,17 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
     assert {BASE_C, WS_HTTP, BACKLOG} <= rows.keys()
 
     # Every figure parses, and each derived one is computed from the measured ones beside it.
-    base_a, base_b, base_c = rows[BASE_A], rows[BASE_B], rows[BASE_C]
+    # The JetStream rows are skipped (INVALID, no figure) only where nats-server is missing.
+    skipped = set() if jetstream.server_binary() else set(report.NATS_ROWS)
+    base_a, base_b, base_c, base_d = rows[BASE_A], rows[BASE_B], rows[BASE_C], rows[BASE_D]
     for key, row in rows.items():
-        assert row["peak RSS MB"] is not None, key
+        assert (row["peak RSS MB"] is None) == (key in skipped), key
         speed = row["events/s"]
         for column, base in (
             ("ratio vs A", base_a),
             ("ratio vs B", base_b),
             ("ratio vs C", base_c),
+            ("ratio vs D", base_d),
         ):
             if speed is None or base["events/s"] is None:
                 assert row[column] is None, (key, column)
@@ -106,7 +111,7 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
 
     # Each verdict is the target applied to the table's own figures.
     verdicts = [line.split(maxsplit=1) for line in table.split("\ntargets\n", 1)[1].splitlines()]
-    assert len(verdicts) == 8
+    assert len(verdicts) == 9
     for (verdict, name), key, base, want in zip(
         verdicts[:3],
         (WS, WS, WS_HTTP),
@@ -125,6 +130,15 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
     bridge_rss = [row["peak RSS MB"] for key, row in rows.items() if key.startswith("bridge-")]
     passed = all(v is not None and v <= report.MAX_RSS_MB for v in bridge_rss)
     assert verdicts[5][0] == ("PASS" if passed else "FAIL")
+    verdict, name = verdicts[8]
+    assert name.startswith("bridge WS -> JetStream events/s >= 0.5 x baseline D")
+    measured, base_speed = rows[WS_NATS]["events/s"], base_d["events/s"]
+    passed = (
+        measured is not None
+        and base_speed is not None
+        and measured / base_speed >= report.NATS_VS_D
+    )
+    assert verdict == ("PASS" if passed else "FAIL"), name
     assert all(verdict in ("PASS", "FAIL") for verdict, _ in verdicts)
 
 

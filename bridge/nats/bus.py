@@ -14,7 +14,7 @@ from nats.js.api import StreamInfo
 from bridge.config import NatsConfig, NatsPublishing, SinkConfig
 from bridge.metrics import Metrics
 from bridge.nats.connection import NatsConnection
-from bridge.nats.stream import StreamKeeper
+from bridge.nats.stream import StreamKeeper, StreamState
 from bridge.sinks import Sink
 from bridge.sinks.nats import NatsSink
 from bridge.sources import Spool
@@ -72,6 +72,10 @@ class NatsBus:
         """Read the stream's and the consumer's state and set their gauges."""
         js = self.connection.jetstream()
         if js is not None:
+            if self.stream.state is StreamState.UNREACHABLE:
+                # The check at connect can fail on a passing trouble (a cluster electing the
+                # stream's leader); checked again here, so status does not keep reporting it.
+                await self.stream.ensure(js)
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 self.stream_info = await js.stream_info(self.config.stream.name)
         if self.stream_info is not None:
