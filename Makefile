@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# What `make demo` needs: the package and its runtime dependencies, without the test and bench
+# extras. A venv that `make test` has installed already has them.
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: demo test lint types pytest bench clean
 
@@ -14,7 +17,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(RUN_STAMP): $(BIN)/python pyproject.toml
+	if [ ! $(STAMP) -nt pyproject.toml ]; then $(BIN)/python -m pip install --quiet -e .; fi
+	touch $(RUN_STAMP)
+
+demo: $(RUN_STAMP)
 	$(BIN)/openmail-bridge demo
 
 lint: $(STAMP)

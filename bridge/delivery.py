@@ -54,6 +54,12 @@ def lane_of(delivery: Delivery, ordering: str) -> object:
     return ("inbox", delivery.inbox_id)
 
 
+def redriven(delivery: Delivery) -> bool:
+    """A row ``dlq retry`` moved back to pending, not attempted since: only that resets attempts
+    to 0 and keeps the error, where a row never tried has no error."""
+    return delivery.attempts == 0 and delivery.last_error is not None
+
+
 def sink_credentials(config: SinkConfig[object]) -> list[str]:
     """The literal credentials in a sink's options (signing secret, extra header values, URL
     user-info and secret query values), whatever the sink type: any option named so is read."""
@@ -77,6 +83,7 @@ class SinkState:
 
     delivered: int = 0
     dead: int = 0
+    dead_recorded: int = 0  # of ``dead``, those whose write has committed
     last_error: str | None = None
     last_error_at: float | None = None
     last_delivered_at: float | None = None
@@ -110,7 +117,7 @@ class SinkWorker:
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._loader: asyncio.Task[None] | None = None
+        self._loader: asyncio.Task[int] | None = None
         # One set per store read in progress: ids whose outcome was recorded meanwhile. The read
         # may still see them pending; adding them again would deliver them twice.
         self._reads: list[set[int]] = []
@@ -140,9 +147,9 @@ class SinkWorker:
                 continue
             self._add(delivery)
 
-    def _add(self, delivery: Delivery) -> None:
+    def _add(self, delivery: Delivery) -> bool:
         if delivery.id in self._known:
-            return
+            return False
         self._known.add(delivery.id)
         self._max_seq = max(self._max_seq, delivery.seq)
         lane = lane_of(delivery, self.config.ordering)
@@ -159,12 +166,13 @@ class SinkWorker:
             queue.extend(items)
         else:
             queue.append(delivery)
+        return True
 
-    async def load(self, *, after_seq: int) -> None:
-        """Pull committed rows from the store into the window."""
+    async def load(self, *, after_seq: int) -> int:
+        """Pull committed rows from the store into the window; the count of redriven ones."""
         room = WINDOW - len(self._known)
         if room <= 0:
-            return
+            return 0
         self._overflow = False
         settled: set[int] = set()
         self._reads.append(settled)
@@ -174,19 +182,19 @@ class SinkWorker:
             # The rows stay in the store; the next load (on the next wake-up) reads them.
             self._overflow = True
             self._log.warning("delivery.load_failed", error=str(exc))
-            return
+            return 0
         finally:
             self._reads = [s for s in self._reads if s is not settled]
-        for row in rows:
-            if row.id not in settled:
-                self._add(row)
+        taken = sum(redriven(row) for row in rows if row.id not in settled and self._add(row))
         if len(rows) >= room:
             self._overflow = True
         if self._overflow:
             self._wakeup.set()  # an idle worker starts the next load
+        return taken
 
-    async def resync(self) -> None:
-        """Pick up rows changed by another process (``dlq retry``), keeping what is in memory.
+    async def resync(self) -> int:
+        """Pick up rows changed by another process (``dlq retry``), keeping what is in memory;
+        the count of redriven rows taken.
 
         A redriven row sits at or below ``_max_seq``, where the loader never looks again, and
         the window may be full: such rows are taken whatever the window (a redrive is an explicit,
@@ -194,17 +202,18 @@ class SinkWorker:
         """
         settled: set[int] = set()
         self._reads.append(settled)
+        taken = 0
         try:
             after = 0
             while after < self._max_seq:
                 rows = await self.store.pending(self.name, after_seq=after, limit=RESYNC_PAGE)
                 for row in rows:
-                    if row.seq <= self._max_seq and row.id not in settled:
-                        self._add(row)
+                    if row.seq <= self._max_seq and row.id not in settled and self._add(row):
+                        taken += redriven(row)
                 after = rows[-1].seq if rows else self._max_seq
         finally:
             self._reads = [s for s in self._reads if s is not settled]
-        await self.load(after_seq=self._max_seq)
+        return taken + await self.load(after_seq=self._max_seq)
 
     # --- running ---------------------------------------------------------------------------
 
@@ -462,6 +471,7 @@ class SinkWorker:
         await self._store_call(
             lambda: self.store.dead_letter(delivery.id, error=error, attempts=attempts), delivery
         )
+        self.state.dead_recorded += 1
 
     async def _store_call(self, call: Callable[[], Awaitable[None]], delivery: Delivery) -> None:
         """Record an outcome; if the store cannot write, retry once it can (the row stays put)."""

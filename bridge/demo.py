@@ -1,8 +1,10 @@
 """``openmail-bridge demo``: an offline tour a newcomer can follow line by line.
 
-Starts the OpenMail simulator and a bridge (stdout and file sinks) in a temporary directory, then
-plays: emails over the WebSocket; the WebSocket dropped; emails by signed webhook meanwhile;
-reconnect with a replay that overlaps them; a summary that shows nothing was lost or doubled.
+Starts the OpenMail simulator and a bridge (stdout and file sinks) in a new directory under the
+system's temporary directory, then plays: emails over the WebSocket; the WebSocket dropped; emails
+by signed webhook meanwhile; reconnect with a replay that overlaps them, and one more email; a
+summary that shows nothing was lost or doubled. The directory (the bridge's log, the file sink's
+events, the state) is kept afterwards, and its path printed, for the newcomer to look at.
 """
 
 from __future__ import annotations
@@ -126,8 +128,10 @@ async def _scenario(workdir: Path, keep_running: bool, stop: asyncio.Event) -> i
             "the replay",
             lambda: counter_total(bridge.metrics, "openmail_bridge_events_duplicate_total") >= 3,
         )
+        say("   A seventh email, over the WebSocket again:")
         sent.append(await sim.inject(inbox_id="inb_demo_support"))
         await wait_for("the last delivery", lambda: len(delivered_ids(audit)) >= len(sent))
+        say("   delivered: " + delivered_ids(audit)[-1])
         await asyncio.sleep(0.3)  # let any stray duplicate show itself before counting
         got = delivered_ids(audit)
         duplicates = counter_total(bridge.metrics, "openmail_bridge_events_duplicate_total")
@@ -139,7 +143,11 @@ async def _scenario(workdir: Path, keep_running: bool, stop: asyncio.Event) -> i
             f"dropped, {len(lost)} lost, {doubled} delivered twice"
         )
         ok = not lost and not doubled and len(set(got)) == len(sent)
-        say("every event arrived exactly once." if ok else "MISMATCH: see the state directory.")
+        say(
+            "every event arrived exactly once."
+            if ok
+            else f"MISMATCH: compare {audit} with the log."
+        )
         if keep_running:
             say()
             say(
@@ -156,9 +164,9 @@ async def _scenario(workdir: Path, keep_running: bool, stop: asyncio.Event) -> i
 
 async def run_demo(*, keep_running: bool = False) -> int:
     """Run the scenario; exit status 0 when every event arrived exactly once."""
-    with tempfile.TemporaryDirectory(prefix="openmail-bridge-demo-") as tmp:
-        workdir = Path(tmp)
-        log_path = workdir / "bridge.log"
+    workdir = Path(tempfile.mkdtemp(prefix="openmail-bridge-demo-"))
+    log_path = workdir / "bridge.log"
+    try:
         with log_path.open("w") as log_file:
             logs.configure("info", "json", stream=log_file)
             say(f"openmail-bridge demo: offline, no account needed (bridge logs: {log_path})")
@@ -169,5 +177,9 @@ async def run_demo(*, keep_running: bool = False) -> int:
             try:
                 return await _scenario(workdir, keep_running, stop)
             except (TimeoutError, OSError) as exc:
-                print(f"demo | failed: {exc}", file=sys.stderr)
+                print(f"demo | failed: {exc} (bridge logs: {log_path})", file=sys.stderr)
                 return 1
+    finally:
+        say(
+            f"kept for you to look at: {workdir} (bridge.log, events.jsonl, state/); rm -r it after"
+        )

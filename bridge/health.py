@@ -94,11 +94,13 @@ class StatusFacts:
 
     ``counts`` maps every sink holding rows, configured or not, to (pending, dead); ``sinks``
     holds the configured ones. The two differ after a reload removed a sink that still has rows.
+    ``oldest_pending`` maps a sink with pending rows to the receipt time of the oldest.
     One field per fact the report shows, hence more than a handful.
     """
 
     health: HealthFacts
     pid: int
+    now: float
     started_at: float | None
     websocket: Mapping[str, object] | None  # the source's own status(); None when disabled
     webhook: Mapping[str, object] | None
@@ -109,20 +111,30 @@ class StatusFacts:
     spool_max_bytes: int
     spool_path: str
     counts: Mapping[str, tuple[int, int]]
+    oldest_pending: Mapping[str, float]
     sinks: Mapping[str, SinkFacts]
     config_source: str | None
     last_reload: Mapping[str, object]
     nats: Mapping[str, object] | None = None  # the NATS parts' status; None without NATS
 
 
-def sink_report(
-    counts: Mapping[str, tuple[int, int]], sinks: Mapping[str, SinkFacts]
-) -> dict[str, object]:
+def pending_age(oldest_received_at: float | None, now: float) -> float:
+    """Seconds the oldest pending delivery has waited; 0 when none waits."""
+    return 0.0 if oldest_received_at is None else round(max(0.0, now - oldest_received_at), 3)
+
+
+def sink_report(facts: StatusFacts) -> dict[str, object]:
     """Each sink's queue and delivery state, configured sinks and removed ones that hold rows."""
+    counts, sinks = facts.counts, facts.sinks
     report: dict[str, object] = {}
     for name in sorted(set(counts) | set(sinks)):
         pending, dead = counts.get(name, (0, 0))
-        entry: dict[str, object] = {"pending": pending, "dead": dead, "configured": name in sinks}
+        entry: dict[str, object] = {
+            "pending": pending,
+            "dead": dead,
+            "oldest_pending_age": pending_age(facts.oldest_pending.get(name), facts.now),
+            "configured": name in sinks,
+        }
         if name in sinks:
             kind, s = sinks[name]
             entry |= {
@@ -136,6 +148,12 @@ def sink_report(
     return report
 
 
+def reload_result(result: str, errors: list[str], *, at: float) -> dict[str, object]:
+    """``config.last_reload`` in ``/status``: ``result`` is ``ok``, ``rejected`` (the new file is
+    invalid) or ``failed`` (it could not be applied); ``ok`` says the same for older readers."""
+    return {"at": at, "ok": result == "ok", "result": result, "errors": errors}
+
+
 def status_report(facts: StatusFacts) -> dict[str, object]:
     """Everything ``/status`` and ``openmail-bridge status`` show."""
     state, parts = readiness(facts.health)
@@ -144,6 +162,7 @@ def status_report(facts: StatusFacts) -> dict[str, object]:
         "parts": parts,
         "pid": facts.pid,
         "started_at": facts.started_at,
+        "uptime": None if facts.started_at is None else round(facts.now - facts.started_at, 3),
         "websocket": facts.websocket,
         "webhook": facts.webhook,
         "cursor": facts.cursor,
@@ -156,7 +175,7 @@ def status_report(facts: StatusFacts) -> dict[str, object]:
             "has_room": facts.health.store_has_room,
             "path": facts.spool_path,
         },
-        "sinks": sink_report(facts.counts, facts.sinks),
+        "sinks": sink_report(facts),
         "removed_sinks": sorted(n for n in facts.counts if n not in facts.sinks),
         "config": {"source": facts.config_source, "last_reload": facts.last_reload},
         "nats": facts.nats,

@@ -6,6 +6,8 @@ in one process. Gauges that mirror state (spool bytes, pending rows) are set jus
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 PREFIX = "openmail_bridge"
@@ -30,7 +32,9 @@ class Metrics:
             "Events whose id was known with other content or another inbox, quarantined",
             "source",
         )
-        self.events_unrouted = counter("events_unrouted", "Accepted events that no route matched")
+        self.events_unrouted = counter(
+            "events_unrouted", "Accepted events that no route matched", "source"
+        )
         self.webhook_rejected = counter(
             "webhook_rejected", "Webhook requests and connections rejected", "reason"
         )
@@ -59,6 +63,11 @@ class Metrics:
         )
         self.pending = gauge("pending", "Deliveries waiting, per sink", "sink")
         self.dead_letters = gauge("dead_letters", "Deliveries in the dead-letter table", "sink")
+        self.oldest_pending_age = gauge(
+            "oldest_pending_age_seconds",
+            "Age of the oldest delivery waiting, per sink (0 when none waits)",
+            "sink",
+        )
         self.config_reloads = counter("config_reloads", "Config reloads by result", "result")
         self.nats_connected = gauge("nats_connected", "1 while the NATS connection is usable")
         self.nats_reconnects = counter("nats_reconnects", "NATS reconnections after the first")
@@ -89,6 +98,19 @@ class Metrics:
         self.nats_poison = counter(
             "nats_poison", "Messages terminated as unusable, by reason", "reason"
         )
+
+    def set_queues(self, queues: Mapping[str, tuple[int, int, float]]) -> None:
+        """Set the per-sink queue gauges from (pending, dead, oldest pending age) of each sink.
+
+        The gauges are cleared first: a sink left out (removed, drained) drops out rather than
+        keep its last value.
+        """
+        gauges = (self.pending, self.dead_letters, self.oldest_pending_age)
+        for gauge in gauges:
+            gauge.clear()
+        for name, values in sorted(queues.items()):
+            for gauge, value in zip(gauges, values, strict=True):
+                gauge.labels(name).set(value)
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(f"{PREFIX}_{name}", documentation, labels, registry=self.registry)

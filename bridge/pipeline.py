@@ -16,7 +16,7 @@ import structlog
 from bridge.errors import StoreError
 from bridge.events import Event
 from bridge.metrics import Metrics
-from bridge.routing import Router
+from bridge.routing import UNROUTED_HINTS, Miss, Router
 from bridge.sources import AcceptResults
 from bridge.store import AcceptOutcome, AcceptResult, Store
 
@@ -33,17 +33,28 @@ class Pipeline:
         self, store: Store, router: Router, dispatcher: Dispatcher, metrics: Metrics
     ) -> None:
         self.store = store
-        self.router = router
+        self._router = router
         self.dispatcher = dispatcher
         self.metrics = metrics
-        self._unrouted_inboxes: set[str | None] = set()
+        self._unrouted_seen: set[tuple[str | None, Miss]] = set()
         self.last_event_at: float | None = None
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    @router.setter
+    def router(self, router: Router) -> None:
+        # New routes can miss an inbox for a new reason: each is worth one warning again.
+        self._router = router
+        self._unrouted_seen.clear()
 
     # -- the Spool that sources see (bridge.sources.Spool) -------------------------------------
 
     def accept(self, events: Sequence[Event]) -> asyncio.Future[AcceptResults]:
         """Route ``events`` and commit them in one store transaction; see ``Spool.accept``."""
-        routed = [(event, self.router(event)) for event in events]
+        router = self._router
+        routed = [(event, router(event)) for event in events]
         answer: asyncio.Future[AcceptResults] = asyncio.get_running_loop().create_future()
         committed = self.store.accept_batch(routed)
 
@@ -144,16 +155,28 @@ class Pipeline:
             sinks=list(sinks),
         )
         if not sinks:
-            self.metrics.events_unrouted.inc()
-            # Logged once per inbox: a misrouted inbox would otherwise flood the log.
-            if event.inbox_id not in self._unrouted_inboxes:
-                self._unrouted_inboxes.add(event.inbox_id)
-                logger.warning(
-                    "event.unrouted",
-                    event_id=event.event_id,
-                    inbox_id=event.inbox_id,
-                    event_type=event.type,
-                    hint="no route matches this inbox; its events are recorded but sent nowhere",
-                )
+            self._unrouted(logger, event, source)
         self.dispatcher.submit(result.deliveries)
         return result.outcome
+
+    def _unrouted(
+        self, logger: structlog.typing.FilteringBoundLogger, event: Event, source: str
+    ) -> None:
+        self.metrics.events_unrouted.labels(source).inc()
+        miss = self._router.why_unrouted(event)
+        # Logged once per inbox and reason: a misrouted inbox would otherwise flood the log.
+        if (event.inbox_id, miss) in self._unrouted_seen:
+            return
+        self._unrouted_seen.add((event.inbox_id, miss))
+        # An inbox no route names is likely a mistake; a type or address a route leaves out is
+        # what that route asked for, worth knowing once but not a warning.
+        level = logger.warning if miss <= Miss.INBOX else logger.info
+        level(
+            "event.unrouted",
+            event_id=event.event_id,
+            inbox_id=event.inbox_id,
+            event_type=event.type,
+            source=source,
+            reason=miss.name.lower(),
+            hint=UNROUTED_HINTS[miss],
+        )

@@ -6,6 +6,7 @@ Within a route, every given match key must hold; within a key, any listed value 
 
 from __future__ import annotations
 
+import enum
 import fnmatch
 import re
 from collections.abc import Sequence
@@ -29,6 +30,29 @@ def _compile_globs(patterns: Sequence[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns))
 
 
+class Miss(enum.IntEnum):
+    """The first match key of a route that an event fails, in the order they are checked: the
+    further a route got, the closer the event came to being routed."""
+
+    NO_ROUTES = 0
+    INBOX = 1
+    EVENT_TYPE = 2
+    SENDER = 3
+    RECIPIENT = 4
+
+
+UNROUTED_HINTS: dict[Miss, str] = {
+    Miss.NO_ROUTES: "no routes are configured; events are recorded but sent nowhere",
+    Miss.INBOX: "no route matches this inbox; its events are recorded but sent nowhere",
+    Miss.EVENT_TYPE: "the routes for this inbox exclude this event type (match.event_types); "
+    "such events are recorded but sent nowhere",
+    Miss.SENDER: "the routes for this inbox and event type exclude this sender (match.from); "
+    "such events are recorded but sent nowhere",
+    Miss.RECIPIENT: "the routes for this inbox and event type exclude this recipient "
+    "(match.to); such events are recorded but sent nowhere",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:
     name: str
@@ -39,18 +63,24 @@ class CompiledRoute:
     recipients: re.Pattern[str] | None
 
     def matches(self, event: Event) -> bool:
+        return self.miss(event) is None
+
+    def miss(self, event: Event) -> Miss | None:
+        """The first match key ``event`` fails; None when the route matches it."""
         if self.inbox_ids is not None and event.inbox_id not in self.inbox_ids:
-            return False
+            return Miss.INBOX
         if self.event_types is not None and event.type not in self.event_types:
-            return False
+            return Miss.EVENT_TYPE
         # A match on from/to never holds for an event without a message (lifecycle events).
         if self.senders is not None and not any(
             self.senders.fullmatch(a) for a in addresses(event.sender)
         ):
-            return False
-        return self.recipients is None or any(
+            return Miss.SENDER
+        if self.recipients is not None and not any(
             self.recipients.fullmatch(a) for a in addresses(event.recipient)
-        )
+        ):
+            return Miss.RECIPIENT
+        return None
 
 
 def compile_route(route: RouteConfig) -> CompiledRoute:
@@ -75,6 +105,14 @@ class Router:
 
     def matching(self, event: Event) -> list[CompiledRoute]:
         return [r for r in self.routes if r.matches(event)]
+
+    def why_unrouted(self, event: Event) -> Miss:
+        """Why no route takes ``event``: the key that stopped the route that came closest.
+
+        Only asked once no route matched, so it costs nothing on the routed path.
+        """
+        misses = [m for r in self.routes if (m := r.miss(event)) is not None]
+        return max(misses, default=Miss.NO_ROUTES)
 
     def __call__(self, event: Event) -> tuple[str, ...]:
         sinks: dict[str, None] = {}

@@ -18,7 +18,7 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 
@@ -36,7 +36,9 @@ from bridge.health import (
     SinkFacts,
     StatusFacts,
     one_line,
+    pending_age,
     readiness,
+    reload_result,
     status_report,
 )
 from bridge.metrics import Metrics
@@ -49,6 +51,7 @@ from bridge.runtime import loop_name
 from bridge.sinks import SINK_TYPES
 from bridge.sources.webhook import WebhookSource
 from bridge.sources.websocket import WebSocketSource
+from bridge.stats import StatsReporter
 from bridge.store import Store, StoreLimits
 from bridge.systemd import Notifier
 
@@ -111,6 +114,7 @@ class Supervisor:
         reload_config: returns the configuration :meth:`reload` swaps in; by default the file
             ``config`` was loaded from is read again.
         notifier: tells systemd about readiness and stopping; silent by default.
+        sleep: waits between ``stats`` lines; tests pass one they step.
     """
 
     def __init__(
@@ -119,9 +123,11 @@ class Supervisor:
         *,
         reload_config: Callable[[], Config] | None = None,
         notifier: Notifier | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.stats = StatsReporter(self.metrics, sleep=sleep)
         self.notifier = notifier or Notifier(env={})
         self._reload_config = reload_config or self._load_from_source
         self._stop_requested = asyncio.Event()
@@ -222,6 +228,7 @@ class Supervisor:
             await running.nats.start_source(running.pipeline)
         self.started_at = time.time()
         self.phase = Phase.RUNNING
+        self.stats.start(config.log.stats_interval)
         om = config.openmail
         log.info(
             "bridge.started",
@@ -315,6 +322,7 @@ class Supervisor:
             if running.webhook is not None:
                 await running.webhook.stop()
             await running.dispatcher.stop(self.config.shutdown_timeout)
+            await self.stats.stop()  # after the drain, whose deliveries it counts
             if running.nats is not None:
                 await running.nats.stop()
             if running.admin is not None:
@@ -333,7 +341,7 @@ class Supervisor:
             new = self._reload_config()
         except ConfigError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
-            self.last_reload = {"at": time.time(), "ok": False, "errors": exc.problems}
+            self.last_reload = reload_result("rejected", exc.problems, at=time.time())
             log.error(
                 "config.reload_rejected",
                 errors=exc.problems,
@@ -346,11 +354,11 @@ class Supervisor:
             await self._apply(new)
         except Exception as exc:  # e.g. a new sink that cannot start; the rest stays as it was
             self.metrics.config_reloads.labels("invalid").inc()
-            self.last_reload = {"at": time.time(), "ok": False, "errors": [str(exc)]}
+            self.last_reload = reload_result("failed", [str(exc)], at=time.time())
             log.exception("config.reload_failed", error=str(exc))
             return False
         self.metrics.config_reloads.labels("ok").inc()
-        self.last_reload = {"at": time.time(), "ok": True, "errors": []}
+        self.last_reload = reload_result("ok", [], at=time.time())
         log.info("config.reloaded", sinks=list(new.sinks), routes=[r.name for r in new.routes])
         return True
 
@@ -382,6 +390,8 @@ class Supervisor:
             await self._start_workers(running, old_sinks)
             raise
         running.pipeline.router = Router(new.routes)
+        if new.log.stats_interval != self.stats.interval:
+            self.stats.start(new.log.stats_interval)
         if running.webhook is not None:
             running.webhook.update_config(new.openmail.webhook)
         if running.websocket is not None:
@@ -426,9 +436,11 @@ class Supervisor:
     def one_line_status(self) -> str:
         return one_line(*self.readiness())
 
-    async def _queue_counts(self, store: Store) -> dict[str, tuple[int, int]]:
-        """(pending, dead) for every sink holding rows."""
-        return {name: (c.pending, c.dead) for name, c in (await store.sink_counts()).items()}
+    async def _queues(self, store: Store) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
+        """(pending, dead) for every sink holding rows; the oldest pending receipt time of each
+        sink with pending rows."""
+        counts = {name: (c.pending, c.dead) for name, c in (await store.sink_counts()).items()}
+        return counts, await store.oldest_pending([n for n, (p, _) in counts.items() if p])
 
     async def status(self) -> dict[str, object]:
         """Everything ``/status`` and ``openmail-bridge status`` show. Raises RuntimeError
@@ -437,10 +449,12 @@ class Supervisor:
         ws, hook = running.websocket, running.webhook
         if running.nats is not None:
             await running.nats.refresh()
+        counts, oldest = await self._queues(running.store)
         return status_report(
             StatusFacts(
                 health=self._health_facts(),
                 pid=os.getpid(),
+                now=time.time(),
                 started_at=self.started_at,
                 websocket=ws.status() if ws is not None else None,
                 webhook=hook.status() if hook is not None else None,
@@ -450,7 +464,8 @@ class Supervisor:
                 spool_bytes=running.store.spool_bytes,
                 spool_max_bytes=self.config.state.max_bytes,
                 spool_path=str(self.config.state.path),
-                counts=await self._queue_counts(running.store),
+                counts=counts,
+                oldest_pending=oldest,
                 sinks={
                     name: SinkFacts(worker.config.type, worker.state)
                     for name, worker in running.dispatcher.workers.items()
@@ -462,23 +477,20 @@ class Supervisor:
         )
 
     async def metrics_text(self) -> bytes:
-        if self.running is not None:
-            if self.running.nats is not None:
-                await self.running.nats.refresh()
-            self._refresh_metrics(self.running, await self._queue_counts(self.running.store))
+        running = self.running
+        if running is not None:
+            if running.nats is not None:
+                await running.nats.refresh()
+            counts, oldest = await self._queues(running.store)
+            self.metrics.spool_bytes.set(running.store.spool_bytes)
+            self.metrics.store_writable.set(1 if running.store.writable else 0)
+            with contextlib.suppress(OSError):
+                st = os.statvfs(Path(self.config.state.path).parent)
+                self.metrics.disk_free_bytes.set(st.f_bavail * st.f_frsize)
+            now = time.time()  # every running sink, and removed ones still holding rows
+            queues = {
+                name: (*counts.get(name, (0, 0)), pending_age(oldest.get(name), now))
+                for name in {*running.dispatcher.workers, *counts}
+            }
+            self.metrics.set_queues(queues)
         return self.metrics.render()
-
-    def _refresh_metrics(self, running: Running, counts: Mapping[str, tuple[int, int]]) -> None:
-        self.metrics.spool_bytes.set(running.store.spool_bytes)
-        self.metrics.store_writable.set(1 if running.store.writable else 0)
-        with contextlib.suppress(OSError):
-            st = os.statvfs(Path(self.config.state.path).parent)
-            self.metrics.disk_free_bytes.set(st.f_bavail * st.f_frsize)
-        # ``counts`` names only sinks holding rows: a sink that drained must read 0, not its last
-        # value, and a removed sink that drained drops out.
-        self.metrics.pending.clear()
-        self.metrics.dead_letters.clear()
-        for name in sorted(set(running.dispatcher.workers) | set(counts)):
-            pending, dead = counts.get(name, (0, 0))
-            self.metrics.pending.labels(name).set(pending)
-            self.metrics.dead_letters.labels(name).set(dead)

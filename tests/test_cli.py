@@ -327,7 +327,7 @@ def test_status_of_a_running_bridge(
     result = bridge(tmp_path, "status", "-c", str(config))
     assert result.returncode == 0, result.stderr
     assert re.search(r"^state: \w+", result.stdout, re.MULTILINE)
-    assert "audit: pending 0, dead 0" in result.stdout
+    assert "audit (file): delivered 0, pending 0, dead 0" in result.stdout
     result = bridge(tmp_path, "status", "-c", str(config), "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
@@ -552,7 +552,7 @@ def test_dlq_purge(dlq: Path) -> None:
     assert [i["event_id"] for i in json.loads(bridge(dlq, "dlq", "list", "--json").stdout)] == [
         "evt_b"
     ]
-    result = bridge(dlq, "dlq", "purge", "--json")  # no filter: every dead letter
+    result = bridge(dlq, "dlq", "purge", "--all", "--json")  # every dead letter
     assert json.loads(result.stdout) == {"purged": 1}
     assert bridge(dlq, "dlq", "list").stdout.strip() == "no dead letters"
     # purge touches dead rows only: the audit deliveries are still pending
@@ -620,7 +620,8 @@ def test_dlq_purge_quarantine(dlq: Path) -> None:
     assert (result.returncode, result.stdout.strip()) == (0, "1 purged")
     listed = json.loads(bridge(dlq, "dlq", "list", "--quarantine", "--json").stdout)
     assert [i["event_id"] for i in listed] == ["evt_b"]
-    assert json.loads(bridge(dlq, "dlq", "purge", "--quarantine", "--json").stdout) == {"purged": 1}
+    result = bridge(dlq, "dlq", "purge", "--quarantine", "--all", "--json")
+    assert json.loads(result.stdout) == {"purged": 1}
     assert bridge(dlq, "dlq", "list", "--quarantine").stdout.strip() == "no quarantined events"
     # Dead letters and pending rows are untouched.
     assert [i["event_id"] for i in json.loads(bridge(dlq, "dlq", "list", "--json").stdout)] == [
@@ -637,8 +638,8 @@ def test_dlq_help_documents_the_quarantine(tmp_path: Path) -> None:
     assert "never delivered" in " ".join(result.stdout.split())
 
 
-def test_dlq_with_an_invalid_config_exits_2(tmp_path: Path) -> None:
-    write(tmp_path / "config.yaml", webhook_only(tmp_path, sinks={}))
+def test_dlq_with_an_invalid_state_path_exits_2(tmp_path: Path) -> None:
+    write(tmp_path / "config.yaml", webhook_only(tmp_path, state={"path": "${NO_SUCH_VAR}"}))
     result = bridge(tmp_path, "dlq", "list")
     assert result.returncode == 2
-    assert "sinks: at least one sink is required" in result.stderr
+    assert "state.path: environment variable NO_SUCH_VAR is not set" in result.stderr

@@ -45,6 +45,7 @@ from tests.conftest import (
     Received,
     Receiver,
     bridge_config_dict,
+    events_named,
     make_config,
     openmail_signature_ok,
     read_lines,
@@ -431,6 +432,7 @@ async def test_lifecycle_events_are_ordered_by_inbox_and_pod_events_together(
 async def test_dlq_json_output_is_only_json(tmp_path: Path) -> None:
     """Scripts parse ``--json`` output: the store's log lines must not land on stdout."""
     config = write_config(tmp_path / "config.yaml", bridge_config_dict(tmp_path))
+    await (await Store.open(tmp_path / "state" / "bridge.db")).close()  # dlq never creates one
     code, out, _ = await run_cli("dlq", "list", "-c", str(config), "--json")
     assert code == 0
     assert json.loads(out) == []
@@ -466,10 +468,17 @@ async def test_400_dead_letters_releases_the_thread_and_dlq_retry_redelivers(
             fourth,
         ):
             await wait_until(lambda: len(hits(receiver, third)) >= 1)
-            code, out, err = await run_cli("dlq", "retry", "-c", path, "--event-id", dead, "--json")
-            assert (code, json.loads(out)) == (0, {"retried": 1}), err
-            # The running bridge notices the other process's change by itself.
-            await wait_until(lambda: worker(supervisor, "agent").in_memory == 3, timeout=5)
+            with structlog.testing.capture_logs() as logs:
+                code, out, err = await run_cli(
+                    "dlq", "retry", "-c", path, "--event-id", dead, "--json"
+                )
+                assert (code, json.loads(out)) == (0, {"retried": 1}), err
+                # The running bridge notices the other process's change by itself, and says so.
+                await wait_until(lambda: worker(supervisor, "agent").in_memory == 3, timeout=5)
+                await wait_until(lambda: bool(events_named(logs, "dlq.retried")), timeout=5)
+            [retried] = events_named(logs, "dlq.retried")
+            assert (retried["sink"], retried["count"], retried["log_level"]) == ("agent", 1, "info")
+            assert events_named(logs, "dlq.purged") == []
         await wait_until(lambda: len(receiver.accepted) == 4)
         assert ids_of(receiver.accepted) == [second, third, dead, fourth]
         assert len(hits(receiver, dead)) == 2  # the 400, then the redrive
@@ -489,15 +498,25 @@ async def test_dlq_purge_drops_dead_letters_by_event_and_by_sink(
     async with bridge(load_config(Path(path), sink_types=SINK_TYPES), sim) as supervisor:
         dead = [await sim.inject(inbox_id=INBOX) for _ in range(3)]
         await wait_until(lambda: _is(counts(supervisor, "agent"), (0, 3)))
-        code, out, _ = await run_cli("dlq", "purge", "-c", path, "--event-id", dead[0], "--json")
-        assert (code, json.loads(out)) == (0, {"purged": 1})
-        code, out, _ = await run_cli("dlq", "list", "-c", path, "--json")
-        assert [i["event_id"] for i in json.loads(out)] == dead[1:]
-        code, out, _ = await run_cli("dlq", "purge", "-c", path, "--sink", "agent", "--json")
-        assert (code, json.loads(out)) == (0, {"purged": 2})
-        assert await counts(supervisor, "agent") == (0, 0)
-        code, out, _ = await run_cli("dlq", "retry", "-c", path, "--json")
-        assert json.loads(out) == {"retried": 0}
+        with structlog.testing.capture_logs() as logs:
+
+            def purged() -> list[tuple[str, int]]:
+                return [(e["sink"], e["count"]) for e in events_named(logs, "dlq.purged")]
+
+            code, out, _ = await run_cli(
+                "dlq", "purge", "-c", path, "--event-id", dead[0], "--json"
+            )
+            assert (code, json.loads(out)) == (0, {"purged": 1})
+            await wait_until(lambda: purged() == [("agent", 1)], timeout=5)
+            code, out, _ = await run_cli("dlq", "list", "-c", path, "--json")
+            assert [i["event_id"] for i in json.loads(out)] == dead[1:]
+            code, out, _ = await run_cli("dlq", "purge", "-c", path, "--sink", "agent", "--json")
+            assert (code, json.loads(out)) == (0, {"purged": 2})
+            await wait_until(lambda: purged() == [("agent", 1), ("agent", 2)], timeout=5)
+            assert await counts(supervisor, "agent") == (0, 0)
+            code, out, _ = await run_cli("dlq", "retry", "-c", path, "--json")
+            assert json.loads(out) == {"retried": 0}
+        assert events_named(logs, "dlq.retried") == []
     assert receiver.accepted == []
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def test_demo_plays_the_scenario_and_exits_0_within_30s(tmp_path: Path) -> None:
         "3. Three more emails: OpenMail sends them as signed webhooks",
         "4. The WebSocket comes back",
         "duplicates, dropped",
+        "A seventh email, over the WebSocket again",
         "summary:",
     ]
     positions = [text.find(marker) for marker in markers]
@@ -72,7 +74,46 @@ def test_demo_plays_the_scenario_and_exits_0_within_30s(tmp_path: Path) -> None:
     ids = [event["payload"]["event_id"] for event in printed]
     assert len(ids) == len(set(ids)) == delivered
     assert {event["source"] for event in printed} == {"websocket", "webhook"}
-    assert list(tmp_path.iterdir()) == []  # everything lived in a temporary directory
+    assert list(tmp_path.iterdir()) == []  # nothing in the caller's directory
+
+    # The files the narration names are there afterwards, as it says.
+    workdir = kept_directory(steps)
+    try:
+        assert f"(bridge logs: {workdir / 'bridge.log'})" in steps[0]
+        assert any(str(workdir / "events.jsonl") in line for line in steps)
+        assert "ws.connected" in (workdir / "bridge.log").read_text()
+        assert delivered_ids(workdir / "events.jsonl") == ids
+        assert (workdir / "state" / "bridge.db").exists()
+    finally:
+        shutil.rmtree(workdir)
+
+
+def kept_directory(steps: list[str]) -> Path:
+    found = re.search(r"kept for you to look at: (\S+) ", steps[-1])
+    assert found, steps[-1]
+    return Path(found.group(1))
+
+
+def delivered_ids(path: Path) -> list[str]:
+    return [json.loads(line)["event_id"] for line in path.read_text().splitlines()]
+
+
+def test_a_failed_demo_points_at_a_log_that_is_there() -> None:
+    # A step that cannot wait at all fails at its first wait, as a stuck step would after 8 s.
+    script = "import asyncio, bridge.demo as d; d.STEP_TIMEOUT = 0; exit(asyncio.run(d.run_demo()))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=30, env=CLEAN_ENV, check=False)  # fmt: skip
+    assert result.returncode == 1
+    steps = [line.removeprefix("demo | ") for line in result.stdout.splitlines()]
+    workdir = kept_directory(steps)
+    try:
+        failure = re.search(r"demo \| failed: the demo waited 0s for .+ \(bridge logs: (\S+)\)",
+                            result.stderr)  # fmt: skip
+        assert failure, result.stderr
+        assert Path(failure.group(1)) == workdir / "bridge.log"
+        assert "bridge.started" in Path(failure.group(1)).read_text()
+    finally:
+        shutil.rmtree(workdir)
 
 
 def test_demo_keep_running_serves_status_until_interrupted() -> None:
@@ -104,6 +145,9 @@ def test_demo_keep_running_serves_status_until_interrupted() -> None:
         assert set(status["sinks"]) == {"audit", "console"}
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=15) == 0
+        assert proc.stdout is not None
+        rest = [line.removeprefix("demo | ") for line in proc.stdout.read().splitlines()]
+        shutil.rmtree(kept_directory(rest))
     finally:
         if proc.poll() is None:
             proc.kill()

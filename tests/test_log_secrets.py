@@ -716,6 +716,11 @@ def test_check_masks_header_values_and_url_credentials(tmp_path: Path) -> None:
     data["sinks"]["agent"] = {
         "type": "http",
         "url": "https://agent-user:url-password-1234@agent.example/hook?token=url-token-5678&p=2",
+    }
+    # Apart: credentials in the URL and an Authorization header together can never deliver.
+    data["sinks"]["agent2"] = {
+        "type": "http",
+        "url": "https://agent.example/hook2",
         "headers": {
             "Authorization": "Bearer bearer-token-xyz-9999",
             "X-Api-Key": "custom-api-key-4321",
@@ -731,8 +736,8 @@ def test_check_masks_header_values_and_url_credentials(tmp_path: Path) -> None:
     ]
     assert leaked == []
     shown = json.loads(result.stdout)
-    agent = shown["sinks"]["agent"]
-    assert agent["headers"] == {"Authorization": "***", "X-Api-Key": "***", "X-Tenant": "***"}
+    agent, agent2 = shown["sinks"]["agent"], shown["sinks"]["agent2"]
+    assert agent2["headers"] == {"Authorization": "***", "X-Api-Key": "***", "X-Tenant": "***"}
     assert agent["url"] == "https://***@agent.example/hook?token=***&p=2"
     ws_url = shown["openmail"]["websocket"]["url"]
     assert ws_url == "wss://***@openmail.example/v1/ws?api_key=***"

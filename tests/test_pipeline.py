@@ -195,13 +195,64 @@ async def test_unrouted_event_is_recorded_and_warned_once_per_inbox(store: Store
                 is AcceptOutcome.ACCEPTED
             )
     assert dispatcher.submitted == []
-    assert sample(metrics, "events_unrouted_total") == 5
+    assert sample(metrics, "events_unrouted_total", source="webhook") == 5
     warnings = [e for e in logs if e["event"] == "event.unrouted"]
     assert [w["inbox_id"] for w in warnings] == ["inb_x", "inb_y", None]
     assert all(w["log_level"] == "warning" for w in warnings)
+    assert all(w["reason"] == "inbox" for w in warnings)
+    assert all(w["hint"].startswith("no route matches this inbox") for w in warnings)
     assert stored_ids(store.path) == {f"evt_{n}" for n in range(5)}  # still de-duplicated later
     assert db_rows(store.path, "SELECT count(*) FROM events") == [(0,)]  # nothing held for no one
     assert store.spool_bytes == 0
+
+
+async def test_unrouted_hint_names_the_event_type_a_route_excludes(store: Store) -> None:
+    only_received = RouteConfig(
+        name="agent",
+        sinks=("agent",),
+        match=RouteMatch(inbox_ids=("inb_a",), event_types=("message.received",)),
+    )
+    pipeline, dispatcher, metrics = pipeline_for(store, [only_received])
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.accept_one(make_event("evt_in", kind="message.received"))
+        await pipeline.accept_one(make_event("evt_sent_1", kind="message.sent"))
+        await pipeline.accept_one(make_event("evt_sent_2", kind="message.sent"))
+        await pipeline.accept_one(make_event("evt_other", inbox_id="inb_b"))
+    assert [d.event_id for d in dispatcher.submitted] == ["evt_in"]
+    assert sample(metrics, "events_unrouted_total", source="webhook") == 3
+    unrouted = events_named(logs, "event.unrouted")
+    # One line per inbox and reason: the excluded type once, the unknown inbox once.
+    assert [(e["event_id"], e["reason"], e["log_level"]) for e in unrouted] == [
+        ("evt_sent_1", "event_type", "info"),
+        ("evt_other", "inbox", "warning"),
+    ]
+    assert "exclude this event type" in unrouted[0]["hint"]
+    assert "match.event_types" in unrouted[0]["hint"]
+    assert "no route matches this inbox" in unrouted[1]["hint"]
+
+
+async def test_unrouted_lines_come_again_after_the_routes_change(store: Store) -> None:
+    pipeline, _, _ = pipeline_for(store, routes(agent=("inb_routed",)))
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.accept_one(make_event("evt_1"))
+        await pipeline.accept_one(make_event("evt_2"))
+        pipeline.router = Router([])  # a reload that leaves no route at all
+        await pipeline.accept_one(make_event("evt_3"))
+    unrouted = events_named(logs, "event.unrouted")
+    assert [(e["event_id"], e["reason"]) for e in unrouted] == [
+        ("evt_1", "inbox"),
+        ("evt_3", "no_routes"),
+    ]
+    assert unrouted[1]["hint"].startswith("no routes are configured")
+
+
+async def test_accepted_and_duplicate_lines_stay_at_debug(store: Store) -> None:
+    pipeline, _, _ = pipeline_for(store, routes(agent=()))
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.accept_one(make_event("evt_1"))
+        await pipeline.accept_one(make_event("evt_1"))
+    levels = {e["event"]: e["log_level"] for e in logs}
+    assert levels == {"event.accepted": "debug", "event.duplicate": "debug"}
 
 
 async def test_router_swap_applies_to_the_next_event(store: Store) -> None:

@@ -16,10 +16,11 @@ from bridge import protocol
 from bridge.cli import main
 from bridge.config import RouteConfig, RouteMatch, load_config
 from bridge.events import Event, Origin, parse_event
-from bridge.routing import Router, addresses
+from bridge.routing import UNROUTED_HINTS, Miss, Router, addresses
 from bridge.simulator import Simulator
 from bridge.sinks import SINK_TYPES
 from bridge.store import Store
+from bridge.supervisor import Supervisor
 from tests.conftest import (
     WEBHOOK_SECRET,
     bridge_config_dict,
@@ -119,6 +120,46 @@ def test_keys_are_anded_and_values_within_a_key_ored() -> None:
     assert router(lifecycle("inbox.suspended", inbox_id="inb_b")) == ("s",)
     assert router(lifecycle("inbox.reactivated", inbox_id="inb_b")) == ()  # type not listed
     assert router(lifecycle("inbox.suspended", inbox_id="inb_c")) == ()  # inbox not listed
+
+
+@pytest.mark.parametrize(
+    ("routes", "event", "miss"),
+    [
+        ([], message(), Miss.NO_ROUTES),
+        ([route("r", ["s"], inbox_ids=("inb_b",))], message(), Miss.INBOX),
+        (
+            [route("r", ["s"], inbox_ids=("inb_a",), event_types=("message.sent",))],
+            message(),
+            Miss.EVENT_TYPE,
+        ),
+        # The route that came closest decides: one names another inbox, one the wrong type.
+        (
+            [
+                route("other", ["s"], inbox_ids=("inb_b",)),
+                route("types", ["s"], event_types=("message.sent",)),
+            ],
+            message(),
+            Miss.EVENT_TYPE,
+        ),
+        ([route("r", ["s"], senders=("*@y.com",))], message(), Miss.SENDER),
+        ([route("r", ["s"], recipients=("sales@*",))], message(), Miss.RECIPIENT),
+        # A lifecycle event has no sender: a route on from never takes it.
+        ([route("r", ["s"], senders=("*@x.com",))], lifecycle(), Miss.SENDER),
+    ],
+)
+def test_why_unrouted_names_the_key_that_stopped_the_closest_route(
+    routes: list[RouteConfig], event: Event, miss: Miss
+) -> None:
+    router = Router(routes)
+    assert router(event) == ()
+    assert router.why_unrouted(event) is miss
+    assert set(UNROUTED_HINTS) == set(Miss)  # every reason has its hint
+
+
+def test_event_types_hint_does_not_blame_the_inbox() -> None:
+    assert "event type" in UNROUTED_HINTS[Miss.EVENT_TYPE]
+    assert "inbox;" not in UNROUTED_HINTS[Miss.EVENT_TYPE]
+    assert "no route matches this inbox" in UNROUTED_HINTS[Miss.INBOX]
 
 
 def test_inbox_ids_never_match_an_event_without_an_inbox() -> None:
@@ -259,6 +300,14 @@ def route_test(capsys: pytest.CaptureFixture[str], config: Path, event: Path) ->
     return result
 
 
+def unrouted_total(supervisor: Supervisor) -> float:
+    """Unrouted events over every source: whichever of WebSocket and webhook got one first."""
+    return sum(
+        supervisor.metrics.registry.get_sample_value(UNROUTED_METRIC, {"source": source}) or 0.0
+        for source in ("websocket", "webhook")
+    )
+
+
 async def test_event_set_lands_in_exactly_the_named_sinks_and_route_test_agrees(
     tmp_path: Path, sim3: Simulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -295,7 +344,7 @@ async def test_event_set_lands_in_exactly_the_named_sinks_and_route_test_agrees(
             return [line["event_id"] for line in read_lines(tmp_path / f"{sink}.jsonl")]
 
         def unrouted() -> float:
-            return supervisor.metrics.registry.get_sample_value(UNROUTED_METRIC) or 0.0
+            return unrouted_total(supervisor)
 
         await wait_until(
             lambda: all(len(landed(s)) >= len(wanted(s)) for s in SINK_NAMES) and unrouted() >= 2
@@ -373,12 +422,12 @@ async def test_unrouted_events_are_counted_and_logged_once_per_inbox(
                 await sim3.inject(sim3.lifecycle_event("pod.suspended"))
 
             def unrouted() -> float:
-                return supervisor.metrics.registry.get_sample_value(UNROUTED_METRIC) or 0.0
+                return unrouted_total(supervisor)
 
             await wait_until(lambda: unrouted() >= 8)
             await wait_until(lambda: len(read_lines(tmp_path / "events.jsonl")) >= 1)
             assert unrouted() == 8
-            assert b"openmail_bridge_events_unrouted_total 8.0" in supervisor.metrics.render()
+            assert b'openmail_bridge_events_unrouted_total{source="' in supervisor.metrics.render()
             store = supervisor.store
             assert store is not None
             # Unrouted events hold no rows: once the routed one is delivered, nothing is left.

@@ -4,14 +4,20 @@
 One module per command; this one holds the parser and ``main``. The CLI is the only place that
 touches signals or turns exceptions into exit codes (``exit_codes``): 0 success, 1 a runtime
 failure (state in use, a port taken), 2 a configuration or usage error.
+
+``run``, ``check`` and ``nats-status`` read the whole config and refuse an invalid one; the
+operator commands (``status``, ``dlq``, ``route-test``) read only the keys they use
+(``operator_config``), so they work without the daemon's secrets and beside a broken file.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Sequence
+from typing import Final, get_args
 
 from bridge import __version__, logs
 from bridge.cli.check import cmd_check
@@ -20,15 +26,21 @@ from bridge.cli.demo import cmd_demo
 from bridge.cli.dlq import cmd_dlq
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE
 from bridge.cli.nats_status import cmd_nats_status
+from bridge.cli.operator_config import TOKEN_ENV, add_config_option
 from bridge.cli.route_test import cmd_route_test
 from bridge.cli.run import cmd_run
 from bridge.cli.simulator import cmd_simulator
 from bridge.cli.status import cmd_status
-from bridge.config import load_config
+from bridge.config import Config, load_config
+from bridge.config.schema import LogLevel
 from bridge.errors import BridgeError, ConfigError
 from bridge.sinks import SINK_TYPES
 
 __all__ = ["build_parser", "main"]
+
+LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
+_VERBOSITY: Final[tuple[LogLevel, ...]] = ("warning", "info", "debug")
+"""The log level with no -v, -v and -vv."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="One durable, de-duplicated stream of OpenMail events, routed to your agent.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="log level of this command (for run: instead of the config's log.level)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more: -v info, -vv debug (default warning; run: the config's log.level)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -56,25 +80,36 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("check", help="validate the config and print it, secrets masked"))
     sub.choices["check"].set_defaults(func=cmd_check)
 
-    p = with_config(sub.add_parser("route-test", help="show which routes and sinks an event hits"))
+    p = sub.add_parser("route-test", help="show which routes and sinks an event hits")
+    add_config_option(p)
     p.add_argument("event", metavar="EVENT.json", help="an OpenMail event payload ('-': stdin)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_route_test)
 
-    p = with_config(
-        sub.add_parser(
-            "dlq",
-            help="inspect and redrive dead letters; inspect and purge quarantined events",
-            description="Dead letters are deliveries a sink refused or that ran out of retries: "
-            "list, retry (back to pending) or purge them. Quarantined events are conflicts, an "
-            "event_id already known with other content or another inbox: answered to OpenMail "
-            "like duplicates, never delivered. 'list' shows both (quarantined last); with "
-            "--quarantine, list and purge act on the quarantine only.",
-        )
+    p = sub.add_parser(
+        "dlq",
+        help="inspect and redrive dead letters; inspect and purge quarantined events",
+        description="Dead letters are deliveries a sink refused or that ran out of retries: "
+        "list, retry (back to pending) or purge them. Quarantined events are conflicts, an "
+        "event_id already known with other content or another inbox: answered to OpenMail "
+        "like duplicates, never delivered. 'list' shows both (quarantined last); with "
+        "--quarantine, list and purge act on the quarantine only. The state database must "
+        "exist (the service's is /var/lib/openmail-bridge/bridge.db).",
     )
+    add_config_option(p)
     p.add_argument("action", choices=["list", "retry", "purge"])
-    p.add_argument("--sink", metavar="NAME")
-    p.add_argument("--event-id", metavar="ID")
+    p.add_argument(
+        "--state",
+        metavar="PATH",
+        help="the state database (default: the config's state.path); no config is then needed",
+    )
+    p.add_argument("--sink", metavar="NAME", help="only this sink's dead letters")
+    p.add_argument("--event-id", metavar="ID", help="only this event's")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="purge: every dead letter (or quarantined event); without a filter, purge needs it",
+    )
     p.add_argument(
         "--quarantine",
         action="store_true",
@@ -87,8 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_dlq)
 
-    p = with_config(sub.add_parser("status", help="show a running bridge's state"))
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", help="show a running bridge's state")
+    add_config_option(p)
+    p.add_argument(
+        "--admin",
+        metavar="URL",
+        help="the admin server, e.g. http://127.0.0.1:9464 (default: the config's admin.listen)",
+    )
+    p.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=f"the admin token (default: ${TOKEN_ENV}, else the config's admin.token); "
+        "shows in the process list, prefer the variable",
+    )
+    p.add_argument(
+        "--watch",
+        metavar="SECONDS",
+        type=_interval,
+        nargs="?",
+        const=2.0,
+        help="show it again every SECONDS (default 2) until Ctrl-C",
+    )
+    p.add_argument("--json", action="store_true", help="the /status report as JSON")
     p.set_defaults(func=cmd_status)
 
     p = with_config(
@@ -115,11 +170,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interval(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.1 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError("must be between 0.1 and 86400 seconds")
+    return seconds
+
+
+def log_level(args: argparse.Namespace) -> LogLevel | None:
+    """The level ``--log-level`` or ``-v`` asks for; None when neither is given."""
+    for level in LOG_LEVELS:
+        if args.log_level == level:
+            return level
+    verbose: int = args.verbose
+    return _VERBOSITY[min(verbose, len(_VERBOSITY) - 1)] if verbose else None
+
+
+def _with_log_level(config: Config, level: LogLevel | None) -> Config:
+    if level is None:
+        return config
+    return dataclasses.replace(config, log=dataclasses.replace(config.log, level=level))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    level = log_level(args)
     # Logs go to stderr, never stdout (that belongs to --json output and the stdout sink); the
     # commands that run a bridge reconfigure this from their config.
-    logs.configure("warning", "auto")
+    logs.configure(level or "warning", "auto")
     try:
         if getattr(args, "config_file", False):
             # Every command that reads a config fails the same way before doing anything else.
@@ -129,9 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ConfigError as exc:
                 print_config_error(exc, path)
                 return EXIT_CONFIG
-            code: int = args.func(args, config)
+            code: int = args.func(args, _with_log_level(config, level))
         else:
-            code = args.func(args)
+            try:
+                code = args.func(args)
+            except ConfigError as exc:  # the operator commands read their config themselves
+                print_config_error(exc, config_path(getattr(args, "config", None)))
+                return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
     except BridgeError as exc:

@@ -2,7 +2,9 @@
 
 Dead letters are deliveries a sink refused or that ran out of retries; quarantined events are
 conflicts (a known ``event_id`` with other content or another inbox), never delivered. The store is
-opened shared, so these work beside a running bridge.
+opened shared, so these work beside a running bridge, and only if it exists: a mistyped path must
+not look like an empty dead-letter store. Of the config, only ``state.path`` and the sinks' names
+are read (``--state`` replaces it).
 """
 
 from __future__ import annotations
@@ -10,84 +12,137 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
+from pathlib import Path
 
-from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_OK
-from bridge.config import Config
+from bridge.cli.exit_codes import EXIT_OK, refuse
+from bridge.cli.operator_config import SERVICE_STATE_PATH, operator_config
+from bridge.config import STATE, OperatorConfig, load_config
 from bridge.delivery import sink_credentials
+from bridge.errors import ConfigError
 from bridge.redact import scrub_text
-from bridge.store import Store, StoreLimits
+from bridge.sinks import SINK_TYPES
+from bridge.store import Store
 from bridge.supervisor import config_secrets
 
 
-async def _dlq(config: Config, args: argparse.Namespace) -> int:
-    # Errors are masked when recorded; masked again on the way out for rows an older version
-    # recorded, or recorded before a credential was added to the config.
-    known = config_secrets(config)
-    for sink in config.sinks.values():
-        known += sink_credentials(sink)
-    if args.quarantine and args.action == "retry":
-        print(
-            "openmail-bridge: quarantined events are never delivered: inspect them with "
-            "'dlq list --quarantine' and remove them with 'dlq purge --quarantine'",
-            file=sys.stderr,
+def _state_path(args: argparse.Namespace, config: OperatorConfig | None) -> Path:
+    if args.state is not None:
+        return Path(args.state)
+    assert config is not None  # operator_config(needed=True) gave one
+    config.require(STATE)
+    return config.state_path
+
+
+def _missing_state(path: Path, args: argparse.Namespace, config: OperatorConfig | None) -> int:
+    if args.state is not None:
+        origin = "--state"
+    elif config is not None and config.source is not None:
+        origin = f"state.path of {config.source}, or its default"
+    else:
+        origin = "the config"
+    usual = ""
+    if path.absolute() != SERVICE_STATE_PATH:
+        usual = (
+            f"; the service keeps its state at {SERVICE_STATE_PATH}: give "
+            f"--state {SERVICE_STATE_PATH} (run as a user that may read it)"
         )
-        return EXIT_CONFIG
-    if args.quarantine and args.sink is not None:
-        print("openmail-bridge: --sink does not apply to quarantined events", file=sys.stderr)
-        return EXIT_CONFIG
-    store = await Store.open(
-        config.state.path, StoreLimits.from_config(config.state), exclusive=False
-    )
+    return refuse(f"no state database at {path} (from {origin}){usual}")
+
+
+def _known_secrets(config: OperatorConfig | None) -> list[str]:
+    """The config's secrets, when they can all be read, to mask errors an older version recorded
+    unmasked; none otherwise (errors are masked when recorded)."""
+    if config is None or config.source is None:
+        return []
     try:
-        if args.action == "list":
-            dead: list[dict[str, object]] | None = None
-            quarantined: list[dict[str, object]] | None = None
-            if not args.quarantine:
-                dead = [
-                    {
-                        "sink": r.delivery.sink,
-                        "event_id": r.delivery.event_id,
-                        "type": r.delivery.type,
-                        "inbox_id": r.delivery.inbox_id,
-                        "attempts": r.delivery.attempts,
-                        "error": scrub_text(r.error, known),
-                        "dead_at": r.dead_at,
-                    }
-                    for r in await store.dlq_list(sink=args.sink, event_id=args.event_id)
-                ]
-            # Quarantined events belong to no sink: a --sink listing leaves them out.
-            if args.quarantine or args.sink is None:
-                quarantined = [
-                    {
-                        "event_id": q.event_id,
-                        "reason": q.reason,
-                        "type": q.type,
-                        "inbox_id": q.inbox_id,
-                        "source": q.origin.value,
-                        "dedup_key": q.dedup_key,
-                        "content_id": q.content_id,
-                        "received_at": q.received_at,
-                        "quarantined_at": q.quarantined_at,
-                        "payload_kept": q.payload is not None,
-                    }
-                    for q in await store.quarantine_list(event_id=args.event_id)
-                ]
-            _print_dlq_list(dead, quarantined, as_json=args.json)
-        elif args.action == "retry":
-            count = await store.dlq_retry(sink=args.sink, event_id=args.event_id)
-            print(json.dumps({"retried": count}) if args.json else f"{count} redriven")
-        elif args.quarantine:
-            count = await store.quarantine_purge(event_id=args.event_id)
-            print(json.dumps({"purged": count}) if args.json else f"{count} purged")
-        else:
-            # Like list and retry, purge without a filter takes every dead letter.
-            count = await store.dlq_purge(sink=args.sink, event_id=args.event_id)
-            if args.sink is not None and args.sink not in config.sinks:
-                count += await store.drop_sink(args.sink)  # a removed sink's pending rows too
-            print(json.dumps({"purged": count}) if args.json else f"{count} purged")
+        full = load_config(config.source, sink_types=SINK_TYPES)
+    except ConfigError:
+        return []
+    known = config_secrets(full)
+    for sink in full.sinks.values():
+        known += sink_credentials(sink)
+    return known
+
+
+async def _dlq(args: argparse.Namespace) -> int:
+    if args.quarantine and args.action == "retry":
+        return refuse(
+            "quarantined events are never delivered: inspect them with "
+            "'dlq list --quarantine' and remove them with 'dlq purge --quarantine'"
+        )
+    if args.quarantine and args.sink is not None:
+        return refuse("--sink does not apply to quarantined events")
+    if args.action == "purge" and args.sink is None and args.event_id is None and not args.all:
+        what = "quarantined event" if args.quarantine else "dead letter"
+        return refuse(f"purge without --sink or --event-id removes every {what}: add --all")
+    if args.all and (args.sink is not None or args.event_id is not None):
+        return refuse("--all means every one: give it without --sink or --event-id")
+    config = operator_config(args, needed=args.state is None)
+    path = _state_path(args, config)
+    if not path.is_file():  # opening would create an empty database and find nothing in it
+        return _missing_state(path, args, config)
+    store = await Store.open(path, exclusive=False)
+    try:
+        if args.sink is not None:
+            configured = set(config.sinks) if config is not None else set()
+            known = configured | set(await store.sink_counts())
+            if args.sink not in known:
+                names = ", ".join(sorted(known)) or "none"
+                return refuse(f"no sink named {args.sink!r} (known sinks: {names})")
+        return await _act(store, args, config)
     finally:
         await store.close()
+
+
+async def _act(store: Store, args: argparse.Namespace, config: OperatorConfig | None) -> int:
+    known = _known_secrets(config)
+    if args.action == "list":
+        dead: list[dict[str, object]] | None = None
+        quarantined: list[dict[str, object]] | None = None
+        if not args.quarantine:
+            dead = [
+                {
+                    "sink": r.delivery.sink,
+                    "event_id": r.delivery.event_id,
+                    "type": r.delivery.type,
+                    "inbox_id": r.delivery.inbox_id,
+                    "attempts": r.delivery.attempts,
+                    "error": scrub_text(r.error, known),
+                    "dead_at": r.dead_at,
+                }
+                for r in await store.dlq_list(sink=args.sink, event_id=args.event_id)
+            ]
+        # Quarantined events belong to no sink: a --sink listing leaves them out.
+        if args.quarantine or args.sink is None:
+            quarantined = [
+                {
+                    "event_id": q.event_id,
+                    "reason": q.reason,
+                    "type": q.type,
+                    "inbox_id": q.inbox_id,
+                    "source": q.origin.value,
+                    "dedup_key": q.dedup_key,
+                    "content_id": q.content_id,
+                    "received_at": q.received_at,
+                    "quarantined_at": q.quarantined_at,
+                    "payload_kept": q.payload is not None,
+                }
+                for q in await store.quarantine_list(event_id=args.event_id)
+            ]
+        _print_dlq_list(dead, quarantined, as_json=args.json)
+    elif args.action == "retry":
+        count = await store.dlq_retry(sink=args.sink, event_id=args.event_id)
+        print(json.dumps({"retried": count}) if args.json else f"{count} redriven")
+    elif args.quarantine:
+        count = await store.quarantine_purge(event_id=args.event_id)
+        print(json.dumps({"purged": count}) if args.json else f"{count} purged")
+    else:
+        count = await store.dlq_purge(sink=args.sink, event_id=args.event_id)
+        # A sink removed from the config takes its pending rows along; only when the config
+        # was read, so a sink is never taken for removed just because no config was given.
+        if args.sink is not None and config is not None and args.sink not in config.sinks:
+            count += await store.drop_sink(args.sink)
+        print(json.dumps({"purged": count}) if args.json else f"{count} purged")
     return EXIT_OK
 
 
@@ -123,5 +178,5 @@ def _print_dlq_list(
         )
 
 
-def cmd_dlq(args: argparse.Namespace, config: Config) -> int:
-    return asyncio.run(_dlq(config, args))
+def cmd_dlq(args: argparse.Namespace) -> int:
+    return asyncio.run(_dlq(args))

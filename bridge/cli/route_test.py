@@ -1,4 +1,7 @@
-"""``route-test``: which routes and sinks one event payload would reach."""
+"""``route-test``: which routes and sinks one event payload would reach.
+
+Of the config, only the routes and the sinks' names are read: no secret, no other section.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +11,17 @@ import sys
 from pathlib import Path
 
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_OK
-from bridge.config import Config
+from bridge.cli.operator_config import operator_config
+from bridge.config import ROUTES
 from bridge.errors import EventError
 from bridge.events import Origin, parse_event
 from bridge.routing import Router
 
 
-def cmd_route_test(args: argparse.Namespace, config: Config) -> int:
+def cmd_route_test(args: argparse.Namespace) -> int:
+    config = operator_config(args, needed=True)
+    assert config is not None  # needed=True: one was read, or ConfigError raised
+    config.require(ROUTES)
     try:
         raw = sys.stdin.buffer.read() if args.event == "-" else Path(args.event).read_bytes()
         event = parse_event(raw, Origin.WEBHOOK, require_type=False)

@@ -1,63 +1,170 @@
-"""``status``: ask a running bridge's admin server for ``/status`` and show it."""
+"""``status``: ask a running bridge's admin server for ``/status`` and show it (``--watch``: again
+and again until interrupted).
+
+The address and token come from ``--admin`` / ``--token`` / ``$OPENMAIL_BRIDGE_ADMIN_TOKEN``, else
+from the config, read leniently: only ``admin.*`` matters, and ``admin.token`` is needed only when
+the bridge asks for one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass
+from typing import Final
 
-from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK
-from bridge.config import Config
+from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, refuse
+from bridge.cli.operator_config import TOKEN_ENV, operator_config
+from bridge.cli.status_text import format_status
+from bridge.config import ADMIN, Listen
+
+_TIMEOUT: Final = 5.0
+_CLEAR: Final = "\x1b[H\x1b[2J"
 
 
-def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    listen = config.admin.listen
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: str
+    """The admin server's base URL, e.g. ``http://127.0.0.1:9464``."""
+    token: str | None
+    token_problem: str | None
+    """Why the config's admin.token could not be read (it names the variable)."""
+
+
+class Refused(Exception):
+    """The bridge answered, but not with a report; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def admin_url(listen: Listen) -> str:
+    """The URL that reaches an admin server listening on ``listen`` from this host."""
     host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else listen.host
     host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
-    request = urllib.request.Request(f"http://{host}:{listen.port}/status")
-    if config.admin.token is not None:
-        request.add_header("Authorization", f"Bearer {config.admin.token.get()}")
+    return f"http://{host}:{listen.port}"
+
+
+def _given_url(text: str) -> str:
+    """``--admin``: a URL, or a bare ``host:port``. Raises Refused for another scheme."""
+    url = (text if "://" in text else f"http://{text}").rstrip("/")
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise Refused(f"--admin {text}: not an http(s) URL", EXIT_CONFIG)
+    return url
+
+
+def target(args: argparse.Namespace) -> Target:
+    """Where to ask, and with which token. Raises ConfigError, or Refused (a usage error)."""
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    config = operator_config(args, needed=args.admin is None)
+    if config is None or (args.admin is not None and config.problems.get(ADMIN)):
+        # --admin says where; a broken admin section then only costs its token.
+        return Target(_given_url(args.admin), token, None)
+    if args.admin is None:
+        config.require(ADMIN)
+        if not config.admin.enabled:
+            raise Refused(
+                f"admin.enabled is false in {config.source}: there is no admin server to ask",
+                EXIT_CONFIG,
+            )
+    url = _given_url(args.admin) if args.admin else admin_url(config.admin.listen)
+    if token is None and config.admin.token is not None:
+        token = config.admin.token.get()
+    return Target(url, token, None if token else config.token_problem)
+
+
+def fetch(where: Target) -> dict[str, object]:
+    """``/status`` of the bridge at ``where``. Raises Refused."""
+    # The scheme is http(s): admin_url builds one, _given_url accepts no other.
+    request = urllib.request.Request(f"{where.url}/status")  # noqa: S310
+    if where.token:
+        request.add_header("Authorization", f"Bearer {where.token}")
+    shown = where.url.removeprefix("http://")
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
-            status = json.loads(response.read())
+        with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:  # noqa: S310
+            report = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise _refusal(exc, where, shown) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(
-            f"openmail-bridge: no bridge answers at {host}:{listen.port} ({exc}); is it running?",
-            file=sys.stderr,
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise Refused(
+            f"no bridge answers at {shown} ({reason}); is it running?", EXIT_FAILURE
+        ) from None
+    if not isinstance(report, dict):
+        raise Refused(f"the server at {shown} answered something other than a report", 1)
+    return report
+
+
+def _refusal(exc: urllib.error.HTTPError, where: Target, shown: str) -> Refused:
+    try:
+        said = json.loads(exc.read()).get("error", "")
+    except (ValueError, AttributeError, OSError):
+        said = ""
+    if exc.code == 401:
+        if where.token_problem:
+            return Refused(
+                f"the bridge at {shown} wants its admin token, and the config's cannot be read: "
+                f"{where.token_problem}; set it, or give --token or ${TOKEN_ENV}",
+                EXIT_CONFIG,
+            )
+        if where.token is None:
+            return Refused(
+                f"the bridge at {shown} wants its admin token: give --token, set ${TOKEN_ENV}, "
+                "or read it from the config with -c",
+                EXIT_CONFIG,
+            )
+        return Refused(f"the bridge at {shown} refused the admin token (401)", EXIT_CONFIG)
+    if exc.code == 403:
+        return Refused(
+            f"the bridge at {shown} refuses /status (403): {said or 'forbidden'}; on the bridge, "
+            "set admin.token (then give it here), or make admin.listen a loopback address",
+            EXIT_CONFIG,
         )
-        return EXIT_FAILURE
-    if args.json:
-        print(json.dumps(status, indent=2))
+    return Refused(f"the server at {shown} answered HTTP {exc.code} {said}".rstrip(), 1)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        where = target(args)
+    except Refused as exc:
+        return refuse(str(exc), exc.code)
+    if args.watch is None:
+        try:
+            report = fetch(where)
+        except Refused as exc:
+            return refuse(str(exc), exc.code)
+        print(json.dumps(report, indent=2) if args.json else format_status(report, time.time()))
         return EXIT_OK
-    print(_format_status(status))
-    return EXIT_OK
+    return _watch(where, args)
 
 
-def _format_status(status: dict[str, object]) -> str:
-    lines = [f"state: {status.get('state')}"]
-    parts = status.get("parts")
-    if isinstance(parts, dict):
-        lines += [f"  {k}: {v}" for k, v in parts.items()]
-    ws = status.get("websocket")
-    if isinstance(ws, dict):
-        reason = f" ({ws['reason']})" if ws.get("reason") else ""
-        lines.append(f"websocket: {ws.get('state')}{reason}")
-    lines.append(f"cursor: {status.get('cursor')}")
-    lines.append(f"possible gaps: {status.get('possible_gaps')}")
-    spool = status.get("spool")
-    if isinstance(spool, dict):
-        lines.append(f"spool: {spool.get('bytes')} of {spool.get('max_bytes')} bytes")
-    sinks = status.get("sinks")
-    if isinstance(sinks, dict):
-        lines.append("sinks:")
-        for name, info in sinks.items():
-            if isinstance(info, dict):
-                extra = "" if info.get("configured") else " (removed from config)"
-                error = f", last error: {info['last_error']}" if info.get("last_error") else ""
-                lines.append(
-                    f"  {name}: pending {info.get('pending')}, dead {info.get('dead')}"
-                    f"{extra}{error}"
-                )
-    return "\n".join(lines)
+def _watch(where: Target, args: argparse.Namespace) -> int:
+    """Show the report every ``args.watch`` seconds until interrupted (exit 0). A bridge that
+    stops answering is shown as such; one that refuses the request ends the watch."""
+    tty = sys.stdout.isatty()
+    tick = threading.Event()  # never set: its wait is the interval, cut short by Ctrl-C
+    try:
+        while True:
+            try:
+                report = fetch(where)
+                text = json.dumps(report) if args.json else format_status(report, time.time())
+            except Refused as exc:
+                if exc.code != EXIT_FAILURE:
+                    return refuse(str(exc), exc.code)
+                text = f"openmail-bridge: {exc}"
+            stamp = time.strftime("%H:%M:%S")
+            frame = text if args.json else f"{stamp}  every {args.watch:g}s (Ctrl-C stops)\n{text}"
+            print(f"{_CLEAR if tty else ''}{frame}", flush=True)
+            if not args.json and not tty:
+                print(flush=True)
+            tick.wait(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK

@@ -4,13 +4,16 @@ A section is declared once, as a frozen dataclass (``schema``), and validated by
 (``values``: ``Duration``, ``ByteSize``, ``Secret``, ``FilePath``, ``HttpUrl``, ``WsUrl``,
 ``Listen``, ``Literal`` choices, tuples, maps, nested sections) by one walker (``walker``) that
 reports every problem at once as ``key.path: message``; ``loader`` adds the rules that span
-sections. ``presentation`` shows a loaded config with its secrets masked and lists its warnings.
+sections (``directories`` judges a file sink's directory); ``lenient`` reads only the keys the
+operator commands need. ``presentation`` shows a loaded config with its secrets masked and lists
+its warnings.
 
 Sink types bring their own option dataclasses: the caller passes the registry
 (``load_config(path, sink_types=bridge.sinks.SINK_TYPES)``), so this package never imports the
 sinks, and the sinks import only ``schema`` and ``values``.
 """
 
+from bridge.config.lenient import ADMIN, ROUTES, STATE, OperatorConfig, read_operator_config
 from bridge.config.loader import build_config, load_config
 from bridge.config.nats import (
     NatsConfig,
@@ -50,6 +53,9 @@ from bridge.config.values import (
 )
 
 __all__ = [
+    "ADMIN",
+    "ROUTES",
+    "STATE",
     "AdminConfig",
     "ByteSize",
     "Config",
@@ -65,6 +71,7 @@ __all__ = [
     "NatsStreamConfig",
     "NatsTlsConfig",
     "OpenMailConfig",
+    "OperatorConfig",
     "ReconnectConfig",
     "RetryConfig",
     "RouteConfig",
@@ -84,4 +91,5 @@ __all__ = [
     "parse_duration",
     "parse_listen",
     "parse_size",
+    "read_operator_config",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -17,7 +18,7 @@ from typing import Final
 
 import yaml
 
-from bridge import protocol
+from bridge.config.directories import Verdict, check_directory, fixed_directory
 from bridge.config.nats import NatsConfig, NatsPublishing, load_nats, publish_problems
 from bridge.config.schema import (
     Config,
@@ -34,6 +35,8 @@ from bridge.runtime import uvloop_available
 
 _SINK_COMMON: Final = frozenset({"type", "ordering", "concurrency", "retry"})
 """Keys every sink has (``SinkConfig``); the rest belong to its type's options."""
+INBOUND_SECRETS: Final = ("openmail.webhook", "admin.token")
+"""Secrets that verify what others send; every other secret is one the bridge sends."""
 
 
 def _parse_webhook_secrets(walker: Walker, path: str, raw: object) -> object:
@@ -64,7 +67,9 @@ def _parse_webhook_secrets(walker: Walker, path: str, raw: object) -> object:
     )
 
 
-def _default_state_path(env: Mapping[str, str], base_dir: Path) -> Path:
+def default_state_path(env: Mapping[str, str], base_dir: Path) -> Path:
+    """Where ``state.path`` points when it is not given: ``$STATE_DIRECTORY`` (systemd's
+    ``StateDirectory=``), else ``state/bridge.db`` beside the config file."""
     state_dir = env.get("STATE_DIRECTORY", "").split(":")[0]
     if state_dir:
         return Path(state_dir) / "bridge.db"
@@ -91,6 +96,19 @@ def load_config(
         ConfigError: listing every problem as ``key.path: message``.
     """
     env = os.environ if env is None else env
+    raw, base_dir, source = read_yaml(path, text)
+    return build_config(raw, sink_types=sink_types, base_dir=base_dir, env=env, source=source)
+
+
+def read_yaml(
+    path: str | os.PathLike[str] | None, text: str | None = None
+) -> tuple[object, Path, Path | None]:
+    """The parsed YAML of ``path`` (or ``text``), the directory relative paths resolve against,
+    and the file it came from.
+
+    Raises:
+        ConfigError: the file cannot be read or is not YAML.
+    """
     if text is None:
         if path is None:
             raise ConfigError(["<config>: no config file given"])
@@ -104,16 +122,18 @@ def load_config(
     else:
         source, base_dir = None, Path.cwd()
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text), base_dir, source
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        hint = " (a ${...} value inside a {...} flow mapping must be quoted)" if "{" in text else ""
+        # Only a file that uses ${...} can have tripped over it.
+        hint = ""
+        if "${" in text:
+            hint = " (a ${...} value inside a {...} flow mapping must be quoted)"
         raise ConfigError([f"<yaml>: not valid YAML{line}: {problem}{hint}"]) from None
     except (ValueError, RecursionError) as exc:  # e.g. an integer too long to convert
         raise ConfigError([f"<yaml>: cannot read the YAML: {str(exc)[:200]}"]) from None
-    return build_config(raw, sink_types=sink_types, base_dir=base_dir, env=env, source=source)
 
 
 def build_config(
@@ -129,7 +149,7 @@ def build_config(
     Raises:
         ConfigError: listing every problem as ``key.path: message``.
     """
-    walker = Walker(base_dir, env)
+    walker = Walker(base_dir, env, inbound_secrets=INBOUND_SECRETS)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -150,7 +170,7 @@ def build_config(
                 sinks[str(name)] = sink
     extra["sinks"] = MappingProxyType(sinks)
 
-    routes = _load_routes(walker, raw.pop("routes", None), raw_sinks)
+    routes = load_routes(walker, raw.pop("routes", None), raw_sinks)
     if routes is not None:
         extra["routes"] = routes
 
@@ -172,7 +192,7 @@ def build_config(
 
     raw_state = raw.get("state")
     if raw_state is None or (isinstance(raw_state, dict) and "path" not in raw_state):
-        raw["state"] = {**(raw_state or {}), "path": str(_default_state_path(env, base_dir))}
+        raw["state"] = {**(raw_state or {}), "path": str(default_state_path(env, base_dir))}
 
     config = walker.section("", raw, Config, extra=extra)
     if isinstance(config, Config) and config.event_loop == "uvloop" and not uvloop_available():
@@ -200,17 +220,42 @@ def _load_sink(
         )
     common = {k: v for k, v in body.items() if k in _SINK_COMMON}
     own = {k: v for k, v in body.items() if k not in _SINK_COMMON}
+    # Both halves are read whatever the other's problems, so that all of them are reported.
     options = walker.section(path, own, entry.options)
-    if options is INVALID:
-        return INVALID
     sink = walker.section(path, common, SinkConfig, extra={"name": name, "options": options})
-    if isinstance(sink, SinkConfig) and sink.concurrency < 1:
-        return walker.fail(f"{path}.concurrency", "must be at least 1")
-    return sink
+    if options is INVALID or not isinstance(sink, SinkConfig):
+        return INVALID
+    before = len(walker.problems)
+    _check_deliverable(walker, path, options)
+    return sink if len(walker.problems) == before else INVALID
 
 
-def _load_routes(walker: Walker, raw: object, raw_sinks: object) -> tuple[RouteConfig, ...] | None:
-    """Routes in order. Omitted: one route sending every event to every sink."""
+def _check_deliverable(walker: Walker, path: str, options: object) -> None:
+    """Options every delivery would fail with: refused here rather than retried until dead.
+
+    Read off any sink type's options by name: ``url`` with ``headers`` is an HTTP request, and
+    ``path`` (a path) is a file the sink appends to.
+    """
+    url, headers = getattr(options, "url", None), getattr(options, "headers", None)
+    if isinstance(url, str) and isinstance(headers, Mapping):
+        parts = urllib.parse.urlsplit(url)  # the walker checked it parses
+        named = [k for k in headers if str(k).lower() == "authorization"]
+        if (parts.username is not None or parts.password is not None) and named:
+            walker.fail(
+                f"{path}.headers.{named[0]}",
+                "conflicts with the credentials in url (user:password@): a request carries "
+                "one Authorization header; keep one of the two",
+            )
+    file = getattr(options, "path", None)
+    if isinstance(file, Path):
+        verdict, message = check_directory(fixed_directory(str(file)))
+        if verdict is Verdict.NEVER:
+            walker.fail(f"{path}.path", message)
+
+
+def load_routes(walker: Walker, raw: object, raw_sinks: object) -> tuple[RouteConfig, ...] | None:
+    """Routes in order, checked against the names in ``raw_sinks``; None after a problem with
+    the list itself. Omitted: one route sending every event to every sink."""
     known = {str(k) for k in raw_sinks} if isinstance(raw_sinks, dict) else set()
     if raw is None:
         return (RouteConfig(name="default", sinks=tuple(known)),) if known else ()
@@ -224,6 +269,12 @@ def _load_routes(walker: Walker, raw: object, raw_sinks: object) -> tuple[RouteC
         if isinstance(item, dict) and isinstance(item.get("name"), str):
             path = f"routes[{i}] ({item['name']})"
         route = walker.section(path, item, RouteConfig)
+        # The sinks a route names are checked even when another of its keys is wrong.
+        given = item.get("sinks") if isinstance(item, dict) else None
+        names_known = ", ".join(sorted(known)) or "none"
+        for j, sink in enumerate(given if isinstance(given, list) else ()):
+            if isinstance(sink, str) and sink not in known:
+                walker.fail(f"{path}.sinks[{j}]", f"no sink named {sink!r} (sinks: {names_known})")
         if not isinstance(route, RouteConfig):
             continue
         if route.name in names:
@@ -231,10 +282,6 @@ def _load_routes(walker: Walker, raw: object, raw_sinks: object) -> tuple[RouteC
         names.add(route.name)
         if not route.sinks:
             walker.fail(f"{path}.sinks", "names no sink")
-        names_known = ", ".join(sorted(known)) or "none"
-        for j, sink in enumerate(route.sinks):
-            if sink not in known:
-                walker.fail(f"{path}.sinks[{j}]", f"no sink named {sink!r} (sinks: {names_known})")
         routes.append(route)
     return tuple(routes)
 
@@ -254,10 +301,6 @@ def _load_openmail(walker: Walker, given: object, *, consumes_nats: bool) -> obj
         return INVALID
     ws, before = om.websocket, len(walker.problems)
     # Every rule is checked, so that all problems are reported at once.
-    if not 1 <= ws.max_in_flight <= protocol.REPLAY_LIMIT:
-        limit = protocol.REPLAY_LIMIT
-        message = f"must be between 1 and {limit} (OpenMail replays at most that many)"
-        walker.fail("openmail.websocket.max_in_flight", message)
     if ws.reconnect.initial <= 0:
         walker.fail("openmail.websocket.reconnect.initial", "must be more than 0")
     if ws.reconnect.max < ws.reconnect.initial:
@@ -323,8 +366,6 @@ def _load_webhook(walker: Walker, given: object) -> object:
         for key in ("header_timeout", "body_timeout", "keepalive_timeout")
         if getattr(webhook, key) <= 0
     ]
-    if webhook.max_connections is not None and webhook.max_connections < 1:
-        problems.append(("max_connections", "must be at least 1"))
     if webhook.buffer_limit < webhook.max_body:
         problems.append(
             (

@@ -11,9 +11,9 @@ import re
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final, Protocol, runtime_checkable
+from typing import Annotated, Final, Protocol, runtime_checkable
 
-from bridge.config.values import Duration, FilePath, Secret
+from bridge.config.values import Bounds, Duration, FilePath, Positive, Secret
 from bridge.config.walker import INVALID, Walker
 from bridge.nats import subjects
 
@@ -38,7 +38,7 @@ class NatsStreamConfig:
     subjects: tuple[str, ...] = ("openmail.>",)
     duplicate_window: Duration = 600.0
     """Must cover the longest skew between edges publishing the same event."""
-    replicas: int = 1
+    replicas: Annotated[int, Bounds(1, 5)] = 1
     max_age: Duration = 7 * 86400.0
 
 
@@ -47,8 +47,8 @@ class NatsConsumeConfig:
     consumer: str
     filter_subjects: tuple[str, ...] = ()
     ack_wait: Duration = 30.0
-    max_ack_pending: int = 1000
-    batch: int = 100
+    max_ack_pending: Positive = 1000
+    batch: Positive = 100
     """Messages fetched at once, committed to the spool in one transaction."""
 
 
@@ -157,8 +157,6 @@ def _stream_problems(stream: NatsStreamConfig) -> Iterable[tuple[str, str]]:
         yield "stream.subjects", "names no subject"
     if stream.duplicate_window <= 0:
         yield "stream.duplicate_window", "must be more than 0s"
-    if not 1 <= stream.replicas <= 5:
-        yield "stream.replicas", "must be between 1 and 5"
     if stream.max_age and stream.duplicate_window > stream.max_age:
         yield "stream.duplicate_window", "must not be longer than stream.max_age"
 
@@ -169,10 +167,6 @@ def _consume_problems(consume: NatsConsumeConfig) -> Iterable[tuple[str, str]]:
     )
     if consume.ack_wait <= 0:
         yield "consume.ack_wait", "must be more than 0s"
-    if consume.max_ack_pending < 1:
-        yield "consume.max_ack_pending", "must be at least 1"
-    if consume.batch < 1:
-        yield "consume.batch", "must be at least 1"
 
 
 def publish_problems(

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bridge import redact
+from bridge.config.directories import Verdict, check_directory, fixed_directory
 from bridge.config.nats import duplicate_window_short
 from bridge.config.schema import Config, SinkConfig
 from bridge.config.values import Listen, Secret
@@ -99,6 +100,16 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
                 "/metrics still answer); set admin.token to use them",
             )
         )
+    for name, sink in config.sinks.items():
+        # A file sink's directory is made on its first event; the loader refused one that can
+        # never be made, this is one that may not be (missing, or not this user's to write).
+        file = getattr(sink.options, "path", None)
+        if isinstance(file, Path):
+            verdict, message = check_directory(fixed_directory(str(file)))
+            if verdict is Verdict.MAYBE:
+                warnings.append(
+                    ConfigWarning("config.file_sink_directory", f"sinks.{name}.path", message)
+                )
     if config.nats is not None and (short := duplicate_window_short(config.nats)):
         warnings.append(
             ConfigWarning("config.nats_duplicate_window", "nats.stream.duplicate_window", short)

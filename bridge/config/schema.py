@@ -10,11 +10,20 @@ import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Annotated, Final, Generic, Literal, Protocol, TypeVar
 
 from bridge import protocol
 from bridge.config.nats import NatsConfig
-from bridge.config.values import ByteSize, Duration, FilePath, Listen, Secret, WsUrl
+from bridge.config.values import (
+    Bounds,
+    ByteSize,
+    Duration,
+    FilePath,
+    Listen,
+    Positive,
+    Secret,
+    WsUrl,
+)
 from bridge.runtime import EventLoopChoice
 
 DEFAULT_MAX_CONNECTIONS = 256
@@ -42,7 +51,9 @@ class WebSocketConfig:
     """Both a WebSocket ping and a protocol ``ping`` are sent this often."""
     stale_after: Duration = 45.0
     """No frame or pong for this long: the connection is dead, reconnect."""
-    max_in_flight: int = 64
+    max_in_flight: Annotated[
+        int, Bounds(1, protocol.REPLAY_LIMIT, "OpenMail replays at most that many")
+    ] = 64
     """Events read from the socket but not yet committed. Bounds memory, and stays under the
     replay limit so a reconnect after a failed commit replays every one of them."""
 
@@ -74,7 +85,7 @@ class WebhookConfig:
     """To read a request's whole body once its headers are in."""
     keepalive_timeout: Duration = 15.0
     """An idle keep-alive connection is closed after this long."""
-    max_connections: int | None = None
+    max_connections: Positive | None = None
     """Open connections at once; a new one beyond is closed at once. Default
     ``min(256, RLIMIT_NOFILE / 4)``, so the admin server and the spool keep descriptors."""
     max_buffered_bytes: ByteSize | None = None
@@ -130,10 +141,23 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "console", "auto"]
 
 
+MIN_STATS_INTERVAL: Final = 1.0
+"""A shorter interval would turn the summary line back into a line per event."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogConfig:
     level: LogLevel = "info"
     format: LogFormat = "auto"
+    stats_interval: Duration = 60.0
+    """How often the ``stats`` line sums up what was received and delivered; 0 = never."""
+
+    def __post_init__(self) -> None:
+        if 0 < self.stats_interval < MIN_STATS_INTERVAL:
+            raise ValueError(
+                f"stats_interval: must be 0s (off) or at least {MIN_STATS_INTERVAL:g}s, "
+                f"got {self.stats_interval:g}s"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,7 +187,7 @@ class SinkConfig(Generic[OptionsT_co]):
     type: str
     options: OptionsT_co
     ordering: Ordering = "thread"
-    concurrency: int = 4
+    concurrency: Positive = 4
     retry: RetryConfig = field(default_factory=RetryConfig)
 
 

@@ -34,6 +34,35 @@ WsUrl = Annotated[str, Kind.WS_URL]
 FilePath = Annotated[Path, Kind.PATH]
 
 
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The range of a whole-number key, as an ``Annotated`` marker: a value that is not a number
+    and one out of range get the same message, so one rule reads the same however it is broken.
+    A plain ``int`` key is ``Bounds()``: 0 or more."""
+
+    low: int = 0
+    high: int | None = None
+    why: str = ""
+    """Appended in parentheses: why the range is what it is."""
+
+    def problem(self, got: str) -> str:
+        if self.high is not None:
+            rule = f"must be a whole number between {self.low} and {self.high}"
+        elif self.low == 0:
+            rule = "must be a whole number, 0 or more"
+        else:
+            rule = f"must be a whole number, at least {self.low}"
+        why = f" ({self.why})" if self.why else ""
+        return f"{rule}{why}, got {got}"
+
+    def admits(self, value: int) -> bool:
+        return self.low <= value and (self.high is None or value <= self.high)
+
+
+Positive = Annotated[int, Bounds(1)]
+"""A whole number, at least 1 (a count of workers, connections, messages)."""
+
+
 class Secret:
     """A secret value; its ``repr`` and ``str`` never show it."""
 

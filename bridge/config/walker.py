@@ -25,27 +25,46 @@ from types import MappingProxyType
 from typing import Annotated, Final, Literal, Union
 
 from bridge.config.values import (
+    Bounds,
     Kind,
     Listen,
     Secret,
-    is_ascii_digits,
     parse_duration,
     parse_listen,
     parse_size,
 )
 
 _ENV_RE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}|\$\$")
+_WHOLE_NUMBER: Final = re.compile(r"-?[0-9]{1,30}")
 INVALID: Final = object()
 """Returned in place of a value a problem was recorded for; the caller skips it."""
+EMPTY_INBOUND_SECRET: Final = "is empty (an empty secret would accept anything)"  # noqa: S105
+# Messages, not passwords (S105).
+EMPTY_OUTBOUND_SECRET: Final = (
+    "is empty (an empty secret cannot sign or authenticate what the bridge sends: give a value, "  # noqa: S105
+    "or leave the key out)"
+)
 
 
 class Walker:
     """Walks raw YAML beside type hints, collecting every problem with its key path."""
 
-    def __init__(self, base_dir: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, base_dir: Path, env: Mapping[str, str], *, inbound_secrets: tuple[str, ...] = ()
+    ) -> None:
+        """``inbound_secrets``: key-path prefixes of the secrets that verify what others send
+        (an empty one would let anything in); every other secret is one the bridge sends."""
         self.base_dir = base_dir
         self.env = env
+        self.inbound_secrets = inbound_secrets
         self.problems: list[str] = []
+
+    def empty_secret(self, path: str) -> str:
+        """What is wrong with an empty secret at ``path``, which depends on which way it works."""
+        inbound = any(
+            path == p or path.startswith((f"{p}.", f"{p}[")) for p in self.inbound_secrets
+        )
+        return EMPTY_INBOUND_SECRET if inbound else EMPTY_OUTBOUND_SECRET
 
     def fail(self, path: str, message: str) -> object:
         self.problems.append(f"{path or '<top>'}: {message}")
@@ -158,12 +177,7 @@ class Walker:
                     return False
             return self.fail(path, f"expected true or false, got {describe_raw(raw)}")
         if hint is int:
-            text = self.scalar_text(path, raw, "a whole number")
-            if text is None:
-                return INVALID
-            if not is_ascii_digits(text.strip()):
-                return self.fail(path, f"expected a whole number >= 0, got {text!r}")
-            return int(text)
+            return self.whole_number(path, raw, Bounds())
         if hint is str:
             text = self.scalar_text(path, raw, "a string")
             return INVALID if text is None else text
@@ -172,7 +186,7 @@ class Walker:
             if text is None:
                 return INVALID
             if not text.strip():
-                return self.fail(path, "is empty (an empty secret would accept anything)")
+                return self.fail(path, self.empty_secret(path))
             return Secret(text)
         if hint is Listen:
             text = self.scalar_text(path, raw, "a host:port address")
@@ -186,7 +200,21 @@ class Walker:
             return self.section(path, raw, hint)
         raise TypeError(f"config loader cannot handle {hint!r} at {path}")  # a programming error
 
+    def whole_number(self, path: str, raw: object, bounds: Bounds) -> object:
+        """An integer within ``bounds``; a non-number and an out-of-range one fail alike."""
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            return self.fail(path, bounds.problem(describe_raw(raw)))
+        text = self.interpolate(path, raw) if isinstance(raw, str) else str(raw)
+        if text is None:
+            return INVALID
+        shown = text if isinstance(raw, int | float) else repr(text)
+        if not _WHOLE_NUMBER.fullmatch(text.strip()) or not bounds.admits(int(text)):
+            return self.fail(path, bounds.problem(shown))
+        return int(text)
+
     def convert_kind(self, path: str, raw: object, base: object, kind: object) -> object:
+        if isinstance(kind, Bounds):
+            return self.whole_number(path, raw, kind)
         if not isinstance(kind, Kind):
             return self.convert(path, raw, base)
         if (
@@ -195,6 +223,8 @@ class Walker:
             and not isinstance(raw, bool)
             and math.isfinite(raw)
         ):
+            if raw == 0:  # nothing needs no unit
+                return 0.0
             return self.fail(path, f"{raw} has no unit; write e.g. {raw}s or {raw}ms")
         text = self.scalar_text(path, raw, kind.value)
         if text is None:
@@ -247,7 +277,7 @@ class Walker:
         except UnicodeDecodeError:
             return self.fail(path, f"cannot read {file}: not UTF-8 text")
         if not value:
-            return self.fail(path, f"{file} is empty (an empty secret would accept anything)")
+            return self.fail(path, f"{file} {self.empty_secret(path)}")
         return Secret(value)
 
     def section(

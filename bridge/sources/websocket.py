@@ -193,7 +193,10 @@ class WebSocketSource:
         fields = {"reason": cause.reason, "close_code": cause.code, "retry_in": round(delay, 3)}
         match report:
             case ws_session.DownLog.REJECTED:
-                log.error("ws.rejected", cause=str(cause.kind), **fields, hint=cause.kind.hint)
+                hint = cause.kind.hint  # only a webhook listener takes events meanwhile
+                if hint and self.config.webhook.enabled:
+                    hint += " (events still arrive by webhook meanwhile)"
+                log.error("ws.rejected", cause=str(cause.kind), **fields, hint=hint)
             case ws_session.DownLog.STILL_REJECTED:
                 log.warning("ws.retrying", cause=str(cause.kind), **fields)
             case ws_session.DownLog.DISCONNECTED:

@@ -79,7 +79,7 @@ _PACE: Final = {
 }
 _HINTS: Final = {
     DisconnectKind.KEY_REJECTED: "check openmail.api_key; the bridge keeps retrying at the "
-    "backoff cap and receives by webhook meanwhile",
+    "backoff cap",
     DisconnectKind.TOO_MANY_CONNECTIONS: "the account holds 10 WebSocket connections already; "
     "close other clients",
     DisconnectKind.SUBSCRIBE_REJECTED: "remove inbox ids this API key does not own from "

@@ -49,6 +49,11 @@ DEAD_LETTER_SQL: Final = (
 )
 SINK_COUNTS_SQL: Final = """SELECT sink, SUM(state = 'pending'), SUM(state = 'dead')
     FROM deliveries GROUP BY sink ORDER BY sink"""
+# One index probe per sink (deliveries_by_sink), whatever the backlog: the lowest pending seq is
+# the row waiting longest in acceptance order. Sinks come as one JSON array.
+OLDEST_PENDING_SQL: Final = """SELECT s.value, (SELECT e.received_at FROM deliveries AS d
+    JOIN events AS e ON e.seq = d.seq WHERE d.sink = s.value AND d.state = 'pending'
+    ORDER BY d.seq LIMIT 1) FROM json_each(?) AS s"""
 LAST_EVENT_SQL: Final = "SELECT value FROM meta WHERE key = 'last_event_at'"
 # Quarantined payloads count toward the spool bound like held ones.
 SPOOL_SQL: Final = """SELECT (SELECT COALESCE(SUM(size), 0) FROM events)

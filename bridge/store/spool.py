@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import orjson
 import structlog
 
 from bridge.errors import SpoolFullError, StoreError, StoreUnavailableError
@@ -357,6 +358,11 @@ class Store:
         """Pending and dead rows per sink, for every sink holding rows, configured or not."""
         rows = await self._read(queries.SINK_COUNTS_SQL)
         return {sink: SinkCounts(pending=p, dead=d) for sink, p, d in rows}
+
+    async def oldest_pending(self, sinks: Sequence[str]) -> dict[str, float]:
+        """``received_at`` of the oldest pending row of each of ``sinks`` that has one."""
+        rows = await self._read(queries.OLDEST_PENDING_SQL, (orjson.dumps(list(sinks)).decode(),))
+        return {sink: float(at) for sink, at in rows if at is not None}
 
     async def last_event_at(self) -> float | None:
         """``received_at`` of the newest accepted (not duplicate) event, if any."""

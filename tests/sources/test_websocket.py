@@ -410,10 +410,27 @@ async def test_rejected_key_backs_off_at_the_cap(tmp_path: Path, auth_failure: s
     assert bridge_logs[0]["log_level"] == "error"
     assert bridge_logs[0]["cause"] == "key_rejected"
     assert "api_key" in bridge_logs[0]["hint"]
+    assert "by webhook meanwhile" in bridge_logs[0]["hint"]  # the listener is enabled here
     assert len(events_named(logs, "ws.rejected")) == 1
     assert all(e["log_level"] == "warning" for e in bridge_logs[1:])
     assert len(bridge_logs) == attempts
     assert all(DEMO_API_KEY not in json.dumps(e, default=str) for e in logs)
+
+
+async def test_a_rejected_key_promises_no_webhook_when_the_listener_is_off(tmp_path: Path) -> None:
+    sim = Simulator(api_key="om_test_someone_else_0000")
+    await sim.start()
+    sleeps = Sleeps(1)
+    try:
+        config = ws_config(tmp_path, sim, openmail={"webhook": {"enabled": False}})
+        with structlog.testing.capture_logs() as logs:
+            async with direct_source(config, sleeps):
+                await asyncio.wait_for(sleeps.enough.wait(), timeout=10)
+    finally:
+        await sim.stop()
+    (error,) = events_named(logs, "ws.rejected")
+    assert "api_key" in error["hint"]
+    assert "webhook" not in error["hint"]
 
 
 async def test_a_rejected_key_leaves_the_bridge_up_but_degraded(tmp_path: Path) -> None:

@@ -1,0 +1,53 @@
+"""The config of the operator commands (``status``, ``dlq``, ``route-test``): read leniently
+(``bridge.config.lenient``), and only when there is one, since ``--admin`` / ``--state`` may
+say all a command needs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Final
+
+from bridge.cli.config_file import DEFAULT_CONFIG_PATHS, config_path
+from bridge.config import OperatorConfig, read_operator_config
+from bridge.errors import ConfigError
+
+SERVICE_STATE_PATH: Final = Path("/var/lib/openmail-bridge/bridge.db")
+"""Where the systemd unit and the container image keep the state (``StateDirectory=``)."""
+TOKEN_ENV: Final = "OPENMAIL_BRIDGE_ADMIN_TOKEN"  # noqa: S105 (a variable's name)
+"""The admin token for the commands that talk to the admin server, when ``--token`` is not given
+(it keeps the token out of the process list)."""
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="config file (default: $OPENMAIL_BRIDGE_CONFIG, ./config.yaml, "
+        "/etc/openmail-bridge/config.yaml); only the keys this command uses are read",
+    )
+
+
+def operator_config(args: argparse.Namespace, *, needed: bool) -> OperatorConfig | None:
+    """The config named by ``-c`` or ``$OPENMAIL_BRIDGE_CONFIG`` (it must be readable), else the
+    first default file that exists; None when there is none, or it is unreadable, and ``needed``
+    is false (the flags say all the command needs).
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or none is found while ``needed``.
+    """
+    explicit = bool(args.config or os.environ.get("OPENMAIL_BRIDGE_CONFIG"))
+    path = config_path(args.config)
+    if not explicit and not path.exists():
+        if not needed:
+            return None
+        looked = ", ".join(DEFAULT_CONFIG_PATHS)
+        raise ConfigError([f"<config>: no config file found (looked at {looked}); give -c FILE"])
+    try:
+        return read_operator_config(path)
+    except ConfigError:
+        if needed or explicit:
+            raise
+        return None

@@ -1,0 +1,135 @@
+"""``status`` as text: a running bridge's ``/status`` report in human units, as of ``now``.
+
+Pure: a report (the JSON ``/status`` answers) and a clock reading in, lines out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Mapping
+from typing import Final, TypeGuard
+
+_SIZE_UNITS: Final = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def human_bytes(count: object) -> str:
+    """``943`` -> ``943 B``; ``1073741824`` -> ``1 GiB``; ``1536`` -> ``1.5 KiB``."""
+    if not isinstance(count, int | float) or isinstance(count, bool):
+        return "?"
+    value = float(count)
+    for unit in _SIZE_UNITS:
+        if abs(value) < 1024 or unit == _SIZE_UNITS[-1]:
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{int(value)} B"
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+def human_duration(seconds: float) -> str:
+    """``42`` -> ``42s``; ``3725`` -> ``1h 2m``; ``200000`` -> ``2d 7h``: the two largest units."""
+    whole = max(0, int(seconds))
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    for (unit, size), (next_unit, next_size) in itertools.pairwise(units):
+        if whole >= size:
+            rest = whole % size // next_size
+            return f"{whole // size}{unit}" + (f" {rest}{next_unit}" if rest else "")
+    return f"{whole}s"
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _moment(at: object, now: float) -> str | None:
+    """A Unix time as ``12s ago (2024-05-01 12:00:00 UTC)``; None when unknown."""
+    if not _is_number(at):
+        return None
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+    return f"{human_duration(now - at)} ago ({stamp})"
+
+
+def format_status(status: Mapping[str, object], now: float) -> str:
+    """The lines ``openmail-bridge status`` prints for a ``/status`` report."""
+    lines: list[str] = []
+    uptime, started = status.get("uptime"), status.get("started_at")
+    if not _is_number(uptime) and _is_number(started):  # a bridge that reports no uptime
+        uptime = now - started
+    up = f", up {human_duration(uptime)}" if _is_number(uptime) else ""
+    lines.append(f"state: {status.get('state')} (pid {status.get('pid')}{up})")
+    parts = status.get("parts")
+    if isinstance(parts, dict):
+        lines += [f"  {k}: {v}" for k, v in parts.items()]
+    ws = status.get("websocket")
+    if isinstance(ws, dict):
+        reason = f" ({ws['reason']})" if ws.get("reason") else ""
+        lines.append(f"websocket: {ws.get('state')}{reason}")
+    lines.append(f"last event: {_moment(status.get('last_event_at'), now) or 'none since start'}")
+    cursor = status.get("cursor")
+    lines.append(f"cursor: {cursor if cursor else 'none yet (no WebSocket event stored)'}")
+    gaps = status.get("possible_gaps")
+    if gaps:
+        lines.append(f"possible gaps: {gaps}")
+    lines += _spool_lines(status.get("spool"))
+    lines += _sink_lines(status.get("sinks"), now)
+    lines += _config_lines(status.get("config"), now)
+    return "\n".join(lines)
+
+
+def _spool_lines(spool: object) -> list[str]:
+    if not isinstance(spool, dict):
+        return []
+    held, limit = spool.get("bytes"), spool.get("max_bytes")
+    share = ""
+    if isinstance(held, int) and isinstance(limit, int) and limit > 0:
+        share = f" ({100 * held / limit:.1f}%)"
+    flags = [] if spool.get("writable", True) else ["NOT WRITABLE"]
+    if spool.get("has_room") is False:
+        flags.append("FULL")
+    extra = f", {', '.join(flags)}" if flags else ""
+    return [f"spool: {human_bytes(held)} of {human_bytes(limit)}{share}{extra}"]
+
+
+def _sink_lines(sinks: object, now: float) -> list[str]:
+    if not isinstance(sinks, dict) or not sinks:
+        return []
+    lines = ["sinks:"]
+    for name, info in sinks.items():
+        if not isinstance(info, dict):
+            continue
+        counts = f"pending {info.get('pending')}, dead {info.get('dead')}"
+        age = info.get("oldest_pending_age")
+        if _is_number(age) and age > 0:
+            counts += f" (oldest pending {human_duration(age)})"
+        if not info.get("configured"):
+            lines.append(f"  {name} (removed from config): {counts}")
+            continue
+        lines.append(f"  {name} ({info.get('type')}): delivered {info.get('delivered')}, {counts}")
+        if last := _moment(info.get("last_delivered_at"), now):
+            lines.append(f"    last delivered {last}")
+        if info.get("last_error"):
+            when = _moment(info.get("last_error_at"), now)
+            lines.append(f"    last error{f' {when}' if when else ''}: {info['last_error']}")
+    return lines
+
+
+def _config_lines(config: object, now: float) -> list[str]:
+    if not isinstance(config, dict):
+        return []
+    lines = [f"config: {config.get('source') or '(not from a file)'}"]
+    reload = config.get("last_reload")
+    if not isinstance(reload, dict) or not reload:
+        lines.append("  last reload: none since start")
+        return lines
+    when = _moment(reload.get("at"), now) or "at an unknown time"
+    if reload.get("ok"):
+        lines.append(f"  last reload {when}: applied")
+        return lines
+    # rejected: the file is invalid; failed: it could not be applied. Either way nothing changed.
+    result = str(reload.get("result") or "rejected").upper()
+    lines.append(f"  last reload {when}: {result}, the bridge still runs the config before it")
+    errors = reload.get("errors")
+    if isinstance(errors, list):
+        lines += [f"    {error}" for error in errors]
+    return lines

@@ -1,0 +1,123 @@
+"""The config as the operator commands (``status``, ``dlq``, ``route-test``) read it: leniently.
+
+They need a few keys only: ``state.path``, ``admin.enabled`` / ``admin.listen`` / ``admin.token``
+and the routes with the sinks' names. Everything else is left unread, so an unset ``${VAR}``
+elsewhere, a missing secret file or a typo in another section (say a file a rejected reload left
+behind) does not stop an operator from looking at a running bridge. Of the secrets, only
+``admin.token`` is resolved, and a problem with it is kept for the caller rather than raised: a
+bridge that asks for no token does not need it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from bridge.config.loader import INBOUND_SECRETS, default_state_path, load_routes, read_yaml
+from bridge.config.schema import AdminConfig, RouteConfig
+from bridge.config.values import FilePath, Listen, Secret
+from bridge.config.walker import Walker, describe_raw
+from bridge.errors import ConfigError
+
+STATE: Final = "state"
+ADMIN: Final = "admin"
+ROUTES: Final = "routes"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OperatorConfig:
+    """What the operator commands read of a config; defaults where a key is not given."""
+
+    source: Path | None
+    state_path: Path
+    admin: AdminConfig
+    """``token`` is None when it is not set, or when it could not be read (``token_problem``)."""
+    token_problem: str | None = None
+    """Why ``admin.token`` could not be read, e.g. ``admin.token: environment variable
+    ADMIN_TOKEN is not set (${ADMIN_TOKEN})``."""
+    sinks: tuple[str, ...] = ()
+    """The names of the configured sinks."""
+    routes: tuple[RouteConfig, ...] = ()
+    problems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """``STATE``, ``ADMIN`` or ``ROUTES`` -> the problems that make that part unusable."""
+
+    def require(self, *parts: str) -> None:
+        """Raises ConfigError listing the problems of ``parts`` (``STATE``, ``ADMIN``, ``ROUTES``),
+        if any."""
+        found = [p for part in parts for p in self.problems.get(part, ())]
+        if found:
+            raise ConfigError(found)
+
+
+def read_operator_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    text: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> OperatorConfig:
+    """Read the keys the operator commands use from ``path`` (or ``text``).
+
+    Raises:
+        ConfigError: the file cannot be read, is not YAML or is not a mapping. A problem with a
+            key is kept in ``problems`` (or ``token_problem``) instead.
+    """
+    env = os.environ if env is None else env
+    raw, base_dir, source = read_yaml(path, text)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"<top>: expected a mapping of sections, got {describe_raw(raw)}"])
+    problems: dict[str, tuple[str, ...]] = {}
+
+    def walker() -> Walker:
+        return Walker(base_dir, env, inbound_secrets=INBOUND_SECRETS)
+
+    state = walker()
+    state_path = default_state_path(env, base_dir)
+    raw_state = state.mapping("state", raw.get("state"))
+    if raw_state is not None and "path" in raw_state:
+        value = state.convert("state.path", raw_state["path"], FilePath)
+        if isinstance(value, Path):
+            state_path = value
+    problems[STATE] = tuple(state.problems)
+
+    admin_walker, token_walker = walker(), walker()
+    admin = AdminConfig()
+    raw_admin = admin_walker.mapping("admin", raw.get("admin"))
+    if raw_admin is not None:
+        enabled = admin_walker.convert("admin.enabled", raw_admin.get("enabled", True), bool)
+        listen = raw_admin.get("listen")
+        listen = (
+            admin.listen if listen is None else admin_walker.convert("admin.listen", listen, Listen)
+        )
+        token: object = None
+        if "token_file" in raw_admin:
+            token = token_walker.read_secret_file("admin.token_file", raw_admin["token_file"])
+        elif raw_admin.get("token") is not None:
+            token = token_walker.convert("admin.token", raw_admin["token"], Secret)
+        if isinstance(enabled, bool) and isinstance(listen, Listen):
+            admin = AdminConfig(
+                enabled=enabled,
+                listen=listen,
+                token=token if isinstance(token, Secret) else None,
+            )
+    problems[ADMIN] = tuple(admin_walker.problems)
+
+    routes_walker = walker()
+    raw_sinks = raw.get("sinks")
+    sinks = tuple(str(k) for k in raw_sinks) if isinstance(raw_sinks, dict) else ()
+    routes = load_routes(routes_walker, raw.get("routes"), raw_sinks)
+    problems[ROUTES] = tuple(routes_walker.problems)
+
+    return OperatorConfig(
+        source=source,
+        state_path=state_path,
+        admin=admin,
+        token_problem="; ".join(token_walker.problems) or None,
+        sinks=sinks,
+        routes=routes or (),
+        problems={k: v for k, v in problems.items() if v},
+    )

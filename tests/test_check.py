@@ -1,0 +1,243 @@
+"""``check`` reports every problem of a file at once, words one rule the same however it is broken,
+gives hints only where they apply, and refuses configs that could never deliver."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.config import load_config, read_operator_config
+from bridge.config.directories import Verdict, check_directory, fixed_directory, mount_type
+from bridge.errors import ConfigError
+from bridge.sinks import SINK_TYPES
+from tests.test_cli import cli_env
+from tests.test_config import BASE, DROP, load, merged, problems
+
+
+def _problems(tmp_path: Path, override: dict[str, Any]) -> list[str]:
+    return problems(tmp_path, merged(BASE, override))
+
+
+# --- every problem at once ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("agent", "expected"),
+    [
+        (
+            {"timout": "5s", "retry": {"max_attemps": 3}},
+            ["sinks.agent.timout: unknown key", "sinks.agent.retry.max_attemps: unknown key"],
+        ),
+        (
+            {"timeout": "10 seconds", "retry": {"max_attempts": -3}},
+            ["sinks.agent.timeout: not a duration", "sinks.agent.retry.max_attempts: must be"],
+        ),
+        (
+            {"timout": "5s", "concurrency": 0},
+            ["sinks.agent.timout: unknown key", "sinks.agent.concurrency: must be"],
+        ),
+    ],
+)
+def test_a_sink_option_problem_hides_no_common_one(
+    tmp_path: Path, agent: dict[str, Any], expected: list[str]
+) -> None:
+    found = _problems(tmp_path, {"sinks": {"agent": agent}})
+    assert len(found) == 2, found
+    for fragment in expected:
+        assert any(p.startswith(fragment) for p in found), (fragment, found)
+
+
+def test_a_bad_match_key_hides_no_unknown_sink(tmp_path: Path) -> None:
+    route = {"name": "r", "match": {"inbox": ["inb_1"]}, "sinks": ["agent", "nope"]}
+    found = _problems(tmp_path, {"routes": [route]})
+    assert len(found) == 2, found
+    assert any(p.startswith("routes[0] (r).match.inbox: unknown key") for p in found)
+    assert any(p.startswith("routes[0] (r).sinks[1]: no sink named 'nope'") for p in found)
+
+
+# --- one rule, one wording ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "section", "rule"),
+    [
+        ("concurrency", ("sinks", "console"), "must be a whole number, at least 1"),
+        ("max_connections", ("openmail", "webhook"), "must be a whole number, at least 1"),
+        ("max_in_flight", ("openmail", "websocket"), "must be a whole number between 1 and 100"),
+    ],
+)
+def test_one_rule_reads_the_same_however_it_is_broken(
+    tmp_path: Path, key: str, section: tuple[str, str], rule: str
+) -> None:
+    messages = []
+    for value in ("four", 0, -3):
+        found = _problems(tmp_path, {section[0]: {section[1]: {key: value}}})
+        assert len(found) == 1, found
+        assert found[0].startswith(f"{'.'.join(section)}.{key}: {rule}"), found[0]
+        messages.append(found[0].rpartition(", got ")[0])
+    assert len(set(messages)) == 1, messages
+
+
+# --- hints only where they apply ---------------------------------------------------------------
+
+FLOW_HINT = "a ${...} value inside a {...} flow mapping must be quoted"
+
+
+def test_the_flow_map_hint_only_for_a_file_with_dollar_braces(tmp_path: Path) -> None:
+    (without,) = problems(tmp_path, "sinks: {a: {type: stdout}\nstate: x\n")
+    assert without.startswith("<yaml>: not valid YAML")
+    assert FLOW_HINT not in without
+    (with_var,) = problems(tmp_path, "sinks: {a: {type: http, url: ${URL}}\n")
+    assert FLOW_HINT in with_var
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "inbound"),
+    [
+        ({"sinks": {"agent": {"secret": ""}}}, "sinks.agent.secret", False),
+        ({"openmail": {"api_key": " "}}, "openmail.api_key", False),
+        ({"openmail": {"webhook": {"secret": ""}}}, "openmail.webhook.secret", True),
+        ({"admin": {"token": ""}}, "admin.token", True),
+    ],
+)
+def test_an_empty_secret_is_explained_by_which_way_it_works(
+    tmp_path: Path, override: dict[str, Any], key: str, inbound: bool
+) -> None:
+    (found,) = _problems(tmp_path, override)
+    assert found.startswith(f"{key}: is empty")
+    assert ("would accept anything" in found) is inbound
+    assert ("cannot sign or authenticate what the bridge sends" in found) is not inbound
+
+
+def test_an_empty_sink_secret_file_speaks_of_outbound_signing(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text("\n")
+    agent = {"secret": DROP, "secret_file": str(tmp_path / "empty.txt")}
+    (found,) = _problems(tmp_path, {"sinks": {"agent": agent}})
+    assert found.startswith("sinks.agent.secret_file: ")
+    assert "cannot sign or authenticate" in found
+    assert "accept anything" not in found
+
+
+# --- configs that could never deliver ----------------------------------------------------------
+
+
+def test_credentials_in_the_url_and_an_authorization_header_conflict(tmp_path: Path) -> None:
+    agent = {"url": "https://u:p@agent.example/h", "headers": {"Authorization": "Bearer x"}}
+    (found,) = _problems(tmp_path, {"sinks": {"agent": agent}})
+    assert found.startswith("sinks.agent.headers.Authorization: conflicts with the credentials")
+    assert "Bearer x" not in found
+    assert ":p@" not in found
+    # Either alone is fine.
+    load(tmp_path, merged(BASE, {"sinks": {"agent": {"url": "https://u:p@agent.example/h"}}}))
+    load(tmp_path, merged(BASE, {"sinks": {"agent": {"headers": {"authorization": "x"}}}}))
+
+
+@pytest.mark.parametrize(
+    ("path", "fragment"),
+    [
+        ("/proc/nope/events.jsonl", "proc filesystem"),
+        ("/proc/nope/{inbox_id}/events.jsonl", "proc filesystem"),
+        ("/sys/nope/events.jsonl", "sysfs filesystem"),
+        ("{file}/sub/events.jsonl", "is a file"),
+    ],
+)
+def test_a_file_sink_directory_that_can_never_exist_is_an_error(
+    tmp_path: Path, path: str, fragment: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    given = path.replace("{file}", str(tmp_path / "file"))
+    (found,) = _problems(tmp_path, {"sinks": {"audit": {"path": given}}})
+    assert found.startswith("sinks.audit.path: ")
+    assert fragment in found
+
+
+def test_a_missing_file_sink_directory_is_a_warning(tmp_path: Path) -> None:
+    data = merged(BASE, {"sinks": {"audit": {"path": "later/{inbox_id}/events.jsonl"}}})
+    data["state"] = {"path": str(tmp_path / "state" / "bridge.db")}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "check", "-c", str(config)],
+        cwd=tmp_path, env=cli_env(HOME=str(tmp_path)),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"warning: sinks.audit.path: the directory {tmp_path / 'later'} does not exist" in (
+        result.stderr
+    )
+    assert json.loads(result.stdout)["sinks"]["audit"]["type"] == "file"
+    assert not (tmp_path / "later").exists(), "check creates nothing"
+
+
+def test_directory_verdicts(tmp_path: Path) -> None:
+    assert check_directory(tmp_path).verdict is Verdict.USABLE
+    assert check_directory(tmp_path / "a" / "b").verdict is Verdict.MAYBE
+    assert check_directory(Path("/proc/x")).verdict is Verdict.NEVER
+    assert fixed_directory("/a/b/{inbox_id}/c/e.jsonl") == Path("/a/b")
+    assert fixed_directory("/a/b/e-{inbox_id}.jsonl") == Path("/a/b")
+
+
+def test_mount_type_takes_the_longest_mount_point() -> None:
+    table = (
+        "22 1 0:21 / / rw - ext4 /dev/sda1 rw\n"
+        "23 22 0:22 / /proc rw - proc proc rw\n"
+        "24 22 0:23 / /srv/my\\040data rw - tmpfs tmpfs rw\n"
+        "not a mount line\n"
+    )
+    assert mount_type(table, Path("/proc/1/x")) == "proc"
+    assert mount_type(table, Path("/procfs")) == "ext4"
+    assert mount_type(table, Path("/srv/my data/x")) == "tmpfs"
+
+
+# --- log.stats_interval ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"), [(None, 60.0), ("30s", 30.0), ("0s", 0.0), (0, 0.0), ("5m", 300.0)]
+)
+def test_stats_interval(tmp_path: Path, given: object, seconds: float) -> None:
+    data = merged(BASE, {"log": {"stats_interval": given}} if given is not None else {})
+    assert load(tmp_path, data).log.stats_interval == seconds
+
+
+@pytest.mark.parametrize(
+    ("given", "fragment"),
+    [("500ms", "must be 0s (off) or at least 1s"), ("soon", "not a duration"), (30, "no unit")],
+)
+def test_stats_interval_problems(tmp_path: Path, given: object, fragment: str) -> None:
+    (found,) = _problems(tmp_path, {"log": {"stats_interval": given}})
+    assert found.startswith("log.stats_interval: ")
+    assert fragment in found
+
+
+# --- the lenient read of the operator commands -------------------------------------------------
+
+
+def test_operator_config_reads_only_what_it_needs(tmp_path: Path) -> None:
+    text = yaml.safe_dump(
+        {
+            "openmail": {"api_key": "${UNSET_KEY}", "bogus": 1},
+            "state": {"path": "${STATE:-s/b.db}", "max_bytes": "lots"},
+            "admin": {"listen": "127.0.0.1:9999", "token": "${UNSET_TOKEN}"},
+            "sinks": {"a": {"type": "nope", "secret": "${UNSET_SECRET}"}},
+            "routes": [{"name": "r", "sinks": ["a"]}],
+        }
+    )
+    with pytest.raises(ConfigError):
+        load_config(text=text, sink_types=SINK_TYPES, env={})
+    config = read_operator_config(text=text, env={})
+    assert config.state_path == Path.cwd() / "s" / "b.db"
+    assert str(config.admin.listen) == "127.0.0.1:9999"
+    assert config.admin.token is None
+    assert config.token_problem is not None
+    assert "UNSET_TOKEN" in config.token_problem
+    assert config.sinks == ("a",)
+    assert [r.name for r in config.routes] == ["r"]
+    assert config.problems == {}
+    config.require("state", "admin", "routes")
