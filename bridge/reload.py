@@ -10,23 +10,36 @@ from collections.abc import Mapping
 
 from bridge.config import Config, SinkConfig
 
+_SOCKET_KEYS = (
+    "enabled",
+    "listen",
+    "path",
+    "tls",
+    "max_connections",
+    "header_timeout",
+    "keepalive_timeout",
+)
+"""The webhook keys the listening socket is set up with: a restart applies them."""
+
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
     """The sections that differ between ``old`` and ``new`` but apply only after a restart:
-    the store, the admin server, the webhook's socket, which sources run and the NATS
-    connection, stream and consumer."""
+    the store, the admin server, the webhook's socket, which sources run, the NATS
+    connection, stream and consumer, the log level and format, and the event loop."""
     hook_old, hook_new = old.openmail.webhook, new.openmail.webhook
     changed = {
         "state": old.state != new.state,
         "admin": old.admin != new.admin,
-        "openmail.webhook.enabled/listen/path/tls": (
-            (hook_old.enabled, hook_old.listen, hook_old.path, hook_old.tls)
-            != (hook_new.enabled, hook_new.listen, hook_new.path, hook_new.tls)
+        "openmail.webhook." + "/".join(_SOCKET_KEYS): (
+            [getattr(hook_old, key) for key in _SOCKET_KEYS]
+            != [getattr(hook_new, key) for key in _SOCKET_KEYS]
         ),
         "openmail.websocket.enabled": (
             old.openmail.websocket.enabled != new.openmail.websocket.enabled
         ),
         "nats": old.nats != new.nats,
+        "log.level/format": (old.log.level, old.log.format) != (new.log.level, new.log.format),
+        "event_loop": old.event_loop != new.event_loop,
     }
     return [section for section, differs in changed.items() if differs]
 
@@ -35,16 +48,19 @@ def applicable_part(old: Config, new: Config) -> Config:
     """``new`` with the parts that only a restart can change kept as they run now (``old``)."""
     hook_old = old.openmail.webhook
     webhook = dataclasses.replace(
-        new.openmail.webhook,
-        enabled=hook_old.enabled,
-        listen=hook_old.listen,
-        path=hook_old.path,
-        tls=hook_old.tls,
+        new.openmail.webhook, **{key: getattr(hook_old, key) for key in _SOCKET_KEYS}
     )
     websocket = dataclasses.replace(new.openmail.websocket, enabled=old.openmail.websocket.enabled)
     openmail = dataclasses.replace(new.openmail, webhook=webhook, websocket=websocket)
+    log = dataclasses.replace(new.log, level=old.log.level, format=old.log.format)
     return dataclasses.replace(
-        new, state=old.state, admin=old.admin, openmail=openmail, nats=old.nats
+        new,
+        state=old.state,
+        admin=old.admin,
+        openmail=openmail,
+        nats=old.nats,
+        log=log,
+        event_loop=old.event_loop,
     )
 
 
