@@ -1,5 +1,5 @@
 """Admin server: ``/healthz`` (liveness), ``/readyz`` (can events get in?), ``/metrics``,
-``/status``.
+``/status``, and ``/trigger`` (send a test event to one sink, then ask how its delivery went).
 
 Separate from the webhook listener so it can stay on loopback while the webhook faces OpenMail.
 Liveness is only "the event loop turns": a full disk or a down sink must not make an orchestrator
@@ -26,12 +26,19 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import logs
 from bridge.config import AdminConfig
+from bridge.errors import StoreError
 from bridge.health import Readiness
+from bridge.trigger import Refusal, Refused, Trigger
 
 log = structlog.get_logger("bridge.admin")
 
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 """Answer without a token: what liveness/readiness probes and a Prometheus scrape need."""
+REFUSAL_STATUS: Final = {
+    Refusal.UNKNOWN_SINK: 404,
+    Refusal.STOPPING: 503,
+    Refusal.NOT_STORED: 503,
+}
 
 
 class AdminView(Protocol):
@@ -47,6 +54,11 @@ class AdminView(Protocol):
 
     async def metrics_text(self) -> bytes:
         """The Prometheus exposition, gauges brought up to date."""
+        ...
+
+    @property
+    def trigger(self) -> Trigger:
+        """Sends test events to one sink."""
         ...
 
 
@@ -70,6 +82,8 @@ class AdminServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
+        app.router.add_post("/trigger", self._trigger)
+        app.router.add_get("/trigger/{event_id}", self._trigger_outcome)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         listen = self.config.listen
@@ -137,3 +151,37 @@ class AdminServer:
     async def _status(self, _: web.Request) -> web.Response:
         # Errors and reasons in it come from receivers and peers: masked as the logs are.
         return web.json_response(logs.REDACTOR.scrub_tree(await self.view.status()))
+
+    async def _trigger(self, request: web.Request) -> web.Response:
+        """``{"sink": NAME}`` in; 202 with the test event's id once it is durably spooled."""
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        sink = body.get("sink") if isinstance(body, dict) else None
+        if not isinstance(sink, str) or not sink:
+            return web.json_response({"error": 'expected a JSON body {"sink": NAME}'}, status=400)
+        sent = await self.view.trigger.send(sink)
+        if isinstance(sent, Refused):
+            return web.json_response(
+                logs.REDACTOR.scrub_tree(
+                    {"error": sent.message, "reason": sent.reason, "sinks": list(sent.sinks)}
+                ),
+                status=REFUSAL_STATUS[sent.reason],
+            )
+        log.info("trigger.sent", event_id=sent.event_id, sink=sent.sink)
+        return web.json_response({"event_id": sent.event_id, "sink": sent.sink}, status=202)
+
+    async def _trigger_outcome(self, request: web.Request) -> web.Response:
+        event_id = request.match_info["event_id"]
+        try:
+            outcome = await self.view.trigger.outcome(event_id)
+        except StoreError as exc:
+            return web.json_response(logs.REDACTOR.scrub_tree({"error": str(exc)}), status=503)
+        if outcome is None:
+            return web.json_response(
+                {"error": f"this bridge sent no test event {event_id} since it started"},
+                status=404,
+            )
+        # The error text comes from the receiver: masked as the logs are.
+        return web.json_response(logs.REDACTOR.scrub_tree(outcome.as_dict()))

@@ -8,8 +8,8 @@ quarantined as a conflict), which is what lets the webhook answer 200 and the We
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
@@ -24,6 +24,16 @@ if TYPE_CHECKING:
     from bridge.dispatcher import Dispatcher
 
 log = structlog.get_logger("bridge.pipeline")
+
+_AnswerT = TypeVar("_AnswerT")
+
+
+def _outcome(result: AcceptResult) -> AcceptOutcome:
+    return result.outcome
+
+
+def _result(result: AcceptResult) -> AcceptResult:
+    return result
 
 
 class Pipeline:
@@ -54,8 +64,23 @@ class Pipeline:
     def accept(self, events: Sequence[Event]) -> asyncio.Future[AcceptResults]:
         """Route ``events`` and commit them in one store transaction; see ``Spool.accept``."""
         router = self._router
-        routed = [(event, router(event)) for event in events]
-        answer: asyncio.Future[AcceptResults] = asyncio.get_running_loop().create_future()
+        return self._commit([(event, router(event)) for event in events], _outcome)
+
+    def accept_to(
+        self, event: Event, sinks: Sequence[str]
+    ) -> asyncio.Future[list[AcceptResult | StoreError]]:
+        """Commit ``event`` for exactly ``sinks``, the routes not asked: a test event an operator
+        sends to one sink. Counted, de-duplicated and handed to delivery as :meth:`accept` does;
+        the answer is the store's result, with the delivery rows it made."""
+        return self._commit([(event, sinks)], _result)
+
+    def _commit(
+        self,
+        routed: Sequence[tuple[Event, Sequence[str]]],
+        answer_of: Callable[[AcceptResult], _AnswerT],
+    ) -> asyncio.Future[list[_AnswerT | StoreError]]:
+        answer: asyncio.Future[list[_AnswerT | StoreError]]
+        answer = asyncio.get_running_loop().create_future()
         committed = self.store.accept_batch(routed)
 
         # Counting and handing rows to the sinks hang on the commit itself, not on whoever
@@ -71,10 +96,11 @@ class Pipeline:
             # One logger bound per batch, not one per event: binding the module's lazy logger
             # costs more than the debug lines it then drops.
             logger = log.bind()
-            outcomes = [
+            results = [
                 self._committed(logger, event, sinks, result)
                 for (event, sinks), result in zip(routed, done.result(), strict=True)
             ]
+            outcomes = [r if isinstance(r, StoreError) else answer_of(r) for r in results]
             if not answer.done():
                 answer.set_result(outcomes)
 
@@ -121,14 +147,14 @@ class Pipeline:
         event: Event,
         sinks: Sequence[str],
         result: AcceptResult | StoreError,
-    ) -> AcceptOutcome | StoreError:
+    ) -> AcceptResult | StoreError:
         if isinstance(result, StoreError):
             return result
         source = event.via or event.origin.value
         if result.outcome is AcceptOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(source).inc()
             logger.debug("event.duplicate", event_id=event.event_id, source=source)
-            return result.outcome
+            return result
         if result.outcome is AcceptOutcome.CONFLICT:
             # A warning each time: the same id carrying two different events means one of them
             # was never delivered, and only an operator can say which was right.
@@ -142,7 +168,7 @@ class Pipeline:
                 event_type=event.type,
                 quarantined=result.quarantined,
             )
-            return result.outcome
+            return result
         self.metrics.events_received.labels(source).inc()
         self.last_event_at = event.received_at
         # Debug, not info: at thousands of events a second the line costs more than the event.
@@ -157,7 +183,7 @@ class Pipeline:
         if not sinks:
             self._unrouted(logger, event, source)
         self.dispatcher.submit(result.deliveries)
-        return result.outcome
+        return result
 
     def _unrouted(
         self, logger: structlog.typing.FilteringBoundLogger, event: Event, source: str

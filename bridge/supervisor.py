@@ -54,6 +54,7 @@ from bridge.sources.websocket import WebSocketSource
 from bridge.stats import StatsReporter
 from bridge.store import Store, StoreLimits
 from bridge.systemd import Notifier
+from bridge.trigger import Trigger
 
 log = structlog.get_logger("bridge.supervisor")
 CREDENTIAL_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie|session|pass")
@@ -136,6 +137,7 @@ class Supervisor:
         self.started_at: float | None = None
         self.last_reload: dict[str, object] = {}
         self._nats: NatsBus | None = None
+        self.trigger = Trigger(self)  # test events for the admin server's /trigger
         logs.REDACTOR.set_secrets(config_secrets(config))
 
     def _load_from_source(self) -> Config:

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Sequence
-from typing import Final, get_args
 
 from bridge import __version__, logs
 from bridge.cli.check import cmd_check
@@ -25,12 +24,15 @@ from bridge.cli.config_file import config_path, print_config_error
 from bridge.cli.demo import cmd_demo
 from bridge.cli.dlq import cmd_dlq
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE
+from bridge.cli.listen import add_listen_command
 from bridge.cli.nats_status import cmd_nats_status
 from bridge.cli.operator_config import TOKEN_ENV, add_config_option
 from bridge.cli.route_test import cmd_route_test
 from bridge.cli.run import cmd_run
 from bridge.cli.simulator import cmd_simulator
 from bridge.cli.status import cmd_status
+from bridge.cli.trigger import add_trigger_command
+from bridge.cli.verbosity import LOG_LEVELS, log_level
 from bridge.config import Config, load_config
 from bridge.config.schema import LogLevel
 from bridge.errors import BridgeError, ConfigError
@@ -38,8 +40,6 @@ from bridge.sinks import SINK_TYPES
 
 __all__ = ["build_parser", "main"]
 
-LOG_LEVELS: Final[tuple[LogLevel, ...]] = get_args(LogLevel)
-_VERBOSITY: Final[tuple[LogLevel, ...]] = ("warning", "info", "debug")
 """The log level with no -v, -v and -vv."""
 
 
@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the bridge up afterwards for /status and /metrics",
     )
     p.set_defaults(func=cmd_demo)
+
+    add_listen_command(sub)
+    add_trigger_command(sub)
     return parser
 
 
@@ -178,15 +181,6 @@ def _interval(text: str) -> float:
     if not 0.1 <= seconds <= 86400:
         raise argparse.ArgumentTypeError("must be between 0.1 and 86400 seconds")
     return seconds
-
-
-def log_level(args: argparse.Namespace) -> LogLevel | None:
-    """The level ``--log-level`` or ``-v`` asks for; None when neither is given."""
-    for level in LOG_LEVELS:
-        if args.log_level == level:
-            return level
-    verbose: int = args.verbose
-    return _VERBOSITY[min(verbose, len(_VERBOSITY) - 1)] if verbose else None
 
 
 def _with_log_level(config: Config, level: LogLevel | None) -> Config:

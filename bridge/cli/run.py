@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 
 import structlog
 
@@ -26,8 +27,8 @@ from bridge.systemd import Notifier
 log = structlog.get_logger("bridge.cli")
 
 
-async def _run(config: Config) -> int:
-    supervisor = Supervisor(config, notifier=Notifier())
+async def _run(config: Config, build: Callable[[Config], Supervisor]) -> int:
+    supervisor = build(config)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(LoopErrorReporter())
     main_task = asyncio.current_task()
@@ -75,10 +76,15 @@ async def _run(config: Config) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace, config: Config) -> int:
+def run_foreground(config: Config, build: Callable[[Config], Supervisor]) -> int:
+    """Run the bridge ``build`` makes of ``config`` until SIGTERM/SIGINT; its exit code."""
     logs.configure(config.log.level, config.log.format)
     # A file-size limit should fail a write (EFBIG, handled as a store error), not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     tune_malloc()
     with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
-        return runner.run(_run(config))
+        return runner.run(_run(config, build))
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    return run_foreground(config, lambda c: Supervisor(c, notifier=Notifier()))

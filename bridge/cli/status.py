@@ -92,7 +92,7 @@ def fetch(where: Target) -> dict[str, object]:
         with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:  # noqa: S310
             report = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise _refusal(exc, where, shown) from None
+        raise refusal(exc, where, shown, "/status") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise Refused(
@@ -103,7 +103,8 @@ def fetch(where: Target) -> dict[str, object]:
     return report
 
 
-def _refusal(exc: urllib.error.HTTPError, where: Target, shown: str) -> Refused:
+def refusal(exc: urllib.error.HTTPError, where: Target, shown: str, path: str) -> Refused:
+    """What an HTTP error from the admin server at ``where`` means, for a request of ``path``."""
     try:
         said = json.loads(exc.read()).get("error", "")
     except (ValueError, AttributeError, OSError):
@@ -124,7 +125,7 @@ def _refusal(exc: urllib.error.HTTPError, where: Target, shown: str) -> Refused:
         return Refused(f"the bridge at {shown} refused the admin token (401)", EXIT_CONFIG)
     if exc.code == 403:
         return Refused(
-            f"the bridge at {shown} refuses /status (403): {said or 'forbidden'}; on the bridge, "
+            f"the bridge at {shown} refuses {path} (403): {said or 'forbidden'}; on the bridge, "
             "set admin.token (then give it here), or make admin.listen a loopback address",
             EXIT_CONFIG,
         )

@@ -1,0 +1,180 @@
+"""``trigger``: have a running bridge send a test event to one sink, then wait for that delivery.
+
+Like OpenMail's "Test webhook" button: the bridge spools a realistic ``message.received``
+(``evt_test_<uuid>``) for the named sink alone, routes not asked, and delivers it by that sink's
+rules. This command prints the event id and the outcome: exit 0 delivered, 1 dead or still pending
+at ``--timeout``, 2 an unknown sink, a usage or a config problem. The admin server's address and
+token are found as ``status`` finds them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Final
+
+from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
+from bridge.cli.operator_config import TOKEN_ENV, add_config_option
+from bridge.cli.status import Refused, Target, refusal, target
+
+DEFAULT_TIMEOUT: Final = 30.0
+_REQUEST_TIMEOUT: Final = 5.0
+_FIRST_POLL: Final = 0.05
+_MAX_POLL: Final = 0.5
+
+
+def add_trigger_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``trigger`` with the command line's subcommands."""
+    p = sub.add_parser(
+        "trigger",
+        help="send a test event to one sink of a running bridge and wait for its delivery",
+        description="The running bridge spools a test message.received (evt_test_<uuid>) for "
+        "SINK alone, whatever the routes say, and delivers it by that sink's rules (retries, "
+        "dead letter); it is counted under source 'test'. Exit 0 delivered, 1 dead or still "
+        "pending at --timeout, 2 an unknown sink or a usage or config problem.",
+    )
+    add_config_option(p)
+    p.add_argument("--sink", metavar="NAME", required=True, help="the sink to send it to")
+    p.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        help=f"how long to wait for the delivery (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--admin",
+        metavar="URL",
+        help="the running bridge's admin server (default: the config's admin.listen)",
+    )
+    p.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=f"the admin token (default: ${TOKEN_ENV}, else the config's admin.token); "
+        "shows in the process list, prefer the variable",
+    )
+    p.set_defaults(func=cmd_trigger)
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds <= 86400:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 86400 seconds")
+    return seconds
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    try:
+        where = target(args)
+        status, answer = request(where, "/trigger", {"sink": args.sink})
+    except Refused as exc:
+        return refuse(str(exc), exc.code)
+    known = answer.get("sinks")
+    if status == 404 and isinstance(known, list):
+        sinks = ", ".join(str(s) for s in known) or "(none)"
+        return refuse(f"the bridge has no sink named {args.sink!r}; its sinks: {sinks}")
+    if status != 202:
+        return refuse(f"the bridge did not send a test event: {_said(status, answer)}", 1)
+    event_id = str(answer["event_id"])
+    print(f"sent test event {event_id} to sink {args.sink}", flush=True)
+    return _wait(where, event_id, args.timeout)
+
+
+def _wait(where: Target, event_id: str, timeout: float) -> int:
+    """Ask for the delivery's outcome until it is delivered or dead, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()  # never set: its wait is the pause between two questions
+    pause, attempts = _FIRST_POLL, 0
+    while True:
+        try:
+            status, outcome = request(where, f"/trigger/{event_id}")
+        except Refused as exc:
+            return refuse(str(exc), exc.code)
+        if status != 200:
+            return refuse(f"cannot follow {event_id}: {_said(status, outcome)}", EXIT_FAILURE)
+        state = outcome.get("state")
+        if state == "delivered":
+            print(f"delivered: sink {outcome['sink']} accepted {event_id}")
+            return EXIT_OK
+        if state == "dead":
+            print(
+                f"dead: sink {outcome['sink']} dead-lettered {event_id} after "
+                f"{_attempts(outcome)}: {outcome.get('error') or 'no error recorded'} "
+                f"(see: openmail-bridge dlq list --sink {outcome['sink']})"
+            )
+            return EXIT_FAILURE
+        tried = _count(outcome)
+        if tried > attempts:  # each failed attempt once, as the bridge records it
+            attempts = tried
+            print(f"attempt {tried} failed: {outcome.get('error') or 'no error recorded'}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            print(
+                f"timeout: {event_id} is still pending for sink {outcome['sink']} after "
+                f"{timeout:g}s ({_attempts(outcome)} failed); the bridge keeps retrying it "
+                "by the sink's rules"
+            )
+            return EXIT_FAILURE
+        tick.wait(min(pause, left))
+        pause = min(pause * 2, _MAX_POLL)
+
+
+def _count(outcome: Mapping[str, object]) -> int:
+    value = outcome.get("attempts")
+    return value if isinstance(value, int) else 0
+
+
+def _attempts(outcome: Mapping[str, object]) -> str:
+    count = _count(outcome)
+    return f"{count} attempt{'' if count == 1 else 's'}"
+
+
+def _said(status: int, answer: Mapping[str, object]) -> str:
+    return f"HTTP {status} {answer.get('error') or ''}".rstrip()
+
+
+def request(
+    where: Target, path: str, body: Mapping[str, object] | None = None
+) -> tuple[int, dict[str, object]]:
+    """The HTTP status and JSON answer of the admin server at ``where`` for ``path`` (a POST of
+    ``body`` when given, else a GET).
+
+    Raises:
+        Refused: no bridge answers (exit 1); it wants a token it was not given, or refuses private
+            paths on its address (exit 2).
+    """
+    data = json.dumps(body).encode() if body is not None else None
+    # The scheme is http(s): Target's URL comes from admin_url or a checked --admin.
+    req = urllib.request.Request(f"{where.url}{path}", data=data)  # noqa: S310
+    req.add_header("Content-Type", "application/json")
+    if where.token:
+        req.add_header("Authorization", f"Bearer {where.token}")
+    shown = where.url.removeprefix("http://")
+    try:
+        with urllib.request.urlopen(req, timeout=_REQUEST_TIMEOUT) as response:  # noqa: S310
+            return response.status, _json_object(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise refusal(exc, where, shown, path) from None
+        return exc.code, _json_object(exc.read())
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise Refused(
+            f"no bridge answers at {shown} ({reason}); is it running?", EXIT_FAILURE
+        ) from None
+
+
+def _json_object(raw: bytes) -> dict[str, object]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
