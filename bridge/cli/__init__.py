@@ -1,5 +1,5 @@
 """Command line: ``run``, ``check``, ``simulator``, ``demo``, ``dlq``, ``route-test``, ``status``,
-``nats-status``.
+``nats-status``, ``listen``, ``trigger``, ``completion``.
 
 One module per command; this one holds the parser and ``main``. The CLI is the only place that
 touches signals or turns exceptions into exit codes (``exit_codes``): 0 success, 1 a runtime
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from bridge import __version__, logs
 from bridge.cli.check import cmd_check
+from bridge.cli.completion import add_completion_command
 from bridge.cli.config_file import config_path, print_config_error
 from bridge.cli.demo import cmd_demo
 from bridge.cli.dlq import cmd_dlq
@@ -39,8 +40,6 @@ from bridge.errors import BridgeError, ConfigError
 from bridge.sinks import SINK_TYPES
 
 __all__ = ["build_parser", "main"]
-
-"""The log level with no -v, -v and -vv."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_listen_command(sub)
     add_trigger_command(sub)
+    add_completion_command(sub, parser)
     return parser
 
 
