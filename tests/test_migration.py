@@ -12,23 +12,20 @@ import sqlite3
 from pathlib import Path
 
 from conftest import (
-    AGENT_SECRET,
     Receiver,
-    bridge_config_dict,
     events_named,
     read_lines,
     run_cli,
     running_bridge,
     wait_until,
-    write_config,
 )
 from fixtures.make_v1_db import CURSOR, DEAD, DEAD_ERROR, DELIVERED, FIXTURE, PENDING, payload
+from fixtures.upgrade_config import upgrade_config
 from structlog.testing import capture_logs
 
-from bridge.config import build_config
 from bridge.events import Origin, parse_event
-from bridge.sinks import SINK_TYPES
 from bridge.store import AcceptOutcome, Store
+from bridge.store.schema import SCHEMA_VERSION
 
 FIXTURE_SHA256 = "54fcc8e4c64ca3b83286565bdb5ec301c6b35a8cb88710d73e0637b332cfed9b"
 
@@ -51,33 +48,15 @@ async def test_v0_1_database_migrates_and_delivers_everything(
     db = tmp_path / "state" / "bridge.db"
     db.parent.mkdir(mode=0o700)
     shutil.copyfile(FIXTURE, db)
-    audit = tmp_path / "audit.jsonl"
-    data = bridge_config_dict(
-        tmp_path,
-        # The fixture's seen ids carry the time it was made: a long window keeps them whenever
-        # this test runs.
-        state={"path": str(db), "dedup_window": "36500d"},
-        sinks={
-            "agent": {
-                "type": "http",
-                "url": receiver.url,
-                "secret": AGENT_SECRET,
-                "retry": {"initial": "50ms", "max": "200ms"},
-            },
-            "audit": {"type": "file", "path": str(audit)},
-        },
-        routes=[{"name": "all", "sinks": ["agent", "audit"]}],
-    )
-    config_file = write_config(tmp_path / "config.yaml", data)
-    config = build_config(data, sink_types=SINK_TYPES, base_dir=tmp_path, env={})
+    config_file, config, audit = upgrade_config(tmp_path, db, receiver.url)
 
     with capture_logs() as logs:
         async with running_bridge(config) as sup:
             assert sup.store is not None
             assert sup.pipeline is not None
             (migrated,) = events_named(logs, "store.migrated")
-            assert (migrated["from_version"], migrated["to_version"]) == (1, 2)
-            assert read_db(db, "PRAGMA user_version") == [(2,)]
+            assert (migrated["from_version"], migrated["to_version"]) == (1, SCHEMA_VERSION)
+            assert read_db(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
             assert sup.store.cursor == CURSOR
 
             # Every pending row of both sinks reaches its sink.

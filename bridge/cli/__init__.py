@@ -24,6 +24,7 @@ from bridge.cli.completion import add_completion_command
 from bridge.cli.config_file import config_path, print_config_error
 from bridge.cli.demo import cmd_demo
 from bridge.cli.dlq import cmd_dlq
+from bridge.cli.events import add_events_command
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE
 from bridge.cli.listen import add_listen_command
 from bridge.cli.nats_status import cmd_nats_status
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_listen_command(sub)
     add_trigger_command(sub)
+    add_events_command(sub)
     add_completion_command(sub, parser)
     return parser
 

@@ -12,41 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from pathlib import Path
 
 from bridge.cli.exit_codes import EXIT_OK, refuse
-from bridge.cli.operator_config import SERVICE_STATE_PATH, operator_config
-from bridge.config import STATE, OperatorConfig, load_config
+from bridge.cli.operator_config import missing_state, operator_config, state_path
+from bridge.config import OperatorConfig, load_config
 from bridge.delivery import sink_credentials
 from bridge.errors import ConfigError
 from bridge.redact import scrub_text
 from bridge.sinks import SINK_TYPES
 from bridge.store import Store
 from bridge.supervisor import config_secrets
-
-
-def _state_path(args: argparse.Namespace, config: OperatorConfig | None) -> Path:
-    if args.state is not None:
-        return Path(args.state)
-    assert config is not None  # operator_config(needed=True) gave one
-    config.require(STATE)
-    return config.state_path
-
-
-def _missing_state(path: Path, args: argparse.Namespace, config: OperatorConfig | None) -> int:
-    if args.state is not None:
-        origin = "--state"
-    elif config is not None and config.source is not None:
-        origin = f"state.path of {config.source}, or its default"
-    else:
-        origin = "the config"
-    usual = ""
-    if path.absolute() != SERVICE_STATE_PATH:
-        usual = (
-            f"; the service keeps its state at {SERVICE_STATE_PATH}: give "
-            f"--state {SERVICE_STATE_PATH} (run as a user that may read it)"
-        )
-    return refuse(f"no state database at {path} (from {origin}){usual}")
 
 
 def _known_secrets(config: OperatorConfig | None) -> list[str]:
@@ -78,9 +53,9 @@ async def _dlq(args: argparse.Namespace) -> int:
     if args.all and (args.sink is not None or args.event_id is not None):
         return refuse("--all means every one: give it without --sink or --event-id")
     config = operator_config(args, needed=args.state is None)
-    path = _state_path(args, config)
+    path = state_path(args, config)
     if not path.is_file():  # opening would create an empty database and find nothing in it
-        return _missing_state(path, args, config)
+        return missing_state(path, args, config)
     store = await Store.open(path, exclusive=False)
     try:
         if args.sink is not None:

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Final
 
 from bridge.cli.config_file import DEFAULT_CONFIG_PATHS, config_path
-from bridge.config import OperatorConfig, read_operator_config
+from bridge.cli.exit_codes import refuse
+from bridge.config import STATE, OperatorConfig, read_operator_config
 from bridge.errors import ConfigError
 
 SERVICE_STATE_PATH: Final = Path("/var/lib/openmail-bridge/bridge.db")
@@ -51,3 +52,30 @@ def operator_config(args: argparse.Namespace, *, needed: bool) -> OperatorConfig
         if needed or explicit:
             raise
         return None
+
+
+def state_path(args: argparse.Namespace, config: OperatorConfig | None) -> Path:
+    """The state database ``--state`` names, else the config's ``state.path``."""
+    if args.state is not None:
+        return Path(args.state)
+    assert config is not None  # operator_config(needed=True) gave one
+    config.require(STATE)
+    return config.state_path
+
+
+def missing_state(path: Path, args: argparse.Namespace, config: OperatorConfig | None) -> int:
+    """Refuse (exit 2) a state database that is not there, saying where the path came from:
+    opening it would create an empty one and find nothing in it."""
+    if args.state is not None:
+        origin = "--state"
+    elif config is not None and config.source is not None:
+        origin = f"state.path of {config.source}, or its default"
+    else:
+        origin = "the config"
+    usual = ""
+    if path.absolute() != SERVICE_STATE_PATH:
+        usual = (
+            f"; the service keeps its state at {SERVICE_STATE_PATH}: give "
+            f"--state {SERVICE_STATE_PATH} (run as a user that may read it)"
+        )
+    return refuse(f"no state database at {path} (from {origin}){usual}")

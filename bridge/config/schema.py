@@ -128,6 +128,9 @@ class StateConfig:
     max_bytes: ByteSize = 1 << 30
     min_free: ByteSize = 256 << 20
     dedup_window: Duration = 7 * 86400.0
+    history: int = 1000
+    """Delivered events kept, payloads included, for ``events`` and the console; 0 = none.
+    Bounded by count: their bytes do not count toward ``max_bytes``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,6 +1,6 @@
 """The durable spool: accepted events, dedup ids, per-sink delivery rows, dead letters,
-quarantined conflicts and the WebSocket replay cursor, in one SQLite database (WAL) that is the
-bridge's only state.
+quarantined conflicts, the history of delivered events and the WebSocket replay cursor, in one
+SQLite database (WAL) that is the bridge's only state.
 
 What lives where:
 
@@ -24,7 +24,9 @@ from bridge.store.rows import (
     ConflictReason,
     DeadLetter,
     Delivery,
+    HistoryEvent,
     Quarantined,
+    ReplayOutcome,
     SinkCounts,
 )
 from bridge.store.spool import Store
@@ -35,7 +37,9 @@ __all__ = [
     "ConflictReason",
     "DeadLetter",
     "Delivery",
+    "HistoryEvent",
     "Quarantined",
+    "ReplayOutcome",
     "SinkCounts",
     "Store",
     "StoreLimits",

@@ -25,12 +25,18 @@ class StoreLimits:
     # Conflicts kept for inspection. Past this many, a conflict is still answered, counted and
     # logged, but not stored: a stream of them must not grow the database without limit.
     max_quarantined: int = 1000
+    # Delivered events kept (payloads included) for `events` and the console; 0 keeps none.
+    # Bounded by count, outside max_bytes.
+    history: int = 1000
 
     @classmethod
     def from_config(cls, state: StateConfig) -> StoreLimits:
         """The limits the ``state`` section of the config sets."""
         return cls(
-            max_bytes=state.max_bytes, min_free=state.min_free, dedup_window=state.dedup_window
+            max_bytes=state.max_bytes,
+            min_free=state.min_free,
+            dedup_window=state.dedup_window,
+            history=state.history,
         )
 
 

@@ -1,6 +1,6 @@
 """The SQL of store operations: the statements each read and write runs, the identity lookup
-behind dedup and conflicts, inserting an accepted event, the quarantine, and the deletes that
-free spool bytes.
+behind dedup and conflicts, inserting an accepted event, the quarantine, the deletes that free
+spool bytes (moving delivered events to the history), and a replay from the history.
 
 Plain blocking functions of a connection inside the caller's transaction (no asyncio here).
 Row layouts come from :mod:`bridge.store.rows`; the tables from :mod:`bridge.store.schema`.
@@ -15,7 +15,13 @@ from typing import Final, NamedTuple
 import orjson
 
 from bridge.events import Event
-from bridge.store.rows import DEAD_LETTER_COLUMNS, DELIVERY_COLUMNS, QUARANTINED_COLUMNS
+from bridge.store.rows import (
+    DEAD_LETTER_COLUMNS,
+    DELIVERY_COLUMNS,
+    HISTORY_COLUMNS,
+    HISTORY_SUMMARY_COLUMNS,
+    QUARANTINED_COLUMNS,
+)
 
 
 class State(NamedTuple):
@@ -64,6 +70,24 @@ QUARANTINE_PURGE_SQL: Final = (
     "DELETE FROM quarantine WHERE (:event_id IS NULL OR event_id = :event_id)"
 )
 QUARANTINE_COUNT_SQL: Final = "SELECT COUNT(*) FROM quarantine"
+# Newest first; a NULL sink matches every row.
+HISTORY_LIST_SQL: Final = f"""SELECT {HISTORY_SUMMARY_COLUMNS} FROM history
+    WHERE :sink IS NULL OR EXISTS (SELECT 1 FROM json_each(history.sinks) WHERE value = :sink)
+    ORDER BY seq DESC LIMIT :limit"""  # noqa: S608 - constant columns
+HISTORY_EVENT_SQL: Final = f"""SELECT {HISTORY_COLUMNS} FROM history
+    WHERE event_id = ? ORDER BY seq DESC LIMIT 1"""  # noqa: S608 - constant columns
+HISTORY_SINKS_SQL: Final = "SELECT DISTINCT j.value FROM history, json_each(history.sinks) AS j"
+# A replay: the event still held gets a row for the sink; else it is held again from its newest
+# history row, under a new seq (AUTOINCREMENT: past every seq used).
+HELD_SEQ_SQL: Final = "SELECT seq FROM events WHERE event_id = ?"
+ADD_DELIVERY_SQL: Final = "INSERT OR IGNORE INTO deliveries (seq, sink) VALUES (?, ?)"
+NEWEST_PAST_SQL: Final = (
+    "SELECT seq, length(payload) FROM history WHERE event_id = ? ORDER BY seq DESC LIMIT 1"
+)
+HOLD_AGAIN_SQL: Final = """INSERT INTO events
+    (event_id, type, inbox_id, thread_id, origin, received_at, size, payload)
+    SELECT event_id, type, inbox_id, thread_id, origin, received_at, length(payload), payload
+    FROM history WHERE seq = ?"""
 
 
 def read_state(conn: sqlite3.Connection) -> State:
@@ -139,25 +163,58 @@ def purge_quarantine(conn: sqlite3.Connection, event_id: str | None) -> tuple[in
 
 # A list of ids goes to SQLite as one JSON array (json_each), so one cached statement serves a
 # batch of any size.
-_SEQS_OF_SQL: Final = """SELECT json_group_array(DISTINCT seq) FROM deliveries
+_SINKS_OF_SQL: Final = """SELECT json_group_array(json_array(seq, sink)), COUNT(DISTINCT seq)
+    FROM deliveries
     WHERE id IN (SELECT value FROM json_each(?))"""
 _DELETE_IDS_SQL: Final = "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?))"
-_ORPHANED: Final = """FROM events WHERE seq IN (SELECT value FROM json_each(?))
-    AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = events.seq)"""
-_ORPHANED_SIZE_SQL: Final = "SELECT COALESCE(SUM(size), 0) " + _ORPHANED
+# ?1 is the batch's [seq, sink] pairs; an event is orphaned once no delivery row names it.
+_BATCH_SEQS: Final = "SELECT json_extract(value, '$[0]') FROM json_each(?1)"
+_ORPHANED: Final = f"""FROM events WHERE seq IN ({_BATCH_SEQS})
+    AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = events.seq)"""  # noqa: S608 - constant text
+_ORPHANED_SIZE_SQL: Final = "SELECT COUNT(*), COALESCE(SUM(size), 0) " + _ORPHANED
 _DELETE_ORPHANED_SQL: Final = "DELETE " + _ORPHANED
+# An event still held remembers the sinks it was delivered to, for its history row.
+_REMEMBER_DELIVERED_SQL: Final = """INSERT OR IGNORE INTO delivered (seq, sink)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)
+    WHERE EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = json_extract(value, '$[0]'))"""
+# Every orphaned event, with its sinks as a JSON array: those of this batch (grouped once, not
+# looked up per event) and those remembered from earlier batches.
+_HISTORY_SQL: Final = """INSERT INTO history (seq, event_id, type, inbox_id, thread_id, origin,
+        received_at, completed_at, sinks, payload)
+    SELECT e.seq, e.event_id, e.type, e.inbox_id, e.thread_id, e.origin, e.received_at, ?2,
+        (SELECT json_group_array(sink) FROM (SELECT value AS sink FROM json_each(b.sinks)
+            UNION SELECT sink FROM delivered AS r WHERE r.seq = e.seq)),
+        e.payload
+    FROM (SELECT json_extract(value, '$[0]') AS seq,
+            json_group_array(json_extract(value, '$[1]')) AS sinks
+        FROM json_each(?1) GROUP BY 1) AS b
+    JOIN events AS e ON e.seq = b.seq
+    WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = e.seq)"""
+# The newest ?1 rows stay: a walk of that many index entries, whatever the table holds.
+_TRIM_HISTORY_SQL: Final = """DELETE FROM history
+    WHERE seq <= (SELECT seq FROM history ORDER BY seq DESC LIMIT 1 OFFSET ?)"""
 
 
-def delete_delivered(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> int:
+def delete_delivered(
+    conn: sqlite3.Connection, delivery_ids: Sequence[int], *, history: int, at: float
+) -> int:
     """Delete delivery rows, and the events left without rows; return the spool bytes freed.
 
-    Ids already gone (their sink dropped, or purged, meanwhile) are skipped.
+    An event left without rows moves to the history, which keeps the newest ``history`` (0:
+    none); ``at`` is when it was completed. Ids already gone (their sink dropped, or purged,
+    meanwhile) are skipped.
     """
     ids = orjson.dumps(list(delivery_ids))
-    (seqs,) = conn.execute(_SEQS_OF_SQL, (ids,)).fetchone()  # a JSON array, passed on as is
+    pairs, events = conn.execute(_SINKS_OF_SQL, (ids,)).fetchone()  # pairs: JSON, passed on
     conn.execute(_DELETE_IDS_SQL, (ids,))
-    (freed,) = conn.execute(_ORPHANED_SIZE_SQL, (seqs,)).fetchone()
-    conn.execute(_DELETE_ORPHANED_SQL, (seqs,))
+    orphaned, freed = conn.execute(_ORPHANED_SIZE_SQL, (pairs,)).fetchone()
+    if history and orphaned:
+        conn.execute(_HISTORY_SQL, (pairs, at))
+        conn.execute(_TRIM_HISTORY_SQL, (history,))
+    if orphaned:
+        conn.execute(_DELETE_ORPHANED_SQL, (pairs,))
+    if history and orphaned < events:  # some events still held: only a multi-sink route
+        conn.execute(_REMEMBER_DELIVERED_SQL, (pairs,))
     return int(freed)
 
 

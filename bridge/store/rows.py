@@ -10,6 +10,8 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import orjson
+
 from bridge.events import Event, Origin
 
 
@@ -107,6 +109,33 @@ class SinkCounts:
     dead: int
 
 
+class ReplayOutcome(enum.StrEnum):
+    """What asking to deliver a past event to a sink again did."""
+
+    QUEUED = "queued"  # a new pending row: the sink gets the event again
+    ALREADY_HELD = "already_held"  # the event is still held with a row for that sink
+    UNKNOWN = "unknown"  # no such event in the history
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryEvent:
+    """An event delivered to every sink it had rows for, kept after it left the spool.
+
+    ``payload`` is None in a listing, which leaves payloads unread.
+    """
+
+    seq: int
+    event_id: str
+    type: str
+    inbox_id: str | None
+    thread_id: str | None
+    origin: Origin
+    received_at: float
+    completed_at: float  # when its last delivery row was deleted as delivered
+    sinks: tuple[str, ...]  # the sinks it was delivered to
+    payload: bytes | None
+
+
 # -- row layouts ---------------------------------------------------------------------------------
 
 # Where each Delivery field is read from, in queries joining ``deliveries AS d`` with
@@ -138,6 +167,14 @@ QUARANTINED_COLUMNS: Final = ", ".join(_QUARANTINED_FIELDS)
 """The SELECT list of a Quarantined, from the ``quarantine`` table."""
 
 
+# The history table names its columns as HistoryEvent names its fields; sinks is a JSON array.
+_HISTORY_FIELDS: Final = tuple(f.name for f in dataclasses.fields(HistoryEvent))
+HISTORY_COLUMNS: Final = ", ".join(_HISTORY_FIELDS)
+"""The SELECT list of a HistoryEvent, from the ``history`` table."""
+HISTORY_SUMMARY_COLUMNS: Final = HISTORY_COLUMNS.removesuffix("payload") + "NULL"
+"""The SELECT list of a HistoryEvent without its payload."""
+
+
 def delivery_from_row(row: Sequence[Any]) -> Delivery:
     """A Delivery from a row selected as :data:`DELIVERY_COLUMNS`."""
     fields = dict(zip(_DELIVERY_FIELDS, row, strict=True))
@@ -155,3 +192,12 @@ def quarantined_from_row(row: Sequence[Any]) -> Quarantined:
     """A Quarantined from a row selected as :data:`QUARANTINED_COLUMNS`."""
     fields = dict(zip(_QUARANTINED_FIELDS, row, strict=True))
     return Quarantined(**fields | {"origin": Origin(fields["origin"])})
+
+
+def history_from_row(row: Sequence[Any]) -> HistoryEvent:
+    """A HistoryEvent from a row selected as :data:`HISTORY_COLUMNS` (or the summary's)."""
+    fields = dict(zip(_HISTORY_FIELDS, row, strict=True))
+    return HistoryEvent(
+        **fields
+        | {"origin": Origin(fields["origin"]), "sinks": tuple(orjson.loads(fields["sinks"]))}
+    )

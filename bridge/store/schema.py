@@ -74,5 +74,33 @@ MIGRATIONS: Final[Sequence[Migration]] = (
         )""",
         "CREATE INDEX quarantine_by_key ON quarantine (dedup_key)",
     ),
+    (
+        # Events delivered to every sink, kept after their spool rows go, for `events list` and
+        # the console's recent events; trimmed to the newest `state.history` rows. Bounded by
+        # count: its payloads do not count toward the spool bound. seq is the event's seq in
+        # the spool, so the newest are the largest; a replayed event comes back under a new one.
+        """CREATE TABLE history (
+            seq INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            inbox_id TEXT,
+            thread_id TEXT,
+            origin TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            completed_at REAL NOT NULL,
+            sinks TEXT NOT NULL,
+            payload BLOB NOT NULL
+        )""",
+        "CREATE INDEX history_by_event ON history (event_id)",
+        # The sinks a still-held event was delivered to, so its history row names them all; its
+        # rows go with the event, however it goes.
+        """CREATE TABLE delivered (
+            seq INTEGER NOT NULL,
+            sink TEXT NOT NULL,
+            PRIMARY KEY (seq, sink)
+        ) WITHOUT ROWID""",
+        """CREATE TRIGGER delivered_gone AFTER DELETE ON events
+            BEGIN DELETE FROM delivered WHERE seq = old.seq; END""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -29,10 +29,13 @@ from bridge.store.rows import (
     AcceptResult,
     DeadLetter,
     Delivery,
+    HistoryEvent,
     Quarantined,
+    ReplayOutcome,
     SinkCounts,
     dead_letter_from_row,
     delivery_from_row,
+    history_from_row,
     quarantined_from_row,
 )
 from bridge.store.transactions import PRUNE_CHUNK, Clock, Tx
@@ -253,7 +256,12 @@ class Store:
 
     async def mark_delivered_many(self, delivery_ids: Sequence[int]) -> None:
         """Delete delivered rows (and events left without rows) in one transaction."""
-        delivered = functools.partial(transactions.delivered, delivery_ids=tuple(delivery_ids))
+        delivered = functools.partial(
+            transactions.delivered,
+            delivery_ids=tuple(delivery_ids),
+            history=self.limits.history,
+            clock=self._clock,
+        )
         # Not durable: lost in a power cut, a delivery is made again (at least once holds).
         await self._write(delivered, durable=False)
 
@@ -275,6 +283,18 @@ class Store:
         return await self._write(
             functools.partial(transactions.drop, queries.DLQ_PURGE_SQL, params)
         )
+
+    async def replay(self, event_id: str, sink: str) -> ReplayOutcome:
+        """Deliver a past event to ``sink`` again, under its own event_id, dedup bypassed: a new
+        pending row, to the event still held or held again from the history.
+
+        Raises:
+            SpoolFullError: it does not fit the spool now; nothing was written.
+        """
+        replay = functools.partial(
+            transactions.replay, event_id=event_id, sink=sink, room=self._room
+        )
+        return await self._write(replay)
 
     async def quarantine_purge(self, *, event_id: str | None = None) -> int:
         """Delete quarantined events (all, or those sent as ``event_id``); returns the count."""
@@ -353,6 +373,20 @@ class Store:
         """Quarantined events (all, or those sent as ``event_id``), oldest first."""
         rows = await self._read(queries.QUARANTINE_LIST_SQL, {"event_id": event_id})
         return [quarantined_from_row(row) for row in rows]
+
+    async def history(self, *, sink: str | None = None, limit: int = 100) -> list[HistoryEvent]:
+        """Delivered events (to ``sink``, or any), newest first, payloads left out."""
+        rows = await self._read(queries.HISTORY_LIST_SQL, {"sink": sink, "limit": limit})
+        return [history_from_row(row) for row in rows]
+
+    async def history_event(self, event_id: str) -> HistoryEvent | None:
+        """The newest delivery of ``event_id`` in the history, payload included."""
+        rows = await self._read(queries.HISTORY_EVENT_SQL, (event_id,))
+        return history_from_row(rows[0]) if rows else None
+
+    async def history_sinks(self) -> set[str]:
+        """Every sink named in the history."""
+        return {sink for (sink,) in await self._read(queries.HISTORY_SINKS_SQL)}
 
     async def sink_counts(self) -> dict[str, SinkCounts]:
         """Pending and dead rows per sink, for every sink holding rows, configured or not."""

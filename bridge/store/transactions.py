@@ -17,7 +17,14 @@ from bridge.events import Event
 from bridge.store import queries
 from bridge.store.batch import ID_TAKEN, KnownIds, NewEvents
 from bridge.store.bounds import Room
-from bridge.store.rows import DUPLICATE, AcceptOutcome, AcceptResult, ConflictReason, Delivery
+from bridge.store.rows import (
+    DUPLICATE,
+    AcceptOutcome,
+    AcceptResult,
+    ConflictReason,
+    Delivery,
+    ReplayOutcome,
+)
 
 Clock = Callable[[], float]
 """Wall-clock seconds: when an id was seen, a delivery died, an event was quarantined."""
@@ -171,8 +178,32 @@ def _quarantine(
 # -- delivery state and the dedup record ---------------------------------------------------------
 
 
-def delivered(tx: Tx, *, delivery_ids: Sequence[int]) -> None:
-    tx.spool -= queries.delete_delivered(tx.conn, delivery_ids)
+def delivered(tx: Tx, *, delivery_ids: Sequence[int], history: int, clock: Clock) -> None:
+    """Delete delivered rows; events left without rows move to the newest ``history``."""
+    tx.spool -= queries.delete_delivered(tx.conn, delivery_ids, history=history, at=clock())
+
+
+def replay(tx: Tx, *, event_id: str, sink: str, room: Room) -> ReplayOutcome:
+    """Queue a new pending row of ``event_id`` for ``sink``, dedup bypassed: to the event
+    still held, else to the event held again from its newest history row.
+
+    Raises:
+        SpoolFullError: the event does not fit the spool now; nothing was written.
+    """
+    conn = tx.conn
+    held = conn.execute(queries.HELD_SEQ_SQL, (event_id,)).fetchone()
+    if held is not None:
+        added = conn.execute(queries.ADD_DELIVERY_SQL, (held[0], sink)).rowcount
+        return ReplayOutcome.QUEUED if added else ReplayOutcome.ALREADY_HELD
+    past = conn.execute(queries.NEWEST_PAST_SQL, (event_id,)).fetchone()
+    if past is None:
+        return ReplayOutcome.UNKNOWN
+    seq, size = past
+    room.check(tx.spool, size)
+    new_seq = conn.execute(queries.HOLD_AGAIN_SQL, (seq,)).lastrowid
+    conn.execute(queries.ADD_DELIVERY_SQL, (new_seq, sink))
+    tx.spool += size
+    return ReplayOutcome.QUEUED
 
 
 def drop(statement: str, params: Mapping[str, str | None], tx: Tx) -> int:

@@ -1,0 +1,176 @@
+"""``events``: list, show and replay events already delivered, from the spool's history.
+
+The history keeps the newest ``state.history`` events delivered to every sink they were routed to,
+payloads included. ``replay`` queues a new pending delivery of one of them to one sink, under the
+same event_id and dedup bypassed: after an agent's bug is fixed, it gets the event again. The store
+is opened shared, and only if it exists, as ``dlq`` opens it; a running bridge picks the new row up
+as it picks up a ``dlq retry``. Of the config, only ``state.path`` and the sinks' names are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+
+import orjson
+
+from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
+from bridge.cli.operator_config import (
+    add_config_option,
+    missing_state,
+    operator_config,
+    state_path,
+)
+from bridge.config import OperatorConfig
+from bridge.store import HistoryEvent, ReplayOutcome, Store
+
+DEFAULT_LIMIT = 20
+
+
+def add_events_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``events`` with the command line's subcommands."""
+    p = sub.add_parser(
+        "events",
+        help="list, show and replay events already delivered",
+        description="The spool keeps the newest state.history events (default 1000) delivered "
+        "to every sink they were routed to. 'list' shows them newest first, 'show' one with its "
+        "payload, 'replay' delivers one again to a sink, under the same event id (X-Event-Id), "
+        "dedup bypassed; a running bridge picks it up within a second. The state database must "
+        "exist (the service's is /var/lib/openmail-bridge/bridge.db).",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = _action(actions, "list", "delivered events, newest first")
+    listing.add_argument("--sink", metavar="NAME", help="only those delivered to this sink")
+    listing.add_argument(
+        "--limit", metavar="N", type=_count, default=DEFAULT_LIMIT, help="at most N (default 20)"
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
+    show = _action(actions, "show", "one delivered event and its payload")
+    show.add_argument("event_id", metavar="EVENT_ID")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
+    replay = _action(actions, "replay", "deliver one event again to one sink")
+    replay.add_argument("event_id", metavar="EVENT_ID")
+    replay.add_argument("--sink", metavar="NAME", required=True, help="the sink to deliver to")
+    p.set_defaults(func=cmd_events)
+
+
+def _action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
+) -> argparse.ArgumentParser:
+    p = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+    add_config_option(p)
+    p.add_argument(
+        "--state",
+        metavar="PATH",
+        help="the state database (default: the config's state.path); no config is then needed",
+    )
+    return p
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number, at least 1: {text!r}")
+    return int(text)
+
+
+async def _events(args: argparse.Namespace) -> int:
+    config = operator_config(args, needed=args.state is None)
+    path = state_path(args, config)
+    if not path.is_file():  # opening would create an empty database and find nothing in it
+        return missing_state(path, args, config)
+    store = await Store.open(path, exclusive=False)
+    try:
+        if getattr(args, "sink", None) is not None:
+            known = await _known_sinks(store, config, replay=args.action == "replay")
+            if args.sink not in known:
+                names = ", ".join(sorted(known)) or "none"
+                return refuse(f"no sink named {args.sink!r} (known sinks: {names})")
+        if args.action == "list":
+            listed = await store.history(sink=args.sink, limit=args.limit)
+            _print_list(listed, as_json=args.json)
+            return EXIT_OK
+        event = await store.history_event(args.event_id)
+        if event is None:
+            return refuse(f"no delivered event {args.event_id!r} in the history of {path}")
+        if args.action == "show":
+            _print_event(event, as_json=args.json)
+            return EXIT_OK
+        return _replayed(await store.replay(args.event_id, args.sink), args)
+    finally:
+        await store.close()
+
+
+async def _known_sinks(store: Store, config: OperatorConfig | None, *, replay: bool) -> set[str]:
+    """The sinks the database names, and the configured ones; for a replay only the configured
+    ones when the config was read: a sink it lacks would never deliver."""
+    configured = set(config.sinks) if config is not None else set()
+    if replay and configured:
+        return configured
+    return configured | set(await store.sink_counts()) | await store.history_sinks()
+
+
+def _replayed(outcome: ReplayOutcome, args: argparse.Namespace) -> int:
+    if outcome is ReplayOutcome.QUEUED:
+        print(f"{args.event_id} queued for {args.sink}")
+        return EXIT_OK
+    if outcome is ReplayOutcome.ALREADY_HELD:
+        return refuse(
+            f"{args.event_id} is still held for {args.sink} (pending, or dead: see "
+            f"'dlq list --event-id {args.event_id}')",
+            EXIT_FAILURE,
+        )
+    return refuse(f"no delivered event {args.event_id!r} in the history")
+
+
+def _when(at: float) -> str:
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _summary(event: HistoryEvent) -> dict[str, object]:
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "inbox_id": event.inbox_id,
+        "thread_id": event.thread_id,
+        "source": event.origin.value,
+        "received_at": event.received_at,
+        "completed_at": event.completed_at,
+        "sinks": list(event.sinks),
+    }
+
+
+def _print_list(events: list[HistoryEvent], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([_summary(e) for e in events]))
+        return
+    if not events:
+        print("no delivered events in the history")
+    for e in events:
+        sinks = ",".join(e.sinks)
+        print(f"{_when(e.completed_at)}\t{e.event_id}\t{e.type}\t{e.inbox_id or '-'}\t{sinks}")
+
+
+def _print_event(event: HistoryEvent, *, as_json: bool) -> None:
+    raw = event.payload or b""
+    try:
+        payload: object = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = raw.decode(errors="replace")
+    if as_json:
+        print(json.dumps(_summary(event) | {"payload": payload}))
+        return
+    fields = _summary(event) | {
+        "received_at": _when(event.received_at),
+        "completed_at": _when(event.completed_at),
+        "sinks": ", ".join(event.sinks),
+    }
+    for name, value in fields.items():
+        print(f"{name}: {'-' if value is None else value}")
+    print("payload:")
+    print(json.dumps(payload, indent=2) if not isinstance(payload, str) else payload)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    return asyncio.run(_events(args))
