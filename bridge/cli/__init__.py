@@ -28,7 +28,7 @@ from bridge.cli.events import add_events_command
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE
 from bridge.cli.listen import add_listen_command
 from bridge.cli.nats_status import cmd_nats_status
-from bridge.cli.operator_config import TOKEN_ENV, add_config_option
+from bridge.cli.operator_config import add_admin_options, add_config_option
 from bridge.cli.route_test import cmd_route_test
 from bridge.cli.run import cmd_run
 from bridge.cli.simulator import cmd_simulator
@@ -124,17 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="show a running bridge's state")
     add_config_option(p)
-    p.add_argument(
-        "--admin",
-        metavar="URL",
-        help="the admin server, e.g. http://127.0.0.1:9464 (default: the config's admin.listen)",
-    )
-    p.add_argument(
-        "--token",
-        metavar="TOKEN",
-        help=f"the admin token (default: ${TOKEN_ENV}, else the config's admin.token); "
-        "shows in the process list, prefer the variable",
-    )
+    add_admin_options(p)
     p.add_argument(
         "--watch",
         metavar="SECONDS",

@@ -13,8 +13,8 @@ import argparse
 import asyncio
 import json
 
-from bridge.cli.exit_codes import EXIT_OK, refuse
-from bridge.cli.operator_config import missing_state, operator_config, state_path
+from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_OK, refuse
+from bridge.cli.operator_config import open_state, operator_config, unknown_sink
 from bridge.config import OperatorConfig, load_config
 from bridge.delivery import sink_credentials
 from bridge.errors import ConfigError
@@ -53,17 +53,14 @@ async def _dlq(args: argparse.Namespace) -> int:
     if args.all and (args.sink is not None or args.event_id is not None):
         return refuse("--all means every one: give it without --sink or --event-id")
     config = operator_config(args, needed=args.state is None)
-    path = state_path(args, config)
-    if not path.is_file():  # opening would create an empty database and find nothing in it
-        return missing_state(path, args, config)
-    store = await Store.open(path, exclusive=False)
+    if (store := await open_state(args, config)) is None:
+        return EXIT_CONFIG
     try:
         if args.sink is not None:
             configured = set(config.sinks) if config is not None else set()
             known = configured | set(await store.sink_counts())
             if args.sink not in known:
-                names = ", ".join(sorted(known)) or "none"
-                return refuse(f"no sink named {args.sink!r} (known sinks: {names})")
+                return unknown_sink(args.sink, known)
         return await _act(store, args, config)
     finally:
         await store.close()

@@ -16,12 +16,12 @@ import json
 
 import orjson
 
-from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
+from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, refuse
 from bridge.cli.operator_config import (
     add_config_option,
-    missing_state,
+    open_state,
     operator_config,
-    state_path,
+    unknown_sink,
 )
 from bridge.config import OperatorConfig
 from bridge.store import HistoryEvent, ReplayOutcome, Store
@@ -77,23 +77,20 @@ def _count(text: str) -> int:
 
 async def _events(args: argparse.Namespace) -> int:
     config = operator_config(args, needed=args.state is None)
-    path = state_path(args, config)
-    if not path.is_file():  # opening would create an empty database and find nothing in it
-        return missing_state(path, args, config)
-    store = await Store.open(path, exclusive=False)
+    if (store := await open_state(args, config)) is None:
+        return EXIT_CONFIG
     try:
         if getattr(args, "sink", None) is not None:
             known = await _known_sinks(store, config, replay=args.action == "replay")
             if args.sink not in known:
-                names = ", ".join(sorted(known)) or "none"
-                return refuse(f"no sink named {args.sink!r} (known sinks: {names})")
+                return unknown_sink(args.sink, known)
         if args.action == "list":
             listed = await store.history(sink=args.sink, limit=args.limit)
             _print_list(listed, as_json=args.json)
             return EXIT_OK
         event = await store.history_event(args.event_id)
         if event is None:
-            return refuse(f"no delivered event {args.event_id!r} in the history of {path}")
+            return refuse(f"no delivered event {args.event_id!r} in the history of {store.path}")
         if args.action == "show":
             _print_event(event, as_json=args.json)
             return EXIT_OK

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
@@ -13,6 +14,7 @@ from bridge.cli.config_file import DEFAULT_CONFIG_PATHS, config_path
 from bridge.cli.exit_codes import refuse
 from bridge.config import STATE, OperatorConfig, read_operator_config
 from bridge.errors import ConfigError
+from bridge.store import Store
 
 SERVICE_STATE_PATH: Final = Path("/var/lib/openmail-bridge/bridge.db")
 """Where the systemd unit and the container image keep the state (``StateDirectory=``)."""
@@ -28,6 +30,21 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="config file (default: $OPENMAIL_BRIDGE_CONFIG, ./config.yaml, "
         "/etc/openmail-bridge/config.yaml); only the keys this command uses are read",
+    )
+
+
+def add_admin_options(parser: argparse.ArgumentParser) -> None:
+    """``--admin`` and ``--token``: reach a running bridge without reading the config."""
+    parser.add_argument(
+        "--admin",
+        metavar="URL",
+        help="the admin server, e.g. http://127.0.0.1:9464 (default: the config's admin.listen)",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=f"the admin token (default: ${TOKEN_ENV}, else the config's admin.token); "
+        "shows in the process list, prefer the variable",
     )
 
 
@@ -79,3 +96,19 @@ def missing_state(path: Path, args: argparse.Namespace, config: OperatorConfig |
             f"--state {SERVICE_STATE_PATH} (run as a user that may read it)"
         )
     return refuse(f"no state database at {path} (from {origin}){usual}")
+
+
+async def open_state(args: argparse.Namespace, config: OperatorConfig | None) -> Store | None:
+    """The state database, opened shared beside a running bridge; None (the refusal printed)
+    when it is not there: opening would create an empty one and find nothing in it."""
+    path = state_path(args, config)
+    if not path.is_file():
+        missing_state(path, args, config)
+        return None
+    return await Store.open(path, exclusive=False)
+
+
+def unknown_sink(name: str, known: Iterable[str]) -> int:
+    """Refuse (exit 2) a ``--sink`` no one knows, listing the known ones."""
+    names = ", ".join(sorted(known)) or "none"
+    return refuse(f"no sink named {name!r} (known sinks: {names})")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
-from bridge.cli.operator_config import TOKEN_ENV, add_config_option
+from bridge.cli.operator_config import add_admin_options, add_config_option
 from bridge.cli.status import Refused, Target, refusal, target
 
 DEFAULT_TIMEOUT: Final = 30.0
@@ -47,17 +47,7 @@ def add_trigger_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         default=DEFAULT_TIMEOUT,
         help=f"how long to wait for the delivery (default {DEFAULT_TIMEOUT:g})",
     )
-    p.add_argument(
-        "--admin",
-        metavar="URL",
-        help="the running bridge's admin server (default: the config's admin.listen)",
-    )
-    p.add_argument(
-        "--token",
-        metavar="TOKEN",
-        help=f"the admin token (default: ${TOKEN_ENV}, else the config's admin.token); "
-        "shows in the process list, prefer the variable",
-    )
+    add_admin_options(p)
     p.set_defaults(func=cmd_trigger)
 
 
