@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -231,21 +230,10 @@ def _load_sink(
 
 
 def _check_deliverable(walker: Walker, path: str, options: object) -> None:
-    """Options every delivery would fail with: refused here rather than retried until dead.
-
-    Read off any sink type's options by name: ``url`` with ``headers`` is an HTTP request, and
-    ``path`` (a path) is a file the sink appends to.
+    """A file the sink could never write: refused here rather than retried until dead. Read off
+    any sink type's options by name: ``path`` (a path) is a file the sink appends to. (A sink's
+    own rules, such as HTTP auth that conflicts, are its options' ``__post_init__``.)
     """
-    url, headers = getattr(options, "url", None), getattr(options, "headers", None)
-    if isinstance(url, str) and isinstance(headers, Mapping):
-        parts = urllib.parse.urlsplit(url)  # the walker checked it parses
-        named = [k for k in headers if str(k).lower() == "authorization"]
-        if (parts.username is not None or parts.password is not None) and named:
-            walker.fail(
-                f"{path}.headers.{named[0]}",
-                "conflicts with the credentials in url (user:password@): a request carries "
-                "one Authorization header; keep one of the two",
-            )
     file = getattr(options, "path", None)
     if isinstance(file, Path):
         verdict, message = check_directory(fixed_directory(str(file)))

@@ -338,9 +338,11 @@ class Walker:
         except TypeError as exc:  # a required field the loop reported missing already
             return self.fail(path, str(exc))
         except ValueError as exc:
-            # A section's own check (``__post_init__``) says "key: problem" about one of its keys.
+            # A section's own check (``__post_init__``) says "key: problem" about one of its keys
+            # (or "key.sub: problem" about a part of one).
             key, sep, message = str(exc).partition(": ")
-            if sep and key in {f.metadata.get("key", f.name) for f in dataclasses.fields(cls)}:
+            names = {f.metadata.get("key", f.name) for f in dataclasses.fields(cls)}
+            if sep and key.split(".", 1)[0] in names:
                 return self.fail(f"{path}.{key}" if path else key, message)
             return self.fail(path, str(exc))
 

@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -52,6 +53,14 @@ class HttpSinkOptions:
                 standard_webhooks_key(self.secret.get())
             except ValueError as exc:
                 raise ValueError(f"secret: {exc}") from None
+        parts = urllib.parse.urlsplit(self.url)  # the config checked it parses
+        named = [name for name in self.headers if name.lower() == "authorization"]
+        if named and (parts.username is not None or parts.password is not None):
+            # Every attempt would fail: a request carries one Authorization header.
+            raise ValueError(
+                f"headers.{named[0]}: conflicts with the credentials in url (user:password@): "
+                "a request carries one Authorization header; keep one of the two"
+            )
 
 
 SOURCE_HEADER: Final = "X-OpenMail-Bridge-Source"
