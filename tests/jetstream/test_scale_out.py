@@ -148,8 +148,17 @@ async def stream_has(servers: Sequence[NatsServer], count: int) -> bool:
 async def stream_ids(servers: Sequence[NatsServer]) -> list[str]:
     """Every message's ``Nats-Msg-Id`` in stream order, after checking that it is the event's own
     id, in ``X-Event-Id`` and in the unchanged body alike."""
-    async with nats_client(servers[0], servers=[s.url for s in servers]) as client:
-        messages = await stream_messages(client.jetstream())
+    messages: list[Any] = []
+
+    async def read() -> bool:
+        try:
+            async with nats_client(servers[0], servers=[s.url for s in servers]) as client:
+                messages[:] = await stream_messages(client.jetstream())
+        except (nats.errors.Error, TimeoutError):  # a cluster electing a leader answers 503
+            return False
+        return True
+
+    await wait_until(read, SETTLE, interval=0.1)
     ids: list[str] = []
     for msg in messages:
         headers = msg.headers or {}
