@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # extras. A venv that `make test` has installed already has them.
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: demo test lint types pytest bench clean
+.PHONY: demo test lint types pytest bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,19 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy --strict bridge/
 
-pytest: $(STAMP)
+# The console's browser tests drive the system's Chromium (Debian's package), never a download;
+# installed once, when no Chromium is on PATH (as root, or through sudo).
+CHROMIUMS := chromium chromium-browser google-chrome
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+chromium:
+	@for b in $(CHROMIUMS); do command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	echo "installing chromium for the console's browser tests"; \
+	$(SUDO) apt-get update -qq && \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium >/dev/null
+
+pytest: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 test: lint types pytest

@@ -1,5 +1,6 @@
 """Admin server: ``/healthz`` (liveness), ``/readyz`` (can events get in?), ``/metrics``,
-``/status``, and ``/trigger`` (send a test event to one sink, then ask how its delivery went).
+``/status``, ``/trigger`` (send a test event to one sink, then ask how its delivery went), and the
+console at ``/`` with its JSON API under ``/api/`` (``bridge.console``).
 
 Separate from the webhook listener so it can stay on loopback while the webhook faces OpenMail.
 Liveness is only "the event loop turns": a full disk or a down sink must not make an orchestrator
@@ -10,12 +11,17 @@ and never show a payload or a credential: they answer without a token. Every oth
 added later included, is private: with ``admin.token`` set it needs that bearer token on any
 address; without one it answers only on a loopback address, and 403 elsewhere (the bridge still
 starts, so a container's documented ``docker run`` keeps working; the supervisor logs
-``admin.private_paths_disabled`` at start, from the config's warnings).
+``admin.private_paths_disabled`` at start, from the config's warnings). A browser's console
+session cookie stands in for the token; the login form, the page's static files and ``/`` itself
+answer without one (``/`` then shows the login form).
+
+Every private path also answers only a ``Host`` that names this server (DNS rebinding), and a
+request that changes state only as a JSON POST whose ``Origin``, when a browser sends one, is the
+console's own (``bridge.console.guard``). Every response carries the console's security headers.
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Protocol
@@ -25,15 +31,24 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bridge import logs
+from bridge.activity import ActivityFeed
 from bridge.config import AdminConfig
+from bridge.console import auth, guard
+from bridge.console.auth import CREDENTIAL, Credential
+from bridge.console.routes import Console
+from bridge.console.sessions import Sessions
+from bridge.console.view import ConsoleView
 from bridge.errors import StoreError
 from bridge.health import Readiness
+from bridge.stream import activity_stream, throughput
 from bridge.trigger import Refusal, Refused, Trigger
 
 log = structlog.get_logger("bridge.admin")
 
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 """Answer without a token: what liveness/readiness probes and a Prometheus scrape need."""
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods that never change state here."""
 REFUSAL_STATUS: Final = {
     Refusal.UNKNOWN_SINK: 404,
     Refusal.STOPPING: 503,
@@ -41,15 +56,12 @@ REFUSAL_STATUS: Final = {
 }
 
 
-class AdminView(Protocol):
-    """What the admin server shows of a bridge; the supervisor provides it."""
+class AdminView(ConsoleView, Protocol):
+    """What the admin server shows of a bridge (the console's part included); the supervisor
+    provides it."""
 
     def readiness(self) -> tuple[Readiness, Mapping[str, str]]:
         """The bridge's readiness and each part's state."""
-        ...
-
-    async def status(self) -> Mapping[str, object]:
-        """The ``/status`` report."""
         ...
 
     async def metrics_text(self) -> bytes:
@@ -59,6 +71,11 @@ class AdminView(Protocol):
     @property
     def trigger(self) -> Trigger:
         """Sends test events to one sink."""
+        ...
+
+    @property
+    def activity(self) -> ActivityFeed:
+        """What happens to events as it happens: ``/api/stream``, ``/api/throughput``."""
         ...
 
 
@@ -75,15 +92,22 @@ class AdminServer:
         self.view = view
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.sessions = Sessions()
+        self.console = Console(config, view, self.sessions)
+        self._hosts = guard.HostRule(config.listen, config.listen.port, config.allowed_hosts)
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._guard])
+        app.on_response_prepare.append(_security_headers)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/status", self._status)
         app.router.add_post("/trigger", self._trigger)
         app.router.add_get("/trigger/{event_id}", self._trigger_outcome)
+        self.console.add_routes(app)
+        app.router.add_get("/api/stream", activity_stream(self.view.activity))
+        app.router.add_get("/api/throughput", throughput(self.view.activity))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         listen = self.config.listen
@@ -96,6 +120,7 @@ class AdminServer:
         self._runner = runner
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else listen.port
+        self._hosts = guard.HostRule(listen, self.port, self.config.allowed_hosts)
         log.info("admin.listening", listen=f"{listen.host}:{self.port}")
 
     async def stop(self) -> None:
@@ -104,30 +129,42 @@ class AdminServer:
             self._runner = None
 
     @web.middleware
-    async def _auth(
+    async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if request.path in PUBLIC_PATHS:
             return await handler(request)
-        token = self.config.token
-        if token is None:
-            if self.config.listen.is_loopback:
-                return await handler(request)
-            return web.json_response(
-                {
-                    "error": "this path is disabled: the admin server listens on "
-                    f"{self.config.listen} without admin.token",
-                    "hint": "set admin.token and send it as 'Authorization: Bearer <token>', "
-                    "or listen on a loopback address",
-                },
-                status=403,
+        host = request.headers.get("Host", "")
+        if not self._hosts.allows(host):
+            return _refused(
+                403,
+                f"this admin server does not answer for Host {host!r}",
+                "open it at its listen address (localhost for a loopback one), or list the name "
+                "in admin.allowed_hosts",
             )
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        # Constant-time, so the response time does not tell how much of a guess was right.
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), token.get().encode()
-        )
-        if not ok:
+        token = self.config.token
+        if token is None and not self.config.listen.is_loopback:
+            return _refused(
+                403,
+                "this path is disabled: the admin server listens on "
+                f"{self.config.listen} without admin.token",
+                "set admin.token and send it as 'Authorization: Bearer <token>', "
+                "or listen on a loopback address",
+            )
+        credential = auth.credential_of(request, token, self.sessions)
+        request[CREDENTIAL] = credential
+        if request.method not in SAFE_METHODS:
+            refusal = guard.state_change_refusal(
+                method=request.method,
+                content_type=request.content_type,
+                origin=request.headers.get("Origin"),
+                host=host,
+                from_browser=credential is Credential.SESSION or request.path in auth.BROWSER_PATHS,
+                console_api=request.path.startswith(auth.API_PREFIX),
+            )
+            if refusal is not None:
+                return _refused(403, refusal)
+        if credential is Credential.NONE and not auth.is_open(request.path):
             return web.json_response(
                 {"error": "missing or wrong bearer token"},
                 status=401,
@@ -185,3 +222,12 @@ class AdminServer:
             )
         # The error text comes from the receiver: masked as the logs are.
         return web.json_response(logs.REDACTOR.scrub_tree(outcome.as_dict()))
+
+
+def _refused(status: int, error: str, hint: str | None = None) -> web.Response:
+    body = {"error": error} if hint is None else {"error": error, "hint": hint}
+    return web.json_response(body, status=status)
+
+
+async def _security_headers(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(guard.SECURITY_HEADERS)

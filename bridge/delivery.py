@@ -7,6 +7,12 @@ time (for a sink that takes batches, one batch holding the lane's rows in order)
 in parallel up to ``concurrency``. A delivery that is retrying holds its
 lane; a dead-lettered one releases it. Rows live in the store until delivered, so memory holds only
 a window of them and a crash loses nothing.
+
+A row may carry times the store decided at accept (:mod:`bridge.windows`): a lane whose head is
+held by a rate limit or gathered in a debounce window waits, behind one timer per worker, and the
+rows of a window then go together (as one request to a :class:`~bridge.sinks.WindowSink`). A row
+due further off than a minute is parked without its payload (:mod:`bridge.intake`), so held rows
+never keep rows of other lanes out of memory. A stop flushes open windows but keeps holds.
 """
 
 from __future__ import annotations
@@ -14,15 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity import RetryCallState
 
 from bridge import logs, redact
-from bridge.backoff import full_jitter
+from bridge.activity import ActivityFeed
 from bridge.config import Secret, SinkConfig
 from bridge.errors import (
     DeliveryError,
@@ -30,34 +35,26 @@ from bridge.errors import (
     RetryableDeliveryError,
     StoreError,
 )
+from bridge.intake import Intake
+from bridge.lanes import Taken
 from bridge.metrics import Metrics
-from bridge.sinks import BatchSink, Sink
+from bridge.retry_policy import RetryPolicy
+from bridge.sinks import BatchSink, Sink, WindowSink
 from bridge.store import Delivery, Store
 
 log = structlog.get_logger("bridge.delivery")
 
 WINDOW = 2000
-"""Deliveries a worker keeps in memory; the rest wait in the store until the window drains."""
+"""Deliveries a worker keeps in memory with their payloads, in flight included; the rest wait in
+the store until the window drains."""
+PARKED = 100_000
+"""Deliveries a worker keeps parked (no payload) until their hold or debounce window comes near;
+the rest wait in the store until some have gone. A parked row costs about 150 bytes, 550 when
+each is a thread of its own: at most some 55 MB."""
 BATCH = 256
 """Deliveries a worker hands a ``BatchSink`` at once: one write, one fsync, one store commit."""
-RESYNC_PAGE = 1000
-"""Rows per store read when a resync looks for redriven rows below those already seen."""
-
-
-def lane_of(delivery: Delivery, ordering: str) -> object:
-    if ordering == "strict":
-        return "*"
-    if ordering == "none":
-        return delivery.id
-    if delivery.thread_id:
-        return ("thread", delivery.thread_id)
-    return ("inbox", delivery.inbox_id)
-
-
-def redriven(delivery: Delivery) -> bool:
-    """A row ``dlq retry`` moved back to pending, not attempted since: only that resets attempts
-    to 0 and keeps the error, where a row never tried has no error."""
-    return delivery.attempts == 0 and delivery.last_error is not None
+TIMER_MAX = 60.0
+"""Longest a worker's timer sleeps before it reads the clock again (which may have been set)."""
 
 
 def sink_credentials(config: SinkConfig[object]) -> list[str]:
@@ -100,32 +97,36 @@ class SinkWorker:
         metrics: Metrics,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
         batch: int = BATCH,
+        activity: ActivityFeed | None = None,
     ) -> None:
         self.config = config
+        self.activity = activity if activity is not None else ActivityFeed()
         self.sink = sink
         self.store = store
         self.metrics = metrics
         self.state = SinkState()
         self._sleep = sleep
-        self._lanes: dict[object, deque[Delivery]] = {}
-        self._ready: deque[object] = deque()
-        self._busy: set[object] = set()
-        self._known: set[int] = set()  # ids in memory or in flight
-        self._max_seq = 0
-        self._overflow = False
+        self._clock = clock  # Unix time, as the store's hold and window times are
+        self._log = log.bind(sink=config.name)
+        self._intake = Intake(
+            store, config.name, config.ordering,
+            window=WINDOW, parked=PARKED, clock=clock, log=self._log,
+        )  # fmt: skip
+        self._lanes = self._intake.lanes
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_at = 0.0  # when the running timer rings
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._retry = RetryPolicy(config.retry, clock=clock, sleep=sleep, stopping=self._stopping)
         self._tasks: list[asyncio.Task[None]] = []
-        self._loader: asyncio.Task[int] | None = None
-        # One set per store read in progress: ids whose outcome was recorded meanwhile. The read
-        # may still see them pending; adding them again would deliver them twice.
-        self._reads: list[set[int]] = []
-        self._log = log.bind(sink=config.name)
+        self._refill: asyncio.Task[None] | None = None
         self._credentials = sink_credentials(config)
         # Decided once: a runtime-checkable Protocol's isinstance walks its members each time.
         self._batch_sink = sink if isinstance(sink, BatchSink) else None
-        self._batch = batch if self._batch_sink is not None else 1
+        self._window_sink = sink if isinstance(sink, WindowSink) and sink.sends_windows else None
+        self._batch = batch if self._batch_sink or self._window_sink else 1
 
     @property
     def name(self) -> str:
@@ -133,110 +134,75 @@ class SinkWorker:
 
     @property
     def in_memory(self) -> int:
-        return len(self._known)
+        """Rows held with their payloads (at most ``WINDOW``, but for redriven ones)."""
+        return len(self._lanes)
+
+    @property
+    def parked(self) -> int:
+        """Rows parked without their payloads (at most ``PARKED``, but for redriven ones)."""
+        return len(self._intake.parked)
 
     # --- feeding ---------------------------------------------------------------------------
 
     def submit(self, deliveries: Iterable[Delivery]) -> None:
-        for delivery in deliveries:
-            # While a load is reading, older rows may still be only in the store: taking this one
-            # now would put it before them in its thread and move _max_seq past them for good.
-            if self._overflow or self._reads or len(self._known) >= WINDOW:
-                # The row is committed; the loader fetches it from the store once there is room.
-                self._overflow = True
-                continue
-            self._add(delivery)
-
-    def _add(self, delivery: Delivery) -> bool:
-        if delivery.id in self._known:
-            return False
-        self._known.add(delivery.id)
-        self._max_seq = max(self._max_seq, delivery.seq)
-        lane = lane_of(delivery, self.config.ordering)
-        queue = self._lanes.get(lane)
-        if queue is None:
-            self._lanes[lane] = deque([delivery])
-            if lane not in self._busy:
-                self._ready.append(lane)
-                self._wakeup.set()
-        elif queue and queue[-1].seq > delivery.seq:
-            # A redriven row goes before its lane's later rows.
-            items = sorted([*queue, delivery], key=lambda d: d.seq)
-            queue.clear()
-            queue.extend(items)
-        else:
-            queue.append(delivery)
-        return True
-
-    async def load(self, *, after_seq: int) -> int:
-        """Pull committed rows from the store into the window; the count of redriven ones."""
-        room = WINDOW - len(self._known)
-        if room <= 0:
-            return 0
-        self._overflow = False
-        settled: set[int] = set()
-        self._reads.append(settled)
-        try:
-            rows = await self.store.pending(self.name, after_seq=after_seq, limit=room)
-        except StoreError as exc:
-            # The rows stay in the store; the next load (on the next wake-up) reads them.
-            self._overflow = True
-            self._log.warning("delivery.load_failed", error=str(exc))
-            return 0
-        finally:
-            self._reads = [s for s in self._reads if s is not settled]
-        taken = sum(redriven(row) for row in rows if row.id not in settled and self._add(row))
-        if len(rows) >= room:
-            self._overflow = True
-        if self._overflow:
-            self._wakeup.set()  # an idle worker starts the next load
-        return taken
+        self._intake.submit(deliveries)
+        self._changed()
 
     async def resync(self) -> int:
         """Pick up rows changed by another process (``dlq retry``), keeping what is in memory;
-        the count of redriven rows taken.
+        the count of redriven rows taken (see :meth:`Intake.resync`)."""
+        taken = await self._intake.resync()
+        self._changed()
+        return taken
 
-        A redriven row sits at or below ``_max_seq``, where the loader never looks again, and
-        the window may be full: such rows are taken whatever the window (a redrive is an explicit,
-        bounded act). Rows above ``_max_seq`` are loaded as usual.
-        """
-        settled: set[int] = set()
-        self._reads.append(settled)
-        taken = 0
-        try:
-            after = 0
-            while after < self._max_seq:
-                rows = await self.store.pending(self.name, after_seq=after, limit=RESYNC_PAGE)
-                for row in rows:
-                    if row.seq <= self._max_seq and row.id not in settled and self._add(row):
-                        taken += redriven(row)
-                after = rows[-1].seq if rows else self._max_seq
-        finally:
-            self._reads = [s for s in self._reads if s is not settled]
-        return taken + await self.load(after_seq=self._max_seq)
+    def _changed(self) -> None:
+        """Rows came in: wake a worker if a lane may go (or rows wait in the store, which an idle
+        worker loads), else have the timer ring when one may."""
+        if self._lanes.ready or self._intake.overflow:
+            self._wakeup.set()
+        else:
+            self._arm()
+
+    def _refilling(self) -> bool:
+        return self._refill is not None and not self._refill.done()
+
+    async def _refilled(self) -> None:
+        await self._intake.refill()
+        self._wakeup.set()  # a worker takes what came in, or arms the timer for it
 
     # --- running ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.sink.start()
-        await self.load(after_seq=0)
+        await self._intake.load(after_seq=0)
         workers = 1 if self.config.ordering == "strict" else self.config.concurrency
         self._tasks = [
             asyncio.create_task(self._work(), name=f"sink:{self.name}:{i}") for i in range(workers)
         ]
 
     async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - a drain deadline, as in asyncio.wait
-        """Stop taking rows; let attempts in flight finish up to ``timeout``; the rest stay put."""
+        """Stop taking rows, but for open debounce windows, which go now (parked ones read back
+        first); let attempts in flight finish up to ``timeout``; the rest (held rows included)
+        stay put."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        now = self._clock()
+        self._lanes.flush(now)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._intake.unpark(now, flushing=True)
         self._stopping.set()
         self._wakeup.set()
+        if self._timer:
+            self._timer.cancel()
         if self._tasks:
-            _, still = await asyncio.wait(self._tasks, timeout=timeout)
+            _, still = await asyncio.wait(self._tasks, timeout=max(0.0, deadline - loop.time()))
             for task in still:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._loader:
-            self._loader.cancel()
-            await asyncio.gather(self._loader, return_exceptions=True)
+        if self._refill:
+            self._refill.cancel()
+            await asyncio.gather(self._refill, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.sink.close()
 
@@ -246,57 +212,55 @@ class SinkWorker:
         for task in self._tasks:
             task.cancel()
 
-    async def _next(self) -> list[tuple[object, Delivery]] | None:
-        while not self._stopping.is_set():
-            if self._ready:
-                return self._take()
-            if self._overflow and (self._loader is None or self._loader.done()):
-                self._loader = asyncio.create_task(self.load(after_seq=self._max_seq))
+    async def _next(self) -> Taken | None:
+        """The next deliveries, each with its lane, which stays busy until they are done: one
+        row, a debounce window's rows for a :class:`WindowSink`, or up to ``batch`` rows of the
+        ready lanes for a :class:`BatchSink` (written in order, so every thread's order holds).
+        None once stopping and no open window is left to flush."""
+        while True:
+            stopping = self._stopping.is_set()
+            now = self._clock()
+            if not stopping:
+                self._lanes.promote(now)
+            windows = self._window_sink is not None
+            taken = self._lanes.take(now, batch=self._batch, windows=windows, flushing=stopping)
+            if stopping:
+                return taken or None
+            if not self._refilling() and self._intake.wants_refill(now, idle=not taken):
+                self._refill = asyncio.create_task(self._refilled(), name=f"sink:{self.name}:in")
+            if taken:
+                return taken
+            self._arm()
             self._wakeup.clear()
             await self._wakeup.wait()
-        return None
 
-    def _take(self) -> list[tuple[object, Delivery]]:
-        """The next deliveries, each with its lane, which stays busy until they are done.
+    def _arm(self) -> None:
+        """Have the timer wake the worker when a waiting lane may go or parked rows come near,
+        unless it will."""
+        at = self._intake.next_at(refilling=self._refilling())
+        if at is None or self._stopping.is_set():
+            return
+        if self._timer is not None and not self._timer.done():
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.create_task(self._ring(at), name=f"sink:{self.name}:timer")
 
-        One for a sink that takes events one at a time. For a :class:`BatchSink`, up to
-        ``batch`` of them: the ready lanes' heads and the rows behind them, in lane order, so a
-        batch written in order keeps every thread's order.
-        """
-        taken: list[tuple[object, Delivery]] = []
-        while self._ready and len(taken) < self._batch:
-            lane = self._ready.popleft()
-            self._busy.add(lane)
-            queue = self._lanes[lane]
-            taken.append((lane, queue.popleft()))
-            while queue and len(taken) < self._batch:
-                taken.append((lane, queue.popleft()))
-        return taken
+    async def _ring(self, at: float) -> None:
+        await self._sleep(min(max(0.0, at - self._clock()), TIMER_MAX))
+        self._wakeup.set()
 
-    def _release(self, items: list[tuple[object, Delivery]]) -> None:
-        lanes: dict[object, None] = {}
-        for lane, delivery in items:
-            self._known.discard(delivery.id)
-            for settled in self._reads:
-                settled.add(delivery.id)
-            lanes[lane] = None
-        for lane in lanes:
-            self._busy.discard(lane)
-            queue = self._lanes.get(lane)
-            if queue:
-                self._ready.append(lane)
-            elif queue is not None:
-                del self._lanes[lane]
-        if self._overflow and len(self._known) < WINDOW // 2:
-            self._wakeup.set()
+    def _release(self, items: Taken) -> None:
+        self._intake.settle(items)
 
     async def _work(self) -> None:
         while (items := await self._next()) is not None:
             try:
-                if len(items) == 1:
-                    await self._deliver(items[0][1])
-                else:
+                if self._batch_sink is not None and len(items) > 1:
                     await self._deliver_batch([delivery for _, delivery in items])
+                else:
+                    await self._deliver([delivery for _, delivery in items])
             except Exception:
                 # A bug must not end this worker for the life of the process; the rows stay
                 # pending in the store and are delivered again after the next resync or restart.
@@ -307,80 +271,50 @@ class SinkWorker:
 
     # --- one delivery ----------------------------------------------------------------------
 
-    def _wait(self, state: RetryCallState) -> float:
-        retry = self.config.retry
-        delay = full_jitter(state.attempt_number, retry.initial, retry.max)
-        outcome = state.outcome
-        exc = outcome.exception() if outcome else None
-        if isinstance(exc, RetryableDeliveryError) and exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)  # never retry before the server asked us to
-        return delay
-
-    def _should_stop(
-        self, delivery: Delivery, attempts_before: int
-    ) -> Callable[[RetryCallState], bool]:
-        retry = self.config.retry
-
-        def stop(state: RetryCallState) -> bool:
-            attempts = attempts_before + state.attempt_number
-            if retry.max_attempts and attempts >= retry.max_attempts:
-                return True
-            return time.time() - delivery.received_at >= retry.max_age or self._stopping.is_set()
-
-        return stop
-
-    async def _sleep_unless_stopping(self, seconds: float) -> None:
-        waiter = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait(
-                [asyncio.ensure_future(self._sleep(seconds)), waiter],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            waiter.cancel()
-
     def _error_text(self, exc: BaseException | None) -> str:
         """A failure as ``last_error``, the logs and the dead-letter table show it: with the
         sink's own credentials and the config's secrets masked, whatever the sink put in it."""
         return redact.scrub_text(str(exc), (*self._credentials, *logs.REDACTOR.secrets))
 
-    async def _before_sleep(self, delivery: Delivery, attempts: int, state: RetryCallState) -> None:
+    async def _before_sleep(
+        self, group: Sequence[Delivery], attempts: int, state: RetryCallState
+    ) -> None:
         exc = state.outcome.exception() if state.outcome else None
         error = self._error_text(exc)
-        self.metrics.deliveries.labels(self.name, "retry").inc()
+        self.metrics.deliveries.labels(self.name, "retry").inc(len(group))
         self.state.last_error, self.state.last_error_at = error, time.time()
         wait = state.next_action.sleep if state.next_action else 0.0
+        attempt = attempts + state.attempt_number
         self._log.warning(
             "delivery.retrying",
-            event_id=delivery.event_id,
-            attempt=attempts + state.attempt_number,
+            event_id=group[0].event_id,
+            attempt=attempt,
             error=error,
             retry_in=round(wait, 3),
+            **({"event_ids": [d.event_id for d in group]} if len(group) > 1 else {}),
         )
-        with contextlib.suppress(StoreError):
-            await self.store.record_attempt(
-                delivery.id, attempts=attempts + state.attempt_number, error=error
-            )
+        for delivery in group:
+            with contextlib.suppress(StoreError):
+                await self.store.record_attempt(delivery.id, attempts=attempt, error=error)
+            # Published once recorded, as delivered and dead are: a reader that asks the store
+            # then finds what it was told.
+            self.activity.retrying(delivery, attempt, error)
 
-    async def _deliver(self, delivery: Delivery) -> None:
-        attempts = delivery.attempts
+    async def _deliver(self, group: Sequence[Delivery]) -> None:
+        """One delivery with its retries: one event, or a debounce window's events as one
+        request to a :class:`WindowSink`, whose outcome is then every one of theirs."""
+        head = group[0]
+        attempts = max(delivery.attempts for delivery in group)
 
         # A coroutine function, not a lambda returning a coroutine: tenacity awaits only the
         # former and would drop the latter unawaited (no log, no metric, no attempt recorded).
         async def before_sleep(state: RetryCallState) -> None:
-            await self._before_sleep(delivery, attempts, state)
+            await self._before_sleep(group, attempts, state)
 
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(RetryableDeliveryError),
-            wait=self._wait,
-            stop=self._should_stop(delivery, attempts),
-            sleep=self._sleep_unless_stopping,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+        retrying = self._retry.retrying(head, attempts, before_sleep)
         tries = 1
         try:
-            first = await self._first_attempt(delivery)
+            first = await self._first_attempt(group)
             if first is not None:
                 async for attempt in retrying:
                     with attempt:
@@ -389,14 +323,16 @@ class SinkWorker:
                             raise first
                         if self._stopping.is_set():
                             raise RetryableDeliveryError("the bridge is stopping")
-                        await self._send(delivery)
+                        await self._send(group)
         except (RetryableDeliveryError, PermanentDeliveryError) as exc:
             if isinstance(exc, RetryableDeliveryError) and self._stopping.is_set():
-                return  # shutting down: the row stays pending for the next start
-            await self._dead_letter(delivery, attempts + tries, exc)
+                return  # shutting down: the rows stay pending for the next start
+            for delivery in group:
+                await self._dead_letter(delivery, attempts + tries, exc)
             return
-        await self._store_call(lambda: self.store.mark_delivered(delivery.id), delivery)
-        self._count_delivered((delivery,), attempt=attempts + tries)
+        ids = [delivery.id for delivery in group]
+        await self._store_call(lambda: self.store.mark_delivered_many(ids), head)
+        self._count_delivered(group, attempt=attempts + tries)
 
     async def _deliver_batch(self, deliveries: list[Delivery]) -> None:
         """Many deliveries in one ``send_batch`` and one store commit. A failure of the batch as a
@@ -411,7 +347,7 @@ class SinkWorker:
             for delivery in deliveries:
                 if self._stopping.is_set():
                     return  # the rest stay pending for the next start
-                await self._deliver(delivery)
+                await self._deliver((delivery,))
             return
         done = [d for d, failure in zip(deliveries, results, strict=True) if failure is None]
         for delivery, failure in zip(deliveries, results, strict=True):
@@ -431,29 +367,32 @@ class SinkWorker:
         latency = self.metrics.delivery_latency.labels(self.name)
         for delivery in deliveries:
             latency.observe(max(0.0, now - delivery.received_at))
-            self._log.debug(
-                "delivery.sent",
-                event_id=delivery.event_id,
-                attempt=delivery.attempts + 1 if attempt is None else attempt,
-            )
+            tried = delivery.attempts + 1 if attempt is None else attempt
+            self.activity.delivered(delivery, tried)
+            self._log.debug("delivery.sent", event_id=delivery.event_id, attempt=tried)
 
-    async def _first_attempt(self, delivery: Delivery) -> RetryableDeliveryError | None:
+    async def _first_attempt(self, group: Sequence[Delivery]) -> RetryableDeliveryError | None:
         """Most deliveries succeed at once, so the first attempt runs without tenacity, whose
         per-call set-up was a sixth of the delivery path's time. Returns a retryable failure."""
         try:
-            await self._send(delivery)
+            await self._send(group)
         except RetryableDeliveryError as exc:
             return exc
         return None
 
-    async def _send(self, delivery: Delivery) -> None:
-        """``sink.send``, with any failure a sink did not classify treated as retryable."""
+    async def _send(self, group: Sequence[Delivery]) -> None:
+        """``sink.send``, or ``send_window`` for a sink that takes windows (every request then
+        has the same form, a window of one included), with any failure a sink did not classify
+        treated as retryable."""
         try:
-            await self.sink.send(delivery)
+            if self._window_sink is not None:
+                await self._window_sink.send_window(group)
+            else:
+                await self.sink.send(group[0])
         except DeliveryError:
             raise
         except Exception as exc:
-            self._log.exception("delivery.sink_error", event_id=delivery.event_id)
+            self._log.exception("delivery.sink_error", event_id=group[0].event_id)
             raise RetryableDeliveryError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _dead_letter(self, delivery: Delivery, attempts: int, exc: Exception) -> None:
@@ -472,6 +411,7 @@ class SinkWorker:
             lambda: self.store.dead_letter(delivery.id, error=error, attempts=attempts), delivery
         )
         self.state.dead_recorded += 1
+        self.activity.dead(delivery, attempts, error)
 
     async def _store_call(self, call: Callable[[], Awaitable[None]], delivery: Delivery) -> None:
         """Record an outcome; if the store cannot write, retry once it can (the row stays put)."""

@@ -26,6 +26,27 @@ CONTENT_KEY_PREFIX: Final = "sha256:"
 """Prefix of a dedup key made from the content identity (a payload with no ``event_id``)."""
 
 
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    """What routing reads of an event's ``message`` besides its addresses, taken once at parse.
+
+    Each is None when the field is absent or not of its type (protocol notes §10: the
+    classification is undocumented and missing on older messages): unknown, which no match key
+    holds for. ``auto_replyable`` is only ever an explicit JSON boolean; ``has_attachments`` is
+    whether ``attachments`` is a non-empty list.
+    """
+
+    verdict: str | None = None
+    category: str | None = None
+    auto_replyable: bool | None = None
+    has_attachments: bool | None = None
+    subject: str | None = None
+
+
+NO_FACTS: Final = MessageFacts()
+"""The facts of an event without a ``message`` (lifecycle events), or not built from a payload."""
+
+
 class Origin(enum.StrEnum):
     """Which transport an event arrived by."""
 
@@ -63,6 +84,8 @@ class Event:
     """The bridge-to-bridge transport it came by (``nats``), None when straight from OpenMail:
     ``origin`` stays OpenMail's, which sinks send on; only an event OpenMail sent this bridge
     over the WebSocket moves its replay cursor; metrics count it under ``via`` when set."""
+    facts: MessageFacts = NO_FACTS
+    """What routing reads of the payload's ``message`` beyond ``sender`` / ``recipient``."""
 
     @property
     def from_own_websocket(self) -> bool:
@@ -119,6 +142,27 @@ def content_identity(data: dict[str, object]) -> str:
 def _opt_str(data: dict[str, object], key: str) -> str | None:
     value = data.get(key)
     return _text(value, key) if isinstance(value, str) else None
+
+
+def message_facts(message: dict[str, object]) -> MessageFacts:
+    """The :class:`MessageFacts` of a decoded ``message`` object; a malformed field is unknown.
+
+    On every accepted event's path: plain lookups, no copy and no second parse. The values are
+    only compared, never written anywhere, so a lone surrogate in one does no harm: they skip the
+    :func:`_text` check.
+    """
+    verdict = message.get("verdict")
+    category = message.get("category")
+    auto_replyable = message.get("auto_replyable")
+    attachments = message.get("attachments")
+    subject = message.get("subject")
+    return MessageFacts(
+        verdict if isinstance(verdict, str) else None,
+        category if isinstance(category, str) else None,
+        auto_replyable if isinstance(auto_replyable, bool) else None,
+        bool(attachments) if isinstance(attachments, list) else None,
+        subject if isinstance(subject, str) else None,
+    )
 
 
 class EventOptions(TypedDict, total=False):
@@ -185,9 +229,11 @@ def event_from_object(
     dedup_key = event_id if body_has_id else CONTENT_KEY_PREFIX + content_id
     message = data.get("message")
     sender = recipient = None
+    facts = NO_FACTS
     if isinstance(message, dict):
         sender = _opt_str(message, "from")
         recipient = _opt_str(message, "to")
+        facts = message_facts(message)
     return Event(
         event_id=event_id,
         type=kind,
@@ -200,4 +246,5 @@ def event_from_object(
         raw=raw,
         content_id=content_id,
         dedup_key=dedup_key,
+        facts=facts,
     )

@@ -11,7 +11,7 @@ nothing here does I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -116,6 +116,8 @@ class StatusFacts:
     config_source: str | None
     last_reload: Mapping[str, object]
     nats: Mapping[str, object] | None = None  # the NATS parts' status; None without NATS
+    guarded: Mapping[str, object] = field(default_factory=dict)
+    """Per route, what its guard and limits did since start: {route: {reason: {action: n}}}."""
 
 
 def pending_age(oldest_received_at: float | None, now: float) -> float:
@@ -179,4 +181,5 @@ def status_report(facts: StatusFacts) -> dict[str, object]:
         "removed_sinks": sorted(n for n in facts.counts if n not in facts.sinks),
         "config": {"source": facts.config_source, "last_reload": facts.last_reload},
         "nats": facts.nats,
+        "guarded": facts.guarded,
     }

@@ -35,6 +35,19 @@ class Metrics:
         self.events_unrouted = counter(
             "events_unrouted", "Accepted events that no route matched", "source"
         )
+        self.events_guarded = counter(
+            "events_guarded",
+            "Events a route's loop and auto-reply guard kept from its agents",
+            "route",
+            "reason",
+        )
+        self.events_limited = counter(
+            "events_limited",
+            "Events over a route's rate limit, by what was done",
+            "route",
+            "limit",
+            "action",
+        )
         self.webhook_rejected = counter(
             "webhook_rejected", "Webhook requests and connections rejected", "reason"
         )

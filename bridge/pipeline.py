@@ -8,14 +8,18 @@ quarantined as a conflict), which is what lets the webhook answer 200 and the We
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
+from bridge.activity import ActivityFeed
 from bridge.errors import StoreError
 from bridge.events import Event
+from bridge.gate import Gate
 from bridge.metrics import Metrics
+from bridge.plan import Action, Plan, Reason
 from bridge.routing import UNROUTED_HINTS, Miss, Router
 from bridge.sources import AcceptResults
 from bridge.store import AcceptOutcome, AcceptResult, Store
@@ -37,34 +41,49 @@ def _result(result: AcceptResult) -> AcceptResult:
 
 
 class Pipeline:
-    """Normalized events in, durable outbox rows out. The router is swapped on reload."""
+    """Normalized events in, durable outbox rows out. The router is swapped on reload; what
+    becomes of each event is published to ``activity``."""
 
     def __init__(
-        self, store: Store, router: Router, dispatcher: Dispatcher, metrics: Metrics
+        self,
+        store: Store,
+        gate: Gate,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        activity: ActivityFeed | None = None,
     ) -> None:
         self.store = store
-        self._router = router
+        self.activity = activity if activity is not None else ActivityFeed()
+        self._gate = gate
+        store.debounce = gate.debounce
         self.dispatcher = dispatcher
         self.metrics = metrics
         self._unrouted_seen: set[tuple[str | None, Miss]] = set()
+        self.noted: Counter[tuple[str, Reason, Action]] = Counter()
+        """Events each route's guard and limits acted on, by reason and action (``/status``)."""
         self.last_event_at: float | None = None
 
     @property
     def router(self) -> Router:
-        return self._router
+        return self._gate.router
 
-    @router.setter
-    def router(self, router: Router) -> None:
+    @property
+    def gate(self) -> Gate:
+        return self._gate
+
+    @gate.setter
+    def gate(self, gate: Gate) -> None:
         # New routes can miss an inbox for a new reason: each is worth one warning again.
-        self._router = router
+        self._gate = gate
+        self.store.debounce = gate.debounce
         self._unrouted_seen.clear()
 
     # -- the Spool that sources see (bridge.sources.Spool) -------------------------------------
 
     def accept(self, events: Sequence[Event]) -> asyncio.Future[AcceptResults]:
         """Route ``events`` and commit them in one store transaction; see ``Spool.accept``."""
-        router = self._router
-        return self._commit([(event, router(event)) for event in events], _outcome)
+        plan = self._gate.plan
+        return self._commit([(event, plan(event)) for event in events], _outcome)
 
     def accept_to(
         self, event: Event, sinks: Sequence[str]
@@ -76,7 +95,7 @@ class Pipeline:
 
     def _commit(
         self,
-        routed: Sequence[tuple[Event, Sequence[str]]],
+        routed: Sequence[tuple[Event, Plan | Sequence[str]]],
         answer_of: Callable[[AcceptResult], _AnswerT],
     ) -> asyncio.Future[list[_AnswerT | StoreError]]:
         answer: asyncio.Future[list[_AnswerT | StoreError]]
@@ -97,8 +116,8 @@ class Pipeline:
             # costs more than the debug lines it then drops.
             logger = log.bind()
             results = [
-                self._committed(logger, event, sinks, result)
-                for (event, sinks), result in zip(routed, done.result(), strict=True)
+                self._committed(logger, event, result)
+                for (event, _), result in zip(routed, done.result(), strict=True)
             ]
             outcomes = [r if isinstance(r, StoreError) else answer_of(r) for r in results]
             if not answer.done():
@@ -145,7 +164,6 @@ class Pipeline:
         self,
         logger: structlog.typing.FilteringBoundLogger,
         event: Event,
-        sinks: Sequence[str],
         result: AcceptResult | StoreError,
     ) -> AcceptResult | StoreError:
         if isinstance(result, StoreError):
@@ -153,6 +171,7 @@ class Pipeline:
         source = event.via or event.origin.value
         if result.outcome is AcceptOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(source).inc()
+            self.activity.duplicate(event)
             logger.debug("event.duplicate", event_id=event.event_id, source=source)
             return result
         if result.outcome is AcceptOutcome.CONFLICT:
@@ -170,6 +189,7 @@ class Pipeline:
             )
             return result
         self.metrics.events_received.labels(source).inc()
+        self.activity.accepted(event)
         self.last_event_at = event.received_at
         # Debug, not info: at thousands of events a second the line costs more than the event.
         logger.debug(
@@ -178,18 +198,49 @@ class Pipeline:
             event_type=event.type,
             inbox_id=event.inbox_id,
             source=source,
-            sinks=list(sinks),
+            sinks=[d.sink for d in result.deliveries],
         )
-        if not sinks:
+        if result.notes:
+            self._noted(logger, event, result)
+        elif not result.deliveries:
             self._unrouted(logger, event, source)
         self.dispatcher.submit(result.deliveries)
         return result
+
+    def gate_report(self) -> dict[str, dict[str, dict[str, int]]]:
+        """:attr:`noted` as ``/status`` shows it: {route: {reason: {action: count}}}."""
+        report: dict[str, dict[str, dict[str, int]]] = {}
+        for (route, reason, action), count in sorted(self.noted.items()):
+            report.setdefault(route, {}).setdefault(reason, {})[action] = count
+        return report
+
+    def _noted(
+        self,
+        logger: structlog.typing.FilteringBoundLogger,
+        event: Event,
+        result: AcceptResult,
+    ) -> None:
+        """Count and log what routes' guards and limits did: nothing disappears silently."""
+        for note in result.notes:
+            if note.reason in (Reason.PER_SENDER, Reason.PER_THREAD):
+                self.metrics.events_limited.labels(note.route, note.reason, note.action).inc()
+            elif note.action is not Action.MARKED:
+                self.metrics.events_guarded.labels(note.route, note.reason).inc()
+            self.noted[note.route, note.reason, note.action] += 1
+        # One line per event, with its id: what it was kept from and why.
+        logger.info(
+            "event.guarded",
+            event_id=event.event_id,
+            inbox_id=event.inbox_id,
+            notes=[note.as_dict() for note in result.notes],
+            sinks=[d.sink for d in result.deliveries],
+        )
 
     def _unrouted(
         self, logger: structlog.typing.FilteringBoundLogger, event: Event, source: str
     ) -> None:
         self.metrics.events_unrouted.labels(source).inc()
-        miss = self._router.why_unrouted(event)
+        miss = self._gate.router.why_unrouted(event)
         # Logged once per inbox and reason: a misrouted inbox would otherwise flood the log.
         if (event.inbox_id, miss) in self._unrouted_seen:
             return

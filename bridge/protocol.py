@@ -373,3 +373,17 @@ def claimed_inbox(data: object) -> str | None:
         if isinstance(inbox, str):
             return inbox
     return None
+
+
+def not_auto_replyable(payload: bytes) -> bool:
+    """Whether an event's ``message.auto_replyable`` is an explicit ``false`` (protocol notes
+    §10: only that means "do not answer"; absent is unknown). Parses only a payload that names
+    the field, so other payloads cost one substring search."""
+    if b'"auto_replyable"' not in payload:
+        return False
+    try:
+        data = loads_strict(payload)
+    except ProtocolError:
+        return False
+    message = data.get("message") if isinstance(data, dict) else None
+    return isinstance(message, dict) and message.get("auto_replyable") is False

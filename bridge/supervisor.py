@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from enum import StrEnum
@@ -25,11 +24,14 @@ from pathlib import Path
 import structlog
 
 from bridge import logs
+from bridge.activity import ActivityFeed
 from bridge.admin import AdminServer
 from bridge.config import Config, SinkConfig, config_warnings, load_config
+from bridge.config_secrets import config_secrets
 from bridge.delivery import SinkWorker
 from bridge.dispatcher import Dispatcher
 from bridge.errors import ConfigError
+from bridge.gate import Gate, gate_of
 from bridge.health import (
     HealthFacts,
     Readiness,
@@ -43,10 +45,8 @@ from bridge.health import (
 )
 from bridge.metrics import Metrics
 from bridge.nats.bus import NatsBus
-from bridge.nats.connection import credentials as nats_credentials
 from bridge.pipeline import Pipeline
 from bridge.reload import applicable_part, restart_only_changes, sinks_to_replace
-from bridge.routing import Router
 from bridge.runtime import loop_name
 from bridge.sinks import SINK_TYPES
 from bridge.sources.webhook import WebhookSource
@@ -57,30 +57,6 @@ from bridge.systemd import Notifier
 from bridge.trigger import Trigger
 
 log = structlog.get_logger("bridge.supervisor")
-CREDENTIAL_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie|session|pass")
-
-
-def config_secrets(config: Config) -> list[str]:
-    """Every secret value in a config, for the log redactor."""
-    om = config.openmail
-    values = [s.get() for s in om.webhook.account_secrets]
-    values += [s.get() for s in om.webhook.inbox_secrets.values()]
-    for secret in (om.api_key, config.admin.token):
-        if secret is not None:
-            values.append(secret.get())
-    for sink in config.sinks.values():
-        secret = getattr(sink.options, "secret", None)
-        if secret is not None:
-            values.append(secret.get())
-        # Extra HTTP headers often carry credentials (Authorization, X-Api-Key).
-        headers: Mapping[str, str] = getattr(sink.options, "headers", {})
-        for name, value in headers.items():
-            if CREDENTIAL_HEADER.search(name):
-                values.append(value.split(" ", 1)[-1])
-                values.append(value)
-    if config.nats is not None:
-        values += nats_credentials(config.nats)
-    return values
 
 
 class Phase(StrEnum):
@@ -138,6 +114,7 @@ class Supervisor:
         self.last_reload: dict[str, object] = {}
         self._nats: NatsBus | None = None
         self.trigger = Trigger(self)  # test events for the admin server's /trigger
+        self.activity = ActivityFeed()  # what happens to events, for /api/stream; kept on reload
         logs.REDACTOR.set_secrets(config_secrets(config))
 
     def _load_from_source(self) -> Config:
@@ -257,7 +234,9 @@ class Supervisor:
         return Running(
             store=store,
             dispatcher=dispatcher,
-            pipeline=Pipeline(store, Router(config.routes), dispatcher, self.metrics),
+            pipeline=Pipeline(
+                store, gate_of(config, store), dispatcher, self.metrics, self.activity
+            ),
             nats=nats,
             admin=AdminServer(config.admin, self) if config.admin.enabled else None,
             webhook=WebhookSource(om.webhook, self.metrics) if om.webhook.enabled else None,
@@ -268,7 +247,7 @@ class Supervisor:
         sink = SINK_TYPES[sink_config.type].factory(sink_config)
         if self._nats is not None:
             self._nats.bind(sink)
-        return SinkWorker(sink_config, sink, store, self.metrics)
+        return SinkWorker(sink_config, sink, store, self.metrics, activity=self.activity)
 
     async def _start_workers(
         self, running: Running, sinks: Mapping[str, SinkConfig[object]]
@@ -327,6 +306,7 @@ class Supervisor:
             await self.stats.stop()  # after the drain, whose deliveries it counts
             if running.nats is not None:
                 await running.nats.stop()
+            self.activity.close()  # ends the live streams, which would hold the admin server up
             if running.admin is not None:
                 await running.admin.stop()
         await self.notifier.stop_watchdog()
@@ -391,7 +371,7 @@ class Supervisor:
                 await workers.pop(name).stop(0)
             await self._start_workers(running, old_sinks)
             raise
-        running.pipeline.router = Router(new.routes)
+        running.pipeline.gate = Gate(new.routes, new.sinks, running.pipeline.gate.own)
         if new.log.stats_interval != self.stats.interval:
             self.stats.start(new.log.stats_interval)
         if running.webhook is not None:
@@ -475,6 +455,7 @@ class Supervisor:
                 config_source=str(self.config.source) if self.config.source else None,
                 last_reload=self.last_reload,
                 nats=running.nats.status() if running.nats is not None else None,
+                guarded=running.pipeline.gate_report(),
             )
         )
 

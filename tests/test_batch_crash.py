@@ -65,6 +65,7 @@ sys.path.insert(0, sys.argv[2])
 from test_batch_crash import LIMITS, batches
 from bridge.store import Store, database, queries, transactions
 from bridge.store.bounds import Room
+from bridge.plan import Plan
 
 path = Path(sys.argv[1])
 first, second = batches()
@@ -82,7 +83,8 @@ lock_fd, conn = database.open_writer(path, exclusive=True)
 database.begin(conn)
 tx = transactions.Tx(conn, queries.read_state(conn), None)
 cursor = tx.cursor
-results = transactions.accept_batch(tx, batch=second, room=Room(path, LIMITS), clock=time.time)
+planned = [(event, Plan(sinks=tuple(sinks))) for event, sinks in second]
+results = transactions.accept_batch(tx, batch=planned, room=Room(path, LIMITS), clock=time.time)
 assert all(r.outcome.value == "accepted" for r in results), results
 assert tx.cursor != cursor
 queries.set_meta(conn, "cursor", tx.cursor)

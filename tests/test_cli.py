@@ -436,12 +436,12 @@ def test_route_test_human(routed: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "event evt_support (message.received, inbox inb_support)"
     assert lines[1:] == [
-        "  route support: match",
-        "  route vip: match",
-        "  route outbound: no match",
-        "  route any-sender: match",
-        "  route lifecycle: no match",
-        "  route everything: match",
+        "  route support: match (inbox_ids, event_types)",
+        "  route vip: match (from)",
+        "  route outbound: no match (to)",
+        "  route any-sender: match (from)",
+        "  route lifecycle: no match (event_types)",
+        "  route everything: match (no match keys)",
         "  sinks: agent, vip, audit, console",
     ]
 

@@ -81,6 +81,7 @@ async def test_list_and_show(tmp_path: Path) -> None:
         "received_at": 0,
         "completed_at": NOW + 100,
         "sinks": ["agent", "audit"],
+        "notes": [],
     }
 
     code, out, err = await run_cli("events", "list", "--state", str(db), "--sink", "audit")

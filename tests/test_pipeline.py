@@ -36,10 +36,10 @@ from conftest import (
 from bridge.config import RouteConfig, RouteMatch
 from bridge.errors import SpoolFullError
 from bridge.events import Event, Origin, parse_event
+from bridge.gate import Gate, OwnAddresses
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.protocol import sign
-from bridge.routing import Router
 from bridge.simulator import Simulator
 from bridge.store import AcceptOutcome, Delivery, Store, StoreLimits
 
@@ -113,7 +113,8 @@ def pipeline_for(
     store: Store, route_list: list[RouteConfig]
 ) -> tuple[Pipeline, RecordingDispatcher, Metrics]:
     dispatcher, metrics = RecordingDispatcher(), Metrics()
-    return Pipeline(store, Router(route_list), dispatcher, metrics), dispatcher, metrics  # type: ignore[arg-type]
+    gate = Gate(route_list, {}, OwnAddresses())
+    return Pipeline(store, gate, dispatcher, metrics), dispatcher, metrics  # type: ignore[arg-type]
 
 
 # --- Pipeline.accept -----------------------------------------------------------------------------
@@ -236,7 +237,7 @@ async def test_unrouted_lines_come_again_after_the_routes_change(store: Store) -
     with structlog.testing.capture_logs() as logs:
         await pipeline.accept_one(make_event("evt_1"))
         await pipeline.accept_one(make_event("evt_2"))
-        pipeline.router = Router([])  # a reload that leaves no route at all
+        pipeline.gate = Gate([], {}, OwnAddresses())  # a reload that leaves no route at all
         await pipeline.accept_one(make_event("evt_3"))
     unrouted = events_named(logs, "event.unrouted")
     assert [(e["event_id"], e["reason"]) for e in unrouted] == [
@@ -258,7 +259,7 @@ async def test_accepted_and_duplicate_lines_stay_at_debug(store: Store) -> None:
 async def test_router_swap_applies_to_the_next_event(store: Store) -> None:
     pipeline, dispatcher, _ = pipeline_for(store, routes(old=()))
     await pipeline.accept_one(make_event("evt_1"))
-    pipeline.router = Router(routes(new=()))  # what a reload does
+    pipeline.gate = Gate(routes(new=()), {}, OwnAddresses())  # what a reload does
     await pipeline.accept_one(make_event("evt_2"))
     assert [(d.event_id, d.sink) for d in dispatcher.submitted] == [
         ("evt_1", "old"),

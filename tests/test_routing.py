@@ -394,6 +394,14 @@ def test_route_test_cli_reads_stdin_and_names_routes(tmp_path: Path) -> None:
         "event_id": "evt_cli",
         "routes": ["vip", "sales", "any-sender"],
         "sinks": ["vip", "sales", "audit"],
+        # Per route, in config order: the key that failed, or every key that held.
+        "decisions": [
+            {"route": "support", "matched": False, "keys": ["inbox_ids"]},
+            {"route": "vip", "matched": True, "keys": ["from"]},
+            {"route": "ops", "matched": False, "keys": ["event_types"]},
+            {"route": "sales", "matched": True, "keys": ["event_types", "to"]},
+            {"route": "any-sender", "matched": True, "keys": ["from"]},
+        ],
     }
     text = subprocess.run(
         [sys.executable, "-m", "bridge", "route-test", "-c", str(config), "-"],

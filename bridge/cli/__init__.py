@@ -1,5 +1,5 @@
 """Command line: ``run``, ``check``, ``simulator``, ``demo``, ``dlq``, ``route-test``, ``status``,
-``nats-status``, ``listen``, ``trigger``, ``completion``.
+``nats-status``, ``listen``, ``trigger``, ``events``, ``tail``, ``completion``.
 
 One module per command; this one holds the parser and ``main``. The CLI is the only place that
 touches signals or turns exceptions into exit codes (``exit_codes``): 0 success, 1 a runtime
@@ -33,6 +33,7 @@ from bridge.cli.route_test import cmd_route_test
 from bridge.cli.run import cmd_run
 from bridge.cli.simulator import cmd_simulator
 from bridge.cli.status import cmd_status
+from bridge.cli.tail import add_tail_command
 from bridge.cli.trigger import add_trigger_command
 from bridge.cli.verbosity import LOG_LEVELS, log_level
 from bridge.config import Config, load_config
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", metavar="KEY", help="accepted API key (default: the demo key)")
     p.add_argument("--webhook-url", metavar="URL")
     p.add_argument("--webhook-secret", metavar="SECRET")
+    p.add_argument(
+        "--reject-on-upgrade",
+        action="store_true",
+        help="answer a bad key with HTTP 401 (429 over the connection limit) on the upgrade "
+        "instead of a 4001 (4008) close after the client's first frame",
+    )
     p.set_defaults(func=cmd_simulator)
 
     p = sub.add_parser("demo", help="an offline tour: simulator, bridge, outage, webhook fallback")
@@ -160,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_listen_command(sub)
     add_trigger_command(sub)
+    add_tail_command(sub)
     add_events_command(sub)
     add_completion_command(sub, parser)
     return parser

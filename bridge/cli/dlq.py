@@ -16,12 +16,12 @@ import json
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_OK, refuse
 from bridge.cli.operator_config import open_state, operator_config, unknown_sink
 from bridge.config import OperatorConfig, load_config
+from bridge.config_secrets import config_secrets
 from bridge.delivery import sink_credentials
 from bridge.errors import ConfigError
 from bridge.redact import scrub_text
 from bridge.sinks import SINK_TYPES
 from bridge.store import Store
-from bridge.supervisor import config_secrets
 
 
 def _known_secrets(config: OperatorConfig | None) -> list[str]:

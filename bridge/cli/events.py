@@ -135,7 +135,13 @@ def _summary(event: HistoryEvent) -> dict[str, object]:
         "received_at": event.received_at,
         "completed_at": event.completed_at,
         "sinks": list(event.sinks),
+        "notes": [note.as_dict() for note in event.notes],
     }
+
+
+def _notes_text(event: HistoryEvent) -> str:
+    """What routes' guards and limits did, as ``route:reason:action`` items."""
+    return ",".join(f"{n.route}:{n.reason}:{n.action}" for n in event.notes)
 
 
 def _print_list(events: list[HistoryEvent], *, as_json: bool) -> None:
@@ -145,8 +151,9 @@ def _print_list(events: list[HistoryEvent], *, as_json: bool) -> None:
     if not events:
         print("no delivered events in the history")
     for e in events:
-        sinks = ",".join(e.sinks)
-        print(f"{_when(e.completed_at)}\t{e.event_id}\t{e.type}\t{e.inbox_id or '-'}\t{sinks}")
+        sinks = ",".join(e.sinks) or "-"
+        line = f"{_when(e.completed_at)}\t{e.event_id}\t{e.type}\t{e.inbox_id or '-'}\t{sinks}"
+        print(f"{line}\t{_notes_text(e)}" if e.notes else line)
 
 
 def _print_event(event: HistoryEvent, *, as_json: bool) -> None:
@@ -162,6 +169,7 @@ def _print_event(event: HistoryEvent, *, as_json: bool) -> None:
         "received_at": _when(event.received_at),
         "completed_at": _when(event.completed_at),
         "sinks": ", ".join(event.sinks),
+        "notes": _notes_text(event) or None,
     }
     for name, value in fields.items():
         print(f"{name}: {'-' if value is None else value}")

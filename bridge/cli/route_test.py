@@ -1,4 +1,5 @@
-"""``route-test``: which routes and sinks one event payload would reach.
+"""``route-test``: which routes and sinks one event payload would reach, and for each route the
+match key that decided.
 
 Of the config, only the routes and the sinks' names are read: no secret, no other section.
 """
@@ -15,7 +16,7 @@ from bridge.cli.operator_config import operator_config
 from bridge.config import ROUTES
 from bridge.errors import EventError
 from bridge.events import Origin, parse_event
-from bridge.routing import Router
+from bridge.routing import Decision, Router
 
 
 def cmd_route_test(args: argparse.Namespace) -> int:
@@ -34,12 +35,32 @@ def cmd_route_test(args: argparse.Namespace) -> int:
     router = Router(config.routes)
     routes = [r.name for r in router.matching(event)]
     sinks = list(router(event))
+    decisions = [(route.name, route.decide(event)) for route in router.routes]
     if args.json:
-        print(json.dumps({"event_id": event.event_id, "routes": routes, "sinks": sinks}))
+        print(
+            json.dumps(
+                {
+                    "event_id": event.event_id,
+                    "routes": routes,
+                    "sinks": sinks,
+                    "decisions": [
+                        {"route": name, "matched": d.holds, "keys": list(d.keys)}
+                        for name, d in decisions
+                    ],
+                }
+            )
+        )
     else:
         print(f"event {event.event_id} ({event.type}, inbox {event.inbox_id})")
-        for route in router.routes:
-            mark = "match" if route.name in routes else "no match"
-            print(f"  route {route.name}: {mark}")
+        for name, decision in decisions:
+            print(f"  route {name}: {_decision_text(decision)}")
         print(f"  sinks: {', '.join(sinks) if sinks else '(none: the event would be unrouted)'}")
     return EXIT_OK
+
+
+def _decision_text(decision: Decision) -> str:
+    """``match (inbox_ids, from)``: every key held; ``no match (not.verdict)``: the key that
+    failed; a route without match keys takes every event."""
+    if not decision.keys:
+        return "match (no match keys)"
+    return f"{'match' if decision.holds else 'no match'} ({', '.join(decision.keys)})"

@@ -29,6 +29,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             webhook_url=args.webhook_url,
             webhook_secret=args.webhook_secret,
+            reject_on_upgrade=args.reject_on_upgrade,
             stop=stop,
         )
 

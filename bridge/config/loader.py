@@ -8,6 +8,7 @@ across keys of the OpenMail sections.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Final
 
 import yaml
 
+from bridge.attachments.settings import AttachmentsConfig
 from bridge.config.directories import Verdict, check_directory, fixed_directory
 from bridge.config.nats import NatsConfig, NatsPublishing, load_nats, publish_problems
 from bridge.config.schema import (
@@ -32,7 +34,9 @@ from bridge.config.walker import INVALID, Walker, describe_raw
 from bridge.errors import ConfigError
 from bridge.runtime import uvloop_available
 
-_SINK_COMMON: Final = frozenset({"type", "ordering", "concurrency", "retry"})
+_SINK_COMMON: Final = frozenset(
+    f.name for f in dataclasses.fields(SinkConfig) if f.name not in ("name", "options")
+)
 """Keys every sink has (``SinkConfig``); the rest belong to its type's options."""
 INBOUND_SECRETS: Final = ("openmail.webhook", "admin.token")
 """Secrets that verify what others send; every other secret is one the bridge sends."""
@@ -194,11 +198,47 @@ def build_config(
         raw["state"] = {**(raw_state or {}), "path": str(default_state_path(env, base_dir))}
 
     config = walker.section("", raw, Config, extra=extra)
+    if isinstance(config, Config) and isinstance(openmail, OpenMailConfig):
+        config = bind_attachments(walker, config)
     if isinstance(config, Config) and config.event_loop == "uvloop" and not uvloop_available():
         walker.fail("event_loop", "uvloop is not installed (pip install uvloop, or use auto)")
     if walker.problems or not isinstance(config, Config):
         raise ConfigError(walker.problems or ["<top>: invalid configuration"])
     return config
+
+
+def bind_attachments(walker: Walker, config: Config) -> Config:
+    """``config`` with each sink that fetches attachments given the bridge-wide facts it needs
+    (``openmail.api_url``, ``openmail.api_key``, ``state.min_free``, the state directory). The
+    key is needed even on a bridge whose OpenMail sources are off; a ``dir`` that can never hold
+    a file is refused."""
+    om, sinks = config.openmail, dict(config.sinks)
+    for name, sink in config.sinks.items():
+        options = sink.options
+        option = getattr(options, "attachments", None)
+        if not isinstance(option, AttachmentsConfig) or not option.fetch:
+            continue
+        if not dataclasses.is_dataclass(options) or isinstance(options, type):
+            continue
+        if om.api_key is None:
+            walker.fail(
+                f"sinks.{name}.attachments.fetch",
+                "needs openmail.api_key: attachments are downloaded with it (also while "
+                "openmail.websocket and openmail.webhook are disabled)",
+            )
+        bound = option.bound(
+            api_url=om.api_base,
+            api_key=om.api_key,
+            min_free=config.state.min_free,
+            state_dir=config.state.path.parent,
+        )
+        assert bound.dir is not None  # bound() defaults it
+        verdict, message = check_directory(bound.dir)
+        if verdict is Verdict.NEVER:
+            walker.fail(f"sinks.{name}.attachments.dir", message)
+        options = dataclasses.replace(options, attachments=bound)
+        sinks[name] = dataclasses.replace(sink, options=options)
+    return dataclasses.replace(config, sinks=MappingProxyType(sinks))
 
 
 def _load_sink(
@@ -226,6 +266,10 @@ def _load_sink(
         return INVALID
     before = len(walker.problems)
     _check_deliverable(walker, path, options)
+    if getattr(options, "format", None) == "batch" and not sink.debounce:
+        walker.fail(
+            f"{path}.format", "batch sends a debounce window's events together: set debounce"
+        )
     return sink if len(walker.problems) == before else INVALID
 
 
@@ -261,8 +305,11 @@ def load_routes(walker: Walker, raw: object, raw_sinks: object) -> tuple[RouteCo
         given = item.get("sinks") if isinstance(item, dict) else None
         names_known = ", ".join(sorted(known)) or "none"
         for j, sink in enumerate(given if isinstance(given, list) else ()):
-            if isinstance(sink, str) and sink not in known:
-                walker.fail(f"{path}.sinks[{j}]", f"no sink named {sink!r} (sinks: {names_known})")
+            # A number is read as its text: `- 0` names a sink "0", which must exist too.
+            if isinstance(sink, str | int | float) and str(sink) not in known:
+                walker.fail(
+                    f"{path}.sinks[{j}]", f"no sink named {str(sink)!r} (sinks: {names_known})"
+                )
         if not isinstance(route, RouteConfig):
             continue
         if route.name in names:
@@ -270,8 +317,25 @@ def load_routes(walker: Walker, raw: object, raw_sinks: object) -> tuple[RouteCo
         names.add(route.name)
         if not route.sinks:
             walker.fail(f"{path}.sinks", "names no sink")
+        _check_gate(walker, path, route, known)
         routes.append(route)
     return tuple(routes)
+
+
+def _check_gate(walker: Walker, path: str, route: RouteConfig, known: set[str]) -> None:
+    """The sinks a route's guard and limits name exist, and ``over: quarantine`` has one."""
+    guard = route.guard_config
+    quarantine = guard.quarantine if guard is not None else None
+    if quarantine is not None and quarantine not in known:
+        names_known = ", ".join(sorted(known)) or "none"
+        walker.fail(
+            f"{path}.guard.quarantine", f"no sink named {quarantine!r} (sinks: {names_known})"
+        )
+    if route.limits.over == "quarantine" and route.limits.active and quarantine is None:
+        walker.fail(
+            f"{path}.limits.over",
+            "quarantine needs a quarantine sink: set guard.quarantine (or over: hold / drop)",
+        )
 
 
 def _load_openmail(walker: Walker, given: object, *, consumes_nats: bool) -> object:

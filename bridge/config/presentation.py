@@ -89,6 +89,18 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
                     "(use wss://)",
                 )
             )
+    api_url = config.openmail.api_url
+    if api_url is not None:
+        parts = urllib.parse.urlsplit(api_url)
+        if parts.scheme == "http" and not _is_loopback_host(parts.hostname or ""):
+            warnings.append(
+                ConfigWarning(
+                    "config.api_cleartext",
+                    "openmail.api_url",
+                    f"http:// to {parts.hostname} is not encrypted: attachment downloads send "
+                    "the API key in clear (use https://)",
+                )
+            )
     admin = config.admin
     if admin.enabled and admin.token is None and not admin.listen.is_loopback:
         warnings.append(

@@ -6,7 +6,9 @@ learns them from the registry it is given (:class:`SinkOptionsSource`).
 
 from __future__ import annotations
 
+import re
 import resource
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +21,10 @@ from bridge.config.values import (
     ByteSize,
     Duration,
     FilePath,
+    HttpUrl,
     Listen,
     Positive,
+    Rate,
     Secret,
     WsUrl,
 )
@@ -118,8 +122,24 @@ class WebhookConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OpenMailConfig:
     api_key: Secret | None = None
+    api_url: HttpUrl | None = None
+    """The OpenMail REST API, the one origin attachments are fetched from (with the API key).
+    Default: ``websocket.url``'s scheme, host and port, ``wss`` -> ``https``, ``ws`` -> ``http``."""
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+
+    def __post_init__(self) -> None:
+        if self.api_url is not None and "@" in urllib.parse.urlsplit(self.api_url).netloc:
+            raise ValueError("api_url: must not carry user-info (user:password@)")
+
+    @property
+    def api_base(self) -> str:
+        """``api_url``, or the origin derived from ``websocket.url`` (its path dropped)."""
+        if self.api_url is not None:
+            return self.api_url
+        parts = urllib.parse.urlsplit(self.websocket.url)  # the loader checked it is ws(s)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        return f"{scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,11 +153,28 @@ class StateConfig:
     Bounded by count: their bytes do not count toward ``max_bytes``."""
 
 
+HOST_VALUE: Final = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+"""What a browser sends as ``Host``: a name or IP address (IPv6 in brackets), an optional port."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdminConfig:
     enabled: bool = True
     listen: Listen = field(default_factory=lambda: Listen("127.0.0.1", 9464))
     token: Secret | None = None
+    show_content: bool = False
+    """Whether the console shows each email's sender and subject; off, it shows ids only."""
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` header values the admin server answers besides its listen address (a reverse
+    proxy's name, an SSH tunnel's ``localhost:PORT``); anything else gets 403 on private paths."""
+
+    def __post_init__(self) -> None:
+        for host in self.allowed_hosts:
+            if not HOST_VALUE.fullmatch(host):
+                raise ValueError(
+                    f"allowed_hosts: {host!r} is not a Host header value: a name or IP "
+                    "address and an optional :port, e.g. console.example.com or localhost:8000"
+                )
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -192,6 +229,10 @@ class SinkConfig(Generic[OptionsT_co]):
     ordering: Ordering = "thread"
     concurrency: Positive = 4
     retry: RetryConfig = field(default_factory=RetryConfig)
+    debounce: Duration = 0.0
+    """0 = off. Else a thread's events wait for a window opened by its first pending event and
+    closed this long after, then go together (one request for an HTTP sink with
+    ``format: batch``)."""
 
 
 class SinkOptionsSource(Protocol):
@@ -204,10 +245,70 @@ class SinkOptionsSource(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteMatch:
+    """Every given key must hold; an empty list or an unset value is a key not given.
+
+    The classification and content keys read the event's ``message``; a field that is absent
+    or not of its type holds for no value, so only ``not:`` lets such an event through.
+    """
+
     inbox_ids: tuple[str, ...] = ()
     event_types: tuple[str, ...] = ()
     senders: tuple[str, ...] = field(default=(), metadata={"key": "from"})
     recipients: tuple[str, ...] = field(default=(), metadata={"key": "to"})
+    verdict: tuple[str, ...] = ()
+    category: tuple[str, ...] = ()
+    auto_replyable: bool | None = None
+    has_attachments: bool | None = None
+    subject: tuple[str, ...] = ()
+    """Globs on the whole subject, case-insensitive."""
+    not_: RouteMatch | None = field(default=None, metadata={"key": "not"})
+    """Holds exactly when this match does not."""
+
+    @property
+    def empty(self) -> bool:
+        """No key given: holds for every event."""
+        return self == _ANY_MATCH
+
+    def __post_init__(self) -> None:
+        if self.not_ is not None and self.not_.empty:
+            raise ValueError(
+                "not: is empty: an empty match holds for every event, so this route would "
+                "match none (give the keys to exclude, or leave out not:)"
+            )
+
+
+_ANY_MATCH: Final = RouteMatch()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardConfig:
+    """The loop and auto-reply guard of a route's HTTP sinks (the agents that may answer)."""
+
+    own_addresses: tuple[str, ...] = ()
+    """The account's own addresses, besides every ``to`` address seen on its inboxes."""
+    quarantine: str | None = None
+    """The sink guarded mail goes to instead; None: it is dropped (and recorded)."""
+    auto_replyable: Literal["block", "deliver"] = "block"
+    """``deliver``: mail marked ``auto_replyable: false`` still goes to the agents, with the
+    header ``X-OpenMail-Bridge-No-Reply: true``."""
+
+
+OverLimit = Literal["hold", "quarantine", "drop"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    per_sender: Rate | None = None
+    per_thread: Rate | None = None
+    over: OverLimit = "hold"
+    """``hold``: delivered once the window admits it; ``quarantine``: to the guard's quarantine
+    sink; ``drop``: recorded, not delivered."""
+    max_keys: Annotated[int, Bounds(1)] = 100_000
+    """Senders and threads tracked at once; the longest idle are forgotten first."""
+
+    @property
+    def active(self) -> bool:
+        return self.per_sender is not None or self.per_thread is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +316,15 @@ class RouteConfig:
     name: str
     sinks: tuple[str, ...]
     match: RouteMatch = field(default_factory=RouteMatch)
+    guard: GuardConfig | bool = True
+    """``true``: the default guard; ``false``: none."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @property
+    def guard_config(self) -> GuardConfig | None:
+        if self.guard is False:
+            return None
+        return GuardConfig() if self.guard is True else self.guard
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ class Kind(enum.Enum):
     HTTP_URL = "an http(s) URL"
     WS_URL = "a ws(s) URL"
     PATH = "a file path"
+    RATE = "a rate such as 20/10m (at most 20 per 10 minutes)"
 
 
 Duration = Annotated[float, Kind.DURATION]
@@ -32,6 +33,20 @@ ByteSize = Annotated[int, Kind.SIZE]
 HttpUrl = Annotated[str, Kind.HTTP_URL]
 WsUrl = Annotated[str, Kind.WS_URL]
 FilePath = Annotated[Path, Kind.PATH]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``count`` events in any ``window`` seconds (a sliding window)."""
+
+    count: int
+    window: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.window:g}s"
+
+
+Rate = Annotated[RateLimit, Kind.RATE]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +162,17 @@ def parse_size(text: str) -> int:
     if not math.isfinite(size):  # int(inf) would raise OverflowError
         raise ValueError(f"{text!r} is too large")
     return int(size)
+
+
+def parse_rate(text: str) -> RateLimit:
+    """``"20/10m"`` -> at most 20 per 600 seconds. Raises ValueError."""
+    count, sep, window = text.partition("/")
+    if not sep or not is_ascii_digits(count.strip()):
+        raise ValueError(f"not {Kind.RATE.value}: {text!r}")
+    seconds = parse_duration(window)
+    if int(count) < 1 or seconds <= 0:
+        raise ValueError(f"{text!r} must allow at least 1 event in a window longer than 0s")
+    return RateLimit(int(count), seconds)
 
 
 def parse_listen(text: str) -> Listen:

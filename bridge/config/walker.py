@@ -31,6 +31,7 @@ from bridge.config.values import (
     Secret,
     parse_duration,
     parse_listen,
+    parse_rate,
     parse_size,
 )
 
@@ -138,6 +139,8 @@ class Walker:
             options = [a for a in typing.get_args(hint) if a is not type(None)]
             if raw is None:
                 return None
+            if isinstance(raw, bool) and bool in options:
+                return raw  # `key: false` turning off a section that is otherwise a mapping
             return self.convert(path, raw, options[0])
         if origin is Literal:
             choices = typing.get_args(hint)
@@ -234,6 +237,8 @@ class Walker:
                 return parse_duration(text)
             if kind is Kind.SIZE:
                 return parse_size(text)
+            if kind is Kind.RATE:
+                return parse_rate(text)
         except ValueError as exc:
             return self.fail(path, str(exc))
         if kind is Kind.PATH:

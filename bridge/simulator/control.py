@@ -1,5 +1,7 @@
 """The simulator's control API under ``/_sim``: JSON over HTTP so tests in any language can inject
-events, cut connections, refuse connections, configure webhooks and read what was delivered.
+events (with OpenMail's classification and served attachments), cut connections, refuse
+connections, configure webhooks, choose how attachment fetches are answered and read what was
+delivered and fetched.
 
 Unauthenticated on purpose (a local test tool, bound to 127.0.0.1 by default); it never returns
 secrets. Bad input is answered ``400 {"error": "..."}`` naming the offending field.
@@ -15,13 +17,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from bridge import protocol
+from bridge.simulator.attachments import MAX_ATTACHMENTS, AttachmentSpec, ServedAttachment
 from bridge.simulator.connection import ConnectionInfo
+from bridge.simulator.downloads import FetchBehaviour, FetchMode
 from bridge.simulator.endpoint import is_server_close_code
 from bridge.simulator.mail import UNSET, Unset
-from bridge.simulator.records import DeliveryRecord
+from bridge.simulator.records import AttachmentRequest, DeliveryRecord, Rejection
 
 MAX_COUNT: Final = 1000
 """Most events one ``POST /_sim/events`` may create."""
+CLASSIFICATION: Final = ("verdict", "category", "auto_replyable")
+"""OpenMail's classification fields, set verbatim in ``message`` when a request names them."""
+_MAIL_ONLY: Final = (*CLASSIFICATION, "attachments")
 
 
 class Controlled(Protocol):
@@ -42,11 +49,31 @@ class Controlled(Protocol):
     def refusing(self) -> bool: ...
     @property
     def pending_webhooks(self) -> int: ...
+    @property
+    def rejections(self) -> Sequence[Rejection]: ...
+    @property
+    def attachment_requests(self) -> Sequence[AttachmentRequest]: ...
+    @property
+    def attachment_fetch(self) -> FetchBehaviour: ...
 
     def webhook_config(self) -> dict[str, object]: ...
     def message_event(
-        self, *, inbox_id: str | None = None, thread_id: str | None = None, **overrides: object
+        self,
+        *,
+        inbox_id: str | None = None,
+        thread_id: str | None = None,
+        attachments: int | Sequence[AttachmentSpec] | None = None,
+        **overrides: object,
     ) -> dict[str, object]: ...
+    def attachments_of(self, message_id: str) -> list[ServedAttachment]: ...
+    def set_attachment_fetch(
+        self,
+        mode: FetchMode | str = FetchMode.SERVE,
+        *,
+        status: int | None = None,
+        times: int | None = None,
+        redirect_base: str | None = None,
+    ) -> None: ...
     def lifecycle_event(
         self,
         kind: str = "inbox.suspended",
@@ -79,6 +106,8 @@ def add_routes(app: web.Application, simulator: Controlled) -> None:
     app.router.add_post("/_sim/refuse", post_refuse)
     app.router.add_post("/_sim/webhook", post_webhook)
     app.router.add_get("/_sim/deliveries", get_deliveries)
+    app.router.add_post("/_sim/attachments", post_attachments)
+    app.router.add_get("/_sim/attachments", get_attachments)
     app.router.add_get("/_sim/state", get_state)
     app.middlewares.append(_errors)
 
@@ -133,12 +162,19 @@ def _int(data: dict[str, object], key: str, default: int | None) -> int | None:
 
 
 async def post_events(request: web.Request) -> web.Response:
-    """``{"count"?, "inbox_id"?, "thread_id"?, "event"?, "reason"?, "payload"?}``.
+    """``{"count"?, "inbox_id"?, "thread_id"?, "event"?, "reason"?, "payload"?, "verdict"?,
+    "category"?, "auto_replyable"?, "attachments"?}``.
 
-    Answers ``{"event_ids": [...]}``; ``payload`` (a full event) excludes the other fields.
+    Answers ``{"event_ids": [...]}``; ``payload`` (a full event) excludes the other fields. The
+    classification fields take any JSON value (malformed ones included, for testing a client's
+    handling) and go into ``message`` as given; ``attachments`` is a count or a list of
+    ``{"filename"?, "content_type"?, "size_bytes"?}``, and then the answer also has
+    ``"attachments": {event_id: [{...the message's entry..., "sha256"}, ...]}``.
     """
     sim = request.app[_simulator]
-    allowed = frozenset({"count", "inbox_id", "thread_id", "event", "reason", "payload"})
+    allowed = frozenset(
+        {"count", "inbox_id", "thread_id", "event", "reason", "payload", *_MAIL_ONLY}
+    )
     data = await _body(request, allowed)
     count = _int(data, "count", 1) or 0
     if not 1 <= count <= MAX_COUNT:
@@ -148,6 +184,9 @@ async def post_events(request: web.Request) -> web.Response:
     kind = _opt_str(data, "event") or protocol.MESSAGE_RECEIVED
     if inbox_id is not None and inbox_id not in sim.inboxes:
         raise BadRequest(f"inbox_id: {inbox_id} is not one of {', '.join(sim.inboxes)}")
+    mail_only = [key for key in _MAIL_ONLY if key in data]
+    if mail_only and ("payload" in data or kind != protocol.MESSAGE_RECEIVED):
+        raise BadRequest(f"{mail_only[0]}: only for generated message.received events")
     payloads: list[dict[str, object]] = []
     if "payload" in data:
         payload = data["payload"]
@@ -161,7 +200,18 @@ async def post_events(request: web.Request) -> web.Response:
     elif kind == protocol.MESSAGE_RECEIVED:
         if "reason" in data:
             raise BadRequest("reason: only for lifecycle events")
-        payloads = [sim.message_event(inbox_id=inbox_id, thread_id=thread_id) for _ in range(count)]
+        specs = _attachment_specs(data)
+        extra = {key: data[key] for key in CLASSIFICATION if key in data}
+        overrides: dict[str, object] = {"message": extra} if extra else {}
+        try:
+            payloads = [
+                sim.message_event(
+                    inbox_id=inbox_id, thread_id=thread_id, attachments=specs, **overrides
+                )
+                for _ in range(count)
+            ]
+        except ValueError as exc:
+            raise BadRequest(f"attachments: {exc}") from None
     elif kind in protocol.LIFECYCLE_EVENT_TYPES:
         if thread_id is not None:
             raise BadRequest("thread_id: lifecycle events have no thread")
@@ -175,7 +225,55 @@ async def post_events(request: web.Request) -> web.Response:
         event_ids = [await sim.inject(payload) for payload in payloads]
     except ValueError as exc:
         raise BadRequest(f"payload: {exc}") from None
-    return web.json_response({"event_ids": event_ids})
+    answer: dict[str, object] = {"event_ids": event_ids}
+    if "attachments" in data:
+        answer["attachments"] = {
+            event_id: [_served_json(att) for att in sim.attachments_of(_message_id(payload))]
+            for event_id, payload in zip(event_ids, payloads, strict=True)
+        }
+    return web.json_response(answer)
+
+
+def _attachment_specs(data: dict[str, object]) -> list[AttachmentSpec] | None:
+    """The ``attachments`` field: a count, or a list of specs; None when absent."""
+    if "attachments" not in data:
+        return None
+    value = data["attachments"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_ATTACHMENTS:
+            raise BadRequest(f"attachments: a count between 0 and {MAX_ATTACHMENTS}")
+        return [AttachmentSpec()] * value
+    if not isinstance(value, list):
+        raise BadRequest("attachments: a count or a list of attachment objects")
+    specs = []
+    allowed = {"filename", "content_type", "size_bytes"}
+    for index, item in enumerate(value):
+        where = f"attachments[{index}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where}: must be an object")
+        unknown = sorted(set(item) - allowed)
+        if unknown:
+            raise BadRequest(f"{where}: unknown field(s) {', '.join(unknown)}")
+        filename, content_type = item.get("filename"), item.get("content_type")
+        size = item.get("size_bytes")
+        if filename is not None and not isinstance(filename, str):
+            raise BadRequest(f"{where}.filename: must be a string")
+        if content_type is not None and not isinstance(content_type, str):
+            raise BadRequest(f"{where}.content_type: must be a string")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+            raise BadRequest(f"{where}.size_bytes: must be an integer")
+        specs.append(AttachmentSpec(filename=filename, content_type=content_type, size_bytes=size))
+    return specs
+
+
+def _message_id(event: dict[str, object]) -> str:
+    message = event.get("message")
+    return str(message.get("id")) if isinstance(message, dict) else ""
+
+
+def _served_json(att: ServedAttachment) -> dict[str, object]:
+    """The attachment as the message carries it, and the digest of its bytes."""
+    return {**att.to_json(), "sha256": att.sha256()}
 
 
 async def get_events(request: web.Request) -> web.Response:
@@ -231,6 +329,38 @@ async def post_webhook(request: web.Request) -> web.Response:
     return web.json_response(sim.webhook_config())
 
 
+async def post_attachments(request: web.Request) -> web.Response:
+    """``{"mode": "serve"|"redirect"|"fail"|"hang", "status"?, "times"?, "redirect_base"?}``
+    → the behaviour now in force (see ``bridge.simulator.downloads``)."""
+    data = await _body(request, frozenset({"mode", "status", "times", "redirect_base"}))
+    mode = data.get("mode")
+    modes = [str(m) for m in FetchMode]
+    if mode not in modes:
+        raise BadRequest(f"mode: must be one of {', '.join(modes)}")
+    sim = request.app[_simulator]
+    try:
+        sim.set_attachment_fetch(
+            str(mode),
+            status=_int(data, "status", None),
+            times=_int(data, "times", None),
+            redirect_base=_opt_str(data, "redirect_base"),
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return web.json_response(sim.attachment_fetch.to_json())
+
+
+async def get_attachments(request: web.Request) -> web.Response:
+    """The behaviour in force and every attachment request, oldest first."""
+    sim = request.app[_simulator]
+    return web.json_response(
+        {
+            **sim.attachment_fetch.to_json(),
+            "requests": [r.to_json() for r in sim.attachment_requests],
+        }
+    )
+
+
 async def get_deliveries(request: web.Request) -> web.Response:
     """Every delivery record, oldest first; ``?event_id=`` narrows to one event."""
     sim = request.app[_simulator]
@@ -251,5 +381,6 @@ async def get_state(request: web.Request) -> web.Response:
             "events": len(sim.events),
             "deliveries": len(sim.deliveries),
             "pending_webhooks": sim.pending_webhooks,
+            "rejections": [r.to_json() for r in sim.rejections],
         }
     )

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from bridge import protocol
+from bridge.simulator.attachments import attachment_json
 
 POD_ID: Final = "pod_demo"
 ATTACHMENT_URL: Final = "https://api.openmail.sh/v1/attachments/{message_id}/{filename}"
@@ -230,16 +231,14 @@ class MailFactory:
 
     @staticmethod
     def _attachment_json(att: _Attachment, message_id: str) -> dict[str, object]:
-        data: dict[str, object] = {
-            "filename": att.filename,
-            "contentType": att.content_type,
-            "sizeBytes": att.size_bytes,
-            "url": ATTACHMENT_URL.format(message_id=message_id, filename=att.filename),
-        }
-        if att.parsed_text is not None:
-            data["parsedText"] = att.parsed_text
-        data["extractionMethod"] = att.extraction_method
-        return data
+        return attachment_json(
+            filename=att.filename,
+            content_type=att.content_type,
+            size_bytes=att.size_bytes,
+            url=ATTACHMENT_URL.format(message_id=message_id, filename=att.filename),
+            parsed_text=att.parsed_text,
+            extraction_method=att.extraction_method,
+        )
 
     def lifecycle_event(
         self,

@@ -1,5 +1,7 @@
-"""What the simulator writes down for every delivery attempt (:class:`DeliveryRecord`) and the
-bytes both channels deliver: the compact JSON of an event stamped with its attempt (§6).
+"""What the simulator writes down: every delivery attempt (:class:`DeliveryRecord`), every
+connection it turned away (:class:`Rejection`), every attachment request
+(:class:`AttachmentRequest`); and the bytes both channels deliver: the compact JSON of an event
+stamped with its attempt (§6).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Final, Literal
 from bridge.simulator.mail import iso_now
 
 Channel = Literal["websocket", "webhook", "failed"]
+RejectionTrigger = Literal["upgrade", "first_frame", "silence"]
+"""What set off a rejection: the upgrade itself (HTTP status), the client's first frame, or the
+client's silence for ``reject_silence`` seconds (a close code)."""
 _DELIVERY_FIELDS: Final = ("delivered_at", "attempt")
 
 
@@ -33,6 +38,35 @@ class DeliveryRecord:
     connection_id: int | None = None
     replay: bool = False
     url: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejection:
+    """A WebSocket connection turned away: ``code`` is the close code, or the HTTP status when
+    ``trigger`` is ``upgrade``."""
+
+    reason: Literal["unauthorized", "connection_limit"]
+    code: int
+    trigger: RejectionTrigger
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttachmentRequest:
+    """One request for attachment bytes. ``path`` is as sent (percent-encoded, no query);
+    ``authorization`` says whether an ``Authorization`` header came with it (its value is never
+    kept); ``status`` is the answer, None for a request held open (``hang``)."""
+
+    path: str
+    authorization: bool
+    status: int | None
+    at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)

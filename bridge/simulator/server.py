@@ -1,8 +1,9 @@
 """The :class:`Simulator`: its aiohttp server's lifecycle, the event history, routing of each
 event (§8: WebSocket fan-out, else webhook, else failed) and the knobs tests turn.
 
-The ``/v1/ws`` endpoint is in ``endpoint``, webhook sending in ``webhooks``, delivery records in
-``records``, mail content in ``mail``, the ``/_sim`` HTTP API in ``control``.
+The ``/v1/ws`` endpoint is in ``endpoint``, webhook sending in ``webhooks``, attachment fetches in
+``downloads``, delivery records in ``records``, mail content in ``mail`` and ``attachments``, the
+``/_sim`` HTTP API in ``control``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -20,10 +22,13 @@ from aiohttp import web
 
 from bridge import protocol
 from bridge.simulator import control
+from bridge.simulator.attachments import AttachmentSpec, ServedAttachment, make_attachments
 from bridge.simulator.connection import ConnectionInfo
-from bridge.simulator.endpoint import Limits, WebSocketEndpoint
+from bridge.simulator.downloads import AttachmentServer, FetchBehaviour, FetchMode
+from bridge.simulator.endpoint import REJECT_SILENCE, Limits, WebSocketEndpoint
+from bridge.simulator.keys import AccountKey
 from bridge.simulator.mail import MailFactory, iso_now, new_id
-from bridge.simulator.records import DeliveryRecord
+from bridge.simulator.records import AttachmentRequest, DeliveryRecord, Rejection
 from bridge.simulator.webhooks import WebhookSender, WebhookTargets
 
 log = structlog.get_logger(__name__)
@@ -41,8 +46,12 @@ class Simulator:
     Use it as ``async with Simulator(...) as sim:``; it listens on ``127.0.0.1`` and a free port
     unless :meth:`start` is called with others. Constructor arguments mirror OpenMail's limits
     (``bridge.protocol``) so tests can shrink them; ``auth_failure`` picks the documented form of a
-    rejected key (ASSUMPTION 5); ``seed`` makes generated mail content reproducible; ``clock``
-    (monotonic seconds) times refusal windows and the rate limit, so tests can move it.
+    rejected key or a connection over the limit (ASSUMPTION 5): ``"close"`` (default) accepts the
+    upgrade and closes with 4001 / 4008 after the client's first frame, or after
+    ``reject_silence`` seconds without one (0: at once, as a server that does not wait would);
+    ``"http"`` (the CLI's ``--reject-on-upgrade``) answers the upgrade with HTTP 401 / 429.
+    ``seed`` makes generated mail content reproducible; ``clock`` (monotonic seconds) times refusal
+    windows and the rate limit, so tests can move it.
 
     Raises:
         ValueError: an inconsistent argument (webhook without secret, non-positive limit, ...).
@@ -65,6 +74,7 @@ class Simulator:
         rate_limit: tuple[int, float] = (protocol.RATE_LIMIT_MESSAGES, protocol.RATE_LIMIT_WINDOW),
         max_connections: int = protocol.MAX_CONNECTIONS,
         auth_failure: Literal["close", "http"] = "close",
+        reject_silence: float = REJECT_SILENCE,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -81,9 +91,11 @@ class Simulator:
             rate_limit=rate_limit,
             max_connections=max_connections,
             auth_failure=auth_failure,
+            reject_silence=reject_silence,
         )
+        key = AccountKey(api_key)
         self._endpoint = WebSocketEndpoint(
-            api_key=api_key,
+            key=key,
             owned=self._owned,
             history=self.events,
             limits=limits,
@@ -92,6 +104,7 @@ class Simulator:
             clock=clock,
         )
         self._mail = MailFactory(self.inboxes, seed)
+        self._files = AttachmentServer(key=key, notify=self._notify)
         self.lifecycle_event = self._mail.lifecycle_event
         """A lifecycle payload (webhook-only), as :meth:`MailFactory.lifecycle_event` makes it."""
         self._webhooks = WebhookTargets(self._owned)
@@ -113,17 +126,24 @@ class Simulator:
 
     # --- Lifecycle --------------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        """Listen on ``host:port`` (0 = a free port); sets ``port``, ``base_url`` and ``ws_url``."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Listen on ``host:port`` (0 = a free port); sets ``port``, ``base_url`` and ``ws_url``.
+
+        With ``ssl_context`` everything is served over TLS (``https://`` / ``wss://``), for
+        clients that only follow redirects to https.
+        """
         if self._runner is not None:
             raise RuntimeError("the simulator is already started")
         app = web.Application()
         app.router.add_get(protocol.WS_PATH, self._endpoint.handle)
+        self._files.add_routes(app)
         control.add_routes(app, self)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -131,8 +151,10 @@ class Simulator:
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         url_host = f"[{host}]" if ":" in host else host
-        self.base_url = f"http://{url_host}:{self.port}"
+        scheme = "https" if ssl_context is not None else "http"
+        self.base_url = f"{scheme}://{url_host}:{self.port}"
         self.ws_url = protocol.ws_url_from_base(self.base_url)
+        self._files.base_url = self.base_url
         log.info("sim.started", ws_url=self.ws_url, inboxes=list(self.inboxes))
 
     async def stop(self) -> None:
@@ -143,6 +165,7 @@ class Simulator:
         with contextlib.suppress(TimeoutError):
             await self.wait_for(lambda: not self._endpoint.connections, STOP_GRACE)
         await self.disconnect(abrupt=True)  # peers that did not answer the close frame
+        self._files.release()
         await self._sender.close()
         await self._runner.cleanup()
         self._runner = None
@@ -179,6 +202,33 @@ class Simulator:
     def refusing(self) -> bool:
         return self._endpoint.refusing
 
+    @property
+    def pending_rejections(self) -> int:
+        """Connections that will be rejected once they send a frame or stay silent too long."""
+        return self._endpoint.pending_rejections
+
+    @property
+    def rejections(self) -> Sequence[Rejection]:
+        """Every WebSocket connection turned away (a bad key, over the limit), oldest first."""
+        return self._endpoint.rejections
+
+    @property
+    def attachment_requests(self) -> Sequence[AttachmentRequest]:
+        """Every request for attachment bytes (API and signed paths), oldest first."""
+        return self._files.requests
+
+    @property
+    def attachment_fetch(self) -> FetchBehaviour:
+        """How attachment fetches are answered now."""
+        return self._files.behaviour
+
+    def attachment(self, message_id: str, filename: str) -> ServedAttachment | None:
+        """A served attachment: ``.content()`` are its bytes, ``.sha256()`` their digest."""
+        return self._files.get(message_id, filename)
+
+    def attachments_of(self, message_id: str) -> list[ServedAttachment]:
+        return self._files.of(message_id)
+
     async def wait_for(
         self,
         predicate: Callable[[], bool],
@@ -205,14 +255,41 @@ class Simulator:
     # --- Events -----------------------------------------------------------------------------------
 
     def message_event(
-        self, *, inbox_id: str | None = None, thread_id: str | None = None, **overrides: object
+        self,
+        *,
+        inbox_id: str | None = None,
+        thread_id: str | None = None,
+        attachments: int | Sequence[AttachmentSpec] | None = None,
+        **overrides: object,
     ) -> dict[str, object]:
         """A realistic ``message.received`` payload (§6).
 
-        ``overrides`` replace top-level fields; a ``message`` dict is merged into the message. A
-        ``thread_id`` this simulator generated produces a reply in that thread.
+        ``overrides`` replace top-level fields; a ``message`` dict is merged into the message (so
+        ``message={"verdict": "spam", "auto_replyable": False}`` adds OpenMail's classification).
+        A ``thread_id`` this simulator generated produces a reply in that thread. ``attachments``
+        (a count, or one :class:`AttachmentSpec` each) replaces the message's attachments with
+        ones this simulator serves at ``/v1/attachments/...``; without it the message is exactly
+        what it would have been.
+
+        Raises:
+            ValueError: unusable attachment specs.
+            RuntimeError: attachments asked of a simulator that is not started (their URLs name
+                its address).
         """
-        return self._mail.message_event(inbox_id=inbox_id, thread_id=thread_id, **overrides)
+        event = self._mail.message_event(inbox_id=inbox_id, thread_id=thread_id, **overrides)
+        if attachments is None:
+            return event
+        if not self.base_url:
+            raise RuntimeError("start the simulator first: attachment URLs name its address")
+        if isinstance(attachments, int) and attachments < 0:
+            raise ValueError("attachments: a count must not be negative")
+        specs = [AttachmentSpec()] * attachments if isinstance(attachments, int) else attachments
+        message = event["message"]
+        assert isinstance(message, dict)  # the factory always makes one
+        served = make_attachments(str(message["id"]), specs, self.base_url)
+        message["attachments"] = [att.to_json() for att in served]
+        self._files.add(served)
+        return event
 
     async def inject(
         self,
@@ -220,6 +297,7 @@ class Simulator:
         *,
         inbox_id: str | None = None,
         thread_id: str | None = None,
+        attachments: int | Sequence[AttachmentSpec] | None = None,
         **overrides: object,
     ) -> str:
         """Make an event happen now: append it to the history and route it (§8).
@@ -237,8 +315,10 @@ class Simulator:
         if self._runner is None:
             raise RuntimeError("the simulator is not started")
         if payload is None:
-            payload = self.message_event(inbox_id=inbox_id, thread_id=thread_id, **overrides)
-        elif inbox_id is not None or thread_id is not None or overrides:
+            payload = self.message_event(
+                inbox_id=inbox_id, thread_id=thread_id, attachments=attachments, **overrides
+            )
+        elif inbox_id is not None or thread_id is not None or attachments is not None or overrides:
             raise TypeError("pass either a payload or message_event() arguments, not both")
         event = dict(payload)
         event.setdefault("event_id", new_id("evt"))
@@ -313,5 +393,28 @@ class Simulator:
         self._webhooks.set(url, secret, inbox_id)
 
     def rotate_api_key(self, new_key: str, *, close_existing: bool = True) -> None:
-        """Replace the API key; connections opened with the old key get an error and 4001 (§5)."""
+        """Replace the API key; connections opened with the old key get an error and 4001 (§5),
+        attachment fetches with it a 401."""
         self._endpoint.rotate_key(new_key, close_existing=close_existing)
+
+    def set_attachment_fetch(
+        self,
+        mode: FetchMode | str = FetchMode.SERVE,
+        *,
+        status: int | None = None,
+        times: int | None = None,
+        redirect_base: str | None = None,
+    ) -> None:
+        """Answer attachment fetches by ``mode``: ``serve``, ``redirect`` (302 to a signed URL under
+        ``redirect_base``, default this simulator), ``fail`` (``status``, default 500) or ``hang``
+        (held until the next call or the stop, then 503); for ``times`` fetches, else until
+        changed. Fetches held open so far are answered at once.
+
+        Raises:
+            ValueError: an unknown mode, or an option that does not fit it.
+        """
+        self._files.configure(
+            FetchBehaviour(
+                mode=FetchMode(mode), status=status, times=times, redirect_base=redirect_base
+            )
+        )

@@ -58,6 +58,22 @@ class BatchSink(Sink, Protocol):
     ) -> list[PermanentDeliveryError | None]: ...
 
 
+@runtime_checkable
+class WindowSink(Sink, Protocol):
+    """A sink that can send a debounce window's events as one delivery, when ``sends_windows``
+    says it does (an HTTP sink with ``format: batch``: one POST ``{"events": [...]}``).
+
+    ``send_window`` takes the window's deliveries in order and raises as ``send`` does; its
+    failure is every one of those events' (the one exception to "one event's failure is its
+    own": a receiver that refuses the request has refused them all).
+    """
+
+    @property
+    def sends_windows(self) -> bool: ...
+
+    async def send_window(self, deliveries: Sequence[Delivery]) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SinkType:
     """A registry entry: the options dataclass the config loader fills, and the factory that

@@ -3,6 +3,7 @@ webhook, and classifies the outcome as delivered, retryable or permanent."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -12,7 +13,7 @@ import re
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -22,6 +23,8 @@ import aiohttp
 from multidict import CIMultiDict
 
 from bridge import __version__, protocol
+from bridge.attachments.service import AttachmentService
+from bridge.attachments.settings import AttachmentsConfig
 from bridge.config.schema import SinkConfig
 from bridge.config.values import Duration, HttpUrl, Secret
 from bridge.errors import (
@@ -45,6 +48,10 @@ class HttpSinkOptions:
     headers: Mapping[str, str] = field(default_factory=dict, metadata={"masked": True})
     timeout: Duration = 10.0
     verify_tls: bool = True
+    format: Literal["event", "batch"] = "event"
+    """``batch``: the events of a thread's debounce window go as one POST ``{"events": [...]}``."""
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    """``fetch: true``: each attachment is downloaded and the payload names its local file."""
 
     def __post_init__(self) -> None:
         # Checked here so that `openmail-bridge check` reports it, not only start-up.
@@ -64,7 +71,11 @@ class HttpSinkOptions:
 
 
 SOURCE_HEADER: Final = "X-OpenMail-Bridge-Source"
+NO_REPLY_HEADER: Final = "X-OpenMail-Bridge-No-Reply"
+"""``true`` on mail OpenMail marked ``auto_replyable: false``."""
 """``websocket`` or ``webhook``: how the bridge received the event."""
+EVENT_IDS_HEADER: Final = "X-OpenMail-Bridge-Event-Ids"
+"""A debounce window's POST: the ids of its events, in order, comma-separated."""
 USER_AGENT: Final = f"openmail-bridge/{__version__}"
 STANDARD_WEBHOOKS_PREFIX: Final = "whsec_"
 BODY_EXCERPT: Final = 200
@@ -196,7 +207,9 @@ def _connect_reason(exc: aiohttp.ClientConnectorError) -> str:
 
 
 class HttpSink:
-    """POSTs each event's original payload bytes, unchanged, to ``url``.
+    """POSTs each event's original payload bytes, unchanged, to ``url`` (with
+    ``attachments.fetch``, a ``message.received`` event with attachments is the one exception: its
+    attachments name the files the bridge downloaded, see ``bridge.attachments``).
 
     With a ``secret`` every attempt is signed afresh (new timestamp), exactly as OpenMail signs
     (``X-Timestamp``, ``X-Signature``) or, with ``signature: standard-webhooks``, as that spec does
@@ -207,6 +220,8 @@ class HttpSink:
         config: the sink's config, with its :class:`HttpSinkOptions`.
         session: a session to use instead of one of its own; the sink never closes it.
         clock: Unix time for signature timestamps and ``Retry-After`` dates (tests fake it).
+        attachments: the attachment service to use instead of the one ``attachments.fetch``
+            makes; the sink starts and closes it.
     """
 
     def __init__(
@@ -215,8 +230,12 @@ class HttpSink:
         *,
         session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
+        attachments: AttachmentService | None = None,
     ) -> None:
         options = config.options
+        if attachments is None and options.attachments.fetch:
+            attachments = AttachmentService(config.name, options.attachments, user_agent=USER_AGENT)
+        self._attachments = attachments
         self.name = config.name
         self._options = options
         self._session = session
@@ -238,11 +257,14 @@ class HttpSink:
             self._standard_key = standard_webhooks_key(self._secret)
 
     async def start(self) -> None:
-        """Create the sink's pooled session, unless one was given."""
+        """Create the sink's pooled session, unless one was given; start fetching attachments
+        when it does."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar()
             )
+        if self._attachments is not None:
+            await self._attachments.start()
 
     async def send(self, delivery: Delivery) -> None:
         """POST the event; returns once the receiver answered 2xx.
@@ -251,15 +273,57 @@ class HttpSink:
             RetryableDeliveryError: connection error, timeout, 408, 429 or 5xx.
             PermanentDeliveryError: any other status, or an event id unfit for a header.
         """
-        session = self._session
-        if session is None:
-            raise RuntimeError(f"sink {self.name!r} is not started")
         if not _HEADER_VALUE.fullmatch(delivery.event_id):
             raise PermanentDeliveryError(
                 f"event id {delivery.event_id!r} cannot be sent in a header"
             )
-        body = delivery.payload
-        headers = self._request_headers(delivery, body)
+        body = await self._payload(delivery)
+        await self._post(body, self._request_headers(delivery, body))
+
+    @property
+    def sends_windows(self) -> bool:
+        """Whether a debounce window's events go as one request (``format: batch``)."""
+        return self._options.format == "batch"
+
+    async def send_window(self, deliveries: Sequence[Delivery]) -> None:
+        """POST a debounce window's events as one request, ``{"events": [...]}``: each event's
+        payload as a single POST would carry it, in order. Signed as a single POST is, with
+        ``X-Event-Id`` (and ``webhook-id``) the first event's id and
+        ``X-OpenMail-Bridge-Event-Ids`` all of them.
+
+        Raises:
+            RetryableDeliveryError: as :meth:`send`.
+            PermanentDeliveryError: as :meth:`send`, or an event id unfit for the ids header.
+        """
+        ids = [delivery.event_id for delivery in deliveries]
+        for event_id in ids:
+            if not _HEADER_VALUE.fullmatch(event_id) or "," in event_id:
+                raise PermanentDeliveryError(f"event id {event_id!r} cannot be sent in a header")
+        # The events' payloads (their attachments, when fetched) are made ready side by side.
+        body = window_body(await asyncio.gather(*(self._payload(d) for d in deliveries)))
+        headers = self._headers.copy()
+        headers["Content-Type"] = "application/json"
+        headers[protocol.EVENT_ID_HEADER] = ids[0]
+        headers[EVENT_IDS_HEADER] = ",".join(ids)
+        # How the bridge received them: one word when they agree, else each one once.
+        headers[SOURCE_HEADER] = ",".join(dict.fromkeys(d.origin.value for d in deliveries))
+        if all(protocol.not_auto_replyable(d.payload) for d in deliveries):
+            # Not to be answered only when none of them is; each payload still says its own.
+            headers[NO_REPLY_HEADER] = "true"
+        await self._post(body, self._signed(headers, ids[0], body))
+
+    async def _payload(self, delivery: Delivery) -> bytes:
+        """What the receiver gets of one event, alone or in a window: its bytes as received,
+        or, with ``attachments.fetch``, with each attachment's local file (or reason) added."""
+        if self._attachments is None:
+            return delivery.payload
+        return await self._attachments.payload(delivery)
+
+    async def _post(self, body: bytes, headers: CIMultiDict[str]) -> None:
+        """POST ``body``; returns on 2xx, else raises the classified error."""
+        session = self._session
+        if session is None:
+            raise RuntimeError(f"sink {self.name!r} is not started")
         outcome: HttpResponse | BaseException
         try:
             async with session.post(
@@ -289,7 +353,9 @@ class HttpSink:
         pass
 
     async def close(self) -> None:
-        """Close the session if the sink created it."""
+        """Stop fetching attachments; close the session if the sink created it."""
+        if self._attachments is not None:
+            await self._attachments.close()
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -311,20 +377,33 @@ class HttpSink:
         headers["Content-Type"] = "application/json"
         headers[protocol.EVENT_ID_HEADER] = delivery.event_id
         headers[SOURCE_HEADER] = delivery.origin.value
+        if protocol.not_auto_replyable(delivery.payload):
+            # Only mail a route's guard let through gets here marked so (guard.auto_replyable:
+            # deliver, or guard: false): the agent may read it, and should not answer it.
+            headers[NO_REPLY_HEADER] = "true"
+        return self._signed(headers, delivery.event_id, body)
+
+    def _signed(self, headers: CIMultiDict[str], msg_id: str, body: bytes) -> CIMultiDict[str]:
+        """``headers`` with the signature of ``body`` added, when the sink has a secret."""
         if self._secret is None:
             return headers
         # Signed now, at this attempt: a stored signature would go stale in the receiver's window.
         timestamp = int(self._clock())
         if self._standard_key is not None:
-            headers["webhook-id"] = delivery.event_id
+            headers["webhook-id"] = msg_id
             headers["webhook-timestamp"] = str(timestamp)
             headers["webhook-signature"] = standard_webhooks_signature(
-                self._standard_key, delivery.event_id, timestamp, body
+                self._standard_key, msg_id, timestamp, body
             )
         else:
             headers[protocol.TIMESTAMP_HEADER] = str(timestamp)
             headers[protocol.SIGNATURE_HEADER] = protocol.sign(self._secret, timestamp, body)
         return headers
+
+
+def window_body(payloads: Sequence[bytes]) -> bytes:
+    """``{"events": [...]}`` around event payloads (each a JSON object), their bytes unchanged."""
+    return b'{"events":[' + b",".join(payloads) + b"]}"
 
 
 async def _read_some(response: aiohttp.ClientResponse) -> bytes:

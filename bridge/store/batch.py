@@ -35,15 +35,24 @@ _INSERT_SEEN_SQL: Final = """INSERT INTO seen (event_id, seen_at, content_id, in
     FROM json_each(?)"""
 # ?2 is every payload end to end; a row's [7] and [8] are its slice (1-based start, length).
 _INSERT_EVENTS_SQL: Final = """INSERT INTO events
-    (seq, event_id, type, inbox_id, thread_id, origin, received_at, size, payload)
+    (seq, event_id, type, inbox_id, thread_id, origin, received_at, size, payload, notes)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
         json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),
         json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[8]'),
-        COALESCE(substr(?2, json_extract(value, '$[7]'), json_extract(value, '$[8]')), x'')
+        COALESCE(substr(?2, json_extract(value, '$[7]'), json_extract(value, '$[8]')), x''),
+        json_extract(value, '$[9]')
     FROM json_each(?1)"""
-_INSERT_DELIVERIES_SQL: Final = """INSERT INTO deliveries (id, seq, sink)
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]')
+_INSERT_DELIVERIES_SQL: Final = """INSERT INTO deliveries (id, seq, sink, not_before, window_closes)
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+        json_extract(value, '$[3]'), json_extract(value, '$[4]')
     FROM json_each(?)"""
+# An event that goes nowhere but what a guard or limit did to it is recorded: kept in the history.
+_NOTED_HISTORY_SQL: Final = """INSERT INTO history (seq, event_id, type, inbox_id, thread_id,
+        origin, received_at, completed_at, sinks, payload, notes)
+    SELECT seq, event_id, type, inbox_id, thread_id, origin, received_at, ?2, '[]', payload, notes
+    FROM events WHERE seq IN (SELECT value FROM json_each(?1))"""
+_TRIM_HISTORY_SQL: Final = """DELETE FROM history
+    WHERE seq <= (SELECT seq FROM history ORDER BY seq DESC LIMIT 1 OFFSET ?)"""
 _DELETE_EVENTS_SQL: Final = "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))"
 _NEXT_IDS_SQL: Final = """SELECT
     MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
@@ -112,6 +121,7 @@ class NewEvents:
         "_events",
         "_next_id",
         "_next_seq",
+        "_noted",
         "_payloads",
         "_seen",
         "_start",
@@ -125,13 +135,24 @@ class NewEvents:
         self._events: list[tuple[object, ...]] = []
         self._payloads: list[bytes] = []
         self._start = 1  # where the next payload starts in the joined blob (1-based)
-        self._deliveries: list[tuple[int, int, str]] = []
+        self._deliveries: list[tuple[int, int, str, float | None, float | None]] = []
         self._unrouted: list[int] = []
+        self._noted: list[int] = []
 
-    def add(self, event: Event, sinks: Sequence[str], *, seen_at: float) -> tuple[int, list[int]]:
+    def add(
+        self,
+        event: Event,
+        sinks: Sequence[str],
+        *,
+        seen_at: float,
+        times: Sequence[tuple[float | None, float | None]] = (),
+        notes: str | None = None,
+    ) -> tuple[int, list[int]]:
         """Record a new event: its seen id, its row, one pending row per sink; (seq, row ids).
 
-        With no sinks the event is numbered and remembered as seen, and nothing is held.
+        ``times``: per sink, its row's ``not_before`` and ``window_closes`` (none: both None);
+        ``notes``: what guards and limits did, as JSON. With no sinks the event is numbered and
+        remembered as seen, and nothing is held; with notes it goes to the history too.
         """
         if not self._next_seq:
             self._next_seq, self._next_id = map(int, self._conn.execute(_NEXT_IDS_SQL).fetchone())
@@ -142,7 +163,7 @@ class NewEvents:
         self._next_id += len(sinks)
         sent_id = None if event.event_id == event.dedup_key else event.event_id
         self._seen.append((event.dedup_key, seen_at, event.content_id, event.inbox_id, sent_id))
-        payload = event.raw if sinks else b""
+        payload = event.raw if sinks or notes else b""
         self._events.append(
             (
                 seq,
@@ -154,18 +175,30 @@ class NewEvents:
                 event.received_at,
                 self._start,
                 len(payload),
+                notes,
             )
         )
         self._payloads.append(payload)
         self._start += len(payload)
-        self._deliveries.extend(zip(ids, (seq,) * len(sinks), sinks, strict=True))
+        if times:
+            self._deliveries.extend(
+                (row_id, seq, sink, not_before, window)
+                for row_id, sink, (not_before, window) in zip(ids, sinks, times, strict=True)
+            )
+        else:
+            self._deliveries.extend(
+                (row_id, seq, sink, None, None) for row_id, sink in zip(ids, sinks, strict=True)
+            )
+        if not sinks and notes:
+            self._noted.append(seq)
         if not sinks:
             # Inserted and deleted all the same: AUTOINCREMENT then remembers its seq, which
             # its accept result carries, so no other event is ever given it.
             self._unrouted.append(seq)
         return seq, ids
 
-    def flush(self) -> None:
+    def flush(self, *, history: int = 0, at: float = 0.0) -> None:
+        """Write the batch's rows; ``history``: how many completed events the history keeps."""
         if not self._seen:
             return
         conn = self._conn
@@ -173,6 +206,9 @@ class NewEvents:
         conn.execute(_INSERT_EVENTS_SQL, (orjson.dumps(self._events), b"".join(self._payloads)))
         if self._deliveries:
             conn.execute(_INSERT_DELIVERIES_SQL, (orjson.dumps(self._deliveries),))
+        if self._noted and history:
+            conn.execute(_NOTED_HISTORY_SQL, (orjson.dumps(self._noted), at))
+            conn.execute(_TRIM_HISTORY_SQL, (history,))
         if self._unrouted:
             conn.execute(_DELETE_EVENTS_SQL, (orjson.dumps(self._unrouted),))
         self._seen.clear()
@@ -181,3 +217,4 @@ class NewEvents:
         self._start = 1
         self._deliveries.clear()
         self._unrouted.clear()
+        self._noted.clear()

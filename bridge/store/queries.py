@@ -36,6 +36,9 @@ _DELIVERIES: Final = "FROM deliveries AS d JOIN events AS e ON e.seq = d.seq"
 
 PENDING_SQL: Final = f"""SELECT {DELIVERY_COLUMNS} {_DELIVERIES}
     WHERE d.sink = ? AND d.state = 'pending' AND d.seq > ? ORDER BY d.seq LIMIT ?"""
+# The ids as one JSON array, so one cached statement reads any number of them.
+PENDING_BY_ID_SQL: Final = f"""SELECT {DELIVERY_COLUMNS} {_DELIVERIES}
+    WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state = 'pending' ORDER BY d.seq"""  # noqa: S608 - constant columns
 # The dlq filters are optional: a NULL parameter matches every row.
 DLQ_LIST_SQL: Final = f"""SELECT {DEAD_LETTER_COLUMNS} {_DELIVERIES}
     WHERE d.state = 'dead' AND (:sink IS NULL OR d.sink = :sink)
@@ -85,8 +88,9 @@ NEWEST_PAST_SQL: Final = (
     "SELECT seq, length(payload) FROM history WHERE event_id = ? ORDER BY seq DESC LIMIT 1"
 )
 HOLD_AGAIN_SQL: Final = """INSERT INTO events
-    (event_id, type, inbox_id, thread_id, origin, received_at, size, payload)
-    SELECT event_id, type, inbox_id, thread_id, origin, received_at, length(payload), payload
+    (event_id, type, inbox_id, thread_id, origin, received_at, size, payload, notes)
+    SELECT event_id, type, inbox_id, thread_id, origin, received_at, length(payload), payload,
+        notes
     FROM history WHERE seq = ?"""
 
 
@@ -180,11 +184,11 @@ _REMEMBER_DELIVERED_SQL: Final = """INSERT OR IGNORE INTO delivered (seq, sink)
 # Every orphaned event, with its sinks as a JSON array: those of this batch (grouped once, not
 # looked up per event) and those remembered from earlier batches.
 _HISTORY_SQL: Final = """INSERT INTO history (seq, event_id, type, inbox_id, thread_id, origin,
-        received_at, completed_at, sinks, payload)
+        received_at, completed_at, sinks, payload, notes)
     SELECT e.seq, e.event_id, e.type, e.inbox_id, e.thread_id, e.origin, e.received_at, ?2,
         (SELECT json_group_array(sink) FROM (SELECT value AS sink FROM json_each(b.sinks)
             UNION SELECT sink FROM delivered AS r WHERE r.seq = e.seq)),
-        e.payload
+        e.payload, e.notes
     FROM (SELECT json_extract(value, '$[0]') AS seq,
             json_group_array(json_extract(value, '$[1]')) AS sinks
         FROM json_each(?1) GROUP BY 1) AS b

@@ -13,6 +13,7 @@ from typing import Any, Final
 import orjson
 
 from bridge.events import Event, Origin
+from bridge.plan import Note
 
 
 class AcceptOutcome(enum.StrEnum):
@@ -47,9 +48,31 @@ class Delivery:
     payload: bytes
     attempts: int
     last_error: str | None
+    not_before: float | None = None
+    """Held by a route's rate limit until then."""
+    window_closes: float | None = None
+    """Gathered in its thread's debounce window, which closes then (and is named by it)."""
+
+    @property
+    def due(self) -> float | None:
+        """When it may go: the later of its hold and its window; None at once."""
+        if self.not_before is None:
+            return self.window_closes
+        if self.window_closes is None:
+            return self.not_before
+        return max(self.not_before, self.window_closes)
 
     @classmethod
-    def of_accepted(cls, event: Event, *, id: int, seq: int, sink: str) -> Delivery:
+    def of_accepted(
+        cls,
+        event: Event,
+        *,
+        id: int,
+        seq: int,
+        sink: str,
+        not_before: float | None = None,
+        window_closes: float | None = None,
+    ) -> Delivery:
         """The row an accept of ``event`` has just inserted for ``sink``: never attempted."""
         return cls(
             id=id,
@@ -64,6 +87,8 @@ class Delivery:
             payload=event.raw,
             attempts=0,
             last_error=None,
+            not_before=not_before,
+            window_closes=window_closes,
         )
 
 
@@ -74,6 +99,7 @@ class AcceptResult:
     deliveries: tuple[Delivery, ...]
     conflict: ConflictReason | None = None  # only when CONFLICT
     quarantined: bool = False  # a CONFLICT is in the quarantine (false past its row cap)
+    notes: tuple[Note, ...] = ()  # what routes' guards and limits did (only when ACCEPTED)
 
 
 DUPLICATE: Final = AcceptResult(outcome=AcceptOutcome.DUPLICATE, seq=None, deliveries=())
@@ -133,6 +159,7 @@ class HistoryEvent:
     received_at: float
     completed_at: float  # when its last delivery row was deleted as delivered
     sinks: tuple[str, ...]  # the sinks it was delivered to
+    notes: tuple[Note, ...]  # what routes' guards and limits did to it
     payload: bytes | None
 
 
@@ -154,6 +181,8 @@ _DELIVERY_SOURCE: Final[Mapping[str, str]] = {
     "payload": "e.payload",
     "attempts": "d.attempts",
     "last_error": "d.last_error",
+    "not_before": "d.not_before",
+    "window_closes": "d.window_closes",
 }
 _DELIVERY_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Delivery))
 DELIVERY_COLUMNS: Final = ", ".join(_DELIVERY_SOURCE[name] for name in _DELIVERY_FIELDS)
@@ -197,7 +226,23 @@ def quarantined_from_row(row: Sequence[Any]) -> Quarantined:
 def history_from_row(row: Sequence[Any]) -> HistoryEvent:
     """A HistoryEvent from a row selected as :data:`HISTORY_COLUMNS` (or the summary's)."""
     fields = dict(zip(_HISTORY_FIELDS, row, strict=True))
+    notes = fields["notes"]
     return HistoryEvent(
         **fields
-        | {"origin": Origin(fields["origin"]), "sinks": tuple(orjson.loads(fields["sinks"]))}
+        | {
+            "origin": Origin(fields["origin"]),
+            "sinks": tuple(orjson.loads(fields["sinks"])),
+            "notes": notes_from_json(notes),
+        }
     )
+
+
+def notes_json(notes: Sequence[Note]) -> str | None:
+    """How an event's notes are stored: a JSON array, or NULL for none."""
+    if not notes:
+        return None
+    return orjson.dumps([note.as_dict() for note in notes]).decode()
+
+
+def notes_from_json(text: str | None) -> tuple[Note, ...]:
+    return tuple(Note.from_dict(item) for item in orjson.loads(text)) if text else ()

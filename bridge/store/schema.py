@@ -102,5 +102,38 @@ MIGRATIONS: Final[Sequence[Migration]] = (
         """CREATE TRIGGER delivered_gone AFTER DELETE ON events
             BEGIN DELETE FROM delivered WHERE seq = old.seq; END""",
     ),
+    (
+        # When a row may go: held by a route's rate limit until not_before; gathered in its
+        # thread's debounce window until window_closes (the window's events share the value, so
+        # it also names the window). NULL: at once.
+        "ALTER TABLE deliveries ADD COLUMN not_before REAL",
+        "ALTER TABLE deliveries ADD COLUMN window_closes REAL",
+        # What the routes' guards and rate limits did to an event ([{route, reason, action}] as
+        # JSON; NULL: nothing), kept with the event and its history row for `events list`.
+        "ALTER TABLE events ADD COLUMN notes TEXT",
+        "ALTER TABLE history ADD COLUMN notes TEXT",
+        # Sliding-window rate limits: per key (route, limit, sender or thread) the times of its
+        # last hits as a JSON array, at most the limit's count; expires when the newest hit
+        # leaves the window, and the longest idle keys go first once there are too many.
+        """CREATE TABLE rate_keys (
+            key TEXT PRIMARY KEY,
+            hits TEXT NOT NULL,
+            expires REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX rate_keys_by_expiry ON rate_keys (expires)",
+        # Open debounce windows, one per sink and thread (else inbox).
+        """CREATE TABLE windows (
+            sink TEXT NOT NULL,
+            lane TEXT NOT NULL,
+            closes REAL NOT NULL,
+            PRIMARY KEY (sink, lane)
+        ) WITHOUT ROWID""",
+        # The account's own addresses as seen in the `to` of mail to its inboxes: the guard
+        # treats mail from them as a loop.
+        """CREATE TABLE own_addresses (
+            address TEXT PRIMARY KEY,
+            seen_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

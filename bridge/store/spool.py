@@ -23,8 +23,11 @@ import structlog
 
 from bridge.errors import SpoolFullError, StoreError, StoreUnavailableError
 from bridge.events import Event
+from bridge.plan import Plan
 from bridge.store import database, queries, transactions
 from bridge.store.bounds import DISK_CACHE_SECONDS, Room, StoreLimits
+from bridge.store.pacing import OWN_ADDRESSES_SQL
+from bridge.store.recent import ReadQuery
 from bridge.store.rows import (
     AcceptResult,
     DeadLetter,
@@ -57,6 +60,10 @@ class _Resources:
     lock_fd: int | None
 
 
+def _read_own_addresses(conn: sqlite3.Connection) -> list[str]:
+    return [address for (address,) in conn.execute(OWN_ADDRESSES_SQL)]
+
+
 class Store:
     """The durable spool. Create with :meth:`open`, finish with :meth:`close`."""
 
@@ -72,6 +79,10 @@ class Store:
         self._loop = asyncio.get_running_loop()
         self._pruner: asyncio.Task[None] | None = None
         self._closed = False
+        self.own_addresses: list[str] = []
+        """The account's own addresses learned from mail, as stored when the store opened."""
+        self.debounce: Mapping[str, float] = {}
+        """Seconds per debounced sink: the accept opens its windows (set from the config)."""
 
     @classmethod
     async def open(
@@ -112,6 +123,7 @@ class Store:
                 writer, functools.partial(database.open_writer, path, exclusive=exclusive)
             )
             state = await loop.run_in_executor(writer, queries.read_state, opened[1])
+            own = await loop.run_in_executor(writer, _read_own_addresses, opened[1])
             rconn = await loop.run_in_executor(reader, database.open_reader, path)
         except BaseException as exc:
             if opened is not None:
@@ -128,6 +140,7 @@ class Store:
         probe = probe_interval if exclusive else None
         group = Writer(path, wconn, writer, state, probe_interval=probe, sleep=sleep)
         store = cls(path, limits, res, group, clock=clock)
+        store.own_addresses = own
         if exclusive:
             store._pruner = asyncio.create_task(store._prune_loop(prune_interval, sleep))
         log.info("store.opened", path=str(path), exclusive=exclusive, spool_bytes=state.spool)
@@ -210,7 +223,7 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def accept(self, event: Event, sinks: Sequence[str]) -> AcceptResult:
+    async def accept(self, event: Event, sinks: Sequence[str] | Plan) -> AcceptResult:
         """Record ``event`` unless already seen, with one pending delivery per sink.
 
         A known dedup key is a DUPLICATE; with other content or another inbox than it was seen
@@ -229,7 +242,7 @@ class Store:
         return result
 
     def accept_batch(
-        self, routed: Sequence[tuple[Event, Sequence[str]]]
+        self, routed: Sequence[tuple[Event, Sequence[str] | Plan]]
     ) -> asyncio.Future[list[AcceptResult | StoreError]]:
         """Record each event as :meth:`accept` does, all in one transaction; one result per event.
 
@@ -237,14 +250,21 @@ class Store:
         the WebSocket cursor relies on. A refusal (:class:`SpoolFullError`) is that event's result
         and leaves the rest standing; a failed write fails the future, nothing written.
         """
-        batch: list[tuple[Event, tuple[str, ...]]] = []
-        for event, sinks in routed:
-            if isinstance(sinks, str):
+        batch: list[tuple[Event, Plan]] = []
+        for event, plan in routed:
+            if isinstance(plan, str):
                 raise TypeError("sinks must be a sequence of sink names, not one str")
-            batch.append((event, tuple(dict.fromkeys(sinks))))
+            if not isinstance(plan, Plan):
+                plan = Plan(sinks=tuple(dict.fromkeys(plan)))
+            batch.append((event, plan))
         ws = next((e.event_id for e, _ in batch if e.from_own_websocket), None)
         accept = functools.partial(
-            transactions.accept_batch, batch=batch, room=self._room, clock=self._clock
+            transactions.accept_batch,
+            batch=batch,
+            room=self._room,
+            clock=self._clock,
+            history=self.limits.history,
+            debounce=self.debounce,
         )
         return self._write(accept, ws_event_id=ws)
 
@@ -413,3 +433,13 @@ class Store:
             self._res.writer, lambda: conn.execute("PRAGMA data_version").fetchone()
         )
         return int(row[0])
+
+    async def read_query(self, statement: ReadQuery, params: Mapping[str, object]) -> list[Any]:
+        """Rows of one of :mod:`bridge.store.recent`'s read-only queries (the console's)."""
+        return await self._read(statement, params)
+
+    async def deliveries(self, ids: Sequence[int]) -> list[Delivery]:
+        """The rows among ``ids`` still pending, ascending seq, payloads included: ids gone
+        (delivered, purged, their sink dropped) or dead are left out."""
+        rows = await self._read(queries.PENDING_BY_ID_SQL, (orjson.dumps(list(ids)).decode(),))
+        return [delivery_from_row(row) for row in rows]

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Final
 
 from bridge.errors import SpoolFullError, StoreError
 from bridge.events import Event
+from bridge.plan import Note, Plan
 from bridge.store import queries
 from bridge.store.batch import ID_TAKEN, KnownIds, NewEvents
 from bridge.store.bounds import Room
+from bridge.store.pacing import PRUNE_SQL, Pacing
 from bridge.store.rows import (
     DUPLICATE,
     AcceptOutcome,
@@ -24,6 +27,7 @@ from bridge.store.rows import (
     ConflictReason,
     Delivery,
     ReplayOutcome,
+    notes_json,
 )
 
 Clock = Callable[[], float]
@@ -76,34 +80,52 @@ def clear_cursor(tx: Tx) -> None:
 
 
 def accept_batch(
-    tx: Tx, *, batch: Sequence[tuple[Event, tuple[str, ...]]], room: Room, clock: Clock
+    tx: Tx,
+    *,
+    batch: Sequence[tuple[Event, Plan]],
+    room: Room,
+    clock: Clock,
+    history: int = 0,
+    debounce: Mapping[str, float] = MappingProxyType({}),
 ) -> list[AcceptResult | StoreError]:
-    """Accept each event; a refused one (:class:`SpoolFullError`) is its result, the rest stand."""
+    """Accept each event; a refused one (:class:`SpoolFullError`) is its result, the rest stand.
+
+    ``debounce``: seconds per debounced sink; ``history``: completed events the history keeps.
+    """
     results: list[AcceptResult | StoreError] = []
     known = KnownIds(tx.conn, (event for event, _ in batch))
     new = NewEvents(tx.conn)
-    for event, sinks in batch:
+    paced = [(e, p) for e, p in batch if not p.simple] if not debounce else batch
+    pacing = Pacing(tx.conn, paced, debounce) if paced else None
+    now = clock()
+    for event, plan in batch:
         try:
-            results.append(accept(tx, event, sinks, room=room, clock=clock, known=known, new=new))
+            results.append(
+                accept(tx, event, plan, room=room, now=now, known=known, new=new, pacing=pacing)
+            )
         except SpoolFullError as exc:  # this event wrote nothing; the rest stand
             if event.from_own_websocket:
                 hold_cursor(tx, event.event_id)
             results.append(exc)
-    new.flush()
+    if pacing is not None:
+        pacing.flush(now)
+    new.flush(history=history, at=now)
     return results
 
 
 def accept(
     tx: Tx,
     event: Event,
-    sinks: tuple[str, ...],
+    plan: Plan,
     *,
     room: Room,
-    clock: Clock,
+    now: float,
     known: KnownIds,
     new: NewEvents,
+    pacing: Pacing | None,
 ) -> AcceptResult:
-    """Record ``event`` with one pending delivery per sink, unless its key or id is known.
+    """Record ``event`` with one pending delivery per sink its plan gives, unless its key or id
+    is known; rate limits and debounce windows decided by ``pacing``.
 
     ``known`` holds what the store knows of the batch's ids; the rows join ``new``, which the
     caller flushes before the transaction commits.
@@ -116,19 +138,36 @@ def accept(
         # Handled either way: a conflict moves the cursor like a duplicate.
         advance_cursor(tx, event)
         reason = conflict_reason(identity, event)
-        return DUPLICATE if reason is None else _quarantine(tx, event, reason, room, clock)
-    size = len(event.raw) if sinks else 0
+        return DUPLICATE if reason is None else _quarantine(tx, event, reason, room, now)
+    # Checked before any limit counts a hit: a refused event leaves no trace.
+    size = len(event.raw) if plan.sinks or plan.limited else 0
     room.check(tx.spool, size)
-    seq, ids = new.add(event, sinks, seen_at=clock())
+    times: tuple[tuple[float | None, float | None], ...] = ()
+    noted: tuple[Note, ...] = ()
+    if pacing is None:
+        sinks = plan.sinks
+    else:
+        targets, notes = pacing.decide(event, plan, now)
+        sinks, noted = tuple(targets.at), tuple(notes)
+        times = tuple((t, pacing.window(event, s, now)) for s, t in targets.at.items())
+        if not sinks:
+            size = 0
+    seq, ids = new.add(event, sinks, seen_at=now, times=times, notes=notes_json(noted))
     known.add(event, held=bool(sinks))
     tx.spool += size
     tx.last_event_at = event.received_at
     advance_cursor(tx, event)
-    deliveries = tuple(
-        Delivery.of_accepted(event, id=row_id, seq=seq, sink=sink)
-        for row_id, sink in zip(ids, sinks, strict=True)
-    )
-    return AcceptResult(outcome=AcceptOutcome.ACCEPTED, seq=seq, deliveries=deliveries)
+    if times:
+        deliveries = tuple(
+            Delivery.of_accepted(event, id=i, seq=seq, sink=s, not_before=t, window_closes=w)
+            for i, s, (t, w) in zip(ids, sinks, times, strict=True)
+        )
+    else:
+        deliveries = tuple(
+            Delivery.of_accepted(event, id=row_id, seq=seq, sink=sink)
+            for row_id, sink in zip(ids, sinks, strict=True)
+        )
+    return AcceptResult(outcome=AcceptOutcome.ACCEPTED, seq=seq, deliveries=deliveries, notes=noted)
 
 
 def conflict_reason(
@@ -148,7 +187,7 @@ def conflict_reason(
 
 
 def _quarantine(
-    tx: Tx, event: Event, reason: ConflictReason, room: Room, clock: Clock
+    tx: Tx, event: Event, reason: ConflictReason, room: Room, now: float
 ) -> AcceptResult:
     # A conflict is answered like a duplicate whatever room is left: past the spool bound it
     # is kept without its payload rather than refused (a 503 would only bring it back).
@@ -162,7 +201,7 @@ def _quarantine(
         event,
         reason.value,
         keep_payload=keep,
-        at=clock(),
+        at=now,
         max_rows=room.limits.max_quarantined,
     )
     tx.spool += size
@@ -218,5 +257,9 @@ def purge_quarantine(tx: Tx, *, event_id: str | None) -> int:
 
 
 def prune_seen(tx: Tx, *, window: float, clock: Clock) -> int:
-    """Forget up to :data:`PRUNE_CHUNK` ids seen more than ``window`` seconds ago."""
-    return queries.prune_seen(tx.conn, before=clock() - window, limit=PRUNE_CHUNK)
+    """Forget up to :data:`PRUNE_CHUNK` ids seen more than ``window`` seconds ago, and rate-limit
+    keys and debounce windows past their time."""
+    now = clock()
+    for statement in PRUNE_SQL:
+        tx.conn.execute(statement, (now,))
+    return queries.prune_seen(tx.conn, before=now - window, limit=PRUNE_CHUNK)

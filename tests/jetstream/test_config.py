@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from bridge.config import Config, NatsConfig, build_config, config_warnings, describe
+from bridge.config_secrets import config_secrets
 from bridge.errors import ConfigError
 from bridge.sinks import SINK_TYPES
 from bridge.sinks.nats import NatsSinkOptions
-from bridge.supervisor import config_secrets
 from tests.conftest import WEBHOOK_SECRET, deep_merge, run_cli, write_config
 
 TOKEN = "nats-token-7d1f0c9e"

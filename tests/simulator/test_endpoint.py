@@ -46,13 +46,20 @@ async def test_query_token_auth(sim: Simulator, session: aiohttp.ClientSession) 
 @pytest.mark.parametrize(
     ("key", "query"), [(None, False), ("om_live_wrong", False), ("om_live_wrong", True)]
 )
-async def test_bad_key_gets_error_then_4001(
+async def test_bad_key_gets_error_then_4001_after_its_first_frame(
     sim: Simulator, session: aiohttp.ClientSession, key: str | None, query: bool
 ) -> None:
     async with await connect(session, sim, key=key, query=query) as ws:
+        await send(ws, {"type": "subscribe"})
         assert await recv(ws) == {"type": "error", "message": "unauthorized: invalid API key"}
         assert await closed_code(ws) == 4001
     assert sim.connections == []
+    [rejection] = sim.rejections
+    assert (rejection.reason, rejection.code, rejection.trigger) == (
+        "unauthorized",
+        4001,
+        "first_frame",
+    )
 
 
 async def test_bad_key_http_401_mode(
@@ -72,6 +79,7 @@ async def test_connection_limit_4008(
     sim = await make_sim(max_connections=2)
     first, second = await connect(session, sim), await connect(session, sim)
     async with await connect(session, sim) as third:
+        await send(third, {"type": "subscribe"})
         error = await recv(third)
         assert error["type"] == "error"
         assert "connection limit" in str(error["message"])
@@ -179,6 +187,7 @@ async def test_rotate_api_key_closes_old_connections_4001(
         assert "unauthorized" in str(error["message"])
         assert await closed_code(ws) == 4001
     async with await connect(session, sim) as old:
+        await send(old, {"type": "subscribe"})
         assert (await recv(old))["type"] == "error"
         assert await closed_code(old) == 4001
     async with await connect(session, sim, key="om_test_rotated") as new:

@@ -18,10 +18,10 @@ from .conftest import (
 pytestmark = pytest.mark.timeout(20)
 
 
-async def test_serve_prints_banner_and_stops(
-    capsys: pytest.CaptureFixture[str], session: aiohttp.ClientSession
-) -> None:
-    stop = asyncio.Event()
+async def banner(
+    capsys: pytest.CaptureFixture[str], stop: asyncio.Event, **options: bool
+) -> tuple[str, asyncio.Task[None]]:
+    """Start ``serve()`` in the background; its banner once printed, and the task."""
     task = asyncio.create_task(
         serve(
             host="127.0.0.1",
@@ -30,6 +30,7 @@ async def test_serve_prints_banner_and_stops(
             webhook_url=None,
             webhook_secret=None,
             stop=stop,
+            **options,
         )
     )
     out = ""
@@ -38,11 +39,21 @@ async def test_serve_prints_banner_and_stops(
         if "/_sim/state" in out:
             break
         await asyncio.sleep(0.01)
+    return out, task
+
+
+async def test_serve_prints_banner_and_stops(
+    capsys: pytest.CaptureFixture[str], session: aiohttp.ClientSession
+) -> None:
+    stop = asyncio.Event()
+    out, task = await banner(capsys, stop)
     match = re.search(r"(ws://127\.0\.0\.1:\d+/v1/ws)", out)
     assert match, out
     assert DEMO_API_KEY in out
     assert "demo key" in out
     assert "/_sim/events" in out
+    assert "/_sim/attachments" in out
+    assert "close 4001 after the client's first frame" in out
     ws = await session.ws_connect(
         match.group(1), headers={"Authorization": f"Bearer {DEMO_API_KEY}"}
     )
@@ -52,6 +63,21 @@ async def test_serve_prints_banner_and_stops(
     await asyncio.wait_for(task, 5)
     assert await closed == 1001
     await ws.close()
+
+
+async def test_serve_can_reject_a_bad_key_on_the_upgrade(
+    capsys: pytest.CaptureFixture[str], session: aiohttp.ClientSession
+) -> None:
+    stop = asyncio.Event()
+    out, task = await banner(capsys, stop, reject_on_upgrade=True)
+    assert "HTTP 401 on the upgrade" in out
+    match = re.search(r"(ws://127\.0\.0\.1:\d+/v1/ws)", out)
+    assert match, out
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await session.ws_connect(match.group(1), headers={"Authorization": "Bearer om_wrong"})
+    assert refused.value.status == 401
+    stop.set()
+    await asyncio.wait_for(task, 5)
 
 
 async def test_serve_requires_url_and_secret_together() -> None:

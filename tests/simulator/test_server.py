@@ -23,6 +23,7 @@ from .conftest import (
     connect,
     of,
     recv,
+    send,
     signature_ok,
     subscribe,
 )
@@ -159,6 +160,7 @@ async def test_logs_never_contain_the_key_or_secrets(
         async with await connect(session, sim, key=key, query=True) as ws:
             await subscribe(ws)
         async with await connect(session, sim, key="om_live_wrong") as bad:
+            await send(bad, {"type": "ping"})
             await recv(bad)
             await closed_code(bad)
         await sim.wait_for(lambda: sim.connections == [])

@@ -1,0 +1,304 @@
+"""``tail``: print what happens to events in a running bridge as it happens, one line each:
+accepted, duplicate, delivered, retrying, dead (``--json``: one record per line, for ``jq``).
+
+It reads the admin server's ``/api/stream`` (Server-Sent Events), found as ``status`` finds it
+(``--admin`` / ``--token`` / ``$OPENMAIL_BRIDGE_ADMIN_TOKEN``, else the config's ``admin.*``). The
+filters go to the bridge as query parameters and are applied here too. When no bridge answers at
+the first connection the command exits 1; when the bridge goes away later (a restart) it says so
+on stderr and reconnects with backoff. Ctrl-C ends it with exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+from collections.abc import Mapping
+from typing import Final, TextIO
+
+from bridge.activity import FIELDS, Filter, Kind
+from bridge.backoff import full_jitter
+from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
+from bridge.cli.operator_config import add_admin_options, add_config_option
+from bridge.cli.status import Refused, Target, refusal, target
+from bridge.stream import KEEPALIVE
+
+CONNECT_TIMEOUT: Final = 5.0
+READ_TIMEOUT: Final = 2 * KEEPALIVE + 5
+"""Silence after which the bridge is taken for gone: it sends a keepalive every KEEPALIVE s."""
+RECONNECT_INITIAL: Final = 0.25
+RECONNECT_MAX: Final = 5.0
+COLORS: Final = {
+    Kind.ACCEPTED: "36",  # cyan
+    Kind.DUPLICATE: "2",  # dim
+    Kind.DELIVERED: "32",  # green
+    Kind.RETRYING: "33",  # yellow
+    Kind.DEAD: "1;31",  # bold red
+}
+_KIND_WIDTH: Final = max(len(kind) for kind in Kind)
+
+
+def add_tail_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``tail`` with the command line's subcommands."""
+    p = sub.add_parser(
+        "tail",
+        help="print events as a running bridge accepts, delivers, retries and dead-letters them",
+        description="Follows the running bridge's admin server (/api/stream) and prints one line "
+        "per thing that happens to an event: accepted, duplicate, delivered, retrying, dead; "
+        "--json prints one object per line with ts, kind, event_id, source, inbox_id, type, "
+        "sink, attempt, error. Filters combine. When the bridge restarts, tail says so and "
+        "reconnects (events in between are not shown: see 'events list' and 'dlq list'). "
+        "Ctrl-C stops it. Exit 1 when no bridge answers, 2 when it wants a token.",
+    )
+    add_config_option(p)
+    p.add_argument("--inbox", metavar="ID", help="only this inbox's events")
+    p.add_argument("--type", metavar="TYPE", help="only this event type, e.g. message.received")
+    p.add_argument(
+        "--source", metavar="SOURCE", help="only events from websocket, webhook, nats or test"
+    )
+    p.add_argument(
+        "--sink",
+        metavar="NAME",
+        help="only this sink's deliveries, retries and dead letters (accepted and duplicate "
+        "lines name no sink, so they are left out)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_admin_options(p)
+    p.set_defaults(func=cmd_tail)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    wanted = Filter.of(
+        {"inbox": args.inbox, "type": args.type, "source": args.source, "sink": args.sink}
+    )
+    color = not args.json and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    try:
+        where = target(args)
+        return Tail(where, wanted, Printer(as_json=args.json, color=color)).run()
+    except Refused as exc:
+        return refuse(str(exc), exc.code)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        # The reader (head, a closed pager) has had enough; the interpreter must not complain
+        # when it flushes stdout on the way out.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _printable(value: object) -> str:
+    """``value`` as text that cannot drive the terminal: errors and ids come from strangers."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def human(record: Mapping[str, object], *, color: bool) -> str:
+    """One record as a line: time, kind, event id, source, inbox, type, then sink, attempt and
+    error when it has them."""
+    ts = record.get("ts")
+    at = float(ts) if isinstance(ts, int | float) else time.time()
+    stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+    kind = _printable(record.get("kind"))
+    shown = kind.ljust(_KIND_WIDTH)
+    if color and kind in COLORS:
+        shown = f"\x1b[{COLORS[Kind(kind)]}m{shown}\x1b[0m"
+    parts = [stamp, shown]
+    parts += [_printable(record.get(key) or "-") for key in ("event_id", "source", "inbox_id")]
+    parts.append(_printable(record.get("type") or "-"))
+    for key in ("sink", "attempt", "error"):
+        value = record.get(key)
+        if value is not None and value != "":
+            parts.append(f"{key}={_printable(value)}")
+    return " ".join(parts)
+
+
+class Printer:
+    """Prints records on stdout (human lines, or ``--json``) and notes on stderr."""
+
+    def __init__(
+        self,
+        *,
+        as_json: bool,
+        color: bool,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+    ) -> None:
+        self.as_json = as_json
+        self.color = color
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+
+    def record(self, record: Mapping[str, object]) -> None:
+        if self.as_json:
+            line = json.dumps({key: record.get(key) for key in FIELDS})
+        else:
+            line = human(record, color=self.color)
+        print(line, file=self.out, flush=True)
+
+    def note(self, text: str) -> None:
+        print(f"openmail-bridge: {text}", file=self.err, flush=True)
+
+
+# --- the stream ------------------------------------------------------------------------------
+
+
+class SseParser:
+    """Server-Sent Events, line by line: ``feed`` gives (event, data) at the end of each event."""
+
+    __slots__ = ("_data", "_event")
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> tuple[str, str] | None:
+        if not line:
+            event, data = self._event or "message", self._data
+            self._event, self._data = "", []
+            return (event, "\n".join(data)) if data else None
+        if line.startswith(":"):
+            return None  # a comment: the keepalive
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None
+
+
+class Gone(Exception):
+    """The stream stopped: the bridge closed it, the connection broke, or it fell silent."""
+
+
+def _shown(where: Target) -> str:
+    return where.url.removeprefix("http://")
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def open_stream(where: Target, wanted: Filter) -> http.client.HTTPResponse:
+    """The bridge's ``/api/stream``, its headers read.
+
+    Raises:
+        Refused: no bridge answers (exit 1); it wants a token or refuses the path (exit 2); it
+            answers something else (exit 1).
+    """
+    url = urllib.parse.urlsplit(where.url)
+    connection_type = (
+        http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_type(url.hostname or "", url.port, timeout=CONNECT_TIMEOUT)
+    path = f"{url.path}/api/stream"
+    if wanted.query:
+        path += "?" + urllib.parse.urlencode(wanted.query)
+    headers = {"Accept": "text/event-stream"}
+    if where.token:
+        headers["Authorization"] = f"Bearer {where.token}"
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+    except (OSError, http.client.HTTPException) as exc:
+        connection.close()
+        raise Refused(
+            f"no bridge answers at {_shown(where)} ({_reason(exc)}); is it running?",
+            EXIT_FAILURE,
+        ) from None
+    if response.status != 200:
+        if response.status == 404:
+            refused = Refused(
+                f"the bridge at {_shown(where)} has no /api/stream: it is older than this command",
+                EXIT_FAILURE,
+            )
+        else:
+            error = urllib.error.HTTPError(
+                f"{where.url}{path}", response.status, response.reason, response.headers, response
+            )
+            refused = refusal(error, where, _shown(where), "/api/stream")
+        connection.close()
+        raise refused
+    if connection.sock is not None:
+        connection.sock.settimeout(READ_TIMEOUT)
+    return response
+
+
+class Tail:
+    """Follows one bridge's stream, printing what ``wanted`` lets through, reconnecting."""
+
+    def __init__(self, where: Target, wanted: Filter, printer: Printer) -> None:
+        self.where = where
+        self.wanted = wanted
+        self.printer = printer
+
+    def run(self) -> int:
+        """Follow until interrupted (KeyboardInterrupt) or refused. Raises Refused."""
+        response = open_stream(self.where, self.wanted)
+        shown = _shown(self.where)
+        self.printer.note(f"following {shown} (Ctrl-C stops)")
+        while True:
+            try:
+                self._follow(response)
+            except Gone as exc:
+                self.printer.note(f"the bridge at {shown} went away ({exc}); reconnecting")
+            finally:
+                response.close()
+            response = self._reconnect()
+            self.printer.note(f"reconnected to {shown}; events in between are not shown")
+
+    def _follow(self, response: http.client.HTTPResponse) -> None:
+        """Print the stream's records until it stops. Raises Gone."""
+        parser = SseParser()
+        while True:
+            try:
+                raw = response.readline()
+            except TimeoutError:
+                raise Gone(f"nothing heard for {READ_TIMEOUT:g}s") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise Gone(_reason(exc)) from None
+            if not raw:
+                raise Gone("it closed the stream")
+            event = parser.feed(raw.decode("utf-8", "replace").rstrip("\n").rstrip("\r"))
+            if event is not None:
+                self._handle(*event)
+
+    def _handle(self, event: str, data: str) -> None:
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(value, dict):
+            return
+        if event == "activity" and self.wanted.matches(value):
+            self.printer.record(value)
+        elif event == "lost":
+            self.printer.note(
+                f"{value.get('count')} events not shown: this reader fell behind the bridge"
+            )
+
+    def _reconnect(self) -> http.client.HTTPResponse:
+        """The stream again, once the bridge answers; waits with backoff in between. Raises
+        Refused when the bridge answers but refuses (a token it no longer takes)."""
+        pause = threading.Event()  # never set: its wait is the backoff, cut short by Ctrl-C
+        attempt = 0
+        while True:
+            attempt += 1
+            pause.wait(full_jitter(attempt, RECONNECT_INITIAL, RECONNECT_MAX))
+            try:
+                return open_stream(self.where, self.wanted)
+            except Refused as exc:
+                if exc.code != EXIT_FAILURE:
+                    raise

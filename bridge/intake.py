@@ -1,0 +1,263 @@
+"""Which of a sink's pending rows its worker holds, and how they come in: handed over by the
+pipeline as they commit, loaded from the store in seq order, picked up again after ``dlq retry``,
+and read back by id when parked rows come near their time.
+
+Memory is bounded twice: at most ``window`` rows with their payloads (:class:`~bridge.lanes.Lanes`,
+those in flight included), and at most ``parked`` rows kept without them
+(:class:`~bridge.parking.Parked`). A row whose rate-limit hold or debounce window is further off
+than :data:`~bridge.parking.HORIZON` is parked, and the later rows of its lane with it, so a storm
+held by a rate limit never keeps rows of other lanes that may go now out of the window. Every
+pending row at or below :attr:`Intake.max_seq` is held or parked (but for rows ``dlq retry``
+moved back, which :meth:`Intake.resync` takes); the rest wait in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections.abc import Callable, Iterable, Iterator
+
+import structlog
+
+from bridge.errors import StoreError
+from bridge.lanes import Lanes, Taken
+from bridge.parking import Parked, far
+from bridge.store import Delivery, Store
+
+RESYNC_PAGE = 1000
+"""Rows per store read when a resync looks for redriven rows below those already seen."""
+
+
+def redriven(delivery: Delivery) -> bool:
+    """A row ``dlq retry`` moved back to pending, not attempted since: only that resets attempts
+    to 0 and keeps the error, where a row never tried has no error."""
+    return delivery.attempts == 0 and delivery.last_error is not None
+
+
+class Admit(enum.Enum):
+    """What offering one row to the intake did."""
+
+    HELD = "held"  # in memory with its payload, in its lane
+    PARKED = "parked"  # kept without its payload until its time comes near
+    KNOWN = "known"  # already held or parked: nothing changed
+    REFUSED = "refused"  # it would be parked, but the parked rows are at their bound
+
+
+class Intake:
+    """The rows of one sink's worker: held (``lanes``), parked (``parked``), and the store cursor.
+
+    Args:
+        window: rows held with their payloads at most; loads read no more than the room left.
+        parked: rows parked at most (see :class:`~bridge.parking.Parked`).
+        clock: Unix time, as the store's hold and window times are.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_lock",
+        "_log",
+        "_name",
+        "_reads",
+        "_store",
+        "_window",
+        "lanes",
+        "max_seq",
+        "overflow",
+        "parked",
+    )
+
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        ordering: str,
+        *,
+        window: int,
+        parked: int,
+        clock: Callable[[], float],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self._store = store
+        self._name = name
+        self._window = window
+        self._clock = clock
+        self._log = log
+        self.lanes = Lanes(ordering)
+        self.parked = Parked(parked)
+        self.max_seq = 0
+        """The highest seq taken; loads read after it."""
+        self.overflow = False
+        """Rows after ``max_seq`` may wait in the store."""
+        # One set per store read in progress: ids whose outcome was recorded meanwhile. The read
+        # may still see them pending; adding them again would deliver them twice.
+        self._reads: list[set[int]] = []
+        # One store read that adds rows at a time: each reads no more than the room it saw.
+        self._lock = asyncio.Lock()
+
+    @property
+    def room(self) -> int:
+        return self._window - len(self.lanes)
+
+    def submit(self, deliveries: Iterable[Delivery]) -> None:
+        """Take rows the pipeline just committed, unless older ones may still wait in the store
+        (they are then all read from there, in order)."""
+        now = self._clock()
+        for delivery in deliveries:
+            # While a load is reading, older rows may still be only in the store: taking this one
+            # now would put it before them in its thread and move max_seq past them for good.
+            if self.overflow or self._reads or self.room <= 0:
+                self.overflow = True  # the row is committed: a load reads it once there is room
+            elif self._take(delivery, now) is Admit.REFUSED:
+                self.overflow = True
+
+    def _take(self, delivery: Delivery, now: float, *, force: bool = False) -> Admit:
+        """Hold or park ``delivery``; ``force`` parks it past the bound (a redrive)."""
+        if delivery.id in self.lanes.known or delivery.id in self.parked:
+            return Admit.KNOWN
+        distant = far(delivery, now)
+        if distant or self.parked:
+            lane = self.lanes.lane(delivery)
+            # A distant row behind held ones of its lane (a redrive) stays with them, in order.
+            if self.parked.behind(lane, delivery.seq) or (
+                distant and not self.lanes.has_later(lane, delivery.seq)
+            ):
+                if not (force or self.parked.accepting):
+                    return Admit.REFUSED
+                self.parked.add(lane, delivery)
+                self.max_seq = max(self.max_seq, delivery.seq)
+                return Admit.PARKED
+        self.lanes.add(delivery, now)
+        self.max_seq = max(self.max_seq, delivery.seq)
+        return Admit.HELD
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[set[int]]:
+        settled: set[int] = set()
+        self._reads.append(settled)
+        try:
+            yield settled
+        finally:
+            self._reads = [s for s in self._reads if s is not settled]
+
+    async def load(self, *, after_seq: int) -> int:
+        """Take committed rows after ``after_seq``, as many as the window has room for; the count
+        of redriven ones taken."""
+        async with self._lock:
+            room = self.room
+            if room <= 0:
+                return 0
+            self.overflow = False
+            with self._reading() as settled:
+                try:
+                    rows = await self._store.pending(self._name, after_seq=after_seq, limit=room)
+                except StoreError as exc:
+                    # The rows stay in the store; the next load reads them.
+                    self.overflow = True
+                    self._log.warning("delivery.load_failed", error=str(exc))
+                    return 0
+            if len(rows) >= room:
+                self.overflow = True
+            return self._take_loaded(rows, settled)
+
+    def _take_loaded(self, rows: list[Delivery], settled: set[int]) -> int:
+        now = self._clock()
+        taken = 0
+        for row in rows:
+            if row.id in settled:
+                continue
+            admit = self._take(row, now)
+            if admit is Admit.REFUSED:
+                # More rows are held back than the parked bound: this row and the ones after it
+                # stay in the store until a tenth of the parked rows has come back. Nothing is
+                # lost (the rows are committed) or skipped (max_seq stays below this row, so the
+                # next load starts at it), and every lane keeps its order; what waits meanwhile
+                # is rows of other lanes behind it, only while that many rows are held at once.
+                self.overflow = True
+                break
+            if admit is not Admit.KNOWN and redriven(row):
+                taken += 1
+        return taken
+
+    async def resync(self) -> int:
+        """Take rows another process changed (``dlq retry``), keeping what is held and parked;
+        the count of redriven rows taken.
+
+        A redriven row sits at or below ``max_seq``, where loads never look again, and the window
+        or the parked rows may be full: such rows are taken whatever the bounds (a redrive is an
+        explicit, bounded act). Rows above ``max_seq`` are loaded as usual.
+        """
+        taken = 0
+        with self._reading() as settled:
+            after = 0
+            while after < self.max_seq:
+                rows = await self._store.pending(self._name, after_seq=after, limit=RESYNC_PAGE)
+                now = self._clock()
+                for row in rows:
+                    if row.seq > self.max_seq or row.id in settled:
+                        continue
+                    if self._take(row, now, force=True) is not Admit.KNOWN and redriven(row):
+                        taken += 1
+                after = rows[-1].seq if rows else self.max_seq
+        return taken + await self.load(after_seq=self.max_seq)
+
+    async def unpark(self, now: float, *, flushing: bool = False) -> None:
+        """Read back the parked rows whose time has come near (``flushing``: those a stop sends,
+        their hold, if any, over), as many as the window has room for. A row gone from the store
+        meanwhile (purged, its sink dropped) is skipped."""
+        async with self._lock:
+            spots = self.parked.claim(now, self.room, flushing=flushing)
+            if not spots:
+                return
+            # Registered as a read: rows handed over meanwhile wait in the store, not in the room
+            # these rows are coming back to.
+            try:
+                with self._reading():
+                    rows = await self._store.deliveries([spot.id for spot in spots])
+            except BaseException as exc:
+                self.parked.settle(spots, read=False)  # claimed again on the next wake-up
+                if not isinstance(exc, StoreError):
+                    raise
+                self._log.warning("delivery.load_failed", error=str(exc))
+                return
+            found = {row.id: row for row in rows}
+            now = self._clock()
+            for spot in self.parked.settle(spots, read=True):
+                if (row := found.get(spot.id)) is not None:
+                    self.lanes.add(row, now)
+
+    async def refill(self) -> None:
+        """Bring rows in: parked rows near their time first (they are older, and due), then the
+        store's next rows when some may wait there and could be parked."""
+        await self.unpark(self._clock())
+        if self.overflow and self.parked.accepting:
+            await self.load(after_seq=self.max_seq)
+
+    def wants_refill(self, now: float, *, idle: bool) -> bool:
+        """Whether :meth:`refill` would bring rows in now: parked rows come near, or (``idle``:
+        nothing to deliver, so loading cannot delay a delivery) rows wait in the store."""
+        if self.room <= 0:
+            return False
+        at = self.parked.next_at()
+        if at is not None and at <= now:
+            return True
+        return idle and self.overflow and self.parked.accepting
+
+    def next_at(self, *, refilling: bool) -> float | None:
+        """When the worker next has something to do: a waiting lane may go, or parked rows come
+        near. The latter only counts while they could come in: the window has room and no
+        refill is running (its end wakes the worker anyway)."""
+        at = self.lanes.next_at()
+        if refilling or self.room <= 0:
+            return at
+        near = self.parked.next_at()
+        if near is None:
+            return at
+        return near if at is None else min(at, near)
+
+    def settle(self, items: Taken) -> None:
+        """The rows of ``items`` are done with (delivered, dead, or left pending in the store)."""
+        for _, delivery in items:
+            for settled in self._reads:
+                settled.add(delivery.id)
+        self.lanes.release(items, self._clock())

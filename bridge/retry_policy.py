@@ -1,0 +1,88 @@
+"""A sink's delivery retry policy: how long before the next attempt (the shared backoff curve,
+never sooner than the receiver's ``Retry-After``), when to give up (attempts, age), and a sleep
+that a stop cuts short. Clock, sleep and the stop event are given, so tests run the schedule in
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from bridge.backoff import full_jitter
+from bridge.config import RetryConfig
+from bridge.errors import RetryableDeliveryError
+from bridge.store import Delivery
+
+
+class RetryPolicy:
+    """The retries of one sink's deliveries, as its ``retry:`` config says."""
+
+    __slots__ = ("_clock", "_config", "_sleep", "_stopping")
+
+    def __init__(
+        self,
+        config: RetryConfig,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        stopping: asyncio.Event,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._sleep = sleep
+        self._stopping = stopping
+
+    def retrying(
+        self,
+        delivery: Delivery,
+        attempts_before: int,
+        before_sleep: Callable[[RetryCallState], Awaitable[None]],
+    ) -> AsyncRetrying:
+        """The tenacity loop for ``delivery`` (the first of a window's), tried
+        ``attempts_before`` times already."""
+        return AsyncRetrying(
+            retry=retry_if_exception_type(RetryableDeliveryError),
+            wait=self.wait,
+            stop=self._stop_for(delivery, attempts_before),
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def wait(self, state: RetryCallState) -> float:
+        retry = self._config
+        delay = full_jitter(state.attempt_number, retry.initial, retry.max)
+        outcome = state.outcome
+        exc = outcome.exception() if outcome else None
+        if isinstance(exc, RetryableDeliveryError) and exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)  # never retry before the server asked us to
+        return delay
+
+    def _stop_for(
+        self, delivery: Delivery, attempts_before: int
+    ) -> Callable[[RetryCallState], bool]:
+        retry = self._config
+        # A row held by a rate limit or gathered in a window ages from when it could first go.
+        since = max(delivery.received_at, delivery.due or 0.0)
+
+        def stop(state: RetryCallState) -> bool:
+            attempts = attempts_before + state.attempt_number
+            if retry.max_attempts and attempts >= retry.max_attempts:
+                return True
+            return self._clock() - since >= retry.max_age or self._stopping.is_set()
+
+        return stop
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until the stop, whichever comes first."""
+        waiter = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                [asyncio.ensure_future(self._sleep(seconds)), waiter],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiter.cancel()
