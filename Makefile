@@ -43,8 +43,9 @@ chromium:
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		chromium >/dev/null
 
+# Two workers; --dist loadgroup keeps each xdist_group (the browser tests) on one worker.
 pytest: $(STAMP) chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test: lint types pytest
 

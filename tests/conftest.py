@@ -10,9 +10,11 @@ import hmac
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -397,3 +399,34 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+@dataclass(frozen=True)
+class SelfSigned:
+    """A fresh self-signed certificate for 127.0.0.1: a server context, and a client that trusts
+    it."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> SelfSigned:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    return SelfSigned(server, ssl.create_default_context(cafile=str(cert)))
+
+
+@pytest.fixture
+def tls_context(self_signed: SelfSigned) -> ssl.SSLContext:
+    """A server context with a freshly made self-signed certificate for 127.0.0.1."""
+    return self_signed.server

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from conftest import SelfSigned
 from structlog.testing import capture_logs
 from test_store import Clock, SteppedSleep
 
@@ -153,30 +151,12 @@ async def test_a_final_answer_is_remembered_and_a_stored_file_reused(
 
 
 @pytest.fixture
-def certificate(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server, client) contexts: a fresh self-signed certificate for 127.0.0.1, trusted by the
-    client."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert, key)
-    return server, ssl.create_default_context(cafile=str(cert))
-
-
-@pytest.fixture
 async def https_sim(
-    certificate: tuple[ssl.SSLContext, ssl.SSLContext],
+    self_signed: SelfSigned,
 ) -> AsyncIterator[tuple[Simulator, aiohttp.ClientSession]]:
     simulator = Simulator()
-    await simulator.start(ssl_context=certificate[0])
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=certificate[1]))
+    await simulator.start(ssl_context=self_signed.server)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self_signed.client))
     try:
         yield simulator, session
     finally:

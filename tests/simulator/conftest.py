@@ -21,7 +21,6 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from bridge.simulator import DEMO_API_KEY, DeliveryRecord, Simulator
-from tests.sinks.test_http import tls_context  # noqa: F401 - the fixture: self-signed 127.0.0.1
 
 SUPPORT, SALES = "inb_demo_support", "inb_demo_sales"
 RECEIVE_TIMEOUT = 3.0

@@ -7,10 +7,8 @@ import base64
 import hashlib
 import hmac
 import json
-import shutil
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -502,23 +500,6 @@ async def test_an_own_session_is_closed_by_close(receiver, sinks):
     await sink.close()
     with pytest.raises(RuntimeError, match="not started"):
         await sink.send(make_delivery())
-
-
-@pytest.fixture
-def tls_context(tmp_path) -> ssl.SSLContext:
-    """A server context with a freshly made self-signed certificate for 127.0.0.1."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context
 
 
 @pytest.fixture
