@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,11 +20,19 @@ from bridge.config import RouteConfig, RouteMatch
 from bridge.events import Event
 
 
-def addresses(header: str | None) -> list[str]:
+def addresses(header: str | None) -> tuple[str, ...]:
     """The lower-cased address parts of a header value: ``Jane <Jane@X.com>`` -> ``jane@x.com``."""
     if not header:
-        return []
-    return [addr.lower() for _, addr in getaddresses([header]) if addr]
+        return ()
+    return _parsed(header)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(header: str) -> tuple[str, ...]:
+    # The email package's parser costs ~30 us a call, on every event's sender and recipient; the
+    # same few values come again and again (an inbox's own address, a busy sender), and a storm
+    # of new ones only evicts older entries from a bounded cache.
+    return tuple(addr.lower() for _, addr in getaddresses([header]) if addr)
 
 
 def _compile_globs(patterns: Sequence[str]) -> re.Pattern[str]:

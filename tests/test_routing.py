@@ -221,10 +221,10 @@ def test_from_and_to_together_must_both_hold() -> None:
 
 
 def test_addresses_lowercases_the_address_parts() -> None:
-    assert addresses("Jane <Jane@X.com>") == ["jane@x.com"]
-    assert addresses("A <a@x.com>, b@Y.org") == ["a@x.com", "b@y.org"]
-    assert addresses(None) == []
-    assert addresses("") == []
+    assert addresses("Jane <Jane@X.com>") == ("jane@x.com",)
+    assert addresses("A <a@x.com>, b@Y.org") == ("a@x.com", "b@y.org")
+    assert addresses(None) == ()
+    assert addresses("") == ()
 
 
 def test_config_keys_from_and_to_reach_the_router(tmp_path: Path) -> None:
