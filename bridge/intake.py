@@ -115,7 +115,8 @@ class Intake:
         """Hold or park ``delivery``; ``force`` parks it past the bound (a redrive)."""
         if delivery.id in self.lanes.known or delivery.id in self.parked:
             return Admit.KNOWN
-        distant = far(delivery, now)
+        timed = delivery.not_before is not None or delivery.window_closes is not None
+        distant = timed and far(delivery, now)
         if distant or self.parked:
             lane = self.lanes.lane(delivery)
             # A distant row behind held ones of its lane (a redrive) stays with them, in order.
