@@ -4,35 +4,25 @@ held, to a real HTTP receiver and a real file, with a real bridge."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
 from conftest import (
     Receiver,
     events_named,
     read_lines,
-    run_cli,
     running_bridge,
-    wait_until,
 )
 from fixtures.make_v1_db import CURSOR, DEAD, DEAD_ERROR, DELIVERED, FIXTURE, PENDING, payload
-from fixtures.upgrade_config import upgrade_config
+from fixtures.upgrade_config import OldDatabase, delivers_every_row, read_db, upgrade_config
 from structlog.testing import capture_logs
 
 from bridge.events import Origin, parse_event
 from bridge.store import AcceptOutcome, Store
-from bridge.store.schema import SCHEMA_VERSION
 
 FIXTURE_SHA256 = "54fcc8e4c64ca3b83286565bdb5ec301c6b35a8cb88710d73e0637b332cfed9b"
-
-
-def read_db(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def test_the_fixture_is_the_committed_v1_database() -> None:
@@ -52,27 +42,17 @@ async def test_v0_1_database_migrates_and_delivers_everything(
 
     with capture_logs() as logs:
         async with running_bridge(config) as sup:
-            assert sup.store is not None
+            everything = await delivers_every_row(
+                sup,
+                logs,
+                OldDatabase(1, CURSOR, PENDING, DEAD, DEAD_ERROR),
+                db=db,
+                config_file=config_file,
+                audit=audit,
+                receiver=receiver,
+            )
             assert sup.pipeline is not None
-            (migrated,) = events_named(logs, "store.migrated")
-            assert (migrated["from_version"], migrated["to_version"]) == (1, SCHEMA_VERSION)
-            assert read_db(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-            assert sup.store.cursor == CURSOR
-
-            # Every pending row of both sinks reaches its sink.
-            await wait_until(lambda: sorted(receiver.accepted_ids()) == sorted(PENDING["agent"]))
-            await wait_until(lambda: len(read_lines(audit)) == len(PENDING["audit"]))
-
-            # The dead rows are dead letters still: listed and redriven by the command.
-            code, out, err = await run_cli("dlq", "list", "--json", "-c", str(config_file))
-            assert code == 0, err
-            assert [(i["sink"], i["event_id"], i["error"]) for i in json.loads(out)] == [
-                ("agent", event_id, DEAD_ERROR) for event_id in DEAD["agent"]
-            ]
-            code, out, err = await run_cli("dlq", "retry", "--json", "-c", str(config_file))
-            assert (code, json.loads(out)) == (0, {"retried": 2}), err
-            everything = sorted(PENDING["agent"] + DEAD["agent"])
-            await wait_until(lambda: sorted(receiver.accepted_ids()) == everything)
+            assert sup.store is not None
 
             # An id seen before the upgrade is still a duplicate. Its seen row has no content
             # identity, and unknown content is never a conflict: other bytes are a duplicate too.

@@ -6,11 +6,9 @@ stay known and its WebSocket cursor stays where it was."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
 from conftest import (
@@ -36,7 +34,7 @@ from fixtures.make_v3_db import (
     SINKS,
     payload,
 )
-from fixtures.upgrade_config import upgrade_config
+from fixtures.upgrade_config import OldDatabase, delivers_every_row, read_db, upgrade_config
 from structlog.testing import capture_logs
 
 from bridge.events import Origin, parse_event
@@ -44,11 +42,6 @@ from bridge.store import AcceptOutcome, Store
 from bridge.store.schema import SCHEMA_VERSION
 
 FIXTURE_SHA256 = "83608979b7799c69be1f7115499504facd8fc72f7c2165c978fdaa61086797d4"
-
-
-def read_db(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def copy_fixture(tmp_path: Path) -> Path:
@@ -121,27 +114,19 @@ async def test_v3_database_migrates_and_delivers_everything(
 
     with capture_logs() as logs:
         async with running_bridge(config) as sup:
-            assert sup.store is not None
+            # An event already delivered to one of its sinks before the upgrade is not
+            # delivered there again.
+            assert everything == await delivers_every_row(
+                sup,
+                logs,
+                OldDatabase(3, CURSOR, PENDING, DEAD, DEAD_ERROR),
+                db=db,
+                config_file=config_file,
+                audit=audit,
+                receiver=receiver,
+            )
             assert sup.pipeline is not None
-            (migrated,) = events_named(logs, "store.migrated")
-            assert (migrated["from_version"], migrated["to_version"]) == (3, SCHEMA_VERSION)
-            assert read_db(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-            assert sup.store.cursor == CURSOR
-
-            # Every pending row of both sinks reaches its sink; an event already delivered to
-            # one of its sinks before the upgrade is not delivered there again.
-            await wait_until(lambda: sorted(receiver.accepted_ids()) == sorted(PENDING["agent"]))
-            await wait_until(lambda: len(read_lines(audit)) == len(PENDING["audit"]))
-
-            # The dead rows are dead letters still: listed and redriven by the command.
-            code, out, err = await run_cli("dlq", "list", "--json", "-c", str(config_file))
-            assert code == 0, err
-            assert [(i["sink"], i["event_id"], i["error"]) for i in json.loads(out)] == [
-                ("agent", event_id, DEAD_ERROR) for event_id in DEAD["agent"]
-            ]
-            code, out, err = await run_cli("dlq", "retry", "--json", "-c", str(config_file))
-            assert (code, json.loads(out)) == (0, {"retried": len(DEAD["agent"])}), err
-            await wait_until(lambda: sorted(receiver.accepted_ids()) == everything)
+            assert sup.store is not None
             await wait_until(lambda: read_db(db, "SELECT COUNT(*) FROM events") == [(0,)])
 
             # The history keeps the events delivered before the upgrade, and those delivered
