@@ -66,12 +66,34 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+# Ports for bridges the tests configure by number are taken below Linux's ephemeral range
+# (32768 and up): a port a test picked and has not bound yet can then never be handed to another
+# socket's bind to port 0, and the kernel's ephemeral choice (even ports, and sometimes the same one
+# twice in a row) plays no part. Each pytest-xdist worker draws from its own slice.
+_PORT_FLOOR, _PORT_CEILING = 20000, 32768
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port that was free a moment ago, for a bridge that must listen at the same address
-    across restarts (where OpenMail's webhook retries go)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and never handed out before in this run, for a bridge that must listen
+    at the same address across restarts (where OpenMail's webhook retries go)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    size = (_PORT_CEILING - _PORT_FLOOR) // workers
+    low = _PORT_FLOOR + (int(worker) % workers if worker.isdigit() else 0) * size
+    first = low + (os.getpid() * 7919 + len(_handed_out)) % size
+    for step in range(size):
+        port = low + (first - low + step) % size
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in 127.0.0.1:{low}-{low + size - 1}")
 
 
 def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import free_port
 
 from bridge import __version__
 from bridge.events import Origin, parse_event
@@ -261,12 +262,6 @@ def test_run_with_an_invalid_config_exits_2_before_anything_starts(tmp_path: Pat
     assert time.monotonic() - started < 30
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _log_lines(path: Path) -> list[dict[str, Any]]:
     lines = []
     for line in path.read_text(errors="replace").splitlines():
@@ -282,7 +277,7 @@ def _log_lines(path: Path) -> list[dict[str, Any]]:
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
     """``run`` in a subprocess with a webhook-only config, once it has logged bridge.started."""
-    admin_port = _free_port()
+    admin_port = free_port()
     config = write(tmp_path / "config.yaml",
                    webhook_only(tmp_path, admin={"listen": f"127.0.0.1:{admin_port}"}))  # fmt: skip
     stderr_path = tmp_path / "stderr.log"

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from conftest import free_port
 
 from tests.test_cli import (
     _dead_letters,
-    _free_port,
     _log_lines,
     bridge,
     cli_env,
@@ -143,7 +143,7 @@ def test_route_test_still_refuses_broken_routes(tmp_path: Path) -> None:
 @pytest.fixture
 def protected(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """A bridge whose admin server wants a token, its config reading it from $ADMIN_TOKEN."""
-    port = _free_port()
+    port = free_port()
     config = write(
         tmp_path / "config.yaml",
         webhook_only(tmp_path, admin={"listen": f"127.0.0.1:{port}", "token": "${ADMIN_TOKEN}"}),
