@@ -256,6 +256,30 @@ async def test_event_without_sinks_is_seen_but_holds_no_payload(
     assert await store.sink_counts() == {"agent": SinkCounts(pending=1, dead=0)}
 
 
+async def test_accepts_queued_together_are_written_by_one_set_of_statements(store: Store) -> None:
+    """Accepts queued while a commit runs share the next transaction and its SQL: one insert of
+    events for all of them, each caller still answered for its own events, in order."""
+    statements: list[str] = []
+    loop, res = asyncio.get_running_loop(), store._res  # the connection lives on its thread
+    await loop.run_in_executor(res.writer, res.wconn.set_trace_callback, statements.append)
+    commits = store.commits
+    first = store.accept_batch([(event("ev-1"), ["agent"]), (event("ev-2"), ["agent"])])
+    second = store.accept_batch([(event("ev-2"), ["agent"]), (event("ev-3"), ["agent"])])
+    third = store.accept_batch([(event("ev-4"), [])])
+    answers = await asyncio.gather(first, second, third)
+    await loop.run_in_executor(res.writer, res.wconn.set_trace_callback, None)
+
+    assert store.commits == commits + 1
+    assert [[getattr(r, "outcome", r) for r in answer] for answer in answers] == [
+        [ACCEPTED, ACCEPTED],
+        [DUPLICATE, ACCEPTED],  # ev-2 from the first caller's share is known to the second's
+        [ACCEPTED],
+    ]
+    assert sum(s.lstrip().startswith("INSERT INTO events") for s in statements) == 1
+    assert [d.event_id for d in await store.pending("agent")] == ["ev-1", "ev-2", "ev-3"]
+    assert store.cursor == "ev-4"
+
+
 async def test_group_commit_shares_transactions(store: Store) -> None:
     commits = store.commits
     results = await asyncio.gather(*(store.accept(event(f"ev-{i}"), ["agent"]) for i in range(500)))

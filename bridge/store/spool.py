@@ -258,15 +258,22 @@ class Store:
                 plan = Plan(sinks=tuple(dict.fromkeys(plan)))
             batch.append((event, plan))
         ws = next((e.event_id for e, _ in batch if e.from_own_websocket), None)
-        accept = functools.partial(
-            transactions.accept_batch,
-            batch=batch,
-            room=self._room,
-            clock=self._clock,
-            history=self.limits.history,
-            debounce=self.debounce,
+        if self._closed:
+            raise StoreError(f"state database {self.path} is closed")
+        return self._writer.submit_rows(self._accept_rows, batch, ws_event_id=ws)
+
+    def _accept_rows(self, tx: Tx, batch: list[tuple[Event, Plan]]) -> list[Any]:
+        """On the writer thread: every accept queued meanwhile, as one batch."""
+        return list(
+            transactions.accept_batch(
+                tx,
+                batch=batch,
+                room=self._room,
+                clock=self._clock,
+                history=self.limits.history,
+                debounce=self.debounce,
+            )
         )
-        return self._write(accept, ws_event_id=ws)
 
     async def clear_cursor(self) -> None:
         await self._write(transactions.clear_cursor)

@@ -33,12 +33,18 @@ Sleep = Callable[[float], Awaitable[None]]
 """``asyncio.sleep``, or a stand-in a test steps by hand."""
 
 
+Rows = Callable[[Tx, list[Any]], list[Any]]
+"""Writes rows in a transaction and returns one result per row, in order: see submit_rows."""
+
+
 @dataclasses.dataclass(slots=True)
 class _Op:
-    fn: Callable[[Tx], object]
+    fn: Callable[[Tx], object] | None  # None: a share of a rows write
     future: asyncio.Future[Any]
     ws_event_id: str | None  # a WebSocket accept: its refusal must hold the cursor back
     durable: bool  # its commit waits for the disk; see Writer.submit
+    write_rows: Rows | None = None
+    rows: list[Any] = dataclasses.field(default_factory=list)
 
 
 class Writer:
@@ -94,6 +100,19 @@ class Writer:
         # Synchronous on purpose: the queue position is taken when the caller runs, not later.
         future: asyncio.Future[_T] = self._loop.create_future()
         self._queue.put_nowait(_Op(fn, future, ws_event_id, durable))
+        return future
+
+    def submit_rows(
+        self, write_rows: Rows, rows: list[Any], *, ws_event_id: str | None = None
+    ) -> asyncio.Future[list[Any]]:
+        """Queue ``rows`` for the next batch; the future gives their results once committed.
+
+        Rows queued one after another for the same ``write_rows`` are written by one call of it
+        in their transaction: concurrent accepts (webhook requests, WebSocket batches read while
+        a commit runs) cost the SQL statements of one batch, not one set each.
+        """
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        self._queue.put_nowait(_Op(None, future, ws_event_id, True, write_rows, rows))
         return future
 
     async def stop(self) -> None:
@@ -220,12 +239,15 @@ class Writer:
             tx = Tx(conn, state, self.ws_gap)
             cursor_before = tx.cursor
             results: list[object] = []
-            for op in batch:
+            start = 0
+            while start < len(batch):
+                end = _shares_end(batch, start)
                 try:
-                    results.append(op.fn(tx))
-                except SpoolFullError as exc:  # this op wrote nothing; the rest of the batch stands
-                    hold_cursor(tx, op.ws_event_id)
-                    results.append(exc)
+                    results.extend(_run_ops(tx, batch[start:end]))
+                except SpoolFullError as exc:  # these wrote nothing; the rest of the batch stands
+                    hold_cursor(tx, batch[start].ws_event_id)
+                    results.extend([exc] * (end - start))
+                start = end
             # The cursor commits with the events it points past: saved apart, a crash in between
             # could leave it past an event that was never stored, and the replay would skip it.
             if tx.cursor != cursor_before:
@@ -236,3 +258,32 @@ class Writer:
         finally:
             database.rollback(conn)
         return results, tx
+
+
+def _shares_end(batch: list[_Op], start: int) -> int:
+    """Where the run of ops written by one call, starting at ``start``, ends: one op, or the
+    adjacent shares of rows for the same function."""
+    write_rows = batch[start].write_rows
+    end = start + 1
+    if write_rows is None:
+        return end
+    while end < len(batch) and batch[end].write_rows == write_rows:
+        end += 1
+    return end
+
+
+def _run_ops(tx: Tx, ops: list[_Op]) -> list[object]:
+    """Run one op, or one call for the rows of several; a result per op."""
+    first = ops[0]
+    if first.write_rows is None:
+        assert first.fn is not None
+        return [first.fn(tx)]
+    results = first.write_rows(tx, [row for op in ops for row in op.rows])
+    if len(results) != sum(len(op.rows) for op in ops):
+        raise RuntimeError("a rows write returned a result count unlike its row count")
+    shares: list[object] = []
+    at = 0
+    for op in ops:
+        shares.append(results[at : at + len(op.rows)])
+        at += len(op.rows)
+    return shares
