@@ -57,9 +57,11 @@ class WebSocketConfig:
     """No frame or pong for this long: the connection is dead, reconnect."""
     max_in_flight: Annotated[
         int, Bounds(1, protocol.REPLAY_LIMIT, "OpenMail replays at most that many")
-    ] = 64
-    """Events read from the socket but not yet committed. Bounds memory, and stays under the
-    replay limit so a reconnect after a failed commit replays every one of them."""
+    ] = 100
+    """Events read from the socket but not yet committed: reading stops at this many until commits
+    make room. Bounds memory, and stays within the replay limit so a reconnect after a failed
+    commit replays every one of them. Half of it makes a batch, so one commits while the next
+    fills."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -3,9 +3,9 @@
 The loop: wait until the spool has room -> connect with the API key -> subscribe with the spool's
 replay cursor -> receive, with keepalive and a stale-connection watchdog -> on a close, sleep the
 delay the reconnect policy gives for its kind. This module does the I/O only: what frames mean and
-how a close is classified live in ``ws_session``, how long to wait in ``bridge.backoff``. Events
-are committed in small batches by a consumer task; the cursor moves only with a commit, so a
-reconnect replays whatever was not stored.
+how a close is classified live in ``ws_session``, how long to wait in ``bridge.backoff``, how
+events reach the spool (the in-flight bound, batches) in ``ws_intake``. The cursor moves only with
+a commit, so a reconnect replays whatever was not stored.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from aiohttp import WSMsgType
 from bridge import protocol
 from bridge.backoff import ReconnectPolicy
 from bridge.config import OpenMailConfig
-from bridge.errors import SpoolFullError, StoreError
+from bridge.errors import StoreError
 from bridge.events import Event
 from bridge.metrics import Metrics
 from bridge.sources import Spool, ws_session
+from bridge.sources.ws_intake import Intake
 from bridge.sources.ws_session import ConnectionState, Deliver, Disconnect, Health, Session
 from bridge.throttle import Throttle
 
@@ -367,18 +368,27 @@ class WebSocketSource:
     # --- receiving -------------------------------------------------------------------------
 
     async def _receive(self, link: _Link) -> None:
-        cfg, ws = self.config.websocket, link.ws
-        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=cfg.max_in_flight)
-        refused: asyncio.Future[Disconnect] = asyncio.get_running_loop().create_future()
-        consumer = asyncio.create_task(self._consume(link, queue, refused), name="websocket:commit")
+        ws = link.ws
+        closing: set[asyncio.Task[bool]] = set()
+
+        def close_on_refusal(cause: Disconnect) -> None:
+            # The reader may be waiting for a frame: closing the socket ends that wait.
+            task = asyncio.create_task(ws.close(code=protocol.CloseCode.NORMAL))
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+
+        intake = Intake(
+            link.spool, self.config.websocket.max_in_flight, self.health, close_on_refusal
+        )
         for kept in link.early:  # events that came before 'subscribed' go first, in order
-            await self._hand_over(queue, kept, consumer)
+            if not await intake.put(kept):
+                break
         keepalive = asyncio.create_task(self._keepalive(ws), name="websocket:keepalive")
         loop = asyncio.get_running_loop()
         heard = [loop.time()]
         watchdog = asyncio.create_task(self._watch_silence(ws, heard), name="websocket:watchdog")
         try:
-            while not ws.closed:
+            while not ws.closed and intake.refusal is None:
                 msg = await self._read(link)
                 heard[0] = loop.time()
                 if msg.type is WSMsgType.TEXT:
@@ -387,7 +397,7 @@ class WebSocketSource:
                         self._pass_over(action)
                         continue
                     await self._next_page(ws, action)
-                    if not await self._hand_over(queue, action.event, consumer):
+                    if not await intake.put(action.event):
                         break  # the spool pushed back: stop reading, close, wait for room
                 elif msg.type is WSMsgType.BINARY:
                     self._pass_over(link.session.binary(len(msg.data)))
@@ -396,18 +406,14 @@ class WebSocketSource:
         finally:
             keepalive.cancel()
             watchdog.cancel()
-            if not consumer.done():
-                # Commit what was read before the close (on stop too): fewer events to replay.
-                drained = asyncio.ensure_future(queue.join())
-                await asyncio.wait(
-                    [drained, consumer], timeout=DRAIN_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-                )
-                drained.cancel()
-            consumer.cancel()
-            await asyncio.gather(consumer, keepalive, watchdog, return_exceptions=True)
+            # Commit what was read before the close (on stop too): fewer events to replay.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await intake.drain()
+            await asyncio.gather(keepalive, watchdog, *closing, return_exceptions=True)
         # Events read but not committed are not lost: the cursor has not passed them.
-        if refused.done():
-            raise Disconnected(refused.result())
+        if intake.refusal is not None:
+            raise Disconnected(intake.refusal)
 
     async def _next_page(self, ws: aiohttp.ClientWebSocketResponse, delivered: Deliver) -> None:
         if delivered.replay_limit:
@@ -415,60 +421,6 @@ class WebSocketSource:
         if delivered.next_page is not None:
             log.info("ws.replay_next_page", after=delivered.event.event_id)
             await ws.send_str(delivered.next_page)
-
-    @staticmethod
-    async def _hand_over(
-        queue: asyncio.Queue[Event], event: Event, consumer: asyncio.Task[None]
-    ) -> bool:
-        """Queue ``event`` for the consumer; False once the consumer has stopped (a pushback),
-        also while waiting for room: a full queue would otherwise wait for it forever."""
-        if consumer.done():
-            return False
-        if not queue.full():
-            queue.put_nowait(event)
-            return True
-        put = asyncio.ensure_future(queue.put(event))
-        await asyncio.wait([put, consumer], return_when=asyncio.FIRST_COMPLETED)
-        if put.done():
-            return True
-        put.cancel()
-        return False
-
-    async def _consume(
-        self, link: _Link, queue: asyncio.Queue[Event], refused: asyncio.Future[Disconnect]
-    ) -> None:
-        """Commit queued events in batches submitted in one tick, so they share a transaction.
-        On the first refusal the connection closes; the spool never moves the cursor past a
-        refused event, so the reconnect replays it and whatever followed."""
-        while True:
-            batch = [await queue.get()]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
-            results: list[object]
-            try:
-                results = list(await link.spool.accept(batch))
-            except Exception as exc:  # the write failed: nothing of the batch was stored
-                results = [exc] * len(batch)
-            for _ in batch:
-                queue.task_done()
-            failure = next((r for r in results if isinstance(r, BaseException)), None)
-            if failure is None:
-                self.health.last_event_at = time.time()
-                continue
-            room_needed = 0
-            if isinstance(failure, SpoolFullError):
-                room_needed = len(batch[results.index(failure)].raw)
-            if not isinstance(failure, SpoolFullError | StoreError):
-                log.error("ws.accept_failed", error=str(failure))
-            log.warning(
-                "ws.pushback",
-                error=str(failure),
-                hint="closing the WebSocket until the spool can take events",
-            )
-            # Answered before the close: the reader may cancel this task while it closes.
-            refused.set_result(Disconnect.pushed_back(failure, room_needed))
-            await link.ws.close(code=protocol.CloseCode.NORMAL)
-            return
 
     async def _watch_silence(self, ws: aiohttp.ClientWebSocketResponse, heard: list[float]) -> None:
         """Close a connection on which no frame came for ``stale_after`` seconds. receive()
