@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
-from aiohttp import web
+from aiohttp import StreamReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -239,9 +239,13 @@ class WebhookSource:
             raise Rejected(400, "bad_signature", "X-Signature is not 64 hex digits")
         return request.headers[protocol.TIMESTAMP_HEADER].strip()
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.Request) -> bytes | bytearray:
+        length = request.content_length
+        plain = not {hdrs.CONTENT_ENCODING, hdrs.TRANSFER_ENCODING} & request.headers.keys()
         try:
             async with asyncio.timeout(self.config.body_timeout):
+                if length is not None and plain:
+                    return await _read_exactly(request.content, length)
                 return await request.read()
         except TimeoutError:
             raise Rejected(
@@ -254,6 +258,11 @@ class WebhookSource:
         except (HttpProcessingError, RequestPayloadError) as exc:
             # A body that cannot be decoded (a bogus Content-Encoding, a broken chunk).
             raise Rejected(400, "bad_body", f"cannot read the body: {exc}") from None
+        except ConnectionError:
+            # Nobody is left to read the answer; the rejection is still counted and logged.
+            raise Rejected(
+                400, "bad_body", "the connection closed before the body was complete"
+            ) from None
 
     async def _off_loop(self, size: int, fn: Callable[..., _T], *args: object) -> _T:
         """``fn(*args)`` on a worker thread for a large body (hashlib and the JSON decoder work on
@@ -269,12 +278,16 @@ class WebhookSource:
         except protocol.ProtocolError as exc:
             raise Rejected(400, "malformed_json", f"body is {exc}") from None
 
-    async def _verified(self, request: web.Request, timestamp: str, body: bytes) -> object:
-        """The decoded body, once its signature matched; raises Rejected otherwise."""
+    async def _verified(
+        self, request: web.Request, timestamp: str, body: bytes | bytearray
+    ) -> tuple[object, bytes]:
+        """The decoded body and its bytes, once its signature matched; raises Rejected otherwise.
+        A body read into a buffer becomes bytes only then: a forged one is never copied."""
         config = self.config
         secrets = [s.get() for s in config.account_secrets]
         data: object = None
         if config.inbox_secrets:
+            body = bytes(body)
             # The claimed inbox picks the one inbox secret worth trying; the signature decides.
             # A per-inbox secret vouches for its own inbox's events only, and the inbox it was
             # picked by is the one in these very bytes.
@@ -288,7 +301,8 @@ class WebhookSource:
         )
         if not matched:
             raise Rejected(400, "bad_signature", "X-Signature does not match the body")
-        return data if config.inbox_secrets else await self._decode(body)
+        raw = bytes(body)  # the same object when it is bytes already
+        return (data if config.inbox_secrets else await self._decode(raw)), raw
 
     async def _receive(self, request: web.Request, spool: Spool) -> web.StreamResponse:
         timestamp = self._check_headers(request)
@@ -302,8 +316,7 @@ class WebhookSource:
                 f"(max_buffered_bytes={self._budget.limit}); retry",
             )
         try:
-            body = await self._read_body(request)
-            data = await self._verified(request, timestamp, body)
+            data, body = await self._verified(request, timestamp, await self._read_body(request))
             return await self._accept_verified(request, spool, data, body)
         finally:
             self._budget.give_back(reserved)
@@ -346,3 +359,32 @@ class WebhookSource:
         self.last_event_at = event.received_at
         duplicate = outcome is not AcceptOutcome.ACCEPTED  # a conflict is answered like one
         return web.json_response({"ok": True, "event_id": event.event_id, "duplicate": duplicate})
+
+
+async def _read_exactly(stream: StreamReader, length: int) -> bytearray:
+    """A body that announced ``length`` bytes, read into one buffer of that size.
+
+    aiohttp's ``read()`` grows a buffer, copies it into bytes and keeps those on the request,
+    which an idle keep-alive connection holds after the answer: bodies of up to ``max_body``
+    outliving the byte budget, as many as a client keeps connections open. This buffer lives
+    only as long as the handler needs it.
+
+    Raises:
+        Rejected: the body ended before ``length`` bytes.
+    """
+    body = bytearray(length)
+    view = memoryview(body)
+    filled = 0
+    while filled < length:
+        chunk = await stream.readany()
+        if not chunk:
+            raise Rejected(
+                400, "bad_body", f"body ended after {filled} of its {length} announced bytes"
+            )
+        end = filled + len(chunk)
+        if end > length:  # the HTTP parser stops at Content-Length; never trust that here
+            raise Rejected(400, "bad_body", f"body is longer than its {length} announced bytes")
+        view[filled:end] = chunk
+        filled = end
+    view.release()
+    return body

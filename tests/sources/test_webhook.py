@@ -243,6 +243,20 @@ async def test_chunked_body_over_max_body_is_413(tmp_path: Path) -> None:
         await assert_rejected(hook, chunks(), signed_headers(body), 413, "too_large")  # type: ignore[arg-type]
 
 
+async def test_a_chunked_signed_body_is_read_whole_and_accepted(tmp_path: Path) -> None:
+    """Without a Content-Length the body is read as it comes, up to max_body."""
+    async with bridge_hook(tmp_path) as hook:
+        body = event_body(padding="x" * 4096)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(body), 256):
+                yield body[i : i + 256]
+
+        async with hook.session.post(hook.url, data=chunks(), headers=signed_headers(body)) as resp:
+            assert resp.status == 200
+        assert len(hook.stored()) == 1
+
+
 async def test_get_is_405(hook: Hook) -> None:
     async with hook.session.get(hook.url) as resp:
         assert resp.status == 405

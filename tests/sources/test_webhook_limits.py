@@ -208,6 +208,17 @@ async def test_a_body_that_trickles_past_body_timeout_is_refused(tmp_path: Path)
         assert _held(hook) == 0
 
 
+async def test_a_body_cut_short_of_its_content_length_is_refused(tmp_path: Path) -> None:
+    async with bridge_hook(tmp_path) as hook:
+        async with raw_clients() as clients:
+            clients.append(client := await Raw.open(hook))
+            await client.head(fresh_headers(), length=1000)
+            await client.send(b'{"event_id":')
+            client.writer.write_eof()  # the client is done sending, 988 bytes short
+            await wait_until(lambda: hook.rejected("bad_body") == 1)
+        assert _held(hook) == 0
+
+
 async def test_connections_beyond_the_cap_are_closed_at_once(tmp_path: Path) -> None:
     overrides = webhook(max_connections=2, header_timeout="30s")
     async with bridge_hook(tmp_path, **overrides) as hook, raw_clients() as clients:
