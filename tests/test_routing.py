@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import AsyncIterator
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge import protocol
 from bridge.cli import main
@@ -447,3 +450,27 @@ async def test_unrouted_events_are_counted_and_logged_once_per_inbox(
     assert all(w["log_level"] == "warning" for w in warnings)
     accepted = [e for e in logs if e["event"] == "event.accepted"]
     assert len(accepted) == 9  # unrouted events are still accepted (recorded), not dropped
+
+
+# --- address parsing: the everyday shapes skip the email package's parser --------------------
+
+_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+_local = st.lists(st.text(_ATEXT, min_size=1, max_size=6), min_size=1, max_size=3).map(".".join)
+_domain = st.lists(st.text("abcXYZ019-", min_size=1, max_size=6), min_size=1, max_size=3).map(
+    ".".join
+)
+_mailbox = st.builds(lambda local, domain: f"{local}@{domain}", _local, _domain)
+_name = st.text("abcXYZ019 ._-\t", max_size=12)
+_header = st.one_of(
+    _mailbox,
+    st.builds(lambda name, box: f"{name}<{box}>", _name, _mailbox),
+    st.builds(lambda name, box, pad: f"{pad}{name} <{box}>{pad}", _name, _mailbox, st.text(" \t")),
+    st.text(_ATEXT + ' <>@.,"():;\\', max_size=30),
+)
+
+
+@given(_header)
+@settings(max_examples=500)
+def test_addresses_answer_as_the_email_packages_parser_does(header: str) -> None:
+    expected = tuple(addr.lower() for _, addr in getaddresses([header]) if addr)
+    assert addresses(header) == expected
