@@ -3,11 +3,11 @@
 Two rules live here. **The in-flight bound**: at most ``limit`` events are read from the socket and
 not yet committed; the reader stops reading (TCP pushes back on the server) until commits make
 room, so a reconnect after a failed commit finds every one of them in OpenMail's replay (at most
-``REPLAY_LIMIT`` events after the cursor). **No idle writer**: the events read in one turn of the
-event loop go to the spool as one batch at once, whether or not the batch before has committed.
-The spool commits batches in the order they were handed over and writes the accepts queued while
-a commit runs as one batch in the next transaction, so its writer goes from one commit to the
-next without waiting for this side, and a slow commit makes the next batch larger, not later.
+``REPLAY_LIMIT`` events after the cursor). **No idle writer**: events go to the spool at the end
+of the loop's turn that read them, or as soon as half the bound has gathered, whether or not the
+batch before has committed. The spool commits batches in the order they were handed over and
+writes the accepts queued while a commit runs as one batch in the next transaction, so its writer
+goes from one commit to the next without waiting for this side.
 """
 
 from __future__ import annotations
