@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -72,6 +73,7 @@ async def wait_until(
 # twice in a row) plays no part. Each pytest-xdist worker draws from its own slice.
 _PORT_FLOOR, _PORT_CEILING = 20000, 32768
 _handed_out: set[int] = set()
+_PORT_START = random.SystemRandom()
 
 
 def free_port() -> int:
@@ -81,7 +83,7 @@ def free_port() -> int:
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     size = (_PORT_CEILING - _PORT_FLOOR) // workers
     low = _PORT_FLOOR + (int(worker) % workers if worker.isdigit() else 0) * size
-    first = low + (os.getpid() * 7919 + len(_handed_out)) % size
+    first = low + _PORT_START.randrange(size)  # random: this module may be imported twice
     for step in range(size):
         port = low + (first - low + step) % size
         if port in _handed_out:
@@ -94,6 +96,18 @@ def free_port() -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError(f"no free port in 127.0.0.1:{low}-{low + size - 1}")
+
+
+async def accepts_connections(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` now. A bridge answers /healthz once its
+    admin server is up, a moment before its webhook listener binds."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
 
 
 def signed(body: bytes, secret: str = WEBHOOK_SECRET) -> dict[str, str]:

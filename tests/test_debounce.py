@@ -39,6 +39,7 @@ from tests.conftest import (
     BridgeProcess,
     Received,
     Receiver,
+    accepts_connections,
     bridge_config_dict,
     free_port,
     make_config,
@@ -417,7 +418,7 @@ def launch(tmp_path: Path, bridge_processes: list[BridgeProcess]) -> Any:
             url = f"http://127.0.0.1:{ports['admin']}/healthz"
             with contextlib.suppress(aiohttp.ClientError):
                 async with aiohttp.ClientSession() as http, http.get(url) as response:
-                    return response.status == 200
+                    return response.status == 200 and await accepts_connections(ports["webhook"])
             return False
 
         await wait_until(answers, timeout=15)

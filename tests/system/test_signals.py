@@ -21,6 +21,7 @@ from conftest import (
     WEBHOOK_SECRET,
     BridgeProcess,
     Receiver,
+    accepts_connections,
     bridge_config_dict,
     free_port,
     read_lines,
@@ -130,7 +131,8 @@ def launch(
         async def answers() -> bool:
             assert process.proc.poll() is None, process.stderr_path.read_text()
             with contextlib.suppress(aiohttp.ClientError):
-                return (await bridge.admin("/healthz"))[0] == 200
+                healthy = (await bridge.admin("/healthz"))[0] == 200
+                return healthy and await accepts_connections(ports["webhook"])
             return False
 
         await wait_until(answers, timeout=15)
