@@ -38,6 +38,7 @@ from bridge.errors import (
 from bridge.intake import Intake
 from bridge.lanes import Taken
 from bridge.metrics import Metrics
+from bridge.recorder import Delivered, Recorder
 from bridge.retry_policy import RetryPolicy
 from bridge.sinks import BatchSink, Sink, WindowSink
 from bridge.store import Delivery, Store
@@ -55,6 +56,8 @@ BATCH = 256
 """Deliveries a worker hands a ``BatchSink`` at once: one write, one fsync, one store commit."""
 TIMER_MAX = 60.0
 """Longest a worker's timer sleeps before it reads the clock again (which may have been set)."""
+MARK_GRACE = 1.0
+"""Seconds a stop waits for delivered marks past its deadline: a commit's time, not an attempt's."""
 
 
 def sink_credentials(config: SinkConfig[object]) -> list[str]:
@@ -127,6 +130,7 @@ class SinkWorker:
         self._batch_sink = sink if isinstance(sink, BatchSink) else None
         self._window_sink = sink if isinstance(sink, WindowSink) and sink.sends_windows else None
         self._batch = batch if self._batch_sink or self._window_sink else 1
+        self._recorder = Recorder(self._mark, self._recorded)
 
     @property
     def name(self) -> str:
@@ -176,6 +180,7 @@ class SinkWorker:
         await self.sink.start()
         await self._intake.load(after_seq=0)
         workers = 1 if self.config.ordering == "strict" else self.config.concurrency
+        self._recorder.start(f"sink:{self.name}:record")
         self._tasks = [
             asyncio.create_task(self._work(), name=f"sink:{self.name}:{i}") for i in range(workers)
         ]
@@ -200,6 +205,12 @@ class SinkWorker:
             for task in still:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        # What was delivered is marked, within the deadline, but a store commit's time at least:
+        # an unmarked row is delivered again after the restart.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(deadline - loop.time(), MARK_GRACE)):
+                await self._recorder.drain()
+        await self._recorder.close()
         if self._refill:
             self._refill.cancel()
             await asyncio.gather(self._refill, return_exceptions=True)
@@ -211,6 +222,7 @@ class SinkWorker:
         self._stopping.set()
         for task in self._tasks:
             task.cancel()
+        self._recorder.cancel()
 
     async def _next(self) -> Taken | None:
         """The next deliveries, each with its lane, which stays busy until they are done: one
@@ -330,9 +342,8 @@ class SinkWorker:
             for delivery in group:
                 await self._dead_letter(delivery, attempts + tries, exc)
             return
-        ids = [delivery.id for delivery in group]
-        await self._store_call(lambda: self.store.mark_delivered_many(ids), head)
-        self._count_delivered(group, attempt=attempts + tries)
+        self._intake.recording(delivery.id for delivery in group)
+        self._recorder.add(group, attempts + tries)
 
     async def _deliver_batch(self, deliveries: list[Delivery]) -> None:
         """Many deliveries in one ``send_batch`` and one store commit. A failure of the batch as a
@@ -354,22 +365,27 @@ class SinkWorker:
             if failure is not None:
                 await self._dead_letter(delivery, delivery.attempts + 1, failure)
         if done:
-            ids = [d.id for d in done]
-            await self._store_call(lambda: self.store.mark_delivered_many(ids), done[0])
-            self._count_delivered(done, attempt=None)
+            self._intake.recording(d.id for d in done)
+            self._recorder.add(done, None)
 
-    def _count_delivered(self, deliveries: Sequence[Delivery], *, attempt: int | None) -> None:
+    async def _mark(self, deliveries: list[Delivery]) -> None:
+        ids = [delivery.id for delivery in deliveries]
+        await self._store_call(lambda: self.store.mark_delivered_many(ids), deliveries[0])
+
+    def _recorded(self, batch: Sequence[Delivered]) -> None:
         # Counted once recorded, so /status never shows a delivered row as still pending.
+        self._intake.recorded([delivery.id for delivery, _ in batch])
         now = time.time()
-        self.state.delivered += len(deliveries)
+        self.state.delivered += len(batch)
         self.state.last_delivered_at = now
-        self.metrics.deliveries.labels(self.name, "delivered").inc(len(deliveries))
+        self.metrics.deliveries.labels(self.name, "delivered").inc(len(batch))
         latency = self.metrics.delivery_latency.labels(self.name)
-        for delivery in deliveries:
+        for delivery, attempt in batch:
             latency.observe(max(0.0, now - delivery.received_at))
             tried = delivery.attempts + 1 if attempt is None else attempt
             self.activity.delivered(delivery, tried)
             self._log.debug("delivery.sent", event_id=delivery.event_id, attempt=tried)
+        self._wakeup.set()  # the window has room again: a worker may load what waits
 
     async def _first_attempt(self, group: Sequence[Delivery]) -> RetryableDeliveryError | None:
         """Most deliveries succeed at once, so the first attempt runs without tenacity, whose

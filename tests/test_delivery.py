@@ -669,7 +669,7 @@ async def test_resync_while_delivering_never_delivers_a_row_twice(tmp_path: Path
     while that read was in flight must not come back into the window as pending."""
     events_file = tmp_path / "fast.jsonl"
     config = make_config(
-        tmp_path, sinks={"fast": {"type": "file", "path": str(events_file), "fsync": "never"}}
+        tmp_path, sinks={"fast": {"type": "file", "path": str(events_file), "fsync": "always"}}
     )
     sink_config = config.sinks["fast"]
     store = await Store.open(tmp_path / "state" / "bridge.db")
@@ -683,8 +683,8 @@ async def test_resync_while_delivering_never_delivers_a_row_twice(tmp_path: Path
         await asyncio.gather(*(store.accept(event(n), ["fast"]) for n in range(1500)))
         sink = SINK_TYPES[sink_config.type].factory(sink_config)
         fast = SinkWorker(
-            sink_config, sink, store, Metrics(), batch=4
-        )  # small: many resyncs overlap
+            sink_config, sink, store, Metrics(), batch=2
+        )  # small batches, each write fsynced: many resyncs overlap deliveries
         await fast.start()
         resyncs = 0
         while (await store.sink_counts()).get("fast"):

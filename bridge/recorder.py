@@ -1,0 +1,85 @@
+"""Delivered rows on their way into the store, off the delivery path.
+
+A sink's worker that waited for each delivered mark to commit before its next delivery spent a
+store round trip per event doing nothing: with four HTTP lanes that capped a sink at four events
+per commit time. The worker hands delivered rows here and goes on; one task marks whatever has
+gathered in one store write, then counts and publishes them (counted once recorded, so /status
+never shows a delivered row as still pending). Until its mark commits a row stays known to the
+worker's intake, so a load that still sees it pending does not deliver it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from bridge.store import Delivery
+
+Delivered = tuple[Delivery, int | None]
+"""A delivered row and the attempt that delivered it (None: its first, ``attempts + 1``)."""
+
+
+class Recorder:
+    """Marks delivered rows in batches, in the order they were handed over.
+
+    Args:
+        mark: records rows delivered (``Store.mark_delivered_many`` with the worker's retry
+            while the store cannot write); returns once committed, or gives up when stopping.
+        recorded: called with each batch once its mark returned.
+    """
+
+    def __init__(
+        self,
+        mark: Callable[[list[Delivery]], Awaitable[None]],
+        recorded: Callable[[Sequence[Delivered]], None],
+    ) -> None:
+        self._mark = mark
+        self._recorded = recorded
+        self._waiting: list[Delivered] = []
+        self._arrived = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._marking = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        """Rows handed over and not yet recorded."""
+        return len(self._waiting) + self._marking
+
+    def start(self, name: str) -> None:
+        self._task = asyncio.create_task(self._run(), name=name)
+
+    def add(self, deliveries: Sequence[Delivery], attempt: int | None) -> None:
+        self._waiting.extend((delivery, attempt) for delivery in deliveries)
+        self._idle.clear()
+        self._arrived.set()
+
+    async def drain(self) -> None:
+        """Wait until every row handed over has been marked (or given up on while stopping)."""
+        await self._idle.wait()
+
+    def cancel(self) -> None:
+        """Stop at once; rows not yet marked stay pending in the store, delivered again later."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def close(self) -> None:
+        """:meth:`cancel`, and wait for the task to end."""
+        self.cancel()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._waiting:
+                self._idle.set()
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch, self._waiting = self._waiting, []
+            self._marking = len(batch)
+            try:
+                await self._mark([delivery for delivery, _ in batch])
+            finally:
+                self._marking = 0
+            self._recorded(batch)
