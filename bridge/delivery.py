@@ -342,8 +342,7 @@ class SinkWorker:
             for delivery in group:
                 await self._dead_letter(delivery, attempts + tries, exc)
             return
-        self._intake.recording(delivery.id for delivery in group)
-        self._recorder.add(group, attempts + tries)
+        await self._recorder.add(group, attempts + tries)
 
     async def _deliver_batch(self, deliveries: list[Delivery]) -> None:
         """Many deliveries in one ``send_batch`` and one store commit. A failure of the batch as a
@@ -365,8 +364,7 @@ class SinkWorker:
             if failure is not None:
                 await self._dead_letter(delivery, delivery.attempts + 1, failure)
         if done:
-            self._intake.recording(d.id for d in done)
-            self._recorder.add(done, None)
+            await self._recorder.add(done, None)
 
     async def _mark(self, deliveries: list[Delivery]) -> None:
         ids = [delivery.id for delivery in deliveries]
@@ -374,7 +372,6 @@ class SinkWorker:
 
     def _recorded(self, batch: Sequence[Delivered]) -> None:
         # Counted once recorded, so /status never shows a delivered row as still pending.
-        self._intake.recorded([delivery.id for delivery, _ in batch])
         now = time.time()
         self.state.delivered += len(batch)
         self.state.last_delivered_at = now
@@ -385,7 +382,6 @@ class SinkWorker:
             tried = delivery.attempts + 1 if attempt is None else attempt
             self.activity.delivered(delivery, tried)
             self._log.debug("delivery.sent", event_id=delivery.event_id, attempt=tried)
-        self._wakeup.set()  # the window has room again: a worker may load what waits
 
     async def _first_attempt(self, group: Sequence[Delivery]) -> RetryableDeliveryError | None:
         """Most deliveries succeed at once, so the first attempt runs without tenacity, whose

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
@@ -59,7 +59,6 @@ class Intake:
         "_log",
         "_name",
         "_reads",
-        "_recording",
         "_store",
         "_window",
         "lanes",
@@ -93,14 +92,12 @@ class Intake:
         # One set per store read in progress: ids whose outcome was recorded meanwhile. The read
         # may still see them pending; adding them again would deliver them twice.
         self._reads: list[set[int]] = []
-        # Delivered rows whose mark has not committed yet: the store still holds them pending.
-        self._recording: set[int] = set()
         # One store read that adds rows at a time: each reads no more than the room it saw.
         self._lock = asyncio.Lock()
 
     @property
     def room(self) -> int:
-        return self._window - len(self.lanes) - len(self._recording)
+        return self._window - len(self.lanes)
 
     def submit(self, deliveries: Iterable[Delivery]) -> None:
         """Take rows the pipeline just committed, unless older ones may still wait in the store
@@ -116,11 +113,7 @@ class Intake:
 
     def _take(self, delivery: Delivery, now: float, *, force: bool = False) -> Admit:
         """Hold or park ``delivery``; ``force`` parks it past the bound (a redrive)."""
-        if (
-            delivery.id in self.lanes.known
-            or delivery.id in self.parked
-            or delivery.id in self._recording
-        ):
+        if delivery.id in self.lanes.known or delivery.id in self.parked:
             return Admit.KNOWN
         timed = delivery.not_before is not None or delivery.window_closes is not None
         distant = timed and far(delivery, now)
@@ -262,16 +255,6 @@ class Intake:
         if near is None:
             return at
         return near if at is None else min(at, near)
-
-    def recording(self, ids: Iterable[int]) -> None:
-        """These rows were delivered; their mark is on its way to the store."""
-        self._recording.update(ids)
-
-    def recorded(self, ids: Sequence[int]) -> None:
-        """The marks of these rows returned: a read in progress may still see them pending."""
-        for settled in self._reads:
-            settled.update(ids)
-        self._recording.difference_update(ids)
 
     def settle(self, items: Taken) -> None:
         """The rows of ``items`` are done with (delivered, dead, or left pending in the store)."""

@@ -1,11 +1,10 @@
-"""Delivered rows on their way into the store, off the delivery path.
+"""Delivered rows on their way into the store: the marks of all of a sink's workers in one write.
 
-A sink's worker that waited for each delivered mark to commit before its next delivery spent a
-store round trip per event doing nothing: with four HTTP lanes that capped a sink at four events
-per commit time. The worker hands delivered rows here and goes on; one task marks whatever has
-gathered in one store write, then counts and publishes them (counted once recorded, so /status
-never shows a delivered row as still pending). Until its mark commits a row stays known to the
-worker's intake, so a load that still sees it pending does not deliver it twice.
+Each worker waits for its rows' mark before its next delivery, so a crash repeats at most the
+deliveries under way, one per worker. What it no longer costs is a store operation of its own:
+one task marks whatever has gathered in one write (each mark was an operation with its own SQL
+statements), then counts and publishes them, counted once recorded so /status never shows a
+delivered row as still pending.
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ Delivered = tuple[Delivery, int | None]
 
 
 class Recorder:
-    """Marks delivered rows in batches, in the order they were handed over.
+    """Marks delivered rows in batches, in the order they were handed over; :meth:`add` gives a
+    future done once they are recorded.
 
     Args:
         mark: records rows delivered (``Store.mark_delivered_many`` with the worker's retry
@@ -41,6 +41,8 @@ class Recorder:
         self._idle.set()
         self._marking = 0
         self._task: asyncio.Task[None] | None = None
+        # Done when the rows waiting now have been recorded: shared by everyone who added them.
+        self._next: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         """Rows handed over and not yet recorded."""
@@ -49,10 +51,14 @@ class Recorder:
     def start(self, name: str) -> None:
         self._task = asyncio.create_task(self._run(), name=name)
 
-    def add(self, deliveries: Sequence[Delivery], attempt: int | None) -> None:
+    def add(self, deliveries: Sequence[Delivery], attempt: int | None) -> asyncio.Future[None]:
+        """Hand rows over; the future is done once their mark returned."""
         self._waiting.extend((delivery, attempt) for delivery in deliveries)
         self._idle.clear()
         self._arrived.set()
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        return self._next
 
     async def drain(self) -> None:
         """Wait until every row handed over has been marked (or given up on while stopping)."""
@@ -77,9 +83,12 @@ class Recorder:
                 await self._arrived.wait()
                 continue
             batch, self._waiting = self._waiting, []
+            done, self._next = self._next, None
             self._marking = len(batch)
             try:
                 await self._mark([delivery for delivery, _ in batch])
             finally:
                 self._marking = 0
+                if done is not None and not done.done():
+                    done.set_result(None)
             self._recorded(batch)

@@ -43,18 +43,21 @@ async def test_rows_handed_over_during_a_mark_are_marked_together_next() -> None
     recorder = Recorder(store.mark, recorded)
     recorder.start("test:record")
     try:
-        recorder.add([row(1)], None)
+        first = recorder.add([row(1)], None)
         await asyncio.sleep(0)
         assert store.marks == [[1]]
-        recorder.add([row(2), row(3)], 2)
-        recorder.add([row(4)], None)
+        second = recorder.add([row(2), row(3)], 2)
+        assert recorder.add([row(4)], None) is second  # one write, one answer
         assert len(recorder) == 4  # none recorded yet
+        assert not first.done()
         store.commit(0)
-        await asyncio.sleep(0)
+        await first
+        assert reported == [[1]]
         await asyncio.sleep(0)
         assert store.marks == [[1], [2, 3, 4]]
-        assert reported == [[1]]
+        assert not second.done()
         store.commit(1)
+        await second
         await recorder.drain()
         assert reported == [[1], [2, 3, 4]]
         assert len(recorder) == 0
