@@ -130,8 +130,10 @@ async function toggle(row) {
   }
   if (!page.open.has(eventId)) return;
   page.open.set(eventId, detail);
-  const shown = row.isConnected ? row.nextElementSibling : null;
-  if (shown && shown.dataset.detailOf === eventId) shown.replaceWith(detailRow(eventId, detail));
+  // Looked up again, not taken from ``row``: the list may have been drawn anew meanwhile, its
+  // "Loading…" row a new element under a new row.
+  const shown = document.querySelector(`tr.detail-row[data-detail-of="${CSS.escape(eventId)}"]`);
+  if (shown) shown.replaceWith(detailRow(eventId, detail));
 }
 
 // --- running the console -------------------------------------------------------------------
