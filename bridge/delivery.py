@@ -323,12 +323,11 @@ class SinkWorker:
         async def before_sleep(state: RetryCallState) -> None:
             await self._before_sleep(group, attempts, state)
 
-        retrying = self._retry.retrying(head, attempts, before_sleep)
         tries = 1
         try:
             first = await self._first_attempt(group)
             if first is not None:
-                async for attempt in retrying:
+                async for attempt in self._retry.retrying(head, attempts, before_sleep):
                     with attempt:
                         tries = attempt.retry_state.attempt_number
                         if tries == 1:  # tenacity's attempt 1 is the one that just failed

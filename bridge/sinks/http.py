@@ -13,7 +13,7 @@ import re
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -145,6 +145,8 @@ def classify(
     configured header values, URL credentials), URL credentials and anything else that looks
     secret are masked, should the receiver echo them or an exception quote them.
     """
+    if isinstance(outcome, HttpResponse) and 200 <= outcome.status < 300:
+        return None
     known = literal_secrets(redact)
     if isinstance(outcome, BaseException):
         if isinstance(outcome, TimeoutError):
@@ -155,8 +157,6 @@ def classify(
             message = f"connection to {url} failed: {str(outcome) or type(outcome).__name__}"
         return RetryableDeliveryError(scrub_text(message, known))
     status = outcome.status
-    if 200 <= status < 300:
-        return None
     message = f"HTTP {status} from {url}"
     if 300 <= status < 400:
         location = mask_url(outcome.headers.get("Location", ""))[:BODY_EXCERPT]
@@ -344,7 +344,7 @@ class HttpSink:
             outcome,
             timeout=self._options.timeout,
             now=self._clock(),
-            redact=(*self._credentials, *self._secrets_in(headers)),
+            redact=self._redactions(headers),  # read only for a failure
         )
         if error is not None:
             raise error
@@ -360,16 +360,18 @@ class HttpSink:
             session, self._session = self._session, None
             await session.close()
 
-    def _secrets_in(self, headers: Mapping[str, str]) -> tuple[str, ...]:
-        if self._secret is None:
-            return ()
-        signature = headers.get(protocol.SIGNATURE_HEADER) or headers.get("webhook-signature", "")
-        return (
-            self._secret,
-            self._secret.removeprefix(STANDARD_WEBHOOKS_PREFIX),
-            signature,
-            signature.removeprefix("v1,"),
-        )
+    def _redactions(self, headers: Mapping[str, str]) -> Iterator[str]:
+        """What an error message must not show: credentials, the secret and the signature.
+        A generator, so that a delivery that succeeded never gathers them."""
+        yield from self._credentials
+        if self._secret is not None:
+            signature = headers.get(protocol.SIGNATURE_HEADER) or headers.get(
+                "webhook-signature", ""
+            )
+            yield self._secret
+            yield self._secret.removeprefix(STANDARD_WEBHOOKS_PREFIX)
+            yield signature
+            yield signature.removeprefix("v1,")
 
     def _request_headers(self, delivery: Delivery, body: bytes) -> CIMultiDict[str]:
         # Configured headers first; the bridge's own replace any of the same name.
