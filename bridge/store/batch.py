@@ -16,6 +16,7 @@ from typing import Final
 import orjson
 
 from bridge.events import Event
+from bridge.store import queries
 
 KNOWN_KEY: Final = 1
 ID_TAKEN: Final = 2
@@ -51,8 +52,6 @@ _NOTED_HISTORY_SQL: Final = """INSERT INTO history (seq, event_id, type, inbox_i
         origin, received_at, completed_at, sinks, payload, notes)
     SELECT seq, event_id, type, inbox_id, thread_id, origin, received_at, ?2, '[]', payload, notes
     FROM events WHERE seq IN (SELECT value FROM json_each(?1))"""
-_TRIM_HISTORY_SQL: Final = """DELETE FROM history
-    WHERE seq <= (SELECT seq FROM history ORDER BY seq DESC LIMIT 1 OFFSET ?)"""
 _DELETE_EVENTS_SQL: Final = "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))"
 _NEXT_IDS_SQL: Final = """SELECT
     MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
@@ -208,7 +207,7 @@ class NewEvents:
             conn.execute(_INSERT_DELIVERIES_SQL, (orjson.dumps(self._deliveries),))
         if self._noted and history:
             conn.execute(_NOTED_HISTORY_SQL, (orjson.dumps(self._noted), at))
-            conn.execute(_TRIM_HISTORY_SQL, (history,))
+            conn.execute(queries.TRIM_HISTORY_SQL, (history,))
         if self._unrouted:
             conn.execute(_DELETE_EVENTS_SQL, (orjson.dumps(self._unrouted),))
         self._seen.clear()

@@ -195,7 +195,7 @@ _HISTORY_SQL: Final = """INSERT INTO history (seq, event_id, type, inbox_id, thr
     JOIN events AS e ON e.seq = b.seq
     WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = e.seq)"""
 # The newest ?1 rows stay: a walk of that many index entries, whatever the table holds.
-_TRIM_HISTORY_SQL: Final = """DELETE FROM history
+TRIM_HISTORY_SQL: Final = """DELETE FROM history
     WHERE seq <= (SELECT seq FROM history ORDER BY seq DESC LIMIT 1 OFFSET ?)"""
 
 
@@ -214,7 +214,7 @@ def delete_delivered(
     orphaned, freed = conn.execute(_ORPHANED_SIZE_SQL, (pairs,)).fetchone()
     if history and orphaned:
         conn.execute(_HISTORY_SQL, (pairs, at))
-        conn.execute(_TRIM_HISTORY_SQL, (history,))
+        conn.execute(TRIM_HISTORY_SQL, (history,))
     if orphaned:
         conn.execute(_DELETE_ORPHANED_SQL, (pairs,))
     if history and orphaned < events:  # some events still held: only a multi-sink route
