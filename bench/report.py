@@ -28,7 +28,10 @@ from bench.targets import (
 )
 
 THROUGHPUT_VS_A = 0.5
+THROUGHPUT_FLOOR_VS_B = 0.3
+"""The least the WebSocket -> spool -> file path must carry against the quickstart listener."""
 THROUGHPUT_VS_B = 1.0
+"""... and what it aims for."""
 HTTP_VS_C = 1.0
 """The bridge forwarding WebSocket -> HTTP, against baseline C doing the same without a spool."""
 NATS_VS_D = 0.5
@@ -90,9 +93,10 @@ def _throughput_problem(row: Measurement) -> str | None:
 
 
 def _throughput_ratio(
-    rows: dict[str, Measurement], what: str, key: str, base: str, want: float
+    rows: dict[str, Measurement], what: str, key: str, base: str, want: float, kind: str = ""
 ) -> Check:
-    name = f"{what} events/s >= {want:.1f} x {rows[base].label if base in rows else base}"
+    label = rows[base].label if base in rows else base
+    name = f"{what} events/s >= {want:.1f} x {label}{f' ({kind})' if kind else ''}"
     row, ref = rows.get(key), rows.get(base)
     value = ratio(row.throughput if row else None, ref.throughput if ref else None)
     if value is None:
@@ -142,7 +146,8 @@ def check_targets(rows: dict[str, Measurement], rate: float) -> list[Check]:
     webhook = LATENCY_WEBHOOK_CONCURRENCY
     checks = [
         _throughput_ratio(rows, "bridge WS", WS, BASE_A, THROUGHPUT_VS_A),
-        _throughput_ratio(rows, "bridge WS", WS, BASE_B, THROUGHPUT_VS_B),
+        _throughput_ratio(rows, "bridge WS", WS, BASE_B, THROUGHPUT_FLOOR_VS_B, "floor"),
+        _throughput_ratio(rows, "bridge WS", WS, BASE_B, THROUGHPUT_VS_B, "goal"),
         _throughput_ratio(rows, "bridge WS -> HTTP", WS_HTTP, BASE_C, HTTP_VS_C),
         _added_latency(rows, webhook_key(webhook), f"{latency}, webhook c={webhook}"),
         _every_row(

@@ -111,26 +111,34 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
 
     # Each verdict is the target applied to the table's own figures.
     verdicts = [line.split(maxsplit=1) for line in table.split("\ntargets\n", 1)[1].splitlines()]
-    assert len(verdicts) == 9
+    assert len(verdicts) == 10
     for (verdict, name), key, base, want in zip(
-        verdicts[:3],
-        (WS, WS, WS_HTTP),
-        (base_a, base_b, base_c),
-        (report.THROUGHPUT_VS_A, report.THROUGHPUT_VS_B, report.HTTP_VS_C),
+        verdicts[:4],
+        (WS, WS, WS, WS_HTTP),
+        (base_a, base_b, base_b, base_c),
+        (
+            report.THROUGHPUT_VS_A,
+            report.THROUGHPUT_FLOOR_VS_B,
+            report.THROUGHPUT_VS_B,
+            report.HTTP_VS_C,
+        ),
         strict=True,
     ):
         measured, base_speed = rows[key]["events/s"], base["events/s"]
         passed = measured is not None and base_speed is not None and measured / base_speed >= want
         assert verdict == ("PASS" if passed else "FAIL"), name
-    assert verdicts[2][1].startswith("bridge WS -> HTTP events/s >= 1.0 x baseline C")
-    verdict, name = verdicts[3]
+    assert verdicts[1][1].startswith(
+        "bridge WS events/s >= 0.3 x baseline B: quickstart listener (floor)"
+    )
+    assert verdicts[3][1].startswith("bridge WS -> HTTP events/s >= 1.0 x baseline C")
+    verdict, name = verdicts[4]
     assert name.startswith("p99 added latency <= 5 ms at 1,000 events/s, webhook c=16:")
     added = rows[webhook_key(16)]["p99 added vs A ms"]
     assert verdict == ("PASS" if added is not None and added <= report.MAX_ADDED_P99_MS else "FAIL")
     bridge_rss = [row["peak RSS MB"] for key, row in rows.items() if key.startswith("bridge-")]
     passed = all(v is not None and v <= report.MAX_RSS_MB for v in bridge_rss)
-    assert verdicts[5][0] == ("PASS" if passed else "FAIL")
-    verdict, name = verdicts[8]
+    assert verdicts[6][0] == ("PASS" if passed else "FAIL")
+    verdict, name = verdicts[9]
     assert name.startswith("bridge WS -> JetStream events/s >= 0.5 x baseline D")
     measured, base_speed = rows[WS_NATS]["events/s"], base_d["events/s"]
     passed = (
