@@ -111,7 +111,7 @@ async def test_recent_events_show_routes_and_each_sinks_outcome(
     await wait_until(lambda: client.sv.dispatcher.workers["agent"].state.delivered == 1)
     receiver.statuses = [400]
     await client.send("evt_dead")
-    await wait_until(lambda: client.sv.dispatcher.workers["agent"].state.dead == 1)
+    await wait_until(lambda: client.sv.dispatcher.workers["agent"].state.dead_recorded == 1)
     receiver.up = False  # 503: retried until it comes back
     await client.send("evt_retrying")
 
@@ -142,7 +142,7 @@ async def test_recent_events_show_routes_and_each_sinks_outcome(
 async def test_one_events_detail_holds_its_attempts(client: Client, receiver: Receiver) -> None:
     receiver.statuses = [503, 400]
     await client.send("evt_detail")
-    await wait_until(lambda: client.sv.dispatcher.workers["agent"].state.dead == 1)
+    await wait_until(lambda: client.sv.dispatcher.workers["agent"].state.dead_recorded == 1)
     detail = await client.get("/api/events/evt_detail")
     assert detail["event_id"] == "evt_detail"
     kinds = [(a["kind"], a["sink"], a["attempt"]) for a in detail["activity"]]
