@@ -74,6 +74,7 @@ class _GuardedProtocol(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        self._guard.received(len(data))
         if self._phase is Phase.IDLE:  # the first byte of the next request on a kept connection
             self._phase = Phase.HEADERS
             self._arm()
@@ -128,10 +129,13 @@ class ConnectionGuard:
         limit: int,
         header_timeout: float,
         on_drop: Callable[[str], None],
+        received: Callable[[int], None] = lambda size: None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.limit = limit
         self.header_timeout = header_timeout
+        self.received = received
+        """Called with the size of everything a connection receives."""
         self._factory = factory
         self._on_drop = on_drop
         self._open: dict[asyncio.Transport, _GuardedProtocol] = {}
@@ -174,7 +178,7 @@ class ConnectionGuard:
 class GuardedSite(web.BaseSite):
     """A TCP site like aiohttp's ``TCPSite``, serving through a :class:`ConnectionGuard`."""
 
-    __slots__ = ("_guard_args", "_host", "_port", "guard")
+    __slots__ = ("_guard_args", "_host", "_port", "_received", "guard")
 
     def __init__(
         self,
@@ -186,10 +190,12 @@ class GuardedSite(web.BaseSite):
         limit: int,
         header_timeout: float,
         on_drop: Callable[[str], None],
+        received: Callable[[int], None] = lambda size: None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._host, self._port = host, port
         self._guard_args = (limit, header_timeout, on_drop)
+        self._received = received
         self.guard: ConnectionGuard | None = None
 
     @property
@@ -203,7 +209,11 @@ class GuardedSite(web.BaseSite):
         assert server is not None  # the runner is set up before any site starts
         limit, header_timeout, on_drop = self._guard_args
         self.guard = ConnectionGuard(
-            server, limit=limit, header_timeout=header_timeout, on_drop=on_drop
+            server,
+            limit=limit,
+            header_timeout=header_timeout,
+            on_drop=on_drop,
+            received=self._received,
         )
         self._server = await asyncio.get_running_loop().create_server(
             self.guard,

@@ -28,6 +28,7 @@ from bridge import protocol
 from bridge.config import WebhookConfig
 from bridge.errors import EventError, MissingEventIdError, SpoolFullError, StoreError
 from bridge.events import Origin, event_from_object
+from bridge.memory import HeapTrimmer, glibc_trim
 from bridge.metrics import Metrics
 from bridge.sources import Spool
 from bridge.sources.http_guard import ByteBudget, GuardedSite
@@ -75,6 +76,9 @@ class WebhookSource:
         self._runner: web.AppRunner | None = None
         self._site: GuardedSite | None = None
         self._budget = ByteBudget(config.buffer_limit)
+        # Bodies, refused ones included, leave freed memory in the C heap: give it back after
+        # every few MiB received, or a flood would leave the process that much larger.
+        self._heap = HeapTrimmer(glibc_trim())
         self._throttles: dict[str, Throttle] = {}
         self._stopping = False
         self.port: int | None = None
@@ -108,6 +112,7 @@ class WebhookSource:
             limit=config.connection_limit,
             header_timeout=config.header_timeout,
             on_drop=lambda reason: self.metrics.webhook_rejected.labels(reason).inc(),
+            received=self._heap.received,
         )
         try:
             await site.start()
@@ -143,6 +148,7 @@ class WebhookSource:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._heap.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
