@@ -288,7 +288,10 @@ class WebhookSource:
         self, request: web.Request, timestamp: str, body: bytes | bytearray
     ) -> tuple[object, bytes]:
         """The decoded body and its bytes, once its signature matched; raises Rejected otherwise.
-        A body read into a buffer becomes bytes only then: a forged one is never copied."""
+
+        A body read into a buffer becomes bytes only once it matched, so a forged one is never
+        copied; with per-inbox secrets it is decoded (as bytes) first, to learn the claimed inbox
+        whose secret is worth trying."""
         config = self.config
         secrets = [s.get() for s in config.account_secrets]
         data: object = None
