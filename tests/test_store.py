@@ -292,6 +292,46 @@ async def test_group_commit_shares_transactions(store: Store) -> None:
     assert len(await store.pending("agent")) == 500
 
 
+async def test_the_writer_thread_goes_on_to_the_next_batch_without_the_event_loop(
+    store: Store,
+) -> None:
+    """A write queued while a commit runs is committed next by the writer thread itself: while
+    the event loop is busy (here: blocked outright), the writer does not wait for it."""
+    started, release, second_ran = threading.Event(), threading.Event(), threading.Event()
+
+    def first(tx: object) -> str:
+        started.set()
+        release.wait()
+        return "first"
+
+    def second(tx: object) -> str:
+        second_ran.set()
+        return "second"
+
+    commits = store.commits
+    first_done = store._writer.submit(first)
+    await asyncio.to_thread(started.wait)
+    second_done = store._writer.submit(second)
+    release.set()
+    # The event loop does nothing until the second write has run on the writer thread.
+    assert second_ran.wait(timeout=30)
+    assert await asyncio.gather(first_done, second_done) == ["first", "second"]
+    assert store.commits == commits + 2
+
+
+async def test_data_version_is_read_in_turn_with_the_writes(store: Store, db_path: Path) -> None:
+    """Another process's commit changes it; this store's own commits do not."""
+    before = await store.data_version()
+    await store.accept(event("ev-1"), ["agent"])
+    assert await store.data_version() == before
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("INSERT INTO meta VALUES ('other', 1)")
+    finally:
+        other.close()
+    assert await store.data_version() != before
+
+
 async def test_accepts_fired_without_awaiting_commit_in_call_order(store: Store) -> None:
     # The WebSocket source's pattern: several accepts in flight, the cursor must end on the last.
     # The writer thread is held, so the first accepts' batch is still committing (waiting for

@@ -435,10 +435,7 @@ class Store:
         this store's own commits leave it unchanged."""
         if self._closed:
             raise StoreError(f"state database {self.path} is closed")
-        conn = self._res.wconn
-        row = await self._loop.run_in_executor(
-            self._res.writer, lambda: conn.execute("PRAGMA data_version").fetchone()
-        )
+        row = await self._writer.call(lambda conn: conn.execute("PRAGMA data_version").fetchone())
         return int(row[0])
 
     async def read_query(self, statement: ReadQuery, params: Mapping[str, object]) -> list[Any]:

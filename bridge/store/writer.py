@@ -1,18 +1,26 @@
 """Group commit: one thread owns the write connection and commits every write queued meanwhile in
 one transaction, in the order they were queued (one fsync for many events).
 
-The writer keeps what the store holds in memory between transactions (spool bytes, the WebSocket
-cursor and the refused event it must not pass, the database's data_version) and applies a
-transaction's changes only once it commits; the cursor is written in the same transaction as
-the events it points past. After a write fails it refuses writes until a probe write succeeds.
+The writer thread takes the next batch itself as soon as a commit returns: it does not wait for
+the event loop to hand it over. Under load the event loop is busy parsing the next frames, and
+each hand-off through it left the thread idle for milliseconds between commits; the event loop
+now only hears the outcome of each commit, in commit order.
+
+The thread keeps what the store holds in memory between transactions (spool bytes, the WebSocket
+cursor and the refused event it must not pass, the database's data_version) and updates it as
+each transaction commits; the event loop's copy follows in commit order. The cursor is written in
+the same transaction as the events it points past. After a write fails the thread refuses writes
+until a probe write succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,15 +44,31 @@ Sleep = Callable[[float], Awaitable[None]]
 Rows = Callable[[Tx, list[Any]], list[Any]]
 """Writes rows in a transaction and returns one result per row, in order: see submit_rows."""
 
+Call = Callable[[sqlite3.Connection], Any]
+"""Runs on the write connection outside any transaction: see Writer.call."""
+
 
 @dataclasses.dataclass(slots=True)
 class _Op:
-    fn: Callable[[Tx], object] | None  # None: a share of a rows write
+    fn: Callable[[Tx], object] | None  # None: a share of a rows write, or a call
     future: asyncio.Future[Any]
     ws_event_id: str | None  # a WebSocket accept: its refusal must hold the cursor back
     durable: bool  # its commit waits for the disk; see Writer.submit
     write_rows: Rows | None = None
     rows: list[Any] = dataclasses.field(default_factory=list)
+    call: Call | None = None  # run alone, outside a transaction
+    probe: bool = False  # a call whose success makes the database writable again
+
+
+@dataclasses.dataclass(slots=True)
+class _Outcome:
+    """What one batch came to, handed from the writer thread to the event loop."""
+
+    results: list[object] | None = None  # one per op; None: the batch failed as a whole
+    tx: Tx | None = None  # the committed transaction (None for a call, or a failure)
+    error: Exception | None = None  # every op's exception when the batch failed as a whole
+    failure: str | None = None  # why writes fail now: set when this batch found it out
+    writable_again: bool = False  # this batch (or probe) found the database writable again
 
 
 class Writer:
@@ -73,19 +97,27 @@ class Writer:
     ) -> None:
         self.path = path
         self.commits = 0
+        # The event loop's copy, updated in commit order; the thread's own is _state.
         self.spool, self.cursor, self.data_version = state
-        self.ws_gap: str | None = None  # first refused WebSocket event id, see advance_cursor
         self.failure: str | None = None  # why writes fail; None while writable
         self._conn = conn
-        self._durable: bool | None = None  # the connection's synchronous mode, once set here
         self._thread = thread
         self._probe_interval = probe_interval
         self._sleep = sleep
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
         self._probe: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # set and replaced on every change a waiter may want
-        self._task = asyncio.create_task(self._write_loop(), name="store-writer")
+        self._stopped = False
+        # Shared with the thread, under _lock: the queue, and whether a drain is running.
+        self._lock = threading.Lock()
+        self._queue: collections.deque[_Op] = collections.deque()
+        self._draining = False
+        self._drain_job: asyncio.Future[None] | None = None
+        # The thread's alone.
+        self._state = state
+        self._ws_gap: str | None = None  # first refused WebSocket event id, see advance_cursor
+        self._refusing: str | None = None  # set after a failed write until a probe succeeds
+        self._durable: bool | None = None  # the connection's synchronous mode, once set here
 
     def submit(
         self, fn: Callable[[Tx], _T], *, ws_event_id: str | None = None, durable: bool = True
@@ -99,7 +131,7 @@ class Writer:
         """
         # Synchronous on purpose: the queue position is taken when the caller runs, not later.
         future: asyncio.Future[_T] = self._loop.create_future()
-        self._queue.put_nowait(_Op(fn, future, ws_event_id, durable))
+        self._enqueue(_Op(fn, future, ws_event_id, durable))
         return future
 
     def submit_rows(
@@ -112,17 +144,27 @@ class Writer:
         a commit runs) cost the SQL statements of one batch, not one set each.
         """
         future: asyncio.Future[list[Any]] = self._loop.create_future()
-        self._queue.put_nowait(_Op(None, future, ws_event_id, True, write_rows, rows))
+        self._enqueue(_Op(None, future, ws_event_id, True, write_rows, rows))
+        return future
+
+    def call(self, fn: Call) -> asyncio.Future[Any]:
+        """Queue ``fn(conn)``, run on the write connection after every write queued before it,
+        outside any transaction; its future gives what it returned."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._enqueue(_Op(None, future, None, False, call=fn))
         return future
 
     async def stop(self) -> None:
-        """Commit what is queued, stop probing; writes queued later are never run."""
-        tasks = [t for t in (self._task, self._probe) if t is not None]
-        for task in tasks[1:]:
-            task.cancel()
-        self._queue.put_nowait(None)
-        # wait, not await: stop still finishes if a forced shutdown cancelled the writer task.
-        await asyncio.wait(tasks)
+        """Commit what is queued, stop probing; writes queued later fail at once."""
+        if self._probe is not None:
+            self._probe.cancel()
+        if not self._stopped:
+            barrier = self.call(lambda conn: None)
+            self._stopped = True
+            # wait, not await: stop still finishes if a forced shutdown cancelled the caller.
+            await asyncio.wait([barrier])
+        if self._probe is not None:
+            await asyncio.wait([self._probe])
 
     def notify(self) -> None:
         """Wake every :meth:`next_change` waiter."""
@@ -136,92 +178,124 @@ class Writer:
             async with asyncio.timeout(within):
                 await changed.wait()
 
-    async def _write_loop(self) -> None:
-        batch: list[_Op] = []
-        try:
-            # Whatever queued while the previous batch was being committed is the next batch.
-            while (op := await self._queue.get()) is not None:
-                batch = [op]
-                while len(batch) < _MAX_BATCH and not self._queue.empty():
-                    if (op := self._queue.get_nowait()) is None:
-                        self._queue.put_nowait(None)
-                        break
-                    batch.append(op)
-                await self._run_batch(batch)
-        finally:
-            while not self._queue.empty():
-                if (op := self._queue.get_nowait()) is not None:
-                    batch.append(op)
-            for op in batch:
-                if not op.future.done():
-                    op.future.set_exception(StoreError(f"state database {self.path} was closed"))
-
-    async def _run_batch(self, batch: list[_Op]) -> None:
-        if self._probe is not None:  # the probe decides when writing is worth trying again
-            self._fail_batch(batch, f"state database {self.path} is not writable: {self.failure}")
+    def _enqueue(self, op: _Op) -> None:
+        if self._stopped:
+            op.future.set_exception(StoreError(f"state database {self.path} was closed"))
             return
-        try:
-            results, tx = await self._loop.run_in_executor(self._thread, self._commit_batch, batch)
-        except sqlite3.Error as exc:
-            reason = f"cannot write state database {self.path}: {exc} ({exc.sqlite_errorname})"
-            self._fail_batch(batch, reason)
+        with self._lock:
+            self._queue.append(op)
+            if self._draining:
+                return  # the running drain takes it
+            self._draining = True
+        # Nothing awaits the drain: it hands every outcome, failures included, to _finish.
+        self._drain_job = self._loop.run_in_executor(self._thread, self._drain)
+
+    # -- on the event loop, in commit order ------------------------------------------------------
+
+    def _finish(self, batch: list[_Op], outcome: _Outcome) -> None:
+        if outcome.failure is not None:
             if self.failure is None:
-                log.error("store.write_failed", path=str(self.path), reason=str(exc))
-            self.failure = reason
-            if self._probe_interval is not None:
+                log.error("store.write_failed", path=str(self.path), reason=outcome.failure)
+            self.failure = outcome.failure
+            if self._probe_interval is not None and self._probe is None and not self._stopped:
                 self._probe = asyncio.create_task(
                     self._probe_loop(self._probe_interval), name="store-probe"
                 )
             self.notify()
-            return
-        except Exception as exc:  # a bug, not the disk: fail this batch, keep the writer alive
-            log.exception("store.batch_failed", path=str(self.path), batch=len(batch))
-            for op in batch:
-                if not op.future.done():
-                    op.future.set_exception(StoreError(f"internal store error: {exc!r}"))
-            return
-        freed = tx.spool < self.spool
-        self.spool, self.cursor, self.ws_gap = tx.spool, tx.cursor, tx.ws_gap
-        self.data_version = tx.data_version
-        self.commits += 1
-        for op, result in zip(batch, results, strict=True):
+        freed = False
+        if (tx := outcome.tx) is not None:
+            freed = tx.spool < self.spool
+            self.spool, self.cursor, self.data_version = tx.spool, tx.cursor, tx.data_version
+            self.commits += 1
+        for i, op in enumerate(batch):
             if op.future.done():
                 continue  # the caller was cancelled; the write stands all the same
-            if isinstance(result, StoreError):
+            if outcome.results is None:
+                assert outcome.error is not None
+                op.future.set_exception(outcome.error)
+            elif isinstance(result := outcome.results[i], StoreError):
                 op.future.set_exception(result)
             else:
                 op.future.set_result(result)
-        if self.failure is not None:  # without a probe a success tells us
-            self._writable_again()
+        if outcome.writable_again and self.failure is not None:
+            self.failure = None
+            log.info("store.writable_again", path=str(self.path))
+            self.notify()
         elif freed:
             self.notify()
-
-    def _fail_batch(self, batch: list[_Op], reason: str) -> None:
-        # Nothing of the batch was stored: as for one refused event (hold_cursor), the cursor
-        # must not pass its first WebSocket event.
-        if self.ws_gap is None:
-            self.ws_gap = next((op.ws_event_id for op in batch if op.ws_event_id), None)
-        for op in batch:
-            if not op.future.done():
-                op.future.set_exception(StoreUnavailableError(f"{reason}; nothing was stored"))
-
-    def _writable_again(self) -> None:
-        self.failure = None
-        log.info("store.writable_again", path=str(self.path))
-        self.notify()
 
     async def _probe_loop(self, interval: float) -> None:
         try:
             while True:
                 await self._sleep(interval)
-                with contextlib.suppress(sqlite3.Error):
-                    await self._loop.run_in_executor(self._thread, database.probe, self._conn)
+                future = self._probe_call()
+                with contextlib.suppress(sqlite3.Error, StoreError):
+                    await future
                     break
         finally:
             self._probe = None
-        self._writable_again()
+
+    def _probe_call(self) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._enqueue(_Op(None, future, None, False, call=database.probe, probe=True))
+        return future
 
     # -- on the writer thread --------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Run batches until the queue is empty: whatever queued while a batch was being
+        committed is the next batch."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._draining = False
+                    return
+                batch = [self._queue.popleft()]
+                if batch[0].call is None:
+                    while self._queue and len(batch) < _MAX_BATCH and self._queue[0].call is None:
+                        batch.append(self._queue.popleft())
+            outcome = self._run_call(batch[0]) if batch[0].call else self._run_batch(batch)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                self._loop.call_soon_threadsafe(self._finish, batch, outcome)
+
+    def _run_call(self, op: _Op) -> _Outcome:
+        assert op.call is not None
+        try:
+            result: object = op.call(self._conn)
+        except Exception as exc:  # handed to the caller, as a write's would be
+            return _Outcome(error=exc)
+        if op.probe:
+            self._refusing = None
+            return _Outcome(results=[result], writable_again=True)
+        return _Outcome(results=[result])
+
+    def _run_batch(self, batch: list[_Op]) -> _Outcome:
+        if self._refusing is not None:  # the probe decides when writing is worth trying again
+            return self._refused(
+                batch, f"state database {self.path} is not writable: {self._refusing}"
+            )
+        try:
+            results, tx = self._commit_batch(batch)
+        except sqlite3.Error as exc:
+            reason = f"cannot write state database {self.path}: {exc} ({exc.sqlite_errorname})"
+            if self._probe_interval is not None:
+                self._refusing = reason
+            outcome = self._refused(batch, reason)
+            outcome.failure = reason
+            return outcome
+        except Exception as exc:  # a bug, not the disk: fail this batch, keep the writer alive
+            log.exception("store.batch_failed", path=str(self.path), batch=len(batch))
+            return _Outcome(error=StoreError(f"internal store error: {exc!r}"))
+        self._state = queries.State(tx.spool, tx.cursor, tx.data_version)
+        self._ws_gap = tx.ws_gap
+        return _Outcome(results=results, tx=tx, writable_again=True)
+
+    def _refused(self, batch: list[_Op], reason: str) -> _Outcome:
+        # Nothing of the batch was stored: as for one refused event (hold_cursor), the cursor
+        # must not pass its first WebSocket event.
+        if self._ws_gap is None:
+            self._ws_gap = next((op.ws_event_id for op in batch if op.ws_event_id), None)
+        return _Outcome(error=StoreUnavailableError(f"{reason}; nothing was stored"))
 
     def _commit_batch(self, batch: list[_Op]) -> tuple[list[object], Tx]:
         conn = self._conn
@@ -232,11 +306,9 @@ class Writer:
         database.begin(conn)
         try:
             (version,) = conn.execute("PRAGMA data_version").fetchone()
-            if version != self.data_version:  # another process committed: reload what we cache
-                state = queries.read_state(conn)
-            else:
-                state = queries.State(self.spool, self.cursor, version)
-            tx = Tx(conn, state, self.ws_gap)
+            # Another process committed: reload what we keep.
+            state = self._state if version == self._state.data_version else queries.read_state(conn)
+            tx = Tx(conn, state, self._ws_gap)
             cursor_before = tx.cursor
             results: list[object] = []
             start = 0
