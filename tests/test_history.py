@@ -113,6 +113,32 @@ async def test_the_history_keeps_the_newest_rows_and_zero_keeps_none(tmp_path: P
         assert store.spool_bytes == 0
 
 
+async def test_the_history_stays_at_its_bound_across_restarts_and_other_writers(
+    tmp_path: Path,
+) -> None:
+    """The store counts the history's rows as it writes them: the count is read again when the
+    database is reopened, with a smaller bound, and when another process changed it."""
+    db = tmp_path / "state.db"
+
+    async def deliver(store: Store, *names: str) -> None:
+        for name in names:
+            (row,) = (await store.accept(event(name), ["agent"])).deliveries
+            await store.mark_delivered(row.id)
+
+    async with opened(db, history=4) as store:
+        await deliver(store, "evt_0", "evt_1", "evt_2", "evt_3", "evt_4")
+        assert read_db(db, "SELECT COUNT(*) FROM history") == [(4,)]
+    async with opened(db, history=2) as store:
+        await deliver(store, "evt_5")
+        assert [e.event_id for e in await store.history()] == ["evt_5", "evt_4"]
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as other:
+            other.execute("DELETE FROM history WHERE event_id = 'evt_5'")
+        await deliver(store, "evt_6")
+        assert [e.event_id for e in await store.history()] == ["evt_6", "evt_4"]
+        await deliver(store, "evt_7", "evt_8")
+        assert [e.event_id for e in await store.history()] == ["evt_8", "evt_7"]
+
+
 async def test_an_event_whose_last_row_is_purged_is_not_history(tmp_path: Path) -> None:
     db = tmp_path / "bridge.db"
     async with opened(db) as store:

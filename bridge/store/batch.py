@@ -21,9 +21,14 @@ from bridge.store import queries
 KNOWN_KEY: Final = 1
 ID_TAKEN: Final = 2
 
-# Every row naming one of the batch's keys or ids: a seen key (1), a sent id (2), a held event (3).
+# Every row naming one of the batch's keys or ids: a seen key (1), a sent id (2), a held event (3);
+# and, in the same call, the largest seq and delivery id ever used (0).
 _KNOWN_SQL: Final = """
-    SELECT 1, event_id, content_id, inbox_id FROM seen
+    SELECT 0, MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
+            COALESCE((SELECT MAX(seq) FROM events), 0)),
+        MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
+            COALESCE((SELECT MAX(id) FROM deliveries), 0)), NULL
+    UNION ALL SELECT 1, event_id, content_id, inbox_id FROM seen
         WHERE event_id IN (SELECT value FROM json_each(?1))
     UNION ALL SELECT 2, sent_id, NULL, NULL FROM seen
         WHERE sent_id IN (SELECT value FROM json_each(?1))
@@ -53,28 +58,27 @@ _NOTED_HISTORY_SQL: Final = """INSERT INTO history (seq, event_id, type, inbox_i
     SELECT seq, event_id, type, inbox_id, thread_id, origin, received_at, ?2, '[]', payload, notes
     FROM events WHERE seq IN (SELECT value FROM json_each(?1))"""
 _DELETE_EVENTS_SQL: Final = "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))"
-_NEXT_IDS_SQL: Final = """SELECT
-    MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
-        COALESCE((SELECT MAX(seq) FROM events), 0)),
-    MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
-        COALESCE((SELECT MAX(id) FROM deliveries), 0))"""
 
 
 class KnownIds:
     """What the store knows of a batch's dedup keys and ids, kept current as the batch is
     accepted, so that a later event of the batch sees the earlier ones."""
 
-    __slots__ = ("_held", "_seen", "_sent")
+    __slots__ = ("_held", "_seen", "_sent", "last_ids")
 
     def __init__(self, conn: sqlite3.Connection, events: Iterable[Event]) -> None:
         names = {name for e in events for name in (e.dedup_key, e.event_id)}
         self._seen: dict[str, tuple[str | None, str | None]] = {}  # key -> content, inbox
         self._sent: set[str] = set()  # ids sent under another key (sent_id)
         self._held: set[str] = set()  # event ids of held events
+        self.last_ids = (0, 0)
+        """The largest event seq and delivery id ever used, when the batch began."""
         for kind, name, content_id, inbox_id in conn.execute(
             _KNOWN_SQL, (orjson.dumps(sorted(names)),)
         ):
-            if kind == 1:
+            if kind == 0:
+                self.last_ids = (int(name), int(content_id))
+            elif kind == 1:
                 self._seen[name] = (content_id, inbox_id)
             elif kind == 2:
                 self._sent.add(name)
@@ -127,9 +131,10 @@ class NewEvents:
         "_unrouted",
     )
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, last_ids: tuple[int, int]) -> None:
+        """``last_ids``: the largest event seq and delivery id ever used (:class:`KnownIds`)."""
         self._conn = conn
-        self._next_seq = self._next_id = 0  # 0: not read yet
+        self._next_seq, self._next_id = last_ids[0] + 1, last_ids[1] + 1
         self._seen: list[tuple[object, ...]] = []
         self._events: list[tuple[object, ...]] = []
         self._payloads: list[bytes] = []
@@ -153,10 +158,6 @@ class NewEvents:
         ``notes``: what guards and limits did, as JSON. With no sinks the event is numbered and
         remembered as seen, and nothing is held; with notes it goes to the history too.
         """
-        if not self._next_seq:
-            self._next_seq, self._next_id = map(int, self._conn.execute(_NEXT_IDS_SQL).fetchone())
-            self._next_seq += 1
-            self._next_id += 1
         seq, self._next_seq = self._next_seq, self._next_seq + 1
         ids = list(range(self._next_id, self._next_id + len(sinks)))
         self._next_id += len(sinks)
@@ -196,18 +197,23 @@ class NewEvents:
             self._unrouted.append(seq)
         return seq, ids
 
-    def flush(self, *, history: int = 0, at: float = 0.0) -> None:
-        """Write the batch's rows; ``history``: how many completed events the history keeps."""
+    def flush(self, *, history: int = 0, at: float = 0.0, history_rows: int = 0) -> int:
+        """Write the batch's rows; return the rows in the history after.
+
+        ``history``: how many completed events the history keeps, of its ``history_rows``.
+        """
         if not self._seen:
-            return
+            return history_rows
         conn = self._conn
         conn.execute(_INSERT_SEEN_SQL, (orjson.dumps(self._seen),))
         conn.execute(_INSERT_EVENTS_SQL, (orjson.dumps(self._events), b"".join(self._payloads)))
         if self._deliveries:
             conn.execute(_INSERT_DELIVERIES_SQL, (orjson.dumps(self._deliveries),))
         if self._noted and history:
-            conn.execute(_NOTED_HISTORY_SQL, (orjson.dumps(self._noted), at))
-            conn.execute(queries.TRIM_HISTORY_SQL, (history,))
+            history_rows += conn.execute(
+                _NOTED_HISTORY_SQL, (orjson.dumps(self._noted), at)
+            ).rowcount
+            history_rows = queries.trim_history(conn, history_rows, history)
         if self._unrouted:
             conn.execute(_DELETE_EVENTS_SQL, (orjson.dumps(self._unrouted),))
         self._seen.clear()
@@ -217,3 +223,4 @@ class NewEvents:
         self._deliveries.clear()
         self._unrouted.clear()
         self._noted.clear()
+        return history_rows

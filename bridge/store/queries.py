@@ -30,6 +30,7 @@ class State(NamedTuple):
     spool: int  # payload bytes held: events and quarantined payloads
     cursor: str | None  # the WebSocket replay cursor
     data_version: int  # PRAGMA data_version when read: another process's commit changes it
+    history_rows: int  # rows in the history: a trim then deletes the excess, walking no more
 
 
 _DELIVERIES: Final = "FROM deliveries AS d JOIN events AS e ON e.seq = d.seq"
@@ -99,17 +100,26 @@ def read_state(conn: sqlite3.Connection) -> State:
     (spool,) = conn.execute(SPOOL_SQL).fetchone()
     row = conn.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()
     (version,) = conn.execute("PRAGMA data_version").fetchone()
-    return State(int(spool), None if row is None else str(row[0]), int(version))
+    (rows,) = conn.execute("SELECT COUNT(*) FROM history").fetchone()
+    return State(int(spool), None if row is None else str(row[0]), int(version), int(rows))
 
 
-def set_meta(conn: sqlite3.Connection, key: str, value: object) -> None:
-    if value is None:
+# "WHERE true": without it SQLite would read ON CONFLICT as part of the SELECT's join.
+_SET_METAS_SQL: Final = """INSERT INTO meta
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) WHERE true
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str | float | None) -> None:
+    set_metas(conn, {key: value})
+
+
+def set_metas(conn: sqlite3.Connection, values: Mapping[str, str | float | None]) -> None:
+    """Set the keys (None: delete); one statement for any number of values set."""
+    for key in [k for k, v in values.items() if v is None]:
         conn.execute("DELETE FROM meta WHERE key = ?", (key,))
-    else:
-        conn.execute(
-            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+    if present := [[k, v] for k, v in values.items() if v is not None]:
+        conn.execute(_SET_METAS_SQL, (orjson.dumps(present),))
 
 
 def quarantine_event(
@@ -194,32 +204,47 @@ _HISTORY_SQL: Final = """INSERT INTO history (seq, event_id, type, inbox_id, thr
         FROM json_each(?1) GROUP BY 1) AS b
     JOIN events AS e ON e.seq = b.seq
     WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = e.seq)"""
-# The newest ?1 rows stay: a walk of that many index entries, whatever the table holds.
-TRIM_HISTORY_SQL: Final = """DELETE FROM history
-    WHERE seq <= (SELECT seq FROM history ORDER BY seq DESC LIMIT 1 OFFSET ?)"""
+# The oldest ?1 rows go. The store counts the history's rows as it writes them (State), so a trim
+# walks only the rows it deletes, not the thousand it keeps.
+_TRIM_HISTORY_SQL: Final = (
+    "DELETE FROM history WHERE seq IN (SELECT seq FROM history ORDER BY seq LIMIT ?)"
+)
+
+
+def trim_history(conn: sqlite3.Connection, rows: int, keep: int) -> int:
+    """Keep the newest ``keep`` of the history's ``rows`` rows; return how many are left."""
+    if rows > keep:
+        rows -= conn.execute(_TRIM_HISTORY_SQL, (rows - keep,)).rowcount
+    return rows
 
 
 def delete_delivered(
-    conn: sqlite3.Connection, delivery_ids: Sequence[int], *, history: int, at: float
-) -> int:
-    """Delete delivery rows, and the events left without rows; return the spool bytes freed.
+    conn: sqlite3.Connection,
+    delivery_ids: Sequence[int],
+    *,
+    history: int,
+    at: float,
+    history_rows: int,
+) -> tuple[int, int]:
+    """Delete delivery rows, and the events left without rows; (spool bytes freed, rows in the
+    history after).
 
     An event left without rows moves to the history, which keeps the newest ``history`` (0:
-    none); ``at`` is when it was completed. Ids already gone (their sink dropped, or purged,
-    meanwhile) are skipped.
+    none) of its ``history_rows``; ``at`` is when it was completed. Ids already gone (their sink
+    dropped, or purged, meanwhile) are skipped.
     """
     ids = orjson.dumps(list(delivery_ids))
     pairs, events = conn.execute(_SINKS_OF_SQL, (ids,)).fetchone()  # pairs: JSON, passed on
     conn.execute(_DELETE_IDS_SQL, (ids,))
     orphaned, freed = conn.execute(_ORPHANED_SIZE_SQL, (pairs,)).fetchone()
     if history and orphaned:
-        conn.execute(_HISTORY_SQL, (pairs, at))
-        conn.execute(TRIM_HISTORY_SQL, (history,))
+        history_rows += conn.execute(_HISTORY_SQL, (pairs, at)).rowcount
+        history_rows = trim_history(conn, history_rows, history)
     if orphaned:
         conn.execute(_DELETE_ORPHANED_SQL, (pairs,))
     if history and orphaned < events:  # some events still held: only a multi-sink route
         conn.execute(_REMEMBER_DELIVERED_SQL, (pairs,))
-    return int(freed)
+    return int(freed), history_rows
 
 
 def delete_deliveries(

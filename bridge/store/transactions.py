@@ -40,11 +40,19 @@ PRUNE_CHUNK: Final = 1000
 class Tx:
     """What one write transaction changes in the store's memory; applied only once it commits."""
 
-    __slots__ = ("conn", "cursor", "data_version", "last_event_at", "spool", "ws_gap")
+    __slots__ = (
+        "conn",
+        "cursor",
+        "data_version",
+        "history_rows",
+        "last_event_at",
+        "spool",
+        "ws_gap",
+    )
 
     def __init__(self, conn: sqlite3.Connection, state: queries.State, ws_gap: str | None) -> None:
         self.conn = conn
-        self.spool, self.cursor, self.data_version = state
+        self.spool, self.cursor, self.data_version, self.history_rows = state
         self.ws_gap = ws_gap  # the first refused WebSocket event id, see advance_cursor
         self.last_event_at: float | None = None
 
@@ -94,7 +102,7 @@ def accept_batch(
     """
     results: list[AcceptResult | StoreError] = []
     known = KnownIds(tx.conn, (event for event, _ in batch))
-    new = NewEvents(tx.conn)
+    new = NewEvents(tx.conn, known.last_ids)
     paced = [(e, p) for e, p in batch if not p.simple] if not debounce else batch
     pacing = Pacing(tx.conn, paced, debounce) if paced else None
     now = clock()
@@ -109,7 +117,7 @@ def accept_batch(
             results.append(exc)
     if pacing is not None:
         pacing.flush(now)
-    new.flush(history=history, at=now)
+    tx.history_rows = new.flush(history=history, at=now, history_rows=tx.history_rows)
     return results
 
 
@@ -219,7 +227,10 @@ def _quarantine(
 
 def delivered(tx: Tx, *, delivery_ids: Sequence[int], history: int, clock: Clock) -> None:
     """Delete delivered rows; events left without rows move to the newest ``history``."""
-    tx.spool -= queries.delete_delivered(tx.conn, delivery_ids, history=history, at=clock())
+    freed, tx.history_rows = queries.delete_delivered(
+        tx.conn, delivery_ids, history=history, at=clock(), history_rows=tx.history_rows
+    )
+    tx.spool -= freed
 
 
 def replay(tx: Tx, *, event_id: str, sink: str, room: Room) -> ReplayOutcome:

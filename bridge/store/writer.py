@@ -98,7 +98,7 @@ class Writer:
         self.path = path
         self.commits = 0
         # The event loop's copy, updated in commit order; the thread's own is _state.
-        self.spool, self.cursor, self.data_version = state
+        self.spool, self.cursor, self.data_version = state.spool, state.cursor, state.data_version
         self.failure: str | None = None  # why writes fail; None while writable
         self._conn = conn
         self._thread = thread
@@ -286,7 +286,7 @@ class Writer:
         except Exception as exc:  # a bug, not the disk: fail this batch, keep the writer alive
             log.exception("store.batch_failed", path=str(self.path), batch=len(batch))
             return _Outcome(error=StoreError(f"internal store error: {exc!r}"))
-        self._state = queries.State(tx.spool, tx.cursor, tx.data_version)
+        self._state = queries.State(tx.spool, tx.cursor, tx.data_version, tx.history_rows)
         self._ws_gap = tx.ws_gap
         return _Outcome(results=results, tx=tx, writable_again=True)
 
@@ -322,10 +322,13 @@ class Writer:
                 start = end
             # The cursor commits with the events it points past: saved apart, a crash in between
             # could leave it past an event that was never stored, and the replay would skip it.
+            metas: dict[str, str | float | None] = {}
             if tx.cursor != cursor_before:
-                queries.set_meta(conn, "cursor", tx.cursor)
+                metas["cursor"] = tx.cursor
             if tx.last_event_at is not None:
-                queries.set_meta(conn, "last_event_at", tx.last_event_at)
+                metas["last_event_at"] = tx.last_event_at
+            if metas:
+                queries.set_metas(conn, metas)
             conn.execute("COMMIT")
         finally:
             database.rollback(conn)
