@@ -37,6 +37,7 @@ from bridge.store import (
     database,
     schema,
 )
+from bridge.store.transactions import Tx
 
 ACCEPTED, DUPLICATE, CONFLICT = (
     AcceptOutcome.ACCEPTED,
@@ -317,6 +318,53 @@ async def test_the_writer_thread_goes_on_to_the_next_batch_without_the_event_loo
     assert second_ran.wait(timeout=30)
     assert await asyncio.gather(first_done, second_done) == ["first", "second"]
     assert store.commits == commits + 2
+
+
+async def test_a_misused_sqlite_call_fails_its_write_and_the_writer_goes_on(
+    store: Store, sleep: SteppedSleep
+) -> None:
+    """An error of the sqlite3 module itself (no SQLite error name) fails that write like a
+    disk error; the probe, the writes after it and closing the store still finish."""
+    bad = store._writer.submit(lambda tx: tx.conn.execute("SELECT ?", (1, 2)))
+    async with asyncio.timeout(30):
+        with pytest.raises(StoreUnavailableError, match="ProgrammingError"):
+            await bad
+        await sleep.wake(PROBE)
+        await store.wait_writable()
+        assert (await store.accept(event("ev-after"), ["agent"])).outcome is ACCEPTED
+        await store.close()
+
+
+async def test_a_write_failing_right_after_a_successful_probe_is_probed_again(
+    store: Store, sleep: SteppedSleep
+) -> None:
+    """The probe's success and the next write's failure can reach the event loop together,
+    before the probe's task wakes: the failure must start a probe of its own."""
+
+    def fails(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO no_such_table VALUES (1)")  # OperationalError
+
+    writer = store._writer
+    with pytest.raises(StoreUnavailableError):
+        await writer.submit(fails)
+    hold, after = threading.Event(), threading.Event()
+    held = writer.call(lambda conn: hold.wait(30))  # the thread waits: the probe queues behind
+    await sleep.wake(PROBE)
+    await asyncio.sleep(0)  # one turn: the woken probe task queues its probe
+    assert writer._queue[-1].probe  # queued, behind the held call
+    failing = writer.submit(fails)
+    marker = writer.call(lambda conn: after.set())
+    hold.set()
+    # The event loop is blocked until both outcomes have been posted to it.
+    assert after.wait(timeout=30)
+    await asyncio.gather(held, marker)
+    with pytest.raises(StoreUnavailableError):
+        await failing
+    assert not store.writable
+    await sleep.wake(PROBE)  # the probe the failure started
+    async with asyncio.timeout(30):
+        await store.wait_writable()
+    assert (await store.accept(event("ev-1"), ["agent"])).outcome is ACCEPTED
 
 
 async def test_data_version_is_read_in_turn_with_the_writes(store: Store, db_path: Path) -> None:

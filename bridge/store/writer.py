@@ -197,6 +197,7 @@ class Writer:
             if self.failure is None:
                 log.error("store.write_failed", path=str(self.path), reason=outcome.failure)
             self.failure = outcome.failure
+            # _probe is None once a probe's success was handled, even before its task wakes.
             if self._probe_interval is not None and self._probe is None and not self._stopped:
                 self._probe = asyncio.create_task(
                     self._probe_loop(self._probe_interval), name="store-probe"
@@ -217,6 +218,8 @@ class Writer:
                 op.future.set_exception(result)
             else:
                 op.future.set_result(result)
+        if outcome.writable_again and batch[0].probe:
+            self._probe = None  # done: a failure handled next starts a probe of its own
         if outcome.writable_again and self.failure is not None:
             self.failure = None
             log.info("store.writable_again", path=str(self.path))
@@ -233,7 +236,8 @@ class Writer:
                     await future
                     break
         finally:
-            self._probe = None
+            if self._probe is asyncio.current_task():
+                self._probe = None
 
     def _probe_call(self) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self._loop.create_future()
@@ -254,7 +258,11 @@ class Writer:
                 if batch[0].call is None:
                     while self._queue and len(batch) < _MAX_BATCH and self._queue[0].call is None:
                         batch.append(self._queue.popleft())
-            outcome = self._run_call(batch[0]) if batch[0].call else self._run_batch(batch)
+            try:
+                outcome = self._run_call(batch[0]) if batch[0].call else self._run_batch(batch)
+            except Exception as exc:  # a bug: fail this batch, and keep draining
+                log.exception("store.batch_failed", path=str(self.path), batch=len(batch))
+                outcome = _Outcome(error=StoreError(f"internal store error: {exc!r}"))
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
                 self._loop.call_soon_threadsafe(self._finish, batch, outcome)
 
@@ -277,7 +285,9 @@ class Writer:
         try:
             results, tx = self._commit_batch(batch)
         except sqlite3.Error as exc:
-            reason = f"cannot write state database {self.path}: {exc} ({exc.sqlite_errorname})"
+            # Errors of the sqlite3 module itself (a misused API) have no SQLite error name.
+            name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+            reason = f"cannot write state database {self.path}: {exc} ({name})"
             if self._probe_interval is not None:
                 self._refusing = reason
             outcome = self._refused(batch, reason)
