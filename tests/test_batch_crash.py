@@ -87,8 +87,7 @@ planned = [(event, Plan(sinks=tuple(sinks))) for event, sinks in second]
 results = transactions.accept_batch(tx, batch=planned, room=Room(path, LIMITS), clock=time.time)
 assert all(r.outcome.value == "accepted" for r in results), results
 assert tx.cursor != cursor
-queries.set_meta(conn, "cursor", tx.cursor)
-queries.set_meta(conn, "last_event_at", tx.last_event_at)
+queries.set_metas(conn, {"cursor": tx.cursor, "last_event_at": tx.last_event_at})
 assert conn.in_transaction
 print("written", flush=True)
 sys.stdin.read()  # killed here

@@ -110,10 +110,6 @@ _SET_METAS_SQL: Final = """INSERT INTO meta
     ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
 
 
-def set_meta(conn: sqlite3.Connection, key: str, value: str | float | None) -> None:
-    set_metas(conn, {key: value})
-
-
 def set_metas(conn: sqlite3.Connection, values: Mapping[str, str | float | None]) -> None:
     """Set the keys (None: delete); one statement for any number of values set."""
     for key in [k for k, v in values.items() if v is None]:

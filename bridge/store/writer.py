@@ -2,9 +2,9 @@
 one transaction, in the order they were queued (one fsync for many events).
 
 The writer thread takes the next batch itself as soon as a commit returns: it does not wait for
-the event loop to hand it over. Under load the event loop is busy parsing the next frames, and
-each hand-off through it left the thread idle for milliseconds between commits; the event loop
-now only hears the outcome of each commit, in commit order.
+the event loop to hand it over: under load the event loop is busy with the last batch's results,
+and a hand-off through it would leave the thread idle between commits. The event loop only hears
+the outcome of each commit, in commit order.
 
 The thread keeps what the store holds in memory between transactions (spool bytes, the WebSocket
 cursor and the refused event it must not pass, the database's data_version) and updates it as
@@ -112,7 +112,6 @@ class Writer:
         self._lock = threading.Lock()
         self._queue: collections.deque[_Op] = collections.deque()
         self._draining = False
-        self._drain_job: asyncio.Future[None] | None = None
         # The thread's alone.
         self._state = state
         self._ws_gap: str | None = None  # first refused WebSocket event id, see advance_cursor
@@ -188,7 +187,7 @@ class Writer:
                 return  # the running drain takes it
             self._draining = True
         # Nothing awaits the drain: it hands every outcome, failures included, to _finish.
-        self._drain_job = self._loop.run_in_executor(self._thread, self._drain)
+        _ = self._loop.run_in_executor(self._thread, self._drain)
 
     # -- on the event loop, in commit order ------------------------------------------------------
 
