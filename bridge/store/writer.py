@@ -98,7 +98,7 @@ class Writer:
         self.path = path
         self.commits = 0
         # The event loop's copy, updated in commit order; the thread's own is _state.
-        self.spool, self.cursor, self.data_version = state.spool, state.cursor, state.data_version
+        self.spool, self.cursor = state.spool, state.cursor
         self.failure: str | None = None  # why writes fail; None while writable
         self._conn = conn
         self._thread = thread
@@ -205,7 +205,7 @@ class Writer:
         freed = False
         if (tx := outcome.tx) is not None:
             freed = tx.spool < self.spool
-            self.spool, self.cursor, self.data_version = tx.spool, tx.cursor, tx.data_version
+            self.spool, self.cursor = tx.spool, tx.cursor
             self.commits += 1
         for i, op in enumerate(batch):
             if op.future.done():
