@@ -29,6 +29,10 @@ class Measurement:
     cpu_us_per_event: float | None = None
     """CPU time the client under test spent per event of the burst (all its threads): less noisy
     than events/s on a shared machine, and what a busy host pays per email."""
+    paced_cpu_us_per_event: float | None = None
+    """The same at the offered rate (the latency run): what the row's p99 has for headroom. Per-
+    event costs are larger here than in a burst, each event paying for its own wake-ups and
+    transactions."""
     other_cpus: float | None = None
     """CPUs busy in other processes while the row ran (``bench.machine``)."""
     notes: list[str] = field(default_factory=list)

@@ -194,7 +194,7 @@ BASELINES = (BASE_A, BASE_B, BASE_C, BASE_D)
 """The rows every events/s is a ratio to, in column order."""
 HEADERS = (
     "configuration", "events/s", "ratio vs A", "ratio vs B", "ratio vs C", "ratio vs D", "p50 ms",
-    "p99 ms", "p99 added vs A ms", "drain s", "peak RSS MB", "CPU us/event",
+    "p99 ms", "p99 added vs A ms", "drain s", "peak RSS MB", "CPU us/event", "paced CPU us/event",
 )  # fmt: skip
 
 
@@ -242,6 +242,7 @@ def _cells(row: Measurement, rows: dict[str, Measurement], notes: _Footnotes) ->
         _fmt(row.drain_s, ".2f"),
         _fmt(row.peak_rss_mb, ".1f"),
         _fmt(row.cpu_us_per_event, ".0f"),
+        _fmt(row.paced_cpu_us_per_event, ".0f"),
     ]
 
 

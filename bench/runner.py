@@ -81,12 +81,15 @@ async def _stages(session: Session, m: Measurement, s: Settings, stages: list[St
     if not await observer.wait(warm, s.stage_timeout):
         m.notes.append("warm-up events did not all land")
     pacer = Pacer(s.rate, give_up_after=s.give_up_after)
+    client = session.client()
+    cpu_before = sum(process_seconds(p.pid) for p in client)
     with contextlib.suppress(TimeoutError):  # a stalled send shows as events not sent: INVALID
         async with asyncio.timeout(s.paced_seconds + s.stage_timeout):
             await source.push_paced(paced, pacer)
     m.pace = check_pace(paced, pacer, s.rate)
-    await observer.wait(paced, s.stage_timeout)
-    client = session.client()
+    if await observer.wait(paced, s.stage_timeout) and paced.count:
+        cpu = sum(process_seconds(p.pid) for p in client) - cpu_before
+        m.paced_cpu_us_per_event = cpu / paced.count * 1e6
     cpu_before = sum(process_seconds(p.pid) for p in client)
     try:
         async with asyncio.timeout(s.stage_timeout):
