@@ -87,9 +87,10 @@ async def _stages(session: Session, m: Measurement, s: Settings, stages: list[St
         async with asyncio.timeout(s.paced_seconds + s.stage_timeout):
             await source.push_paced(paced, pacer)
     m.pace = check_pace(paced, pacer, s.rate)
-    if await observer.wait(paced, s.stage_timeout) and paced.count:
+    # Per event sent: a run that fell behind and gave up sent fewer than planned.
+    if await observer.wait(paced, s.stage_timeout) and paced.sent:
         cpu = sum(process_seconds(p.pid) for p in client) - cpu_before
-        m.paced_cpu_us_per_event = cpu / paced.count * 1e6
+        m.paced_cpu_us_per_event = cpu / paced.sent * 1e6
     cpu_before = sum(process_seconds(p.pid) for p in client)
     try:
         async with asyncio.timeout(s.stage_timeout):
