@@ -97,6 +97,13 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
         else:
             assert row["p99 added vs A ms"] == pytest.approx(p99 - p99_a, abs=0.011), key
         assert (row["drain s"] is None) == (key != BACKLOG), key
+        # The CPU per event at the offered rate: for every row with a run at that rate.
+        paced_cpu = row["paced CPU us/event"]
+        if key == BACKLOG or key in skipped:
+            assert paced_cpu is None, key
+        else:
+            assert paced_cpu is not None, key
+            assert paced_cpu > 0, key
 
     # The backlog row: no latency run; its events/s is the backlog over the drain time, both
     # printed rounded (to the unit, to 0.01 s).
