@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench import backlog
@@ -25,6 +26,7 @@ from bench.events import Stage
 from bench.machine import NOISY_CPUS, CpuMeter, process_seconds
 from bench.measurement import Measurement
 from bench.pacing import Pacer, check_pace
+from bench.process import ClientProcess
 from bench.settings import Settings
 from bench.targets import BridgeBacklog, Session, StartError, Target, settle
 
@@ -71,6 +73,20 @@ def evaluate(m: Measurement, paced: Stage, burst: Stage, source_problem: str | N
         m.notes.append(f"{duplicates} duplicate lines in the output")
 
 
+def _cpu_seconds(client: Sequence[ClientProcess]) -> float:
+    return sum(process_seconds(p.pid) for p in client)
+
+
+def _cpu_us_per_event(
+    client: Sequence[ClientProcess], cpu_before: float, stage: Stage
+) -> float | None:
+    """The client's CPU time since ``cpu_before`` per event of ``stage`` sent: a run that fell
+    behind, or timed out, sent fewer than planned."""
+    if not stage.sent:
+        return None
+    return (_cpu_seconds(client) - cpu_before) / stage.sent * 1e6
+
+
 async def _stages(session: Session, m: Measurement, s: Settings, stages: list[Stage]) -> None:
     warm, paced, burst = stages
     source, observer = session.source, session.observer
@@ -82,24 +98,21 @@ async def _stages(session: Session, m: Measurement, s: Settings, stages: list[St
         m.notes.append("warm-up events did not all land")
     pacer = Pacer(s.rate, give_up_after=s.give_up_after)
     client = session.client()
-    cpu_before = sum(process_seconds(p.pid) for p in client)
+    cpu_before = _cpu_seconds(client)
     with contextlib.suppress(TimeoutError):  # a stalled send shows as events not sent: INVALID
         async with asyncio.timeout(s.paced_seconds + s.stage_timeout):
             await source.push_paced(paced, pacer)
     m.pace = check_pace(paced, pacer, s.rate)
-    # Per event sent: a run that fell behind and gave up sent fewer than planned.
-    if await observer.wait(paced, s.stage_timeout) and paced.sent:
-        cpu = sum(process_seconds(p.pid) for p in client) - cpu_before
-        m.paced_cpu_us_per_event = cpu / paced.sent * 1e6
-    cpu_before = sum(process_seconds(p.pid) for p in client)
+    if await observer.wait(paced, s.stage_timeout):
+        m.paced_cpu_us_per_event = _cpu_us_per_event(client, cpu_before, paced)
+    cpu_before = _cpu_seconds(client)
     try:
         async with asyncio.timeout(s.stage_timeout):
             await source.push_burst(burst)
     except TimeoutError:
         m.notes.append(f"the burst was not taken within {s.stage_timeout:g}s")
-    if await observer.wait(burst, s.stage_timeout) and burst.count:
-        cpu = sum(process_seconds(p.pid) for p in client) - cpu_before
-        m.cpu_us_per_event = cpu / burst.count * 1e6
+    if await observer.wait(burst, s.stage_timeout):
+        m.cpu_us_per_event = _cpu_us_per_event(client, cpu_before, burst)
     peaks = [p.peak_rss_mb() for p in client]
     m.peak_rss_mb = None if None in peaks else max(p for p in peaks if p is not None)
     if len(client) > 1:
