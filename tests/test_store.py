@@ -336,7 +336,7 @@ async def test_a_misused_sqlite_call_fails_its_write_and_the_writer_goes_on(
 
 
 async def test_a_write_failing_right_after_a_successful_probe_is_probed_again(
-    store: Store, sleep: SteppedSleep
+    store: Store, sleep: SteppedSleep, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The probe's success and the next write's failure can reach the event loop together,
     before the probe's task wakes: the failure must start a probe of its own."""
@@ -345,12 +345,22 @@ async def test_a_write_failing_right_after_a_successful_probe_is_probed_again(
         tx.conn.execute("INSERT INTO no_such_table VALUES (1)")  # OperationalError
 
     writer = store._writer
+    probe_queued = asyncio.Event()
+    probe_call = writer._probe_call
+
+    def probe_and_tell() -> asyncio.Future[None]:
+        queued = probe_call()
+        probe_queued.set()
+        return queued
+
+    monkeypatch.setattr(writer, "_probe_call", probe_and_tell)
     with pytest.raises(StoreUnavailableError):
         await writer.submit(fails)
     hold, after = threading.Event(), threading.Event()
     held = writer.call(lambda conn: hold.wait(30))  # the thread waits: the probe queues behind
     await sleep.wake(PROBE)
-    await asyncio.sleep(0)  # one turn: the woken probe task queues its probe
+    async with asyncio.timeout(30):
+        await probe_queued.wait()
     assert writer._queue[-1].probe  # queued, behind the held call
     failing = writer.submit(fails)
     marker = writer.call(lambda conn: after.set())
