@@ -56,6 +56,10 @@ BATCH = 256
 """Deliveries a worker hands a ``BatchSink`` at once: one write, one fsync, one store commit."""
 TIMER_MAX = 60.0
 """Longest a worker's timer sleeps before it reads the clock again (which may have been set)."""
+MARKS_AHEAD = 1000
+"""Delivered rows a sink's workers may leave behind, their ids in the store's delivered log and
+their mark not yet committed, before a worker waits for it: bounds what a store that cannot
+write keeps in memory."""
 MARK_GRACE = 1.0
 """Seconds a stop waits for delivered marks past its deadline: a commit's time, not an attempt's."""
 
@@ -341,7 +345,7 @@ class SinkWorker:
             for delivery in group:
                 await self._dead_letter(delivery, attempts + tries, exc)
             return
-        await self._recorder.add(group, attempts + tries)
+        await self._record(group, attempts + tries)
 
     async def _deliver_batch(self, deliveries: list[Delivery]) -> None:
         """Many deliveries in one ``send_batch`` and one store commit. A failure of the batch as a
@@ -363,13 +367,25 @@ class SinkWorker:
             if failure is not None:
                 await self._dead_letter(delivery, delivery.attempts + 1, failure)
         if done:
-            await self._recorder.add(done, None)
+            await self._record(done, None)
+
+    async def _record(self, deliveries: Sequence[Delivery], attempt: int | None) -> None:
+        """Hand delivered rows to the recorder. The worker goes on at once when the store's
+        delivered log took their ids (a crash then no longer repeats them), and waits for their
+        mark's commit otherwise, or when ``MARKS_AHEAD`` rows are on their way already."""
+        ahead = len(self._recorder) < MARKS_AHEAD and self.store.note_delivered(
+            [delivery.id for delivery in deliveries]
+        )
+        recorded = self._recorder.add(deliveries, attempt)
+        if not ahead:
+            await recorded
 
     async def _mark(self, deliveries: list[Delivery]) -> None:
         ids = [delivery.id for delivery in deliveries]
         await self._store_call(lambda: self.store.mark_delivered_many(ids), deliveries[0])
 
     def _recorded(self, batch: Sequence[Delivered]) -> None:
+        self._intake.recorded(delivery.id for delivery, _ in batch)
         # Counted once recorded, so /status never shows a delivered row as still pending.
         now = time.time()
         self.state.delivered += len(batch)

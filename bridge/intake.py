@@ -113,7 +113,11 @@ class Intake:
 
     def _take(self, delivery: Delivery, now: float, *, force: bool = False) -> Admit:
         """Hold or park ``delivery``; ``force`` parks it past the bound (a redrive)."""
-        if delivery.id in self.lanes.known or delivery.id in self.parked:
+        if (
+            delivery.id in self.lanes.known
+            or delivery.id in self.parked
+            or self._store.noted(delivery.id)  # delivered, its mark on its way
+        ):
             return Admit.KNOWN
         timed = delivery.not_before is not None or delivery.window_closes is not None
         distant = timed and far(delivery, now)
@@ -255,6 +259,15 @@ class Intake:
         if near is None:
             return at
         return near if at is None else min(at, near)
+
+    def recorded(self, ids: Iterable[int]) -> None:
+        """Rows settled earlier are now marked delivered in the store. A read in flight may have
+        begun before that commit, so it may still see them pending (they were in the delivered
+        log, not in a lane, when they settled)."""
+        if self._reads:
+            done = set(ids)
+            for settled in self._reads:
+                settled |= done
 
     def settle(self, items: Taken) -> None:
         """The rows of ``items`` are done with (delivered, dead, or left pending in the store)."""

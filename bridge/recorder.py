@@ -1,10 +1,11 @@
 """Delivered rows on their way into the store: the marks of all of a sink's workers in one write.
 
-Each worker waits for its rows' mark before its next delivery, so a crash repeats at most the
-deliveries under way, one per worker. What it no longer costs is a store operation of its own:
-one task marks whatever has gathered in one write (each mark was an operation with its own SQL
-statements), then counts and publishes them, counted once recorded so /status never shows a
-delivered row as still pending.
+A crash repeats at most the deliveries under way, one per worker: a worker goes on once its
+rows' ids are in the store's delivered log (:mod:`bridge.store.delivered_log`), or else once
+their mark is committed. Either way the mark costs no store operation of its own: one task marks
+whatever has gathered in one write (each mark was an operation with its own SQL statements), then
+counts and publishes them, counted once recorded so /status never shows a delivered row as still
+pending.
 """
 
 from __future__ import annotations

@@ -23,17 +23,16 @@ ID_TAKEN: Final = 2
 
 # Every row naming one of the batch's keys or ids: a seen key (1), a sent id (2), a held event (3);
 # and, in the same call, the largest seq and delivery id ever used (0).
-_KNOWN_SQL: Final = """
+_KNOWN_SQL: Final = f"""
     SELECT 0, MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),
             COALESCE((SELECT MAX(seq) FROM events), 0)),
-        MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
-            COALESCE((SELECT MAX(id) FROM deliveries), 0)), NULL
+        {queries.LAST_DELIVERY_ID}, NULL
     UNION ALL SELECT 1, event_id, content_id, inbox_id FROM seen
         WHERE event_id IN (SELECT value FROM json_each(?1))
     UNION ALL SELECT 2, sent_id, NULL, NULL FROM seen
         WHERE sent_id IN (SELECT value FROM json_each(?1))
     UNION ALL SELECT 3, event_id, NULL, NULL FROM events
-        WHERE event_id IN (SELECT value FROM json_each(?1))"""
+        WHERE event_id IN (SELECT value FROM json_each(?1))"""  # noqa: S608 - constant text
 
 _INSERT_SEEN_SQL: Final = """INSERT INTO seen (event_id, seen_at, content_id, inbox_id, sent_id)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),

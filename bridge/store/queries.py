@@ -35,6 +35,12 @@ class State(NamedTuple):
 
 _DELIVERIES: Final = "FROM deliveries AS d JOIN events AS e ON e.seq = d.seq"
 
+LAST_DELIVERY_ID: Final = """MAX(
+    COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'), 0),
+    COALESCE((SELECT MAX(id) FROM deliveries), 0))"""
+"""The largest delivery id ever handed out (an expression): ids are never used twice."""
+LAST_DELIVERY_ID_SQL: Final = f"SELECT {LAST_DELIVERY_ID}"
+
 PENDING_SQL: Final = f"""SELECT {DELIVERY_COLUMNS} {_DELIVERIES}
     WHERE d.sink = ? AND d.state = 'pending' AND d.seq > ? ORDER BY d.seq LIMIT ?"""
 # The ids as one JSON array, so one cached statement reads any number of them.

@@ -1,0 +1,184 @@
+"""Delivered ids written ahead of their store commit, so that a sink worker need not wait for it.
+
+A worker waits for its rows to be marked delivered before its next delivery, so that a crash
+repeats at most the deliveries under way. Under load the mark's commit queues behind accepts for
+milliseconds, and a worker whose request takes one spent most of its time waiting. One
+``write(2)`` of the ids to an append-only file survives a crash of the process as that commit
+does (neither waits for the disk: a power cut may repeat either's deliveries), so the worker goes
+on after it and the store commits the mark behind it. The next exclusive open of the store applies
+what a crash left in the file before anything is delivered.
+
+Two files take turns, ``<database>.delivered-0`` and ``-1``: ids go to one until it has grown
+past :data:`ROTATE_BYTES` and every id in the other is committed; the other is then emptied and
+takes over. A file is emptied only once every id in it is committed, so a crash at any point
+leaves each uncommitted id in a file; a clean close removes both.
+
+The format is one decimal id per line. A last line without its newline (a write cut by a power
+cut) is not an id, and neither is any line that is not digits: both are skipped on reading, which
+can only repeat a delivery. After a failed or short write the log takes no more ids for the life
+of the process: an id written after a torn line could run into it and name another row.
+
+Only the event loop's thread uses a :class:`DeliveredLog`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+
+ROTATE_BYTES: Final = 1 << 20
+"""A file is handed over to the other past this size (about 100,000 ids)."""
+
+
+def log_paths(database: Path) -> tuple[Path, Path]:
+    """The two files of the delivered log of the state database at ``database``."""
+    return (
+        database.with_name(database.name + ".delivered-0"),
+        database.with_name(database.name + ".delivered-1"),
+    )
+
+
+def read_ids(database: Path) -> list[int]:
+    """Every id in the delivered log of ``database``, in file order; none when it has no files.
+
+    Raises:
+        OSError: a file exists but cannot be read.
+    """
+    ids: list[int] = []
+    for path in log_paths(database):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        lines = data.split(b"\n")
+        skipped = 0
+        for line in lines[:-1]:  # the last is empty, or a line whose newline never came
+            if line.isdigit():
+                ids.append(int(line))
+            else:
+                skipped += 1
+        if skipped or lines[-1]:
+            log.warning(
+                "store.delivered_log_damaged",
+                path=str(path),
+                skipped_lines=skipped + (1 if lines[-1] else 0),
+            )
+    return ids
+
+
+class DeliveredLog:
+    """The open delivered log of one state database; see the module.
+
+    Create it once the ids a crash left are committed: it empties both files.
+
+    Raises:
+        OSError: the files cannot be created or emptied.
+    """
+
+    def __init__(self, database: Path, *, rotate_bytes: int = ROTATE_BYTES) -> None:
+        self._paths = log_paths(database)
+        self._rotate_bytes = rotate_bytes
+        self._fds: list[int] = []
+        self._current = 0
+        self._size = [0, 0]
+        self._open_ids = [0, 0]  # per file: ids written and not yet committed
+        self._file_of: dict[int, int] = {}  # id written, not yet committed -> its file
+        self._broken = False
+        try:
+            for path in self._paths:
+                self._fds.append(os.open(path, _FLAGS, 0o600))
+        except OSError:
+            for fd in self._fds:
+                os.close(fd)
+            raise
+
+    def __contains__(self, delivery_id: int) -> bool:
+        """Whether ``delivery_id`` was written here and its mark is not yet committed."""
+        return delivery_id in self._file_of
+
+    def __len__(self) -> int:
+        return len(self._file_of)
+
+    @property
+    def taking(self) -> bool:
+        """False after a write failed: ids then wait for their commit, as without a log."""
+        return not self._broken and bool(self._fds)
+
+    def write(self, ids: Iterable[int]) -> bool:
+        """Write ``ids`` delivered; True once they are in the file, False when they are not (the
+        caller then waits for their commit)."""
+        if not self.taking:
+            return False
+        ids = [i for i in ids if i not in self._file_of]
+        if not ids:
+            return True
+        data = b"".join(b"%d\n" % i for i in ids)
+        current = self._current
+        try:
+            written = os.write(self._fds[current], data)
+        except OSError as exc:
+            written, error = -1, str(exc)
+        else:
+            error = "short write"
+        if written != len(data):
+            self._broken = True
+            log.warning(
+                "store.delivered_log_failed",
+                path=str(self._paths[current]),
+                error=error,
+                effect="workers wait for each delivered mark's commit until the next start",
+            )
+            return False
+        self._size[current] += len(data)
+        self._open_ids[current] += len(ids)
+        for i in ids:
+            self._file_of[i] = current
+        return True
+
+    def committed(self, ids: Iterable[int]) -> None:
+        """The marks of ``ids`` are committed in the store: their lines may go."""
+        for i in ids:
+            f = self._file_of.pop(i, None)
+            if f is not None:
+                self._open_ids[f] -= 1
+        if self._broken:
+            return
+        current, other = self._current, 1 - self._current
+        if self._open_ids[other] == 0 and self._size[other]:
+            self._empty(other)
+        if self._size[current] >= self._rotate_bytes:
+            if self._open_ids[current] == 0:
+                self._empty(current)
+            elif self._size[other] == 0:
+                self._current = other
+
+    def close(self) -> None:
+        """Close the files, removing each whose ids are all committed (a clean stop leaves none);
+        the rest stay for the next open to apply."""
+        for f, fd in enumerate(self._fds):
+            os.close(fd)
+            if self._open_ids[f] == 0:
+                try:
+                    self._paths[f].unlink(missing_ok=True)
+                except OSError as exc:  # its ids are committed: applied again, they change nothing
+                    log.warning("store.delivered_log_not_removed", path=str(self._paths[f]),
+                                error=str(exc))  # fmt: skip
+        self._fds = []
+
+    def _empty(self, f: int) -> None:
+        try:
+            os.ftruncate(self._fds[f], 0)
+        except OSError as exc:
+            # Its ids are committed: applied again at the next open, they change nothing. Not
+            # emptied, it stays the other file and the current one grows meanwhile.
+            log.warning("store.delivered_log_not_emptied", path=str(self._paths[f]), error=str(exc))
+            return
+        self._size[f] = 0

@@ -1,0 +1,276 @@
+"""The delivered log: a sink worker goes on once its rows' ids are written there, before their
+mark commits; a crash in between delivers none of them again; the log never names another row.
+
+The files are real, under tmp_path; the crash is a real SIGKILL of a child process; a write that
+fails is a real one, cut short by the child's file size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bridge import delivery
+from bridge.delivery import SinkWorker
+from bridge.events import Event, Origin, parse_event
+from bridge.metrics import Metrics
+from bridge.sinks import SINK_TYPES
+from bridge.store import Store, StoreLimits
+from bridge.store.delivered_log import DeliveredLog, log_paths, read_ids
+from tests.conftest import make_config, read_lines, wait_until
+
+LIMITS = StoreLimits(min_free=0, history=100)
+
+
+def event(n: int, thread: str = "thr_1") -> Event:
+    body = {"event": "message.received", "event_id": f"evt_{n:04d}", "inbox_id": "inb_1",
+            "thread_id": thread}  # fmt: skip
+    return parse_event(json.dumps(body).encode(), Origin.WEBHOOK)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "state" / "bridge.db", LIMITS)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# -- the files ------------------------------------------------------------------------------------
+
+
+def test_ids_are_read_back_in_order_and_a_torn_or_foreign_line_is_skipped(tmp_path: Path) -> None:
+    database = tmp_path / "bridge.db"
+    log = DeliveredLog(database)
+    assert log.write([3, 1, 2])
+    assert log.write([7])
+    log.committed([1])  # committed ids stay in the file until the whole file is
+    assert read_ids(database) == [3, 1, 2, 7]
+    assert [p.stat().st_mode & 0o777 for p in log_paths(database)] == [0o600, 0o600]
+    first = log_paths(database)[0]
+    with first.open("ab") as f:
+        f.write(b"x9\n\n-4\n12")  # not ids, and a last line whose newline never came
+    assert read_ids(database) == [3, 1, 2, 7]
+    log.close()
+    assert first.exists()  # 3, 2 and 7 are not committed: the next open applies them
+
+
+def test_a_file_is_emptied_once_every_id_in_it_is_committed_and_the_two_take_turns(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "bridge.db"
+    one, two = log_paths(database)
+    log = DeliveredLog(database, rotate_bytes=8)
+    assert log.write([10, 11, 12])  # 9 bytes: past the turn
+    log.committed([10, 11])  # the second file is empty: it takes over
+    assert log.write([13])
+    assert (one.read_bytes(), two.read_bytes()) == (b"10\n11\n12\n", b"13\n")
+    log.committed([])
+    assert one.read_bytes() == b"10\n11\n12\n"  # 12 is in it, not committed
+    log.committed([12])
+    assert (one.read_bytes(), two.read_bytes()) == (b"", b"13\n")
+    assert log.write([14, 15])  # past the turn again, 13-15 not committed: the first takes over
+    log.committed([14])
+    assert log.write([16])
+    assert (one.read_bytes(), two.read_bytes()) == (b"16\n", b"13\n14\n15\n")
+    assert [i in log for i in (13, 14, 15, 16)] == [True, False, True, True]
+    assert len(log) == 3
+    log.committed([16])
+    log.close()
+    assert not one.exists()  # nothing left to apply in it
+    assert two.read_bytes() == b"13\n14\n15\n"
+    assert read_ids(database) == [13, 14, 15]
+
+
+def test_a_clean_close_with_every_id_committed_leaves_no_file(tmp_path: Path) -> None:
+    database = tmp_path / "bridge.db"
+    log = DeliveredLog(database)
+    assert log.write([1, 2])
+    log.committed([2, 1])
+    log.close()
+    assert [p.exists() for p in log_paths(database)] == [False, False]
+    assert read_ids(database) == []
+
+
+SHORT_WRITE_CHILD = """
+import json, resource, signal, sys
+from pathlib import Path
+from bridge.store.delivered_log import DeliveredLog
+
+database = Path(sys.argv[1])
+log = DeliveredLog(database)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write(2) fails instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (22, 22))
+results = [log.write(range(n, n + 3)) for n in (1000, 1003, 1006, 1009)]
+print(json.dumps({"results": results, "taking": log.taking, "later": log.write([9999])}))
+"""
+
+
+async def test_after_a_failed_or_short_write_the_log_takes_no_more_ids(tmp_path: Path) -> None:
+    """An id written after a torn line would run into it and name another row: after the first
+    write that does not go through whole, every write answers False (its worker then waits for
+    the mark's commit), and what was torn is not read back as an id."""
+    database = tmp_path / "bridge.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SHORT_WRITE_CHILD, str(database), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    # 15 bytes per write: the first fits in 22, the second is cut at 22 bytes, the rest refused.
+    assert report == {"results": [True, False, False, False], "taking": False, "later": False}
+    assert log_paths(database)[0].read_bytes() == b"1000\n1001\n1002\n1003\n10"
+    assert read_ids(database) == [1000, 1001, 1002, 1003]
+    # 1003 went in whole though its write as a whole failed: its worker waited for the commit,
+    # and applying it again after a crash changes nothing.
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
+CRASH_CHILD = """
+import asyncio, json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from test_delivered_log import LIMITS, event
+from bridge.store import Store
+
+async def main():
+    store = await Store.open(Path(sys.argv[1]), LIMITS)
+    await store.accept_batch([(event(n), ("agent", "audit")) for n in range(6)])
+    rows = await store.pending("agent")
+    # Delivered to "agent", written ahead of marks that are never asked for: a crash comes first.
+    assert store.note_delivered([row.id for row in rows[:4]])
+    print(json.dumps([row.event_id for row in rows[:4]]), flush=True)
+    sys.stdin.read()  # killed here
+
+asyncio.run(main())
+"""
+
+
+async def test_deliveries_written_ahead_are_not_delivered_again_after_a_sigkill(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state" / "bridge.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASH_CHILD, str(path), str(Path(__file__).parent),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            while not (line := await proc.stdout.readline()).startswith(b"["):
+                assert line, "the child exited early"
+        delivered = json.loads(line)
+    finally:
+        proc.kill()  # SIGKILL
+        await proc.wait()
+    assert len(read_ids(path)) == 4
+
+    store = await Store.open(path, LIMITS)
+    try:
+        assert [d.event_id for d in await store.pending("agent")] == ["evt_0004", "evt_0005"]
+        assert len(await store.pending("audit")) == 6  # another sink's rows are its own
+        assert read_ids(path) == []  # applied, and the log started afresh
+        await store.mark_delivered_many([d.id for d in await store.pending("audit")])
+        history = await store.history(sink="agent")
+        assert sorted(h.event_id for h in history) == sorted(delivered)
+    finally:
+        await store.close()
+    assert [p.exists() for p in log_paths(path)] == [False, False]
+
+
+async def test_ids_past_the_database_s_last_row_are_not_applied(tmp_path: Path) -> None:
+    """A log that outlived its database (deleted, or restored from an older copy) may name rows
+    the database has not made yet: they are skipped, not marked delivered before they exist."""
+    path = tmp_path / "state" / "bridge.db"
+    store = await Store.open(path, LIMITS)
+    try:
+        await store.accept_batch([(event(n), ("agent",)) for n in range(3)])
+        rows = await store.pending("agent")
+    finally:
+        await store.close()
+    last = rows[-1].id
+    log_paths(path)[1].write_bytes(b"%d\n%d\n%d\n" % (rows[0].id, last + 1, last + 2))
+
+    store = await Store.open(path, LIMITS)
+    try:
+        assert [d.id for d in await store.pending("agent")] == [r.id for r in rows[1:]]
+        await store.accept_batch([(event(n), ("agent",)) for n in range(3, 5)])
+        later = await store.pending("agent")
+        assert [d.event_id for d in later] == ["evt_0001", "evt_0002", "evt_0003", "evt_0004"]
+        assert later[-2].id == last + 1  # the ids the log named: rows it never meant
+    finally:
+        await store.close()
+
+
+async def test_a_store_opened_beside_the_daemon_writes_no_log(tmp_path: Path) -> None:
+    """The operator's commands open the state beside the daemon: the log is the daemon's."""
+    path = tmp_path / "state" / "bridge.db"
+    store = await Store.open(path, LIMITS)
+    try:
+        await store.accept_batch([(event(0), ("agent",))])
+        (row,) = await store.pending("agent")
+        other = await Store.open(path, LIMITS, exclusive=False)
+        try:
+            assert not other.note_delivered([row.id])
+            assert not other.noted(row.id)
+        finally:
+            await other.close()
+        assert store.note_delivered([row.id])
+        assert store.noted(row.id)
+        await store.mark_delivered_many([row.id])
+        assert not store.noted(row.id)
+    finally:
+        await store.close()
+
+
+# -- the worker -----------------------------------------------------------------------------------
+
+
+async def test_a_worker_goes_on_in_thread_order_while_its_marks_wait_for_the_writer(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the store's writer held up, a worker still delivers the rows after the first, in
+    order, up to ``MARKS_AHEAD`` rows ahead of their marks; the next one waits for the commit.
+    Once the writer goes on, every mark commits and nothing is delivered twice."""
+    monkeypatch.setattr(delivery, "MARKS_AHEAD", 3)
+    lines_file = tmp_path / "agent.jsonl"
+    config = make_config(
+        tmp_path, sinks={"agent": {"type": "file", "path": str(lines_file), "fsync": "always"}}
+    )
+    await store.accept_batch([(event(n), ("agent",)) for n in range(6)])
+    rows = await store.pending("agent")
+    sink_config = config.sinks["agent"]
+    worker = SinkWorker(sink_config, SINK_TYPES["file"].factory(sink_config), store, Metrics(),
+                        batch=1)  # fmt: skip
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_writer(tx: object) -> None:
+        held.set()
+        release.wait()
+
+    blocked = store._writer.submit(hold_the_writer)
+    try:
+        await asyncio.to_thread(held.wait)
+        await worker.start()
+        # Three rows go ahead of their marks, the fourth is delivered and waits for its commit.
+        await wait_until(lambda: len(read_lines(lines_file)) == 4)
+        assert [store.noted(row.id) for row in rows] == [True] * 3 + [False] * 3
+        assert (await store.sink_counts())["agent"].pending == 6  # nothing committed yet
+    finally:
+        release.set()
+    await blocked
+    await wait_until(lambda: len(read_lines(lines_file)) == 6)
+    await wait_until(lambda: worker.state.delivered == 6)
+    await worker.stop(2)
+    assert [line["event_id"] for line in read_lines(lines_file)] == [r.event_id for r in rows]
+    assert "agent" not in await store.sink_counts()
+    assert not any(store.noted(row.id) for row in rows)
