@@ -89,6 +89,29 @@ def test_a_file_is_emptied_once_every_id_in_it_is_committed_and_the_two_take_tur
     assert read_ids(database) == [13, 14, 15]
 
 
+def test_an_id_whose_mark_never_commits_is_carried_over_and_the_files_stay_bounded(
+    tmp_path: Path,
+) -> None:
+    """A mark may never commit in this process (its sink's worker stopped by a reload): its id is
+    written again to the file that takes over, so the other can still be emptied."""
+    database = tmp_path / "bridge.db"
+    one, two = log_paths(database)
+    log = DeliveredLog(database, rotate_bytes=8)
+    assert log.write([10, 11, 12])
+    log.committed([10, 11])  # 12 never commits
+    assert log.write([20, 21, 22])
+    log.committed([20, 21, 22])
+    assert (one.read_bytes(), two.read_bytes()) == (b"", b"20\n21\n22\n12\n")
+    assert 12 in log
+    assert read_ids(database) == [20, 21, 22, 12]
+    assert log.write([30])  # the emptied file took over
+    log.committed([12])
+    assert (one.read_bytes(), two.read_bytes()) == (b"30\n", b"")
+    log.close()
+    assert one.read_bytes() == b"30\n"
+    assert not two.exists()
+
+
 def test_a_clean_close_with_every_id_committed_leaves_no_file(tmp_path: Path) -> None:
     database = tmp_path / "bridge.db"
     log = DeliveredLog(database)

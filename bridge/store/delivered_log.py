@@ -129,13 +129,7 @@ class DeliveredLog:
         else:
             error = "short write"
         if written != len(data):
-            self._broken = True
-            log.warning(
-                "store.delivered_log_failed",
-                path=str(self._paths[current]),
-                error=error,
-                effect="workers wait for each delivered mark's commit until the next start",
-            )
+            self._fail(current, error)
             return False
         self._size[current] += len(data)
         self._open_ids[current] += len(ids)
@@ -152,6 +146,8 @@ class DeliveredLog:
         if self._broken:
             return
         current, other = self._current, 1 - self._current
+        if self._open_ids[other] and self._size[current] >= self._rotate_bytes:
+            self._carry(other, current)
         if self._open_ids[other] == 0 and self._size[other]:
             self._empty(other)
         if self._size[current] >= self._rotate_bytes:
@@ -172,6 +168,34 @@ class DeliveredLog:
                     log.warning("store.delivered_log_not_removed", path=str(self._paths[f]),
                                 error=str(exc))  # fmt: skip
         self._fds = []
+
+    def _carry(self, src: int, dst: int) -> None:
+        """Write the ids of ``src`` not yet committed into ``dst``, so that ``src`` can be emptied:
+        a mark that never commits in this process (its sink's worker stopped by a reload) must
+        not keep both files growing until the next start."""
+        ids = [i for i, f in self._file_of.items() if f == src]
+        data = b"".join(b"%d\n" % i for i in ids)
+        try:
+            written, error = os.write(self._fds[dst], data), "short write"
+        except OSError as exc:
+            written, error = -1, str(exc)
+        if written != len(data):
+            self._fail(dst, error)  # the ids are still in src, which is then never emptied
+            return
+        self._size[dst] += len(data)
+        self._open_ids[dst] += len(ids)
+        self._open_ids[src] = 0
+        for i in ids:
+            self._file_of[i] = dst
+
+    def _fail(self, f: int, error: str) -> None:
+        self._broken = True
+        log.warning(
+            "store.delivered_log_failed",
+            path=str(self._paths[f]),
+            error=error,
+            effect="workers wait for each delivered mark's commit until the next start",
+        )
 
     def _empty(self, f: int) -> None:
         try:
