@@ -1,6 +1,6 @@
 """The durable spool: accepted events, dedup ids, per-sink delivery rows, dead letters,
 quarantined conflicts, the history of delivered events and the WebSocket replay cursor, in one
-SQLite database (WAL) that is the bridge's only state.
+SQLite database (WAL) that is the bridge's only state, but for the delivered log beside it.
 
 What lives where:
 
@@ -11,6 +11,7 @@ What lives where:
 - :mod:`~bridge.store.rows`: the values handed out, and the one layout of each row.
 - :mod:`~bridge.store.batch`: the SQL of accepting a batch: one lookup, one insert per table.
 - :mod:`~bridge.store.queries`: the SQL of the other store operations.
+- :mod:`~bridge.store.delivered_log`: delivered ids written ahead of their mark's commit.
 - :mod:`~bridge.store.database`: opening the file: lock, pragmas, migration, corrupt files.
 - :mod:`~bridge.store.schema`: the append-only migrations.
 """
