@@ -215,6 +215,9 @@ class SinkWorker:
             async with asyncio.timeout(max(deadline - loop.time(), MARK_GRACE)):
                 await self._recorder.drain()
         await self._recorder.close()
+        # Rows written ahead of a mark cut short here (a reload while the store cannot write):
+        # the store marks them once it can, or they would stay pending until the next start.
+        self.store.mark_later([d.id for d in self._recorder.unrecorded() if self.store.noted(d.id)])
         if self._refill:
             self._refill.cancel()
             await asyncio.gather(self._refill, return_exceptions=True)
@@ -380,9 +383,9 @@ class SinkWorker:
         if not ahead:
             await recorded
 
-    async def _mark(self, deliveries: list[Delivery]) -> None:
+    async def _mark(self, deliveries: list[Delivery]) -> bool:
         ids = [delivery.id for delivery in deliveries]
-        await self._store_call(lambda: self.store.mark_delivered_many(ids), deliveries[0])
+        return await self._store_call(lambda: self.store.mark_delivered_many(ids), deliveries[0])
 
     def _recorded(self, batch: Sequence[Delivered]) -> None:
         self._intake.recorded(delivery.id for delivery, _ in batch)
@@ -440,16 +443,17 @@ class SinkWorker:
         self.state.dead_recorded += 1
         self.activity.dead(delivery, attempts, error)
 
-    async def _store_call(self, call: Callable[[], Awaitable[None]], delivery: Delivery) -> None:
-        """Record an outcome; if the store cannot write, retry once it can (the row stays put)."""
+    async def _store_call(self, call: Callable[[], Awaitable[None]], delivery: Delivery) -> bool:
+        """Record an outcome; if the store cannot write, retry once it can (the row stays put).
+        False when it gave up, stopping."""
         while True:
             try:
                 await call()
-                return
+                return True
             except StoreError as exc:
                 self._log.warning(
                     "delivery.outcome_not_recorded", event_id=delivery.event_id, error=str(exc)
                 )
                 if self._stopping.is_set():
-                    return  # delivered again after restart: allowed by the at-least-once guarantee
+                    return False  # delivered again after restart: at least once allows it
                 await self.store.wait_writable()

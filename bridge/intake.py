@@ -113,11 +113,11 @@ class Intake:
 
     def _take(self, delivery: Delivery, now: float, *, force: bool = False) -> Admit:
         """Hold or park ``delivery``; ``force`` parks it past the bound (a redrive)."""
-        if (
-            delivery.id in self.lanes.known
-            or delivery.id in self.parked
-            or self._store.noted(delivery.id)  # delivered, its mark on its way
-        ):
+        if delivery.id in self.lanes.known or delivery.id in self.parked:
+            return Admit.KNOWN
+        if self._store.noted(delivery.id):
+            # Delivered, its mark on its way: done with, so no load needs to read it again.
+            self.max_seq = max(self.max_seq, delivery.seq)
             return Admit.KNOWN
         timed = delivery.not_before is not None or delivery.window_closes is not None
         distant = timed and far(delivery, now)

@@ -25,13 +25,13 @@ class Recorder:
 
     Args:
         mark: records rows delivered (``Store.mark_delivered_many`` with the worker's retry
-            while the store cannot write); returns once committed, or gives up when stopping.
+            while the store cannot write); True once committed, False when it gave up (stopping).
         recorded: called with each batch once its mark returned.
     """
 
     def __init__(
         self,
-        mark: Callable[[list[Delivery]], Awaitable[None]],
+        mark: Callable[[list[Delivery]], Awaitable[bool]],
         recorded: Callable[[Sequence[Delivered]], None],
     ) -> None:
         self._mark = mark
@@ -40,14 +40,21 @@ class Recorder:
         self._arrived = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._marking = 0
+        self._marking: list[Delivered] = []  # the rows of the mark under way
+        self._given_up: list[Delivered] = []  # rows whose mark gave up: never recorded
         self._task: asyncio.Task[None] | None = None
         # Done when the rows waiting now have been recorded: shared by everyone who added them.
         self._next: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         """Rows handed over and not yet recorded."""
-        return len(self._waiting) + self._marking
+        return len(self._waiting) + len(self._marking)
+
+    def unrecorded(self) -> list[Delivery]:
+        """Rows handed over whose mark has not returned; after :meth:`close`, those it never
+        will (their mark may still have committed)."""
+        rows = (*self._given_up, *self._marking, *self._waiting)
+        return [delivery for delivery, _ in rows]
 
     def start(self, name: str) -> None:
         self._task = asyncio.create_task(self._run(), name=name)
@@ -85,11 +92,14 @@ class Recorder:
                 continue
             batch, self._waiting = self._waiting, []
             done, self._next = self._next, None
-            self._marking = len(batch)
+            self._marking = batch
             try:
-                await self._mark([delivery for delivery, _ in batch])
+                committed = await self._mark([delivery for delivery, _ in batch])
             finally:
-                self._marking = 0
                 if done is not None and not done.done():
                     done.set_result(None)
-            self._recorded(batch)
+            self._marking = []  # kept when cancelled: unrecorded() names them
+            if committed:
+                self._recorded(batch)
+            else:
+                self._given_up.extend(batch)

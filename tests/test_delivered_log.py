@@ -8,30 +8,47 @@ fails is a real one, cut short by the child's file size limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from bridge import delivery
 from bridge.delivery import SinkWorker
+from bridge.errors import StoreError
 from bridge.events import Event, Origin, parse_event
 from bridge.metrics import Metrics
 from bridge.sinks import SINK_TYPES
 from bridge.store import Store, StoreLimits
 from bridge.store.delivered_log import DeliveredLog, log_paths, read_ids
+from bridge.store.marks import DeliveredMarks
 from tests.conftest import make_config, read_lines, wait_until
 
 LIMITS = StoreLimits(min_free=0, history=100)
+TOKEN = "0123abcd"
+H = b"#0123abcd\n"  # the first line of a log file of TOKEN's database
 
 
 def event(n: int, thread: str = "thr_1") -> Event:
     body = {"event": "message.received", "event_id": f"evt_{n:04d}", "inbox_id": "inb_1",
             "thread_id": thread}  # fmt: skip
     return parse_event(json.dumps(body).encode(), Origin.WEBHOOK)
+
+
+def token_of(database: Path) -> str:
+    """The token a store keeps in its database's meta table (an exclusive open makes it)."""
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        (token,) = conn.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+    return str(token)
+
+
+def log_header(database: Path) -> bytes:
+    return b"#" + token_of(database).encode() + b"\n"
 
 
 @pytest.fixture
@@ -48,16 +65,16 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 def test_ids_are_read_back_in_order_and_a_torn_or_foreign_line_is_skipped(tmp_path: Path) -> None:
     database = tmp_path / "bridge.db"
-    log = DeliveredLog(database)
+    log = DeliveredLog(database, TOKEN)
     assert log.write([3, 1, 2])
     assert log.write([7])
     log.committed([1])  # committed ids stay in the file until the whole file is
-    assert read_ids(database) == [3, 1, 2, 7]
+    assert read_ids(database, TOKEN) == [3, 1, 2, 7]
     assert [p.stat().st_mode & 0o777 for p in log_paths(database)] == [0o600, 0o600]
     first = log_paths(database)[0]
     with first.open("ab") as f:
         f.write(b"x9\n\n-4\n12")  # not ids, and a last line whose newline never came
-    assert read_ids(database) == [3, 1, 2, 7]
+    assert read_ids(database, TOKEN) == [3, 1, 2, 7]
     log.close()
     assert first.exists()  # 3, 2 and 7 are not committed: the next open applies them
 
@@ -67,26 +84,26 @@ def test_a_file_is_emptied_once_every_id_in_it_is_committed_and_the_two_take_tur
 ) -> None:
     database = tmp_path / "bridge.db"
     one, two = log_paths(database)
-    log = DeliveredLog(database, rotate_bytes=8)
+    log = DeliveredLog(database, TOKEN, rotate_bytes=8)
     assert log.write([10, 11, 12])  # 9 bytes: past the turn
     log.committed([10, 11])  # the second file is empty: it takes over
     assert log.write([13])
-    assert (one.read_bytes(), two.read_bytes()) == (b"10\n11\n12\n", b"13\n")
+    assert (one.read_bytes(), two.read_bytes()) == (H + b"10\n11\n12\n", H + b"13\n")
     log.committed([])
-    assert one.read_bytes() == b"10\n11\n12\n"  # 12 is in it, not committed
+    assert one.read_bytes() == H + b"10\n11\n12\n"  # 12 is in it, not committed
     log.committed([12])
-    assert (one.read_bytes(), two.read_bytes()) == (b"", b"13\n")
+    assert (one.read_bytes(), two.read_bytes()) == (H, H + b"13\n")
     assert log.write([14, 15])  # past the turn again, 13-15 not committed: the first takes over
     log.committed([14])
     assert log.write([16])
-    assert (one.read_bytes(), two.read_bytes()) == (b"16\n", b"13\n14\n15\n")
+    assert (one.read_bytes(), two.read_bytes()) == (H + b"16\n", H + b"13\n14\n15\n")
     assert [i in log for i in (13, 14, 15, 16)] == [True, False, True, True]
     assert len(log) == 3
     log.committed([16])
     log.close()
     assert not one.exists()  # nothing left to apply in it
-    assert two.read_bytes() == b"13\n14\n15\n"
-    assert read_ids(database) == [13, 14, 15]
+    assert two.read_bytes() == H + b"13\n14\n15\n"
+    assert read_ids(database, TOKEN) == [13, 14, 15]
 
 
 def test_an_id_whose_mark_never_commits_is_carried_over_and_the_files_stay_bounded(
@@ -96,30 +113,30 @@ def test_an_id_whose_mark_never_commits_is_carried_over_and_the_files_stay_bound
     written again to the file that takes over, so the other can still be emptied."""
     database = tmp_path / "bridge.db"
     one, two = log_paths(database)
-    log = DeliveredLog(database, rotate_bytes=8)
+    log = DeliveredLog(database, TOKEN, rotate_bytes=8)
     assert log.write([10, 11, 12])
     log.committed([10, 11])  # 12 never commits
     assert log.write([20, 21, 22])
     log.committed([20, 21, 22])
-    assert (one.read_bytes(), two.read_bytes()) == (b"", b"20\n21\n22\n12\n")
+    assert (one.read_bytes(), two.read_bytes()) == (H, H + b"20\n21\n22\n12\n")
     assert 12 in log
-    assert read_ids(database) == [20, 21, 22, 12]
+    assert read_ids(database, TOKEN) == [20, 21, 22, 12]
     assert log.write([30])  # the emptied file took over
     log.committed([12])
-    assert (one.read_bytes(), two.read_bytes()) == (b"30\n", b"")
+    assert (one.read_bytes(), two.read_bytes()) == (H + b"30\n", H)
     log.close()
-    assert one.read_bytes() == b"30\n"
+    assert one.read_bytes() == H + b"30\n"
     assert not two.exists()
 
 
 def test_a_clean_close_with_every_id_committed_leaves_no_file(tmp_path: Path) -> None:
     database = tmp_path / "bridge.db"
-    log = DeliveredLog(database)
+    log = DeliveredLog(database, TOKEN)
     assert log.write([1, 2])
     log.committed([2, 1])
     log.close()
     assert [p.exists() for p in log_paths(database)] == [False, False]
-    assert read_ids(database) == []
+    assert read_ids(database, TOKEN) == []
 
 
 SHORT_WRITE_CHILD = """
@@ -128,9 +145,9 @@ from pathlib import Path
 from bridge.store.delivered_log import DeliveredLog
 
 database = Path(sys.argv[1])
-log = DeliveredLog(database)
+log = DeliveredLog(database, "0123abcd")
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write(2) fails instead
-resource.setrlimit(resource.RLIMIT_FSIZE, (22, 22))
+resource.setrlimit(resource.RLIMIT_FSIZE, (32, 32))
 results = [log.write(range(n, n + 3)) for n in (1000, 1003, 1006, 1009)]
 print(json.dumps({"results": results, "taking": log.taking, "later": log.write([9999])}))
 """
@@ -147,10 +164,11 @@ async def test_after_a_failed_or_short_write_the_log_takes_no_more_ids(tmp_path:
     out, _ = await proc.communicate()
     assert proc.returncode == 0
     report = json.loads(out.decode().strip().splitlines()[-1])
-    # 15 bytes per write: the first fits in 22, the second is cut at 22 bytes, the rest refused.
+    # A 10-byte first line, then 15 bytes per write: the first fits in 32, the second is cut at
+    # 32 bytes, the rest are refused.
     assert report == {"results": [True, False, False, False], "taking": False, "later": False}
-    assert log_paths(database)[0].read_bytes() == b"1000\n1001\n1002\n1003\n10"
-    assert read_ids(database) == [1000, 1001, 1002, 1003]
+    assert log_paths(database)[0].read_bytes() == H + b"1000\n1001\n1002\n1003\n10"
+    assert read_ids(database, TOKEN) == [1000, 1001, 1002, 1003]
     # 1003 went in whole though its write as a whole failed: its worker waited for the commit,
     # and applying it again after a crash changes nothing.
 
@@ -195,13 +213,13 @@ async def test_deliveries_written_ahead_are_not_delivered_again_after_a_sigkill(
     finally:
         proc.kill()  # SIGKILL
         await proc.wait()
-    assert len(read_ids(path)) == 4
+    assert len(read_ids(path, token_of(path))) == 4
 
     store = await Store.open(path, LIMITS)
     try:
         assert [d.event_id for d in await store.pending("agent")] == ["evt_0004", "evt_0005"]
         assert len(await store.pending("audit")) == 6  # another sink's rows are its own
-        assert read_ids(path) == []  # applied, and the log started afresh
+        assert read_ids(path, token_of(path)) == []  # applied, and the log started afresh
         await store.mark_delivered_many([d.id for d in await store.pending("audit")])
         history = await store.history(sink="agent")
         assert sorted(h.event_id for h in history) == sorted(delivered)
@@ -221,7 +239,9 @@ async def test_ids_past_the_database_s_last_row_are_not_applied(tmp_path: Path) 
     finally:
         await store.close()
     last = rows[-1].id
-    log_paths(path)[1].write_bytes(b"%d\n%d\n%d\n" % (rows[0].id, last + 1, last + 2))
+    log_paths(path)[1].write_bytes(
+        log_header(path) + b"%d\n%d\n%d\n" % (rows[0].id, last + 1, last + 2)
+    )
 
     store = await Store.open(path, LIMITS)
     try:
@@ -296,4 +316,110 @@ async def test_a_worker_goes_on_in_thread_order_while_its_marks_wait_for_the_wri
     await worker.stop(2)
     assert [line["event_id"] for line in read_lines(lines_file)] == [r.event_id for r in rows]
     assert "agent" not in await store.sink_counts()
+    assert not any(store.noted(row.id) for row in rows)
+
+
+async def test_a_log_naming_another_database_is_not_applied(tmp_path: Path) -> None:
+    """A log left beside a database that was then replaced (a fresh one, or another restored)
+    names that database: its ids are not this one's rows, whatever their range."""
+    path = tmp_path / "state" / "bridge.db"
+    store = await Store.open(path, LIMITS)
+    try:
+        await store.accept_batch([(event(n), ("agent",)) for n in range(3)])
+        rows = await store.pending("agent")
+    finally:
+        await store.close()
+    log_paths(path)[0].write_bytes(b"#another\n" + b"".join(b"%d\n" % r.id for r in rows))
+
+    store = await Store.open(path, LIMITS)
+    try:
+        assert [d.id for d in await store.pending("agent")] == [r.id for r in rows]
+        assert not any(store.noted(r.id) for r in rows)
+    finally:
+        await store.close()
+
+
+async def test_marks_owed_at_open_stay_known_and_commit_once_the_store_can_write(
+    tmp_path: Path,
+) -> None:
+    """The marks a crash left cannot commit at the next open (the disk still full): their ids go
+    into the new log, so their rows are known delivered meanwhile, and commit once the store can
+    write. The store's writes are stand-ins here, through the callables the log is given: the
+    real store cannot open writable and refuse this one write on demand."""
+    database = tmp_path / "bridge.db"
+    log_paths(database)[0].write_bytes(H + b"4\n5\n9\n")
+    writable = asyncio.Event()
+    commits: list[list[int]] = []
+
+    async def mark(ids: Sequence[int]) -> None:
+        if not writable.is_set():
+            raise StoreError("disk full")
+        commits.append(list(ids))
+
+    async def blocking(fn: Callable[..., object], *args: object) -> object:
+        return fn(*args)
+
+    marks = await DeliveredMarks.open(
+        database, TOKEN, last_id=8, mark=mark, wait_writable=writable.wait, blocking=blocking
+    )
+    assert marks is not None
+    try:
+        assert [i in marks.log for i in (4, 5, 9)] == [True, True, False]  # 9: past the last id
+        assert read_ids(database, TOKEN) == [4, 5]
+        writable.set()
+        await wait_until(lambda: commits == [[4, 5]])
+        assert len(marks.log) == 0
+    finally:
+        await marks.close()
+    assert [p.exists() for p in log_paths(database)] == [False, False]
+
+
+async def test_marks_cut_short_by_a_reload_are_committed_by_the_store(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload stops a sink's worker while the store cannot commit its marks: the rows it wrote
+    ahead are neither left pending nor delivered again by the worker that takes over, which
+    goes on with the rest."""
+    monkeypatch.setattr(delivery, "MARKS_AHEAD", 3)
+    monkeypatch.setattr(delivery, "MARK_GRACE", 0.05)
+    lines_file = tmp_path / "agent.jsonl"
+    config = make_config(tmp_path, sinks={"agent": {"type": "file", "path": str(lines_file)}})
+    sink_config = config.sinks["agent"]
+    await store.accept_batch([(event(n), ("agent",)) for n in range(6)])
+    rows = await store.pending("agent")
+
+    def worker() -> SinkWorker:
+        sink = SINK_TYPES["file"].factory(sink_config)
+        return SinkWorker(sink_config, sink, store, Metrics(), batch=1)
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_writer(tx: object) -> None:
+        held.set()
+        release.wait()
+
+    blocked = store._writer.submit(hold_the_writer)
+    try:
+        await asyncio.to_thread(held.wait)
+        first = worker()
+        await first.start()
+        await wait_until(lambda: len(read_lines(lines_file)) == 4)
+        await first.stop(0)  # its marks' drain gives up: the rows stay written ahead
+        assert [store.noted(row.id) for row in rows] == [True] * 3 + [False] * 3
+    finally:
+        release.set()
+    await blocked
+    second = worker()
+    await second.start()
+
+    async def nothing_pending() -> bool:
+        return "agent" not in await store.sink_counts()
+
+    try:
+        await wait_until(nothing_pending)
+    finally:
+        await second.stop(2)
+    ids = [line["event_id"] for line in read_lines(lines_file)]
+    # The fourth row waited for its mark, cut short: delivered again, as a delivery under way.
+    assert ids == [r.event_id for r in rows[:4]] + [r.event_id for r in rows[3:]]
     assert not any(store.noted(row.id) for row in rows)

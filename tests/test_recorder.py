@@ -24,11 +24,12 @@ class HeldStore:
         self.marks: list[list[int]] = []
         self._done: list[asyncio.Future[None]] = []
 
-    async def mark(self, deliveries: list[Delivery]) -> None:
+    async def mark(self, deliveries: list[Delivery]) -> bool:
         self.marks.append([d.id for d in deliveries])
         done = asyncio.get_running_loop().create_future()
         self._done.append(done)
         await done
+        return True
 
     def commit(self, index: int) -> None:
         self._done[index].set_result(None)

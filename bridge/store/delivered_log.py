@@ -13,7 +13,10 @@ past :data:`ROTATE_BYTES` and every id in the other is committed; the other is t
 takes over. A file is emptied only once every id in it is committed, so a crash at any point
 leaves each uncommitted id in a file; a clean close removes both.
 
-The format is one decimal id per line. A last line without its newline (a write cut by a power
+Each file begins with a line naming the database it belongs to (``#`` and the token the store
+keeps in its ``meta`` table), then holds one decimal id per line. A file naming another database
+(say a log left beside a database that was then replaced) is not applied: its ids could name rows
+of this one that were never delivered. A last line without its newline (a write cut by a power
 cut) is not an id, and neither is any line that is not digits: both are skipped on reading, which
 can only repeat a delivery. After a failed or short write the log takes no more ids for the life
 of the process: an id written after a torn line could run into it and name another row.
@@ -46,19 +49,34 @@ def log_paths(database: Path) -> tuple[Path, Path]:
     )
 
 
-def read_ids(database: Path) -> list[int]:
-    """Every id in the delivered log of ``database``, in file order; none when it has no files.
+def _header(token: str) -> bytes:
+    return b"#" + token.encode("ascii") + b"\n"
+
+
+def read_ids(database: Path, token: str) -> list[int]:
+    """Every id in the delivered log of ``database``, whose token is ``token``, in file order;
+    none when it has no files.
 
     Raises:
         OSError: a file exists but cannot be read.
     """
     ids: list[int] = []
+    header = _header(token)
     for path in log_paths(database):
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             continue
-        lines = data.split(b"\n")
+        if not data:
+            continue
+        if not data.startswith(header):
+            log.warning(
+                "store.delivered_log_foreign",
+                path=str(path),
+                effect="not applied: it names another database; its deliveries may be made again",
+            )
+            continue
+        lines = data[len(header) :].split(b"\n")
         skipped = 0
         for line in lines[:-1]:  # the last is empty, or a line whose newline never came
             if line.isdigit():
@@ -75,16 +93,19 @@ def read_ids(database: Path) -> list[int]:
 
 
 class DeliveredLog:
-    """The open delivered log of one state database; see the module.
+    """The open delivered log of the state database at ``database``, whose token is ``token``;
+    see the module.
 
-    Create it once the ids a crash left are committed: it empties both files.
+    Create it once the ids a crash left are committed, or taken back to write here again: it
+    empties both files.
 
     Raises:
         OSError: the files cannot be created or emptied.
     """
 
-    def __init__(self, database: Path, *, rotate_bytes: int = ROTATE_BYTES) -> None:
+    def __init__(self, database: Path, token: str, *, rotate_bytes: int = ROTATE_BYTES) -> None:
         self._paths = log_paths(database)
+        self._header = _header(token)
         self._rotate_bytes = rotate_bytes
         self._fds: list[int] = []
         self._current = 0
@@ -92,9 +113,12 @@ class DeliveredLog:
         self._open_ids = [0, 0]  # per file: ids written and not yet committed
         self._file_of: dict[int, int] = {}  # id written, not yet committed -> its file
         self._broken = False
+        self._untruncatable: set[int] = set()  # files whose emptying failed, warned of once
         try:
             for path in self._paths:
-                self._fds.append(os.open(path, _FLAGS, 0o600))
+                self._fds.append(fd := os.open(path, _FLAGS, 0o600))
+                if os.write(fd, self._header) != len(self._header):
+                    raise OSError(f"short write to {path}")
         except OSError:
             for fd in self._fds:
                 os.close(fd)
@@ -199,10 +223,14 @@ class DeliveredLog:
 
     def _empty(self, f: int) -> None:
         try:
-            os.ftruncate(self._fds[f], 0)
+            os.ftruncate(self._fds[f], len(self._header))  # O_APPEND writes after what is left
         except OSError as exc:
             # Its ids are committed: applied again at the next open, they change nothing. Not
             # emptied, it stays the other file and the current one grows meanwhile.
-            log.warning("store.delivered_log_not_emptied", path=str(self._paths[f]), error=str(exc))
+            if f not in self._untruncatable:
+                self._untruncatable.add(f)
+                log.warning("store.delivered_log_not_emptied", path=str(self._paths[f]),
+                            error=str(exc))  # fmt: skip
             return
+        self._untruncatable.discard(f)
         self._size[f] = 0

@@ -8,6 +8,7 @@ Row layouts come from :mod:`bridge.store.rows`; the tables from :mod:`bridge.sto
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Final, NamedTuple
@@ -40,6 +41,8 @@ LAST_DELIVERY_ID: Final = """MAX(
     COALESCE((SELECT MAX(id) FROM deliveries), 0))"""
 """The largest delivery id ever handed out (an expression): ids are never used twice."""
 LAST_DELIVERY_ID_SQL: Final = f"SELECT {LAST_DELIVERY_ID}"
+INSTANCE_SQL: Final = "SELECT value FROM meta WHERE key = 'instance'"
+"""The database's token: a random value made once, naming it in files kept beside it."""
 
 PENDING_SQL: Final = f"""SELECT {DELIVERY_COLUMNS} {_DELIVERIES}
     WHERE d.sink = ? AND d.state = 'pending' AND d.seq > ? ORDER BY d.seq LIMIT ?"""
@@ -122,6 +125,15 @@ def set_metas(conn: sqlite3.Connection, values: Mapping[str, str | float | None]
         conn.execute("DELETE FROM meta WHERE key = ?", (key,))
     if present := [[k, v] for k, v in values.items() if v is not None]:
         conn.execute(_SET_METAS_SQL, (orjson.dumps(present),))
+
+
+def new_instance(conn: sqlite3.Connection) -> str:
+    """Make the database's token (:data:`INSTANCE_SQL`), unless it has one; return it."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('instance', ?) ON CONFLICT (key) DO NOTHING",
+        (secrets.token_hex(16),),
+    )
+    return str(conn.execute(INSTANCE_SQL).fetchone()[0])
 
 
 def quarantine_event(

@@ -26,7 +26,7 @@ from bridge.events import Event
 from bridge.plan import Plan
 from bridge.store import database, queries, transactions
 from bridge.store.bounds import DISK_CACHE_SECONDS, Room, StoreLimits
-from bridge.store.delivered_log import DeliveredLog, read_ids
+from bridge.store.marks import DeliveredMarks
 from bridge.store.pacing import OWN_ADDRESSES_SQL
 from bridge.store.recent import ReadQuery
 from bridge.store.rows import (
@@ -79,7 +79,7 @@ class Store:
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._pruner: asyncio.Task[None] | None = None
-        self._delivered: DeliveredLog | None = None  # the daemon's (exclusive) store only
+        self._marks: DeliveredMarks | None = None  # the delivered log: the daemon's store only
         self._closed = False
         self.own_addresses: list[str] = []
         """The account's own addresses learned from mail, as stored when the store opened."""
@@ -159,8 +159,8 @@ class Store:
             self._pruner.cancel()
             await asyncio.wait([self._pruner])
         await self._writer.stop()
-        if self._delivered is not None:
-            self._delivered.close()
+        if self._marks is not None:
+            await self._marks.close()
         res = self._res
         await self._loop.run_in_executor(res.writer, res.wconn.close)
         await self._loop.run_in_executor(res.reader, res.rconn.close)
@@ -288,6 +288,11 @@ class Store:
 
     async def mark_delivered_many(self, delivery_ids: Sequence[int]) -> None:
         """Delete delivered rows (and events left without rows) in one transaction."""
+        await self._mark_delivered(delivery_ids)
+        if self._marks is not None:
+            self._marks.committed(delivery_ids)
+
+    async def _mark_delivered(self, delivery_ids: Sequence[int]) -> None:
         delivered = functools.partial(
             transactions.delivered,
             delivery_ids=tuple(delivery_ids),
@@ -296,47 +301,43 @@ class Store:
         )
         # Not durable: lost in a power cut, a delivery is made again (at least once holds).
         await self._write(delivered, durable=False)
-        if self._delivered is not None:
-            self._delivered.committed(delivery_ids)
 
     def note_delivered(self, delivery_ids: Sequence[int]) -> bool:
         """Write delivered ids ahead of their mark (:mod:`~bridge.store.delivered_log`): True
         once a crash of the process can no longer deliver them again, so their worker need not
         wait for :meth:`mark_delivered_many`; False when they were not written (then it must)."""
-        return self._delivered is not None and self._delivered.write(delivery_ids)
+        return self._marks is not None and self._marks.log.write(delivery_ids)
 
     def noted(self, delivery_id: int) -> bool:
         """Whether the row is delivered, its mark not yet committed: still pending in a read,
         it must not be delivered again."""
-        return self._delivered is not None and delivery_id in self._delivered
+        return self._marks is not None and delivery_id in self._marks.log
+
+    def mark_later(self, delivery_ids: Sequence[int]) -> None:
+        """Mark rows delivered whose ids are in the delivered log and whose worker stopped before
+        their mark committed: the store commits it once it can write."""
+        if self._marks is not None:
+            self._marks.mark_later(delivery_ids)
 
     async def _open_delivered_log(self) -> None:
-        """Apply the marks a crash left in the delivered log, then start the log afresh. Without
-        it (the files cannot be read or written, or the marks not committed) the workers wait for
-        each mark's commit, and the files keep their ids for the next open."""
+        """Commit what a crash left in the delivered log and start it afresh (see
+        :meth:`DeliveredMarks.open`). It names this database by a token kept in ``meta``."""
         try:
-            ids = await self._loop.run_in_executor(self._res.writer, read_ids, self.path)
-            if ids:
-                applied = await self._write(
-                    functools.partial(
-                        transactions.delivered_logged,
-                        delivery_ids=ids,
-                        history=self.limits.history,
-                        clock=self._clock,
-                    )
-                )
-                log.info("store.delivered_log_applied", path=str(self.path), ids=len(ids),
-                         applied=applied)  # fmt: skip
-            self._delivered = await self._loop.run_in_executor(
-                self._res.writer, DeliveredLog, self.path
-            )
-        except (OSError, StoreError) as exc:
-            log.warning(
-                "store.delivered_log_unused",
-                path=str(self.path),
-                error=str(exc),
-                effect="sink workers wait for each delivered mark's commit",
-            )
+            rows = await self._read(queries.INSTANCE_SQL)
+            token = str(rows[0][0]) if rows else await self._write(transactions.new_instance)
+            ((last,),) = await self._read(queries.LAST_DELIVERY_ID_SQL)
+        except StoreError as exc:
+            log.warning("store.delivered_log_unused", path=str(self.path), error=str(exc),
+                        effect="sink workers wait for each delivered mark's commit")  # fmt: skip
+            return
+        self._marks = await DeliveredMarks.open(
+            self.path,
+            token,
+            last_id=int(last),
+            mark=self._mark_delivered,
+            wait_writable=self.wait_writable,
+            blocking=functools.partial(self._loop.run_in_executor, self._res.writer),
+        )
 
     async def record_attempt(self, delivery_id: int, *, attempts: int, error: str) -> None:
         await self._execute(queries.RECORD_ATTEMPT_SQL, (attempts, error, delivery_id))

@@ -233,19 +233,8 @@ def delivered(tx: Tx, *, delivery_ids: Sequence[int], history: int, clock: Clock
     tx.spool -= freed
 
 
-def delivered_logged(tx: Tx, *, delivery_ids: Sequence[int], history: int, clock: Clock) -> int:
-    """:func:`delivered` for the ids a crash left in the delivered log; the count of them that
-    are this database's.
-
-    An id past the largest ever handed out is not: the log outlived its database (deleted, or
-    restored from an older copy), and the id may yet name a row of this one that was never
-    delivered. It is skipped.
-    """
-    (last,) = tx.conn.execute(queries.LAST_DELIVERY_ID_SQL).fetchone()
-    ours = [i for i in delivery_ids if i <= last]
-    if ours:
-        delivered(tx, delivery_ids=ours, history=history, clock=clock)
-    return len(ours)
+def new_instance(tx: Tx) -> str:
+    return queries.new_instance(tx.conn)
 
 
 def replay(tx: Tx, *, event_id: str, sink: str, room: Room) -> ReplayOutcome:
