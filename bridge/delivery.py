@@ -135,6 +135,7 @@ class SinkWorker:
         self._window_sink = sink if isinstance(sink, WindowSink) and sink.sends_windows else None
         self._batch = batch if self._batch_sink or self._window_sink else 1
         self._recorder = Recorder(self._mark, self._recorded)
+        self._unlisten: Callable[[], None] | None = None
 
     @property
     def name(self) -> str:
@@ -182,6 +183,9 @@ class SinkWorker:
 
     async def start(self) -> None:
         await self.sink.start()
+        # Marks commit from the store too (rows a stopped worker wrote ahead): a read in flight
+        # must learn of every one.
+        self._unlisten = self.store.on_marks_committed(self._intake.recorded)
         await self._intake.load(after_seq=0)
         workers = 1 if self.config.ordering == "strict" else self.config.concurrency
         self._recorder.start(f"sink:{self.name}:record")
@@ -223,6 +227,9 @@ class SinkWorker:
             await asyncio.gather(self._refill, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.sink.close()
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
 
     def abort(self) -> None:
         """Cut attempts in flight short (a second signal); their rows stay pending."""
@@ -388,7 +395,6 @@ class SinkWorker:
         return await self._store_call(lambda: self.store.mark_delivered_many(ids), deliveries[0])
 
     def _recorded(self, batch: Sequence[Delivered]) -> None:
-        self._intake.recorded(delivery.id for delivery, _ in batch)
         # Counted once recorded, so /status never shows a delivered row as still pending.
         now = time.time()
         self.state.delivered += len(batch)

@@ -359,15 +359,24 @@ async def test_marks_owed_at_open_stay_known_and_commit_once_the_store_can_write
     async def blocking(fn: Callable[..., object], *args: object) -> object:
         return fn(*args)
 
-    marks = await DeliveredMarks.open(
-        database, TOKEN, last_id=8, mark=mark, wait_writable=writable.wait, blocking=blocking
-    )
+    told: list[list[int]] = []
+    opened: list[DeliveredMarks] = []
+
+    def committed(ids: Sequence[int]) -> None:  # as the store does: empty the log, tell readers
+        opened[0].log.committed(ids)
+        told.append(list(ids))
+
+    marks = await DeliveredMarks.open(database, TOKEN, last_id=8, mark=mark, committed=committed,
+                                      wait_writable=writable.wait, blocking=blocking)  # fmt: skip
     assert marks is not None
+    opened.append(marks)
     try:
         assert [i in marks.log for i in (4, 5, 9)] == [True, True, False]  # 9: past the last id
         assert read_ids(database, TOKEN) == [4, 5]
+        assert told == []
         writable.set()
         await wait_until(lambda: commits == [[4, 5]])
+        assert told == [[4, 5]]
         assert len(marks.log) == 0
     finally:
         await marks.close()

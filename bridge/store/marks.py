@@ -16,7 +16,9 @@ from typing import Any
 import structlog
 
 from bridge.errors import StoreError
+from bridge.store import queries, transactions
 from bridge.store.delivered_log import DeliveredLog, read_ids
+from bridge.store.transactions import Tx
 
 log = structlog.get_logger(__name__)
 
@@ -32,14 +34,21 @@ class DeliveredMarks:
 
     Args:
         mark: commits rows delivered.
+        committed: told of the ids of each mark committed here (the store empties the log of
+            them and tells its readers).
         wait_writable: returns once the store can write again; raises StoreError once closed.
     """
 
     def __init__(
-        self, log_: DeliveredLog, mark: Mark, wait_writable: Callable[[], Awaitable[None]]
+        self,
+        log_: DeliveredLog,
+        mark: Mark,
+        committed: Callable[[Sequence[int]], None],
+        wait_writable: Callable[[], Awaitable[None]],
     ) -> None:
         self.log = log_
         self._mark = mark
+        self._committed = committed
         self._wait_writable = wait_writable
         self._orphans: set[int] = set()
         self._task: asyncio.Task[None] | None = None
@@ -52,6 +61,7 @@ class DeliveredMarks:
         *,
         last_id: int,
         mark: Mark,
+        committed: Callable[[Sequence[int]], None],
         wait_writable: Callable[[], Awaitable[None]],
         blocking: Blocking,
     ) -> DeliveredMarks | None:
@@ -89,13 +99,10 @@ class DeliveredMarks:
         except OSError as exc:
             _unused(database, exc)
             return None
-        marks = cls(log_, mark, wait_writable)
+        marks = cls(log_, mark, committed, wait_writable)
         if owed and log_.write(ids):
             marks.mark_later(ids)
         return marks
-
-    def committed(self, ids: Iterable[int]) -> None:
-        self.log.committed(ids)
 
     def mark_later(self, ids: Iterable[int]) -> None:
         """Commit the marks of ``ids`` (those in the log) from here, retrying until the store can
@@ -114,7 +121,7 @@ class DeliveredMarks:
                 await self._wait_writable()
                 continue
             self._orphans.difference_update(ids)
-            self.log.committed(ids)
+            self._committed(ids)
 
     async def close(self) -> None:
         """Stop retrying and close the log (whatever is owed stays in its files)."""
@@ -124,7 +131,31 @@ class DeliveredMarks:
         self.log.close()
 
 
-def _unused(database: Path, exc: OSError) -> None:
+async def open_delivered_marks(
+    database: Path,
+    *,
+    read: Callable[[str], Awaitable[list[Any]]],
+    write: Callable[[Callable[[Tx], str]], Awaitable[str]],
+    mark: Mark,
+    committed: Callable[[Sequence[int]], None],
+    wait_writable: Callable[[], Awaitable[None]],
+    blocking: Blocking,
+) -> DeliveredMarks | None:
+    """:meth:`DeliveredMarks.open` for the store's database, with its token (made on its first
+    open, kept in ``meta``) and its last delivery id, through the store's ``read`` and ``write``."""
+    try:
+        rows = await read(queries.INSTANCE_SQL)
+        token = str(rows[0][0]) if rows else await write(transactions.new_instance)
+        ((last,),) = await read(queries.LAST_DELIVERY_ID_SQL)
+    except StoreError as exc:
+        _unused(database, exc)
+        return None
+    return await DeliveredMarks.open(database, token, last_id=int(last), mark=mark,
+                                     committed=committed, wait_writable=wait_writable,
+                                     blocking=blocking)  # fmt: skip
+
+
+def _unused(database: Path, exc: Exception) -> None:
     log.warning(
         "store.delivered_log_unused",
         path=str(database),

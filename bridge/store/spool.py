@@ -26,7 +26,7 @@ from bridge.events import Event
 from bridge.plan import Plan
 from bridge.store import database, queries, transactions
 from bridge.store.bounds import DISK_CACHE_SECONDS, Room, StoreLimits
-from bridge.store.marks import DeliveredMarks
+from bridge.store.marks import DeliveredMarks, open_delivered_marks
 from bridge.store.pacing import OWN_ADDRESSES_SQL
 from bridge.store.recent import ReadQuery
 from bridge.store.rows import (
@@ -80,6 +80,7 @@ class Store:
         self._loop = asyncio.get_running_loop()
         self._pruner: asyncio.Task[None] | None = None
         self._marks: DeliveredMarks | None = None  # the delivered log: the daemon's store only
+        self._mark_listeners: list[Callable[[Sequence[int]], None]] = []
         self._closed = False
         self.own_addresses: list[str] = []
         """The account's own addresses learned from mail, as stored when the store opened."""
@@ -289,8 +290,20 @@ class Store:
     async def mark_delivered_many(self, delivery_ids: Sequence[int]) -> None:
         """Delete delivered rows (and events left without rows) in one transaction."""
         await self._mark_delivered(delivery_ids)
+        self._marks_committed(delivery_ids)
+
+    def on_marks_committed(self, listener: Callable[[Sequence[int]], None]) -> Callable[[], None]:
+        """Call ``listener`` with the ids of each delivered mark as it commits, in the event loop
+        step that learns of it (a read begun before it may still see the rows pending); returns
+        the call that stops it."""
+        self._mark_listeners.append(listener)
+        return lambda: self._mark_listeners.remove(listener)
+
+    def _marks_committed(self, delivery_ids: Sequence[int]) -> None:
         if self._marks is not None:
-            self._marks.committed(delivery_ids)
+            self._marks.log.committed(delivery_ids)
+        for listener in self._mark_listeners:
+            listener(delivery_ids)
 
     async def _mark_delivered(self, delivery_ids: Sequence[int]) -> None:
         delivered = functools.partial(
@@ -320,21 +333,12 @@ class Store:
             self._marks.mark_later(delivery_ids)
 
     async def _open_delivered_log(self) -> None:
-        """Commit what a crash left in the delivered log and start it afresh (see
-        :meth:`DeliveredMarks.open`). It names this database by a token kept in ``meta``."""
-        try:
-            rows = await self._read(queries.INSTANCE_SQL)
-            token = str(rows[0][0]) if rows else await self._write(transactions.new_instance)
-            ((last,),) = await self._read(queries.LAST_DELIVERY_ID_SQL)
-        except StoreError as exc:
-            log.warning("store.delivered_log_unused", path=str(self.path), error=str(exc),
-                        effect="sink workers wait for each delivered mark's commit")  # fmt: skip
-            return
-        self._marks = await DeliveredMarks.open(
+        self._marks = await open_delivered_marks(
             self.path,
-            token,
-            last_id=int(last),
+            read=self._read,
+            write=self._write,
             mark=self._mark_delivered,
+            committed=self._marks_committed,
             wait_writable=self.wait_writable,
             blocking=functools.partial(self._loop.run_in_executor, self._res.writer),
         )
