@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bridge import delivery
+from bridge.config import SinkConfig
 from bridge.delivery import SinkWorker
 from bridge.errors import StoreError
 from bridge.events import Event, Origin, parse_event
@@ -278,6 +279,31 @@ async def test_a_store_opened_beside_the_daemon_writes_no_log(tmp_path: Path) ->
 # -- the worker -----------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def writer_held(store: Store) -> AsyncIterator[None]:
+    """The store's writer thread busy with a write of ours until the block ends: every mark
+    queued meanwhile waits; the write commits (empty) on the way out."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(tx: object) -> None:
+        held.set()
+        release.wait()
+
+    blocked = store._writer.submit(hold)
+    try:
+        await asyncio.to_thread(held.wait)
+        yield
+    finally:
+        release.set()
+        await blocked
+
+
+def file_worker(store: Store, sink_config: SinkConfig) -> SinkWorker:
+    """A file sink's worker delivering one row at a time: each row is its own mark."""
+    sink = SINK_TYPES["file"].factory(sink_config)
+    return SinkWorker(sink_config, sink, store, Metrics(), batch=1)
+
+
 async def test_a_worker_goes_on_in_thread_order_while_its_marks_wait_for_the_writer(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,26 +317,13 @@ async def test_a_worker_goes_on_in_thread_order_while_its_marks_wait_for_the_wri
     )
     await store.accept_batch([(event(n), ("agent",)) for n in range(6)])
     rows = await store.pending("agent")
-    sink_config = config.sinks["agent"]
-    worker = SinkWorker(sink_config, SINK_TYPES["file"].factory(sink_config), store, Metrics(),
-                        batch=1)  # fmt: skip
-    held, release = threading.Event(), threading.Event()
-
-    def hold_the_writer(tx: object) -> None:
-        held.set()
-        release.wait()
-
-    blocked = store._writer.submit(hold_the_writer)
-    try:
-        await asyncio.to_thread(held.wait)
+    worker = file_worker(store, config.sinks["agent"])
+    async with writer_held(store):
         await worker.start()
         # Three rows go ahead of their marks, the fourth is delivered and waits for its commit.
         await wait_until(lambda: len(read_lines(lines_file)) == 4)
         assert [store.noted(row.id) for row in rows] == [True] * 3 + [False] * 3
         assert (await store.sink_counts())["agent"].pending == 6  # nothing committed yet
-    finally:
-        release.set()
-    await blocked
     await wait_until(lambda: len(read_lines(lines_file)) == 6)
     await wait_until(lambda: worker.state.delivered == 6)
     await worker.stop(2)
@@ -393,32 +406,15 @@ async def test_marks_cut_short_by_a_reload_are_committed_by_the_store(
     monkeypatch.setattr(delivery, "MARK_GRACE", 0.05)
     lines_file = tmp_path / "agent.jsonl"
     config = make_config(tmp_path, sinks={"agent": {"type": "file", "path": str(lines_file)}})
-    sink_config = config.sinks["agent"]
     await store.accept_batch([(event(n), ("agent",)) for n in range(6)])
     rows = await store.pending("agent")
-
-    def worker() -> SinkWorker:
-        sink = SINK_TYPES["file"].factory(sink_config)
-        return SinkWorker(sink_config, sink, store, Metrics(), batch=1)
-
-    held, release = threading.Event(), threading.Event()
-
-    def hold_the_writer(tx: object) -> None:
-        held.set()
-        release.wait()
-
-    blocked = store._writer.submit(hold_the_writer)
-    try:
-        await asyncio.to_thread(held.wait)
-        first = worker()
+    async with writer_held(store):
+        first = file_worker(store, config.sinks["agent"])
         await first.start()
         await wait_until(lambda: len(read_lines(lines_file)) == 4)
         await first.stop(0)  # its marks' drain gives up: the rows stay written ahead
         assert [store.noted(row.id) for row in rows] == [True] * 3 + [False] * 3
-    finally:
-        release.set()
-    await blocked
-    second = worker()
+    second = file_worker(store, config.sinks["agent"])
     await second.start()
 
     async def nothing_pending() -> bool:
