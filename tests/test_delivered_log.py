@@ -25,7 +25,7 @@ from bridge.errors import StoreError
 from bridge.events import Event, Origin, parse_event
 from bridge.metrics import Metrics
 from bridge.sinks import SINK_TYPES
-from bridge.store import Store, StoreLimits
+from bridge.store import Delivery, Store, StoreLimits
 from bridge.store.delivered_log import DeliveredLog, log_paths, read_ids
 from bridge.store.marks import DeliveredMarks
 from tests.conftest import make_config, read_lines, wait_until
@@ -229,16 +229,21 @@ async def test_deliveries_written_ahead_are_not_delivered_again_after_a_sigkill(
     assert [p.exists() for p in log_paths(path)] == [False, False]
 
 
+async def three_rows_stored(path: Path) -> list[Delivery]:
+    """A database at ``path`` holding three events pending for "agent", closed; their rows."""
+    store = await Store.open(path, LIMITS)
+    try:
+        await store.accept_batch([(event(n), ("agent",)) for n in range(3)])
+        return await store.pending("agent")
+    finally:
+        await store.close()
+
+
 async def test_ids_past_the_database_s_last_row_are_not_applied(tmp_path: Path) -> None:
     """A log that outlived its database (deleted, or restored from an older copy) may name rows
     the database has not made yet: they are skipped, not marked delivered before they exist."""
     path = tmp_path / "state" / "bridge.db"
-    store = await Store.open(path, LIMITS)
-    try:
-        await store.accept_batch([(event(n), ("agent",)) for n in range(3)])
-        rows = await store.pending("agent")
-    finally:
-        await store.close()
+    rows = await three_rows_stored(path)
     last = rows[-1].id
     log_paths(path)[1].write_bytes(
         log_header(path) + b"%d\n%d\n%d\n" % (rows[0].id, last + 1, last + 2)
@@ -336,12 +341,7 @@ async def test_a_log_naming_another_database_is_not_applied(tmp_path: Path) -> N
     """A log left beside a database that was then replaced (a fresh one, or another restored)
     names that database: its ids are not this one's rows, whatever their range."""
     path = tmp_path / "state" / "bridge.db"
-    store = await Store.open(path, LIMITS)
-    try:
-        await store.accept_batch([(event(n), ("agent",)) for n in range(3)])
-        rows = await store.pending("agent")
-    finally:
-        await store.close()
+    rows = await three_rows_stored(path)
     log_paths(path)[0].write_bytes(b"#another\n" + b"".join(b"%d\n" % r.id for r in rows))
 
     store = await Store.open(path, LIMITS)
