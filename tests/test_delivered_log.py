@@ -143,35 +143,73 @@ def test_a_clean_close_with_every_id_committed_leaves_no_file(tmp_path: Path) ->
 SHORT_WRITE_CHILD = """
 import json, resource, signal, sys
 from pathlib import Path
+from structlog.testing import capture_logs
 from bridge.store.delivered_log import DeliveredLog
 
 database = Path(sys.argv[1])
 log = DeliveredLog(database, "0123abcd")
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, write(2) fails instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (32, 32))
-results = [log.write(range(n, n + 3)) for n in (1000, 1003, 1006, 1009)]
-print(json.dumps({"results": results, "taking": log.taking, "later": log.write([9999])}))
+with capture_logs() as logs:
+    results = [log.write(range(n, n + 3)) for n in (1000, 1003, 1006, 1009)]
+    torn = {"taking": log.taking, "later": log.write([9999])}
+    log.committed([1000, 1001])
+    torn["one_open"] = log.taking
+    log.committed([1002])  # every id of the torn file committed: it is emptied
+    torn["mended"] = log.taking
+    torn["after"] = log.write([2000, 2001, 2002, 2003])  # 30 bytes: fits in 32
+    torn["beyond"] = log.write([2004])  # the limit again
+    log.committed([2000, 2001, 2002, 2003])
+    torn["still_full"] = log.write(range(3000, 3005))  # 25 bytes: the disk is still "full"
+    log.committed([])
+    torn["again"] = log.write([4000])
+print(json.dumps({"results": results, **torn, "events": [e["event"] for e in logs]}))
+sys.stdout.write(Path(str(database) + ".delivered-0").read_bytes().decode())
 """
 
 
-async def test_after_a_failed_or_short_write_the_log_takes_no_more_ids(tmp_path: Path) -> None:
-    """An id written after a torn line would run into it and name another row: after the first
-    write that does not go through whole, every write answers False (its worker then waits for
-    the mark's commit), and what was torn is not read back as an id."""
+async def test_after_a_failed_or_short_write_the_log_takes_no_ids_until_that_file_is_emptied(
+    tmp_path: Path,
+) -> None:
+    """An id written after a torn line would run into it and name another row: after a write
+    that does not go through whole, every write answers False (its worker then waits for the
+    mark's commit) until every id in the torn file is committed and the file emptied; what was
+    torn is not read back as an id. A disk that stays full is warned of once, not per write."""
     database = tmp_path / "bridge.db"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", SHORT_WRITE_CHILD, str(database), stdout=asyncio.subprocess.PIPE
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0
-    report = json.loads(out.decode().strip().splitlines()[-1])
+    first, *content = out.decode().split("\n", 1)
+    report = json.loads(first)
     # A 10-byte first line, then 15 bytes per write: the first fits in 32, the second is cut at
     # 32 bytes, the rest are refused.
-    assert report == {"results": [True, False, False, False], "taking": False, "later": False}
-    assert log_paths(database)[0].read_bytes() == H + b"1000\n1001\n1002\n1003\n10"
+    assert report["results"] == [True, False, False, False]
+    assert (report["taking"], report["later"]) == (False, False)
+    assert (report["one_open"], report["mended"]) == (False, True)
+    # Emptied back to its first line, the file takes ids from a fresh line; past the limit again
+    # it is torn again, and mended again once its ids commit. A write refused again before any
+    # went through is the same trouble: no second warning.
+    assert (report["after"], report["beyond"]) == (True, False)
+    assert (report["still_full"], report["again"]) == (False, True)
+    assert report["events"] == [
+        "store.delivered_log_failed",
+        "store.delivered_log_resumed",
+        "store.delivered_log_failed",
+        "store.delivered_log_resumed",
+    ]
+    assert content == [H.decode() + "4000\n"]
+    assert read_ids(database, TOKEN) == [4000]
+
+
+async def test_a_torn_file_is_not_read_back_as_ids(tmp_path: Path) -> None:
+    """What a cut write left: whole lines are ids (applying one again changes nothing: its
+    worker waited for its commit), the cut line is skipped."""
+    database = tmp_path / "bridge.db"
+    one, _ = log_paths(database)
+    one.write_bytes(H + b"1000\n1001\n1002\n1003\n10")
     assert read_ids(database, TOKEN) == [1000, 1001, 1002, 1003]
-    # 1003 went in whole though its write as a whole failed: its worker waited for the commit,
-    # and applying it again after a crash changes nothing.
 
 
 # -- the store ------------------------------------------------------------------------------------

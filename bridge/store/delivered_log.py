@@ -18,8 +18,10 @@ keeps in its ``meta`` table), then holds one decimal id per line. A file naming 
 (say a log left beside a database that was then replaced) is not applied: its ids could name rows
 of this one that were never delivered. A last line without its newline (a write cut by a power
 cut) is not an id, and neither is any line that is not digits: both are skipped on reading, which
-can only repeat a delivery. After a failed or short write the log takes no more ids for the life
-of the process: an id written after a torn line could run into it and name another row.
+can only repeat a delivery. After a failed or short write the log takes no more ids until the file
+it tore has been emptied (once every id in it is committed): an id written after a torn line could
+run into it and name another row. Meanwhile the workers wait for each mark's commit; a disk that
+stays full costs one refused ``write(2)`` per emptying, and one warning.
 
 Only the event loop's thread uses a :class:`DeliveredLog`.
 """
@@ -112,7 +114,8 @@ class DeliveredLog:
         self._size = [0, 0]
         self._open_ids = [0, 0]  # per file: ids written and not yet committed
         self._file_of: dict[int, int] = {}  # id written, not yet committed -> its file
-        self._broken = False
+        self._torn: set[int] = set()  # files a write failed on: no id goes in until emptied
+        self._failing = False  # a write failed and none has gone through since: warned once
         self._untruncatable: set[int] = set()  # files whose emptying failed, warned of once
         try:
             for path in self._paths:
@@ -133,8 +136,9 @@ class DeliveredLog:
 
     @property
     def taking(self) -> bool:
-        """False after a write failed: ids then wait for their commit, as without a log."""
-        return not self._broken and bool(self._fds)
+        """False after a write failed, until the file it tore is emptied: ids then wait for their
+        commit, as without a log."""
+        return not self._torn and bool(self._fds)
 
     def write(self, ids: Iterable[int]) -> bool:
         """Write ``ids`` delivered; True once they are in the file, False when they are not (the
@@ -159,6 +163,9 @@ class DeliveredLog:
         self._open_ids[current] += len(ids)
         for i in ids:
             self._file_of[i] = current
+        if self._failing:
+            self._failing = False
+            log.info("store.delivered_log_resumed", path=str(self._paths[current]))
         return True
 
     def committed(self, ids: Iterable[int]) -> None:
@@ -167,7 +174,8 @@ class DeliveredLog:
             f = self._file_of.pop(i, None)
             if f is not None:
                 self._open_ids[f] -= 1
-        if self._broken:
+        if self._torn:
+            self._mend()
             return
         current, other = self._current, 1 - self._current
         if self._open_ids[other] and self._size[current] >= self._rotate_bytes:
@@ -213,13 +221,27 @@ class DeliveredLog:
             self._file_of[i] = dst
 
     def _fail(self, f: int, error: str) -> None:
-        self._broken = True
+        self._torn.add(f)
+        if self._failing:
+            return  # the same trouble again (a disk still full): warned already
+        self._failing = True
         log.warning(
             "store.delivered_log_failed",
             path=str(self._paths[f]),
             error=error,
-            effect="workers wait for each delivered mark's commit until the next start",
+            effect="workers wait for each delivered mark's commit until the file is emptied and "
+            "written again",
         )
+
+    def _mend(self) -> None:
+        """Empty each torn file whose ids are all committed; once none is left torn, ids go to
+        the one emptied last, beginning a fresh line."""
+        for f in sorted(self._torn):
+            if self._open_ids[f] == 0:
+                self._empty(f)
+                if self._size[f] == 0:
+                    self._torn.discard(f)
+                    self._current = f
 
     def _empty(self, f: int) -> None:
         try:
