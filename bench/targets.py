@@ -40,6 +40,9 @@ WS_SEEDED: Final = "bridge-ws-seeded"
 WS_HTTP: Final = "bridge-ws-http"
 BACKLOG: Final = "bridge-backlog"
 BASE_D: Final = "baseline-d"
+BASE_W: Final = "baseline-w"
+WEBHOOK_BASE_CONCURRENCY: Final = 16
+"""Baseline W's concurrency: that of the webhook row the latency target names."""
 WS_NATS: Final = "bridge-ws-nats"
 NATS_E2E: Final = "bridge-nats-e2e"
 OUT_FILE: Final = "out.jsonl"
@@ -48,6 +51,11 @@ OUT_FILE: Final = "out.jsonl"
 
 def webhook_key(concurrency: int) -> str:
     return f"bridge-webhook-c{concurrency}"
+
+
+def is_webhook(key: str) -> bool:
+    """Whether the row ``key`` sends signed webhook POSTs (baseline W and the bridge's rows)."""
+    return key == BASE_W or key.startswith("bridge-webhook-")
 
 
 class StartError(Exception):
@@ -301,23 +309,19 @@ class BridgeBacklog(BridgeWsHttp):
         return bridge_argv(files.config, None)
 
 
-class BridgeWebhook(Target):
-    """``openmail-bridge run``: signed webhook POSTs at a fixed concurrency -> file sink."""
+class WebhookTarget(Target):
+    """A receiver of signed webhook POSTs, sent at a fixed concurrency, writing a file."""
 
-    is_bridge = True
     burst: BurstKind = "webhook"
+    concurrency: int
 
-    def __init__(self, concurrency: int) -> None:
-        self.concurrency = concurrency
-        self.key = webhook_key(concurrency)
-        self.label = f"bridge webhook -> file, c={concurrency}"
+    @abc.abstractmethod
+    def command(self, workdir: Path, out: Path) -> list[str]:
+        """The receiver's command line: it reports its port on stderr (``webhook.listening``)."""
 
     async def open(self, workdir: Path, *, within: float) -> Session:
         out = workdir / OUT_FILE
-        files = bridge_setup.write_config(
-            workdir, ws_url=None, webhook=True, sink=bridge_setup.file_sink(out)
-        )
-        process = ClientProcess(self.key, bridge_argv(files.config, None), workdir,
+        process = ClientProcess(self.key, self.command(workdir, out), workdir,
                                 stop_by_signal=True)  # fmt: skip
         try:
             process.start()
@@ -333,6 +337,32 @@ class BridgeWebhook(Target):
         tail = FileTail(out)
         tail.start()
         return Session(process, source, tail)
+
+
+class BaselineW(WebhookTarget):
+    key = BASE_W
+    label = "baseline W: webhook receiver, append to file"
+    concurrency = WEBHOOK_BASE_CONCURRENCY
+
+    def command(self, workdir: Path, out: Path) -> list[str]:
+        return python_module("bench.baseline_w", bridge_setup.WEBHOOK_SECRET, out)
+
+
+class BridgeWebhook(WebhookTarget):
+    """``openmail-bridge run``: signed webhook POSTs at a fixed concurrency -> file sink."""
+
+    is_bridge = True
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.key = webhook_key(concurrency)
+        self.label = f"bridge webhook -> file, c={concurrency}"
+
+    def command(self, workdir: Path, out: Path) -> list[str]:
+        files = bridge_setup.write_config(
+            workdir, ws_url=None, webhook=True, sink=bridge_setup.file_sink(out)
+        )
+        return bridge_argv(files.config, None)
 
 
 class JetStreamTarget(WsTarget):
@@ -480,7 +510,7 @@ class BridgeNatsEndToEnd(JetStreamTarget):
 
 def all_targets(settings: Settings) -> list[Target]:
     """Every row, in table order: baselines first, as the ratios refer to them."""
-    targets: list[Target] = [BaselineA(), BaselineB(), BaselineC(), BaselineD()]
+    targets: list[Target] = [BaselineA(), BaselineB(), BaselineC(), BaselineD(), BaselineW()]
     targets += [BridgeWs(), BridgeWs(seed_ids=settings.seed_ids)]
     targets += [BridgeWebhook(c) for c in settings.concurrencies]
     targets += [BridgeWsHttp(), BridgeBacklog(settings.backlog)]

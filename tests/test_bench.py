@@ -21,10 +21,12 @@ from bench.targets import (
     BASE_B,
     BASE_C,
     BASE_D,
+    BASE_W,
     WS,
     WS_HTTP,
     WS_NATS,
     all_targets,
+    is_webhook,
     webhook_key,
 )
 
@@ -75,6 +77,7 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
     # The JetStream rows are skipped (INVALID, no figure) only where nats-server is missing.
     skipped = set() if jetstream.server_binary() else set(report.NATS_ROWS)
     base_a, base_b, base_c, base_d = rows[BASE_A], rows[BASE_B], rows[BASE_C], rows[BASE_D]
+    base_w = rows[BASE_W]
     for key, row in rows.items():
         assert (row["peak RSS MB"] is None) == (key in skipped), key
         speed = row["events/s"]
@@ -83,6 +86,7 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
             ("ratio vs B", base_b),
             ("ratio vs C", base_c),
             ("ratio vs D", base_d),
+            ("ratio vs W", base_w),
         ):
             if speed is None or base["events/s"] is None:
                 assert row[column] is None, (key, column)
@@ -91,11 +95,13 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
                 # Printed rounded: events/s to the unit (off by up to 0.5 each), ratios to 0.01.
                 slack = 0.005 + expected * (0.5 / speed + 0.5 / ref) + 1e-9
                 assert row[column] == pytest.approx(expected, abs=slack), (key, column)
-        p99, p99_a = row["p99 ms"], base_a["p99 ms"]
-        if p99 is None or p99_a is None:
-            assert row["p99 added vs A ms"] is None, key
+        # Added latency: a webhook row's over baseline W (the same signed POSTs), any other's
+        # over baseline A.
+        p99, p99_base = row["p99 ms"], (base_w if is_webhook(key) else base_a)["p99 ms"]
+        if p99 is None or p99_base is None:
+            assert row["p99 added ms"] is None, key
         else:
-            assert row["p99 added vs A ms"] == pytest.approx(p99 - p99_a, abs=0.011), key
+            assert row["p99 added ms"] == pytest.approx(p99 - p99_base, abs=0.011), key
         assert (row["drain s"] is None) == (key != BACKLOG), key
         # The CPU per event at the offered rate: for every row with a run at that rate.
         paced_cpu = row["paced CPU us/event"]
@@ -103,7 +109,9 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
             assert paced_cpu is None, key
         else:
             assert paced_cpu is not None, key
-            assert paced_cpu > 0, key
+            # /proc counts CPU time in 10 ms ticks: a light baseline may use less than one in
+            # the quick run's 0.2 s; a bridge never does.
+            assert paced_cpu > 0 if key.startswith("bridge-") else paced_cpu >= 0, key
 
     # The backlog row: no latency run; its events/s is the backlog over the drain time, both
     # printed rounded (to the unit, to 0.01 s).
@@ -140,7 +148,7 @@ def test_quick_run_prints_every_row_and_every_target() -> None:
     assert verdicts[3][1].startswith("bridge WS -> HTTP events/s >= 1.0 x baseline C")
     verdict, name = verdicts[4]
     assert name.startswith("p99 added latency <= 5 ms at 1,000 events/s, webhook c=16:")
-    added = rows[webhook_key(16)]["p99 added vs A ms"]
+    added = rows[webhook_key(16)]["p99 added ms"]
     assert verdict == ("PASS" if added is not None and added <= report.MAX_ADDED_P99_MS else "FAIL")
     bridge_rss = [row["peak RSS MB"] for key, row in rows.items() if key.startswith("bridge-")]
     passed = all(v is not None and v <= report.MAX_RSS_MB for v in bridge_rss)
