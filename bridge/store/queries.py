@@ -190,16 +190,17 @@ def purge_quarantine(conn: sqlite3.Connection, event_id: str | None) -> tuple[in
 
 
 # A list of ids goes to SQLite as one JSON array (json_each), so one cached statement serves a
-# batch of any size. Each statement returns what the next needs: recording a batch delivered is
-# three calls (four with a history trim), and every call gives the writer thread's GIL up, which
-# it may wait milliseconds to get back while the event loop is busy.
-_DELETE_IDS_SQL: Final = """DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?))
-    RETURNING seq, sink"""
+# batch of any size.
+_SINKS_OF_SQL: Final = """SELECT json_group_array(json_array(seq, sink)), COUNT(DISTINCT seq)
+    FROM deliveries
+    WHERE id IN (SELECT value FROM json_each(?))"""
+_DELETE_IDS_SQL: Final = "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?))"
 # ?1 is the batch's [seq, sink] pairs; an event is orphaned once no delivery row names it.
 _BATCH_SEQS: Final = "SELECT json_extract(value, '$[0]') FROM json_each(?1)"
-_DELETE_ORPHANED_SQL: Final = f"""DELETE FROM events WHERE seq IN ({_BATCH_SEQS})
-    AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = events.seq)
-    RETURNING size"""  # noqa: S608 - constant text
+_ORPHANED: Final = f"""FROM events WHERE seq IN ({_BATCH_SEQS})
+    AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = events.seq)"""  # noqa: S608 - constant text
+_ORPHANED_SIZE_SQL: Final = "SELECT COUNT(*), COALESCE(SUM(size), 0) " + _ORPHANED
+_DELETE_ORPHANED_SQL: Final = "DELETE " + _ORPHANED
 # An event still held remembers the sinks it was delivered to, for its history row.
 _REMEMBER_DELIVERED_SQL: Final = """INSERT OR IGNORE INTO delivered (seq, sink)
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)
@@ -246,19 +247,18 @@ def delete_delivered(
     none) of its ``history_rows``; ``at`` is when it was completed. Ids already gone (their sink
     dropped, or purged, meanwhile) are skipped.
     """
-    gone = conn.execute(_DELETE_IDS_SQL, (orjson.dumps(list(delivery_ids)),)).fetchall()
-    if not gone:
-        return 0, history_rows
-    pairs = orjson.dumps(gone)
-    if history:
-        # Before the events go: the history copies them. Only events left without rows move.
+    ids = orjson.dumps(list(delivery_ids))
+    pairs, events = conn.execute(_SINKS_OF_SQL, (ids,)).fetchone()  # pairs: JSON, passed on
+    conn.execute(_DELETE_IDS_SQL, (ids,))
+    orphaned, freed = conn.execute(_ORPHANED_SIZE_SQL, (pairs,)).fetchone()
+    if history and orphaned:
         history_rows += conn.execute(_HISTORY_SQL, (pairs, at)).rowcount
         history_rows = trim_history(conn, history_rows, history)
-    sizes = conn.execute(_DELETE_ORPHANED_SQL, (pairs,)).fetchall()
-    if history and len(sizes) < len({seq for seq, _ in gone}):
-        # Some events still held (only a multi-sink route): remember where they went.
+    if orphaned:
+        conn.execute(_DELETE_ORPHANED_SQL, (pairs,))
+    if history and orphaned < events:  # some events still held: only a multi-sink route
         conn.execute(_REMEMBER_DELIVERED_SQL, (pairs,))
-    return sum(size for (size,) in sizes), history_rows
+    return int(freed), history_rows
 
 
 def delete_deliveries(
