@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -25,7 +27,7 @@ from bridge.errors import StoreError
 from bridge.events import Event, Origin, parse_event
 from bridge.metrics import Metrics
 from bridge.sinks import SINK_TYPES
-from bridge.store import Delivery, Store, StoreLimits
+from bridge.store import Delivery, Store, StoreLimits, delivered_log
 from bridge.store.delivered_log import DeliveredLog, log_paths, read_ids
 from bridge.store.marks import DeliveredMarks
 from tests.conftest import make_config, read_lines, wait_until
@@ -201,6 +203,37 @@ async def test_after_a_failed_or_short_write_the_log_takes_no_ids_until_that_fil
     ]
     assert content == [H.decode() + "4000\n"]
     assert read_ids(database, TOKEN) == [4000]
+
+
+def test_a_torn_file_that_cannot_be_emptied_takes_no_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut line stays while the file cannot be emptied: an id written after it would run into
+    it ("33" + "727" is 33727, another row). A disk that takes two bytes and then an I/O error on
+    ftruncate cannot be had on demand: both are injected."""
+    database = tmp_path / "bridge.db"
+    log = DeliveredLog(database, TOKEN)
+    write = os.write
+    monkeypatch.setattr(delivered_log.os, "write", lambda fd, data: write(fd, data[:2]))
+    assert not log.write([33, 34])
+
+    def failing(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(delivered_log.os, "write", write)
+    monkeypatch.setattr(delivered_log.os, "ftruncate", failing)
+    log.committed([33, 34])  # every id of the torn file committed, but it cannot be emptied
+    assert not log.taking
+    assert not log.write([727])
+    assert read_ids(database, TOKEN) == []  # "33" has no newline: not an id
+    monkeypatch.undo()
+    log.committed([])  # the next commit tries again
+    assert log.taking
+    assert log.write([727])
+    assert read_ids(database, TOKEN) == [727]
+    log.close()
+    log.committed([727])  # a mark committing after the close changes nothing on disk
+    assert read_ids(database, TOKEN) == [727]
 
 
 async def test_a_torn_file_is_not_read_back_as_ids(tmp_path: Path) -> None:

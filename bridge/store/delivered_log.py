@@ -174,6 +174,8 @@ class DeliveredLog:
             f = self._file_of.pop(i, None)
             if f is not None:
                 self._open_ids[f] -= 1
+        if not self._fds:
+            return  # closed: what is left stays for the next open
         if self._torn:
             self._mend()
             return
@@ -234,16 +236,15 @@ class DeliveredLog:
         )
 
     def _mend(self) -> None:
-        """Empty each torn file whose ids are all committed; once none is left torn, ids go to
-        the one emptied last, beginning a fresh line."""
+        """Empty each torn file whose ids are all committed: a file that cannot be emptied stays
+        torn, its cut line never followed by another id. (Only the current file is ever written,
+        so it is the one torn, and ids go to it again from a fresh line.)"""
         for f in sorted(self._torn):
-            if self._open_ids[f] == 0:
-                self._empty(f)
-                if self._size[f] == 0:
-                    self._torn.discard(f)
-                    self._current = f
+            if self._open_ids[f] == 0 and self._empty(f):
+                self._torn.discard(f)
 
-    def _empty(self, f: int) -> None:
+    def _empty(self, f: int) -> bool:
+        """Truncate file ``f`` back to its first line; whether it was."""
         try:
             os.ftruncate(self._fds[f], len(self._header))  # O_APPEND writes after what is left
         except OSError as exc:
@@ -253,6 +254,7 @@ class DeliveredLog:
                 self._untruncatable.add(f)
                 log.warning("store.delivered_log_not_emptied", path=str(self._paths[f]),
                             error=str(exc))  # fmt: skip
-            return
+            return False
         self._untruncatable.discard(f)
         self._size[f] = 0
+        return True
