@@ -309,7 +309,10 @@ class FileSink:
         try:
             if file.closed:
                 raise OSError(errno.EBADF, "closed before its lines were fsynced")
-            await asyncio.to_thread(os.fsync, file.fd)
+            # Appended lines need their data and the file's new size on disk, not its times:
+            # fdatasync (as SQLite uses) keeps those out of the journal, a journal the store's
+            # commits share. fsync where the platform has no fdatasync.
+            await asyncio.to_thread(getattr(os, "fdatasync", os.fsync), file.fd)
         except OSError as exc:
             raise _os_error(file.path, exc) from None
         finally:

@@ -256,14 +256,14 @@ async def test_fsync_batch_coalesces_and_each_send_returns_after_a_covering_fsyn
 ):
     path = tmp_path / "events.jsonl"
     synced_sizes: list[int] = []  # file size at the start of each fsync
-    real_fsync = os.fsync
+    real_fsync = os.fdatasync
 
     def recording_fsync(fd: int) -> None:
         size = os.fstat(fd).st_size
         real_fsync(fd)
         synced_sizes.append(size)
 
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "fdatasync", recording_fsync)
     sink = sinks(path, fsync="batch")
     covered_when_returned: dict[str, int] = {}
 
@@ -389,7 +389,7 @@ async def test_a_failed_fsync_is_retryable(tmp_path, sinks, monkeypatch):
     def failing_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fdatasync", failing_fsync)
     path = tmp_path / "events.jsonl"
     sink = sinks(path, fsync="batch")
     results = await asyncio.gather(
