@@ -287,7 +287,7 @@ def render(rows: list[Measurement], checks: list[Check], settings: Settings) -> 
         f"openmail-bridge benchmark: latency at {settings.rate:,.0f} events/s offered for "
         f"{settings.paced_seconds:g}s; events/s from bursts of {settings.burst_baseline:,} "
         f"(baselines A, B), {settings.burst_bridge:,} (bridge WS), {settings.burst_forwarder:,} "
-        f"(WS -> HTTP, baseline D), {settings.burst_webhook:,} (webhook) events; "
+        f"(WS -> HTTP, baselines D, W), {settings.burst_webhook:,} (bridge webhook) events; "
         f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
     ]
     if BACKLOG in by_key:
@@ -300,7 +300,10 @@ def render(rows: list[Measurement], checks: list[Check], settings: Settings) -> 
             "JetStream rows: a nats-server of the run's own (one node, file store); an event has "
             "landed once a reader of the stream received it, or once it is in the sidecar's file"
         )
-    out.append("p99 added: over baseline A's p99 (WebSocket rows), baseline W's (webhook rows)")
+    out.append(
+        "p99 added: over baseline A's p99 (WebSocket rows), baseline W's (webhook rows, whatever"
+        " their concurrency)"
+    )
     out += [rule, grid[0], rule, *grid[1:], rule]
     out += [f"[{i}] {reason}" for i, reason in enumerate(notes.reasons, 1)]
     out += [f"note: {r.key}: {n}" for r in rows for n in r.notes]
@@ -308,6 +311,11 @@ def render(rows: list[Measurement], checks: list[Check], settings: Settings) -> 
         out += ["", "targets"]
         out += [f"  {c.verdict}  {c.target}: {c.detail}" for c in checks]
     return "\n".join(out)
+
+
+def _added_json(row: Measurement, rows: dict[str, Measurement]) -> dict[str, object]:
+    added = added_p99(row, rows)
+    return {"p99_added_ms": added, "p99_added_over": None if added is None else latency_base(row)}
 
 
 def as_json(rows: list[Measurement], checks: list[Check], settings: Settings) -> dict[str, object]:
@@ -322,7 +330,7 @@ def as_json(rows: list[Measurement], checks: list[Check], settings: Settings) ->
         "rows": [
             r.as_dict()
             | dict(zip(("vs_a", "vs_b", "vs_c", "vs_d", "vs_w"), ratios(r, by_key), strict=True))
-            | {"p99_added_ms": added_p99(r, by_key), "p99_added_over": latency_base(r)}
+            | _added_json(r, by_key)
             for r in rows
         ],
         "targets": [asdict(c) | {"verdict": c.verdict} for c in checks],
