@@ -114,7 +114,9 @@ class DeliveredLog:
         self._size = [0, 0]
         self._open_ids = [0, 0]  # per file: ids written and not yet committed
         self._file_of: dict[int, int] = {}  # id written, not yet committed -> its file
-        self._torn: set[int] = set()  # files a write failed on: no id goes in until emptied
+        # A write to the current file (the only one written) failed: no id goes in until the
+        # file is emptied.
+        self._torn = False
         self._failing = False  # a write failed and none has gone through since: warned once
         self._untruncatable: set[int] = set()  # files whose emptying failed, warned of once
         try:
@@ -214,7 +216,7 @@ class DeliveredLog:
         except OSError as exc:
             written, error = -1, str(exc)
         if written != len(data):
-            self._fail(dst, error)  # the ids are still in src, which is then never emptied
+            self._fail(dst, error)  # the ids stay in src: carried once dst is mended and full
             return
         self._size[dst] += len(data)
         self._open_ids[dst] += len(ids)
@@ -223,7 +225,7 @@ class DeliveredLog:
             self._file_of[i] = dst
 
     def _fail(self, f: int, error: str) -> None:
-        self._torn.add(f)
+        self._torn = True
         if self._failing:
             return  # the same trouble again (a disk still full): warned already
         self._failing = True
@@ -236,12 +238,11 @@ class DeliveredLog:
         )
 
     def _mend(self) -> None:
-        """Empty each torn file whose ids are all committed: a file that cannot be emptied stays
-        torn, its cut line never followed by another id. (Only the current file is ever written,
-        so it is the one torn, and ids go to it again from a fresh line.)"""
-        for f in sorted(self._torn):
-            if self._open_ids[f] == 0 and self._empty(f):
-                self._torn.discard(f)
+        """Empty the torn file once its ids are all committed; ids then go to it again, from a
+        fresh line. A file that cannot be emptied stays torn: its cut line is never followed by
+        another id."""
+        if self._open_ids[self._current] == 0 and self._empty(self._current):
+            self._torn = False
 
     def _empty(self, f: int) -> bool:
         """Truncate file ``f`` back to its first line; whether it was."""
