@@ -49,13 +49,16 @@ OUT_FILE: Final = "out.jsonl"
 """The file sink's file, and baseline B's."""
 
 
+_WEBHOOK_ROW: Final = "bridge-webhook-c"
+
+
 def webhook_key(concurrency: int) -> str:
-    return f"bridge-webhook-c{concurrency}"
+    return f"{_WEBHOOK_ROW}{concurrency}"
 
 
 def is_webhook(key: str) -> bool:
     """Whether the row ``key`` sends signed webhook POSTs (baseline W and the bridge's rows)."""
-    return key == BASE_W or key.startswith("bridge-webhook-")
+    return key == BASE_W or key.startswith(_WEBHOOK_ROW)
 
 
 class StartError(Exception):
