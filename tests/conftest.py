@@ -18,6 +18,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -411,6 +412,25 @@ async def sink_down(
         yield [await inject() for _ in range(count)]
     finally:
         receiver.up = True
+
+
+@contextlib.asynccontextmanager
+async def writer_held(store: Store) -> AsyncIterator[None]:
+    """The store's writer thread busy with a write of ours until the block ends: every mark
+    queued meanwhile waits; the write commits (empty) on the way out."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold(tx: object) -> None:
+        held.set()
+        release.wait()
+
+    blocked = store._writer.submit(hold)
+    try:
+        await asyncio.to_thread(held.wait)
+        yield
+    finally:
+        release.set()
+        await blocked
 
 
 def websocket_of(supervisor: Supervisor) -> WebSocketSource:

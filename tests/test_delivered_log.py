@@ -14,7 +14,6 @@ import json
 import os
 import sqlite3
 import sys
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from bridge.sinks import SINK_TYPES
 from bridge.store import Delivery, Store, StoreLimits, delivered_log
 from bridge.store.delivered_log import DeliveredLog, log_paths, read_ids
 from bridge.store.marks import DeliveredMarks
-from tests.conftest import make_config, read_lines, wait_until
+from tests.conftest import make_config, read_lines, wait_until, writer_held
 
 LIMITS = StoreLimits(min_free=0, history=100)
 TOKEN = "0123abcd"
@@ -353,25 +352,6 @@ async def test_a_store_opened_beside_the_daemon_writes_no_log(tmp_path: Path) ->
 
 
 # -- the worker -----------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def writer_held(store: Store) -> AsyncIterator[None]:
-    """The store's writer thread busy with a write of ours until the block ends: every mark
-    queued meanwhile waits; the write commits (empty) on the way out."""
-    held, release = threading.Event(), threading.Event()
-
-    def hold(tx: object) -> None:
-        held.set()
-        release.wait()
-
-    blocked = store._writer.submit(hold)
-    try:
-        await asyncio.to_thread(held.wait)
-        yield
-    finally:
-        release.set()
-        await blocked
 
 
 def file_worker(store: Store, sink_config: SinkConfig) -> SinkWorker:

@@ -355,8 +355,10 @@ class WebhookSource:
             )
         try:
             # A commit that outlives the answer still lands, and OpenMail's retry of it is then
-            # recognised as a duplicate.
-            (outcome,) = await asyncio.wait_for(spool.accept([event]), ANSWER_WITHIN)
+            # recognised as a duplicate. (A timeout scope, not wait_for: no extra callback
+            # between the commit and this request's wake-up.)
+            async with asyncio.timeout(ANSWER_WITHIN):
+                (outcome,) = await spool.accept([event])
             if isinstance(outcome, StoreError):
                 raise outcome  # this event refused (the spool is full): answered below
         except TimeoutError:

@@ -31,6 +31,7 @@ from conftest import (
     stored_ids,
     wait_until,
     webhook_of,
+    writer_held,
 )
 from multidict import CIMultiDictProxy
 
@@ -289,6 +290,26 @@ async def test_stopping_is_503(hook: Hook) -> None:
     hook.sup.webhook.begin_stop()  # what Supervisor.stop() does first
     body = event_body()
     await assert_rejected(hook, body, signed_headers(body), 503, "stopping")
+
+
+async def test_a_commit_slower_than_the_answer_bound_is_503_and_still_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's writer busy past the bound: 503 "timeout", nothing acknowledged; the commit
+    lands all the same, and OpenMail's retry is then a duplicate."""
+    monkeypatch.setattr(webhook_module, "ANSWER_WITHIN", 0.2)
+    async with bridge_hook(tmp_path) as hook:
+        assert hook.sup.store is not None
+        body = event_body("evt_slow_commit")
+        async with writer_held(hook.sup.store):
+            code, data, _ = await hook.post(body, signed_headers(body))
+            assert code == 503, data
+            assert "did not commit in time" in data["error"]
+            assert hook.rejected("timeout") == 1
+            assert hook.stored() == set()
+        await wait_until(lambda: hook.stored() == {"evt_slow_commit"})
+        code, data, _ = await hook.post(body, signed_headers(body))
+        assert (code, data["duplicate"]) == (200, True), data
 
 
 async def test_stop_is_not_held_by_a_request_still_arriving(
