@@ -141,6 +141,19 @@ def test_a_clean_close_with_every_id_committed_leaves_no_file(tmp_path: Path) ->
     assert read_ids(database, TOKEN) == []
 
 
+def test_an_id_given_twice_is_written_and_counted_once(tmp_path: Path) -> None:
+    """Ids read back after a crash can repeat (a carry copies them): counted twice, the file would
+    never be known emptied of them, nor removed by a clean close."""
+    database = tmp_path / "bridge.db"
+    log = DeliveredLog(database, TOKEN)
+    assert log.write([5, 5, 6])
+    assert len(log) == 2
+    assert read_ids(database, TOKEN) == [5, 6]
+    log.committed([5, 6])
+    log.close()
+    assert [p.exists() for p in log_paths(database)] == [False, False]
+
+
 SHORT_WRITE_CHILD = """
 import json, resource, signal, sys
 from pathlib import Path

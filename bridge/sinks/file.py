@@ -310,8 +310,8 @@ class FileSink:
             if file.closed:
                 raise OSError(errno.EBADF, "closed before its lines were fsynced")
             # Appended lines need their data and the file's new size on disk, not its times:
-            # fdatasync (as SQLite uses) keeps those out of the journal, a journal the store's
-            # commits share. fsync where the platform has no fdatasync.
+            # fdatasync (as SQLite uses) skips those; the size still goes through the
+            # filesystem's journal, which the store's commits share. fsync where there is none.
             await asyncio.to_thread(getattr(os, "fdatasync", os.fsync), file.fd)
         except OSError as exc:
             raise _os_error(file.path, exc) from None

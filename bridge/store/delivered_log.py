@@ -10,8 +10,9 @@ what a crash left in the file before anything is delivered.
 
 Two files take turns, ``<database>.delivered-0`` and ``-1``: ids go to one until it has grown
 past :data:`ROTATE_BYTES` and every id in the other is committed; the other is then emptied and
-takes over. A file is emptied only once every id in it is committed, so a crash at any point
-leaves each uncommitted id in a file; a clean close removes both.
+takes over. A file is emptied only once every id it holds is committed or also held by the other
+(a carry, below), so a crash at any point leaves each uncommitted id in a file; a clean close
+removes both.
 
 Each file begins with a line naming the database it belongs to (``#`` and the token the store
 keeps in its ``meta`` table), then holds one decimal id per line. A file naming another database
@@ -147,7 +148,8 @@ class DeliveredLog:
         caller then waits for their commit)."""
         if not self.taking:
             return False
-        ids = [i for i in ids if i not in self._file_of]
+        # Each id once: an id counted twice in a file would keep it from ever being emptied.
+        ids = [i for i in dict.fromkeys(ids) if i not in self._file_of]
         if not ids:
             return True
         data = b"".join(b"%d\n" % i for i in ids)
@@ -195,7 +197,8 @@ class DeliveredLog:
     def close(self) -> None:
         """Close the files, removing each whose ids are all committed (a clean stop leaves none);
         the rest stay for the next open to apply."""
-        for f, fd in enumerate(self._fds):
+        fds, self._fds = self._fds, []  # closed from here on, even if a close below fails
+        for f, fd in enumerate(fds):
             os.close(fd)
             if self._open_ids[f] == 0:
                 try:
@@ -203,7 +206,6 @@ class DeliveredLog:
                 except OSError as exc:  # its ids are committed: applied again, they change nothing
                     log.warning("store.delivered_log_not_removed", path=str(self._paths[f]),
                                 error=str(exc))  # fmt: skip
-        self._fds = []
 
     def _carry(self, src: int, dst: int) -> None:
         """Write the ids of ``src`` not yet committed into ``dst``, so that ``src`` can be emptied:

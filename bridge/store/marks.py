@@ -71,7 +71,8 @@ class DeliveredMarks:
         the log outlived its database's rows (restored from an older copy), and such an id may
         yet name a row of this one that was never delivered. Marks that cannot be committed now
         (a full disk) are written to the new log and committed once the store can write, so their
-        rows are not delivered again meanwhile.
+        rows are not delivered again meanwhile (a crash in the moment between emptying the old
+        files and writing them to the new one can deliver them again: at least once holds).
 
         None when the files cannot be read or written: the workers then wait for each mark's
         commit, and files that could not be read keep their ids for the next open.
