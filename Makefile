@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # extras. A venv that `make test` has installed already has them.
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: demo test lint types pytest bench clean chromium
+.PHONY: demo test lint types pytest bench clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,20 +31,25 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy --strict bridge/
 
-# The console's browser tests drive the system's Chromium (Debian's package), never a download;
-# installed once, when no Chromium is on PATH (as root, or through sudo).
+# System packages the tests run: the console's browser tests drive the system's Chromium (Debian's
+# package), never a download; the unit's checks run systemd-analyze. Installed once, when missing
+# from PATH (as root, or through sudo), in one apt-get call.
 CHROMIUMS := chromium chromium-browser google-chrome
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-chromium:
-	@for b in $(CHROMIUMS); do command -v $$b >/dev/null 2>&1 && exit 0; done; \
-	echo "installing chromium for the console's browser tests"; \
+system-packages:
+	@missing=""; \
+	found=""; for b in $(CHROMIUMS); do command -v $$b >/dev/null 2>&1 && found=1; done; \
+	[ -n "$$found" ] || missing="chromium"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$${missing:+$$missing }systemd"; \
+	[ -z "$$missing" ] && exit 0; \
+	echo "installing $$missing for the tests"; \
 	$(SUDO) apt-get update -qq && \
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		chromium >/dev/null
+		$$missing >/dev/null
 
 # Two workers; --dist loadgroup keeps each xdist_group (the browser tests) on one worker.
-pytest: $(STAMP) chromium
+pytest: $(STAMP) system-packages
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 test: lint types pytest
