@@ -64,6 +64,10 @@ class Metrics:
         self.spool_bytes = gauge("spool_bytes", "Payload bytes held in the spool")
         self.disk_free_bytes = gauge("disk_free_bytes", "Free bytes on the state filesystem")
         self.store_writable = gauge("store_writable", "1 while the store accepts writes")
+        self.store_corrupt_files = gauge(
+            "store_corrupt_files",
+            "Corrupt state databases moved aside beside the state, until an operator removes them",
+        )
         self.deliveries = counter(
             "deliveries", "Delivery attempts by outcome (delivered, retry, dead)", "sink", "outcome"
         )

@@ -52,7 +52,7 @@ from bridge.sinks import SINK_TYPES
 from bridge.sources.webhook import WebhookSource
 from bridge.sources.websocket import WebSocketSource
 from bridge.stats import StatsReporter
-from bridge.store import Store, StoreLimits
+from bridge.store import Store, StoreLimits, moved_aside
 from bridge.systemd import Notifier
 from bridge.trigger import Trigger
 
@@ -470,6 +470,7 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 st = os.statvfs(Path(self.config.state.path).parent)
                 self.metrics.disk_free_bytes.set(st.f_bavail * st.f_frsize)
+            self.metrics.store_corrupt_files.set(len(moved_aside(Path(self.config.state.path))))
             now = time.time()  # every running sink, and removed ones still holding rows
             queues = {
                 name: (*counts.get(name, (0, 0)), pending_age(oldest.get(name), now))

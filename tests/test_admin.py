@@ -443,6 +443,25 @@ async def test_metrics_names_and_values_move_with_events(
         await rejecting.stop()
 
 
+def _write_garbage(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"this is not a database" * 400)
+
+
+async def test_a_corrupt_database_moved_aside_is_a_gauge_until_it_is_removed(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    config = make_config(tmp_path, None)
+    state = Path(config.state.path)
+    _write_garbage(state)
+    async with running_bridge(config) as sv:
+        admin = Admin(http, sv)
+        (aside,) = [n for n in os.listdir(state.parent) if ".corrupt-" in n]
+        assert sample(await admin.metrics(), "openmail_bridge_store_corrupt_files") == 1
+        os.unlink(state.with_name(aside))  # the operator took what they needed from it
+        assert sample(await admin.metrics(), "openmail_bridge_store_corrupt_files") == 0
+
+
 async def test_possible_gap_counted_when_the_replay_hits_its_limit(
     sim: Simulator, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:

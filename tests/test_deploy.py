@@ -309,6 +309,7 @@ def test_prometheus_rules_alert_on_exported_metrics_for_each_troubleshooting_row
     for symptom in ("ws.rejected", "key_rejected", "too_many_connections", "subscribe_rejected",
                     "bad_signature", "stale_timestamp", "spool_full", "store.write_failed",
                     "is in use by another openmail-bridge", "ws.cursor_reset", "ws.replay_limit",
-                    "delivery.dead_lettered", "event.unrouted"):  # fmt: skip
+                    "delivery.dead_lettered", "event.unrouted",
+                    "store.corrupt_moved_aside"):  # fmt: skip
         assert symptom in described, symptom
         assert symptom in README.read_text(), symptom  # still a row of the table

@@ -19,6 +19,7 @@ What lives where:
 from __future__ import annotations
 
 from bridge.store.bounds import StoreLimits
+from bridge.store.database import moved_aside
 from bridge.store.rows import (
     AcceptOutcome,
     AcceptResult,
@@ -44,4 +45,5 @@ __all__ = [
     "SinkCounts",
     "Store",
     "StoreLimits",
+    "moved_aside",
 ]

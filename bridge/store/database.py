@@ -28,6 +28,8 @@ BUSY_TIMEOUT: Final = 5.0
 share the file) before it fails with SQLITE_BUSY."""
 
 _FILE_MODE: Final = 0o600
+_MOVED_ASIDE: Final = ".corrupt-"
+"""Between a database's name and the time it was moved aside, in the name it is moved to."""
 
 
 class _Corrupt(Exception):
@@ -189,16 +191,28 @@ def _open_checked(
 def move_aside(path: Path) -> Path:
     """Rename the database and its -wal/-shm to ``<name>.corrupt-<UTC time>``; return that."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    target = path.with_name(f"{path.name}{_MOVED_ASIDE}{stamp}")
     n = 1
     while target.exists():
         n += 1
-        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        target = path.with_name(f"{path.name}{_MOVED_ASIDE}{stamp}-{n}")
     # The WAL goes first: a stale WAL left beside a fresh database would be replayed into it.
     for suffix in ("-wal", "-shm", ""):
         with contextlib.suppress(FileNotFoundError):
             Path(f"{path}{suffix}").rename(f"{target}{suffix}")
     return target
+
+
+def moved_aside(path: Path) -> list[Path]:
+    """The corrupt databases :func:`move_aside` left beside ``path`` (not their -wal/-shm): until
+    an operator removes them, each may hold events that were never delivered."""
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    prefix = path.name + _MOVED_ASIDE
+    found = (n for n in names if n.startswith(prefix) and not n.endswith(("-wal", "-shm")))
+    return sorted(path.with_name(n) for n in found)
 
 
 def open_database(
