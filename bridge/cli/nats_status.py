@@ -1,5 +1,5 @@
 """``nats-status``: the stream's and the consumer's state, read from NATS with the config's
-``nats:`` section (one connection attempt; credentials never printed)."""
+``nats:`` section (a bounded connection attempt; credentials never printed)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ async def _read(nats_config: NatsConfig) -> tuple[str, StreamInfo, ConsumerInfo 
 
     options = connect_options(nats_config)
     options["allow_reconnect"] = False
-    options["max_reconnect_attempts"] = 0
+    # A limit, not 0, which nats-py reads as "no limit": it would try for ever. With 1 it tries
+    # each server twice (reconnect_wait apart), then gives up with NoServersError.
+    options["max_reconnect_attempts"] = 1
     await client.connect(error_cb=quiet, **options)
     try:
         url = client.connected_url

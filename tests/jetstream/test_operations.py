@@ -11,6 +11,7 @@ import aiohttp
 import structlog
 
 from tests.conftest import (
+    free_port,
     make_config,
     run_cli,
     running_bridge,
@@ -143,6 +144,18 @@ async def test_nats_status_names_the_server_and_masks_the_credential(
     assert f"nats://***@127.0.0.1:{server.port}" in err
     assert "refused the credentials" in err
     assert "wrong-pass-93" not in out + err
+
+
+async def test_nats_status_with_no_server_answering_exits_1(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    closed = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    raw = sidecar_raw(tmp_path, nats_server, servers=[closed])
+    path = write_config(tmp_path / "sidecar.yaml", raw)
+    code, out, err = await run_cli("nats-status", "-c", str(path))  # within run_cli's 30 s
+    assert code == 1
+    assert f"NATS at {closed}: no server answers" in err
+    assert out == ""
 
 
 async def test_the_cluster_fixture_holds_a_replicated_stream(
