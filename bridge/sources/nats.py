@@ -55,6 +55,25 @@ def consumer_config(consume: NatsConsumeConfig) -> ConsumerConfig:
     )
 
 
+def consumer_differences(wanted: ConsumerConfig, found: ConsumerConfig) -> dict[str, object]:
+    """What of ``wanted`` (:func:`consumer_config`) an existing consumer's ``found`` config does
+    not hold: ``{key: {"server": found, "config": wanted}}``; empty when it holds all of it."""
+
+    def filters(config: ConsumerConfig) -> list[str]:
+        return sorted(
+            config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
+        )
+
+    pairs = {
+        "filter_subjects": (filters(found), filters(wanted)),
+        "ack_wait": (found.ack_wait, wanted.ack_wait),
+        "max_ack_pending": (found.max_ack_pending, wanted.max_ack_pending),
+    }
+    return {
+        key: {"server": have, "config": want} for key, (have, want) in pairs.items() if have != want
+    }
+
+
 def event_of(msg: Msg) -> Event:
     """The event an edge published as ``msg``: its bytes unchanged, its id from the body (else
     the ``X-Event-Id`` header the sink sent), its origin from ``X-OpenMail-Bridge-Source``
@@ -193,11 +212,24 @@ class NatsSource:
     async def _subscribe(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
         """Bind to the durable consumer, creating it if missing."""
         stream, durable = self.config.stream.name, self.consume.consumer
+        wanted = consumer_config(self.consume)
         try:
             self.consumer_info = await js.consumer_info(stream, durable)
         except nats.js.errors.NotFoundError:
-            self.consumer_info = await js.add_consumer(stream, consumer_config(self.consume))
+            self.consumer_info = await js.add_consumer(stream, wanted)
             log.info("nats.consumer_created", stream=stream, consumer=durable)
+        else:
+            # An existing durable consumer is the server's: used as it is, never changed under
+            # other sidecars sharing it. A config that says otherwise is warned of at each bind.
+            if differs := consumer_differences(wanted, self.consumer_info.config):
+                log.warning(
+                    "nats.consumer_differs",
+                    stream=stream,
+                    consumer=durable,
+                    differs=differs,
+                    hint="the consumer is used as the server has it: change it with "
+                    "`nats consumer edit`, or name a new consumer in nats.consume.consumer",
+                )
         return await js.pull_subscribe_bind(durable, stream=stream)
 
     async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:

@@ -191,3 +191,28 @@ async def test_consuming_resumes_after_an_outage(tmp_path: Path, nats_server: Na
         await publish(nats_server, {"evt_b": event_body("evt_b")})
         await wait_until(lambda: len(read_lines(out)) == 2, 10)
     assert [line["event_id"] for line in read_lines(out)] == ["evt_a", "evt_b"]
+
+
+async def test_an_existing_consumer_unlike_the_config_is_used_as_it_is_with_a_warning(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    raw = sidecar_raw(
+        tmp_path, nats_server, consume={"filter_subjects": ["openmail.inb_a.>"], "ack_wait": "30s"}
+    )
+    async with running_sidecar(load_raw(tmp_path, raw)):
+        pass  # the durable consumer now exists, with inb_a and 30s
+    raw["nats"]["consume"].update(filter_subjects=["openmail.inb_b.>"], ack_wait="90s")
+    with structlog.testing.capture_logs() as logs:
+        async with running_sidecar(load_raw(tmp_path, raw)):
+            pass
+    (warning,) = [e for e in logs if e["event"] == "nats.consumer_differs"]
+    assert warning["log_level"] == "warning"
+    assert warning["differs"] == {
+        "filter_subjects": {"server": ["openmail.inb_a.>"], "config": ["openmail.inb_b.>"]},
+        "ack_wait": {"server": 30.0, "config": 90.0},
+    }
+    assert "nats consumer edit" in warning["hint"]
+    async with nats_client(nats_server) as client:
+        info = await client.jetstream().consumer_info("OPENMAIL", "agent-support")
+    assert info.config.filter_subject == "openmail.inb_a.>"  # unchanged on the server
+    assert not [e for e in logs if e["event"] == "nats.consumer_created"]
