@@ -178,16 +178,7 @@ class Supervisor:
     async def _start(self) -> None:
         self.phase = Phase.STARTING
         config = self.config
-        if config.state.max_bytes < config.openmail.webhook.max_body:
-            log.warning(
-                "config.spool_smaller_than_max_body",
-                max_bytes=config.state.max_bytes,
-                max_body=config.openmail.webhook.max_body,
-                hint="an event larger than state.max_bytes can never be stored; over the "
-                "WebSocket it blocks the events after it until the bound is raised",
-            )
-        for warning in config_warnings(config):
-            log.warning(warning.event, setting=warning.key, hint=warning.message)
+        _log_warnings(config)
         store = await Store.open(config.state.path, StoreLimits.from_config(config.state))
         try:
             self.running = running = self._assemble(store)
@@ -342,6 +333,7 @@ class Supervisor:
         self.metrics.config_reloads.labels("ok").inc()
         self.last_reload = reload_result("ok", [], at=time.time())
         log.info("config.reloaded", sinks=list(new.sinks), routes=[r.name for r in new.routes])
+        _log_warnings(self.config)  # what now runs, as check would say of it
         return True
 
     async def _apply(self, new: Config) -> None:
@@ -478,3 +470,9 @@ class Supervisor:
             }
             self.metrics.set_queues(queues)
         return self.metrics.render()
+
+
+def _log_warnings(config: Config) -> None:
+    """What ``check`` prints as warnings, logged (at start, and after each applied reload)."""
+    for warning in config_warnings(config):
+        log.warning(warning.event, setting=warning.key, hint=warning.message)

@@ -36,6 +36,7 @@ from conftest import (
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from bridge.config import config_warnings
 from bridge.simulator import Simulator
 from bridge.store import Store
 from bridge.supervisor import Supervisor
@@ -766,3 +767,32 @@ def test_status_command_prints_summary_and_json(
     gone = status_command(path)
     assert gone.returncode == 1
     assert "is it running?" in gone.stderr
+
+
+def test_check_warns_of_a_spool_smaller_than_one_request_body(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path, None, state={"max_bytes": "1MiB"}, openmail={"webhook": {"max_body": "2MiB"}}
+    )
+    (warning,) = [w for w in config_warnings(config) if w.event.startswith("config.spool")]
+    assert (warning.event, warning.key) == ("config.spool_smaller_than_max_body", "state.max_bytes")
+    assert "(1048576 bytes) is below openmail.webhook.max_body (2097152)" in warning.message
+
+
+async def test_a_reload_warns_of_what_check_would_warn_of(tmp_path: Path) -> None:
+    before = make_config(
+        tmp_path, None, state={"max_bytes": "2MiB"}, openmail={"webhook": {"max_body": "1MiB"}}
+    )
+    after = make_config(
+        tmp_path, None, state={"max_bytes": "2MiB"}, openmail={"webhook": {"max_body": "4MiB"}}
+    )
+    sv = Supervisor(before, reload_config=lambda: after)
+    with capture_logs() as logged:
+        await sv.start()
+        try:
+            assert not [e for e in logged if e["event"] == "config.spool_smaller_than_max_body"]
+            assert await sv.reload()  # max_body applies on reload; it now passes the spool
+        finally:
+            await sv.stop()
+    (warning,) = [e for e in logged if e["event"] == "config.spool_smaller_than_max_body"]
+    assert warning["log_level"] == "warning"
+    assert warning["setting"] == "state.max_bytes"

@@ -122,6 +122,16 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
                 warnings.append(
                     ConfigWarning("config.file_sink_directory", f"sinks.{name}.path", message)
                 )
+    if config.state.max_bytes < config.openmail.webhook.max_body:
+        warnings.append(
+            ConfigWarning(
+                "config.spool_smaller_than_max_body",
+                "state.max_bytes",
+                f"({config.state.max_bytes} bytes) is below openmail.webhook.max_body "
+                f"({config.openmail.webhook.max_body}): an event larger than the spool can never "
+                "be stored, and over the WebSocket it blocks the events after it",
+            )
+        )
     if config.nats is not None and (short := duplicate_window_short(config.nats)):
         warnings.append(
             ConfigWarning("config.nats_duplicate_window", "nats.stream.duplicate_window", short)
