@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
+from bridge.throttle import Throttle
+
 log = structlog.get_logger("bridge.systemd")
 
 STATUS_INTERVAL = 1.0
@@ -32,6 +34,7 @@ class Notifier:
         self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and own and int(usec) else None
         self._task: asyncio.Task[None] | None = None
         self._status: str | None = None  # the last STATUS= sent
+        self._failed_log = Throttle()  # a watchdog beat fails as often as it beats
 
     @property
     def enabled(self) -> bool:
@@ -48,7 +51,9 @@ class Notifier:
                 sock.connect(self._address)
                 sock.sendall(message)
         except OSError as exc:
-            log.warning("systemd.notify_failed", error=str(exc))
+            if (suppressed := self._failed_log.admit()) is not None:
+                extra = {"failed_since_last_line": suppressed} if suppressed else {}
+                log.warning("systemd.notify_failed", error=str(exc), **extra)
 
     def ready(self, status: str) -> None:
         self.notify(READY="1", STATUS=status)

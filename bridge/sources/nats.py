@@ -120,6 +120,7 @@ class NatsSource:
         self.metrics = metrics
         self._fetch_wait = fetch_wait
         self._retry_wait = retry_wait
+        self._failed_log = Throttle()  # one line a minute while consuming keeps failing
         self._spool: Spool | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -193,12 +194,15 @@ class NatsSource:
                 await self._consume(subscription)
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
-                log.warning(
-                    "nats.consume_failed",
-                    consumer=self.consume.consumer,
-                    error=self.last_error,
-                    retry_in=self._retry_wait,
-                )
+                if (suppressed := self._failed_log.admit()) is not None:
+                    extra = {"failed_since_last_line": suppressed} if suppressed else {}
+                    log.warning(
+                        "nats.consume_failed",
+                        consumer=self.consume.consumer,
+                        error=self.last_error,
+                        retry_in=self._retry_wait,
+                        **extra,
+                    )
             except Exception:
                 # A bug must not end consuming for the life of the process: what was fetched
                 # and not acked is redelivered after ack_wait.

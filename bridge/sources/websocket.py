@@ -92,6 +92,8 @@ class WebSocketSource:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._closing: asyncio.Future[bool] | None = None
         self._invalid_log = Throttle()
+        self._server_error_log = Throttle()
+        self._too_large_log = Throttle()
         self._stopping = asyncio.Event()
         self._reconnect_now = asyncio.Event()
         self.health = Health(since=time.time())
@@ -285,8 +287,17 @@ class WebSocketSource:
 
     def _closed(self, link: _Link) -> Disconnected:
         cause = link.session.closed(link.ws.close_code, reconfiguring=self._reconnect_now.is_set())
-        if cause.frame_too_large:
-            log.error("ws.frame_too_large", max_body=self.config.webhook.max_body)
+        # The replay sends the same event again at each reconnect: one line a minute, not one
+        # error per retry.
+        if cause.frame_too_large and (suppressed := self._too_large_log.admit()) is not None:
+            extra = {"closes_since_last_line": suppressed} if suppressed else {}
+            log.error(
+                "ws.frame_too_large",
+                max_body=self.config.webhook.max_body,
+                hint="an event is larger than openmail.webhook.max_body, which bounds one "
+                "WebSocket frame too; raise it and reload",
+                **extra,
+            )
         return Disconnected(cause)
 
     # --- subscribing -----------------------------------------------------------------------
@@ -352,8 +363,12 @@ class WebSocketSource:
 
     def _pass_over(self, action: ws_session.Received) -> None:
         """A frame that carries no event: log what the server said, count what is invalid."""
-        if isinstance(action, ws_session.ServerError):
-            log.warning("ws.server_error", message=action.message)
+        if (
+            isinstance(action, ws_session.ServerError)
+            and (suppressed := self._server_error_log.admit()) is not None
+        ):
+            extra = {"errors_since_last_line": suppressed} if suppressed else {}
+            log.warning("ws.server_error", message=action.message[:200], **extra)
         if not isinstance(action, ws_session.Invalid):
             return
         # The server chooses how often this runs: a hostile or broken one must not flood the
