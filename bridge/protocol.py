@@ -11,6 +11,7 @@ import enum
 import hashlib
 import hmac
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -152,6 +153,15 @@ def _no_constant(name: str) -> object:
     raise ProtocolError(f"JSON with {name}, which JSON does not allow")
 
 
+def _finite(text: str) -> float:
+    # 1e400 is a JSON number that no float holds: read as inf, it would be written back as
+    # Infinity, which is not JSON, to every sink that re-encodes the event.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"JSON with the number {text[:40]}, too large for a float")
+    return value
+
+
 def loads_strict(raw: bytes | str) -> object:
     """Decode JSON as strictly as the signature vouches for it.
 
@@ -175,7 +185,9 @@ def loads_strict(raw: bytes | str) -> object:
             if orjson.dumps(fast) == raw:
                 return fast
     try:
-        return json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        return json.loads(
+            raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=_finite
+        )
     except ProtocolError:
         raise
     except (ValueError, RecursionError) as exc:

@@ -209,3 +209,21 @@ def test_one_outcome_per_attachment() -> None:
     assert isinstance(listing, payload.Listing)
     with pytest.raises(ValueError, match="2 outcomes for 1"):
         payload.written(listing, [Reason.TIMEOUT, Reason.TIMEOUT])
+
+
+def test_a_lone_surrogate_is_written_back_escaped_as_it_came() -> None:
+    # An emoji cut in half by a length cap: legal JSON, not UTF-8 once decoded.
+    listing = payload.read(event([{**ITEM, "parsedText": "ok \ud83d"}]))
+    assert isinstance(listing, payload.Listing)
+    out = payload.written(listing, [Reason.TIMEOUT])
+    assert b'"parsedText":"ok \\ud83d"' in out
+    assert json.loads(out)["message"]["attachments"][0]["reason"] == "timeout"
+
+
+def test_a_number_no_float_holds_is_not_written_back_as_infinity() -> None:
+    # Stored by an earlier release, which read 1e400 as inf: refused here, and the service
+    # then sends the payload as received.
+    listing = payload.read(event([ITEM], size=1e400))
+    assert isinstance(listing, payload.Listing)
+    with pytest.raises(ValueError, match="JSON compliant"):
+        payload.written(listing, [Reason.TIMEOUT])

@@ -185,3 +185,10 @@ def test_a_key_given_twice_is_refused_in_any_spacing(raw: bytes) -> None:
 )
 def test_strict_parse_returns_what_the_standard_parser_returns(raw: bytes) -> None:
     assert protocol.loads_strict(raw) == json.loads(raw)
+
+
+@pytest.mark.parametrize("raw", [b'{"n":1e400}', b'{"n": -1E+999}', b"[1.5e309]"])
+def test_a_number_no_float_holds_is_refused(raw: bytes) -> None:
+    # Read as inf it would be written back as Infinity, which is not JSON.
+    with pytest.raises(protocol.ProtocolError, match="too large for a float"):
+        protocol.loads_strict(raw)

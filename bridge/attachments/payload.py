@@ -81,7 +81,13 @@ def written(listing: Listing, outcomes: Sequence[Outcome]) -> bytes:
     for (index, item), outcome in zip(listing.items, outcomes, strict=True):
         attachments[index] = with_outcome(item, outcome)
     document = {**listing.document, "message": {**message, "attachments": attachments}}
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate ("\ud83d", an emoji cut in half) is legal JSON but not UTF-8: kept
+        # escaped, as it came.
+        return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
 def with_outcome(item: dict[str, object], outcome: Outcome) -> dict[str, object]:

@@ -163,7 +163,20 @@ class AttachmentService:
             )
         outcomes = await self._fetch_all([item for _, item in listing.items])
         self._report(delivery.event_id, outcomes)
-        return await _off_loop(len(delivery.payload), payload.written, listing, outcomes)
+        try:
+            return await _off_loop(len(delivery.payload), payload.written, listing, outcomes)
+        except (ValueError, RecursionError) as exc:
+            # Read but not writable back as JSON (a number too large for a float, stored by an
+            # earlier release): retrying cannot change that, and an event never waits on its
+            # attachments.
+            self._log.warning(
+                "attachments.malformed",
+                event_id=delivery.event_id,
+                reason="not_rewritable",
+                error=str(exc)[:200],
+                hint="the event is sent as received, without local files",
+            )
+            return delivery.payload
 
     async def _fetch_all(self, items: Sequence[dict[str, object]]) -> list[Outcome]:
         if not self.files.ready:

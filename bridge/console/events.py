@@ -24,7 +24,10 @@ Routes = Callable[[Event], Sequence[str]]
 
 
 def _text(value: object) -> str | None:
-    return value[:CONTENT_CHARS] if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    # A lone surrogate (legal in JSON, "\ud83d") cannot be written into the page as UTF-8.
+    return value[:CONTENT_CHARS].encode("utf-8", "replace").decode("utf-8")
 
 
 def content(data: Mapping[str, object]) -> dict[str, str | None]:

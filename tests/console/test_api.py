@@ -199,6 +199,19 @@ async def test_content_is_shown_only_with_show_content(tmp_path: Path, receiver:
         assert "<b>Hello" not in page
 
 
+async def test_a_subject_ending_in_half_an_emoji_still_shows_the_page(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = console_config(tmp_path, None, receiver, token=TOKEN, show_content=True)
+    async with running_bridge(config) as sv, aiohttp.ClientSession() as http:
+        client = Client(http, sv)
+        await client.send("evt_cut", subject="Cut at the cap \ud83d")  # legal JSON, not UTF-8
+        assert (await client.event("evt_cut"))["content"]["subject"] == "Cut at the cap ?"
+        async with http.get(client.base + "/", headers=BEARER) as response:
+            assert response.status == 200
+            assert "Cut at the cap ?" in await response.text()
+
+
 async def test_a_rejected_key_is_named_in_the_sources_panel(
     tmp_path: Path, sim: Simulator, receiver: Receiver
 ) -> None:
