@@ -13,7 +13,7 @@ import hmac
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -378,6 +378,30 @@ def signature_well_formed(value: str) -> bool:
     Checked before the body is read, so a request that cannot match costs no body bytes.
     """
     return _SIGNATURE.fullmatch(value.strip()) is not None
+
+
+_INBOX_ID: Final = re.compile(rb'"inbox_id"\s*:\s*"([^"\\]{1,256})"')
+_INBOX_SCAN: Final = 64
+"""``inbox_id`` strings read from unverified bytes at most, however many a body holds."""
+
+
+def named_inboxes(body: bytes | bytearray, known: Container[str], limit: int = 4) -> list[str]:
+    """The inboxes of ``known`` that unverified ``body`` names as an ``inbox_id`` string, in order,
+    at most ``limit`` of them: which per-inbox secrets are worth trying, found without decoding
+    (a forged body costs a byte search and ``limit`` HMACs, not a parse). Only a hint: what the
+    verified body claims (:func:`claimed_inbox`) decides."""
+    # Searched as the JSON decoder reads it: UTF-8 as it is (no copy), UTF-16/32 re-encoded.
+    encoding = json.detect_encoding(body)
+    if not encoding.startswith("utf-8"):
+        body = bytes(body).decode(encoding, "replace").encode("utf-8", "replace")
+    found: list[str] = []
+    for n, match in enumerate(_INBOX_ID.finditer(body)):
+        if n == _INBOX_SCAN or len(found) == limit:
+            break
+        name = match.group(1).decode("utf-8", "replace")
+        if name in known and name not in found:
+            found.append(name)
+    return found
 
 
 def claimed_inbox(data: object) -> str | None:

@@ -192,3 +192,19 @@ def test_a_number_no_float_holds_is_refused(raw: bytes) -> None:
     # Read as inf it would be written back as Infinity, which is not JSON.
     with pytest.raises(protocol.ProtocolError, match="too large for a float"):
         protocol.loads_strict(raw)
+
+
+def test_named_inboxes_are_the_known_ones_the_bytes_name_in_order() -> None:
+    known = {"inb_a", "inb_b", "inb_c"}
+    body = b'{"inbox_id" : "inb_b", "x": {"inbox_id":"inb_zz"}, "y": [{"inbox_id":"inb_a"}]}'
+    assert protocol.named_inboxes(body, known) == ["inb_b", "inb_a"]
+    assert protocol.named_inboxes(body, known, limit=1) == ["inb_b"]
+    assert protocol.named_inboxes(b'{"inbox_id":"inb_\\u0061"}', known) == []  # only a hint
+    utf16 = '{"inbox_id": "inb_c"}'.encode("utf-16")  # as the JSON decoder would read it
+    assert protocol.named_inboxes(utf16, known) == ["inb_c"]
+
+
+def test_named_inboxes_reads_a_bounded_number_of_ids() -> None:
+    # A body naming unknown inboxes many times costs a bounded scan, not one step per name.
+    body = b"[" + b'{"inbox_id":"inb_x"},' * 1000 + b'{"inbox_id":"inb_a"}]'
+    assert protocol.named_inboxes(body, {"inb_a"}) == []

@@ -299,29 +299,35 @@ class WebhookSource:
     ) -> tuple[object, bytes]:
         """The decoded body and its bytes, once its signature matched; raises Rejected otherwise.
 
-        A body read into a buffer becomes bytes only once it matched, so a forged one is never
-        copied; with per-inbox secrets it is decoded (as bytes) first, to learn the claimed inbox
-        whose secret is worth trying."""
+        Nothing is decoded before a signature matched: a body read into a buffer becomes bytes,
+        and is parsed, only then. A per-inbox secret vouches for its own inbox's events only: the
+        inboxes the bytes name pick which of those secrets to try, and the decoded body must then
+        claim the inbox whose secret matched."""
         config = self.config
-        secrets = [s.get() for s in config.account_secrets]
-        data: object = None
-        if config.inbox_secrets:
-            body = bytes(body)
-            # The claimed inbox picks the one inbox secret worth trying; the signature decides.
-            # A per-inbox secret vouches for its own inbox's events only, and the inbox it was
-            # picked by is the one in these very bytes.
-            data = await self._decode(body)
-            claimed = protocol.claimed_inbox(data)
-            if claimed is not None and claimed in config.inbox_secrets:
-                secrets.append(config.inbox_secrets[claimed].get())
         signature = request.headers[protocol.SIGNATURE_HEADER]
-        matched = await self._off_loop(
+        accounts = [s.get() for s in config.account_secrets]
+        if await self._matches(accounts, timestamp, body, signature):
+            raw = bytes(body)  # the same object when it is bytes already
+            return await self._decode(raw), raw
+        for inbox in protocol.named_inboxes(body, config.inbox_secrets):
+            secret = config.inbox_secrets[inbox].get()
+            if await self._matches([secret], timestamp, body, signature):
+                raw = bytes(body)
+                data = await self._decode(raw)
+                if protocol.claimed_inbox(data) != inbox:
+                    detail = f"signed with the secret of inbox {inbox}, for another inbox"
+                    raise Rejected(400, "bad_signature", detail)
+                return data, raw
+        raise Rejected(400, "bad_signature", "X-Signature does not match the body")
+
+    async def _matches(
+        self, secrets: list[str], timestamp: str, body: bytes | bytearray, signature: str
+    ) -> bool:
+        if not secrets:
+            return False
+        return await self._off_loop(
             len(body), protocol.signature_matches, secrets, timestamp, body, signature
         )
-        if not matched:
-            raise Rejected(400, "bad_signature", "X-Signature does not match the body")
-        raw = bytes(body)  # the same object when it is bytes already
-        return (data if config.inbox_secrets else await self._decode(raw)), raw
 
     async def _receive(self, request: web.Request, spool: Spool) -> web.StreamResponse:
         timestamp = self._check_headers(request)

@@ -498,6 +498,32 @@ async def test_inbox_secret_never_verifies_another_inbox(
     await assert_rejected(per_inbox, body, signed_headers(body, secret), 400, "bad_signature")
 
 
+async def test_an_inbox_secret_for_an_inbox_named_only_inside_the_body_verifies_nothing(
+    per_inbox: Hook,
+) -> None:
+    """The inboxes the bytes name pick the secrets to try; the event must claim that inbox."""
+    body = json.dumps(
+        {"event_id": "evt_n", "inbox_id": INBOX_B, "message": {"inbox_id": INBOX_A}}
+    ).encode()
+    await assert_rejected(per_inbox, body, signed_headers(body, SECRET_A), 400, "bad_signature")
+
+
+async def test_with_inbox_secrets_a_forged_body_is_refused_before_it_is_parsed(
+    per_inbox: Hook,
+) -> None:
+    """Nothing unverified is decoded: a forged body that is not JSON is a bad signature, never
+    malformed JSON, and a forged one that is costs a byte search, not a parse."""
+    forged = b"not json at all"
+    await assert_rejected(
+        per_inbox, forged, signed_headers(forged, "no-such-secret"), 400, "bad_signature"
+    )
+    many = b'[{"inbox_id":"' + INBOX_A.encode() + b'"},' + b"{}," * 100_000 + b"{}]"
+    code, _, _ = await per_inbox.post(many, signed_headers(many, "no-such-secret"))
+    assert code == 400
+    assert per_inbox.rejected("bad_signature") == 2
+    assert per_inbox.rejected("malformed_json") == 0
+
+
 async def test_two_inboxes_sharing_a_secret_each_verify(tmp_path: Path) -> None:
     """Two inbox webhooks configured with the same secret: each inbox's events still verify."""
     webhook = {"secrets": {INBOX_A: SECRET_A, INBOX_B: SECRET_A}}
