@@ -116,12 +116,15 @@ class Gate:
         now: dict[str, None] = {}
         limited: list[Limited] = []
         notes: list[Note] = []
-        sender = next(iter(addresses(event.sender)), None)
+        # Every author counts: one of the account's own, or a bounce address, among them guards
+        # the event, and they are limited together (a stranger naming a real sender beside
+        # their own spends a quota of their own, never that sender's).
+        senders = addresses(event.sender)
         for route in self.router.matching(event):
             gate = self._gates[route.name]
             passing = gate.free
             if gate.guard is not None and gate.guarded:
-                reason = self._guard_reason(gate.guard, event, sender)
+                reason = self._guard_reason(gate.guard, event, senders)
                 if reason is None:
                     passing = route.sinks
                     if event.facts.auto_replyable is False:  # let through by `deliver`
@@ -135,7 +138,7 @@ class Gate:
                 passing = route.sinks
             if not passing:
                 continue
-            keys = self._limit_keys(route.name, gate.limits, event, sender)
+            keys = self._limit_keys(route.name, gate.limits, event, senders)
             if keys:
                 quarantine = gate.guard.quarantine if gate.guard is not None else None
                 limited.append(
@@ -152,23 +155,25 @@ class Gate:
                 now.update(dict.fromkeys(passing))
         return Plan(sinks=tuple(now), limited=tuple(limited), notes=tuple(notes), learned=learned)
 
-    def _guard_reason(self, guard: GuardConfig, event: Event, sender: str | None) -> Reason | None:
-        if sender is not None:
-            if sender in self.own:
-                return Reason.LOOP
-            if is_bounce(sender):
-                return Reason.BOUNCE
+    def _guard_reason(
+        self, guard: GuardConfig, event: Event, senders: tuple[str, ...]
+    ) -> Reason | None:
+        if any(sender in self.own for sender in senders):
+            return Reason.LOOP
+        if any(is_bounce(sender) for sender in senders):
+            return Reason.BOUNCE
         if event.facts.auto_replyable is False and guard.auto_replyable == "block":
             return Reason.NO_REPLY
         return None
 
     @staticmethod
     def _limit_keys(
-        route: str, limits: LimitsConfig, event: Event, sender: str | None
+        route: str, limits: LimitsConfig, event: Event, senders: tuple[str, ...]
     ) -> tuple[tuple[Reason, str, RateLimit], ...]:
         keys: list[tuple[Reason, str, RateLimit]] = []
         # An event without a sender or thread is not counted under that limit.
-        if limits.per_sender is not None and sender is not None:
+        if limits.per_sender is not None and senders:
+            sender = ",".join(senders)
             keys.append((Reason.PER_SENDER, rate_key(route, "sender", sender), limits.per_sender))
         if limits.per_thread is not None and event.thread_id:
             keys.append(

@@ -41,12 +41,32 @@ def addresses(header: str | None) -> tuple[str, ...]:
     return _parsed(header)
 
 
+_QUOTED: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
+_COMMENT: Final = re.compile(r"\((?:[^()\\]|\\.)*\)")
+_ANGLE_ADDR: Final = re.compile(r"<([^<>]*)>")
+
+
 @functools.lru_cache(maxsize=4096)
 def _parsed(header: str) -> tuple[str, ...]:
     # The email package's parser costs ~30 us a call; the headers that reach it come again and
     # again (an inbox's own address, a busy sender), and a storm of new ones only evicts older
     # entries from a bounded cache.
-    return tuple(addr.lower() for _, addr in getaddresses([header]) if addr)
+    parsed = tuple(addr.lower() for _, addr in getaddresses([header]) if addr)
+    # A sender chooses the display name. Written unquoted with an @ in it, ``ceo@x.com
+    # <attacker@evil.org>``, the parser reads it as a second address, which a route's `from`
+    # or a limit's sender key would then trust. Where a mailbox has an angle-addr, it is that
+    # mailbox's only address.
+    text = _COMMENT.sub(" ", _QUOTED.sub('""', header))
+    if "<" not in text:
+        return parsed
+    found: list[str] = []
+    for mailbox in text.split(","):
+        angles = _ANGLE_ADDR.findall(mailbox)
+        address = angles[-1] if angles else mailbox.rsplit(":", 1)[-1]
+        address = address.strip(" \t;").lower()
+        if address and address in parsed:
+            found.append(address)
+    return tuple(found)
 
 
 def _compile_globs(patterns: Sequence[str]) -> re.Pattern[str]:
@@ -191,12 +211,22 @@ def _glob(patterns: Sequence[str], field: Callable[[Event], str | None]) -> Test
     return test
 
 
-def _address_glob(patterns: Sequence[str], field: Callable[[Event], str | None]) -> Test | None:
-    """Holds when one of the globs matches one of the header's address parts. Never for an event
-    without a message (lifecycle events): it has no addresses."""
+def _address_glob(
+    patterns: Sequence[str], field: Callable[[Event], str | None], *, every: bool = False
+) -> Test | None:
+    """Holds when one of the globs matches one of the header's address parts (``every``: each of
+    them, and there is one). Never for an event without a message (lifecycle events): it has no
+    addresses."""
     if not patterns:
         return None
     globs = _compile_globs(patterns)
+    if every:
+
+        def test(event: Event) -> bool:
+            found = addresses(field(event))
+            return bool(found) and all(globs.fullmatch(a) for a in found)
+
+        return test
     return lambda event: any(globs.fullmatch(a) for a in addresses(field(event)))
 
 
@@ -205,7 +235,9 @@ def compile_match(match: RouteMatch) -> Matcher:
     keys: list[tuple[str, Miss, Test | None]] = [
         ("inbox_ids", Miss.INBOX, _one_of(match.inbox_ids, lambda e: e.inbox_id)),
         ("event_types", Miss.EVENT_TYPE, _one_of(match.event_types, lambda e: e.type)),
-        ("from", Miss.SENDER, _address_glob(match.senders, lambda e: e.sender)),
+        # Every author: a stranger naming a trusted address beside their own in From is not
+        # trusted. Any recipient: mail to support and sales is mail to support.
+        ("from", Miss.SENDER, _address_glob(match.senders, lambda e: e.sender, every=True)),
         ("to", Miss.RECIPIENT, _address_glob(match.recipients, lambda e: e.recipient)),
         ("verdict", Miss.VERDICT, _one_of(match.verdict, lambda e: e.facts.verdict, fold=True)),
         ("category", Miss.CATEGORY, _one_of(match.category, lambda e: e.facts.category, fold=True)),

@@ -287,3 +287,34 @@ def test_only_a_single_to_address_is_learned() -> None:
     body = email(1).replace(AGENT.encode(), b"agent@example.com, boss@example.org")
     own.learn(parse_event(body, Origin.WEBHOOK))
     assert own.learned == set()
+
+
+def test_a_stranger_naming_a_real_sender_spends_a_quota_of_their_own(tmp_path: Path) -> None:
+    data = bridge_config_dict(
+        tmp_path,
+        sinks={"agent": {"type": "http", "url": "http://127.0.0.1:9/hook"}},
+        routes=[{"name": "agent", "sinks": ["agent"], "limits": {"per_sender": "3/10m"}}],
+    )
+    config = make_config(tmp_path, **{k: data[k] for k in ("sinks", "routes")})
+    gate = Gate(config.routes, config.sinks, OwnAddresses())
+
+    def sender_key(sender: str) -> str:
+        (limited,) = gate.plan(parse_event(email(1, sender=sender), Origin.WEBHOOK)).limited
+        (key,) = [key for reason, key, _ in limited.keys if reason is Reason.PER_SENDER]
+        return key
+
+    ceo = sender_key("Jane Doe <ceo@mycorp.example>")
+    assert sender_key("ceo@mycorp.example <attacker@evil.example>") != ceo
+    assert sender_key("ceo@mycorp.example, attacker@evil.example") != ceo
+    assert sender_key("CEO <CEO@mycorp.example>") == ceo
+
+
+def test_an_own_address_among_several_authors_is_a_loop(tmp_path: Path) -> None:
+    config = make_config(
+        tmp_path,
+        sinks={"agent": {"type": "http", "url": "http://127.0.0.1:9/hook"}},
+        routes=[{"name": "agent", "sinks": ["agent"]}],
+    )
+    gate = Gate(config.routes, config.sinks, OwnAddresses([AGENT]))
+    both = parse_event(email(1, sender=f"jane@example.org, {AGENT}"), Origin.WEBHOOK)
+    assert gate.plan(both).notes == (Note("agent", Reason.LOOP, Action.DROPPED),)
