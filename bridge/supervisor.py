@@ -108,6 +108,9 @@ class Supervisor:
         self.notifier = notifier or Notifier(env={})
         self._reload_config = reload_config or self._load_from_source
         self._stop_requested = asyncio.Event()
+        # One reload at a time, and none once stopping: two at once would each replace the
+        # same worker, and the one left out of the dispatcher would run on, never stopped.
+        self._reloading = asyncio.Lock()
         self.running: Running | None = None
         self.phase = Phase.NEW
         self.started_at: float | None = None
@@ -283,6 +286,8 @@ class Supervisor:
         self.phase = Phase.STOPPING
         self.notifier.stopping()
         log.info("bridge.stopping", timeout=self.config.shutdown_timeout)
+        async with self._reloading:
+            pass  # a reload under way finishes first: the drain then stops the workers it started
         running = self.running
         if running is not None:
             if running.webhook is not None:
@@ -309,7 +314,16 @@ class Supervisor:
     # --- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> bool:
-        """Re-read the config and swap it in; an invalid one is reported and the old one stays."""
+        """Re-read the config and swap it in; an invalid one is reported and the old one stays.
+
+        Reloads run one at a time, in the order asked; one asked while stopping does nothing."""
+        async with self._reloading:
+            if self.stopping or self.running is None:
+                log.info("config.reload_skipped", reason="the bridge is not running")
+                return False
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         try:
             new = self._reload_config()
         except ConfigError as exc:
@@ -353,8 +367,10 @@ class Supervisor:
             return {name: worker.config for name, worker in workers.items()}
 
         for name in sinks_to_replace(running_sinks(), new.sinks):
-            await workers[name].stop(min(new.shutdown_timeout, 5.0))
-            del workers[name]
+            worker = workers[name]
+            await worker.stop(min(new.shutdown_timeout, 5.0))
+            if workers.get(name) is worker:
+                del workers[name]
         try:
             await self._start_workers(running, new.sinks)
         except Exception:

@@ -591,6 +591,48 @@ async def test_delivered_rows_are_pruned(
     assert sorted(ids_of(receiver.accepted)) == sorted(sent)
 
 
+# --- reloads one at a time -----------------------------------------------------------------------
+
+
+async def test_two_reloads_at_once_leave_one_worker_per_sink(
+    tmp_path: Path, sim: Simulator, receiver: Receiver
+) -> None:
+    """Two SIGHUPs close together each replace the changed sink's worker: one after the other,
+    so no replaced worker is left running outside the dispatcher, delivering a second time."""
+    configs = [
+        make_config(tmp_path, sim, sinks={"agent": http_sink(receiver, timeout=f"{n}s")})
+        for n in (10, 11, 12)
+    ]
+    following = iter(configs[1:])
+    supervisor = Supervisor(configs[0], reload_config=lambda: next(following))
+    await supervisor.start()
+    try:
+        await wait_connected(sim, supervisor)
+        alone = len(worker_tasks("agent"))
+        assert alone > 0
+        assert await asyncio.gather(supervisor.reload(), supervisor.reload()) == [True, True]
+        assert supervisor.config.sinks["agent"] == configs[2].sinks["agent"]
+        assert len(worker_tasks("agent")) == alone  # the replaced workers are gone
+        sent = [await sim.inject(inbox_id=INBOX) for _ in range(20)]
+        await wait_until(lambda: len(receiver.accepted) >= 20)
+    finally:
+        await supervisor.stop()
+    assert sorted(ids_of(receiver.accepted)) == sorted(sent)  # each once
+    assert worker_tasks("agent") == []
+
+
+async def test_a_reload_asked_while_stopping_does_nothing(tmp_path: Path, sim: Simulator) -> None:
+    supervisor = Supervisor(
+        make_config(tmp_path, sim), reload_config=lambda: make_config(tmp_path, sim)
+    )
+    await supervisor.start()
+    stopping = asyncio.ensure_future(supervisor.stop())
+    await wait_until(lambda: supervisor.stopping)
+    assert await supervisor.reload() is False
+    await stopping
+    assert worker_tasks("audit") == []
+
+
 # --- a sink removed by a reload -------------------------------------------------------------------
 
 
