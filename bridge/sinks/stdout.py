@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import queue
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,12 +26,57 @@ class StdoutSinkOptions:
     format: LineFormat = "payload"
 
 
+class _Writer:
+    """One daemon thread that runs the sink's writes in order.
+
+    Not asyncio's shared pool: a reader that stops reading blocks the write for good, and a
+    blocked thread there would take a thread from every other user of the pool (the file sink's
+    fsyncs, the webhook's large bodies), and the pool's shutdown would wait for it at exit. A
+    daemon thread blocked on a dead pipe ends with the process.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], asyncio.Future[None]]] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name=f"stdout-{name}", daemon=True)
+        self._thread.start()
+
+    def run(self, job: Callable[[], None]) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._jobs.put((job, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            job, future = self._jobs.get()
+            try:
+                job()
+            except BaseException as exc:  # handed to the sender, as asyncio.to_thread would
+                _settle(future, exc)
+            else:
+                _settle(future, None)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    def settle() -> None:
+        if future.done():
+            return  # the sender was cancelled
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+        future.get_loop().call_soon_threadsafe(settle)
+
+
 class StdoutSink:
     """Writes each event as one line (see :func:`bridge.sinks.lines.format_line`) to stdout.
 
-    The write runs in a thread: a pipe whose reader is slow blocks the writer, and that must not
-    stall the event loop. ``sys.stdout`` is looked up at every send, not at import, so a redirected
-    or captured stdout is honoured.
+    The write runs in a thread of the sink's own: a pipe whose reader is slow blocks the writer,
+    and that must not stall the event loop or anything else. ``sys.stdout`` is looked up at
+    every send, not at import, so a redirected or captured stdout is honoured.
     """
 
     def __init__(self, config: SinkConfig[StdoutSinkOptions]) -> None:
@@ -38,6 +85,12 @@ class StdoutSink:
         # A threading lock, not an asyncio one: it is held inside the writing thread, so a send
         # cancelled mid-write cannot let the next line start before this one is whole.
         self._write_lock = threading.Lock()
+        self._writer: _Writer | None = None
+
+    def _in_thread(self, line: bytes) -> asyncio.Future[None]:
+        if self._writer is None:
+            self._writer = _Writer(self.name)
+        return self._writer.run(lambda: self._write(line))
 
     async def start(self) -> None:
         pass
@@ -50,7 +103,7 @@ class StdoutSink:
             RetryableDeliveryError: stdout is closed (broken pipe) or cannot be written.
         """
         line = format_line(delivery, self._format)
-        await asyncio.to_thread(self._write, line)
+        await self._in_thread(line)
 
     async def send_batch(
         self, deliveries: Sequence[Delivery]
@@ -69,7 +122,7 @@ class StdoutSink:
             except PermanentDeliveryError as exc:
                 results.append(exc)
         if lines:
-            await asyncio.to_thread(self._write, b"".join(lines))
+            await self._in_thread(b"".join(lines))
         return results
 
     async def reopen(self) -> None:

@@ -365,3 +365,28 @@ async def test_a_second_stop_signal_forces_exit_and_still_closes_the_store(
     assert actions == ["drain and stop", "force stop"]
     assert "store.closed" in bridge.process.log_events()
     assert await pending_in_store(Path(data["state"]["path"]), "agent") == ["evt_stuck"]
+
+
+async def test_sigterm_with_a_stdout_nobody_reads_exits_at_shutdown_timeout(
+    tmp_path: Path, http: aiohttp.ClientSession, launch: Any
+) -> None:
+    """The stdout sink's writes block on a full pipe (the test never reads the bridge's stdout):
+    the drain gives up at shutdown_timeout and the process exits, keeping what was not written."""
+    data = bridge_config_dict(
+        tmp_path, None, shutdown_timeout="1s", sinks={"out": {"type": "stdout"}}
+    )
+    bridge = await launch(data)
+    url = f"http://127.0.0.1:{bridge.webhook_port}/webhooks"
+    for n in range(60):  # 60 lines of 2 KB: more than a pipe holds
+        body = json.dumps(
+            {"event": "message.received", "event_id": f"evt_{n}", "inbox_id": "inb_demo_support",
+             "message": {"id": f"msg_{n}", "subject": "x" * 2000}}
+        ).encode()  # fmt: skip
+        async with http.post(url, data=body, headers=signed(body)) as response:
+            assert response.status == 200
+    status, _ = await bridge.admin("/healthz")
+    assert status == 200  # the event loop turns while the writes block
+    bridge.signal(signal.SIGTERM)
+    assert await bridge.exit_code() == 0
+    assert "store.closed" in bridge.process.log_events()
+    assert await pending_in_store(Path(data["state"]["path"]), "out")  # kept for the next start
