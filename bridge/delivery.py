@@ -360,7 +360,8 @@ class SinkWorker:
     async def _deliver_batch(self, deliveries: list[Delivery]) -> None:
         """Many deliveries in one ``send_batch`` and one store commit. A failure of the batch as a
         whole (the file cannot be written) sends them again one by one, each with its own retries,
-        so no event's failure becomes another's."""
+        so no event's failure becomes another's; so does a write that failed after the lines
+        before it were written, for its line and those after it only."""
         assert self._batch_sink is not None  # _batch > 1 only for a BatchSink
         try:
             results = await self._batch_sink.send_batch(deliveries)
@@ -373,11 +374,15 @@ class SinkWorker:
                 await self._deliver((delivery,))
             return
         done = [d for d, failure in zip(deliveries, results, strict=True) if failure is None]
-        for delivery, failure in zip(deliveries, results, strict=True):
-            if failure is not None:
-                await self._dead_letter(delivery, delivery.attempts + 1, failure)
         if done:
             await self._record(done, None)
+        for delivery, failure in zip(deliveries, results, strict=True):
+            if isinstance(failure, PermanentDeliveryError):
+                await self._dead_letter(delivery, delivery.attempts + 1, failure)
+            elif failure is not None:  # not written: on its own, with its own retries
+                if self._stopping.is_set():
+                    return  # the rest stay pending for the next start
+                await self._deliver((delivery,))
 
     async def _record(self, deliveries: Sequence[Delivery], attempt: int | None) -> None:
         """Hand delivered rows to the recorder. The worker goes on at once when the store's

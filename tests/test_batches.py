@@ -126,3 +126,45 @@ async def test_a_failed_batch_write_is_retried_event_by_event_in_thread_order(
         assert await store.pending("flaky") == []
     finally:
         await store.close()
+
+
+async def test_a_batch_write_failing_midway_writes_no_line_twice(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    blocked = out / "inb_b"
+    config = make_config(
+        tmp_path,
+        sinks={
+            "file": {
+                "type": "file",
+                "path": str(out / "{inbox_id}" / "events.jsonl"),
+                "retry": {"initial": "20ms", "max": "50ms"},
+            }
+        },
+    )
+    store = await Store.open(tmp_path / "b.db", StoreLimits(min_free=0))
+    try:
+        out.mkdir()
+        blocked.write_text("a file where the directory should be")
+        inboxes = ["inb_a", "inb_b", "inb_a", "inb_a"]
+        for n, inbox in enumerate(inboxes):
+            body = json.dumps(
+                {"event": "message.received", "event_id": f"evt_{n}", "inbox_id": inbox,
+                 "thread_id": f"thr_{n}"}
+            ).encode()  # fmt: skip
+            await store.accept(parse_event(body, Origin.WEBHOOK), ["file"])
+        sink_config = config.sinks["file"]
+        worker = SinkWorker(sink_config, SINK_TYPES["file"].factory(sink_config), store, Metrics())
+        assert worker._batch > 1
+        await worker.start()  # one batch of four: the second line's file cannot be opened
+        await wait_until(
+            lambda: worker.state.delivered == 1 and worker.state.last_error is not None
+        )
+        blocked.unlink()  # the next retry of evt_1 finds its directory; the rest follow it
+        await wait_until(lambda: worker.state.delivered == 4)
+        await worker.stop(2)
+        written = [line["event_id"] for line in read_lines(out / "inb_a" / "events.jsonl")]
+        assert written == ["evt_0", "evt_2", "evt_3"]  # each once
+        assert [line["event_id"] for line in read_lines(blocked / "events.jsonl")] == ["evt_1"]
+        assert await store.pending("file") == []
+    finally:
+        await store.close()

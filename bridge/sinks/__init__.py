@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeGuard, TypeVar, runtime_checkable
 
 from bridge.config.schema import SinkConfig
-from bridge.errors import PermanentDeliveryError
+from bridge.errors import DeliveryError
 from bridge.sinks.file import FileSink, FileSinkOptions
 from bridge.sinks.http import HttpSink, HttpSinkOptions
 from bridge.sinks.nats import NatsSink, NatsSinkOptions
@@ -46,16 +46,18 @@ class Sink(Protocol):
 class BatchSink(Sink, Protocol):
     """A sink that takes many events in one go (one write and one fsync for a file).
 
-    ``send_batch`` returns one entry per delivery, in order: None when it is delivered, or the
-    ``PermanentDeliveryError`` that concerns it alone (its payload cannot be written). A failure
-    of the write itself concerns every event of the batch: it raises ``RetryableDeliveryError``,
-    and the worker then delivers them one by one, each with its own retries. One event's failure
-    is therefore never another's.
+    ``send_batch`` returns one entry per delivery, in order: None when it is delivered, the
+    ``PermanentDeliveryError`` that concerns it alone (its payload cannot be written), or a
+    ``RetryableDeliveryError`` when the write failed after the lines before it were written
+    (and made durable as the sink promises): those are delivered, it and the rest are not. A
+    failure before anything was written raises ``RetryableDeliveryError``. The worker delivers
+    what was not one by one, each with its own retries: one event's failure is never another's,
+    and a line written is never written again.
     """
 
     async def send_batch(
         self, deliveries: Sequence[Delivery]
-    ) -> list[PermanentDeliveryError | None]: ...
+    ) -> Sequence[DeliveryError | None]: ...
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ import structlog
 
 from bridge.config.schema import SinkConfig
 from bridge.config.values import ByteSize, FilePath
-from bridge.errors import PermanentDeliveryError, RetryableDeliveryError
+from bridge.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from bridge.sinks.lines import LineFormat, format_line
 
 if TYPE_CHECKING:
@@ -128,36 +128,52 @@ class FileSink:
         if self._options.fsync == "batch":
             await self._sync(file, seq)
 
-    async def send_batch(
-        self, deliveries: Sequence[Delivery]
-    ) -> list[PermanentDeliveryError | None]:
+    async def send_batch(self, deliveries: Sequence[Delivery]) -> list[DeliveryError | None]:
         """Append the lines of ``deliveries`` in order, then one fsync per file touched.
 
-        Returns one entry per delivery: None once written (and fsynced as the policy says), or
-        the error of a payload that cannot be written, which concerns that event alone.
+        Returns one entry per delivery (see ``BatchSink``): None once written (and fsynced as the
+        policy says); the error of a payload that cannot be written, which concerns that event
+        alone; or, when a write failed after earlier lines were written and fsynced, its error
+        for that line and every one after it (the lines before are delivered: never written
+        twice).
 
         Raises:
-            RetryableDeliveryError: a file cannot be opened, written or fsynced; lines written
-                before the failure stay, and the worker delivers the batch again one by one.
+            RetryableDeliveryError: a file cannot be opened, written or fsynced before any line
+                of the batch was written, or the fsync of those written failed.
         """
-        results: list[PermanentDeliveryError | None] = []
+        results: list[DeliveryError | None] = []
         lines: list[tuple[Path, bytes]] = []
+        owners: list[int] = []  # the delivery of each line, by index
         for delivery in deliveries:
             try:
                 line = format_line(delivery, self._options.format)
-                lines.append((self.path_for(delivery.inbox_id), line))
-                results.append(None)
             except PermanentDeliveryError as exc:
                 results.append(exc)
+                continue
+            owners.append(len(results))
+            lines.append((self.path_for(delivery.inbox_id), line))
+            results.append(None)
         touched: dict[Path, tuple[_OpenFile, int]] = {}
+        written = 0  # lines written, in order: runs go out one after another
+        failure: RetryableDeliveryError | None = None
         async with self._lock:
             for path, run in self._runs(lines):
-                file = await self._file_for(path, sum(map(len, run)))
-                self._write(file, b"".join(run), lines=len(run))
+                try:
+                    file = await self._file_for(path, sum(map(len, run)))
+                    self._write(file, b"".join(run), lines=len(run))
+                except RetryableDeliveryError as exc:
+                    if not written:
+                        raise
+                    failure = exc
+                    break
+                written += len(run)
                 touched[file.path] = (file, file.written)
         if self._options.fsync != "never":
             for file, seq in touched.values():
                 await self._sync(file, seq)
+        if failure is not None:
+            for index in owners[written:]:
+                results[index] = failure
         return results
 
     async def reopen(self) -> None:

@@ -449,3 +449,32 @@ def test_a_line_cut_short_by_the_file_system_is_taken_back(tmp_path):
     assert result.stdout == f"cannot write {path}: File too large\n"
     # 100 bytes of the long line went out before EFBIG; they were truncated away again.
     assert path.read_bytes() == b'{"n":1}\n{"n":2}\n'
+
+
+async def test_a_batch_write_failing_midway_reports_what_was_written(tmp_path, sinks):
+    sink = sinks(tmp_path / "out" / "{inbox_id}" / "events.jsonl")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "inb_b").write_text("a file where the directory should be")
+    batch = [
+        make_delivery(event_id="evt_1", inbox_id="inb_a"),
+        make_delivery(b"{not json", event_id="evt_bad", inbox_id="inb_a"),
+        make_delivery(event_id="evt_2", inbox_id="inb_b"),  # its file cannot be opened
+        make_delivery(event_id="evt_3", inbox_id="inb_a"),
+    ]
+    first, bad, failed, after = await sink.send_batch(batch)
+    assert first is None  # written and fsynced: delivered
+    assert isinstance(bad, PermanentDeliveryError)
+    assert isinstance(failed, RetryableDeliveryError)
+    assert after is failed  # not written either: the write stopped there
+    assert [json.loads(x)["event_id"] for x in lines(tmp_path / "out/inb_a/events.jsonl")] == [
+        "evt_1"
+    ]
+    assert sink.fsyncs == 1
+
+
+async def test_a_batch_write_failing_first_raises(tmp_path, sinks):
+    sink = sinks(tmp_path / "out" / "{inbox_id}" / "events.jsonl")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "inb_b").write_text("a file where the directory should be")
+    with pytest.raises(RetryableDeliveryError, match="inb_b"):
+        await sink.send_batch([make_delivery(event_id="evt_2", inbox_id="inb_b")])
