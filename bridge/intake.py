@@ -87,7 +87,9 @@ class Intake:
         self.parked = Parked(parked)
         self.max_seq = 0
         """The highest seq taken; loads read after it."""
-        self.overflow = False
+        # True until the first load: before it, any row may still be only in the store, and one
+        # handed over then must not move max_seq past them (a sink's start can take a while).
+        self.overflow = True
         """Rows after ``max_seq`` may wait in the store."""
         # One set per store read in progress: ids whose outcome was recorded meanwhile. The read
         # may still see them pending; adding them again would deliver them twice.

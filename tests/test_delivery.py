@@ -33,6 +33,7 @@ from bridge import delivery
 from bridge.config import Config, load_config
 from bridge.delivery import WINDOW, SinkWorker
 from bridge.events import Event, Origin, parse_event
+from bridge.intake import Intake
 from bridge.metrics import Metrics
 from bridge.simulator import Simulator
 from bridge.sinks import SINK_TYPES
@@ -924,3 +925,29 @@ async def test_a_redrive_is_picked_up_even_with_a_full_window(
             await agent.stop(1)
         await store.close()
         await receiver.stop()
+
+
+async def test_a_row_handed_over_before_the_first_load_does_not_skip_older_ones(
+    tmp_path: Path,
+) -> None:
+    """A worker's intake is handed committed rows from the moment it is added, and its sink may
+    take a while to start before the first load: a row taken then would move the load past older
+    rows still only in the store, and no later load would read them."""
+    store = await Store.open(tmp_path / "state.db")
+    try:
+        accepted = []
+        for n in range(5):
+            raw = json.dumps(
+                {"event": "message.received", "event_id": f"evt_{n}", "thread_id": f"thr_{n}"}
+            ).encode()
+            accepted.append(await store.accept(parse_event(raw, Origin.WEBHOOK), ["s"]))
+        rows = [result.deliveries[0] for result in accepted]
+        intake = Intake(
+            store, "s", "thread", window=3, parked=10, clock=time.time, log=structlog.get_logger()
+        )
+        intake.submit([rows[4]])  # committed last, handed over before the first load
+        await intake.load(after_seq=0)
+        assert intake.lanes.known == {row.id for row in rows[:3]}  # the oldest, in order
+        assert intake.overflow  # the rest wait in the store for the next load
+    finally:
+        await store.close()
