@@ -9,6 +9,7 @@ from typing import Final
 
 from bridge.config import Config
 from bridge.nats.connection import credentials as nats_credentials
+from bridge.redact import url_secrets
 
 CREDENTIAL_HEADER: Final = re.compile(r"(?i)auth|key|token|secret|cookie|session|pass")
 
@@ -25,6 +26,10 @@ def config_secrets(config: Config) -> list[str]:
         secret = getattr(sink.options, "secret", None)
         if secret is not None:
             values.append(secret.get())
+        # A capability URL (a Slack or Zapier hook) carries its credential in the URL itself.
+        url = getattr(sink.options, "url", None)
+        if isinstance(url, str):
+            values += url_secrets(url)
         # Extra HTTP headers often carry credentials (Authorization, X-Api-Key).
         headers: Mapping[str, str] = getattr(sink.options, "headers", {})
         for name, value in headers.items():

@@ -114,13 +114,26 @@ def header_secrets(headers: Mapping[str, str]) -> list[str]:
     return values
 
 
+_PATH_TOKEN: Final = re.compile(
+    r"(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{16,}"
+)
+"""A path segment that looks random: 16 or more letters, digits, ``_`` and ``-``, with both
+letters and digits. Capability URLs (Slack's ``/services/T.../B.../<token>``, a hook's
+``/catch/<id>/<token>``) carry their credential there."""
+
+
+def _path_tokens(path: str) -> list[str]:
+    return [seg for seg in path.split("/") if _PATH_TOKEN.fullmatch(seg)]
+
+
 def url_secrets(url: str) -> list[str]:
-    """The user-info and the secret-looking query values of ``url``, as written and decoded."""
+    """The user-info, the secret-looking query values and the random-looking path segments of
+    ``url``, as written and decoded."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return []
-    values: list[str] = []
+    values: list[str] = _path_tokens(parts.path)
     userinfo, at, _ = parts.netloc.rpartition("@")
     if at:
         user, _, password = userinfo.partition(":")
@@ -142,9 +155,17 @@ def credential_lines(text: str) -> list[str]:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its user-info shown as ``***@`` and secret-looking query (and fragment or
-    path-parameter) values as ``***``; everything else as written."""
-    return _mask_pairs(_ASSIGN, _USERINFO.sub(_masked_userinfo, url))
+    """``url`` with its user-info shown as ``***@``, secret-looking query (and fragment or
+    path-parameter) values and random-looking path segments as ``***``; everything else as
+    written."""
+    masked = _mask_pairs(_ASSIGN, _USERINFO.sub(_masked_userinfo, url))
+    try:
+        path = urllib.parse.urlsplit(masked).path
+    except ValueError:
+        return masked
+    for token in _path_tokens(path):
+        masked = masked.replace(f"/{token}", f"/{MASK}")
+    return masked
 
 
 def scrub_text(text: str, known: Iterable[str] = ()) -> str:

@@ -599,6 +599,35 @@ async def test_credentials_in_http_sink_headers_never_reach_the_log(
     assert leaked == []
 
 
+async def test_a_capability_url_never_reaches_the_log_or_last_error(tmp_path: Path) -> None:
+    """A Slack- or Zapier-style hook carries its credential in the URL's path."""
+    token = "T0kenInPathZq8xW3vB5"
+    sink = {
+        "type": "http",
+        "url": f"http://127.0.0.1:{free_port()}/hooks/catch/4711/{token}",  # nothing listens
+        "retry": {"initial": "20ms", "max": "50ms"},
+    }
+    cfg = make_config(tmp_path, sinks={"hook": sink}, routes=[{"name": "all", "sinks": ["hook"]}])
+    with json_logging() as stream:
+        async with running_bridge(cfg) as sup, aiohttp.ClientSession() as session:
+            assert sup.webhook is not None
+            body, ts = event_body("evt_capability"), str(int(time.time()))
+            headers = {"X-Timestamp": ts, "X-Signature": sign(WEBHOOK_SECRET, ts, body)}
+            url = f"http://127.0.0.1:{sup.webhook.port}/webhooks"
+            async with session.post(url, data=body, headers=headers) as response:
+                assert response.status == 200
+            worker = sup.running.dispatcher.workers["hook"] if sup.running else None
+            assert worker is not None
+            await wait_until(lambda: worker.state.last_error is not None)
+            last_error = worker.state.last_error
+    assert last_error is not None
+    assert "/hooks/catch/4711/***" in last_error
+    assert token not in last_error
+    text = stream.getvalue()
+    assert "delivery.retrying" in text
+    assert token not in text
+
+
 # --- URLs, the standard library's loggers, console tracebacks -----------------------------------
 
 

@@ -92,6 +92,12 @@ def test_names_that_do_not(name: str) -> None:
         ("https://h/x?signal=TERM&monkey=1", "https://h/x?signal=TERM&monkey=1"),
         ("wss://api.openmail.sh/v1/ws", "wss://api.openmail.sh/v1/ws"),
         ("https://h/x?token=", "https://h/x?token="),
+        (  # a capability URL: the path is the credential
+            "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/abcdEFGH1234ijklMNOP5678",
+            "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/***",
+        ),
+        ("http://h:1/hooks/catch/4711/T0kenInPathZq8xW3vB5", "http://h:1/hooks/catch/4711/***"),
+        ("https://h/api/v1/openmail-webhook-handler", "https://h/api/v1/openmail-webhook-handler"),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:
@@ -103,6 +109,7 @@ def test_url_secrets_as_written_and_decoded() -> None:
     assert {"us%40er:p%40ss", "p%40ss", "p@ss", "us@er", "a/b", "a%2Fb"} <= set(found)
     assert "2" not in found
     assert url_secrets("https://h/x") == []
+    assert url_secrets("https://h/hooks/T0kenInPathZq8xW3vB5/x") == ["T0kenInPathZq8xW3vB5"]
 
 
 def test_header_secrets_include_the_credential_after_an_auth_scheme() -> None:
