@@ -570,6 +570,16 @@ def test_configured_pipeline_masks_tracebacks_and_every_level() -> None:
         assert "om_live_abcdef123" not in line
 
 
+async def post_signed(sup: Any, session: aiohttp.ClientSession, event_id: str) -> None:
+    """Post one signed event to a running bridge's webhook listener; it answers 200."""
+    assert sup.webhook is not None
+    body, ts = event_body(event_id), str(int(time.time()))
+    headers = {"X-Timestamp": ts, "X-Signature": sign(WEBHOOK_SECRET, ts, body)}
+    url = f"http://127.0.0.1:{sup.webhook.port}/webhooks"
+    async with session.post(url, data=body, headers=headers) as response:
+        assert response.status == 200
+
+
 async def test_credentials_in_http_sink_headers_never_reach_the_log(
     tmp_path: Path, echo: EchoReceiver
 ) -> None:
@@ -584,12 +594,7 @@ async def test_credentials_in_http_sink_headers_never_reach_the_log(
     cfg = make_config(tmp_path, sinks={"hook": sink}, routes=[{"name": "all", "sinks": ["hook"]}])
     with json_logging() as stream:
         async with running_bridge(cfg) as sup, aiohttp.ClientSession() as session:
-            assert sup.webhook is not None
-            body, ts = event_body("evt_headers"), str(int(time.time()))
-            headers = {"X-Timestamp": ts, "X-Signature": sign(WEBHOOK_SECRET, ts, body)}
-            url = f"http://127.0.0.1:{sup.webhook.port}/webhooks"
-            async with session.post(url, data=body, headers=headers) as response:
-                assert response.status == 200
+            await post_signed(sup, session, "evt_headers")
             await wait_until(lambda: "evt_headers" in echo.delivered.get("hook", set()), timeout=10)
     text = stream.getvalue()
     assert "delivery.retrying" in text
@@ -610,12 +615,7 @@ async def test_a_capability_url_never_reaches_the_log_or_last_error(tmp_path: Pa
     cfg = make_config(tmp_path, sinks={"hook": sink}, routes=[{"name": "all", "sinks": ["hook"]}])
     with json_logging() as stream:
         async with running_bridge(cfg) as sup, aiohttp.ClientSession() as session:
-            assert sup.webhook is not None
-            body, ts = event_body("evt_capability"), str(int(time.time()))
-            headers = {"X-Timestamp": ts, "X-Signature": sign(WEBHOOK_SECRET, ts, body)}
-            url = f"http://127.0.0.1:{sup.webhook.port}/webhooks"
-            async with session.post(url, data=body, headers=headers) as response:
-                assert response.status == 200
+            await post_signed(sup, session, "evt_capability")
             worker = sup.running.dispatcher.workers["hook"] if sup.running else None
             assert worker is not None
             await wait_until(lambda: worker.state.last_error is not None)
