@@ -54,7 +54,9 @@ class Intake:
     """
 
     __slots__ = (
+        "_again",
         "_clock",
+        "_held_redriven",
         "_lock",
         "_log",
         "_name",
@@ -96,6 +98,11 @@ class Intake:
         self._reads: list[set[int]] = []
         # One store read that adds rows at a time: each reads no more than the room it saw.
         self._lock = asyncio.Lock()
+        # Rows a resync found redriven (``dlq retry``) while this worker still held them, say
+        # while their debounce window was being dead-lettered row by row: once released they
+        # are read back (``again``), or they would stay pending below max_seq, where no load looks.
+        self._held_redriven: set[int] = set()
+        self._again: set[int] = set()
 
     @property
     def room(self) -> int:
@@ -201,9 +208,16 @@ class Intake:
                 rows = await self._store.pending(self._name, after_seq=after, limit=RESYNC_PAGE)
                 now = self._clock()
                 for row in rows:
-                    if row.seq > self.max_seq or row.id in settled:
+                    if row.seq > self.max_seq:
                         continue
-                    if self._take(row, now, force=True) is not Admit.KNOWN and redriven(row):
+                    if row.id in settled:
+                        if redriven(row):
+                            self._again.add(row.id)  # released meanwhile: read it back
+                        continue
+                    admit = self._take(row, now, force=True)
+                    if admit is Admit.KNOWN and redriven(row) and row.id in self.lanes.known:
+                        self._held_redriven.add(row.id)
+                    elif admit is not Admit.KNOWN and redriven(row):
                         taken += 1
                 after = rows[-1].seq if rows else self.max_seq
         return taken + await self.load(after_seq=self.max_seq)
@@ -234,8 +248,21 @@ class Intake:
                     self.lanes.add(row, now)
 
     async def refill(self) -> None:
-        """Bring rows in: parked rows near their time first (they are older, and due), then the
-        store's next rows when some may wait there and could be parked."""
+        """Bring rows in: redriven rows released since a resync saw them, parked rows near their
+        time (they are older, and due), then the store's next rows when some may wait there and
+        could be parked."""
+        if self._again:
+            ids, self._again = sorted(self._again), set()
+            try:
+                rows = await self._store.deliveries(ids)
+            except StoreError as exc:
+                self._again.update(ids)  # read on the next refill
+                self._log.warning("delivery.load_failed", error=str(exc))
+            else:
+                now = self._clock()
+                for row in rows:
+                    if redriven(row):
+                        self._take(row, now, force=True)
         await self.unpark(self._clock())
         if self.overflow and self.parked.accepting:
             await self.load(after_seq=self.max_seq)
@@ -243,6 +270,8 @@ class Intake:
     def wants_refill(self, now: float, *, idle: bool) -> bool:
         """Whether :meth:`refill` would bring rows in now: parked rows come near, or (``idle``:
         nothing to deliver, so loading cannot delay a delivery) rows wait in the store."""
+        if self._again:
+            return True
         if self.room <= 0:
             return False
         at = self.parked.next_at()
@@ -276,4 +305,7 @@ class Intake:
         for _, delivery in items:
             for settled in self._reads:
                 settled.add(delivery.id)
+            if delivery.id in self._held_redriven:
+                self._held_redriven.discard(delivery.id)
+                self._again.add(delivery.id)
         self.lanes.release(items, self._clock())

@@ -33,6 +33,7 @@ from bridge.parking import HORIZON
 from bridge.plan import Plan
 from bridge.sinks.http import EVENT_IDS_HEADER, NO_REPLY_HEADER, HttpSink
 from bridge.store import Delivery, Store
+from bridge.supervisor import Supervisor
 from bridge.windows import together
 from tests.conftest import (
     AGENT_SECRET,
@@ -484,3 +485,56 @@ async def test_sigterm_flushes_an_open_window(receiver: Receiver, launch: Any) -
     (item,) = receiver.accepted
     assert batch_ids(item) == names
     assert await pending_in(data) == []
+
+
+async def test_a_dlq_retry_while_its_window_is_dead_lettered_is_delivered(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A window refused for good is dead-lettered row by row; a `dlq retry` from another process
+    in the middle of it finds the row still held by the worker. Once released it is read back."""
+    receiver.statuses = [400]  # the window's one POST: every event in it dead-letters
+    sink = {"type": "http", "url": receiver.url, "secret": AGENT_SECRET, "format": "batch",
+            "debounce": "100ms", "retry": {"initial": "20ms", "max": "50ms"}}  # fmt: skip
+    supervisor = Supervisor(make_config(tmp_path, None, sinks={"agent": sink}))
+    await supervisor.start()
+    try:
+        store = supervisor.store
+        assert store is not None
+        commit, calls, gate = store.dead_letter, [], asyncio.Event()
+
+        async def dead_letter(delivery_id: int, **fields: Any) -> None:
+            calls.append(delivery_id)
+            if len(calls) == 2:  # the window's second dead letter waits: the first has committed
+                await gate.wait()
+            await commit(delivery_id, **fields)
+
+        store.dead_letter = dead_letter  # type: ignore[method-assign]
+        worker = supervisor.dispatcher.workers["agent"]
+        resync, resyncs = worker.resync, []
+
+        async def resync_seen() -> int:
+            resyncs.append(await resync())
+            return resyncs[-1]
+
+        worker.resync = resync_seen  # type: ignore[method-assign]
+        for n in range(3):
+            body = json.dumps(
+                {"event": "message.received", "event_id": f"evt_{n}", "inbox_id": "inb_demo",
+                 "thread_id": "thr_w", "message": {"from": "a@example.com"}}
+            ).encode()  # fmt: skip
+            await supervisor.pipeline.accept_one(parse_event(body, Origin.WEBHOOK))
+        await wait_until(lambda: len(calls) == 2)
+        operator = await Store.open(store.path, exclusive=False)  # as `dlq retry` does
+        try:
+            assert await operator.dlq_retry(event_id="evt_0") == 1
+        finally:
+            await operator.close()
+        await wait_until(lambda: bool(resyncs))  # the dispatcher's, while the worker holds it
+        gate.set()
+
+        def delivered() -> list[str]:  # format: batch posts {"events": [...]}
+            return [e["event_id"] for r in receiver.accepted for e in r.json["events"]]
+
+        await wait_until(lambda: delivered() == ["evt_0"])
+    finally:
+        await supervisor.stop()
