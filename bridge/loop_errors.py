@@ -29,11 +29,9 @@ class LoopErrorReporter:
         message = str(context.get("message") or "unhandled error in the event loop")
         exc = context.get("exception")
         throttle = self._throttles.setdefault(message, Throttle())
-        if (suppressed := throttle.admit()) is None:
+        if (extra := throttle.admit_fields("repeated_since_last_line")) is None:
             return
         fields: dict[str, object] = {"message": message}
         if isinstance(exc, BaseException):
             fields["error"] = f"{type(exc).__name__}: {exc}"
-        if suppressed:
-            fields["repeated_since_last_line"] = suppressed
-        log.error("loop.error", **fields)
+        log.error("loop.error", **fields, **extra)

@@ -51,8 +51,7 @@ class Notifier:
                 sock.connect(self._address)
                 sock.sendall(message)
         except OSError as exc:
-            if (suppressed := self._failed_log.admit()) is not None:
-                extra = {"failed_since_last_line": suppressed} if suppressed else {}
+            if (extra := self._failed_log.admit_fields("failed_since_last_line")) is not None:
                 log.warning("systemd.notify_failed", error=str(exc), **extra)
 
     def ready(self, status: str) -> None:

@@ -29,3 +29,11 @@ class Throttle:
         self._last = now
         suppressed, self._suppressed = self._suppressed, 0
         return suppressed
+
+    def admit_fields(self, count_field: str) -> dict[str, int] | None:
+        """:meth:`admit` as a log line's fields: None when silent; else ``{count_field: n}``
+        when ``n`` occurrences were silent before this one, ``{}`` when none were."""
+        suppressed = self.admit()
+        if suppressed is None:
+            return None
+        return {count_field: suppressed} if suppressed else {}

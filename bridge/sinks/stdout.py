@@ -82,9 +82,8 @@ class StdoutSink:
     def __init__(self, config: SinkConfig[StdoutSinkOptions]) -> None:
         self.name = config.name
         self._format = config.options.format
-        # A threading lock, not an asyncio one: it is held inside the writing thread, so a send
-        # cancelled mid-write cannot let the next line start before this one is whole.
-        self._write_lock = threading.Lock()
+        # Every write goes through this one thread, in order: a send cancelled mid-write cannot
+        # let the next line start before this one is whole.
         self._writer: _Writer | None = None
 
     def _in_thread(self, line: bytes) -> asyncio.Future[None]:
@@ -132,16 +131,15 @@ class StdoutSink:
         pass
 
     def _write(self, line: bytes) -> None:
-        with self._write_lock:
-            try:
-                _write_stdout(line)
-            except (ValueError, AttributeError) as exc:
-                # ValueError: the file object is closed; AttributeError: there is no stdout (None).
+        try:
+            _write_stdout(line)
+        except (ValueError, AttributeError) as exc:
+            # ValueError: the file object is closed; AttributeError: there is no stdout (None).
+            raise RetryableDeliveryError(f"stdout is closed (broken pipe): {exc}") from None
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
                 raise RetryableDeliveryError(f"stdout is closed (broken pipe): {exc}") from None
-            except OSError as exc:
-                if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
-                    raise RetryableDeliveryError(f"stdout is closed (broken pipe): {exc}") from None
-                raise RetryableDeliveryError(f"cannot write to stdout: {exc}") from None
+            raise RetryableDeliveryError(f"cannot write to stdout: {exc}") from None
 
 
 def _write_stdout(line: bytes) -> None:

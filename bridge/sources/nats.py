@@ -194,8 +194,7 @@ class NatsSource:
                 await self._consume(subscription)
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
-                if (suppressed := self._failed_log.admit()) is not None:
-                    extra = {"failed_since_last_line": suppressed} if suppressed else {}
+                if (extra := self._failed_log.admit_fields("failed_since_last_line")) is not None:
                     log.warning(
                         "nats.consume_failed",
                         consumer=self.consume.consumer,

@@ -208,7 +208,7 @@ class WebhookSource:
         # Unsigned clients choose how often this runs: one line per reason per minute at most,
         # saying how many were left out; the metric counts every one.
         throttle = self._throttles.setdefault(exc.reason, Throttle())
-        if (suppressed := throttle.admit()) is None:
+        if (extra := throttle.admit_fields("rejected_since_last_line")) is None:
             return
         level = "info" if exc.status in (405, 503) else "warning"
         getattr(log, level)(
@@ -217,7 +217,7 @@ class WebhookSource:
             reason=exc.reason,
             detail=exc.detail,
             peer=request.remote,
-            **({"rejected_since_last_line": suppressed} if suppressed else {}),
+            **extra,
         )
 
     def _check_headers(self, request: web.Request) -> str:

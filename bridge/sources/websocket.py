@@ -289,15 +289,16 @@ class WebSocketSource:
         cause = link.session.closed(link.ws.close_code, reconfiguring=self._reconnect_now.is_set())
         # The replay sends the same event again at each reconnect: one line a minute, not one
         # error per retry.
-        if cause.frame_too_large and (suppressed := self._too_large_log.admit()) is not None:
-            extra = {"closes_since_last_line": suppressed} if suppressed else {}
-            log.error(
-                "ws.frame_too_large",
-                max_body=self.config.webhook.max_body,
-                hint="an event is larger than openmail.webhook.max_body, which bounds one "
-                "WebSocket frame too; raise it and reload",
-                **extra,
-            )
+        if cause.frame_too_large:
+            extra = self._too_large_log.admit_fields("closes_since_last_line")
+            if extra is not None:
+                log.error(
+                    "ws.frame_too_large",
+                    max_body=self.config.webhook.max_body,
+                    hint="an event is larger than openmail.webhook.max_body, which bounds one "
+                    "WebSocket frame too; raise it and reload",
+                    **extra,
+                )
         return Disconnected(cause)
 
     # --- subscribing -----------------------------------------------------------------------
@@ -363,19 +364,16 @@ class WebSocketSource:
 
     def _pass_over(self, action: ws_session.Received) -> None:
         """A frame that carries no event: log what the server said, count what is invalid."""
-        if (
-            isinstance(action, ws_session.ServerError)
-            and (suppressed := self._server_error_log.admit()) is not None
-        ):
-            extra = {"errors_since_last_line": suppressed} if suppressed else {}
-            log.warning("ws.server_error", message=action.message[:200], **extra)
+        if isinstance(action, ws_session.ServerError):
+            extra = self._server_error_log.admit_fields("errors_since_last_line")
+            if extra is not None:
+                log.warning("ws.server_error", message=action.message[:200], **extra)
         if not isinstance(action, ws_session.Invalid):
             return
         # The server chooses how often this runs: a hostile or broken one must not flood the
         # journal. Every frame is counted; one line per minute says how many were not logged.
         self.metrics.ws_frames_invalid.labels(action.reason).inc()
-        if (suppressed := self._invalid_log.admit()) is not None:
-            extra = {"ignored_since_last_line": suppressed} if suppressed else {}
+        if (extra := self._invalid_log.admit_fields("ignored_since_last_line")) is not None:
             log.warning(
                 "ws.frame_ignored", reason=str(action.reason), detail=action.detail[:200], **extra
             )
