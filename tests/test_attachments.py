@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,6 +332,25 @@ async def test_max_total_bounds_the_directory(
     assert outcomes == ["store_full", "stored"]
     files = list(attachment_dir(tmp_path).iterdir())
     assert [f.stat().st_size for f in files] == [8 << 10]
+
+
+async def test_a_full_directory_makes_room_from_files_not_needed_lately(
+    tmp_path: Path, sim: Simulator, receiver: Receiver
+) -> None:
+    directory = attachment_dir(tmp_path)
+    directory.mkdir(parents=True)
+    stale = b"s" * (8 << 10)
+    stale_file = directory / hashlib.sha256(stale).hexdigest()
+    stale_file.write_bytes(stale)
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(stale_file, (two_hours_ago, two_hours_ago))
+    config = agent_config(tmp_path, sim, receiver, max_bytes="8KiB", max_total="12KiB")
+    received = await run_one(config, sim, receiver, tmp_path,
+                             attachments=[AttachmentSpec(size_bytes=8 << 10)])  # fmt: skip
+    (item,) = attachments_of(received)
+    assert "reason" not in item
+    assert hashlib.sha256(content(item["local_path"])).hexdigest() == item["sha256"]
+    assert [p.name for p in directory.iterdir()] == [item["sha256"]]
 
 
 async def test_no_space_keeps_ingest_going(

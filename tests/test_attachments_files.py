@@ -204,6 +204,60 @@ async def test_a_file_needed_again_starts_its_age_over(tmp_path: Path, how: str)
     assert not stored.path.exists()
 
 
+async def test_a_full_directory_makes_room_from_the_least_recently_needed_old_files(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    files = files_in(tmp_path, max_bytes=10, max_total=30, evict_after=3600.0, clock=clock)
+    await files.open()
+    oldest = await store(files, b"a" * 10)
+    clock.now += 60
+    needed = await store(files, b"b" * 10)
+    clock.now += 60
+    older = await store(files, b"c" * 10)
+    clock.now += 3600.0
+    assert files.existing(needed.sha256) == needed  # needed again: young once more
+    assert await files.make_room(5) == (1, 10)  # 30 stored + 5 > 30: one file frees enough
+    assert not oldest.path.exists()
+    assert needed.path.exists()
+    assert older.path.exists()
+    assert files.used == 20
+    assert await files.make_room(10) == (0, 0)  # fits now: nothing more goes
+    assert older.path.exists()
+    await store(files, b"d" * 10)
+    clock.now += 1  # the file stored second-to-last is now past the hour, by a second
+    assert await files.make_room(10) == (1, 10)
+    assert not older.path.exists()
+    # Everything left was needed within the hour: nothing may go, the next write is refused.
+    assert await files.make_room(10) == (0, 0)
+    assert files.used == 20
+    await store(files, b"e" * 10)
+    with pytest.raises(Refused) as full:
+        files.writer()
+    assert full.value.reason is Reason.STORE_FULL
+
+
+async def test_making_room_leaves_downloads_in_progress_and_foreign_files(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    files = files_in(tmp_path, max_bytes=10, max_total=20, evict_after=60.0, clock=clock)
+    await files.open()
+    foreign = files.directory / "notes.txt"
+    foreign.write_bytes(b"not ours")
+    os.utime(foreign, (clock.now - DAY, clock.now - DAY))
+    stored = await store(files, b"s" * 10)
+    live = files.writer()
+    live.write(b"w" * 5)
+    clock.now += 61
+    assert await files.make_room(10) == (1, 10)  # 10 stored + 5 written + 10 > 20
+    assert not stored.path.exists()
+    assert foreign.read_bytes() == b"not ours"
+    assert live.path.exists()
+    live.write(b"w" * 5)
+    assert (await live.keep()).size == 10
+
+
 async def test_a_sweep_removes_temporary_files_of_dead_downloads_only(tmp_path: Path) -> None:
     clock = Clock()
     files = files_in(tmp_path, clock=clock)

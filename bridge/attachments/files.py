@@ -7,6 +7,11 @@ atomic), hashed as it is written, and bounded at every chunk: by ``max_bytes`` f
 spool's floor) plus :data:`DISK_HEADROOM`, so attachments can never stop ingest. Nothing of the
 attachment's own name ever reaches the filesystem: a file is ``<dir>/<sha256>``.
 
+A file's mtime is when it was last needed (stored, or named by an event again). Files go when
+not needed for ``retention``; and when the directory is full, those not needed for
+:data:`EVICT_AFTER` go first, least recently needed first: anyone can mail the agent, and a
+stranger's gigabyte of attachments must not leave everyone else's as ``store_full`` for a week.
+
 Files are ``0640`` and the directory ``0750`` whatever the umask: the agent reads them as a member
 of the bridge's group, and no one else can.
 """
@@ -35,6 +40,9 @@ DIR_MODE: Final = 0o750
 TEMP_PREFIX: Final = ".part-"
 STALE_TEMP: Final = 3600.0
 """A temporary file untouched this long belongs to a download that died with its process."""
+EVICT_AFTER: Final = 3600.0
+"""A file not needed for this long (or ``retention``, when shorter) may go early to make room;
+one needed more recently is kept: the agent it was sent to may not have opened it yet."""
 _NAME: Final = re.compile(r"[0-9a-f]{64}")
 _NO_SPACE: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -61,6 +69,7 @@ class AttachmentFiles:
         max_bytes: the bound of one file.
         max_total: the bound of all files in the directory.
         min_free: ``state.min_free``; writes stop :data:`DISK_HEADROOM` above it.
+        evict_after: a file not needed for this long may go to make room (:meth:`make_room`).
         clock: Unix time, for file ages (tests move it).
     """
 
@@ -71,13 +80,17 @@ class AttachmentFiles:
         max_bytes: int,
         max_total: int,
         min_free: int,
+        evict_after: float = EVICT_AFTER,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = directory.absolute()
         self.max_bytes = max_bytes
         self.max_total = max_total
         self.floor = min_free + DISK_HEADROOM
+        self.evict_after = evict_after
         self._clock = clock
+        # One scan at a time: a sweep and an eviction both recount or discount self.used.
+        self._scanning = asyncio.Lock()
         self.used = 0
         """Bytes of the stored files, as last counted plus what was stored since."""
         self.writing = 0
@@ -159,8 +172,50 @@ class AttachmentFiles:
         that died; count the directory again. Returns how many files were removed."""
         if not self.ready:
             return 0
-        removed, self.used = await asyncio.to_thread(self._scan, self._clock() - retention)
+        async with self._scanning:
+            removed, self.used = await asyncio.to_thread(self._scan, self._clock() - retention)
         return removed
+
+    async def make_room(self, size: int) -> tuple[int, int]:
+        """Unless ``size`` more bytes fit under ``max_total``, remove files not needed for
+        ``evict_after`` seconds, least recently needed first, until they do or none of that age
+        is left. Returns (files removed, bytes freed). Raises OSError: the directory cannot be
+        read."""
+        if not self.ready or self._over(size) <= 0:
+            return 0, 0
+        async with self._scanning:
+            over = self._over(size)
+            if over <= 0:
+                return 0, 0
+            before = self._clock() - self.evict_after
+            removed, freed = await asyncio.to_thread(self._evict, over, before)
+            self.used = max(0, self.used - freed)
+        return removed, freed
+
+    def _over(self, size: int) -> int:
+        return self.used + self.writing + size - self.max_total
+
+    def _evict(self, over: int, before: float) -> tuple[int, int]:
+        old: list[tuple[float, int, str]] = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if not _NAME.fullmatch(entry.name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_mtime < before:
+                    old.append((st.st_mtime, st.st_size, entry.path))
+        old.sort()
+        removed = freed = 0
+        for _, size, path in old:
+            if freed >= over:
+                break
+            if _unlink(path):
+                removed += 1
+                freed += size
+        return removed, freed
 
     def _scan(self, remove_before: float | None) -> tuple[int, int]:
         """(files removed, bytes of the files kept)."""

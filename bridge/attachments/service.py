@@ -24,7 +24,7 @@ import structlog
 from bridge import protocol
 from bridge.attachments import payload
 from bridge.attachments.fetcher import Fetcher
-from bridge.attachments.files import AttachmentFiles
+from bridge.attachments.files import EVICT_AFTER, AttachmentFiles
 from bridge.attachments.rules import Origin, Outcome, Reason, Stored
 from bridge.attachments.settings import AttachmentsConfig
 from bridge.backoff import Uniform
@@ -84,6 +84,7 @@ class AttachmentService:
             max_bytes=config.max_bytes,
             max_total=config.max_total,
             min_free=config.min_free,
+            evict_after=min(EVICT_AFTER, config.retention),
             clock=clock,
         )
         self._api = Origin.parse(config.api_url)
@@ -202,6 +203,7 @@ class AttachmentService:
         assert self._fetcher is not None, "the service is not started"
         try:
             async with self._parallel:
+                await self._make_room()
                 outcome = await self._fetcher.fetch(url, item.get("sizeBytes"))
         except Exception:
             # Whatever went wrong, the event is still sent: an attachment never holds it back.
@@ -212,6 +214,22 @@ class AttachmentService:
             if len(self._known) > REMEMBERED:
                 self._known.popitem(last=False)
         return outcome
+
+    async def _make_room(self) -> None:
+        """Room for one file of ``max_bytes`` (its real size is known only once it is read)."""
+        try:
+            removed, freed = await self.files.make_room(self.files.max_bytes)
+        except OSError as exc:
+            self._log.warning("attachments.sweep_failed", error=exc.strerror or str(exc))
+            return
+        if removed:
+            self._log.info(
+                "attachments.evicted",
+                count=removed,
+                bytes=freed,
+                dir=str(self.files.directory),
+                hint="the directory was full: files not needed lately went first",
+            )
 
     def _recall(self, url: object) -> Outcome | None:
         if not isinstance(url, str) or (known := self._known.get(url)) is None:
