@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from bridge.addresses import addresses, canonical, unreadable
 from bridge.config import (
     Config,
     GuardConfig,
@@ -24,12 +25,15 @@ from bridge.config import (
 )
 from bridge.events import Event
 from bridge.plan import Action, Limited, Note, Plan, Reason
-from bridge.routing import Router, addresses
+from bridge.routing import Router
 from bridge.store import Store
 from bridge.store.pacing import rate_key
 
 BOUNCE_SENDERS: Final = frozenset({"mailer-daemon", "postmaster"})
 """Local parts of the addresses bounces and delivery reports come from."""
+UNREADABLE: Final = "?"
+"""The sender of mail whose From names no address the bridge can read: guarded, and limited
+under one key per route (no address contains no ``@``)."""
 MAX_LEARNED: Final = 10_000
 """Own addresses learned from mail at most: a flood of odd ``to`` headers cannot grow memory."""
 
@@ -100,7 +104,7 @@ class Gate:
         self.router = Router(routes)
         self.own = own
         own.configured = frozenset(
-            a.lower() for r in routes if (g := r.guard_config) for a in g.own_addresses
+            canonical(a) for r in routes if (g := r.guard_config) for a in g.own_addresses
         )
         self._gates = {r.name: _route_gate(r, sinks) for r in routes}
         self.debounce = {name: s.debounce for name, s in sinks.items() if s.debounce}
@@ -120,6 +124,8 @@ class Gate:
         # the event, and they are limited together (a stranger naming a real sender beside
         # their own spends a quota of their own, never that sender's).
         senders = addresses(event.sender)
+        if not senders and unreadable(event.sender):
+            senders = (UNREADABLE,)
         for route in self.router.matching(event):
             gate = self._gates[route.name]
             passing = gate.free
@@ -158,6 +164,8 @@ class Gate:
     def _guard_reason(
         self, guard: GuardConfig, event: Event, senders: tuple[str, ...]
     ) -> Reason | None:
+        if senders == (UNREADABLE,):
+            return Reason.UNREADABLE_SENDER
         if any(sender in self.own for sender in senders):
             return Reason.LOOP
         if any(is_bounce(sender) for sender in senders):
@@ -173,7 +181,7 @@ class Gate:
         keys: list[tuple[Reason, str, RateLimit]] = []
         # An event without a sender or thread is not counted under that limit.
         if limits.per_sender is not None and senders:
-            sender = ",".join(senders)
+            sender = ",".join(sorted(senders))
             keys.append((Reason.PER_SENDER, rate_key(route, "sender", sender), limits.per_sender))
         if limits.per_thread is not None and event.thread_id:
             keys.append(

@@ -19,7 +19,7 @@ from bridge.errors import StoreError
 from bridge.events import Event
 from bridge.gate import Gate
 from bridge.metrics import Metrics
-from bridge.plan import Action, Plan, Reason
+from bridge.plan import Action, Note, Plan, Reason
 from bridge.routing import UNROUTED_HINTS, Miss, Router
 from bridge.sources import AcceptResults
 from bridge.store import AcceptOutcome, AcceptResult, Store
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from bridge.dispatcher import Dispatcher
 
 log = structlog.get_logger("bridge.pipeline")
+
+GATE_FAILED = Plan(sinks=(), notes=(Note("(gate)", Reason.GATE_ERROR, Action.DROPPED),))
+"""The plan of an event the gate failed on: recorded with its note (so kept in the history), sent
+nowhere."""
 
 _AnswerT = TypeVar("_AnswerT")
 
@@ -82,8 +86,22 @@ class Pipeline:
 
     def accept(self, events: Sequence[Event]) -> asyncio.Future[AcceptResults]:
         """Route ``events`` and commit them in one store transaction; see ``Spool.accept``."""
-        plan = self._gate.plan
-        return self._commit([(event, plan(event)) for event in events], _outcome)
+        return self._commit([(event, self._plan(event)) for event in events], _outcome)
+
+    def _plan(self, event: Event) -> Plan:
+        try:
+            return self._gate.plan(event)
+        except Exception:
+            # A bug this event's content found must not refuse the batch around it (and, over
+            # the WebSocket, every replay of it): the event goes nowhere, kept in the history
+            # with its note for an operator to see and replay.
+            log.exception(
+                "event.plan_failed",
+                event_id=event.event_id,
+                inbox_id=event.inbox_id,
+                hint="sent to no sink; `openmail-bridge events replay` sends it once fixed",
+            )
+            return GATE_FAILED
 
     def accept_to(
         self, event: Event, sinks: Sequence[str]

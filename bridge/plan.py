@@ -22,6 +22,8 @@ class Reason(enum.StrEnum):
     LOOP = "loop"  # sent from one of the account's own addresses
     BOUNCE = "mailer_daemon"  # from mailer-daemon@ or postmaster@
     NO_REPLY = "auto_replyable_false"  # OpenMail marked it not to be answered
+    UNREADABLE_SENDER = "unreadable_sender"  # a From naming no address the bridge can read
+    GATE_ERROR = "gate_error"  # routing it failed (a bug): sent nowhere, kept in the history
     PER_SENDER = "per_sender"
     PER_THREAD = "per_thread"
 

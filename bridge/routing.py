@@ -10,67 +10,23 @@ from __future__ import annotations
 
 import enum
 import fnmatch
-import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from email.utils import getaddresses
-from typing import Final
 
+from bridge.addresses import addresses, ascii_domain
 from bridge.config import RouteConfig, RouteMatch
 from bridge.events import Event
 
-_ATOM: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_ADDRESS: Final = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-# One mailbox in its everyday shapes, ``a@b.c`` or ``Name <a@b.c>`` with a name of letters,
-# digits, spaces, dots, underscores and hyphens: for these the email package's parser gives the
-# address as written (a test holds the two to the same answers). Anything else (quotes, comments,
-# groups, lists, encoded words) goes to that parser.
-_ONE_MAILBOX: Final = re.compile(
-    rf"[ \t]*(?:[A-Za-z0-9._-](?:[A-Za-z0-9 ._-]*[A-Za-z0-9._-])?[ \t]*)?<({_PLAIN_ADDRESS})>[ \t]*"
-    rf"|[ \t]*({_PLAIN_ADDRESS})[ \t]*"
-)
-
-
-def addresses(header: str | None) -> tuple[str, ...]:
-    """The lower-cased address parts of a header value: ``Jane <Jane@X.com>`` -> ``jane@x.com``."""
-    if not header:
-        return ()
-    if (simple := _ONE_MAILBOX.fullmatch(header)) is not None:
-        return ((simple[1] or simple[2]).lower(),)
-    return _parsed(header)
-
-
-_QUOTED: Final = re.compile(r'"(?:[^"\\]|\\.)*"')
-_COMMENT: Final = re.compile(r"\((?:[^()\\]|\\.)*\)")
-_ANGLE_ADDR: Final = re.compile(r"<([^<>]*)>")
-
-
-@functools.lru_cache(maxsize=4096)
-def _parsed(header: str) -> tuple[str, ...]:
-    # The email package's parser costs ~30 us a call; the headers that reach it come again and
-    # again (an inbox's own address, a busy sender), and a storm of new ones only evicts older
-    # entries from a bounded cache.
-    parsed = tuple(addr.lower() for _, addr in getaddresses([header]) if addr)
-    # A sender chooses the display name. Written unquoted with an @ in it, ``ceo@x.com
-    # <attacker@evil.org>``, the parser reads it as a second address, which a route's `from`
-    # or a limit's sender key would then trust. Where a mailbox has an angle-addr, it is that
-    # mailbox's only address.
-    text = _COMMENT.sub(" ", _QUOTED.sub('""', header))
-    if "<" not in text:
-        return parsed
-    found: list[str] = []
-    for mailbox in text.split(","):
-        angles = _ANGLE_ADDR.findall(mailbox)
-        address = angles[-1] if angles else mailbox.rsplit(":", 1)[-1]
-        address = address.strip(" \t;").lower()
-        if address and address in parsed:
-            found.append(address)
-    return tuple(found)
-
 
 def _compile_globs(patterns: Sequence[str]) -> re.Pattern[str]:
-    return re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns))
+    return re.compile("|".join(fnmatch.translate(_address_pattern(p)) for p in patterns))
+
+
+def _address_pattern(pattern: str) -> str:
+    """A ``from``/``to`` glob in the form :func:`~bridge.addresses.canonical` gives addresses."""
+    local, at, domain = pattern.lower().rpartition("@")
+    return f"{local}@{ascii_domain(domain)}" if at else pattern.lower()
 
 
 class Miss(enum.IntEnum):

@@ -318,3 +318,93 @@ def test_an_own_address_among_several_authors_is_a_loop(tmp_path: Path) -> None:
     gate = Gate(config.routes, config.sinks, OwnAddresses([AGENT]))
     both = parse_event(email(1, sender=f"jane@example.org, {AGENT}"), Origin.WEBHOOK)
     assert gate.plan(both).notes == (Note("agent", Reason.LOOP, Action.DROPPED),)
+
+
+def limited_gate(tmp_path: Path, **guard: Any) -> Gate:
+    route: dict[str, Any] = {"name": "agent", "sinks": ["agent", "log"]}
+    route |= {"limits": {"per_sender": "3/10m"}, "guard": guard or True}
+    config = make_config(
+        tmp_path,
+        sinks={
+            "agent": {"type": "http", "url": "http://127.0.0.1:9/hook"},
+            "log": {"type": "file", "path": str(tmp_path / "all.jsonl")},
+        },
+        routes=[route],
+    )
+    return Gate(config.routes, config.sinks, OwnAddresses())
+
+
+def sender_key_of(gate: Gate, sender: str) -> str:
+    (limited,) = gate.plan(parse_event(email(1, sender=sender), Origin.WEBHOOK)).limited
+    (key,) = [key for reason, key, _ in limited.keys if reason is Reason.PER_SENDER]
+    return key
+
+
+def test_one_set_of_authors_is_one_sender_key_whatever_its_order(tmp_path: Path) -> None:
+    gate = limited_gate(tmp_path)
+    both = sender_key_of(gate, "jane@example.org, joe@example.org")
+    assert sender_key_of(gate, "joe@example.org, Jane <JANE@example.org>") == both
+    assert sender_key_of(gate, "joe@example.org, jane@example.org, joe@example.org") == both
+    # An empty angle-addr does not hide the address written beside it from the limit.
+    assert sender_key_of(gate, "jane@example.org <>") == sender_key_of(gate, "jane@example.org")
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "(" * 1200 + "x) <mallory@evil.example>",  # deeper than the email parser goes
+        "Mallory",
+        "mallory <>",
+        ", ".join(f"m{n}@evil.example" for n in range(1000)),  # past what is read
+    ],
+)
+def test_a_sender_that_names_no_readable_address_is_kept_from_the_agent(
+    tmp_path: Path, sender: str
+) -> None:
+    gate = limited_gate(tmp_path)
+    plan = gate.plan(parse_event(email(1, sender=sender), Origin.WEBHOOK))
+    assert plan.notes == (Note("agent", Reason.UNREADABLE_SENDER, Action.DROPPED),)
+    # The archive still gets it, counted under one key for every such sender.
+    (limited,) = plan.limited
+    assert limited.sinks == ("log",)
+    assert sender_key_of(gate, sender) == sender_key_of(gate, "Someone")
+
+
+@pytest.mark.parametrize(
+    ("configured", "sender"),
+    [
+        (AGENT, '"agent"@example.com'),
+        (AGENT, "Agent <agent@example.com.>"),
+        ("bot@bücher.example", "bot@xn--bcher-kva.example"),
+        ("bot@xn--bcher-kva.example", "Bot <bot@BÜCHER.example>"),
+    ],
+)
+def test_an_own_address_is_known_in_any_form_of_it(
+    tmp_path: Path, configured: str, sender: str
+) -> None:
+    gate = limited_gate(tmp_path, own_addresses=[configured])
+    plan = gate.plan(parse_event(email(1, sender=sender), Origin.WEBHOOK))
+    assert plan.notes == (Note("agent", Reason.LOOP, Action.DROPPED),)
+
+
+@pytest.mark.parametrize(
+    "bounce", ['"MAILER-DAEMON"@mx.example.org', "MAILER-DAEMON@mx.example <>"]
+)
+def test_a_bounce_is_known_in_any_form_of_its_sender(tmp_path: Path, bounce: str) -> None:
+    plan = limited_gate(tmp_path).plan(parse_event(email(1, sender=bounce), Origin.WEBHOOK))
+    assert plan.notes == (Note("agent", Reason.BOUNCE, Action.DROPPED),)
+
+
+async def test_a_poisoned_from_is_quarantined_and_the_mail_after_it_flows(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    # Nested comments past the email parser's recursion limit, and an unclosed quote that once
+    # took a pattern quadratic time: each answered at once, kept from the agent, recorded.
+    poisons = ["(" * 1200 + "x) <mallory@evil.example>", '"' + '\\"' * 3000 + " <m@evil.example>"]
+    config = build(tmp_path, agent_config(tmp_path, receiver))
+    async with running_bridge(config) as sup:
+        await post(sup, [email(1, sender=poisons[0]), email(2), email(3, sender=poisons[1])])
+        await post(sup, [email(4)])
+        await wait_until(lambda: sorted(receiver.accepted_ids()) == ["evt_2", "evt_4"])
+        await wait_until(lambda: sorted(quarantined(tmp_path)) == ["evt_1", "evt_3"])
+        assert counter(sup, "events_guarded", route="agent", reason="unreadable_sender") == 2

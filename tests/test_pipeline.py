@@ -39,6 +39,7 @@ from bridge.events import Event, Origin, parse_event
 from bridge.gate import Gate, OwnAddresses
 from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
+from bridge.plan import Action, Note, Plan, Reason
 from bridge.protocol import sign
 from bridge.simulator import Simulator
 from bridge.store import AcceptOutcome, Delivery, Store, StoreLimits
@@ -516,3 +517,33 @@ async def test_second_instance_on_the_same_state_refuses_to_start(
         stderr = second.stderr_path.read_text()
         assert f"pid {os.getpid()}" in stderr
         assert str(config.state.path) in stderr
+
+
+class _BrokenGate(Gate):
+    """A gate with a bug one event's content finds (fault injection: the real gate has none
+    known)."""
+
+    def plan(self, event: Event) -> Plan:
+        if event.event_id == "evt_bad":
+            raise RecursionError("maximum recursion depth exceeded")
+        return super().plan(event)
+
+
+async def test_an_event_the_gate_fails_on_goes_nowhere_and_its_batch_is_accepted(
+    store: Store,
+) -> None:
+    dispatcher, metrics = RecordingDispatcher(), Metrics()
+    gate = _BrokenGate(routes(agent=()), {}, OwnAddresses())
+    pipeline = Pipeline(store, gate, dispatcher, metrics)  # type: ignore[arg-type]
+    events = [make_event("evt_1"), make_event("evt_bad"), make_event("evt_2")]
+    with structlog.testing.capture_logs() as logs:
+        outcomes = await pipeline.accept(events)
+    assert outcomes == [AcceptOutcome.ACCEPTED] * 3
+    assert sorted(d.event_id for d in dispatcher.submitted) == ["evt_1", "evt_2"]
+    (failed,) = [e for e in logs if e["event"] == "event.plan_failed"]
+    assert failed["event_id"] == "evt_bad"
+    assert failed["log_level"] == "error"
+    # Kept with its note, so an operator sees it and can replay it.
+    (kept,) = [h for h in await store.history() if h.event_id == "evt_bad"]
+    assert kept.notes == (Note("(gate)", Reason.GATE_ERROR, Action.DROPPED),)
+    assert sample(metrics, "events_guarded_total", route="(gate)", reason="gate_error") == 1

@@ -16,10 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge import protocol
+from bridge.addresses import addresses, canonical
 from bridge.cli import main
 from bridge.config import RouteConfig, RouteMatch, load_config
 from bridge.events import Event, Origin, parse_event
-from bridge.routing import UNROUTED_HINTS, Miss, Router, addresses
+from bridge.routing import UNROUTED_HINTS, Miss, Router
 from bridge.simulator import Simulator
 from bridge.sinks import SINK_TYPES
 from bridge.store import Store
@@ -231,7 +232,6 @@ def test_from_and_to_together_must_both_hold() -> None:
     [
         "ceo@x.com <attacker@evil.org>",
         "ceo@x.com (the boss) <attacker@evil.org>",
-        "Ceo <ceo@x.com> <attacker@evil.org>",
     ],
 )
 def test_an_address_in_a_display_name_is_never_read(header: str) -> None:
@@ -245,6 +245,13 @@ def test_addresses_lowercases_the_address_parts() -> None:
     assert addresses('"x, y" <q@w.e>, Team: a@b.c, <d@e.f>;') == ("q@w.e", "a@b.c", "d@e.f")
     assert addresses(None) == ()
     assert addresses("") == ()
+
+
+def test_a_route_pattern_with_an_international_domain_matches_either_form() -> None:
+    router = Router([route("r", ["s"], senders=("*@Bücher.example",))])
+    assert router(message(sender="Jane <jane@bücher.example>")) == ("s",)
+    assert router(message(sender="jane@xn--bcher-kva.example")) == ("s",)
+    assert router(message(sender="jane@bucher.example")) == ()
 
 
 def test_config_keys_from_and_to_reach_the_router(tmp_path: Path) -> None:
@@ -495,7 +502,7 @@ def test_addresses_answer_as_the_email_packages_parser_does(header: str) -> None
 @given(st.text(_ATEXT + ' <>@.,"():;\\', max_size=30))
 @settings(max_examples=500)
 def test_addresses_of_any_text_are_some_of_the_parsers(header: str) -> None:
-    # Never an address the email package's parser does not see; fewer where a display name
-    # holds what it reads as one.
-    expected = tuple(addr.lower() for _, addr in getaddresses([header]) if addr)
-    assert set(addresses(header)) <= set(expected)
+    # Never an address the email package's parser does not see (in its canonical form); fewer
+    # where a display name holds what it reads as one.
+    expected = {canonical(addr) for _, addr in getaddresses([header]) if addr}
+    assert set(addresses(header)) <= expected
