@@ -35,7 +35,13 @@ def test_origin_makes_the_default_port_explicit_and_ignores_the_path() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    [GOOD, "https://api.openmail.sh:443/v1/attachments/m/f", "HTTPS://API.OPENMAIL.SH/v1/x"],
+    [
+        GOOD,
+        "https://api.openmail.sh:443/v1/attachments/m/f",
+        "HTTPS://API.OPENMAIL.SH/v1/attachments/m/f",
+        "https://api.openmail.sh/v1/attachments/m/f/text",
+        "https://api.openmail.sh/base/v1/attachments/m/a%20file..pdf",
+    ],
 )
 def test_a_url_on_the_api_origin_is_requested_as_parsed(url: str) -> None:
     got = request_url(url, API)
@@ -67,6 +73,23 @@ def test_a_url_on_the_api_origin_is_requested_as_parsed(url: str) -> None:
 )
 def test_anything_else_is_refused_before_any_request(url: object, reason: Reason) -> None:
     assert request_url(url, API) is reason
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.openmail.sh/v1/attachments/m/../../inboxes",
+        "https://api.openmail.sh/v1/attachments/m/%2e%2e/%2E%2E/inboxes",
+        "https://api.openmail.sh/v1/attachments/m/x%2F..%2F..%2F..%2Finboxes",
+        "https://api.openmail.sh/v1/attachments/m/..%5C..%5Cinboxes",
+        "https://api.openmail.sh/v1/inboxes",
+        "https://api.openmail.sh/v1/attachments/m",
+        "https://api.openmail.sh/",
+    ],
+)
+def test_only_an_attachment_path_is_asked_for_with_the_key(url: str) -> None:
+    # A filename's dot segments must not make the request another API endpoint's.
+    assert request_url(url, API) is Reason.BAD_URL
 
 
 def test_a_redirect_goes_to_https_anywhere_relative_targets_included() -> None:

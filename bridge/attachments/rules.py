@@ -11,9 +11,11 @@ https, unless ``api_url`` itself is plain http (a local simulator), when http is
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+from urllib.parse import unquote
 
 from yarl import URL
 
@@ -106,6 +108,12 @@ class Origin:
         return frozenset({"https", "http"} if self.scheme == "http" else {"https"})
 
 
+_ATTACHMENT_PATH: Final = re.compile(r"/v1/attachments/[^/]+/[^/]")
+"""Where OpenMail serves attachments: ``/v1/attachments/{messageId}/{filename}`` (and its
+``/text``), under whatever path the API has."""
+_PATH_SEPARATORS: Final = re.compile(r"[/\\]")
+
+
 def request_url(raw: object, api: Origin) -> URL | Reason:
     """The URL to request for an attachment's ``url`` value, or why none may be requested."""
     if not isinstance(raw, str) or not raw:
@@ -120,6 +128,16 @@ def request_url(raw: object, api: Origin) -> URL | Reason:
         return Reason.CREDENTIALS_IN_URL
     if Origin.of(url) != api:
         return Reason.NOT_API_HOST
+    if not _ATTACHMENT_PATH.search(url.raw_path) or any(
+        part in (".", "..")
+        for segment in url.raw_path.split("/")
+        for part in _PATH_SEPARATORS.split(unquote(segment))
+    ):
+        # The key goes with this request: a filename with dot segments (``../../inboxes``, which
+        # the URL parser resolves, or ``..%2F..%2Finboxes``, which a server in front of the API
+        # may) must not turn it into a read of another API endpoint, handed to the agent as a
+        # file.
+        return Reason.BAD_URL
     return url
 
 
