@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from bridge.config import Config, SinkConfig
+from bridge.config import Config, NatsPublishing, SinkConfig
+from bridge.config.nats import publish_problems
+from bridge.errors import ConfigError
 
 _SOCKET_KEYS = (
     "enabled",
@@ -69,3 +71,25 @@ def sinks_to_replace(
 ) -> list[str]:
     """Running sinks whose configuration ``wanted`` changes or drops: their workers stop."""
     return [name for name, config in running.items() if wanted.get(name) != config]
+
+
+def usable_with(old: Config, new: Config) -> Config:
+    """``new``, once it is known to work with what a reload keeps of ``old``.
+
+    A reload keeps ``old.nats`` (a restart applies its changes), so a NATS sink of ``new`` must be
+    served by that section, not only by the new one it was loaded against.
+
+    Raises:
+        ConfigError: a NATS sink the running connection and stream cannot serve.
+    """
+    if new.nats == old.nats:
+        return new
+    problems = [
+        f"{key}: {message} (the running nats: section; a change to it applies after a restart)"
+        for name, sink in new.sinks.items()
+        if isinstance(sink.options, NatsPublishing)
+        for key, message in publish_problems(old.nats, name, sink.options)
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return new

@@ -46,7 +46,12 @@ from bridge.health import (
 from bridge.metrics import Metrics
 from bridge.nats.bus import NatsBus
 from bridge.pipeline import Pipeline
-from bridge.reload import applicable_part, restart_only_changes, sinks_to_replace
+from bridge.reload import (
+    applicable_part,
+    restart_only_changes,
+    sinks_to_replace,
+    usable_with,
+)
 from bridge.runtime import loop_name
 from bridge.sinks import SINK_TYPES
 from bridge.sources.webhook import WebhookSource
@@ -325,7 +330,7 @@ class Supervisor:
 
     async def _reload(self) -> bool:
         try:
-            new = self._reload_config()
+            new = usable_with(self.config, self._reload_config())
         except ConfigError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
             self.last_reload = reload_result("rejected", exc.problems, at=time.time())
