@@ -101,12 +101,15 @@ class Event:
         return self.sender is not None or self.recipient is not None
 
 
-def _text(value: str, what: str) -> str:
-    """``value`` if it can be stored as UTF-8; a lone surrogate (``\\ud800``) cannot."""
+def _text(value: str, what: str, *, max_bytes: int | None = None) -> str:
+    """``value`` if it can be stored as UTF-8 (a lone surrogate, ``\\ud800``, cannot) and, with
+    ``max_bytes``, is no longer than that."""
     try:
-        value.encode("utf-8")
+        size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise EventError(f"payload field {what!r} is not valid Unicode text") from None
+    if max_bytes is not None and size > max_bytes:
+        raise EventError(f"payload field {what!r} is longer than {max_bytes} bytes")
     return value
 
 
@@ -139,9 +142,9 @@ def content_identity(data: dict[str, object]) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _opt_str(data: dict[str, object], key: str) -> str | None:
+def _opt_str(data: dict[str, object], key: str, max_bytes: int | None = None) -> str | None:
     value = data.get(key)
-    return _text(value, key) if isinstance(value, str) else None
+    return _text(value, key, max_bytes=max_bytes) if isinstance(value, str) else None
 
 
 def message_facts(message: dict[str, object]) -> MessageFacts:
@@ -212,17 +215,13 @@ def event_from_object(
         if not fallback_event_id:
             raise MissingEventIdError("payload has no 'event_id'")
         event_id = fallback_event_id
-    event_id = _text(event_id, "event_id")
-    if len(event_id.encode()) > protocol.MAX_EVENT_ID_BYTES:
-        raise EventError(
-            f"payload field 'event_id' is longer than {protocol.MAX_EVENT_ID_BYTES} bytes"
-        )
+    event_id = _text(event_id, "event_id", max_bytes=protocol.MAX_EVENT_ID_BYTES)
     kind = data.get("event")
     if not isinstance(kind, str) or not kind:
         if require_type:
             raise EventError("payload has no string 'event' field")
         kind = protocol.UNKNOWN_EVENT_TYPE
-    kind = _text(kind, "event")
+    kind = _text(kind, "event", max_bytes=protocol.MAX_ID_BYTES)
     content_id = content_identity(data)
     # The header is not signed: a captured body replayed with fresh X-Event-Id values must still
     # be recognised, so an event without its own id is identified by what the signature covers.
@@ -237,8 +236,8 @@ def event_from_object(
     return Event(
         event_id=event_id,
         type=kind,
-        inbox_id=_opt_str(data, "inbox_id"),
-        thread_id=_opt_str(data, "thread_id"),
+        inbox_id=_opt_str(data, "inbox_id", protocol.MAX_ID_BYTES),
+        thread_id=_opt_str(data, "thread_id", protocol.MAX_ID_BYTES),
         sender=sender,
         recipient=recipient,
         origin=origin,

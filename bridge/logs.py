@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
-from typing import Final, TextIO
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Final, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from bridge import redact
+from bridge.printable import printable
 
 MASK: Final = redact.MASK
 
@@ -88,6 +89,18 @@ def _scrub_rendered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDi
     return event_dict
 
 
+def _printable_values(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A console line shows values as they are: one with an escape sequence or a bidi override
+    (an id or error text a stranger wrote) would drive the operator's terminal. JSON lines
+    escape control characters already."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and not value.isprintable():
+            event_dict[key] = printable(value, keep_newlines=True)
+    return event_dict
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog and the standard library's logging once per process.
 
@@ -108,6 +121,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     ]
     renderer: Processor
     if use_console:
+        shared.append(_printable_values)
         # plain_traceback, named rather than left to the default: with rich installed the
         # default would be rich's, which can show locals.
         renderer = structlog.dev.ConsoleRenderer(

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("bridge.pipeline")
 
+UNROUTED_REMEMBERED = 1000
+"""(inbox, reason) pairs whose unrouted event was logged, kept at most."""
 GATE_FAILED = Plan(sinks=(), notes=(Note("(gate)", Reason.GATE_ERROR, Action.DROPPED),))
 """The plan of an event the gate failed on: recorded with its note (so kept in the history), sent
 nowhere."""
@@ -259,9 +261,13 @@ class Pipeline:
     ) -> None:
         self.metrics.events_unrouted.labels(source).inc()
         miss = self._gate.router.why_unrouted(event)
-        # Logged once per inbox and reason: a misrouted inbox would otherwise flood the log.
+        # Logged once per inbox and reason: a misrouted inbox would otherwise flood the log. The
+        # inbox ids come from senders of events (a NATS publisher, say): past a bound the record
+        # starts over, each pair then worth one more line.
         if (event.inbox_id, miss) in self._unrouted_seen:
             return
+        if len(self._unrouted_seen) >= UNROUTED_REMEMBERED:
+            self._unrouted_seen.clear()
         self._unrouted_seen.add((event.inbox_id, miss))
         # An inbox no route names is likely a mistake; a type or address a route leaves out is
         # what that route asked for, worth knowing once but not a warning.

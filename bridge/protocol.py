@@ -136,6 +136,10 @@ class ProtocolError(ValueError):
 MAX_EVENT_ID_BYTES: Final = 256
 """ASSUMPTION: OpenMail's event ids are short (``evt_`` and a few dozen characters). A longer one
 is refused on both sources rather than stored, indexed and logged at any length."""
+MAX_ID_BYTES: Final = 256
+"""ASSUMPTION: so are ``inbox_id`` (``inb_``), ``thread_id`` (``thr_``) and the ``event`` type. They
+are logged, shown, used in file paths and NATS subjects and keyed on in memory, so a longer one
+refuses the event too."""
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -182,7 +186,11 @@ def loads_strict(raw: bytes | str) -> object:
             # orjson keeps the last of duplicate keys silently. Its compact output equal to the
             # input proves there were none: that output holds each key once. Compact JSON (what
             # JSON.stringify sends) takes this path; anything else is parsed again strictly.
-            if orjson.dumps(fast) == raw:
+            try:
+                compact = orjson.dumps(fast)
+            except orjson.JSONEncodeError:  # nested past what orjson writes: checked below
+                compact = b""
+            if compact == raw:
                 return fast
     try:
         return json.loads(

@@ -57,8 +57,10 @@ _MARKERS: Final = (
     "om_test_",
     "whsec_",
 )
-_USERINFO: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/?#'\"<>]*@")
-"""``scheme://user:pass@``: everything up to the last ``@`` of the authority."""
+_USERINFO: Final = re.compile(r"(?i)(?<![a-z0-9+.\-])([a-z][a-z0-9+.\-]*://)[^\s/?#'\"<>]*@")
+"""``scheme://user:pass@``: everything up to the last ``@`` of the authority. A scheme starts
+where a run of scheme characters does (not at every ``\b`` inside ``a-a-a-...``): a match tried at
+each of them made a long run quadratic."""
 _ASSIGN: Final = re.compile(
     r"(?i)(?<![\w.%\-])([\w.%\-]+)(=[\"']?)((?:(?:bearer|basic)\s+)?[^&\s'\"#<>]+)"
 )

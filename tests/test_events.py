@@ -149,3 +149,19 @@ def test_content_too_deep_to_encode_is_an_event_error() -> None:
         inner["x"] = inner = {}
     with pytest.raises(EventError, match="nested too deeply"):
         content_identity(deep)
+
+
+@pytest.mark.parametrize("field", ["inbox_id", "thread_id", "event"])
+def test_an_id_or_type_longer_than_the_bound_refuses_the_event(field: str) -> None:
+    payload = {"event": "message.received", "event_id": "evt_1", "inbox_id": "inb_1"}
+    at_bound = payload | {field: "x" * protocol.MAX_ID_BYTES}
+    assert getattr_of(parse_event(json.dumps(at_bound).encode(), Origin.WEBHOOK), field) == (
+        "x" * protocol.MAX_ID_BYTES
+    )
+    over = payload | {field: "é" * (protocol.MAX_ID_BYTES // 2 + 1)}  # 258 bytes in UTF-8
+    with pytest.raises(EventError, match=f"'{field}' is longer than 256 bytes"):
+        parse_event(json.dumps(over).encode(), Origin.WEBHOOK)
+
+
+def getattr_of(event: Event, field: str) -> object:
+    return event.type if field == "event" else getattr(event, field)

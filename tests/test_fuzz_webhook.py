@@ -337,6 +337,10 @@ def judge(request: RawRequest) -> Verdict:
         return Verdict(400, True, "no event_id in the body or X-Event-Id")
     if not usable_event_id(event_id):
         return Verdict(400, True, "event_id longer than 256 bytes or not valid Unicode")
+    for key in ("event", "inbox_id", "thread_id"):
+        value = data.get(key)
+        if isinstance(value, str) and value and not usable_event_id(value):
+            return Verdict(400, True, f"{key} longer than 256 bytes or not valid Unicode")
     # A verified body is accepted whatever its ``event`` (missing, empty or not a string:
     # recorded as "unknown"); only the dedupe key is required (protocol notes, assumption 10).
     return Verdict(None if undecided else 200, True, "valid", event_id=event_id)

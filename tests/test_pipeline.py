@@ -38,7 +38,7 @@ from bridge.errors import SpoolFullError
 from bridge.events import Event, Origin, parse_event
 from bridge.gate import Gate, OwnAddresses
 from bridge.metrics import Metrics
-from bridge.pipeline import Pipeline
+from bridge.pipeline import UNROUTED_REMEMBERED, Pipeline
 from bridge.plan import Action, Note, Plan, Reason
 from bridge.protocol import sign
 from bridge.simulator import Simulator
@@ -547,3 +547,15 @@ async def test_an_event_the_gate_fails_on_goes_nowhere_and_its_batch_is_accepted
     (kept,) = [h for h in await store.history() if h.event_id == "evt_bad"]
     assert kept.notes == (Note("(gate)", Reason.GATE_ERROR, Action.DROPPED),)
     assert sample(metrics, "events_guarded_total", route="(gate)", reason="gate_error") == 1
+
+
+async def test_the_record_of_warned_inboxes_is_bounded(store: Store) -> None:
+    # Inbox ids come from whoever sends events: remembering each one for ever grew without bound.
+    pipeline, _, _ = pipeline_for(store, routes(agent=("inb_routed",)))
+    events = [make_event(f"evt_{n}", inbox_id=f"inb_{n}") for n in range(UNROUTED_REMEMBERED + 1)]
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.accept(events)
+        await pipeline.accept_one(make_event("evt_again", inbox_id="inb_0"))
+    warned = [e["inbox_id"] for e in logs if e["event"] == "event.unrouted"]
+    assert len(warned) == UNROUTED_REMEMBERED + 2
+    assert warned[-1] == "inb_0"  # the record started over, so it is worth a line again

@@ -208,3 +208,12 @@ def test_named_inboxes_reads_a_bounded_number_of_ids() -> None:
     # A body naming unknown inboxes many times costs a bounded scan, not one step per name.
     body = b"[" + b'{"inbox_id":"inb_x"},' * 1000 + b'{"inbox_id":"inb_a"}]'
     assert protocol.named_inboxes(body, {"inb_a"}) == []
+
+
+def test_json_nested_past_what_the_fast_encoder_writes_is_still_read() -> None:
+    deep = b"[" * 300 + b"]" * 300
+    value = protocol.loads_strict(deep)
+    for _ in range(299):
+        assert isinstance(value, list)
+        (value,) = value
+    assert value == []

@@ -188,3 +188,15 @@ def test_a_secret_query_value_or_user_info_never_survives(
         assert f"page={other}" in masked  # and what is not secret stays readable
     assert value in url_secrets(url)
     assert urllib.parse.unquote(password) in url_secrets(url)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("run", ["a-", "a.", "a+"])
+def test_a_long_run_of_scheme_characters_is_scrubbed_in_linear_time(run: str) -> None:
+    # A hang guard, not a speed target: a pattern tried at each character of the run took
+    # quadratic time (10 KB: 0.2 s, so this 600 KB: over ten minutes); linear, milliseconds.
+    hostile = run * 300_000 + "key"
+    assert scrub_text(hostile, []) == hostile
+    assert scrub_text("x_" + run * 10 + "https://user:pw@h/p", []) == (
+        "x_" + run * 10 + "https://***@h/p"
+    )

@@ -19,6 +19,7 @@ from bridge.config import OperatorConfig, load_config
 from bridge.config_secrets import config_secrets
 from bridge.delivery import sink_credentials
 from bridge.errors import ConfigError
+from bridge.printable import printable
 from bridge.redact import scrub_text
 from bridge.sinks import SINK_TYPES
 from bridge.store import Store
@@ -133,10 +134,10 @@ def _print_dlq_list(
         if not dead:
             print("no dead letters")
         for item in dead:
-            print(
-                f"{item['sink']}\t{item['event_id']}\t{item['type']}\t"
-                f"attempts={item['attempts']}\t{item['error']}"
+            sink, event_id, kind, error = (
+                printable(item[key]) for key in ("sink", "event_id", "type", "error")
             )
+            print(f"{sink}\t{event_id}\t{kind}\tattempts={item['attempts']}\t{error}")
     if quarantined is None:
         return
     if dead is None and not quarantined:
@@ -144,10 +145,10 @@ def _print_dlq_list(
     elif dead is not None and quarantined:
         print(f"quarantined, never delivered ({len(quarantined)}):")
     for item in quarantined:
-        print(
-            f"quarantine\t{item['event_id']}\t{item['type']}\t{item['reason']}\t"
-            f"source={item['source']}"
+        event_id, kind, reason, source = (
+            printable(item[key]) for key in ("event_id", "type", "reason", "source")
         )
+        print(f"quarantine\t{event_id}\t{kind}\t{reason}\tsource={source}")
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from bridge.cli.operator_config import (
     unknown_sink,
 )
 from bridge.config import OperatorConfig
+from bridge.printable import printable
 from bridge.store import HistoryEvent, ReplayOutcome, Store
 
 DEFAULT_LIMIT = 20
@@ -151,9 +152,9 @@ def _print_list(events: list[HistoryEvent], *, as_json: bool) -> None:
     if not events:
         print("no delivered events in the history")
     for e in events:
-        sinks = ",".join(e.sinks) or "-"
-        line = f"{_when(e.completed_at)}\t{e.event_id}\t{e.type}\t{e.inbox_id or '-'}\t{sinks}"
-        print(f"{line}\t{_notes_text(e)}" if e.notes else line)
+        fields = (e.event_id, e.type, e.inbox_id or "-", ",".join(e.sinks) or "-")
+        line = "\t".join([_when(e.completed_at), *map(printable, fields)])
+        print(f"{line}\t{printable(_notes_text(e))}" if e.notes else line)
 
 
 def _print_event(event: HistoryEvent, *, as_json: bool) -> None:
@@ -172,9 +173,9 @@ def _print_event(event: HistoryEvent, *, as_json: bool) -> None:
         "notes": _notes_text(event) or None,
     }
     for name, value in fields.items():
-        print(f"{name}: {'-' if value is None else value}")
-    print("payload:")
-    print(json.dumps(payload, indent=2) if not isinstance(payload, str) else payload)
+        print(f"{name}: {'-' if value is None else printable(value)}")
+    print("payload:")  # json.dumps writes every control and non-ASCII character escaped
+    print(json.dumps(payload, indent=2) if not isinstance(payload, str) else printable(payload))
 
 
 def cmd_events(args: argparse.Namespace) -> int:

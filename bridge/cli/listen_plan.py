@@ -16,6 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
+from bridge.printable import printable
+
 SINK: Final = "forward"
 """The one sink's name: in the state database and in ``dlq --sink``."""
 API_KEY_ENV: Final = "OPENMAIL_API_KEY"
@@ -117,5 +119,6 @@ def attempt_line(
     the event, the handler's status (``[---]`` without an answer) and what happens next."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
     code = f"[{status}]" if status is not None else "[---]"
-    line = f"{stamp}  {event_id}  {event_type}  {inbox_id or '-'}  {code} {outcome}"
-    return f"{line}: {error}" if error else line
+    shown = "  ".join(printable(v) for v in (event_id, event_type, inbox_id or "-"))
+    line = f"{stamp}  {shown}  {code} {outcome}"
+    return f"{line}: {printable(error)}" if error else line

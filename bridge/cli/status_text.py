@@ -10,6 +10,8 @@ import time
 from collections.abc import Mapping
 from typing import Final, TypeGuard
 
+from bridge.printable import printable
+
 _SIZE_UNITS: Final = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
@@ -110,7 +112,8 @@ def _sink_lines(sinks: object, now: float) -> list[str]:
             lines.append(f"    last delivered {last}")
         if info.get("last_error"):
             when = _moment(info.get("last_error_at"), now)
-            lines.append(f"    last error{f' {when}' if when else ''}: {info['last_error']}")
+            error = printable(info["last_error"])
+            lines.append(f"    last error{f' {when}' if when else ''}: {error}")
     return lines
 
 

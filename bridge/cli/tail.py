@@ -27,6 +27,7 @@ from bridge.backoff import full_jitter
 from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
 from bridge.cli.operator_config import add_admin_options, add_config_option
 from bridge.cli.status import Refused, Target, refusal, target
+from bridge.printable import printable
 from bridge.stream import KEEPALIVE
 
 CONNECT_TIMEOUT: Final = 5.0
@@ -96,31 +97,23 @@ def cmd_tail(args: argparse.Namespace) -> int:
 # --- output ----------------------------------------------------------------------------------
 
 
-def _printable(value: object) -> str:
-    """``value`` as text that cannot drive the terminal: errors and ids come from strangers."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
 def human(record: Mapping[str, object], *, color: bool) -> str:
     """One record as a line: time, kind, event id, source, inbox, type, then sink, attempt and
     error when it has them."""
     ts = record.get("ts")
     at = float(ts) if isinstance(ts, int | float) else time.time()
     stamp = time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
-    kind = _printable(record.get("kind"))
+    kind = printable(record.get("kind"))
     shown = kind.ljust(_KIND_WIDTH)
     if color and kind in COLORS:
         shown = f"\x1b[{COLORS[Kind(kind)]}m{shown}\x1b[0m"
     parts = [stamp, shown]
-    parts += [_printable(record.get(key) or "-") for key in ("event_id", "source", "inbox_id")]
-    parts.append(_printable(record.get("type") or "-"))
+    parts += [printable(record.get(key) or "-") for key in ("event_id", "source", "inbox_id")]
+    parts.append(printable(record.get("type") or "-"))
     for key in ("sink", "attempt", "error"):
         value = record.get(key)
         if value is not None and value != "":
-            parts.append(f"{key}={_printable(value)}")
+            parts.append(f"{key}={printable(value)}")
     return " ".join(parts)
 
 

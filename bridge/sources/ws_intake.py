@@ -121,13 +121,15 @@ class Intake:
     def _refuse(self, failure: BaseException, event: Event) -> None:
         room_needed = len(event.raw) if isinstance(failure, SpoolFullError) else 0
         if not isinstance(failure, SpoolFullError | StoreError):
-            log.error("ws.accept_failed", error=str(failure))
-        log.warning(
-            "ws.pushback",
-            error=str(failure),
-            hint="closing the WebSocket until the spool can take events",
-        )
-        self.refusal = Disconnect.pushed_back(failure, room_needed)
+            log.error("ws.accept_failed", error=str(failure), event_id=event.event_id)
+            self.refusal = Disconnect.accept_failed(failure)
+        else:
+            log.warning(
+                "ws.pushback",
+                error=str(failure),
+                hint="closing the WebSocket until the spool can take events",
+            )
+            self.refusal = Disconnect.pushed_back(failure, room_needed)
         self._changed.set()  # a reader waiting for room stops waiting
         self._on_refused(self.refusal)
 

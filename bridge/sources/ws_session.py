@@ -49,6 +49,9 @@ class DisconnectKind(enum.StrEnum):
     is."""
     PUSHBACK = "pushback"
     """The spool is full or failing: closed on purpose until it can take events again."""
+    ACCEPT_FAILED = "accept_failed"
+    """Accepting an event failed otherwise (a bug): reconnected with backoff, since the replay
+    brings the same event back first, and at once would spin."""
     STOPPING = "stopping"
     """The bridge is stopping: no reconnect."""
 
@@ -128,6 +131,10 @@ class Disconnect:
     def connection_failed(cls, error: BaseException) -> Disconnect:
         """The socket failed under a send or a read: the same as a dropped connection."""
         return cls(DisconnectKind.TRANSIENT, f"connection failed: {error}", ABNORMAL)
+
+    @classmethod
+    def accept_failed(cls, failure: BaseException) -> Disconnect:
+        return cls(DisconnectKind.ACCEPT_FAILED, f"accepting an event failed: {failure!r}")
 
     @classmethod
     def pushed_back(cls, failure: BaseException, room_needed: int) -> Disconnect:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from bridge.backoff import Pace
 from bridge.errors import SpoolFullError, StoreUnavailableError
 from bridge.events import Event, Origin, parse_event
 from bridge.sources.ws_intake import Intake
@@ -127,6 +128,21 @@ async def test_the_first_refusal_stops_the_intake_and_says_why_once() -> None:
     await intake.drain()
     assert len(refusals) == 1
     assert spool.batches == [["evt_0", "evt_1"], ["evt_2"]]
+
+
+async def test_a_failure_that_is_no_store_error_reconnects_with_backoff() -> None:
+    # A bug an event's content finds comes back with it first in the replay: reconnecting at
+    # once, as for a full spool whose room is awaited first, would spin.
+    spool = HeldSpool()
+    intake, refusals = intake_of(spool, limit=4)
+    assert await intake.put(event(0))
+    await turn()
+    spool.commit(0, [RecursionError("maximum recursion depth exceeded")])
+    await turn()
+    (refusal,) = refusals
+    assert refusal.kind is DisconnectKind.ACCEPT_FAILED
+    assert refusal.kind.pace is Pace.NORMAL
+    assert "RecursionError" in refusal.reason
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3])
