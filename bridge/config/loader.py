@@ -192,6 +192,9 @@ def build_config(
     openmail = _load_openmail(walker, raw_openmail, consumes_nats=consumes)
     if isinstance(openmail, OpenMailConfig):
         extra["openmail"] = openmail
+        if isinstance(nats, NatsConfig) and openmail.webhook.enabled:
+            # The NATS connection compares it with the server's limit, known once connected.
+            extra["nats"] = dataclasses.replace(nats, webhook_max_body=openmail.webhook.max_body)
 
     raw_state = raw.get("state")
     if raw_state is None or (isinstance(raw_state, dict) and "path" not in raw_state):

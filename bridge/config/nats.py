@@ -66,8 +66,15 @@ class NatsConfig:
     connect_timeout: Duration = 5.0
     reconnect_wait: Duration = 2.0
     """Between attempts to reach a server, at start and after an outage."""
+    ping_interval: Duration = 20.0
+    """Between pings to the server; a connection leaving three of them unanswered is given up
+    for the next server (a silent partition closes nothing)."""
     stream: NatsStreamConfig = field(default_factory=NatsStreamConfig)
     consume: NatsConsumeConfig | None = None
+    webhook_max_body: int | None = field(default=None, compare=False, metadata={"internal": True})
+    """``openmail.webhook.max_body`` while the webhook listens, bound by the loader: compared,
+    once connected, with what the server takes in one message. Not compared: a SIGHUP changing
+    it changes nothing that needs a restart."""
 
 
 @runtime_checkable
@@ -122,7 +129,7 @@ def _problems(nats: NatsConfig) -> Iterable[tuple[str, str]]:
             path = getattr(nats.tls, key)
             if path is not None and not path.is_file():
                 yield f"tls.{key}", f"{path} is not a readable file"
-    for key in ("connect_timeout", "reconnect_wait"):
+    for key in ("connect_timeout", "reconnect_wait", "ping_interval"):
         if getattr(nats, key) <= 0:
             yield key, "must be more than 0s"
     yield from _stream_problems(nats.stream)
@@ -194,3 +201,29 @@ def duplicate_window_short(nats: NatsConfig) -> str | None:
         f"is {window:g}s, under {MIN_DUPLICATE_WINDOW:g}s: copies of one event that edges "
         "publish further apart than this are both stored"
     )
+
+
+def dedup_window_short(nats: NatsConfig, dedup_window: float) -> str | None:
+    """The warning ``check`` prints for a consuming bridge that forgets event ids sooner than
+    the stream forgets events, if it does: a consumer the bridge creates starts at the
+    beginning of the stream, and an event delivered longer ago than the window is new to it."""
+    if nats.consume is None:
+        return None
+    max_age = nats.stream.max_age
+    if max_age and dedup_window >= max_age:
+        return None
+    kept = _duration(max_age) if max_age else "0, no age limit"
+    return (
+        f"({_duration(dedup_window)}) is shorter than nats.stream.max_age ({kept}): a consumer "
+        "the bridge creates (a new nats.consume.consumer, or one deleted and made again) replays "
+        "the whole stream, and an event delivered longer ago than state.dedup_window is "
+        "delivered again"
+    )
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in the largest unit the config accepts that divides it: 604800 -> ``7d``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bridge import redact
 from bridge.config.directories import Verdict, check_directory, fixed_directory
-from bridge.config.nats import duplicate_window_short
+from bridge.config.nats import dedup_window_short, duplicate_window_short
 from bridge.config.schema import Config, SinkConfig
 from bridge.config.values import Listen, Secret
 
@@ -136,6 +136,10 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
         warnings.append(
             ConfigWarning("config.nats_duplicate_window", "nats.stream.duplicate_window", short)
         )
+    if config.nats is not None and (
+        replays := dedup_window_short(config.nats, config.state.dedup_window)
+    ):
+        warnings.append(ConfigWarning("config.nats_dedup_window", "state.dedup_window", replays))
     return warnings
 
 

@@ -9,6 +9,8 @@ import contextlib
 from collections.abc import Iterable
 
 import nats.errors
+import structlog
+from nats.js import JetStreamContext
 from nats.js.api import StreamInfo
 
 from bridge.config import NatsConfig, NatsPublishing, SinkConfig
@@ -19,6 +21,8 @@ from bridge.sinks import Sink
 from bridge.sinks.nats import NatsSink
 from bridge.sources import Spool
 from bridge.sources.nats import NatsSource
+
+log = structlog.get_logger("bridge.nats")
 
 
 class NatsBus:
@@ -40,8 +44,11 @@ class NatsBus:
             for sink in sinks
             if isinstance(sink.options, NatsPublishing)
         ]
-        self.stream = StreamKeeper(config.stream, published)
+        self.stream = StreamKeeper(config.stream, published, denials=self.connection.denials)
         self.connection.on_connect(self.stream.ensure)
+        self._max_payload_seen: int | None = None
+        if published and config.webhook_max_body is not None:
+            self.connection.on_connect(self._check_max_payload)
         self.source = NatsSource(config, self.connection, metrics) if config.consume else None
         self.sinks: dict[str, NatsSink] = {}
         self.stream_info: StreamInfo | None = None
@@ -77,12 +84,35 @@ class NatsBus:
                 # stream's leader); checked again here, so status does not keep reporting it.
                 await self.stream.ensure(js)
             with contextlib.suppress(nats.errors.Error, TimeoutError):
-                self.stream_info = await js.stream_info(self.config.stream.name)
+                self.stream_info = await self.stream.guarded(
+                    "INFO", js.stream_info(self.config.stream.name)
+                )
         if self.stream_info is not None:
             self.metrics.nats_stream_messages.set(self.stream_info.state.messages)
             self.metrics.nats_stream_last_seq.set(self.stream_info.state.last_seq)
         if self.source is not None:
             await self.source.refresh()
+
+    async def _check_max_payload(self, _: JetStreamContext) -> None:
+        """Warn once per server limit when a webhook may accept an event larger than the
+        server takes in one message: the NATS sinks dead-letter such an event."""
+        limit, max_body = self.connection.max_payload, self.config.webhook_max_body
+        if limit is None or max_body is None or limit == self._max_payload_seen:
+            return
+        self._max_payload_seen = limit
+        if max_body > limit:
+            log.warning(
+                "nats.max_payload_below_max_body",
+                server=self.connection.server,
+                max_payload=limit,
+                max_body=max_body,
+                hint=(
+                    f"openmail.webhook.max_body is {max_body} bytes, but this NATS server takes "
+                    f"at most {limit} bytes per message (headers included): a larger webhook "
+                    "event is dead-lettered by the NATS sinks; raise max_payload on the server "
+                    "or lower max_body"
+                ),
+            )
 
     @property
     def state(self) -> str:

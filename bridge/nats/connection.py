@@ -3,7 +3,10 @@ background and retried forever (a server down at start does not stop the bridge)
 across the configured servers, its state readable by readiness and ``/status``.
 
 State changes are logged once each (``nats.connected``, ``nats.disconnected``,
-``nats.auth_failed``); failed attempts after that only at debug, counted in the metrics.
+``nats.auth_failed``); failed attempts after that only at debug, counted in the metrics. Only
+the client's disconnected, closed and reconnected callbacks end or restore a connection: an
+error the server reports on a connection it keeps open (a denied publish, a slow consumer) is
+recorded and logged (``nats.error``, throttled), never taken for an outage.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from nats.js import JetStreamContext
 from bridge import redact
 from bridge.config import NatsConfig
 from bridge.metrics import Metrics
+from bridge.nats.denials import Denials
 from bridge.nats.options import connect_options
+from bridge.throttle import Throttle
 
 log = structlog.get_logger("bridge.nats")
 
 OnConnect = Callable[[JetStreamContext], Awaitable[None]]
 """Run after every (re)connection, before the connection counts as usable (stream checks)."""
 AUTH_HINT: Final = "check nats.token / user+password / creds_file / nkey_seed_file"
+ERROR_LOG_INTERVAL: Final = 60.0
+"""At most one ``nats.error`` line per this many seconds: each denied publish reports one."""
 
 
 class ConnectionState(StrEnum):
@@ -40,6 +47,12 @@ class ConnectionState(StrEnum):
     DISCONNECTED = "disconnected"
     AUTH_FAILED = "auth_failed"
     CLOSED = "closed"
+
+
+def is_transport_error(exc: BaseException) -> bool:
+    """Whether nats-py reports the connection itself failing: it then reconnects (the
+    disconnected callback follows) or closes (the closed callback follows)."""
+    return isinstance(exc, nats.errors.UnexpectedEOF | nats.errors.StaleConnectionError | OSError)
 
 
 def is_auth_error(exc: BaseException) -> bool:
@@ -71,6 +84,8 @@ class NatsConnection:
         """The connected server's URL, user-info masked."""
         self.last_error: str | None = None
         self.connected_since: float | None = None
+        self.denials = Denials()
+        """Wakes who waits on a subject the server denies a publish to."""
         self._retry_wait = config.reconnect_wait if retry_wait is None else retry_wait
         self._client: Client | None = None
         self._on_connect: list[OnConnect] = []
@@ -80,6 +95,8 @@ class NatsConnection:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._was_connected = False
+        self._down_reason: str | None = None
+        self._error_log = Throttle(ERROR_LOG_INTERVAL)
         self._secrets = redact.literal_secrets(credentials(config))
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -112,6 +129,13 @@ class NatsConnection:
     @property
     def connected(self) -> bool:
         return self._ready.is_set()
+
+    @property
+    def max_payload(self) -> int | None:
+        """The largest message (headers and payload) the connected server takes, as its INFO
+        announced; None while not connected."""
+        client = self._client
+        return client.max_payload if client is not None and client.is_connected else None
 
     def jetstream(self) -> JetStreamContext | None:
         """The JetStream context while connected, else None."""
@@ -185,31 +209,45 @@ class NatsConnection:
         self._closed.set()
 
     async def _on_error(self, exc: Exception) -> None:
-        self.last_error = self._scrub(str(exc) or type(exc).__name__)
-        if is_auth_error(exc):
-            if self.state is not ConnectionState.AUTH_FAILED:
-                log.error(
-                    "nats.auth_failed",
-                    server=self._where(),
-                    error=self.last_error,
-                    hint=AUTH_HINT,
+        """nats-py's error callback: never ends a connection (the disconnected and closed
+        callbacks do), and while none is up only says why an attempt failed, which no other
+        callback reports."""
+        error = self._scrub(str(exc) or type(exc).__name__)
+        self.last_error = error
+        client = self._client
+        if client is not None and client.is_connected:
+            if is_transport_error(exc):
+                # The disconnected or closed callback follows; it logs this as the reason.
+                self._down_reason = error
+                return
+            # The server keeps this connection open (a permissions violation, a slow consumer):
+            # it stays usable, and no callback would ever restore it if it were marked down.
+            denied = self.denials.report(error)
+            if (extra := self._error_log.admit_fields("errors_since_last_line")) is not None:
+                hint = "the connection stays up" + (
+                    "; this NATS user may not publish there" if denied else ""
                 )
-            self._ready.clear()
-            self._set(ConnectionState.AUTH_FAILED)
+                log.warning("nats.error", server=self.server, error=error, hint=hint, **extra)
             return
-        if self.state in (ConnectionState.CONNECTING, ConnectionState.CONNECTED):
-            log.warning("nats.disconnected", server=self._where(), error=self.last_error)
-            self._ready.clear()
+        if self.state is ConnectionState.CONNECTED:
+            # The client is already reconnecting; its disconnected callback follows.
+            self._down_reason = error
+        elif is_auth_error(exc):
+            if self.state is not ConnectionState.AUTH_FAILED:
+                log.error("nats.auth_failed", server=self._where(), error=error, hint=AUTH_HINT)
+            self._set(ConnectionState.AUTH_FAILED)
+        elif self.state is ConnectionState.CONNECTING:
+            log.warning("nats.disconnected", server=self._where(), error=error)
             self._set(ConnectionState.DISCONNECTED)
         else:
-            log.debug("nats.connect_failed", server=self._where(), error=self.last_error)
+            log.debug("nats.connect_failed", server=self._where(), error=error)
 
     async def _on_disconnected(self) -> None:
         if self._stopping:
             return
         self._ready.clear()
         if self.state is ConnectionState.CONNECTED:
-            log.warning("nats.disconnected", server=self.server)
+            log.warning("nats.disconnected", server=self.server, error=self._down_reason)
             self._set(ConnectionState.DISCONNECTED)
 
     async def _on_reconnected(self) -> None:
@@ -230,7 +268,7 @@ class NatsConnection:
                 # The connection stays usable; the hook's owner reports its own failure.
                 log.warning("nats.on_connect_failed", error=self._scrub(str(exc)))
         self.connected_since = time.time()
-        self.last_error = None
+        self.last_error = self._down_reason = None
         log.info("nats.connected", server=self.server, reconnects=self.reconnects)
         self._set(ConnectionState.CONNECTED)
         self._ready.set()

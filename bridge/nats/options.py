@@ -1,12 +1,18 @@
 """Connect options for ``nats-py`` built from the ``nats:`` section: servers, the one way to
-authenticate, TLS, reconnect timing. Credentials go to the client and nowhere else."""
+authenticate, TLS, reconnect and keepalive timing. Credentials go to the client and nowhere
+else."""
 
 from __future__ import annotations
 
 import ssl
-from typing import TypedDict
+from typing import Final, TypedDict
 
 from bridge.config import NatsConfig
+
+MAX_OUTSTANDING_PINGS: Final = 3
+"""Pings left unanswered before the client drops the connection as stale and moves to the next
+server: a path that went silent (a dropped NAT or firewall entry, a cut link) closes nothing, so
+only the pings find it, after ``(MAX_OUTSTANDING_PINGS + 1) * ping_interval`` at most."""
 
 
 class ConnectOptions(TypedDict, total=False):
@@ -16,6 +22,8 @@ class ConnectOptions(TypedDict, total=False):
     name: str
     connect_timeout: int
     reconnect_time_wait: int
+    ping_interval: int
+    max_outstanding_pings: int
     max_reconnect_attempts: int
     allow_reconnect: bool
     token: str
@@ -36,9 +44,11 @@ def connect_options(config: NatsConfig) -> ConnectOptions:
     options = ConnectOptions(
         servers=list(config.servers),
         name=config.name,
-        # nats-py annotates these two as int but waits with them as seconds, fractions included.
+        # nats-py annotates these three as int but waits with them as seconds, fractions included.
         connect_timeout=config.connect_timeout,  # type: ignore[typeddict-item]
         reconnect_time_wait=config.reconnect_wait,  # type: ignore[typeddict-item]
+        ping_interval=config.ping_interval,  # type: ignore[typeddict-item]
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
         max_reconnect_attempts=-1,
         allow_reconnect=True,
     )

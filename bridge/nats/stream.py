@@ -8,8 +8,9 @@ publishes; its state (messages, last sequence) read for ``/status``, ``/metrics`
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import Final, NamedTuple, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -19,8 +20,13 @@ from nats.js.api import StorageType, StreamConfig
 
 from bridge.config import NatsStreamConfig
 from bridge.nats import subjects
+from bridge.nats.denials import Denials
 
 log = structlog.get_logger("bridge.nats")
+T = TypeVar("T")
+
+API_PREFIX: Final = "$JS.API"
+"""Where JetStream answers API requests: the bridge sets no domain and no other prefix."""
 
 
 class StreamState(enum.StrEnum):
@@ -31,12 +37,19 @@ class StreamState(enum.StrEnum):
     UNREACHABLE = "unreachable"  # the check itself failed (JetStream off, no permission)
 
 
+class StreamWarning(NamedTuple):
+    """A difference that leaves the stream usable: the log event it is reported as, and why."""
+
+    event: str
+    hint: str
+
+
 @dataclass(frozen=True, slots=True)
 class StreamCheck:
     """What :func:`compare` found: errors make the stream unusable, warnings do not."""
 
     errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[StreamWarning] = field(default_factory=list)
 
 
 def compare(
@@ -44,9 +57,13 @@ def compare(
     found_subjects: Sequence[str],
     found_window: float,
     published: Sequence[str],
+    *,
+    found_replicas: int | None = None,
+    found_max_age: float | None = None,
 ) -> StreamCheck:
     """The stream as found against the config: every subject filter in ``published`` must be
-    covered by its subjects; a shorter duplicate window than configured is a warning."""
+    covered by its subjects; a shorter duplicate window than configured, or (when given) fewer
+    replicas or a shorter max age, is a warning: an existing stream is never changed."""
     check = StreamCheck()
     have = ", ".join(found_subjects) or "none"
     for wanted in published:
@@ -57,11 +74,47 @@ def compare(
             )
     if found_window + 1e-3 < config.duplicate_window:
         check.warnings.append(
-            f"stream {config.name} has a duplicate window of {found_window:g}s, shorter than "
-            f"the configured nats.stream.duplicate_window of {config.duplicate_window:g}s: "
-            "copies of one event further apart than that are both stored"
+            StreamWarning(
+                "nats.stream_duplicate_window",
+                f"stream {config.name} has a duplicate window of {found_window:g}s, shorter "
+                "than the configured nats.stream.duplicate_window of "
+                f"{config.duplicate_window:g}s: copies of one event further apart than that "
+                "are both stored",
+            )
+        )
+    # Only what loses something is worth a warning at every check: a stream replicated more, or
+    # keeping messages longer, than one bridge asks for (a sidecar left at the defaults) is fine.
+    if found_replicas is not None and found_replicas < config.replicas:
+        check.warnings.append(
+            StreamWarning(
+                "nats.stream_replicas",
+                f"stream {config.name} has {found_replicas} replica(s), fewer than the "
+                f"configured nats.stream.replicas of {config.replicas}: it survives the loss of "
+                "fewer servers; an existing stream is never changed (nats stream edit does)",
+            )
+        )
+    if found_max_age is not None and _shorter(found_max_age, config.max_age):
+        check.warnings.append(
+            StreamWarning(
+                "nats.stream_max_age",
+                f"stream {config.name} has a max age of {_age(found_max_age)}, shorter than "
+                f"the configured nats.stream.max_age of {_age(config.max_age)}: a consumer "
+                "further behind than that misses messages; an existing stream is never changed "
+                "(nats stream edit does)",
+            )
         )
     return check
+
+
+def _shorter(found: float, configured: float) -> bool:
+    """Whether a max age of ``found`` keeps messages less long than ``configured`` (0: no limit)."""
+    if found <= 0:
+        return False
+    return configured <= 0 or found + 1e-3 < configured
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:g}s" if seconds > 0 else "0 (no limit)"
 
 
 def stream_config(config: NatsStreamConfig) -> StreamConfig:
@@ -81,11 +134,20 @@ class StreamKeeper:
     Args:
         config: ``nats.stream``.
         published: subject filters covering what this bridge's NATS sinks publish.
+        denials: the connection's; a JetStream API request the server denies this user (a
+            consume-only user may not read the stream) then fails at once, not at its timeout.
     """
 
-    def __init__(self, config: NatsStreamConfig, published: Sequence[str]) -> None:
+    def __init__(
+        self,
+        config: NatsStreamConfig,
+        published: Sequence[str],
+        *,
+        denials: Denials | None = None,
+    ) -> None:
         self.config = config
         self.published = tuple(published)
+        self.denials = denials
         self.state = StreamState.UNKNOWN
         self.problem: str | None = None
         self.warnings: list[str] = []
@@ -93,7 +155,7 @@ class StreamKeeper:
     async def ensure(self, js: JetStreamContext) -> None:
         """Create the stream if missing, else validate it; log what is wrong once per check."""
         try:
-            info = await js.stream_info(self.config.name)
+            info = await self.guarded("INFO", js.stream_info(self.config.name))
         except nats.js.errors.NotFoundError:
             info = None
         except (nats.errors.Error, TimeoutError) as exc:
@@ -101,7 +163,7 @@ class StreamKeeper:
             return
         if info is None:
             try:
-                await js.add_stream(stream_config(self.config))
+                await self.guarded("CREATE", js.add_stream(stream_config(self.config)))
             except (nats.errors.Error, TimeoutError) as exc:
                 message = f"cannot create stream {self.config.name}: {exc}"
                 self._unusable(StreamState.UNREACHABLE, message)
@@ -119,14 +181,24 @@ class StreamKeeper:
             info.config.subjects or [],
             info.config.duplicate_window or 0.0,
             self.published,
+            found_replicas=info.config.num_replicas,
+            found_max_age=info.config.max_age or 0.0,
         )
-        self.warnings = check.warnings
+        self.warnings = [warning.hint for warning in check.warnings]
         for warning in check.warnings:
-            log.warning("nats.stream_duplicate_window", stream=self.config.name, hint=warning)
+            log.warning(warning.event, stream=self.config.name, hint=warning.hint)
         if check.errors:
             self._unusable(StreamState.INVALID, "; ".join(check.errors))
             return
         self.state, self.problem = StreamState.VALID, None
+
+    async def guarded(self, request: str, call: Awaitable[T]) -> T:
+        """``call``, a JetStream API ``request`` about this stream, failing at once if the server
+        denies it (:class:`~bridge.nats.denials.PublishDenied`, a ``nats.errors.Error``)."""
+        if self.denials is None:
+            return await call
+        subject = f"{API_PREFIX}.STREAM.{request}.{self.config.name}"
+        return await self.denials.guard(subject, call)
 
     def _unusable(self, state: StreamState, problem: str) -> None:
         if (state, problem) != (self.state, self.problem):

@@ -5,24 +5,31 @@ Several edge bridges may publish the same event: the stream keeps it once within
 window, and answers the later copies with a PubAck marked duplicate, which is done too. With
 ``ordering: thread`` the worker publishes a thread's next event only after the previous one's
 PubAck, which is what keeps a thread's order in the stream across edges.
+
+A failure that retrying cannot change is permanent for that event alone, which is then
+dead-lettered and stops holding its thread: an event larger than the server takes in one message
+(or than the stream's ``max_msg_size``), a subject the server denies this NATS user.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import nats.errors
 import nats.js.errors
+from nats.js.api import Header
 
 from bridge import protocol
 from bridge.config.schema import SinkConfig
 from bridge.config.values import Duration
-from bridge.errors import PermanentDeliveryError, RetryableDeliveryError
+from bridge.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from bridge.metrics import Metrics
 from bridge.nats import subjects
 from bridge.nats.connection import NatsConnection
+from bridge.nats.denials import PublishDenied
 from bridge.nats.stream import StreamKeeper, StreamState
 from bridge.sinks.http import SOURCE_HEADER
 
@@ -33,6 +40,26 @@ MSG_ID_HEADER: Final = "Nats-Msg-Id"
 """JetStream de-duplicates on this header within the stream's duplicate window."""
 _HEADER_VALUE: Final = re.compile(r"[!-~]+")
 """Visible ASCII: an event id that is safe in a header line as it is."""
+MESSAGE_TOO_LARGE: Final = 10054
+"""JetStream's error code for a message over the stream's ``max_msg_size``."""
+
+
+def wire_size(payload: bytes, headers: Mapping[str, str]) -> int:
+    """The bytes a server counts against its ``max_payload``: the header block and the payload.
+    nats-py checks the payload alone, and the server closes the connection on a message over the
+    limit, so the sink checks the sum before publishing."""
+    block = len(b"NATS/1.0\r\n\r\n")
+    block += sum(len(k.encode()) + len(v.encode()) + len(b": \r\n") for k, v in headers.items())
+    return block + len(payload)
+
+
+def too_large(delivery: Delivery, size: int, connection: NatsConnection) -> str:
+    limit = connection.max_payload
+    over = f"the max_payload of {limit} bytes" if limit is not None else "the max_payload"
+    return (
+        f"event is {len(delivery.payload)} bytes ({size} with its NATS headers), over {over} "
+        f"of NATS server {connection.server}: it can never be published there"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,7 +141,8 @@ class NatsSink:
         Raises:
             RetryableDeliveryError: not connected, no PubAck in time, no stream on the subject,
                 the stream not usable.
-            PermanentDeliveryError: an event id unfit for a header.
+            PermanentDeliveryError: an event id unfit for a header, an event larger than the
+                server or the stream takes, a subject this NATS user may not publish to.
         """
         connection, stream = self._connection, self._stream
         if connection is None or stream is None:
@@ -137,29 +165,63 @@ class NatsSink:
             SOURCE_HEADER: delivery.origin.value,
             "Content-Type": "application/json",
         }
+        # js.publish adds this one to the headers it is given.
+        size = wire_size(delivery.payload, {**headers, Header.EXPECTED_STREAM: stream.config.name})
+        limit = connection.max_payload
+        if limit is not None and size > limit:
+            self._count("failed")
+            raise PermanentDeliveryError(too_large(delivery, size, connection))
         try:
-            ack = await js.publish(
+            ack = await connection.denials.guard(
                 subject,
-                delivery.payload,
-                timeout=self.options.timeout,
-                stream=stream.config.name,
-                headers=headers,
+                js.publish(
+                    subject,
+                    delivery.payload,
+                    timeout=self.options.timeout,
+                    stream=stream.config.name,
+                    headers=headers,
+                ),
             )
         except (nats.errors.Error, TimeoutError, OSError) as exc:
             self._count("failed")
-            raise RetryableDeliveryError(self._failure(subject, exc, connection)) from exc
+            raise self._classify(delivery, subject, size, exc, connection) from exc
         self.counts.last_seq = ack.seq
         self._count("duplicate" if ack.duplicate else "acked")
 
-    def _failure(self, subject: str, exc: Exception, connection: NatsConnection) -> str:
-        """The one place a failed publish is put into words; every failure is retryable."""
+    def _classify(
+        self,
+        delivery: Delivery,
+        subject: str,
+        size: int,
+        exc: Exception,
+        connection: NatsConnection,
+    ) -> DeliveryError:
+        """The one place a failed publish is put into words and classified: what no retry can
+        change is permanent, the rest (time, a connection, a stream) is retryable."""
+        if isinstance(exc, PublishDenied):
+            return PermanentDeliveryError(
+                f"the NATS server denies this user publishing to {subject} (permissions "
+                "violation): grant the user that subject, or route the event elsewhere"
+            )
+        if isinstance(exc, nats.errors.MaxPayloadError):  # a limit lowered since the check
+            return PermanentDeliveryError(too_large(delivery, size, connection))
         if isinstance(exc, nats.errors.TimeoutError | TimeoutError):
-            return f"no PubAck for {subject} within {self.options.timeout:g}s"
+            return RetryableDeliveryError(
+                f"no PubAck for {subject} within {self.options.timeout:g}s"
+            )
         if isinstance(exc, nats.js.errors.NoStreamResponseError):
-            return f"no JetStream stream answers on {subject}"
+            return RetryableDeliveryError(f"no JetStream stream answers on {subject}")
         if isinstance(exc, nats.js.errors.APIError):
-            return f"JetStream refused the publish to {subject}: {exc.description or exc}"
-        return f"{connection.describe_failure()}: {str(exc) or type(exc).__name__}"
+            refused = f"JetStream refused the publish to {subject}: {exc.description or exc}"
+            if exc.err_code == MESSAGE_TOO_LARGE:
+                return PermanentDeliveryError(
+                    f"{refused} (event is {len(delivery.payload)} bytes, over the stream's "
+                    "max_msg_size)"
+                )
+            return RetryableDeliveryError(refused)
+        return RetryableDeliveryError(
+            f"{connection.describe_failure()}: {str(exc) or type(exc).__name__}"
+        )
 
     def _count(self, outcome: str) -> None:
         setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)

@@ -2,10 +2,12 @@
 bridge published (same event id, payload bytes and origin), and acks it only once the spool has
 durably committed it or recognised it as a duplicate or conflict.
 
-A store failure or a full spool stops fetching and leaves what was fetched un-acked: JetStream
-redelivers it after ``ack_wait``. A poison message (no event id, a body that is not a JSON object,
-JSON the strict parser refuses) is terminated (``AckTerm``), logged (throttled) and counted, never
-stored.
+Only a consumer that keeps every message until it is acked is consumed from (explicit acks,
+unlimited deliveries, pulled: :mod:`bridge.sources.nats_consumer`); another is reported and checked
+again with backoff. What the spool has no room for, or a store failure refused, is held in stream
+order and stored before anything newer is fetched (:mod:`bridge.sources.nats_held`). A poison
+message (no event id, a body that is not a JSON object, JSON the strict parser refuses) is
+terminated (``AckTerm``), logged (throttled) and counted, never stored.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 import nats.errors
@@ -21,16 +25,26 @@ import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo
+from nats.js.api import ConsumerInfo
 
 from bridge import protocol
-from bridge.config import NatsConfig, NatsConsumeConfig
+from bridge.backoff import Uniform, full_jitter
+from bridge.config import NatsConfig
 from bridge.errors import EventError, MissingEventIdError, StoreError
 from bridge.events import Event, Origin, parse_event
 from bridge.metrics import Metrics
 from bridge.nats.connection import NatsConnection
 from bridge.sinks.http import SOURCE_HEADER
 from bridge.sources import Spool
+from bridge.sources.nats_consumer import (
+    DIFFERS_HINT,
+    FIX_HINT,
+    consumer_config,
+    consumer_differences,
+    consumer_problems,
+    describe_problems,
+)
+from bridge.sources.nats_held import Held, HeldMessages, Sleep
 from bridge.throttle import Throttle
 
 log = structlog.get_logger("bridge.sources.nats")
@@ -40,38 +54,11 @@ VIA: Final = "nats"
 the WebSocket replay cursor whatever the origin an edge received it by."""
 FETCH_WAIT: Final = 1.0
 """Seconds one pull waits for messages: how quickly a stop or an outage is noticed."""
+RECHECK_MAX: Final = 60.0
+"""Cap in seconds of the backoff between checks of a consumer that would lose events."""
+INVALID_STATE: Final = "consumer_invalid"
+"""The source's ``state`` in ``/status`` while its consumer would lose events."""
 _ORIGINS: Final = {origin.value: origin for origin in Origin}
-
-
-def consumer_config(consume: NatsConsumeConfig) -> ConsumerConfig:
-    filters = list(consume.filter_subjects)
-    return ConsumerConfig(
-        durable_name=consume.consumer,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=consume.ack_wait,
-        max_ack_pending=consume.max_ack_pending,
-        filter_subject=filters[0] if len(filters) == 1 else None,
-        filter_subjects=filters if len(filters) > 1 else None,
-    )
-
-
-def consumer_differences(wanted: ConsumerConfig, found: ConsumerConfig) -> dict[str, object]:
-    """What of ``wanted`` (:func:`consumer_config`) an existing consumer's ``found`` config does
-    not hold: ``{key: {"server": found, "config": wanted}}``; empty when it holds all of it."""
-
-    def filters(config: ConsumerConfig) -> list[str]:
-        return sorted(
-            config.filter_subjects or ([config.filter_subject] if config.filter_subject else [])
-        )
-
-    pairs = {
-        "filter_subjects": (filters(found), filters(wanted)),
-        "ack_wait": (found.ack_wait, wanted.ack_wait),
-        "max_ack_pending": (found.max_ack_pending, wanted.max_ack_pending),
-    }
-    return {
-        key: {"server": have, "config": want} for key, (have, want) in pairs.items() if have != want
-    }
 
 
 def event_of(msg: Msg) -> Event:
@@ -98,7 +85,12 @@ class NatsSource:
         connection: the bridge's NATS connection (started and stopped by its owner).
         metrics: where consumed, terminated and consumer state are counted.
         fetch_wait: seconds one pull waits (tests shorten it).
-        retry_wait: seconds between attempts to set the consumer up again after a failure.
+        retry_wait: seconds between attempts to set the consumer up again after a failure; the
+            first step of the backoff between checks of a consumer that would lose events.
+        recheck_max: the cap of that backoff.
+        clock: a monotonic clock, for when JetStream last heard of held messages.
+        sleep: how every wait of the loop is waited out.
+        uniform: the random source of the backoff's jitter.
     """
 
     name = "nats"
@@ -111,6 +103,10 @@ class NatsSource:
         *,
         fetch_wait: float = FETCH_WAIT,
         retry_wait: float = 1.0,
+        recheck_max: float = RECHECK_MAX,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        uniform: Uniform = random.uniform,
     ) -> None:
         if config.consume is None:
             raise ValueError("nats.consume is not set")
@@ -120,6 +116,9 @@ class NatsSource:
         self.metrics = metrics
         self._fetch_wait = fetch_wait
         self._retry_wait = retry_wait
+        self._recheck_max = recheck_max
+        self._sleep = sleep
+        self._uniform = uniform
         self._failed_log = Throttle()  # one line a minute while consuming keeps failing
         self._spool: Spool | None = None
         self._task: asyncio.Task[None] | None = None
@@ -127,6 +126,10 @@ class NatsSource:
         self._subscribed = False
         self._poison_log = Throttle()
         self._refused_log = Throttle()
+        self._held = HeldMessages(clock=clock, sleep=sleep)
+        self._invalid: str | None = None
+        """Why the consumer would lose events, while it does; None once it is usable."""
+        self._checks_failed = 0
         self.acked = 0
         self.terminated = 0
         self.unacked = 0
@@ -147,6 +150,9 @@ class NatsSource:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        # Nak'd rather than left to ack_wait: JetStream redelivers them before anything newer,
+        # so whoever consumes next stores them in stream order.
+        await self._held.release()
 
     @property
     def receiving(self) -> bool:
@@ -154,13 +160,20 @@ class NatsSource:
 
     def status(self) -> dict[str, object]:
         info = self.consumer_info
+        if self.receiving:
+            state = "consuming"
+        elif self._invalid is not None and self.connection.connected:
+            state = INVALID_STATE
+        else:
+            state = self.connection.state.value
         return {
-            "state": "consuming" if self.receiving else self.connection.state.value,
+            "state": state,
             "stream": self.config.stream.name,
             "consumer": self.consume.consumer,
             "acked": self.acked,
             "terminated": self.terminated,
             "unacked": self.unacked,
+            "held": len(self._held),
             "pending": info.num_pending if info is not None else None,
             "ack_pending": info.num_ack_pending if info is not None else None,
             "redelivered": info.num_redelivered if info is not None else None,
@@ -188,10 +201,14 @@ class NatsSource:
         while not self._stopping:
             js = await self.connection.wait_connected()
             subscription = None
+            delay = self._retry_wait
             try:
-                subscription = await self._subscribe(js)
-                self._subscribed = True
-                await self._consume(subscription)
+                subscription = await self._bind(js)
+                if subscription is None:
+                    delay = self._recheck_delay()
+                else:
+                    self._subscribed = True
+                    await self._consume(subscription)
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 if (extra := self._failed_log.admit_fields("failed_since_last_line")) is not None:
@@ -203,17 +220,18 @@ class NatsSource:
                         **extra,
                     )
             except Exception:
-                # A bug must not end consuming for the life of the process: what was fetched
-                # and not acked is redelivered after ack_wait.
+                # A bug must not end consuming for the life of the process: what is held is
+                # stored on the next round, what was fetched and lost is redelivered.
                 log.exception("nats.consume_error", consumer=self.consume.consumer)
             self._subscribed = False
             if subscription is not None:
                 with contextlib.suppress(Exception):  # the connection may be gone with it
                     await subscription.unsubscribe()
-            await asyncio.sleep(self._retry_wait)
+            await self._sleep(delay)
 
-    async def _subscribe(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
-        """Bind to the durable consumer, creating it if missing."""
+    async def _bind(self, js: JetStreamContext) -> JetStreamContext.PullSubscription | None:
+        """Bind to the durable consumer, creating it if missing; None when it exists and would
+        lose events (reported, and checked again after a backoff)."""
         stream, durable = self.config.stream.name, self.consume.consumer
         wanted = consumer_config(self.consume)
         try:
@@ -222,24 +240,51 @@ class NatsSource:
             self.consumer_info = await js.add_consumer(stream, wanted)
             log.info("nats.consumer_created", stream=stream, consumer=durable)
         else:
-            # An existing durable consumer is the server's: used as it is, never changed under
-            # other sidecars sharing it. A config that says otherwise is warned of at each bind.
+            # An existing durable consumer is the server's: never changed under other sidecars
+            # sharing it. One that would drop what the spool has not stored is not consumed
+            # from; one that only differs from the config is used, with a warning at each bind.
+            if problems := consumer_problems(self.consumer_info.config):
+                self._unusable(problems)
+                return None
             if differs := consumer_differences(wanted, self.consumer_info.config):
                 log.warning(
                     "nats.consumer_differs",
                     stream=stream,
                     consumer=durable,
                     differs=differs,
-                    hint="the consumer is used as the server has it: change it with "
-                    "`nats consumer edit`, or name a new consumer in nats.consume.consumer",
+                    hint=DIFFERS_HINT,
                 )
+        if self._invalid is not None:
+            log.info("nats.consumer_valid", stream=stream, consumer=durable)
+            self._invalid = self.last_error = None
+        self._checks_failed = 0
         return await js.pull_subscribe_bind(durable, stream=stream)
+
+    def _unusable(self, problems: dict[str, dict[str, object]]) -> None:
+        stream, durable = self.config.stream.name, self.consume.consumer
+        problem = describe_problems(stream, durable, problems)
+        if problem != self._invalid:  # once per problem: the next checks find it again
+            log.error(
+                "nats.consumer_invalid",
+                stream=stream,
+                consumer=durable,
+                invalid=problems,
+                hint=FIX_HINT,
+            )
+        self._invalid = self.last_error = problem
+
+    def _recheck_delay(self) -> float:
+        self._checks_failed += 1
+        return full_jitter(self._checks_failed, self._retry_wait, self._recheck_max, self._uniform)
 
     async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
         spool = self._spool
         assert spool is not None  # set by start()
         while not self._stopping:
-            # A full or unwritable spool stops fetching: what JetStream holds stays there.
+            if self._held:
+                # Nothing newer is fetched while something fetched earlier is not stored.
+                await self._store_held(spool)
+                continue
             await spool.wait_room()
             try:
                 messages = await subscription.fetch(self.consume.batch, timeout=self._fetch_wait)
@@ -247,47 +292,79 @@ class NatsSource:
                 if not self.connection.connected:
                     raise nats.errors.ConnectionClosedError from None
                 continue
-            await self._handle(spool, messages)
+            await self._take(messages)
 
-    async def _handle(self, spool: Spool, messages: Sequence[Msg]) -> None:
-        events: list[Event] = []
-        kept: list[Msg] = []
+    async def _take(self, messages: Sequence[Msg]) -> None:
+        """Hold what is an event, terminate what is poison."""
+        taken: list[Held] = []
         for msg in messages:
             try:
-                events.append(event_of(msg))
+                taken.append(Held(msg, event_of(msg)))
             except EventError as exc:
                 await self._terminate(msg, exc)
-                continue
-            kept.append(msg)
-        if not events:
-            return
+        self._held.fetched(taken)
+
+    async def _store_held(self, spool: Spool) -> None:
+        """Store the held messages the spool has room for, from the first; else wait for room
+        for the first of them."""
+        held = self._held
+        handed = held.fitting(spool)
+        if not handed:
+            head = held.head
+            if head.size <= spool.max_bytes:
+                self._not_stored(held, f"the spool has no room for a {head.size}-byte event")
+                await held.wait_room(spool, head.size, self._ack_wait())
+                return
+            handed = [head]  # never fits: the store decides (a duplicate needs no room)
         try:
-            results = await spool.accept(events)
+            results = await spool.accept([item.event for item in handed])
         except StoreError as exc:
-            self._leave(kept, str(exc))
+            self._not_stored(held, str(exc))
+            await held.wait_room(spool, 0, self._ack_wait())  # until the store writes again
             return
-        for msg, result in zip(kept, results, strict=True):
+        refused: list[Held] = []
+        for item, result in zip(handed, results, strict=True):
             if isinstance(result, StoreError):
-                self._leave([msg], str(result))
+                self._not_stored([item], str(result))
+                refused.append(item)
                 continue
-            # Acked only now: the event is committed, or recognised as one that was.
-            await msg.ack()
+            # Acked only now: the event is committed, or recognised as one that was. One stored
+            # after a refused one (room taken meanwhile by another source) is acked too: it is
+            # stored, and holding it back would only bring it again as a duplicate.
+            with contextlib.suppress(nats.errors.Error):
+                await item.msg.ack()
             self.acked += 1
             self.metrics.nats_consumed.labels("acked").inc()
+        held.settle(handed, refused)
+        if refused and refused[0].size > spool.max_bytes:
+            # Holding it would stop the consumer for good: left un-acked, it comes back after
+            # ack_wait, and is stored once state.max_bytes is raised.
+            held.drop_head()
 
-    def _leave(self, messages: Sequence[Msg], error: str) -> None:
-        """Not stored: left un-acked, so JetStream redelivers them after ``ack_wait``."""
-        self.unacked += len(messages)
+    def _ack_wait(self) -> float:
+        info = self.consumer_info
+        found = info.config.ack_wait if info is not None else None
+        return found or self.consume.ack_wait
+
+    def _not_stored(self, items: Iterable[Held], error: str) -> None:
+        """Count each message once, the first time it could not be stored."""
+        new = [item for item in items if not item.counted]
         self.last_error = error
-        self.metrics.nats_consumed.labels("unacked").inc(len(messages))
+        if not new:
+            return
+        for item in new:
+            item.counted = True
+        self.unacked += len(new)
+        self.metrics.nats_consumed.labels("unacked").inc(len(new))
         suppressed = self._refused_log.admit()
         if suppressed is not None:
             log.warning(
                 "nats.not_stored",
-                count=len(messages),
+                count=len(new),
                 error=error,
                 suppressed=suppressed,
-                hint="left un-acked; JetStream redelivers them after ack_wait",
+                hint="held un-acked and in stream order, reported in progress to JetStream; "
+                "stored before anything newer is fetched once the spool has room",
             )
 
     async def _terminate(self, msg: Msg, exc: EventError) -> None:

@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
 
-from bridge.config import Config, build_config
+from bridge.config import Config, NatsStreamConfig, build_config
+from bridge.nats.stream import stream_config
 from bridge.sinks import SINK_TYPES
 from tests.conftest import bridge_config_dict, free_port
 
@@ -267,3 +270,45 @@ async def stream_messages(js: JetStreamContext, stream: str = "OPENMAIL") -> lis
         await js.get_msg(stream, seq)
         for seq in range(info.state.first_seq, info.state.last_seq + 1)
     ]
+
+
+async def create_stream(server: NatsServer) -> None:
+    """The stream as a bridge with :func:`nats_section` creates it, made before any bridge runs
+    (a consumer to be found at a bridge's start needs it)."""
+    async with nats_client(server) as client:
+        await client.jetstream().add_stream(
+            stream_config(NatsStreamConfig(subjects=("openmail.>",), duplicate_window=120.0))
+        )
+
+
+async def server_ack_wait_passed(server: NatsServer, ack_wait: float, times: int = 2) -> None:
+    """Until the server has let ``ack_wait`` pass ``times`` times over, by its own clock: a
+    witness consumer of our own, never acking, is redelivered its one message ``times`` times.
+    Each pull waits on the server; nothing here sleeps."""
+    async with nats_client(server) as client:
+        js = client.jetstream()
+        witness = await js.pull_subscribe(
+            "openmail.>", durable="witness", stream="OPENMAIL", config=_witness(ack_wait)
+        )
+        deliveries = 0
+        while deliveries <= times:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                (msg,) = await witness.fetch(1, timeout=ack_wait * 2)
+                deliveries = msg.metadata.num_delivered
+        await js.delete_consumer("OPENMAIL", "witness")
+
+
+def _witness(ack_wait: float) -> ConsumerConfig:
+    return ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
+
+
+async def redeliverable(server: NatsServer, durable: str = "agent-support") -> int:
+    """How many messages ``durable`` would hand a new pull at once, asked without waiting
+    (``no_wait``): one left un-acked past its ``ack_wait`` is; one held in progress is not."""
+    async with nats_client(server) as client:
+        reply = await client.request(
+            f"$JS.API.CONSUMER.MSG.NEXT.OPENMAIL.{durable}",
+            json.dumps({"batch": 1, "no_wait": True}).encode(),
+            timeout=5,
+        )
+    return 0 if (reply.headers or {}).get("Status") == "404" else 1
