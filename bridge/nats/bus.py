@@ -20,7 +20,7 @@ from bridge.nats.stream import StreamKeeper, StreamState
 from bridge.sinks import Sink
 from bridge.sinks.nats import NatsSink
 from bridge.sources import Spool
-from bridge.sources.nats import NatsSource
+from bridge.sources.nats import INVALID_STATE, NatsSource
 
 log = structlog.get_logger("bridge.nats")
 
@@ -116,6 +116,9 @@ class NatsBus:
 
     @property
     def state(self) -> str:
+        """What readiness shows: the connection's state, or that its consumer is unusable."""
+        if self.source is not None and self.source.consumer_invalid:
+            return INVALID_STATE
         return self.connection.state.value
 
     def status(self) -> dict[str, object]:

@@ -158,11 +158,16 @@ class NatsSource:
     def receiving(self) -> bool:
         return self._subscribed and self.connection.connected and not self._stopping
 
+    @property
+    def consumer_invalid(self) -> bool:
+        """Connected, but not consuming: the consumer would lose events."""
+        return self._invalid is not None and self.connection.connected
+
     def status(self) -> dict[str, object]:
         info = self.consumer_info
         if self.receiving:
             state = "consuming"
-        elif self._invalid is not None and self.connection.connected:
+        elif self.consumer_invalid:
             state = INVALID_STATE
         else:
             state = self.connection.state.value

@@ -99,9 +99,10 @@ async def test_a_consumer_that_would_lose_events_is_not_consumed_from(
     assert error["invalid"] == invalid
     assert "nats consumer rm" in error["hint"]
     assert "nats.consume.consumer" in error["hint"]
-    # A pure sidecar that cannot consume is not ready, though NATS itself is reachable.
+    # A pure sidecar that cannot consume is not ready, though NATS itself is reachable; the
+    # readiness line says why.
     assert readiness == "unavailable"
-    assert parts["nats"] == "connected"
+    assert parts["nats"] == "consumer_invalid"
     consumer = status["nats"]["consumer"]
     assert consumer["state"] == "consumer_invalid"
     assert "consumer agent-support on stream OPENMAIL" in consumer["last_error"]
