@@ -6,9 +6,13 @@ Memory is bounded twice: at most ``window`` rows with their payloads (:class:`~b
 those in flight included), and at most ``parked`` rows kept without them
 (:class:`~bridge.parking.Parked`). A row whose rate-limit hold or debounce window is further off
 than :data:`~bridge.parking.HORIZON` is parked, and the later rows of its lane with it, so a storm
-held by a rate limit never keeps rows of other lanes that may go now out of the window. Every
-pending row at or below :attr:`Intake.max_seq` is held or parked (but for rows ``dlq retry``
-moved back, which :meth:`Intake.resync` takes); the rest wait in the store.
+held by a rate limit never keeps rows of other lanes that may go now out of the window. Once the
+parked rows are at their bound, a row that would be parked is left in the store with the later rows
+of its lane (:class:`~bridge.parking.Skipped`), and reading goes on past them: a flood held by a
+limit never keeps other senders' mail waiting. Those rows are read again once rows can be parked
+(:meth:`Intake.rescan`). Every pending row at or below :attr:`Intake.max_seq` is held, parked, or
+left at or above ``skipped.since`` (but for rows ``dlq retry`` moved back, which
+:meth:`Intake.resync` takes); the rest wait in the store.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import structlog
 
 from bridge.errors import StoreError
 from bridge.lanes import Lanes, Taken
-from bridge.parking import Parked, far
+from bridge.parking import Parked, Skipped, far
 from bridge.store import Delivery, Store
 
 RESYNC_PAGE = 1000
@@ -42,6 +46,7 @@ class Admit(enum.Enum):
     PARKED = "parked"  # kept without its payload until its time comes near
     KNOWN = "known"  # already held or parked: nothing changed
     REFUSED = "refused"  # it would be parked, but the parked rows are at their bound
+    SKIPPED = "skipped"  # an earlier row of its lane was left in the store: left there too
 
 
 class Intake:
@@ -67,6 +72,7 @@ class Intake:
         "max_seq",
         "overflow",
         "parked",
+        "skipped",
     )
 
     def __init__(
@@ -87,6 +93,8 @@ class Intake:
         self._log = log
         self.lanes = Lanes(ordering)
         self.parked = Parked(parked)
+        self.skipped = Skipped()
+        """Rows left in the store, past which reading went on; read again by :meth:`rescan`."""
         self.max_seq = 0
         """The highest seq taken; loads read after it."""
         # True until the first load: before it, any row may still be only in the store, and one
@@ -117,17 +125,30 @@ class Intake:
             # now would put it before them in its thread and move max_seq past them for good.
             if self.overflow or self._reads or self.room <= 0:
                 self.overflow = True  # the row is committed: a load reads it once there is room
-            elif self._take(delivery, now) is Admit.REFUSED:
-                self.overflow = True
+            elif self._take(delivery, now) in (Admit.REFUSED, Admit.SKIPPED):
+                self.overflow = True  # a load reads it, and leaves it with its lane's rows
 
-    def _take(self, delivery: Delivery, now: float, *, force: bool = False) -> Admit:
-        """Hold or park ``delivery``; ``force`` parks it past the bound (a redrive)."""
+    def _take(
+        self,
+        delivery: Delivery,
+        now: float,
+        *,
+        force: bool = False,
+        skipped: Skipped | None = None,
+    ) -> Admit:
+        """Hold or park ``delivery``; ``force`` parks it past the bound (a redrive). A row of a
+        lane ``skipped`` (default: :attr:`skipped`) left in the store is left there too; so, in a
+        rescan (``skipped`` given), is one the window has no room for."""
         if delivery.id in self.lanes.known or delivery.id in self.parked:
             return Admit.KNOWN
         if self._store.noted(delivery.id):
             # Delivered, its mark on its way: done with, so no load needs to read it again.
             self.max_seq = max(self.max_seq, delivery.seq)
             return Admit.KNOWN
+        left = self.skipped if skipped is None else skipped
+        if left and left.holds(lane := self.lanes.lane(delivery)):
+            left.add(lane, delivery.seq)
+            return Admit.SKIPPED
         timed = delivery.not_before is not None or delivery.window_closes is not None
         distant = timed and far(delivery, now)
         if distant or self.parked:
@@ -141,6 +162,9 @@ class Intake:
                 self.parked.add(lane, delivery)
                 self.max_seq = max(self.max_seq, delivery.seq)
                 return Admit.PARKED
+        if skipped is not None and self.room <= 0:
+            skipped.add(self.lanes.lane(delivery), delivery.seq)
+            return Admit.SKIPPED
         self.lanes.add(delivery, now)
         self.max_seq = max(self.max_seq, delivery.seq)
         return Admit.HELD
@@ -182,16 +206,59 @@ class Intake:
                 continue
             admit = self._take(row, now)
             if admit is Admit.REFUSED:
-                # More rows are held back than the parked bound: this row and the ones after it
-                # stay in the store until a tenth of the parked rows has come back. Nothing is
-                # lost (the rows are committed) or skipped (max_seq stays below this row, so the
-                # next load starts at it), and every lane keeps its order; what waits meanwhile
-                # is rows of other lanes behind it, only while that many rows are held at once.
-                self.overflow = True
-                break
-            if admit is not Admit.KNOWN and redriven(row):
+                # More rows are held back than the parked bound: this row, and the later rows of
+                # its lane, stay in the store until rows can be parked again (rescan). Nothing is
+                # lost (the rows are committed) or reordered (its lane waits with it), and the
+                # rows of other lanes after it are read and go as they would.
+                self.skipped.add(self.lanes.lane(row), row.seq)
+                admit = Admit.SKIPPED
+            if admit is Admit.SKIPPED:
+                self.max_seq = max(self.max_seq, row.seq)  # read: rescan, not load, comes back
+            elif admit is not Admit.KNOWN and redriven(row):
                 taken += 1
         return taken
+
+    def _parking_full(self) -> bool:
+        return not self.parked.accepting
+
+    async def rescan(self) -> None:
+        """Read the rows left in the store (:attr:`skipped`) again, in seq order, now that rows
+        can be parked: held or parked as a load would, or left again, with the later rows of
+        their lane, when the parked rows fill up anew or the window has no room."""
+        async with self._lock:
+            before = self.skipped
+            if not before or not self.parked.accepting or self.room <= 0:
+                return
+            assert before.since is not None
+            fresh = Skipped()
+            after, upto = before.since - 1, self.max_seq
+            with self._reading() as settled:
+                while after < upto:
+                    if self._parking_full():
+                        # Full again: what follows would be left anyway. It stays left, its lanes
+                        # those left before (a superset: nothing of theirs may go ahead of it).
+                        fresh.keep_lanes_of(before)
+                        fresh.add(None, after + 1)
+                        break
+                    try:
+                        rows = await self._store.pending(
+                            self._name, after_seq=after, limit=RESYNC_PAGE
+                        )
+                    except StoreError as exc:
+                        fresh.keep_lanes_of(before)
+                        fresh.add(None, after + 1)
+                        self._log.warning("delivery.load_failed", error=str(exc))
+                        break
+                    now = self._clock()
+                    for row in rows:
+                        if row.seq > upto:
+                            break
+                        if row.id in settled:
+                            continue
+                        if self._take(row, now, skipped=fresh) is Admit.REFUSED:
+                            fresh.add(self.lanes.lane(row), row.seq)
+                    after = rows[-1].seq if rows else upto
+            self.skipped = fresh
 
     async def resync(self) -> int:
         """Take rows another process changed (``dlq retry``), keeping what is held and parked;
@@ -217,8 +284,8 @@ class Intake:
                     admit = self._take(row, now, force=True)
                     if admit is Admit.KNOWN and redriven(row) and row.id in self.lanes.known:
                         self._held_redriven.add(row.id)
-                    elif admit is not Admit.KNOWN and redriven(row):
-                        taken += 1
+                    elif admit in (Admit.HELD, Admit.PARKED) and redriven(row):
+                        taken += 1  # one left behind its lane's rows comes with their rescan
                 after = rows[-1].seq if rows else self.max_seq
         return taken + await self.load(after_seq=self.max_seq)
 
@@ -264,7 +331,9 @@ class Intake:
                     if redriven(row):
                         self._take(row, now, force=True)
         await self.unpark(self._clock())
-        if self.overflow and self.parked.accepting:
+        if self.skipped and self.parked.accepting:
+            await self.rescan()
+        if self.overflow:
             await self.load(after_seq=self.max_seq)
 
     def wants_refill(self, now: float, *, idle: bool) -> bool:
@@ -277,7 +346,9 @@ class Intake:
         at = self.parked.next_at()
         if at is not None and at <= now:
             return True
-        return idle and self.overflow and self.parked.accepting
+        if self.skipped and self.parked.accepting:
+            return True
+        return idle and self.overflow
 
     def next_at(self, *, refilling: bool) -> float | None:
         """When the worker next has something to do: a waiting lane may go, or parked rows come

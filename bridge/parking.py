@@ -175,3 +175,51 @@ class Parked:
         at = -math.inf if due is None else due - HORIZON
         self._wakes[lane] = at
         heapq.heappush(self._heap, (at, next(self._tie), lane))
+
+
+SKIP_BITS: Final = 1 << 23
+"""Bits remembering the lanes of rows left in the store (:class:`Skipped`): 1 MiB whatever their
+number. Two lanes sharing a bit only make the rows of one wait for the next rescan with the other's,
+never out of order."""
+
+
+class Skipped:
+    """Rows left in the store while the parked rows are at their bound, so that the rows of other
+    lanes after them can still be read and go: the lowest seq left (every row left is at or above
+    it), and their lanes, whose later rows must stay behind them. The caller reads them again once
+    rows can be parked (``Intake.rescan``).
+    """
+
+    __slots__ = ("_bits", "since")
+
+    def __init__(self) -> None:
+        self._bits: bytearray | None = None  # made at the first row left: most workers never do
+        self.since: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.since is not None
+
+    def add(self, lane: object, seq: int) -> None:
+        """Leave the row ``seq`` of ``lane`` in the store."""
+        if self._bits is None:
+            self._bits = bytearray(SKIP_BITS // 8)
+        bit = hash(lane) % SKIP_BITS
+        self._bits[bit >> 3] |= 1 << (bit & 7)
+        self.since = seq if self.since is None else min(self.since, seq)
+
+    def holds(self, lane: object) -> bool:
+        """Whether a row of ``lane`` (or of a lane sharing its bit) was left in the store."""
+        if self._bits is None:
+            return False
+        bit = hash(lane) % SKIP_BITS
+        return bool(self._bits[bit >> 3] & (1 << (bit & 7)))
+
+    def keep_lanes_of(self, other: Skipped) -> None:
+        """Count ``other``'s lanes as left too: its rows from a seq on were not read again."""
+        if other._bits is None:
+            return
+        if self._bits is None:
+            self._bits = bytearray(other._bits)
+            return
+        both = int.from_bytes(self._bits, "little") | int.from_bytes(other._bits, "little")
+        self._bits = bytearray(both.to_bytes(len(self._bits), "little"))

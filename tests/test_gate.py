@@ -27,6 +27,7 @@ from conftest import (
 )
 from structlog.testing import capture_logs
 
+import bridge.delivery
 from bridge.config import Config, build_config, load_config
 from bridge.errors import ConfigError
 from bridge.events import Origin, parse_event
@@ -408,3 +409,25 @@ async def test_a_poisoned_from_is_quarantined_and_the_mail_after_it_flows(
         await wait_until(lambda: sorted(receiver.accepted_ids()) == ["evt_2", "evt_4"])
         await wait_until(lambda: sorted(quarantined(tmp_path)) == ["evt_1", "evt_3"])
         assert counter(sup, "events_guarded", route="agent", reason="unreadable_sender") == 2
+
+
+async def test_one_senders_held_flood_keeps_no_one_elses_mail_waiting(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parked bound scaled down from 100,000: past it, the flood waits in the store.
+    monkeypatch.setattr(bridge.delivery, "PARKED", 40)
+    data = bridge_config_dict(
+        tmp_path,
+        sinks={"agent": {"type": "http", "url": receiver.url, "secret": AGENT_SECRET}},
+        routes=[{"name": "agent", "limits": {"per_sender": "2/10m"}, "sinks": ["agent"]}],
+    )
+    config = build(tmp_path, data)
+    async with running_bridge(config) as sup:
+        await post(sup, [email(n, sender="mallory@evil.example") for n in range(60)])
+        await wait_until(lambda: sup.dispatcher.workers["agent"].parked == 40)
+        others = [email(1000 + n, sender=f"user{n}@example.org") for n in range(5)]
+        await post(sup, others)
+        await wait_until(
+            lambda: {f"evt_{1000 + n}" for n in range(5)} <= set(receiver.accepted_ids())
+        )
+        assert sorted(i for i in receiver.accepted_ids() if int(i[4:]) < 1000) == ["evt_0", "evt_1"]
