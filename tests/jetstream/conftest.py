@@ -29,8 +29,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bridge.config import Config, NatsStreamConfig, build_config
+from bridge.metrics import Metrics
+from bridge.nats.bus import NatsBus
 from bridge.nats.stream import stream_config
 from bridge.sinks import SINK_TYPES
+from bridge.sinks.nats import NatsSink
 from tests.conftest import bridge_config_dict, free_port
 
 START_TIMEOUT = 10.0
@@ -312,3 +315,15 @@ async def redeliverable(server: NatsServer, durable: str = "agent-support") -> i
             timeout=5,
         )
     return 0 if (reply.headers or {}).get("Status") == "404" else 1
+
+
+async def bound_bus(config: Config, sink_name: str = "bus") -> tuple[NatsBus, NatsSink]:
+    """The config's NATS bus, started (connecting in the background), with its sink
+    ``sink_name`` bound to it, not started (stop the bus afterwards)."""
+    assert config.nats is not None
+    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
+    sink = SINK_TYPES["nats"].factory(config.sinks[sink_name])
+    assert isinstance(sink, NatsSink)
+    bus.bind(sink)
+    await bus.start()
+    return bus, sink

@@ -15,18 +15,16 @@ import structlog
 from bridge.config import Config, build_config
 from bridge.errors import PermanentDeliveryError
 from bridge.events import Origin
-from bridge.metrics import Metrics
-from bridge.nats.bus import NatsBus
 from bridge.nats.connection import ConnectionState
 from bridge.nats.denials import denied_subject
 from bridge.nats.stream import StreamState
 from bridge.sinks import SINK_TYPES
-from bridge.sinks.nats import NatsSink
 from bridge.store import Delivery
 from tests.conftest import WEBHOOK_SECRET, read_lines, running_bridge, wait_until
 
 from .conftest import (
     NatsServer,
+    bound_bus,
     event_body,
     load_raw,
     nats_client,
@@ -109,12 +107,7 @@ async def test_a_denied_publish_is_permanent_for_its_event_and_the_connection_st
 ) -> None:
     server = users_server(tmp_path, make_nats_server)
     config = edge_config(tmp_path, server)
-    assert config.nats is not None
-    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
-    sink = SINK_TYPES["nats"].factory(config.sinks["bus"])
-    assert isinstance(sink, NatsSink)
-    bus.bind(sink)
-    await bus.start()
+    bus, sink = await bound_bus(config)
     try:
         await bus.connection.wait_connected()
         with structlog.testing.capture_logs() as logs:

@@ -11,15 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import NatsConfig
-from bridge.metrics import Metrics
-from bridge.nats.bus import NatsBus
 from bridge.nats.connection import ConnectionState
 from bridge.nats.options import MAX_OUTSTANDING_PINGS, connect_options
-from bridge.sinks import SINK_TYPES
-from bridge.sinks.nats import NatsSink
 from tests.conftest import make_config, wait_until
 
-from .conftest import NatsServer, nats_section
+from .conftest import NatsServer, bound_bus, nats_section
 from .test_config import base, load, problems
 from .test_connection_errors import delivery
 
@@ -122,12 +118,7 @@ async def test_a_silently_dead_connection_is_replaced_within_seconds(
         config = make_config(
             tmp_path, nats=section, sinks={"bus": {"type": "nats", "timeout": "1s"}}
         )
-        assert config.nats is not None
-        bus = NatsBus(config.nats, Metrics(), config.sinks.values())
-        sink = SINK_TYPES["nats"].factory(config.sinks["bus"])
-        assert isinstance(sink, NatsSink)
-        bus.bind(sink)
-        await bus.start()
+        bus, sink = await bound_bus(config)
         try:
             await bus.connection.wait_connected()
             client: Any = bus.connection._client

@@ -15,7 +15,6 @@ import pytest
 from bridge.config import Config, build_config
 from bridge.errors import RetryableDeliveryError
 from bridge.events import Origin
-from bridge.metrics import Metrics
 from bridge.nats.bus import NatsBus
 from bridge.nats.connection import ConnectionState
 from bridge.nats.stream import StreamState
@@ -30,7 +29,7 @@ from tests.conftest import (
     wait_until,
 )
 
-from .conftest import NatsServer, event_body, nats_client, nats_section, stream_messages
+from .conftest import NatsServer, bound_bus, event_body, nats_client, nats_section, stream_messages
 
 
 def sink_config(tmp_path: Path, server: NatsServer, **sink: Any) -> Config:
@@ -61,12 +60,7 @@ def delivery(event_id: str, raw: bytes, *, thread: str = "thr_1", seq: int = 1) 
 
 async def started_bus(config: Config) -> tuple[NatsBus, NatsSink]:
     """The bus and the sink named ``bus``, connecting (stop the bus afterwards)."""
-    assert config.nats is not None
-    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
-    sink = SINK_TYPES["nats"].factory(config.sinks["bus"])
-    assert isinstance(sink, NatsSink)
-    bus.bind(sink)
-    await bus.start()
+    bus, sink = await bound_bus(config)
     await sink.start()
     return bus, sink
 

@@ -14,14 +14,19 @@ import structlog
 
 from bridge.config import Config
 from bridge.errors import PermanentDeliveryError
-from bridge.metrics import Metrics
 from bridge.nats.bus import NatsBus
-from bridge.sinks import SINK_TYPES
 from bridge.sinks.nats import NatsSink
 from bridge.supervisor import Supervisor
 from tests.conftest import make_config, running_bridge, signed, wait_until
 
-from .conftest import NatsServer, event_body, nats_client, nats_section, stream_messages
+from .conftest import (
+    NatsServer,
+    bound_bus,
+    event_body,
+    nats_client,
+    nats_section,
+    stream_messages,
+)
 from .test_connection_errors import ADMIN, delivery, edge_config, users_server
 
 MAX_PAYLOAD = 4096
@@ -42,12 +47,7 @@ def padded(event_id: str, size: int, *, thread: str = "thr_1") -> bytes:
 
 
 async def bus_and_sink(config: Config) -> tuple[NatsBus, NatsSink]:
-    assert config.nats is not None
-    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
-    sink = SINK_TYPES["nats"].factory(config.sinks["bus"])
-    assert isinstance(sink, NatsSink)
-    bus.bind(sink)
-    await bus.start()
+    bus, sink = await bound_bus(config)
     await bus.connection.wait_connected()
     return bus, sink
 
