@@ -22,6 +22,7 @@ console's own (``bridge.console.guard``). Every response carries the console's s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Protocol
@@ -35,16 +36,26 @@ from bridge.activity import ActivityFeed
 from bridge.config import AdminConfig
 from bridge.console import auth, guard
 from bridge.console.auth import CREDENTIAL, Credential
+from bridge.console.peer import is_own, peer_uid
 from bridge.console.routes import Console
 from bridge.console.sessions import Sessions
 from bridge.console.view import ConsoleView
 from bridge.errors import StoreError
 from bridge.health import Readiness
+from bridge.sources.http_guard import GuardedSite
 from bridge.stream import activity_stream, throughput
+from bridge.throttle import Throttle
 from bridge.trigger import Refusal, Refused, Trigger
 
 log = structlog.get_logger("bridge.admin")
 
+MAX_CONNECTIONS: Final = 128
+"""Connections at once; one beyond is closed as it is accepted. Room for every live stream
+(``bridge.stream``), the console's requests and the probes."""
+HEADER_TIMEOUT: Final = 10.0
+"""Seconds from a connection's opening, or a request's first byte, to its last header line."""
+KEEPALIVE_TIMEOUT: Final = 15.0
+"""Seconds an idle kept-alive connection stays open."""
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 """Answer without a token: what liveness/readiness probes and a Prometheus scrape need."""
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -95,6 +106,17 @@ class AdminServer:
         self.sessions = Sessions()
         self.console = Console(config, view, self.sessions)
         self._hosts = guard.HostRule(config.listen, config.listen.port, config.allowed_hosts)
+        self._drops = Throttle()
+
+    def _dropped(self, reason: str) -> None:
+        # One line a minute, with the count: a flood of sockets must not flood the journal too.
+        if (extra := self._drops.admit_fields("dropped_since_last_line")) is not None:
+            log.warning(
+                "admin.connection_dropped",
+                reason=reason,
+                hint=f"at most {MAX_CONNECTIONS} connections, headers within {HEADER_TIMEOUT:g}s",
+                **extra,
+            )
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._guard])
@@ -108,18 +130,29 @@ class AdminServer:
         self.console.add_routes(app)
         app.router.add_get("/api/stream", activity_stream(self.view.activity))
         app.router.add_get("/api/throughput", throughput(self.view.activity))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # The webhook listener's bounds, smaller: a client that opens sockets and sends nothing
+        # must not take the process's descriptors (the webhook and the health probes need them).
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT
+        )
         await runner.setup()
         listen = self.config.listen
-        site = web.TCPSite(runner, listen.host, listen.port)
+        site = GuardedSite(
+            runner,
+            listen.host,
+            listen.port,
+            ssl_context=None,
+            limit=MAX_CONNECTIONS,
+            header_timeout=HEADER_TIMEOUT,
+            on_drop=self._dropped,
+        )
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             raise OSError(exc.errno, f"admin server cannot bind {listen}: {exc.strerror}") from None
         self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else listen.port
+        self.port = site.port
         self._hosts = guard.HostRule(listen, self.port, self.config.allowed_hosts)
         log.info("admin.listening", listen=f"{listen.host}:{self.port}")
 
@@ -150,6 +183,14 @@ class AdminServer:
                 f"{self.config.listen} without admin.token",
                 "set admin.token and send it as 'Authorization: Bearer <token>', "
                 "or listen on a loopback address",
+            )
+        if token is None and not auth.is_open(request.path) and not await _own_user(request):
+            return _refused(
+                403,
+                "this admin server has no admin.token: on loopback, only the bridge's own user "
+                "and root may use this path",
+                "set admin.token (send it as 'Authorization: Bearer <token>', or log in to the "
+                "console), or run the command as the bridge's user or root",
             )
         credential = auth.credential_of(request, token, self.sessions)
         request[CREDENTIAL] = credential
@@ -231,3 +272,15 @@ def _refused(status: int, error: str, hint: str | None = None) -> web.Response:
 
 async def _security_headers(_: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(guard.SECURITY_HEADERS)
+
+
+async def _own_user(request: web.Request) -> bool:
+    """Whether the client is the bridge's own user or root (:mod:`bridge.console.peer`)."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    if not peer or not local:
+        return False
+    # The socket table can be long on a busy host: read off the event loop.
+    uid = await asyncio.to_thread(peer_uid, tuple(peer[:2]), tuple(local[:2]))
+    return is_own(uid)

@@ -4,6 +4,7 @@ public and private paths with and without ``admin.token`` on loopback and other 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
@@ -36,6 +37,7 @@ from conftest import (
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from bridge import admin as admin_module
 from bridge.config import config_warnings
 from bridge.simulator import Simulator
 from bridge.store import Store
@@ -796,3 +798,34 @@ async def test_a_reload_warns_of_what_check_would_warn_of(tmp_path: Path) -> Non
     (warning,) = [e for e in logged if e["event"] == "config.spool_smaller_than_max_body"]
     assert warning["log_level"] == "warning"
     assert warning["setting"] == "state.max_bytes"
+
+
+# --- bounds on connections ---------------------------------------------------------------------
+
+
+async def test_idle_sockets_cannot_take_the_admin_servers_descriptors(
+    tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Scaled down from 128 connections and 10 s to send headers.
+    monkeypatch.setattr(admin_module, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(admin_module, "HEADER_TIMEOUT", 0.3)
+    async with running_bridge(make_config(tmp_path)) as sv:
+        admin = Admin(http, sv)
+        assert sv.admin is not None
+        idle = [await asyncio.open_connection("127.0.0.1", sv.admin.port) for _ in range(4)]
+        extra_reader, extra_writer = await asyncio.open_connection("127.0.0.1", sv.admin.port)
+        async with asyncio.timeout(5):
+            assert await extra_reader.read() == b""  # beyond the cap: closed as accepted
+            for reader, _ in idle:
+                assert await reader.read() == b""  # no headers in time: cut
+        for _, writer in [*idle, (extra_reader, extra_writer)]:
+            writer.close()
+        assert (await admin.get("/healthz"))[0] == 200
+
+
+@pytest.mark.parametrize(("token", "warned"), [("letmein", True), ("x" * 16, False)])
+def test_a_short_admin_token_is_warned_of(tmp_path: Path, token: str, warned: bool) -> None:
+    config = make_config(tmp_path, None, admin={"listen": "0.0.0.0:0", "token": token})
+    found = [w for w in config_warnings(config) if w.event == "admin.token_short"]
+    assert bool(found) is warned
+    assert all(token not in w.message for w in found)

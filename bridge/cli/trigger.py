@@ -21,6 +21,7 @@ from typing import Final
 from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
 from bridge.cli.operator_config import add_admin_options, add_config_option
 from bridge.cli.status import Refused, Target, refusal, target
+from bridge.printable import printable
 
 DEFAULT_TIMEOUT: Final = 30.0
 _REQUEST_TIMEOUT: Final = 5.0
@@ -95,16 +96,19 @@ def _wait(where: Target, event_id: str, timeout: float) -> int:
             print(f"delivered: sink {outcome['sink']} accepted {event_id}")
             return EXIT_OK
         if state == "dead":
+            error = printable(outcome.get("error") or "no error recorded")
             print(
                 f"dead: sink {outcome['sink']} dead-lettered {event_id} after "
-                f"{_attempts(outcome)}: {outcome.get('error') or 'no error recorded'} "
+                f"{_attempts(outcome)}: {error} "
                 f"(see: openmail-bridge dlq list --sink {outcome['sink']})"
             )
             return EXIT_FAILURE
         tried = _count(outcome)
         if tried > attempts:  # each failed attempt once, as the bridge records it
             attempts = tried
-            print(f"attempt {tried} failed: {outcome.get('error') or 'no error recorded'}")
+            print(
+                f"attempt {tried} failed: {printable(outcome.get('error') or 'no error recorded')}"
+            )
         left = deadline - time.monotonic()
         if left <= 0:
             print(
@@ -128,7 +132,7 @@ def _attempts(outcome: Mapping[str, object]) -> str:
 
 
 def _said(status: int, answer: Mapping[str, object]) -> str:
-    return f"HTTP {status} {answer.get('error') or ''}".rstrip()
+    return printable(f"HTTP {status} {answer.get('error') or ''}".rstrip())
 
 
 def request(

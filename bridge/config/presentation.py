@@ -9,6 +9,7 @@ import ipaddress
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from bridge import redact
 from bridge.config.directories import Verdict, check_directory, fixed_directory
@@ -74,6 +75,11 @@ class ConfigWarning:
         return f"{self.key}: {self.message}"
 
 
+MIN_TOKEN_LENGTH: Final = 16
+"""An admin token shorter than this is warned of: the login answers thousands of guesses a
+second."""
+
+
 def config_warnings(config: Config) -> list[ConfigWarning]:
     """What ``check`` prints as warnings and the supervisor logs at start."""
     warnings: list[ConfigWarning] = []
@@ -110,6 +116,15 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
                 f"is not set and admin.listen ({admin.listen}) is not a loopback address: "
                 "/status and the other private paths answer 403 (/healthz, /readyz and "
                 "/metrics still answer); set admin.token to use them",
+            )
+        )
+    if admin.enabled and admin.token is not None and len(admin.token.get()) < MIN_TOKEN_LENGTH:
+        warnings.append(
+            ConfigWarning(
+                "admin.token_short",
+                "admin.token",
+                f"is shorter than {MIN_TOKEN_LENGTH} characters: anyone who reaches the admin "
+                "server can guess it (use e.g. `openssl rand -hex 24`)",
             )
         )
     for name, sink in config.sinks.items():

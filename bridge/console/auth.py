@@ -39,8 +39,11 @@ def is_open(path: str) -> bool:
 
 
 def token_matches(given: str, token: Secret) -> bool:
-    # Constant-time, so the response time does not tell how much of a guess was right.
-    return hmac.compare_digest(given.encode(), token.get().encode())
+    # Constant-time, so the response time does not tell how much of a guess was right. A guess
+    # with a lone surrogate (JSON's "\ud800") or an undecodable header byte is just wrong.
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), token.get().encode("utf-8", "surrogatepass")
+    )
 
 
 def bearer_of(request: web.Request) -> str | None:

@@ -169,7 +169,10 @@ class Console:
             path="/",
             httponly=True,
             samesite="Strict",
-            secure=request.scheme == "https",
+            # Behind a TLS-terminating proxy the bridge sees plain HTTP; the browser's Origin
+            # (checked to be the console's own) says how it reached the console.
+            secure=request.scheme == "https"
+            or request.headers.get("Origin", "").startswith("https://"),
         )
         log.info("console.login", remote=request.remote)
         return response

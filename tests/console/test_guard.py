@@ -317,3 +317,42 @@ async def test_the_pages_hold_no_inline_script_or_style(
             assert attrs.get("src") == "/static/console.js"
     assert "<script>" not in console
     assert "<style" not in console
+
+
+async def test_behind_a_tls_proxy_the_session_cookie_is_secure(
+    token_bridge: Supervisor, http: aiohttp.ClientSession
+) -> None:
+    # The proxy speaks TLS to the browser and plain HTTP to the bridge: the browser's Origin says
+    # https, and the cookie must never travel back in the clear.
+    base = base_url(token_bridge)
+    https_origin = {"Origin": "https://" + base.removeprefix("http://")}
+    status, _, response = await call(
+        http, "POST", base + "/login", json={"token": TOKEN}, headers=https_origin
+    )
+    assert status == 200
+    assert response.cookies[COOKIE]["secure"] is True
+    status, _, response = await call(
+        http, "POST", base + "/login", json={"token": TOKEN}, headers={"Origin": base}
+    )
+    assert status == 200
+    assert not response.cookies[COOKIE]["secure"]
+
+
+async def test_a_guess_that_is_not_text_is_a_wrong_guess_not_an_error(
+    token_bridge: Supervisor, http: aiohttp.ClientSession
+) -> None:
+    base = base_url(token_bridge)
+    with capture_logs() as logs:
+        status, _, _ = await call(
+            http,
+            "POST",
+            base + "/login",
+            data=b'{"token": "\\ud800"}',
+            headers={"Origin": base, "Content-Type": "application/json"},
+        )
+        assert status == 401
+        status, _, _ = await call(
+            http, "GET", base + "/api/overview", headers={"Authorization": "Bearer \udcff"}
+        )
+        assert status == 401
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")]
