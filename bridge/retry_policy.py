@@ -72,7 +72,15 @@ class RetryPolicy:
             attempts = attempts_before + state.attempt_number
             if retry.max_attempts and attempts >= retry.max_attempts:
                 return True
-            return self._clock() - since >= retry.max_age or self._stopping.is_set()
+            now = self._clock()
+            # A Retry-After past max_age cannot be honoured within it: waiting it out would hold
+            # the row, and its thread behind it, longer than max_age promises.
+            outcome = state.outcome
+            exc = outcome.exception() if outcome else None
+            asked = exc.retry_after if isinstance(exc, RetryableDeliveryError) else None
+            if asked is not None and now + asked - since >= retry.max_age:
+                return True
+            return now - since >= retry.max_age or self._stopping.is_set()
 
         return stop
 

@@ -247,6 +247,23 @@ async def test_a_retry_after_429_waits_and_is_signed_afresh(
         assert 0 <= item.at - int(item.headers["X-Timestamp"]) < 2
 
 
+async def test_a_retry_after_past_max_age_dead_letters_at_once(
+    tmp_path: Path, sim: Simulator, receiver: Receiver
+) -> None:
+    # Waiting a day as asked would hold the row, and its thread behind it, past max_age.
+    receiver.statuses = [503]
+    receiver.extra_headers = {"Retry-After": "86400"}
+    retry = FAST_RETRY | {"max_age": "30s"}
+    config = make_config(tmp_path, sim, sinks={"agent": http_sink(receiver, retry=retry)})
+    async with bridge(config, sim) as sv:
+        event_id = await sim.inject(inbox_id=INBOX)
+        await wait_until(lambda: sv.dispatcher.workers["agent"].state.dead_recorded == 1)
+        (dead,) = await sv.store.dlq_list(sink="agent")
+    assert dead.delivery.event_id == event_id
+    assert dead.delivery.attempts == 1
+    assert "503" in (dead.delivery.last_error or "")
+
+
 async def test_standard_webhooks_deliveries_verify_with_the_library(
     tmp_path: Path, sim: Simulator
 ) -> None:

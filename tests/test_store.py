@@ -1185,3 +1185,10 @@ async def test_closed_store_refuses_work(db_path: Path) -> None:
         await store.pending("agent")
     with pytest.raises(StoreError, match="closed"):
         await store.data_version()
+
+
+async def test_a_lock_file_that_cannot_be_written_is_named_in_the_error(tmp_path: Path) -> None:
+    # /dev/full refuses every write, as a full disk does the lock file's first one.
+    (tmp_path / "bridge.db.lock").symlink_to("/dev/full")
+    with pytest.raises(StoreError, match=r"cannot write lock file .*bridge\.db\.lock"):
+        await Store.open(tmp_path / "bridge.db")

@@ -68,8 +68,12 @@ def acquire_lock(path: Path) -> int:
     except OSError as exc:
         os.close(fd)
         raise StoreError(f"cannot lock {lock_path}: {exc.strerror or exc}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:  # a full disk: said with the file, not as a bare errno
+        os.close(fd)
+        raise StoreError(f"cannot write lock file {lock_path}: {exc.strerror or exc}") from None
     return fd
 
 
