@@ -48,6 +48,9 @@ log = structlog.get_logger("bridge.delivery")
 WINDOW = 2000
 """Deliveries a worker keeps in memory with their payloads, in flight included; the rest wait in
 the store until the window drains."""
+RETRYING_AT_ONCE = 64
+"""Tasks of a sink that may wait between attempts on top of its ``concurrency``, each with a
+stand-in taking rows meanwhile; past it, a waiting task keeps its place."""
 PARKED = 100_000
 """Deliveries a worker keeps parked (no payload) until their hold or debounce window comes near;
 the rest wait in the store until some have gone. A parked row costs about 150 bytes, 550 when
@@ -126,8 +129,12 @@ class SinkWorker:
         self._timer_at = 0.0  # when the running timer rings
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._retry = RetryPolicy(config.retry, clock=clock, sleep=sleep, stopping=self._stopping)
+        self._retry = RetryPolicy(
+            config.retry, clock=clock, sleep=self._retry_wait, stopping=self._stopping
+        )
         self._tasks: list[asyncio.Task[None]] = []
+        self._workers = 0  # tasks taking rows, set at start: concurrency, or 1 for strict order
+        self._waiting = 0  # tasks in a retry's wait
         self._refill: asyncio.Task[None] | None = None
         self._credentials = sink_credentials(config)
         # Decided once: a runtime-checkable Protocol's isinstance walks its members each time.
@@ -187,11 +194,9 @@ class SinkWorker:
         # must learn of every one.
         self._unlisten = self.store.on_marks_committed(self._intake.recorded)
         await self._intake.load(after_seq=0)
-        workers = 1 if self.config.ordering == "strict" else self.config.concurrency
+        self._workers = 1 if self.config.ordering == "strict" else self.config.concurrency
         self._recorder.start(f"sink:{self.name}:record")
-        self._tasks = [
-            asyncio.create_task(self._work(), name=f"sink:{self.name}:{i}") for i in range(workers)
-        ]
+        self._tasks = [self._worker_task() for _ in range(self._workers)]
 
     async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - a drain deadline, as in asyncio.wait
         """Stop taking rows, but for open debounce windows, which go now (parked ones read back
@@ -280,6 +285,27 @@ class SinkWorker:
     def _release(self, items: Taken) -> None:
         self._intake.settle(items)
 
+    def _worker_task(self) -> asyncio.Task[None]:
+        return asyncio.create_task(self._work(), name=f"sink:{self.name}:{len(self._tasks)}")
+
+    async def _retry_wait(self, seconds: float) -> None:
+        """A retry's wait, during which another task takes rows in this one's place: a thread
+        whose events keep failing waits on its own (its lane stays busy, so its order holds),
+        and the other threads' events go meanwhile, not after ``max_age``."""
+        self._waiting += 1
+        try:
+            live = [task for task in self._tasks if not task.done()]
+            if (
+                self.config.ordering != "strict"
+                and not self._stopping.is_set()
+                and len(live) - self._waiting < self._workers
+                and len(live) < self._workers + RETRYING_AT_ONCE
+            ):
+                self._tasks = [*live, self._worker_task()]
+            await self._sleep(seconds)
+        finally:
+            self._waiting -= 1
+
     async def _work(self) -> None:
         while (items := await self._next()) is not None:
             try:
@@ -294,6 +320,8 @@ class SinkWorker:
             finally:
                 self._release(items)
                 self._wakeup.set()
+            if sum(not task.done() for task in self._tasks) - self._waiting > self._workers:
+                return  # a stand-in whose waiting worker is back: one too many take rows now
 
     # --- one delivery ----------------------------------------------------------------------
 
