@@ -770,6 +770,27 @@ async def test_seen_ids_are_pruned_after_the_window(db_path: Path, sleep: Steppe
         await store.close()
 
 
+async def test_a_stepped_clock_forgets_no_seen_id(db_path: Path, sleep: SteppedSleep) -> None:
+    # Forward eight days for one round, then back: pruning by it would forget every id, and
+    # OpenMail's next redelivery of a delivered event would reach the agent again.
+    clock = Clock()
+    limits = StoreLimits(dedup_window=7 * 86400)
+    store = await Store.open(db_path, limits, prune_interval=PRUNE, clock=clock, sleep=sleep)
+    try:
+        await store.accept(event("delivered"), [])
+        clock.now += 8 * 86400
+        with capture_logs() as logs:
+            await sleep.step(PRUNE)
+            clock.now -= 8 * 86400
+            await sleep.step(PRUNE)
+        assert query(db_path, "SELECT event_id FROM seen") == [("delivered",)]
+        assert (await store.accept(event("delivered"), [])).outcome is DUPLICATE
+        stepped = [e for e in logs if e["event"] == "store.clock_stepped"]
+        assert [e["seconds"] for e in stepped] == [8 * 86400, -8 * 86400]
+    finally:
+        await store.close()
+
+
 async def test_prune_seen_deletes_in_chunks(db_path: Path) -> None:
     store = await Store.open(db_path, StoreLimits(dedup_window=0))
     try:

@@ -47,6 +47,12 @@ PRUNE_SQL: Final = (
 """Forget keys idle longer than their window and windows already closed (``?1``: now)."""
 OWN_ADDRESSES_SQL: Final = "SELECT address FROM own_addresses"
 
+
+def read_own_addresses(conn: sqlite3.Connection) -> list[str]:
+    """The account's own addresses the guard learned, as the store keeps them."""
+    return [address for (address,) in conn.execute(OWN_ADDRESSES_SQL)]
+
+
 SEPARATOR: Final = "\x1f"
 """Between the parts of a rate key and of a window's name: never in a route name or address."""
 

@@ -24,10 +24,10 @@ import structlog
 from bridge.errors import SpoolFullError, StoreError, StoreUnavailableError
 from bridge.events import Event
 from bridge.plan import Plan
-from bridge.store import database, queries, transactions
+from bridge.store import database, pacing, queries, transactions
 from bridge.store.bounds import DISK_CACHE_SECONDS, Room, StoreLimits
+from bridge.store.clockwatch import ClockWatch
 from bridge.store.marks import DeliveredMarks, open_delivered_marks
-from bridge.store.pacing import OWN_ADDRESSES_SQL
 from bridge.store.recent import ReadQuery
 from bridge.store.rows import (
     AcceptResult,
@@ -45,6 +45,7 @@ from bridge.store.rows import (
 from bridge.store.transactions import PRUNE_CHUNK, Clock, Tx
 from bridge.store.writer import Sleep, Writer
 
+CLOCK_HINT: Final = "no seen ids are pruned this round: check the clock (NTP)"
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
@@ -59,10 +60,6 @@ class _Resources:
     wconn: sqlite3.Connection
     rconn: sqlite3.Connection
     lock_fd: int | None
-
-
-def _read_own_addresses(conn: sqlite3.Connection) -> list[str]:
-    return [address for (address,) in conn.execute(OWN_ADDRESSES_SQL)]
 
 
 class Store:
@@ -126,7 +123,7 @@ class Store:
                 writer, functools.partial(database.open_writer, path, exclusive=exclusive)
             )
             state = await loop.run_in_executor(writer, queries.read_state, opened[1])
-            own = await loop.run_in_executor(writer, _read_own_addresses, opened[1])
+            own = await loop.run_in_executor(writer, pacing.read_own_addresses, opened[1])
             rconn = await loop.run_in_executor(reader, database.open_reader, path)
         except BaseException as exc:
             if opened is not None:
@@ -414,9 +411,12 @@ class Store:
         return self._writer.submit(fn, ws_event_id=ws_event_id, durable=durable)
 
     async def _prune_loop(self, interval: float, sleep: Sleep) -> None:
+        watch = ClockWatch(self._clock)
         while True:
             await sleep(interval)
-            if self.writable:
+            if (step := watch.stepped()) is not None:  # pruning by a wrong clock forgets all
+                log.warning("store.clock_stepped", seconds=round(step), hint=CLOCK_HINT)
+            elif self.writable:
                 try:
                     await self.prune_seen()
                 except StoreError as exc:  # the write probe reports the disk; retry next round
