@@ -538,3 +538,14 @@ async def test_a_dlq_retry_while_its_window_is_dead_lettered_is_delivered(
         await wait_until(lambda: delivered() == ["evt_0"])
     finally:
         await supervisor.stop()
+
+
+async def test_a_wall_clock_stepped_back_opens_a_new_window(tmp_path: Path) -> None:
+    # The window opened before the step closes an hour "later" by the new clock: an event joining
+    # it would wait that hour too.
+    async with rig(tmp_path) as r:
+        first = await r.accept(mail("evt_0"))
+        assert first.window_closes == START + 5
+        r.time.now = START - 3600  # stepped back (FakeTime.advance_to only moves forward)
+        second = await r.accept(mail("evt_1"))
+        assert second.window_closes == START - 3600 + 5

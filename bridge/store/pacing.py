@@ -147,7 +147,9 @@ class Pacing:
             return None
         name = (sink, lane(event))
         closes = self._windows.get(name)
-        if closes is None or closes <= now:
+        # A window closing more than its length from now was opened before the wall clock was
+        # stepped back: joining it would hold the event for the step too.
+        if closes is None or closes <= now or closes > now + seconds:
             # Tumbling: opened by the first pending event, closed a fixed time later, so a
             # steady stream still flushes.
             closes = self._windows[name] = now + seconds
