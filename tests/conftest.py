@@ -251,7 +251,9 @@ class Received:
 
 @dataclass
 class Receiver:
-    """A real aiohttp server on 127.0.0.1:0. ``statuses`` is consumed per request (then 200)."""
+    """A real aiohttp server on 127.0.0.1:0. ``statuses`` is consumed per request (then 200);
+    ``answer``, when set, decides each answer from the request's JSON body instead: its status
+    and body text."""
 
     secret: str | None = None
     statuses: list[int] = field(default_factory=list)
@@ -261,6 +263,7 @@ class Receiver:
     bad_signatures: int = 0
     up: bool = True
     extra_headers: dict[str, str] = field(default_factory=dict)
+    answer: Callable[[Any], tuple[int, str]] | None = None
     port: int = 0
     _runner: web.AppRunner | None = None
 
@@ -281,10 +284,14 @@ class Receiver:
         ):
             self.bad_signatures += 1
             return web.Response(status=401)
-        status = self.statuses.pop(0) if self.statuses else 200
+        text = None
+        if self.answer is not None:
+            status, text = self.answer(json.loads(body))
+        else:
+            status = self.statuses.pop(0) if self.statuses else 200
         if 200 <= status < 300:
             self.accepted.append(item)
-        return web.Response(status=status, headers=self.extra_headers)
+        return web.Response(status=status, headers=self.extra_headers, text=text)
 
     async def start(self) -> None:
         app = web.Application()

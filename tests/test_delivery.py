@@ -269,40 +269,28 @@ async def test_threads_whose_events_keep_failing_hold_up_no_other_thread(
 ) -> None:
     # As many failing threads as workers (concurrency 4), each waiting a minute between tries:
     # the other threads' events must go now, not when the failing ones reach max_age.
-    accepted: list[str] = []
     failed: list[str] = []
 
-    async def agent(request: web.Request) -> web.Response:
-        event = json.loads(await request.read())
+    def answer(event: Any) -> tuple[int, str]:
         if event["thread_id"].startswith("thr_bad"):
             failed.append(event["event_id"])
-            return web.Response(status=500)
-        accepted.append(event["event_id"])
-        return web.Response(status=200)
+            return 500, "cannot handle this one"
+        return 200, ""
 
-    app = web.Application()
-    app.router.add_post("/webhooks", agent)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    sink = {
-        "type": "http",
-        "url": f"http://127.0.0.1:{port}/webhooks",
-        "retry": {"initial": "60s", "max": "60s"},
-    }
+    receiver = Receiver(answer=answer)
+    await receiver.start()
     try:
-        config = make_config(tmp_path, sim, sinks={"agent": sink})
+        retry = {"initial": "60s", "max": "60s"}
+        config = make_config(tmp_path, sim, sinks={"agent": http_sink(receiver, retry=retry)})
         async with bridge(config, sim) as sv:
             bad = [await sim.inject(inbox_id=INBOX, thread_id=f"thr_bad_{n}") for n in range(4)]
             await wait_until(lambda: sorted(failed) == sorted(bad))
             good = [await sim.inject(inbox_id=INBOX, thread_id=f"thr_ok_{n}") for n in range(10)]
-            await wait_until(lambda: sorted(accepted) == sorted(good), timeout=10)
+            await wait_until(lambda: sorted(ids_of(receiver.accepted)) == sorted(good), 10)
             assert sorted(failed) == sorted(bad)  # each tried once, waiting its minute
             assert (await sv.store.sink_counts())["agent"].pending == 4
     finally:
-        await runner.cleanup()
+        await receiver.stop()
 
 
 async def test_standard_webhooks_deliveries_verify_with_the_library(

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from conftest import (
     AGENT_SECRET,
     Receiver,
@@ -264,32 +263,20 @@ async def test_the_admin_routes_answer_bad_requests_plainly(
     assert outcome["state"] in ("pending", "delivered")
 
 
-async def test_a_receivers_error_text_reaches_the_terminal_escaped(
-    tmp_path: Path, receiver: Receiver
-) -> None:
+async def test_a_receivers_error_text_reaches_the_terminal_escaped(tmp_path: Path) -> None:
     # What the receiver answered is shown; what it wrote must not drive the terminal.
     hostile = "bad\x1b]52;c;Y3VybCBldmlsIHwgc2gK\x07\r\x1b[2Kfine\u202e"
-
-    async def refuse(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=400, text=hostile)
-
-    app = web.Application()
-    app.router.add_post("/webhooks", refuse)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    receiver = Receiver(answer=lambda _: (400, hostile))
+    await receiver.start()
     try:
         data = config_dict(tmp_path, receiver)
-        data["sinks"]["agent"]["url"] = f"http://127.0.0.1:{port}/webhooks"
+        del data["sinks"]["agent"]["secret"]  # this receiver checks no signature
         path = write_config(tmp_path / "config.yaml", data)
         config = build_config(data, sink_types=SINK_TYPES, base_dir=tmp_path, env={})
         async with running_bridge(config):
             code, out, err = await run_cli("trigger", "-c", str(path), "--sink", "agent")
     finally:
-        await runner.cleanup()
+        await receiver.stop()
     assert code == 1, err
     assert "dead: sink agent dead-lettered" in out
     assert "\\x1b]52;c;" in out
