@@ -49,8 +49,7 @@ WINDOW = 2000
 """Deliveries a worker keeps in memory with their payloads, in flight included; the rest wait in
 the store until the window drains."""
 RETRYING_AT_ONCE = 64
-"""Tasks of a sink that may wait between attempts on top of its ``concurrency``, each with a
-stand-in taking rows meanwhile; past it, a waiting task keeps its place."""
+"""Retry waits of a sink with a stand-in taking rows meanwhile; past it, a wait keeps its place."""
 PARKED = 100_000
 """Deliveries a worker keeps parked (no payload) until their hold or debounce window comes near;
 the rest wait in the store until some have gone. A parked row costs about 150 bytes, 550 when
@@ -147,6 +146,10 @@ class SinkWorker:
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def retries_waiting(self) -> int:  # deliveries waiting to be tried again
+        return self._waiting
 
     @property
     def in_memory(self) -> int:
@@ -289,9 +292,8 @@ class SinkWorker:
         return asyncio.create_task(self._work(), name=f"sink:{self.name}:{len(self._tasks)}")
 
     async def _retry_wait(self, seconds: float) -> None:
-        """A retry's wait, during which another task takes rows in this one's place: a thread
-        whose events keep failing waits on its own (its lane stays busy, so its order holds),
-        and the other threads' events go meanwhile, not after ``max_age``."""
+        """A retry's wait, with a stand-in taking rows meanwhile: a failing thread waits on its
+        own (its lane busy, its order held), the others go now, not after ``max_age``."""
         self._waiting += 1
         try:
             live = [task for task in self._tasks if not task.done()]

@@ -230,6 +230,7 @@ class Intake:
             if not before or not self.parked.accepting or self.room <= 0:
                 return
             assert before.since is not None
+            before.mark()
             fresh = Skipped()
             after, upto = before.since - 1, self.max_seq
             with self._reading() as settled:
@@ -258,6 +259,11 @@ class Intake:
                         if self._take(row, now, skipped=fresh) is Admit.REFUSED:
                             fresh.add(self.lanes.lane(row), row.seq)
                     after = rows[-1].seq if rows else upto
+            if (meanwhile := before.left_since_mark()) is not None:
+                # A resync left a redriven row behind one of the rows being read again: it is
+                # not necessarily in what this pass read, so it stays left, with its lane.
+                fresh.keep_lanes_of(before)
+                fresh.add(None, meanwhile)
             self.skipped = fresh
 
     async def resync(self) -> int:

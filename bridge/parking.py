@@ -190,11 +190,21 @@ class Skipped:
     rows can be parked (``Intake.rescan``).
     """
 
-    __slots__ = ("_bits", "since")
+    __slots__ = ("_bits", "_lowest_added", "since")
 
     def __init__(self) -> None:
         self._bits: bytearray | None = None  # made at the first row left: most workers never do
         self.since: int | None = None
+        self._lowest_added: int | None = None  # since mark(): see left_since_mark
+
+    def mark(self) -> None:
+        """Start noting rows left from now on (:meth:`left_since_mark`)."""
+        self._lowest_added = None
+
+    def left_since_mark(self) -> int | None:
+        """The lowest seq left since :meth:`mark`: a rescan under way learns of rows another read
+        left meanwhile."""
+        return self._lowest_added
 
     def __bool__(self) -> bool:
         return self.since is not None
@@ -206,6 +216,8 @@ class Skipped:
         bit = hash(lane) % SKIP_BITS
         self._bits[bit >> 3] |= 1 << (bit & 7)
         self.since = seq if self.since is None else min(self.since, seq)
+        low = self._lowest_added
+        self._lowest_added = seq if low is None else min(low, seq)
 
     def holds(self, lane: object) -> bool:
         """Whether a row of ``lane`` (or of a lane sharing its bit) was left in the store."""

@@ -87,10 +87,12 @@ class RetryPolicy:
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds``, or until the stop, whichever comes first."""
         waiter = asyncio.ensure_future(self._stopping.wait())
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
         try:
-            await asyncio.wait(
-                [asyncio.ensure_future(self._sleep(seconds)), waiter],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await asyncio.wait([sleeper, waiter], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            waiter.cancel()
+            # Neither outlives the wait: a sleep left running after a stop would hold its
+            # worker (and a stand-in's count) for the rest of its backoff.
+            for future in (waiter, sleeper):
+                future.cancel()
+            await asyncio.gather(waiter, sleeper, return_exceptions=True)

@@ -997,3 +997,21 @@ async def test_a_row_handed_over_before_the_first_load_does_not_skip_older_ones(
         assert intake.overflow  # the rest wait in the store for the next load
     finally:
         await store.close()
+
+
+async def test_a_stop_ends_a_retrys_wait_with_it(tmp_path: Path, sim: Simulator) -> None:
+    # A wait left sleeping after the stop would hold the stopped worker for its whole backoff.
+    receiver = Receiver(statuses=[500])
+    await receiver.start()
+    try:
+        retry = {"initial": "60s", "max": "60s"}
+        config = make_config(tmp_path, sim, sinks={"agent": http_sink(receiver, retry=retry)})
+        async with bridge(config, sim) as sv:
+            await sim.inject(inbox_id=INBOX)
+            worker = sv.dispatcher.workers["agent"]
+            await wait_until(lambda: len(receiver.received) == 1)
+            await wait_until(lambda: worker.retries_waiting == 1)
+        assert worker.retries_waiting == 0
+        assert not [t for t in asyncio.all_tasks() if "_retry_wait" in repr(t.get_coro())]
+    finally:
+        await receiver.stop()

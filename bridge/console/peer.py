@@ -6,8 +6,10 @@ events and purge dead letters. So a connection to them must come from the bridge
 root. For TCP there is no ``SO_PEERCRED``; Linux lists every socket in ``/proc/net/tcp`` and
 ``/proc/net/tcp6`` with its owner's uid, found by the connection's two addresses.
 
-Where those files do not exist (not Linux) the user cannot be known, and loopback is trusted as
-before: :func:`peer_uid` says :data:`UNKNOWABLE`.
+Only a connection the client still holds open counts: a socket its process closed (an orphan in
+FIN_WAIT or TIME_WAIT, whose request may still be read) is listed with uid 0 and is not trusted.
+Off Linux the user cannot be known, and loopback is trusted as before: :func:`peer_uid` says
+:data:`UNKNOWABLE`. On Linux a missing table (``/proc`` mounted without it) trusts no one.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
+import sys
 from pathlib import Path
 from typing import Final
 
-PROC_NET: Final = Path("/proc/net")
+PROC_NET: Final = Path("/proc/self/net")
+"""This process's network namespace; ``/proc/net`` is absent where ``/proc`` shows pids only."""
+ESTABLISHED: Final = "01"
 UNKNOWABLE: Final = -1
 """No socket table to look in (not Linux)."""
 
@@ -39,8 +44,8 @@ def peer_uid(peer: tuple[str, int], local: tuple[str, int], proc: Path = PROC_NE
     table = "tcp6" if ":" in peer[0] else "tcp"
     try:
         text = (proc / table).read_text()
-    except FileNotFoundError:
-        return UNKNOWABLE if not (proc / "tcp").exists() else None
+    except OSError:
+        return UNKNOWABLE if sys.platform != "linux" else None
     # The client's socket: its own address is the peer's, its remote one is ours.
     wanted = f" {proc_address(*peer)} {proc_address(*local)} "
     at = text.find(wanted)
@@ -48,7 +53,7 @@ def peer_uid(peer: tuple[str, int], local: tuple[str, int], proc: Path = PROC_NE
         return None
     line = text[at : text.find("\n", at)].split()
     # local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid ...
-    return int(line[6])
+    return int(line[6]) if line[2] == ESTABLISHED else None
 
 
 def _unmapped(address: tuple[str, int]) -> tuple[str, int]:
