@@ -55,10 +55,13 @@ def addresses(header: str | None) -> tuple[str, ...]:
     return _read(header)
 
 
-def unreadable(header: str | None) -> bool:
+def unreadable(header: str | None, found: tuple[str, ...] | None = None) -> bool:
     """Whether a header value is there but names no address the bridge can read: a sender it
-    cannot identify, which the guard keeps from an agent and the rate limits count together."""
-    return bool(header and header.strip()) and not addresses(header)
+    cannot identify, which the guard keeps from an agent and the rate limits count together.
+    ``found``: its :func:`addresses`, when the caller has them already."""
+    if found is None:
+        found = addresses(header)
+    return bool(header and header.strip()) and not found
 
 
 def canonical(address: str) -> str:

@@ -124,7 +124,7 @@ class Gate:
         # the event, and they are limited together (a stranger naming a real sender beside
         # their own spends a quota of their own, never that sender's).
         senders = addresses(event.sender)
-        if not senders and unreadable(event.sender):
+        if unreadable(event.sender, senders):
             senders = (UNREADABLE,)
         for route in self.router.matching(event):
             gate = self._gates[route.name]

@@ -29,11 +29,13 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from bridge.config import Config, NatsStreamConfig, build_config
+from bridge.events import Origin
 from bridge.metrics import Metrics
 from bridge.nats.bus import NatsBus
 from bridge.nats.stream import stream_config
 from bridge.sinks import SINK_TYPES
 from bridge.sinks.nats import NatsSink
+from bridge.store import Delivery
 from tests.conftest import bridge_config_dict, free_port
 
 START_TIMEOUT = 10.0
@@ -327,3 +329,28 @@ async def bound_bus(config: Config, sink_name: str = "bus") -> tuple[NatsBus, Na
     bus.bind(sink)
     await bus.start()
     return bus, sink
+
+
+def delivery(
+    event_id: str,
+    payload: bytes | None = None,
+    *,
+    inbox: str = "inb_support",
+    thread: str = "thr_1",
+    seq: int = 1,
+) -> Delivery:
+    """A pending row of the sink ``bus``; its payload by default :func:`event_body`'s."""
+    return Delivery(
+        id=seq,
+        seq=seq,
+        sink="bus",
+        event_id=event_id,
+        type="message.received",
+        inbox_id=inbox,
+        thread_id=thread,
+        origin=Origin.WEBHOOK,
+        received_at=time.time(),
+        payload=event_body(event_id, inbox=inbox) if payload is None else payload,
+        attempts=0,
+        last_error=None,
+    )

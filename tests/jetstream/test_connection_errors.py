@@ -5,7 +5,6 @@ consume-only user goes on consuming when a stream check it may not make is denie
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +13,16 @@ import structlog
 
 from bridge.config import Config, build_config
 from bridge.errors import PermanentDeliveryError
-from bridge.events import Origin
 from bridge.nats.connection import ConnectionState
 from bridge.nats.denials import denied_subject
 from bridge.nats.stream import StreamState
 from bridge.sinks import SINK_TYPES
-from bridge.store import Delivery
 from tests.conftest import WEBHOOK_SECRET, read_lines, running_bridge, wait_until
 
 from .conftest import (
     NatsServer,
     bound_bus,
+    delivery,
     event_body,
     load_raw,
     nats_client,
@@ -65,25 +63,6 @@ def edge_config(tmp_path: Path, server: NatsServer) -> Config:
         "sinks": {"bus": {"type": "nats", "timeout": f"{PUBACK_WAIT:g}s"}},
     }
     return build_config(raw, sink_types=SINK_TYPES, base_dir=tmp_path, env={})
-
-
-def delivery(
-    event_id: str, *, inbox: str = "inb_support", seq: int = 1, payload: bytes | None = None
-) -> Delivery:
-    return Delivery(
-        id=seq,
-        seq=seq,
-        sink="bus",
-        event_id=event_id,
-        type="message.received",
-        inbox_id=inbox,
-        thread_id="thr_1",
-        origin=Origin.WEBHOOK,
-        received_at=time.time(),
-        payload=event_body(event_id, inbox=inbox) if payload is None else payload,
-        attempts=0,
-        last_error=None,
-    )
 
 
 async def stream_ids(server: NatsServer) -> list[str]:

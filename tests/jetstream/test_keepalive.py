@@ -15,9 +15,8 @@ from bridge.nats.connection import ConnectionState
 from bridge.nats.options import MAX_OUTSTANDING_PINGS, connect_options
 from tests.conftest import make_config, wait_until
 
-from .conftest import NatsServer, bound_bus, nats_section
+from .conftest import NatsServer, bound_bus, delivery, nats_section
 from .test_config import base, load, problems
-from .test_connection_errors import delivery
 
 
 class SilentProxy:

@@ -4,7 +4,6 @@ stream validation, and thread order through a running bridge."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,11 @@ import pytest
 
 from bridge.config import Config, build_config
 from bridge.errors import RetryableDeliveryError
-from bridge.events import Origin
 from bridge.nats.bus import NatsBus
 from bridge.nats.connection import ConnectionState
 from bridge.nats.stream import StreamState
 from bridge.sinks import SINK_TYPES
 from bridge.sinks.nats import NatsSink
-from bridge.store import Delivery
 from tests.conftest import (
     WEBHOOK_SECRET,
     make_config,
@@ -29,7 +26,15 @@ from tests.conftest import (
     wait_until,
 )
 
-from .conftest import NatsServer, bound_bus, event_body, nats_client, nats_section, stream_messages
+from .conftest import (
+    NatsServer,
+    bound_bus,
+    delivery,
+    event_body,
+    nats_client,
+    nats_section,
+    stream_messages,
+)
 
 
 def sink_config(tmp_path: Path, server: NatsServer, **sink: Any) -> Config:
@@ -39,23 +44,6 @@ def sink_config(tmp_path: Path, server: NatsServer, **sink: Any) -> Config:
         "sinks": {"bus": {"type": "nats", "timeout": "1s", **sink}},
     }
     return build_config(raw, sink_types=SINK_TYPES, base_dir=tmp_path, env={})
-
-
-def delivery(event_id: str, raw: bytes, *, thread: str = "thr_1", seq: int = 1) -> Delivery:
-    return Delivery(
-        id=seq,
-        seq=seq,
-        sink="bus",
-        event_id=event_id,
-        type="message.received",
-        inbox_id="inb_support",
-        thread_id=thread,
-        origin=Origin.WEBHOOK,
-        received_at=time.time(),
-        payload=raw,
-        attempts=0,
-        last_error=None,
-    )
 
 
 async def started_bus(config: Config) -> tuple[NatsBus, NatsSink]:

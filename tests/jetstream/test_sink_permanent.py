@@ -22,12 +22,13 @@ from tests.conftest import make_config, running_bridge, signed, wait_until
 from .conftest import (
     NatsServer,
     bound_bus,
+    delivery,
     event_body,
     nats_client,
     nats_section,
     stream_messages,
 )
-from .test_connection_errors import ADMIN, delivery, edge_config, users_server
+from .test_connection_errors import ADMIN, edge_config, users_server
 
 MAX_PAYLOAD = 4096
 
