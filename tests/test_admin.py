@@ -320,6 +320,31 @@ async def test_store_full_makes_readyz_503_but_healthz_stays_200(
         assert (await admin.get("/healthz"))[0] == 200
 
 
+async def test_readyz_reports_full_once_events_are_refused_under_the_bound(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    # Three events fit and stay held (the sink is down); the fourth does not, though the held
+    # bytes are still under max_bytes: readiness must say what the webhook answers.
+    size = len(event_body("evt_room_1"))
+    config = make_config(
+        tmp_path,
+        None,
+        state={"max_bytes": 3 * size + size // 2},
+        sinks={"agent": {"type": "http", "url": "http://127.0.0.1:9/hook"}},
+    )
+    async with running_bridge(config) as sv:
+        admin = Admin(http, sv)
+        for n in (1, 2, 3):
+            body = event_body(f"evt_room_{n}")
+            assert await admin.post_event(body, signed(body)) == 200
+        assert (await admin.get("/readyz"))[0] == 200
+        body = event_body("evt_room_4")
+        assert await admin.post_event(body, signed(body)) == 503
+        status, ready = await admin.get("/readyz")
+        assert status == 503, ready
+        assert ready["store"] == "full"
+
+
 async def test_healthz_and_readyz_unaffected_by_a_sink_that_is_down(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:

@@ -838,18 +838,43 @@ async def test_spool_bound_refuses_without_writing_and_resumes(db_path: Path) ->
         big = event("ev-2", raw=b"b" * 100)
         with pytest.raises(SpoolFullError, match=r"max_bytes=150"):
             await store.accept(big, ["agent"])
-        assert store.has_room  # 100 < 150, but the 100-byte event does not fit:
+        # 100 < 150, but the 100-byte event does not fit: the store is full for it, and says so.
+        assert store.has_room_for(0)
+        assert not store.has_room
         waiter = asyncio.create_task(store.wait_room(len(big.raw)))
         # A commit that frees nothing does not let it through.
         await store.record_attempt(first.deliveries[0].id, attempts=1, error="x")
         assert not waiter.done()
+        assert not store.has_room
 
         await store.mark_delivered(first.deliveries[0].id)
         async with asyncio.timeout(2):
             await waiter
+        assert store.has_room
         assert (await store.accept(big, ["agent"])).outcome is ACCEPTED  # nothing was recorded
         with pytest.raises(SpoolFullError, match="never fits"):
             await store.wait_room(151)
+    finally:
+        await store.close()
+
+
+async def test_an_event_larger_than_the_bound_leaves_the_store_ready(db_path: Path) -> None:
+    store = await Store.open(db_path, StoreLimits(max_bytes=150))
+    try:
+        with pytest.raises(SpoolFullError):
+            await store.accept(event("ev-huge", raw=b"h" * 151), ["agent"])
+        assert store.has_room  # it never fits: refusing it says nothing of the others
+        await store.accept(event("ev-1", raw=b"a" * 100), ["agent"])
+        small = await store.accept(event("ev-2", raw=b"b" * 10), ["agent"])
+        for name, size in (("ev-3", 60), ("ev-4", 41)):
+            with pytest.raises(SpoolFullError):
+                await store.accept(event(name, raw=b"c" * size), ["agent"])
+        assert not store.has_room  # 110 held, under the bound, but events are refused
+        # The smallest refused event decides: once 41 bytes fit again, the store is ready,
+        # though the 60-byte one would still be refused.
+        await store.mark_delivered(small.deliveries[0].id)
+        assert store.has_room
+        assert not store.has_room_for(60)
     finally:
         await store.close()
 

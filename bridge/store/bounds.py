@@ -43,12 +43,25 @@ class StoreLimits:
 class Room:
     """Whether an event fits: the spool under ``max_bytes`` and the disk over ``min_free``."""
 
-    __slots__ = ("_disk", "limits", "path")
+    __slots__ = ("_disk", "_refused", "limits", "path")
 
     def __init__(self, path: Path, limits: StoreLimits) -> None:
         self.path = path
         self.limits = limits
         self._disk: tuple[float, int] = (-float("inf"), 0)  # (when read, free bytes)
+        # The smallest event refused for max_bytes since the spool last had room for it: the
+        # spool is full for as long as that event would still not fit, though under the bound.
+        self._refused: int | None = None
+
+    def full(self, spool: int) -> bool:
+        """True while events are refused: ``spool`` at either bound, or an event refused for
+        max_bytes still not fitting beside it (an event larger than max_bytes never counts)."""
+        if not self.fits(spool, 0):
+            return True
+        refused = self._refused
+        if refused is not None and spool + refused <= self.limits.max_bytes:
+            self._refused = refused = None
+        return refused is not None
 
     def fits(self, spool: int, size: int) -> bool:
         """True when an event of ``size`` bytes fits beside ``spool`` held bytes now."""
@@ -62,6 +75,8 @@ class Room:
     def check(self, spool: int, size: int) -> None:
         """Raise :class:`SpoolFullError` unless an event of ``size`` bytes fits beside ``spool``."""
         if spool + size > self.limits.max_bytes:
+            if size <= self.limits.max_bytes and (self._refused is None or size < self._refused):
+                self._refused = size
             raise SpoolFullError(
                 f"spool is full: {spool} bytes held plus a {size}-byte event exceed "
                 f"max_bytes={self.limits.max_bytes}"

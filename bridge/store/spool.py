@@ -192,7 +192,7 @@ class Store:
 
     @property
     def has_room(self) -> bool:
-        return self.has_room_for(0)
+        return not self._room.full(self._writer.spool)
 
     def has_room_for(self, size: int) -> bool:
         """True when an event of ``size`` bytes fits under both bounds now."""
