@@ -262,14 +262,10 @@ class WebhookSource:
             async with asyncio.timeout(self.config.body_timeout):
                 if length is not None and plain:
                     return await _read_exactly(request.content, length)
-                return await request.read()
+                return await _read_to_end(request.content, self.config.max_body)
         except TimeoutError:
             raise Rejected(
                 408, "body_timeout", f"body not received within {self.config.body_timeout:g}s"
-            ) from None
-        except web.HTTPRequestEntityTooLarge:
-            raise Rejected(
-                413, "too_large", f"body is over max_body ({self.config.max_body})"
             ) from None
         except (HttpProcessingError, RequestPayloadError) as exc:
             # A body that cannot be decoded (a bogus Content-Encoding, a broken chunk).
@@ -390,6 +386,23 @@ class WebhookSource:
         self.last_event_at = event.received_at
         duplicate = outcome is not AcceptOutcome.ACCEPTED  # a conflict is answered like one
         return web.json_response({"ok": True, "event_id": event.event_id, "duplicate": duplicate})
+
+
+async def _read_to_end(stream: StreamReader, limit: int) -> bytearray:
+    """A body of unannounced length (chunked), refused once it passes ``limit`` bytes.
+
+    The limit is the config's at this request, not aiohttp's ``client_max_size``, which is fixed
+    when the application is built: a reload changes ``max_body`` for every body.
+
+    Raises:
+        Rejected: over ``limit`` (413).
+    """
+    body = bytearray()
+    while chunk := await stream.readany():
+        if len(body) + len(chunk) > limit:
+            raise Rejected(413, "too_large", f"body is over max_body ({limit})")
+        body += chunk
+    return body
 
 
 async def _read_exactly(stream: StreamReader, length: int) -> bytearray:

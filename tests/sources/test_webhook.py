@@ -258,6 +258,35 @@ async def test_a_chunked_signed_body_is_read_whole_and_accepted(tmp_path: Path) 
         assert len(hook.stored()) == 1
 
 
+async def test_a_reloaded_max_body_applies_to_chunked_bodies(tmp_path: Path) -> None:
+    """The limit a reload sets holds for a body of unannounced length too, both ways."""
+    body = event_body(padding="x" * 4096)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 256):
+            yield body[i : i + 256]
+
+    configs = [
+        make_config(tmp_path, routes=ROUTE_ALL, openmail={"webhook": {"max_body": size}})
+        for size in ("1KiB", "8KiB", "1KiB")
+    ]
+    sup = Supervisor(configs[0], reload_config=lambda: configs.pop(1))
+    await sup.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            hook = Hook(sup, session)
+            assert await sup.reload()  # raised past the body: read whole and accepted
+            async with session.post(hook.url, data=chunks(), headers=signed_headers(body)) as resp:
+                assert resp.status == 200, await resp.text()
+            assert len(hook.stored()) == 1
+            assert await sup.reload()  # lowered under it again: refused while reading
+            async with session.post(hook.url, data=chunks(), headers=signed_headers(body)) as resp:
+                assert resp.status == 413
+            assert hook.rejected("too_large") == 1
+    finally:
+        await sup.stop()
+
+
 async def test_get_is_405(hook: Hook) -> None:
     async with hook.session.get(hook.url) as resp:
         assert resp.status == 405
