@@ -452,6 +452,39 @@ def test_route_test_reads_stdin_and_reports_unrouted(routed: Path) -> None:
     assert "sinks: (none: the event would be unrouted)" in result.stdout
 
 
+def test_route_test_applies_the_guards_and_shows_the_limits(routed: Path) -> None:
+    data = yaml.safe_load((routed / "config.yaml").read_text())
+    data["sinks"]["hold"] = {"type": "file", "path": "hold.jsonl"}
+    data["routes"] = [
+        {"name": "support", "sinks": ["agent", "audit"], "match": {"inbox_ids": ["inb_support"]},
+         "guard": {"quarantine": "hold", "own_addresses": ["bot@openmail.sh"]},
+         "limits": {"per_sender": "2/1h"}},
+    ]  # fmt: skip
+    write(routed / "guarded.yaml", data)
+    bounce = _event("evt_bounce", "message.received", "inb_support",
+                    {"from": "MAILER-DAEMON@mx.example", "to": "support@openmail.sh"})  # fmt: skip
+    result = bridge(routed, "route-test", "-c", "guarded.yaml", "-", "--json", stdin=bounce)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    # The HTTP sink is guarded: a bounce goes to the quarantine sink; the file sink still gets it.
+    assert out["guards"] == [
+        {"route": "support", "reason": "mailer_daemon", "action": "quarantined"}
+    ]
+    assert out["sinks"] == ["hold", "audit"]
+    assert out["limited"] == [
+        {"route": "support", "sinks": ["audit"], "limits": ["per_sender"], "over": "hold"}
+    ]
+    own = _event("evt_loop", "message.received", "inb_support",
+                 {"from": "Bot <BOT@openmail.sh>", "to": "support@openmail.sh"})  # fmt: skip
+    result = bridge(routed, "route-test", "-c", "guarded.yaml", "-", stdin=own)
+    assert result.returncode == 0, result.stderr
+    assert "  guard of route support: loop, quarantined" in result.stdout.splitlines()
+    assert "  limits of route support (per_sender): audit while under them, else hold" in (
+        result.stdout.splitlines()
+    )
+    assert result.stdout.splitlines()[-1] == "  sinks: hold, audit"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [(None, "cannot read"), ("not json", "payload is not JSON"),

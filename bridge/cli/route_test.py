@@ -1,7 +1,9 @@
-"""``route-test``: which routes and sinks one event payload would reach, and for each route the
-match key that decided.
+"""``route-test``: which routes and sinks one event payload would reach, for each route the
+match key that decided, and what the routes' guards and rate limits would do to it.
 
-Of the config, only the routes and the sinks' names are read: no secret, no other section.
+Of the config, only the routes and the sinks' names and types are read: no secret, no other
+section. The guard knows the configured ``own_addresses`` only, not those a running bridge
+learned; a rate-limited route is shown with its limits not yet spent.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from pathlib import Path
 
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_OK
 from bridge.cli.operator_config import operator_config
-from bridge.config import ROUTES
+from bridge.config import ROUTES, SinkConfig
 from bridge.errors import EventError
 from bridge.events import Origin, parse_event
-from bridge.routing import Decision, Router
+from bridge.gate import Gate, OwnAddresses
+from bridge.plan import Plan
+from bridge.routing import Decision
 
 
 def cmd_route_test(args: argparse.Namespace) -> int:
@@ -32,9 +36,15 @@ def cmd_route_test(args: argparse.Namespace) -> int:
     except EventError as exc:
         print(f"openmail-bridge: {args.event}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    router = Router(config.routes)
+    sinks_by_name: dict[str, SinkConfig[object]] = {
+        name: SinkConfig(name=name, type=kind, options=None)
+        for name, kind in config.sink_types.items()
+    }
+    gate = Gate(config.routes, sinks_by_name, OwnAddresses())
+    router = gate.router
     routes = [r.name for r in router.matching(event)]
-    sinks = list(router(event))
+    plan = gate.plan(event)
+    sinks = _reached(plan)
     decisions = [(route.name, route.decide(event)) for route in router.routes]
     if args.json:
         print(
@@ -47,6 +57,16 @@ def cmd_route_test(args: argparse.Namespace) -> int:
                         {"route": name, "matched": d.holds, "keys": list(d.keys)}
                         for name, d in decisions
                     ],
+                    "guards": [note.as_dict() for note in plan.notes],
+                    "limited": [
+                        {
+                            "route": lim.route,
+                            "sinks": list(lim.sinks),
+                            "limits": [reason.value for reason, _, _ in lim.keys],
+                            "over": lim.over,
+                        }
+                        for lim in plan.limited
+                    ],
                 }
             )
         )
@@ -54,8 +74,29 @@ def cmd_route_test(args: argparse.Namespace) -> int:
         print(f"event {event.event_id} ({event.type}, inbox {event.inbox_id})")
         for name, decision in decisions:
             print(f"  route {name}: {_decision_text(decision)}")
-        print(f"  sinks: {', '.join(sinks) if sinks else '(none: the event would be unrouted)'}")
+        for note in plan.notes:
+            print(f"  guard of route {note.route}: {note.reason.value}, {note.action.value}")
+        for lim in plan.limited:
+            limits = ", ".join(reason.value for reason, _, _ in lim.keys)
+            print(
+                f"  limits of route {lim.route} ({limits}): {', '.join(lim.sinks)} "
+                f"while under them, else {lim.over}"
+            )
+        if sinks:
+            print(f"  sinks: {', '.join(sinks)}")
+        elif plan.notes:
+            print("  sinks: (none: the guards keep it from every sink it was routed to)")
+        else:
+            print("  sinks: (none: the event would be unrouted)")
     return EXIT_OK
+
+
+def _reached(plan: Plan) -> list[str]:
+    """The sinks the event would reach: at once, or through rate limits not yet spent."""
+    found = dict.fromkeys(plan.sinks)
+    for lim in plan.limited:
+        found.update(dict.fromkeys(lim.sinks))
+    return list(found)
 
 
 def _decision_text(decision: Decision) -> str:

@@ -40,6 +40,8 @@ class OperatorConfig:
     ADMIN_TOKEN is not set (${ADMIN_TOKEN})``."""
     sinks: tuple[str, ...] = ()
     """The names of the configured sinks."""
+    sink_types: Mapping[str, str] = field(default_factory=dict)
+    """Each sink's ``type``, where it is a string (route-test: the guard covers HTTP sinks)."""
     routes: tuple[RouteConfig, ...] = ()
     problems: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """``STATE``, ``ADMIN`` or ``ROUTES`` -> the problems that make that part unusable."""
@@ -109,6 +111,11 @@ def read_operator_config(
     routes_walker = walker()
     raw_sinks = raw.get("sinks")
     sinks = tuple(str(k) for k in raw_sinks) if isinstance(raw_sinks, dict) else ()
+    sink_types = {
+        str(name): sink["type"]
+        for name, sink in (raw_sinks.items() if isinstance(raw_sinks, dict) else ())
+        if isinstance(sink, dict) and isinstance(sink.get("type"), str)
+    }
     routes = load_routes(routes_walker, raw.get("routes"), raw_sinks)
     problems[ROUTES] = tuple(routes_walker.problems)
 
@@ -118,6 +125,7 @@ def read_operator_config(
         admin=admin,
         token_problem="; ".join(token_walker.problems) or None,
         sinks=sinks,
+        sink_types=sink_types,
         routes=routes or (),
         problems={k: v for k, v in problems.items() if v},
     )
