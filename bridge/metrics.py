@@ -52,6 +52,9 @@ class Metrics:
             "webhook_rejected", "Webhook requests and connections rejected", "reason"
         )
         self.ws_connected = gauge("websocket_connected", "1 while the WebSocket is subscribed")
+        self.ws_enabled = gauge(
+            "websocket_enabled", "1 while the WebSocket source runs (openmail.websocket.enabled)"
+        )
         self.ws_reconnects = counter(
             "websocket_reconnects", "WebSocket connection attempts after the first"
         )

@@ -210,6 +210,10 @@ async def test_ready_with_webhook_only_config(tmp_path: Path, http: aiohttp.Clie
             "webhook": "listening",
             "store": "writable",
         }
+        # The WebSocket-down alert needs this to stay quiet here (deploy/prometheus-rules.yaml).
+        metrics = await Admin(http, sv).metrics()
+        assert sample(metrics, "openmail_bridge_websocket_enabled") == 0
+        assert sample(metrics, "openmail_bridge_websocket_connected") == 0
 
 
 async def test_ready_with_webhook_disabled_and_websocket_up(
@@ -379,6 +383,7 @@ DOCUMENTED_METRICS = (
     "openmail_bridge_events_duplicate",
     "openmail_bridge_webhook_rejected",
     "openmail_bridge_websocket_connected",
+    "openmail_bridge_websocket_enabled",
     "openmail_bridge_websocket_reconnects",
     "openmail_bridge_possible_gaps",
     "openmail_bridge_spool_bytes",
@@ -427,6 +432,7 @@ async def test_metrics_names_and_values_move_with_events(
             for name in DOCUMENTED_METRICS:
                 assert name in before, f"{name} missing from /metrics"
             assert sample(before, "openmail_bridge_websocket_connected") == 1
+            assert sample(before, "openmail_bridge_websocket_enabled") == 1
             assert sample(before, "openmail_bridge_possible_gaps_total", reason="cursor_reset") == 1
 
             ws_ids = [await sim.inject() for _ in range(2)]

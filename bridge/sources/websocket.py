@@ -104,6 +104,7 @@ class WebSocketSource:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         self._spool = spool
+        self.metrics.ws_enabled.set(1)  # an alert on websocket_connected needs to know
         self._task = asyncio.create_task(self._run(spool), name="websocket")
 
     async def stop(self) -> None:
