@@ -269,6 +269,10 @@ BROKEN: list[tuple[str, dict[str, Any], dict[str, str], str, str]] = [
     ("whsec_ secret that is not base64",
      {"sinks": {"agent": {"secret": "whsec_!!!", "signature": "standard-webhooks"}}}, {},
      "sinks.agent.secret", "base64"),
+    ("retry max under initial", {"sinks": {"agent": {"retry": {"initial": "10s", "max": "5s"}}}},
+     {}, "sinks.agent.retry.max", "not be less than retry.initial"),
+    ("retry initial zero", {"sinks": {"agent": {"retry": {"initial": "0s"}}}}, {},
+     "sinks.agent.retry.initial", "more than 0"),
 ]  # fmt: skip
 
 

@@ -269,6 +269,10 @@ def _load_sink(
         return INVALID
     before = len(walker.problems)
     _check_deliverable(walker, path, options)
+    if sink.retry.initial <= 0:  # no wait between attempts: a failing agent hammered for ever
+        walker.fail(f"{path}.retry.initial", "must be more than 0")
+    elif sink.retry.max < sink.retry.initial:
+        walker.fail(f"{path}.retry.max", "must not be less than retry.initial")
     if getattr(options, "format", None) == "batch" and not sink.debounce:
         walker.fail(
             f"{path}.format", "batch sends a debounce window's events together: set debounce"
