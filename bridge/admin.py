@@ -44,7 +44,6 @@ from bridge.errors import StoreError
 from bridge.health import Readiness
 from bridge.sources.http_guard import GuardedSite
 from bridge.stream import activity_stream, throughput
-from bridge.throttle import Throttle
 from bridge.trigger import Refusal, Refused, Trigger
 
 log = structlog.get_logger("bridge.admin")
@@ -106,20 +105,10 @@ class AdminServer:
         self.sessions = Sessions()
         self.console = Console(config, view, self.sessions)
         self._hosts = guard.HostRule(config.listen, config.listen.port, config.allowed_hosts)
-        self._drops = Throttle()
-
-    def _dropped(self, reason: str) -> None:
-        # One line a minute, with the count: a flood of sockets must not flood the journal too.
-        if (extra := self._drops.admit_fields("dropped_since_last_line")) is not None:
-            log.warning(
-                "admin.connection_dropped",
-                reason=reason,
-                hint=f"at most {MAX_CONNECTIONS} connections, headers within {HEADER_TIMEOUT:g}s",
-                **extra,
-            )
 
     async def start(self) -> None:
-        app = web.Application(middlewares=[self._guard])
+        site: GuardedSite | None = None
+        app = web.Application(middlewares=[GuardedSite.tracking(lambda: site), self._guard])
         app.on_response_prepare.append(_security_headers)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -137,6 +126,7 @@ class AdminServer:
         )
         await runner.setup()
         listen = self.config.listen
+        # Dropped connections are logged by the guard (admin.connection_dropped), counted nowhere.
         site = GuardedSite(
             runner,
             listen.host,
@@ -144,7 +134,8 @@ class AdminServer:
             ssl_context=None,
             limit=MAX_CONNECTIONS,
             header_timeout=HEADER_TIMEOUT,
-            on_drop=self._dropped,
+            on_drop=lambda reason: None,
+            server="admin",
         )
         try:
             await site.start()

@@ -24,6 +24,7 @@ from conftest import (
     websocket_of,
 )
 
+from bridge import admin as admin_module
 from bridge import logs
 from bridge.activity import Activity, ActivityFeed, Kind
 from bridge.simulator import Simulator
@@ -101,6 +102,37 @@ async def bridge(sim: Simulator, tmp_path: Path) -> AsyncIterator[tuple[Supervis
 
 
 # --- through a real bridge ---------------------------------------------------------------------
+
+
+async def test_a_stream_and_a_kept_alive_connection_outlive_the_header_timeout(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header timer covers a request's headers only: not a response that streams for hours,
+    nor the pause between two requests of a kept-alive connection (a scraper's)."""
+    monkeypatch.setattr(admin_module, "HEADER_TIMEOUT", 0.3)
+    async with running_bridge(make_config(tmp_path, sim, routes=ROUTE_ALL)) as sv:
+        await wait_until(lambda: websocket_of(sv).receiving)
+        assert sv.admin is not None
+        port = sv.admin.port
+        async with stream(f"http://127.0.0.1:{port}") as reader:
+            kept_reader, kept = await asyncio.open_connection("127.0.0.1", port)
+            request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+            kept.write(request)
+            assert (await kept_reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            # A socket opened after both and sending nothing is cut once its timer fires: by
+            # then the stream's and the kept connection's would have fired too.
+            idle_reader, idle = await asyncio.open_connection("127.0.0.1", port)
+            async with asyncio.timeout(5):
+                assert await idle_reader.read() == b""
+            idle.close()
+            sent = await sim.inject()
+            records = await reader.records(2)
+            assert {r["event_id"] for r in records} == {sent}
+            await kept_reader.read(64 * 1024)  # the rest of the first answer, then ask again
+            kept.write(request)
+            async with asyncio.timeout(5):
+                assert (await kept_reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            kept.close()
 
 
 async def test_the_stream_shows_events_accepted_then_delivered(

@@ -5,7 +5,9 @@ aiohttp's server has no header-read timeout and no connection cap of its own, so
 opens sockets and sends half a request line could hold descriptors until the process runs out.
 :class:`GuardedSite` wraps aiohttp's protocol factory: a connection beyond ``limit`` is closed the
 moment it is accepted (the admin server keeps its descriptors), and one whose request headers are
-not complete within ``header_timeout`` of its first byte (or of its opening) is cut.
+not complete within ``header_timeout`` of its first byte (or of its opening) is cut. The site's
+:attr:`GuardedSite.middleware` tells each connection when a request's headers are in, so the timer
+never runs while a handler does (a long response, a stream) or between kept-alive requests.
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import enum
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from bridge.throttle import Throttle
 
-log = structlog.get_logger("bridge.sources.webhook")
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ByteBudget:
@@ -130,8 +135,11 @@ class ConnectionGuard:
         header_timeout: float,
         on_drop: Callable[[str], None],
         received: Callable[[int], None] = lambda size: None,
+        server: str,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.server = server
+        """Which server this guards (``webhook``, ``admin``): its log lines are named after it."""
         self.limit = limit
         self.header_timeout = header_timeout
         self.received = received
@@ -166,7 +174,7 @@ class ConnectionGuard:
         throttle = self._throttles.setdefault(reason, Throttle())
         if (suppressed := throttle.admit()) is not None:
             log.warning(
-                "webhook.connection_dropped",
+                f"{self.server}.connection_dropped",
                 reason=reason,
                 open_connections=len(self._open),
                 max_connections=self.limit,
@@ -191,12 +199,34 @@ class GuardedSite(web.BaseSite):
         header_timeout: float,
         on_drop: Callable[[str], None],
         received: Callable[[int], None] = lambda size: None,
+        server: str,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._host, self._port = host, port
-        self._guard_args = (limit, header_timeout, on_drop)
+        self._guard_args = (limit, header_timeout, on_drop, server)
         self._received = received
         self.guard: ConnectionGuard | None = None
+
+    @staticmethod
+    def tracking(site: Callable[[], GuardedSite | None]) -> Middleware:
+        """The middleware an application served by a GuardedSite must have: the headers are in,
+        so the connection's header timer stops until its next request. ``site`` gives the site
+        once it exists (the application is built before it)."""
+
+        @web.middleware
+        async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
+            served = site()
+            guard = served.guard if served is not None else None
+            connection = guard.connection_of(request.transport) if guard is not None else None
+            if connection is not None:
+                connection.request_started()
+            try:
+                return await handler(request)
+            finally:
+                if connection is not None:
+                    connection.request_finished()
+
+        return track
 
     @property
     def name(self) -> str:
@@ -207,13 +237,14 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None  # the runner is set up before any site starts
-        limit, header_timeout, on_drop = self._guard_args
+        limit, header_timeout, on_drop, name = self._guard_args
         self.guard = ConnectionGuard(
             server,
             limit=limit,
             header_timeout=header_timeout,
             on_drop=on_drop,
             received=self._received,
+            server=name,
         )
         self._server = await asyncio.get_running_loop().create_server(
             self.guard,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
@@ -89,7 +89,9 @@ class WebhookSource:
     async def start(self, spool: Spool) -> None:
         self._spool = spool
         config = self.config
-        app = web.Application(client_max_size=config.max_body, middlewares=[self._track])
+        app = web.Application(
+            client_max_size=config.max_body, middlewares=[GuardedSite.tracking(lambda: self._site)]
+        )
         app.router.add_route("*", config.path, self._handle)
         # aiohttp's graceful shutdown stops reading requests, so one whose body is still arriving
         # can never finish; waiting its default 60 s would only stall the stop. In-flight commits
@@ -114,15 +116,18 @@ class WebhookSource:
             header_timeout=config.header_timeout,
             on_drop=lambda reason: self.metrics.webhook_rejected.labels(reason).inc(),
             received=self._heap.received,
+            server="webhook",
         )
+        self._site = site  # before it serves: the middleware finds its connections through it
         try:
             await site.start()
         except OSError as exc:
+            self._site = None
             await runner.cleanup()
             raise OSError(
                 exc.errno, f"webhook listener cannot bind {listen}: {exc.strerror}"
             ) from None
-        self._runner, self._site = runner, site
+        self._runner = runner
         self.port = site.port
         log.info(
             "webhook.listening",
@@ -173,21 +178,6 @@ class WebhookSource:
         }
 
     # --- requests --------------------------------------------------------------------------
-
-    @web.middleware
-    async def _track(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        # The headers are in: the connection's header timer stops until its next request.
-        guard = self._site.guard if self._site is not None else None
-        connection = guard.connection_of(request.transport) if guard is not None else None
-        if connection is not None:
-            connection.request_started()
-        try:
-            return await handler(request)
-        finally:
-            if connection is not None:
-                connection.request_finished()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
