@@ -118,6 +118,20 @@ def test_dlq_purge_without_a_filter_needs_all(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout.strip()) == (0, "2 purged")
 
 
+def test_dlq_purge_pending_is_refused_for_a_sink_still_in_the_config(tmp_path: Path) -> None:
+    _secret_config(tmp_path)
+    db = tmp_path / "state" / "bridge.db"
+    _dead_letters(db, "evt_a")
+    result = bridge(tmp_path, "dlq", "purge", "--sink", "agent", "--pending")
+    assert result.returncode == 2
+    assert "'agent' is still in the config" in result.stderr
+    for extra in (("list", "--sink", "agent"), ("purge", "--all"), ("purge", "--event-id", "e")):
+        result = bridge(tmp_path, "dlq", *extra, "--pending")
+        assert result.returncode == 2, extra
+        assert "--pending goes with" in result.stderr
+    assert len(json.loads(bridge(tmp_path, "dlq", "list", "--json").stdout)) == 1
+
+
 # --- route-test --------------------------------------------------------------------------------
 
 

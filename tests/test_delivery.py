@@ -729,7 +729,7 @@ async def test_a_sink_removed_by_reload_keeps_its_rows_and_resumes_when_back(
     assert not set(later) & set(ids_of(receiver.received))
 
 
-async def test_dlq_purge_sink_drops_the_rows_of_a_sink_gone_from_the_config_file(
+async def test_dlq_purge_sink_pending_drops_the_rows_of_a_sink_gone_from_the_config_file(
     tmp_path: Path, sim: Simulator, receiver: Receiver
 ) -> None:
     receiver.up = False
@@ -742,7 +742,18 @@ async def test_dlq_purge_sink_drops_the_rows_of_a_sink_gone_from_the_config_file
         write_config(path, bridge_config_dict(tmp_path, sim))  # the agent sink is gone
         assert await supervisor.reload()  # re-reads the file
         assert (await supervisor.status())["removed_sinks"] == ["agent"]
+        # Without --pending its pending rows stay (the file may be ahead of the bridge), said so.
         code, out, err = await run_cli("dlq", "purge", "-c", str(path), "--sink", "agent", "--json")
+        assert (code, json.loads(out)) == (0, {"purged": 0}), err
+        assert "holds 2 pending rows" in err
+        assert "--pending" in err
+        assert await counts(supervisor, "agent") == (2, 0)
+        code, _, err = await run_cli("dlq", "retry", "-c", str(path), "--sink", "agent")
+        assert code == 2
+        assert "not in the config" in err
+        code, out, err = await run_cli(
+            "dlq", "purge", "-c", str(path), "--sink", "agent", "--pending", "--json"
+        )
         assert (code, json.loads(out)) == (0, {"purged": 2}), err
         status = await supervisor.status()
         assert status["removed_sinks"] == []

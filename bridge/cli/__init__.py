@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="list or purge quarantined events instead of dead letters (never retried)",
     )
     p.add_argument(
+        "--pending",
+        action="store_true",
+        help="purge --sink NAME: also delete its pending rows (events never delivered to it), "
+        "for a sink removed from the config once no running bridge delivers to it",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help="print a JSON list: of dead letters, or of quarantined events with --quarantine",

@@ -5,6 +5,10 @@ conflicts (a known ``event_id`` with other content or another inbox), never deli
 opened shared, so these work beside a running bridge, and only if it exists: a mistyped path must
 not look like an empty dead-letter store. Of the config, only ``state.path`` and the sinks' names
 are read (``--state`` replaces it).
+
+A sink gone from the config keeps its pending rows: the file may be edited and not yet reloaded,
+or a reload rejected, with the running bridge still delivering to that sink. Only ``purge --sink
+NAME --pending`` deletes them, and retry refuses to redrive rows no worker would take.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_OK, refuse
 from bridge.cli.operator_config import open_state, operator_config, unknown_sink
@@ -22,7 +27,7 @@ from bridge.errors import ConfigError
 from bridge.printable import printable
 from bridge.redact import scrub_text
 from bridge.sinks import SINK_TYPES
-from bridge.store import Store
+from bridge.store import SinkCounts, Store
 
 
 def _known_secrets(config: OperatorConfig | None) -> list[str]:
@@ -53,15 +58,21 @@ async def _dlq(args: argparse.Namespace) -> int:
         return refuse(f"purge without --sink or --event-id removes every {what}: add --all")
     if args.all and (args.sink is not None or args.event_id is not None):
         return refuse("--all means every one: give it without --sink or --event-id")
+    if args.pending and (args.action != "purge" or args.sink is None or args.event_id):
+        return refuse(
+            "--pending goes with 'purge --sink NAME' only, for a sink removed from the config"
+        )
     config = operator_config(args, needed=args.state is None)
     if (store := await open_state(args, config)) is None:
         return EXIT_CONFIG
     try:
         if args.sink is not None:
             configured = set(config.sinks) if config is not None else set()
-            known = configured | set(await store.sink_counts())
-            if args.sink not in known:
-                return unknown_sink(args.sink, known)
+            counts = await store.sink_counts()
+            if args.sink not in configured | set(counts):
+                return unknown_sink(args.sink, configured | set(counts))
+            if (problem := _removed_sink(args, config, counts)) is not None:
+                return problem
         return await _act(store, args, config)
     finally:
         await store.close()
@@ -111,12 +122,38 @@ async def _act(store: Store, args: argparse.Namespace, config: OperatorConfig | 
         print(json.dumps({"purged": count}) if args.json else f"{count} purged")
     else:
         count = await store.dlq_purge(sink=args.sink, event_id=args.event_id)
-        # A sink removed from the config takes its pending rows along; only when the config
-        # was read, so a sink is never taken for removed just because no config was given.
-        if args.sink is not None and config is not None and args.sink not in config.sinks:
+        if args.pending:  # checked: a sink removed from the config that was read
             count += await store.drop_sink(args.sink)
         print(json.dumps({"purged": count}) if args.json else f"{count} purged")
     return EXIT_OK
+
+
+def _removed_sink(
+    args: argparse.Namespace, config: OperatorConfig | None, counts: dict[str, SinkCounts]
+) -> int | None:
+    """Refuse what makes no sense for ``args.sink`` as the config stands (an exit code), and say
+    what a sink removed from it still holds; None: go on."""
+    removed = config is not None and args.sink not in config.sinks
+    pending = counts[args.sink].pending if args.sink in counts else 0
+    if args.pending and not removed:
+        where = "is still in the config" if config is not None else "cannot be checked: no config"
+        return refuse(
+            f"--pending deletes events never delivered to {args.sink!r}, for a sink removed from "
+            f"the config (and the running bridge reloaded); {args.sink!r} {where}"
+        )
+    if removed and args.action == "retry":
+        return refuse(
+            f"{args.sink!r} is not in the config: no worker would take redriven rows; add it "
+            "back (and reload the bridge) first"
+        )
+    if removed and pending and not args.pending:
+        print(
+            f"note: {args.sink!r} is not in the config and holds {pending} pending rows, never "
+            f"delivered; once no running bridge delivers to it, 'dlq purge --sink {args.sink} "
+            "--pending' deletes them",
+            file=sys.stderr,
+        )
+    return None
 
 
 def _print_dlq_list(
