@@ -61,7 +61,7 @@ class Metrics:
         self.ws_frames_invalid = counter("websocket_frames_invalid", "Frames ignored", "reason")
         self.possible_gaps = counter(
             "possible_gaps",
-            "Times events may have been missed (cursor_reset, replay_limit)",
+            "Times events may have been missed on the WebSocket path, by reason",
             "reason",
         )
         self.spool_bytes = gauge("spool_bytes", "Payload bytes held in the spool")

@@ -404,6 +404,30 @@ async def test_fallback_scenario_every_event_exactly_once(sim: Simulator, tmp_pa
 # --- a full spool pushes back and recovers -------------------------------------------------------
 
 
+async def test_events_refused_before_any_cursor_are_reported_as_a_possible_gap(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # Room for a connection, not for the first event: it is refused, and with no cursor stored
+    # yet, the reconnect has nothing to replay from.
+    config = make_config(tmp_path, sim, state={"max_bytes": "100B"}, routes=ROUTE_ALL)
+    with structlog.testing.capture_logs() as logs:
+        async with running_bridge(config) as sup:
+            await wait_until(lambda: websocket_of(sup).receiving)
+            refused = await sim.inject()
+            await wait_until(lambda: bool(events_named(logs, "ws.refused_without_cursor")))
+            (line,) = events_named(logs, "ws.refused_without_cursor")
+            assert line["first_refused"] == refused
+            assert "no cursor" in line["hint"]
+            assert (
+                sup.metrics.registry.get_sample_value(
+                    "openmail_bridge_possible_gaps_total", {"reason": "refused_without_cursor"}
+                )
+                == 1
+            )
+            assert sup.store is not None
+            assert sup.store.cursor is None
+
+
 def spool_looks(store: Store | None, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """From now on, each size ``store`` is asked to find room for; the real check answers."""
     assert store is not None
@@ -465,7 +489,9 @@ async def test_full_spool_pushes_back_and_recovers_without_loss(
                 await wait_until(lambda: len(looks) >= 2)
                 assert len(events_named(logs, "sim.ws.connected")) == connects
                 assert sim.connections == []
-                assert sup.readiness()[0] == "degraded", (sup.readiness(), sup.store.spool_bytes)
+                # The store refuses the event it holds back: full, though under its bound.
+                readiness, parts = sup.readiness()
+                assert (readiness, parts["store"]) == ("unavailable", "full"), sup.readiness()
 
                 # A webhook event just too big for the room left: 503, so OpenMail retries it.
                 assert sup.store is not None
@@ -497,6 +523,11 @@ async def test_full_spool_pushes_back_and_recovers_without_loss(
                 sent.append("evt_hook")
                 await wait_until(lambda: len(agent.accepted_ids()) >= len(sent))
                 assert sorted(agent.accepted_ids()) == sorted(sent)  # none lost, none twice
+                # The cursor held the refused events' place: nothing to report as a gap.
+                gaps = sup.metrics.registry.get_sample_value(
+                    "openmail_bridge_possible_gaps_total", {"reason": "refused_without_cursor"}
+                )
+                assert gaps is None
     finally:
         await agent.stop()
 

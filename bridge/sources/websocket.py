@@ -425,8 +425,11 @@ class WebSocketSource:
                 async with asyncio.timeout(DRAIN_TIMEOUT):
                     await intake.drain()
             await asyncio.gather(keepalive, watchdog, *closing, return_exceptions=True)
-        # Events read but not committed are not lost: the cursor has not passed them.
+        # Events read but not committed are not lost: the cursor has not passed them, and the
+        # reconnect replays from it. Without a cursor there is nothing to replay from.
         if intake.refusal is not None:
+            if link.spool.cursor is None:
+                self._possible_gap("refused_without_cursor", first_refused=intake.refused_id)
             raise Disconnected(intake.refusal)
 
     async def _next_page(self, ws: aiohttp.ClientWebSocketResponse, delivered: Deliver) -> None:

@@ -54,6 +54,8 @@ class Intake:
         self._flush_due = False
         self._changed = asyncio.Event()  # set whenever _in_flight goes down
         self.refusal: Disconnect | None = None
+        self.refused_id: str | None = None
+        """The event the spool refused first: it and the events read after it were not stored."""
 
     @property
     def in_flight(self) -> int:
@@ -120,6 +122,7 @@ class Intake:
 
     def _refuse(self, failure: BaseException, event: Event) -> None:
         room_needed = len(event.raw) if isinstance(failure, SpoolFullError) else 0
+        self.refused_id = event.event_id
         if not isinstance(failure, SpoolFullError | StoreError):
             log.error("ws.accept_failed", error=str(failure), event_id=event.event_id)
             self.refusal = Disconnect.accept_failed(failure)

@@ -94,6 +94,9 @@ GAP_HINTS: Final = {
     "replay_limit": "the replay hit OpenMail's maximum; the bridge asks for the next page, and if "
     "OpenMail does not replay it, events may have been missed on this path unless they came by "
     "webhook",
+    "refused_without_cursor": "events were read and not stored (spool full or not writable) "
+    "before any WebSocket event was: with no cursor to replay from, OpenMail will not send them "
+    "again; check the sink's outage and state.max_bytes / state.min_free",
 }
 """What to tell the operator for each ``reason`` of ``openmail_bridge_possible_gaps_total``."""
 _CLOSE_REASONS: Final = {
