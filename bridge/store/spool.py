@@ -72,7 +72,7 @@ class Store:
         self.limits = limits
         self._res = res
         self._writer = writer
-        self._room = Room(path, limits)
+        self._room = writer.room = Room(path, limits)  # the writer looks inside after commits
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._pruner: asyncio.Task[None] | None = None

@@ -30,6 +30,7 @@ import structlog
 
 from bridge.errors import SpoolFullError, StoreError, StoreUnavailableError
 from bridge.store import database, queries
+from bridge.store.bounds import Room
 from bridge.store.transactions import Tx, hold_cursor
 
 log = structlog.get_logger(__name__)
@@ -100,6 +101,8 @@ class Writer:
         # The event loop's copy, updated in commit order; the thread's own is _state.
         self.spool, self.cursor = state.spool, state.cursor
         self.failure: str | None = None  # why writes fail; None while writable
+        self.room: Room | None = None
+        """The store's room check, told after each commit what the database can reuse."""
         self._conn = conn
         self._thread = thread
         self._probe_interval = probe_interval
@@ -297,6 +300,9 @@ class Writer:
             return _Outcome(error=StoreError(f"internal store error: {exc!r}"))
         self._state = queries.State(tx.spool, tx.cursor, tx.data_version, tx.history_rows)
         self._ws_gap = tx.ws_gap
+        if self.room is not None:
+            with contextlib.suppress(sqlite3.Error):  # a count for the room check, not a write
+                self.room.look_inside(self._conn)
         return _Outcome(results=results, tx=tx, writable_again=True)
 
     def _refused(self, batch: list[_Op], reason: str) -> _Outcome:
