@@ -57,16 +57,7 @@ def cmd_route_test(args: argparse.Namespace) -> int:
                         {"route": name, "matched": d.holds, "keys": list(d.keys)}
                         for name, d in decisions
                     ],
-                    "guards": [note.as_dict() for note in plan.notes],
-                    "limited": [
-                        {
-                            "route": lim.route,
-                            "sinks": list(lim.sinks),
-                            "limits": [reason.value for reason, _, _ in lim.keys],
-                            "over": lim.over,
-                        }
-                        for lim in plan.limited
-                    ],
+                    **_gate_json(plan),
                 }
             )
         )
@@ -89,6 +80,25 @@ def cmd_route_test(args: argparse.Namespace) -> int:
         else:
             print("  sinks: (none: the event would be unrouted)")
     return EXIT_OK
+
+
+def _gate_json(plan: Plan) -> dict[str, object]:
+    """``guards`` and ``limited``, each only when the event meets some: the output of a config
+    without guards or limits stays as it was."""
+    found: dict[str, object] = {}
+    if plan.notes:
+        found["guards"] = [note.as_dict() for note in plan.notes]
+    if plan.limited:
+        found["limited"] = [
+            {
+                "route": lim.route,
+                "sinks": list(lim.sinks),
+                "limits": [reason.value for reason, _, _ in lim.keys],
+                "over": lim.over,
+            }
+            for lim in plan.limited
+        ]
+    return found
 
 
 def _reached(plan: Plan) -> list[str]:

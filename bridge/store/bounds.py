@@ -104,8 +104,9 @@ class Room:
 
     def headroom(self, size: int) -> int:
         """Disk left above ``min_free`` once an event of ``size`` bytes is written (negative: it
-        does not fit); for 0, above ``min_free`` as it is."""
-        need = disk_cost(size) + CHECKPOINT_MARGIN if size else 0
+        does not fit); for 0, above ``min_free`` as it is. ``min_free: 0`` keeps no floor: the
+        disk may fill, and SQLite's own error then refuses the write."""
+        need = disk_cost(size) + CHECKPOINT_MARGIN if size and self.limits.min_free else 0
         return self.available() - need - self.limits.min_free
 
     def available(self) -> int:
