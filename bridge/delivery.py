@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import structlog
 from tenacity import RetryCallState
@@ -35,6 +34,7 @@ from bridge.errors import (
     RetryableDeliveryError,
     StoreError,
 )
+from bridge.health import SinkState
 from bridge.intake import Intake
 from bridge.lanes import Taken
 from bridge.metrics import Metrics
@@ -83,18 +83,6 @@ def sink_credentials(config: SinkConfig[object]) -> list[str]:
     return values
 
 
-@dataclass(slots=True)
-class SinkState:
-    """What ``/status`` shows of a sink."""
-
-    delivered: int = 0
-    dead: int = 0
-    dead_recorded: int = 0  # of ``dead``, those whose write has committed
-    last_error: str | None = None
-    last_error_at: float | None = None
-    last_delivered_at: float | None = None
-
-
 class SinkWorker:
     """Drains one sink's outbox rows. ``submit`` is called for rows the pipeline just committed."""
 
@@ -115,7 +103,7 @@ class SinkWorker:
         self.sink = sink
         self.store = store
         self.metrics = metrics
-        self.state = SinkState()
+        self.state = SinkState()  # a reload that replaces the worker sets the old one's
         self._sleep = sleep
         self._clock = clock  # Unix time, as the store's hold and window times are
         self._log = log.bind(sink=config.name)

@@ -10,12 +10,10 @@ nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple
-
-from bridge.delivery import SinkState
 
 
 class Readiness(StrEnum):
@@ -79,6 +77,24 @@ def readiness(facts: HealthFacts) -> tuple[Readiness, dict[str, str]]:
 def one_line(state: Readiness, parts: Mapping[str, str]) -> str:
     """Readiness in one line, for systemd's status text."""
     return f"{state}: " + ", ".join(f"{k} {v}" for k, v in parts.items())
+
+
+@dataclass(slots=True)
+class SinkState:
+    """What ``/status`` shows of a sink since start, kept by its worker (``bridge.delivery``)."""
+
+    delivered: int = 0
+    dead: int = 0
+    dead_recorded: int = 0  # of ``dead``, those whose write has committed
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_delivered_at: float | None = None
+
+    def carried_over(self) -> SinkState:
+        """This state for the worker that replaces this one's (a reload changed the sink), so
+        ``/status`` goes on counting. ``dead`` and ``dead_recorded`` restart: the dispatcher
+        counts a new worker's own dead letters from zero (``bridge.dispatcher.dlq_changes``)."""
+        return replace(self, dead=0, dead_recorded=0)
 
 
 class SinkFacts(NamedTuple):
@@ -150,10 +166,21 @@ def sink_report(facts: StatusFacts) -> dict[str, object]:
     return report
 
 
-def reload_result(result: str, errors: list[str], *, at: float) -> dict[str, object]:
+def reload_result(
+    result: str, errors: list[str], restart_needed: Sequence[str] = (), *, at: float
+) -> dict[str, object]:
     """``config.last_reload`` in ``/status``: ``result`` is ``ok``, ``rejected`` (the new file is
-    invalid) or ``failed`` (it could not be applied); ``ok`` says the same for older readers."""
-    return {"at": at, "ok": result == "ok", "result": result, "errors": errors}
+    invalid) or ``failed`` (it could not be applied); ``ok`` says the same for older readers.
+    ``restart_needed``: the sections of the last applied file that the bridge does not run yet,
+    as ``config.restart_needed`` logged them (``bridge.reload.restart_only_changes``); a rejected
+    or failed reload changed nothing, so it keeps the previous list."""
+    return {
+        "at": at,
+        "ok": result == "ok",
+        "result": result,
+        "errors": errors,
+        "restart_needed": list(restart_needed),
+    }
 
 
 def status_report(facts: StatusFacts) -> dict[str, object]:

@@ -26,7 +26,7 @@ import structlog
 from bridge import logs
 from bridge.activity import ActivityFeed
 from bridge.admin import AdminServer
-from bridge.config import Config, SinkConfig, config_warnings, load_config
+from bridge.config import Config, SinkConfig, load_config
 from bridge.config_secrets import config_secrets
 from bridge.delivery import SinkWorker
 from bridge.dispatcher import Dispatcher
@@ -48,6 +48,8 @@ from bridge.nats.bus import NatsBus
 from bridge.pipeline import Pipeline
 from bridge.reload import (
     applicable_part,
+    log_restart_needed,
+    log_warnings,
     restart_only_changes,
     sinks_to_replace,
     usable_with,
@@ -120,6 +122,7 @@ class Supervisor:
         self.phase = Phase.NEW
         self.started_at: float | None = None
         self.last_reload: dict[str, object] = {}
+        self.restart_needed: list[str] = []  # what the last applied reload left for a restart
         self._nats: NatsBus | None = None
         self.trigger = Trigger(self)  # test events for the admin server's /trigger
         self.activity = ActivityFeed()  # what happens to events, for /api/stream; kept on reload
@@ -186,7 +189,7 @@ class Supervisor:
     async def _start(self) -> None:
         self.phase = Phase.STARTING
         config = self.config
-        _log_warnings(config)
+        log_warnings(config)
         store = await Store.open(config.state.path, StoreLimits.from_config(config.state))
         try:
             self.running = running = self._assemble(store)
@@ -249,13 +252,17 @@ class Supervisor:
         return SinkWorker(sink_config, sink, store, self.metrics, activity=self.activity)
 
     async def _start_workers(
-        self, running: Running, sinks: Mapping[str, SinkConfig[object]]
+        self, sinks: Mapping[str, SinkConfig[object]], replaced: Mapping[str, SinkWorker]
     ) -> None:
-        """Start a worker for every sink in ``sinks`` that has none."""
+        """Start a worker for every sink in ``sinks`` that has none, going on from the state
+        (what ``/status`` shows) of the worker it replaces, if any."""
+        running = self._parts()
         workers = running.dispatcher.workers
         for name, sink_config in sinks.items():
             if name not in workers:
                 worker = self._worker(running.store, sink_config)
+                if name in replaced:
+                    worker.state = replaced[name].state.carried_over()
                 # Added before it starts: a row committed after its first load is still handed to
                 # it (submit and load both skip rows it already holds).
                 running.dispatcher.add(worker)
@@ -329,11 +336,12 @@ class Supervisor:
             return await self._reload()
 
     async def _reload(self) -> bool:
+        now = time.time()
         try:
             new = usable_with(self.config, self._reload_config())
         except ConfigError as exc:
             self.metrics.config_reloads.labels("invalid").inc()
-            self.last_reload = reload_result("rejected", exc.problems, at=time.time())
+            self.last_reload = reload_result("rejected", exc.problems, self.restart_needed, at=now)
             log.error(
                 "config.reload_rejected",
                 errors=exc.problems,
@@ -343,25 +351,22 @@ class Supervisor:
             await self.reopen()
             return False
         try:
-            await self._apply(new)
+            self.restart_needed = await self._apply(new)
         except Exception as exc:  # e.g. a new sink that cannot start; the rest stays as it was
             self.metrics.config_reloads.labels("invalid").inc()
-            self.last_reload = reload_result("failed", [str(exc)], at=time.time())
+            self.last_reload = reload_result("failed", [str(exc)], self.restart_needed, at=now)
             log.exception("config.reload_failed", error=str(exc))
             return False
         self.metrics.config_reloads.labels("ok").inc()
-        self.last_reload = reload_result("ok", [], at=time.time())
+        self.last_reload = reload_result("ok", [], self.restart_needed, at=now)
         log.info("config.reloaded", sinks=list(new.sinks), routes=[r.name for r in new.routes])
-        _log_warnings(self.config)  # what now runs, as check would say of it
+        log_warnings(self.config)  # what now runs, as check would say of it
         return True
 
-    async def _apply(self, new: Config) -> None:
-        for section in restart_only_changes(self.config, new):
-            log.warning(
-                "config.restart_needed",
-                section=section,
-                hint="this part of the new config applies after a restart",
-            )
+    async def _apply(self, new: Config) -> list[str]:
+        """Swap ``new`` in; the sections of it that only a restart applies."""
+        restart_needed = restart_only_changes(self.config, new)
+        log_restart_needed(restart_needed)
         new = applicable_part(self.config, new)
         logs.REDACTOR.set_secrets(config_secrets(self.config) + config_secrets(new))
         running = self._parts()
@@ -371,18 +376,19 @@ class Supervisor:
         def running_sinks() -> dict[str, SinkConfig[object]]:
             return {name: worker.config for name, worker in workers.items()}
 
-        for name in sinks_to_replace(running_sinks(), new.sinks):
-            worker = workers[name]
+        replaced = {name: workers[name] for name in sinks_to_replace(running_sinks(), new.sinks)}
+        for name, worker in replaced.items():
             await worker.stop(min(new.shutdown_timeout, 5.0))
             if workers.get(name) is worker:
                 del workers[name]
         try:
-            await self._start_workers(running, new.sinks)
+            await self._start_workers(new.sinks, replaced)
         except Exception:
             # Put back what ran before, so "the old configuration keeps running" holds.
             for name in sinks_to_replace(running_sinks(), old_sinks):
-                await workers.pop(name).stop(0)
-            await self._start_workers(running, old_sinks)
+                replaced[name] = workers.pop(name)
+                await replaced[name].stop(0)
+            await self._start_workers(old_sinks, replaced)
             raise
         running.pipeline.gate = Gate(new.routes, new.sinks, running.pipeline.gate.own)
         if new.log.stats_interval != self.stats.interval:
@@ -394,6 +400,7 @@ class Supervisor:
         self.config = new
         logs.REDACTOR.set_secrets(config_secrets(new))
         await self.reopen()
+        return restart_needed
 
     async def reopen(self) -> None:
         """Reopen file sinks (logrotate moved their files)."""
@@ -491,9 +498,3 @@ class Supervisor:
             }
             self.metrics.set_queues(queues)
         return self.metrics.render()
-
-
-def _log_warnings(config: Config) -> None:
-    """What ``check`` prints as warnings, logged (at start, and after each applied reload)."""
-    for warning in config_warnings(config):
-        log.warning(warning.event, setting=warning.key, hint=warning.message)

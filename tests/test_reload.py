@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import Config, build_config
+from bridge.health import SinkState
 from bridge.reload import applicable_part, restart_only_changes
 from bridge.sinks import SINK_TYPES
 from tests.conftest import bridge_config_dict, deep_merge
@@ -48,3 +49,23 @@ def test_the_webhook_socket_waits_for_a_restart_its_secret_does_not(tmp_path: Pa
     applied = applicable_part(old, new)
     assert applied.openmail.webhook.max_connections == old.openmail.webhook.max_connections
     assert applied.openmail.webhook.secret == new.openmail.webhook.secret
+
+
+def test_a_replaced_workers_state_goes_on_but_its_dead_letter_counts_restart() -> None:
+    """What ``/status`` shows carries over; the dispatcher counts a new worker's own dead letters
+    from zero (``dlq_changes``), so carried counts would read as rows another process purged."""
+    old = SinkState(
+        delivered=7,
+        dead=2,
+        dead_recorded=1,
+        last_error="HTTP 503",
+        last_error_at=10.0,
+        last_delivered_at=12.0,
+    )
+    new = old.carried_over()
+    assert new == SinkState(
+        delivered=7, last_error="HTTP 503", last_error_at=10.0, last_delivered_at=12.0
+    )
+    assert new is not old
+    new.delivered += 1
+    assert old.delivered == 7

@@ -26,6 +26,7 @@ from conftest import (
     wait_until,
 )
 
+from bridge.cli.status_text import format_status
 from bridge.config import Config, build_config
 from bridge.errors import ConfigError, StoreLockedError
 from bridge.simulator import Simulator
@@ -434,6 +435,97 @@ async def test_invalid_reload_is_reported_and_the_old_config_keeps_running(
                 == ["evt_still_flowing"]
             )
         )
+    finally:
+        await sv.stop()
+
+
+async def test_a_reload_that_replaces_a_sink_keeps_what_status_shows_of_it(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """``delivered`` and ``last_delivered_at`` count since start, as the metrics do, across a
+    reload that rebuilds the sink's worker."""
+    changed = make_config(tmp_path, None, sinks={"audit": {"format": "envelope"}})
+    sv = Supervisor(make_config(tmp_path, None), reload_config=lambda: changed)
+    await sv.start()
+    try:
+        for n in range(3):
+            assert await post_event(http, sv, f"evt_before_{n}") == 200
+        await wait_until(lambda: sv.dispatcher.workers["audit"].state.delivered == 3)
+        _, before = await admin_get(http, sv, "/status")
+        old_worker = sv.dispatcher.workers["audit"]
+
+        assert await sv.reload()
+        assert sv.dispatcher.workers["audit"] is not old_worker  # the sink's worker was rebuilt
+        _, after = await admin_get(http, sv, "/status")
+        for key in ("delivered", "last_delivered_at", "last_error"):
+            assert after["sinks"]["audit"][key] == before["sinks"]["audit"][key], key
+        assert "  audit (file): delivered 3, pending 0, dead 0" in format_status(after, time.time())
+
+        assert await post_event(http, sv, "evt_after") == 200
+        await wait_until(lambda: sv.dispatcher.workers["audit"].state.delivered == 4)
+        _, st = await admin_get(http, sv, "/status")
+        assert st["sinks"]["audit"]["delivered"] == 4
+        assert (
+            st["sinks"]["audit"]["last_delivered_at"]
+            >= before["sinks"]["audit"]["last_delivered_at"]
+        )
+        metric = sv.metrics.registry.get_sample_value(
+            "openmail_bridge_deliveries_total", {"sink": "audit", "outcome": "delivered"}
+        )
+        assert metric == 4  # /status and the metrics agree
+    finally:
+        await sv.stop()
+
+
+async def test_reload_result_names_the_sections_that_wait_for_a_restart(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """A reload applied but for its restart-only parts says so in ``/status`` and ``status``;
+    one rejected after it still does (the bridge runs what it ran); a reload back to the running
+    config needs none."""
+    original = make_config(tmp_path, None)
+    elsewhere = make_config(
+        tmp_path,
+        None,
+        state={"path": str(tmp_path / "state9" / "bridge.db")},
+        openmail={"webhook": {"listen": "127.0.0.1:1"}},
+    )
+
+    def rejected() -> Config:
+        raise ConfigError(["sinks.agent.url: not an http(s) URL"])
+
+    loads = iter([lambda: elsewhere, rejected, lambda: original])
+    sv = Supervisor(original, reload_config=lambda: next(loads)())
+    await sv.start()
+    try:
+
+        async def last_reload() -> tuple[dict[str, Any], str]:
+            _, st = await admin_get(http, sv, "/status")
+            [line] = [x for x in format_status(st, time.time()).splitlines() if "last reload" in x]
+            return st["config"]["last_reload"], line
+
+        with structlog.testing.capture_logs() as logs:
+            assert await sv.reload()
+        logged = [e["section"] for e in logs if e["event"] == "config.restart_needed"]
+        result, line = await last_reload()
+        assert result["result"] == "ok"
+        assert result["restart_needed"] == logged
+        assert logged[0] == "state"
+        assert logged[1].startswith("openmail.webhook.")
+        assert "listen" in logged[1]
+        assert len(logged) == 2
+        assert line.endswith(f": applied; RESTART NEEDED for state, {logged[1]}")
+
+        assert await sv.reload() is False
+        result, line = await last_reload()
+        assert (result["result"], result["restart_needed"]) == ("rejected", logged)
+        assert "REJECTED" in line
+        assert line.endswith(f"; RESTART NEEDED for state, {logged[1]}")
+
+        assert await sv.reload()
+        result, line = await last_reload()
+        assert (result["result"], result["restart_needed"]) == ("ok", [])
+        assert line.endswith(": applied")
     finally:
         await sv.stop()
 
