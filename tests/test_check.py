@@ -4,13 +4,18 @@ gives hints only where they apply, and refuses configs that could never deliver.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from unprivileged import EXECUTABLE, HAS_SETPRIV, as_uid
 
 from bridge.config import load_config, read_operator_config
 from bridge.config.directories import Verdict, check_directory, fixed_directory, mount_type
@@ -173,6 +178,73 @@ def test_a_missing_file_sink_directory_is_a_warning(tmp_path: Path) -> None:
     )
     assert json.loads(result.stdout)["sinks"]["audit"]["type"] == "file"
     assert not (tmp_path / "later").exists(), "check creates nothing"
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def locked_tree() -> Iterator[Path]:
+    """A directory the user running ``check`` may enter: ``locked/`` (0555) it may not write in,
+    ``free/`` (0777) it may. pytest's tmp_path is 0700, closed to another uid."""
+    root = Path(tempfile.mkdtemp(prefix="bridge-check-"))
+    root.chmod(0o755)
+    (root / "locked").mkdir(mode=0o555)
+    (root / "free").mkdir()
+    (root / "free").chmod(0o777)
+    try:
+        yield root
+    finally:
+        (root / "locked").chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.skipif(
+    os.getuid() == 0 and not HAS_SETPRIV, reason="as root, needs setpriv to drop to a user"
+)
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (
+            "locked/st/bridge.db",
+            "warning: state.path: the directory {root}/locked/st does not exist and cannot be "
+            "created: the directory {root}/locked is not writable by this user (uid {uid})",
+        ),
+        (
+            "locked/bridge.db",
+            "warning: state.path: the directory {root}/locked is not writable by this user "
+            "(uid {uid})",
+        ),
+        ("free/st/bridge.db", None),  # created at the start: nothing to say
+    ],
+)
+def test_check_warns_when_this_user_cannot_make_the_state_directory(
+    locked_tree: Path, state: str, expected: str | None
+) -> None:
+    """The service user's ``check`` (systemd's ExecStartPre) says what its start would die of.
+    Only a warning: whoever runs ``check`` may not be the service's user."""
+    data = merged(BASE, {"sinks": {"audit": {"path": str(locked_tree / "free" / "e.jsonl")}}})
+    data["state"] = {"path": str(locked_tree / state)}
+    config = locked_tree / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    config.chmod(0o644)
+    command = [str(EXECUTABLE), "check", "-c", str(config)]
+    uid = os.getuid()
+    if uid == 0:  # root may write anywhere: check as the service's kind of user
+        command, uid = as_uid(NOBODY, command), NOBODY
+    result = subprocess.run(
+        command, cwd=locked_tree, env=cli_env(HOME=str(locked_tree)),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stderr
+    if expected is None:
+        assert "state.path" not in result.stderr
+    else:
+        assert expected.format(root=locked_tree, uid=uid) in result.stderr
+        assert result.stderr.count("state.path") == 1
+    assert json.loads(result.stdout)["state"]["path"] == str(locked_tree / state)
+    assert not (locked_tree / "free" / "st").exists(), "check creates nothing"
 
 
 def test_directory_verdicts(tmp_path: Path) -> None:

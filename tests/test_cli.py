@@ -239,12 +239,37 @@ def test_the_environment_wins_over_config_yaml_here(
     assert "missing.yaml: cannot read config file" in result.stderr
 
 
-def test_no_config_anywhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command", [("check",), ("run",), ("nats-status",), ("status",), ("events", "list")]
+)
+def test_no_config_anywhere_names_every_place_looked_at(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """The places README gives for -c's default, ./config.yaml as the absolute path it was here."""
     if Path("/etc/openmail-bridge/config.yaml").exists():
         pytest.skip("this machine has /etc/openmail-bridge/config.yaml")
-    result = bridge(tmp_path, "check")
+    result = bridge(tmp_path, *command)
     assert result.returncode == 2
-    assert "config.yaml: cannot read config file" in result.stderr
+    here = tmp_path.resolve() / "config.yaml"
+    assert result.stderr == (
+        f"openmail-bridge: no config file found: looked at {here}, "
+        "/etc/openmail-bridge/config.yaml ($OPENMAIL_BRIDGE_CONFIG is not set); "
+        "give -c FILE or set $OPENMAIL_BRIDGE_CONFIG\n"
+    )
+
+
+def test_a_missing_config_named_by_the_environment_says_where_its_name_came_from(
+    tmp_path: Path,
+) -> None:
+    """Only the file $OPENMAIL_BRIDGE_CONFIG names is looked at: the error says it is that one."""
+    write(tmp_path / "config.yaml", webhook_only(tmp_path))  # not fallen back to
+    for command in (("check",), ("status",)):
+        result = bridge(tmp_path, *command, env={"OPENMAIL_BRIDGE_CONFIG": "missing.yaml"})
+        assert result.returncode == 2
+        assert (
+            "openmail-bridge: missing.yaml (from $OPENMAIL_BRIDGE_CONFIG): invalid configuration:"
+            in result.stderr
+        )
 
 
 # --- run ---------------------------------------------------------------------------------------

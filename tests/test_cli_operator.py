@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from conftest import free_port
+from conftest import free_port, make_config, running_bridge, wait_until, websocket_of
 
 from tests.test_cli import (
     _dead_letters,
@@ -263,6 +264,20 @@ async def _run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
+
+
+async def test_status_shows_the_websocket_state_once_with_its_reason(tmp_path: Path) -> None:
+    """The WebSocket is one of the parts: one line for it, saying why it is down."""
+    nobody_there = f"ws://127.0.0.1:{free_port()}/v1/ws"
+    config = make_config(tmp_path, None, openmail={"websocket": {"enabled": True,
+                                                                 "url": nobody_there}})  # fmt: skip
+    async with running_bridge(config) as sv:
+        await wait_until(lambda: bool(websocket_of(sv).status()["reason"]))
+        result = await _run_cli(tmp_path, "status", "--admin", f"127.0.0.1:{sv.admin.port}")
+    assert result.returncode == 0, result.stderr
+    shown = [line for line in result.stdout.splitlines() if "websocket" in line]
+    assert len(shown) == 1, result.stdout
+    assert re.fullmatch(r"  websocket: [a-z ]+ \(.+\)", shown[0]), shown
 
 
 def test_status_watch_repeats_until_interrupted(protected: tuple[Path, int]) -> None:

@@ -3,7 +3,8 @@
 
 One module per command; this one holds the parser and ``main``. The CLI is the only place that
 touches signals or turns exceptions into exit codes (``exit_codes``): 0 success, 1 a runtime
-failure (state in use, a port taken), 2 a configuration or usage error.
+failure (state in use, a port taken), 2 a configuration or usage error, 141 when the output's
+reader went away (``| head``; ``pipes``).
 
 ``run``, ``check`` and ``nats-status`` read the whole config and refuse an invalid one; the
 operator commands (``status``, ``dlq``, ``route-test``) read only the keys they use
@@ -13,7 +14,6 @@ operator commands (``status``, ``dlq``, ``route-test``) read only the keys they 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import sys
 from collections.abc import Sequence
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from bridge import __version__, logs
 from bridge.cli.check import cmd_check
 from bridge.cli.completion import add_completion_command
-from bridge.cli.config_file import config_path, print_config_error
+from bridge.cli.config_file import find_config, print_config_error
 from bridge.cli.demo import cmd_demo
 from bridge.cli.dlq import cmd_dlq
 from bridge.cli.events import add_events_command
@@ -29,6 +29,7 @@ from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE
 from bridge.cli.listen import add_listen_command
 from bridge.cli.nats_status import cmd_nats_status
 from bridge.cli.operator_config import add_admin_options, add_config_option
+from bridge.cli.pipes import end_cut_output, flush_stdout
 from bridge.cli.route_test import cmd_route_test
 from bridge.cli.run import cmd_run
 from bridge.cli.simulator import cmd_simulator
@@ -196,6 +197,22 @@ def _with_log_level(config: Config, level: LogLevel | None) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Also after argparse's --help or a usage error (SystemExit): a reader gone by now
+            # is caught below, not complained of by the interpreter's own flush at exit.
+            flush_stdout()
+    except BrokenPipeError:
+        # Output cut short by its reader (`| head`): end quietly, as cat or grep would.
+        code = end_cut_output()
+        if code is None:  # not the output's pipe: a real failure, shown as one
+            raise
+        return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     level = log_level(args)
     # Logs go to stderr, never stdout (that belongs to --json output and the stdout sink); the
@@ -204,24 +221,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "config_file", False):
             # Every command that reads a config fails the same way before doing anything else.
-            path = config_path(args.config)
             try:
+                path = find_config(args.config)
                 config = load_config(path, sink_types=SINK_TYPES)
             except ConfigError as exc:
-                print_config_error(exc, path)
+                print_config_error(exc, args.config)
                 return EXIT_CONFIG
             code: int = args.func(args, _with_log_level(config, level))
         else:
             try:
                 code = args.func(args)
             except ConfigError as exc:  # the operator commands read their config themselves
-                print_config_error(exc, config_path(getattr(args, "config", None)))
+                print_config_error(exc, getattr(args, "config", None))
                 return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
     except BridgeError as exc:
         print(f"openmail-bridge: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
     return code

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from bridge.cli.config_file import config_path
 from bridge.cli.exit_codes import EXIT_OK
 from bridge.config import Config, config_warnings, describe
+from bridge.config.directories import Verdict, check_directory
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
@@ -16,5 +18,44 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
     # Valid but unsafe is still valid: warnings are printed, the exit code stays 0.
     for warning in config_warnings(config):
         print(f"openmail-bridge: warning: {warning}", file=sys.stderr)
+    if problem := state_directory_problem(config.state.path):
+        print(f"openmail-bridge: warning: state.path: {problem}", file=sys.stderr)
     print(json.dumps(describe(config), indent=2))
     return EXIT_OK
+
+
+def state_directory_problem(database: Path) -> str | None:
+    """Why this user could not create or write the state database's directory; None when it can.
+
+    The bridge creates that directory when it starts and cannot start without it, so ``check``,
+    run as the service user (``ExecStartPre=``), says so before the start would fail. A warning
+    only: ``check`` may be run by another user than the service's. Nothing is created.
+    """
+    directory = database.parent
+    verdict, message = check_directory(directory)
+    if verdict is Verdict.USABLE:
+        return None
+    existing = _nearest_existing(directory)
+    if verdict is Verdict.NEVER or existing == directory:
+        return message
+    # Missing, which check_directory (made for file sinks, created later) leaves at "maybe": the
+    # bridge makes it now, so what counts is whether this user may create it where it would go.
+    verdict, message = check_directory(existing)
+    if verdict is Verdict.USABLE:
+        return None
+    return f"the directory {directory} does not exist and cannot be created: {message}"
+
+
+def _nearest_existing(directory: Path) -> Path:
+    """``directory`` or its nearest ancestor that exists (itself when it cannot be looked at)."""
+    existing = directory
+    while existing.parent != existing:
+        try:
+            existing.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            existing = existing.parent
+        except OSError:
+            break  # not this user's to look at; check_directory has said so
+        else:
+            break
+    return existing

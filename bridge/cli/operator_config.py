@@ -5,12 +5,11 @@ say all a command needs."""
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from bridge.cli.config_file import DEFAULT_CONFIG_PATHS, config_path
+from bridge.cli.config_file import NoConfigFound, find_config, named_config
 from bridge.cli.exit_codes import refuse
 from bridge.config import STATE, OperatorConfig, read_operator_config
 from bridge.errors import ConfigError
@@ -56,13 +55,13 @@ def operator_config(args: argparse.Namespace, *, needed: bool) -> OperatorConfig
     Raises:
         ConfigError: the file cannot be read or parsed, or none is found while ``needed``.
     """
-    explicit = bool(args.config or os.environ.get("OPENMAIL_BRIDGE_CONFIG"))
-    path = config_path(args.config)
-    if not explicit and not path.exists():
+    explicit = named_config(args.config)
+    try:
+        path = find_config(args.config)
+    except NoConfigFound:
         if not needed:
             return None
-        looked = ", ".join(DEFAULT_CONFIG_PATHS)
-        raise ConfigError([f"<config>: no config file found (looked at {looked}); give -c FILE"])
+        raise
     try:
         return read_operator_config(path)
     except ConfigError:

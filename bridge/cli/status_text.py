@@ -60,12 +60,12 @@ def format_status(status: Mapping[str, object], now: float) -> str:
         uptime = now - started
     up = f", up {human_duration(uptime)}" if _is_number(uptime) else ""
     lines.append(f"state: {status.get('state')} (pid {status.get('pid')}{up})")
-    parts = status.get("parts")
+    parts, ws = status.get("parts"), status.get("websocket")
+    # The WebSocket's state is one of the parts: shown there once, with why it is down.
+    reason = f" ({printable(ws['reason'])})" if isinstance(ws, dict) and ws.get("reason") else ""
     if isinstance(parts, dict):
-        lines += [f"  {k}: {v}" for k, v in parts.items()]
-    ws = status.get("websocket")
-    if isinstance(ws, dict):
-        reason = f" ({ws['reason']})" if ws.get("reason") else ""
+        lines += [f"  {k}: {v}{reason if k == 'websocket' else ''}" for k, v in parts.items()]
+    elif isinstance(ws, dict):  # a report without parts still says how the WebSocket is
         lines.append(f"websocket: {ws.get('state')}{reason}")
     lines.append(f"last event: {_moment(status.get('last_event_at'), now) or 'none since start'}")
     cursor = status.get("cursor")
@@ -126,12 +126,17 @@ def _config_lines(config: object, now: float) -> list[str]:
         lines.append("  last reload: none since start")
         return lines
     when = _moment(reload.get("at"), now) or "at an unknown time"
+    needed = reload.get("restart_needed")  # parts of the file that only a restart applies
+    restart = ""
+    if isinstance(needed, list) and needed:
+        restart = f"; RESTART NEEDED for {printable(', '.join(map(str, needed)))}"
     if reload.get("ok"):
-        lines.append(f"  last reload {when}: applied")
+        lines.append(f"  last reload {when}: applied{restart}")
         return lines
     # rejected: the file is invalid; failed: it could not be applied. Either way nothing changed.
     result = str(reload.get("result") or "rejected").upper()
-    lines.append(f"  last reload {when}: {result}, the bridge still runs the config before it")
+    still = "the bridge still runs the config before it"
+    lines.append(f"  last reload {when}: {result}, {still}{restart}")
     errors = reload.get("errors")
     if isinstance(errors, list):
         lines += [f"    {error}" for error in errors]

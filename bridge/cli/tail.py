@@ -86,12 +86,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return refuse(str(exc), exc.code)
     except KeyboardInterrupt:
         return EXIT_OK
-    except BrokenPipeError:
-        # The reader (head, a closed pager) has had enough; the interpreter must not complain
-        # when it flushes stdout on the way out.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+    # A reader that has had enough (`| head`) raises BrokenPipeError: main ends every command
+    # the same way then (``pipes``).
 
 
 # --- output ----------------------------------------------------------------------------------
