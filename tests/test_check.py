@@ -313,3 +313,25 @@ def test_operator_config_reads_only_what_it_needs(tmp_path: Path) -> None:
     assert [r.name for r in config.routes] == ["r"]
     assert config.problems == {}
     config.require("state", "admin", "routes")
+
+
+@pytest.mark.parametrize(("min_free", "warned"), [(1 << 60, True), ("1MiB", False)])
+def test_check_warns_of_a_min_free_the_filesystem_can_never_meet(
+    tmp_path: Path, min_free: int | str, warned: bool
+) -> None:
+    data = merged(BASE, {"sinks": {"audit": {"path": str(tmp_path / "e.jsonl")}}})
+    data["state"] = {"path": str(tmp_path / "st" / "bridge.db"), "min_free": min_free}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    result = subprocess.run(
+        [str(EXECUTABLE), "check", "-c", str(config)], cwd=tmp_path, env=cli_env(),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found = [line for line in result.stderr.splitlines() if "state.min_free" in line]
+    if warned:
+        (line,) = found
+        assert "every event would be refused" in line
+        assert str(tmp_path / "st") in line
+    else:
+        assert found == []

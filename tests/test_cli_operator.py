@@ -21,6 +21,7 @@ import yaml
 from aiohttp import web
 from conftest import free_port, make_config, running_bridge, wait_until, websocket_of
 
+from bridge.cli.status_text import format_status
 from tests.test_cli import (
     _dead_letters,
     _log_lines,
@@ -317,3 +318,13 @@ def test_global_log_level_before_the_subcommand(tmp_path: Path) -> None:
         result = bridge(tmp_path, *flags, "dlq", "list", "--state", str(db))
         assert result.returncode == 0, result.stderr
     assert bridge(tmp_path, "--log-level", "loud", "dlq", "list").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("held", "expected"),
+    [(1024, "FULL (state.max_bytes)"), (10, "FULL (state.min_free, or the room left)")],
+)
+def test_status_says_which_bound_makes_the_spool_full(held: int, expected: str) -> None:
+    spool = {"bytes": held, "max_bytes": 1024, "writable": True, "has_room": False}
+    (line,) = [x for x in format_status({"spool": spool}, 0.0).splitlines() if "spool" in x]
+    assert line.endswith(expected), line

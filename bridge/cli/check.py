@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
         print(f"openmail-bridge: warning: {warning}", file=sys.stderr)
     if problem := state_directory_problem(config.state.path):
         print(f"openmail-bridge: warning: state.path: {problem}", file=sys.stderr)
+    if problem := floor_problem(config.state.path, config.state.min_free):
+        print(f"openmail-bridge: warning: state.min_free: {problem}", file=sys.stderr)
     print(json.dumps(describe(config), indent=2))
     return EXIT_OK
 
@@ -44,6 +47,22 @@ def state_directory_problem(database: Path) -> str | None:
     if verdict is Verdict.USABLE:
         return None
     return f"the directory {directory} does not exist and cannot be created: {message}"
+
+
+def floor_problem(database: Path, min_free: int) -> str | None:
+    """Why ``min_free`` can never be met on the filesystem that would hold the database (it is
+    as large as the whole filesystem): the bridge would refuse every event; None otherwise."""
+    try:
+        st = os.statvfs(_nearest_existing(database.parent))
+    except OSError:
+        return None  # not this user's to look at; state_directory_problem says so
+    size = st.f_blocks * st.f_frsize
+    if min_free < size:
+        return None
+    return (
+        f"{min_free} bytes, but the filesystem holding {database.parent} is {size} bytes in "
+        "all: every event would be refused; lower it (0 keeps no floor)"
+    )
 
 
 def _nearest_existing(directory: Path) -> Path:

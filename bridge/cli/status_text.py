@@ -88,7 +88,11 @@ def _spool_lines(spool: object) -> list[str]:
         share = f" ({100 * held / limit:.1f}%)"
     flags = [] if spool.get("writable", True) else ["NOT WRITABLE"]
     if spool.get("has_room") is False:
-        flags.append("FULL")
+        at_bound = isinstance(held, int) and isinstance(limit, int) and held >= limit
+        # Under the bound, full is the disk's floor or an event refused that still would not fit.
+        flags.append(
+            "FULL (state.max_bytes)" if at_bound else "FULL (state.min_free, or the room left)"
+        )
     extra = f", {', '.join(flags)}" if flags else ""
     return [f"spool: {human_bytes(held)} of {human_bytes(limit)}{share}{extra}"]
 
