@@ -8,7 +8,9 @@ space moves as the database and its WAL really grow.
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,6 +30,7 @@ class SmallDisk:
     def __init__(self, directory: Path, capacity: int) -> None:
         self.directory = directory
         self.capacity = capacity
+        self.fail = False  # statvfs refused (the directory renamed, its permissions changed)
 
     def used(self) -> int:
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
@@ -37,6 +40,8 @@ class SmallDisk:
 
     def statvfs(self, path: os.PathLike[str] | str) -> SimpleNamespace:
         assert Path(path) == self.directory
+        if self.fail:
+            raise PermissionError(13, "Permission denied", str(path))
         return SimpleNamespace(f_bavail=max(0, self.free()), f_frsize=1)
 
 
@@ -54,9 +59,9 @@ def disk(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> SmallDisk:
     return small
 
 
-def big_event(n: int) -> Event:
+def big_event(n: int, payload: int = PAYLOAD) -> Event:
     event_id = f"evt_big_{n}"
-    raw = b'{"event_id": "%s", "pad": "%s"}' % (event_id.encode(), b"x" * PAYLOAD)
+    raw = b'{"event_id": "%s", "pad": "%s"}' % (event_id.encode(), b"x" * payload)
     return Event(
         event_id=event_id,
         type="message.received",
@@ -70,11 +75,17 @@ def big_event(n: int) -> Event:
     )
 
 
-async def open_on(disk: SmallDisk, state_dir: Path, *, capacity: int, min_free: int) -> Store:
+async def open_on(
+    disk: SmallDisk, state_dir: Path, *, capacity: int, min_free: int, history: int = 0
+) -> Store:
     disk.capacity = capacity  # the new database's files take their part of it
     return await Store.open(
-        state_dir / "bridge.db", StoreLimits(max_bytes=1 << 30, min_free=min_free, history=0)
+        state_dir / "bridge.db", StoreLimits(max_bytes=1 << 30, min_free=min_free, history=history)
     )
+
+
+def accepted(results: Sequence[object]) -> int:
+    return sum(isinstance(r, AcceptResult) for r in results)
 
 
 async def test_a_burst_between_two_disk_readings_stops_at_the_floor(
@@ -124,5 +135,104 @@ async def test_a_spool_drained_at_the_floor_takes_events_again(
         later = (await store.accept_batch([(big_event(n), ["agent"])]))[0]
         assert isinstance(later, AcceptResult), later
         assert later.outcome is AcceptOutcome.ACCEPTED
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("history", [0, 1000])
+@pytest.mark.parametrize("reading_at", [20, 60])
+async def test_a_disk_reading_taken_inside_a_commit_keeps_the_commits_charges(
+    disk: SmallDisk,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    history: int,
+    reading_at: int,
+) -> None:
+    # The burst above, with the one-second reading running out part way through the commit's
+    # checks: SQLite writes the commit's pages at COMMIT, so the new reading does not show the
+    # events checked before it, and their charges must stand.
+    monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 3600.0)
+    store = await open_on(disk, state_dir, capacity=24 * MiB, min_free=8 * MiB, history=history)
+    try:
+        real, calls = bounds.time.monotonic, itertools.count()
+        clock = SimpleNamespace(monotonic=lambda: real() + 7200.0 * (next(calls) >= reading_at))
+        monkeypatch.setattr(bounds, "time", clock)
+        results = await store.accept_batch([(big_event(n), ["agent"]) for n in range(200)])
+        assert 0 < accepted(results) < 100
+        assert disk.free() >= 8 * MiB, disk.free()
+    finally:
+        await store.close()
+
+
+async def test_a_burst_after_a_drain_at_the_floor_keeps_the_floor(
+    disk: SmallDisk, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Free pages in the database only count as room as far as the WAL can take the commit
+    # without growing: a commit is appended there before any free page is reused.
+    monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 0.0)
+    store = await open_on(disk, state_dir, capacity=40 * MiB, min_free=8 * MiB)
+    try:
+        held: list[AcceptResult] = []
+        for n in range(1000):  # one event a commit, the sink down, to the floor
+            result = (await store.accept_batch([(big_event(n), ["agent"])]))[0]
+            if not isinstance(result, AcceptResult):
+                break
+            held.append(result)
+        ids = [d.id for r in held for d in r.deliveries]
+        for i in range(0, len(ids), 5):  # the sink drains it a few at a time
+            await store.mark_delivered_many(ids[i : i + 5])
+        assert disk.free() >= 8 * MiB
+        assert store.has_room
+        monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 3600.0)  # one reading for the burst
+        results = await store.accept_batch([(big_event(1000 + i), ["agent"]) for i in range(150)])
+        assert accepted(results) > 0  # the drained spool takes events again
+        assert disk.free() >= 8 * MiB, disk.free()
+    finally:
+        await store.close()
+
+
+async def test_a_disk_that_cannot_be_read_keeps_no_floor(
+    disk: SmallDisk, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 0.0)
+    store = await open_on(disk, state_dir, capacity=1 << 40, min_free=256 * MiB)
+    try:
+        disk.fail = True  # SQLite says when the disk is really full
+        results = await store.accept_batch([(big_event(n, 500), ["agent"]) for n in range(5)])
+        assert accepted(results) == 5
+        assert store.has_room
+    finally:
+        await store.close()
+
+
+async def test_min_free_zero_takes_events_while_the_disk_takes_them(
+    disk: SmallDisk, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 3600.0)
+    store = await open_on(disk, state_dir, capacity=1 << 40, min_free=0)
+    try:
+        disk.capacity = disk.used() + 2 * MiB  # room for the events, not for twice their size
+        monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 0.0)
+        store.has_room_for(0)  # a reading of the small disk
+        monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 3600.0)
+        results = await store.accept_batch([(big_event(n), ["agent"]) for n in range(12)])
+        assert accepted(results) == 12
+    finally:
+        await store.close()
+
+
+async def test_a_refused_large_event_leaves_readiness_once_others_get_in(
+    disk: SmallDisk, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 0.0)
+    store = await open_on(disk, state_dir, capacity=1 << 40, min_free=64 * MiB)
+    try:
+        disk.capacity = disk.used() + 64 * MiB + 12 * MiB  # 12 MiB above the floor
+        big = (await store.accept_batch([(big_event(0, 5 * MiB), ["agent"])]))[0]
+        assert isinstance(big, SpoolFullError)
+        assert not store.has_room  # refusing what comes
+        small = (await store.accept_batch([(big_event(1, 2000), ["agent"])]))[0]
+        assert isinstance(small, AcceptResult)
+        assert store.has_room  # taking events again: not full
     finally:
         await store.close()

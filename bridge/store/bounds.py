@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Final
@@ -66,90 +67,157 @@ class StoreLimits:
 
 
 class Room:
-    """Whether an event fits: the spool under ``max_bytes`` and the disk over ``min_free``."""
+    """Whether an event fits: the spool under ``max_bytes`` and the disk over ``min_free``.
 
-    __slots__ = ("_disk", "_refused", "_reusable", "limits", "path")
+    Used from two threads: the writer checks and charges events inside its transactions and says
+    when one commits or rolls back; the event loop asks whether an event would fit (readiness, a
+    source waiting for room). One lock keeps the disk figures consistent between them.
+    """
+
+    __slots__ = (
+        "_lock",
+        "_reading",
+        "_refused",
+        "_reusable",
+        "_since_reading",
+        "_uncommitted",
+        "limits",
+        "path",
+    )
 
     def __init__(self, path: Path, limits: StoreLimits) -> None:
         self.path = path
         self.limits = limits
-        self._disk: tuple[float, int] = (-float("inf"), 0)  # (when read, free bytes)
-        # The smallest event refused since the spool last had room for it: the spool is full for
-        # as long as that event would still not fit, though under both bounds.
+        self._lock = threading.Lock()
+        # Free bytes by statvfs and when it was read; None when it cannot be read (no floor then:
+        # SQLite reports a disk that is really full).
+        self._reading: tuple[float, int | None] = (-float("inf"), None)
+        # Charges (disk_cost) of accepted events the reading cannot show yet: those committed
+        # after it was taken, and those of the transaction being built, whose pages SQLite writes
+        # only at COMMIT (a reading taken meanwhile does not include them either).
+        self._since_reading = 0
+        self._uncommitted = 0
+        self._reusable = 0  # free pages inside the database, counted near the floor
+        # The smallest event refused since the spool last took one: the spool is full for as long
+        # as that event would still not fit, though under both bounds.
         self._refused: int | None = None
-        self._reusable = 0  # bytes of free pages inside the database, counted near the floor
+
+    # -- the event loop's questions -----------------------------------------------------------
 
     def full(self, spool: int) -> bool:
         """True while events are refused: ``spool`` at either bound, or a refused event still
         not fitting beside it (an event larger than max_bytes never counts)."""
-        if not self.fits(spool, 0):
-            return True
-        refused = self._refused
-        if refused is not None and self.fits(spool, refused):
-            self._refused = refused = None
-        return refused is not None
-
-    def _refusing(self, size: int) -> None:
-        if size <= self.limits.max_bytes and (self._refused is None or size < self._refused):
-            self._refused = size
+        with self._lock:
+            if not self._fits(spool, 0):
+                return True
+            if self._refused is not None and self._fits(spool, self._refused):
+                self._refused = None
+            return self._refused is not None
 
     def fits(self, spool: int, size: int) -> bool:
         """True when an event of ``size`` bytes fits beside ``spool`` held bytes now."""
+        with self._lock:
+            return self._fits(spool, size)
+
+    def available(self) -> int | None:
+        """Free disk as the check sees it; None when it cannot be read."""
+        with self._lock:
+            return self._available()
+
+    # -- the writer's, in its transactions ------------------------------------------------------
+
+    def check(self, spool: int, size: int, *, refusal: bool = True) -> None:
+        """Raise :class:`SpoolFullError` unless an event of ``size`` bytes fits beside ``spool``;
+        if it does, charge it to the transaction being built. ``refusal=False``: a refusal is
+        not the spool being full (a conflict kept without its payload)."""
+        with self._lock:
+            if spool + size > self.limits.max_bytes:
+                self._refusing(size, refusal)
+                raise SpoolFullError(
+                    f"spool is full: {spool} bytes held plus a {size}-byte event exceed "
+                    f"max_bytes={self.limits.max_bytes}"
+                )
+            if self._headroom(size) < 0:
+                self._refusing(size, refusal)
+                raise SpoolFullError(
+                    f"free disk under {self.path.parent} is {self._available()} bytes: a "
+                    f"{size}-byte event would leave less than min_free={self.limits.min_free} "
+                    f"(with a WAL checkpoint's {CHECKPOINT_MARGIN} bytes)"
+                )
+            if size:
+                self._refused = None  # events get in: the spool is not full
+                if self.limits.min_free:
+                    self._uncommitted += disk_cost(size)
+
+    def committed(self, conn: sqlite3.Connection) -> None:
+        """The transaction committed: its charges stand until a reading includes them. Near the
+        floor, count the database's free pages as room: deleted rows leave pages SQLite reuses but
+        never hands back to the filesystem, so a spool drained near ``min_free`` would otherwise
+        stay refused for good. Only as many as the WAL holds: a commit is first appended there,
+        and a larger one grows the file before any free page is reused."""
+        limits = self.limits
+        with self._lock:
+            self._since_reading += self._uncommitted
+            self._uncommitted = 0
+            free = self._free()
+            if not limits.min_free or free is None:
+                return
+            if free >= limits.min_free + max(limits.min_free, NEAR_FLOOR):
+                self._reusable = 0
+                return
+        (pages,) = conn.execute(_REUSABLE_SQL).fetchone()
+        try:
+            wal = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            wal = 0
+        with self._lock:
+            self._reusable = min(int(pages), wal)
+
+    def rolled_back(self) -> None:
+        """The transaction wrote nothing: its charges go."""
+        with self._lock:
+            self._uncommitted = 0
+
+    # -- under the lock -------------------------------------------------------------------------
+
+    def _fits(self, spool: int, size: int) -> bool:
         limits = self.limits
         return (
             spool + size <= limits.max_bytes
             and spool < limits.max_bytes
-            and self.headroom(size) >= 0
+            and self._headroom(size) >= 0
         )
 
-    def headroom(self, size: int) -> int:
+    def _headroom(self, size: int) -> int:
         """Disk left above ``min_free`` once an event of ``size`` bytes is written (negative: it
-        does not fit); for 0, above ``min_free`` as it is. ``min_free: 0`` keeps no floor: the
-        disk may fill, and SQLite's own error then refuses the write."""
-        need = disk_cost(size) + CHECKPOINT_MARGIN if size and self.limits.min_free else 0
-        return self.available() - need - self.limits.min_free
+        does not fit); for 0, above ``min_free`` as it is. ``min_free: 0`` keeps no floor, nor
+        does a disk that cannot be read: SQLite's own error then refuses a write that fails."""
+        available = self._available()
+        if not self.limits.min_free or available is None:
+            return 1 << 62
+        need = disk_cost(size) + CHECKPOINT_MARGIN if size else 0
+        return available - need - self.limits.min_free
 
-    def available(self) -> int:
-        """Free disk, with the database's free pages when near the floor (:meth:`look_inside`)."""
-        return self.free_disk() + self._reusable
+    def _available(self) -> int | None:
+        free = self._free()
+        if free is None:
+            return None
+        return free - self._since_reading - self._uncommitted + self._reusable
 
-    def look_inside(self, conn: sqlite3.Connection) -> None:
-        """After a commit, on the writer's thread: near the floor, count the database's free
-        pages as room. Deleted rows leave pages SQLite reuses but never hands back to the
-        filesystem, so a spool drained near ``min_free`` would otherwise stay refused for good."""
-        limits = self.limits
-        if self.free_disk() >= limits.min_free + max(limits.min_free, NEAR_FLOOR):
-            self._reusable = 0
-            return
-        (reusable,) = conn.execute(_REUSABLE_SQL).fetchone()
-        self._reusable = int(reusable)
-
-    def check(self, spool: int, size: int) -> None:
-        """Raise :class:`SpoolFullError` unless an event of ``size`` bytes fits beside ``spool``."""
-        if spool + size > self.limits.max_bytes:
-            self._refusing(size)
-            raise SpoolFullError(
-                f"spool is full: {spool} bytes held plus a {size}-byte event exceed "
-                f"max_bytes={self.limits.max_bytes}"
-            )
-        if self.headroom(size) < 0:
-            self._refusing(size)
-            raise SpoolFullError(
-                f"free disk under {self.path.parent} is {self.available()} bytes: a {size}-byte "
-                f"event would leave less than min_free={self.limits.min_free} (with a WAL "
-                f"checkpoint's {CHECKPOINT_MARGIN} bytes)"
-            )
-        checked, on_disk = self._disk
-        self._disk = (checked, on_disk - disk_cost(size))  # until a reading says what it took
-
-    def free_disk(self) -> int:
-        checked, free = self._disk
+    def _free(self) -> int | None:
+        checked, free = self._reading
         now = time.monotonic()
         if now - checked > DISK_CACHE_SECONDS:
             try:
                 st = statvfs(self.path.parent)
                 free = st.f_bavail * st.f_frsize
             except OSError:
-                free = self.limits.min_free  # unknown: let SQLite report a real failure
-            self._disk = (now, free)
+                free = None
+            self._reading = (now, free)
+            self._since_reading = 0  # committed before this reading: in it
         return free
+
+    def _refusing(self, size: int, refusal: bool) -> None:
+        smallest = self._refused is None or size < self._refused
+        if refusal and size <= self.limits.max_bytes and smallest:
+            self._refused = size

@@ -200,7 +200,7 @@ def _quarantine(
     # A conflict is answered like a duplicate whatever room is left: past the spool bound it
     # is kept without its payload rather than refused (a 503 would only bring it back).
     try:
-        room.check(tx.spool, len(event.raw))
+        room.check(tx.spool, len(event.raw), refusal=False)
         keep = True
     except SpoolFullError:
         keep = False

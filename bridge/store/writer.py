@@ -302,7 +302,7 @@ class Writer:
         self._ws_gap = tx.ws_gap
         if self.room is not None:
             with contextlib.suppress(sqlite3.Error):  # a count for the room check, not a write
-                self.room.look_inside(self._conn)
+                self.room.committed(self._conn)
         return _Outcome(results=results, tx=tx, writable_again=True)
 
     def _refused(self, batch: list[_Op], reason: str) -> _Outcome:
@@ -345,6 +345,10 @@ class Writer:
             if metas:
                 queries.set_metas(conn, metas)
             conn.execute("COMMIT")
+        except BaseException:
+            if self.room is not None:
+                self.room.rolled_back()  # nothing of it was written: neither are its charges
+            raise
         finally:
             database.rollback(conn)
         return results, tx
