@@ -120,6 +120,22 @@ def test_dlq_purge_without_a_filter_needs_all(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout.strip()) == (0, "2 purged")
 
 
+def test_dlq_retry_leaves_the_dead_letters_of_a_sink_gone_from_the_config(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "bridge.db"
+    _secret_config(tmp_path)
+    _dead_letters(db, "evt_a", "evt_b")  # agent's, dead
+    _secret_config(tmp_path, sinks={"audit": NEEDS_SECRETS["sinks"]["audit"]})  # agent removed
+    for extra in ((), ("--event-id", "evt_a")):
+        result = bridge(tmp_path, "dlq", "retry", *extra)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "0 redriven"
+        assert "no longer in the config are left: agent" in result.stderr
+    assert len(json.loads(bridge(tmp_path, "dlq", "list", "--json").stdout)) == 2
+    # Given by --state alone, with no config to say which sinks run, retry takes every one.
+    result = bridge(tmp_path / "state", "dlq", "retry", "--state", str(db))
+    assert result.stdout.strip() == "2 redriven"
+
+
 def test_dlq_purge_pending_is_refused_for_a_sink_still_in_the_config(tmp_path: Path) -> None:
     _secret_config(tmp_path)
     db = tmp_path / "state" / "bridge.db"

@@ -115,7 +115,7 @@ async def _act(store: Store, args: argparse.Namespace, config: OperatorConfig | 
             ]
         _print_dlq_list(dead, quarantined, as_json=args.json)
     elif args.action == "retry":
-        count = await store.dlq_retry(sink=args.sink, event_id=args.event_id)
+        count = await _retry(store, args, config)
         print(json.dumps({"retried": count}) if args.json else f"{count} redriven")
     elif args.quarantine:
         count = await store.quarantine_purge(event_id=args.event_id)
@@ -126,6 +126,21 @@ async def _act(store: Store, args: argparse.Namespace, config: OperatorConfig | 
             count += await store.drop_sink(args.sink)
         print(json.dumps({"purged": count}) if args.json else f"{count} purged")
     return EXIT_OK
+
+
+async def _retry(store: Store, args: argparse.Namespace, config: OperatorConfig | None) -> int:
+    """Redrive dead letters; with a config and no ``--sink``, only those of the sinks it names:
+    a sink gone from it has no worker, and its redriven rows would wait for ever."""
+    if args.sink is not None or config is None:
+        return await store.dlq_retry(sink=args.sink, event_id=args.event_id)
+    left = sorted(name for name, c in (await store.sink_counts()).items() if c.dead)
+    left = [name for name in left if name not in config.sinks]
+    if left:
+        print(
+            f"note: dead letters of sinks no longer in the config are left: {', '.join(left)}",
+            file=sys.stderr,
+        )
+    return sum([await store.dlq_retry(sink=s, event_id=args.event_id) for s in config.sinks])
 
 
 def _removed_sink(
