@@ -209,6 +209,8 @@ async def test_connection_settings(store: Store, db_path: Path) -> None:
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
     assert await on_writer(store, "PRAGMA synchronous") == [(2,)]  # FULL
     assert await on_writer(store, "PRAGMA foreign_keys") == [(1,)]
+    # Freed pages are not zeroed into the WAL again (SQLite built with SECURE_DELETE zeroes them).
+    assert await on_writer(store, "PRAGMA secure_delete") == [(2,)]  # FAST
     indexes = query(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")
     assert ("deliveries_by_sink",) in indexes
     assert query(db_path, "PRAGMA index_info(deliveries_by_sink)") == [

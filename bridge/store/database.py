@@ -108,6 +108,11 @@ def connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
         # FULL: a commit is on disk when COMMIT returns, which is what an acknowledgement promises.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # Debian's SQLite is built to zero every deleted page (SECURE_DELETE): each delivered
+        # event's freed pages were written to the WAL again, a third of its pages. FAST zeroes
+        # what a change writes anyway; freed pages keep their bytes until reused, in a file
+        # only this user reads.
+        conn.execute("PRAGMA secure_delete = FAST")
         if query_only:
             conn.execute("PRAGMA query_only = ON")
     except BaseException:
