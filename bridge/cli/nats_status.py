@@ -9,18 +9,17 @@ import json
 import sys
 
 import nats.errors
-from nats.aio.client import Client
 from nats.js.api import ConsumerInfo, StreamInfo
 
 from bridge import redact
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
 from bridge.config import Config, NatsConfig
 from bridge.nats.connection import AUTH_HINT, credentials, is_auth_error
-from bridge.nats.options import connect_options
+from bridge.nats.options import TlsEnforcingClient, connect_options
 
 
 async def _read(nats_config: NatsConfig) -> tuple[str, StreamInfo, ConsumerInfo | None]:
-    client = Client()
+    client = TlsEnforcingClient()
 
     async def quiet(_: Exception) -> None:
         """Errors are reported once, by the caller; nats-py would print each one."""

@@ -27,7 +27,7 @@ from bridge import redact
 from bridge.config import NatsConfig
 from bridge.metrics import Metrics
 from bridge.nats.denials import Denials
-from bridge.nats.options import connect_options
+from bridge.nats.options import TlsEnforcingClient, connect_options
 from bridge.throttle import Throttle
 
 log = structlog.get_logger("bridge.nats")
@@ -179,7 +179,7 @@ class NatsConnection:
 
     async def _run(self) -> None:
         while not self._stopping:
-            client = Client()
+            client = TlsEnforcingClient()
             self._client = client
             self._closed.clear()
             try:

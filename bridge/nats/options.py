@@ -1,11 +1,14 @@
 """Connect options for ``nats-py`` built from the ``nats:`` section: servers, the one way to
-authenticate, TLS, reconnect and keepalive timing. Credentials go to the client and nowhere
-else."""
+authenticate, TLS, reconnect and keepalive timing; and the client that takes them. Credentials
+go to the client and nowhere else."""
 
 from __future__ import annotations
 
 import ssl
-from typing import Final, TypedDict
+from typing import Any, Final, TypedDict
+
+import nats.errors
+from nats.aio.client import Client
 
 from bridge.config import NatsConfig
 
@@ -75,3 +78,32 @@ def tls_context(config: NatsConfig) -> ssl.SSLContext:
     if tls is not None and tls.cert is not None and tls.key is not None:
         context.load_cert_chain(tls.cert, tls.key)
     return context
+
+
+class TlsEnforcingClient(Client):
+    """nats-py's client, which refuses a server that does not require TLS when TLS was asked for
+    (``nats.tls``, or a ``tls://`` URL).
+
+    nats-py upgrades a connection to TLS only when the server's INFO says ``tls_required``, and
+    otherwise goes on in plaintext, credentials and all: a server set up without TLS, or anyone
+    in the path answering in its place, would be sent the token in clear. The check runs on the
+    INFO of every connection, before the client writes CONNECT.
+    """
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and not info.get("tls_required") and self._tls_wanted():
+            server = self._current_server.uri.netloc if self._current_server else "the server"
+            if self._transport is not None:
+                # nats-py leaves a connection it failed to set up open; its close is untyped.
+                self._transport.close()  # type: ignore[no-untyped-call]
+            raise nats.errors.Error(
+                f"nats: {server} does not require TLS, but the bridge asks for it "
+                "(nats.tls or a tls:// URL): not connecting, its credentials would go in clear"
+            )
+        await super()._process_info(info, initial_connection)
+
+    def _tls_wanted(self) -> bool:
+        server = self._current_server
+        return self.options.get("tls") is not None or (
+            server is not None and server.uri.scheme == "tls"
+        )
