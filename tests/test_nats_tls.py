@@ -1,5 +1,6 @@
-"""A bridge that asks for TLS to NATS (``nats.tls``, a ``tls://`` URL) never sends its credentials
-to a server that does not require TLS: nats-py alone would go on in plaintext.
+"""The NATS client's connection set-up. A bridge that asks for TLS to NATS (``nats.tls``, a
+``tls://`` URL) never sends its credentials to a server that does not require TLS: nats-py alone
+would go on in plaintext. And a stop in the middle of a connect does not hang.
 
 The server here is a listener on 127.0.0.1 answering as a NATS server without TLS would (its INFO
 line), and recording whatever the client sends after it.
@@ -16,6 +17,9 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 
+from bridge.config import NatsConfig
+from bridge.metrics import Metrics
+from bridge.nats import connection
 from bridge.nats.options import TlsEnforcingClient
 
 TOKEN = "s3cr3t-token-xyz"
@@ -107,3 +111,31 @@ async def test_without_tls_asked_for_the_client_connects_as_before(plain: PlainS
     with pytest.raises(nats.errors.Error, match="Authorization"):
         await connect(TlsEnforcingClient(), f"nats://127.0.0.1:{plain.port}")
     assert b"CONNECT" in plain.received
+
+
+async def test_a_stop_while_connecting_does_not_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bridge whose start fails stops its NATS connection at once, perhaps in the middle of a
+    connect that waits for the server: nats-py's close never returns for such a client, and the
+    stop must not wait on it for ever."""
+    monkeypatch.setattr(connection, "CLOSE_TIMEOUT", 0.2)
+    accepted = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()  # and never says INFO
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = NatsConfig(servers=(f"nats://127.0.0.1:{port}",), connect_timeout=30.0)
+    nats_connection = connection.NatsConnection(config, Metrics())
+    try:
+        await nats_connection.start()
+        async with asyncio.timeout(10):
+            await accepted.wait()
+        async with asyncio.timeout(10):  # without the bound: for ever
+            await nats_connection.stop()
+        assert nats_connection.state is connection.ConnectionState.CLOSED
+    finally:
+        server.close()
+        await server.wait_closed()

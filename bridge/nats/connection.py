@@ -36,6 +36,11 @@ OnConnect = Callable[[JetStreamContext], Awaitable[None]]
 """Run after every (re)connection, before the connection counts as usable (stream checks)."""
 AUTH_HINT: Final = "check nats.token / user+password / creds_file / nkey_seed_file"
 ERROR_LOG_INTERVAL: Final = 60.0
+CANCEL_TRIES: Final = 5
+CLOSE_TIMEOUT: Final = 5.0
+"""How long ending the connect loop, and then closing its client, may each take: nats-py's
+``close`` never returns for a client stopped in the middle of a connect or a TLS handshake, and a
+stop must not hang on it."""
 """At most one ``nats.error`` line per this many seconds: each denied publish reports one."""
 
 
@@ -115,13 +120,17 @@ class NatsConnection:
         self._stopping = True
         self._ready.clear()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+            task, self._task = self._task, None
+            # nats-py's connect can take a cancellation for a timeout (asyncio.wait_for) and try
+            # again: cancel until it ends, a stop's worth of time at most.
+            for _ in range(CANCEL_TRIES):
+                task.cancel()
+                done, _pending = await asyncio.wait({task}, timeout=CLOSE_TIMEOUT / CANCEL_TRIES)
+                if done:
+                    break
         if self._client is not None:
             client, self._client = self._client, None
-            with contextlib.suppress(Exception):
-                await client.close()
+            await _close(client)
         self._set(ConnectionState.CLOSED)
 
     # --- what users of the connection read -------------------------------------------------
@@ -192,8 +201,7 @@ class NatsConnection:
                 )
             except Exception as exc:  # e.g. an unreadable creds file; retried like an outage
                 await self._on_error(exc)
-                with contextlib.suppress(Exception):
-                    await client.close()
+                await _close(client)
                 await asyncio.sleep(self._retry_wait)
                 continue
             await self._on_reconnected()
@@ -304,3 +312,10 @@ def credentials(config: NatsConfig) -> list[str]:
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 values += redact.credential_lines(path.read_text(encoding="utf-8"))
     return values
+
+
+async def _close(client: Client) -> None:
+    """Close ``client``, flushing what it can, within :data:`CLOSE_TIMEOUT`; then drop it."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await client.close()
