@@ -84,6 +84,18 @@ async def open_on(
     )
 
 
+async def fill_to_the_floor(store: Store) -> list[AcceptResult]:
+    """Accept one event a commit, the sink down, until the floor refuses one: those accepted."""
+    held: list[AcceptResult] = []
+    for n in range(1000):
+        result = (await store.accept_batch([(big_event(n), ["agent"])]))[0]
+        if not isinstance(result, AcceptResult):
+            assert isinstance(result, SpoolFullError), result
+            return held
+        held.append(result)
+    raise AssertionError("the floor was never reached")
+
+
 def accepted(results: Sequence[object]) -> int:
     return sum(isinstance(r, AcceptResult) for r in results)
 
@@ -115,16 +127,8 @@ async def test_a_spool_drained_at_the_floor_takes_events_again(
     monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 0.0)  # read the disk at every check
     store = await open_on(disk, state_dir, capacity=24 * MiB, min_free=8 * MiB)
     try:
-        held: list[AcceptResult] = []
-        n = 0
-        while True:  # fill to the floor, the sink down
-            result = (await store.accept_batch([(big_event(n), ["agent"])]))[0]
-            n += 1
-            if not isinstance(result, AcceptResult):
-                assert isinstance(result, SpoolFullError), result
-                break
-            held.append(result)
-            assert n < 200, "the floor was never reached"
+        held = await fill_to_the_floor(store)
+        n = len(held) + 1
         assert not store.has_room
         # The sink comes back: every row is delivered and deleted. The files keep their size
         # (SQLite reuses the freed pages, never gives them back), so the disk looks as full.
@@ -172,12 +176,7 @@ async def test_a_burst_after_a_drain_at_the_floor_keeps_the_floor(
     monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 0.0)
     store = await open_on(disk, state_dir, capacity=40 * MiB, min_free=8 * MiB)
     try:
-        held: list[AcceptResult] = []
-        for n in range(1000):  # one event a commit, the sink down, to the floor
-            result = (await store.accept_batch([(big_event(n), ["agent"])]))[0]
-            if not isinstance(result, AcceptResult):
-                break
-            held.append(result)
+        held = await fill_to_the_floor(store)
         ids = [d.id for r in held for d in r.deliveries]
         for i in range(0, len(ids), 5):  # the sink drains it a few at a time
             await store.mark_delivered_many(ids[i : i + 5])
