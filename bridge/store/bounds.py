@@ -119,11 +119,6 @@ class Room:
         with self._lock:
             return self._fits(spool, size)
 
-    def available(self) -> int | None:
-        """Free disk as the check sees it; None when it cannot be read."""
-        with self._lock:
-            return self._available()
-
     # -- the writer's, in its transactions ------------------------------------------------------
 
     def check(self, spool: int, size: int, *, refusal: bool = True) -> None:
