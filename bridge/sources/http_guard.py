@@ -1,13 +1,14 @@
-"""Bounds on the webhook listener below aiohttp: connections at once, time to send headers, and
-request-body bytes held in memory.
+"""Bounds on the webhook listener and the admin server below aiohttp: connections at once, time to
+send headers, and request-body bytes held in memory.
 
 aiohttp's server has no header-read timeout and no connection cap of its own, so a client that
 opens sockets and sends half a request line could hold descriptors until the process runs out.
 :class:`GuardedSite` wraps aiohttp's protocol factory: a connection beyond ``limit`` is closed the
-moment it is accepted (the admin server keeps its descriptors), and one whose request headers are
-not complete within ``header_timeout`` of its first byte (or of its opening) is cut. The site's
-:attr:`GuardedSite.middleware` tells each connection when a request's headers are in, so the timer
-never runs while a handler does (a long response, a stream) or between kept-alive requests.
+moment it is accepted (the other server keeps its descriptors), and one whose request headers are
+not complete within ``header_timeout`` of its first byte (or of its opening) is cut. The
+middleware of :meth:`GuardedSite.tracking` tells each connection when a request's headers are in,
+so the timer never runs while a handler does (a long response, a stream) or between kept-alive
+requests.
 """
 
 from __future__ import annotations
