@@ -72,7 +72,10 @@ def test_the_socket_table_format(tmp_path: Path) -> None:
     assert not is_own(os.getuid() + 12345 if os.getuid() else 65534)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="a second local user's client needs root and setpriv to run as that user",
+)
 async def test_another_local_user_is_refused_the_private_paths_without_a_token(
     tmp_path: Path,
 ) -> None:
