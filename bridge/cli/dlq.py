@@ -133,8 +133,8 @@ async def _retry(store: Store, args: argparse.Namespace, config: OperatorConfig 
     a sink gone from it has no worker, and its redriven rows would wait for ever."""
     if args.sink is not None or config is None:
         return await store.dlq_retry(sink=args.sink, event_id=args.event_id)
-    left = sorted(name for name, c in (await store.sink_counts()).items() if c.dead)
-    left = [name for name in left if name not in config.sinks]
+    counts = await store.sink_counts()
+    left = sorted(name for name, c in counts.items() if c.dead and name not in config.sinks)
     if left:
         print(
             f"note: dead letters of sinks no longer in the config are left: {', '.join(left)}",
