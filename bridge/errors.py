@@ -16,6 +16,8 @@ BridgeError
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 
 class BridgeError(Exception):
     """Base class of every error the bridge raises on purpose."""
@@ -62,11 +64,23 @@ class DeliveryError(BridgeError):
 
 
 class RetryableDeliveryError(DeliveryError):
-    """The delivery may succeed later. ``retry_after`` is a server-given minimum delay (seconds)."""
+    """The delivery may succeed later. ``retry_after`` is a server-given minimum delay (seconds).
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    ``wake``, when given, returns an awaitable that completes once what failed the delivery may
+    have cleared (a connection that was down is up again): the retry then goes at once instead of
+    at the end of its backoff. It never cuts short a ``retry_after``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        wake: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.wake = wake
 
 
 class PermanentDeliveryError(DeliveryError):

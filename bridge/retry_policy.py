@@ -1,13 +1,14 @@
 """A sink's delivery retry policy: how long before the next attempt (the shared backoff curve,
 never sooner than the receiver's ``Retry-After``), when to give up (attempts, age), and a sleep
-that a stop cuts short. Clock, sleep and the stop event are given, so tests run the schedule in
-milliseconds.
+that a stop cuts short, as does the end of an outage the failure names (its ``wake``). Clock,
+sleep and the stop event are given, so tests run the schedule in milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
@@ -15,6 +16,9 @@ from bridge.backoff import full_jitter
 from bridge.config import RetryConfig
 from bridge.errors import RetryableDeliveryError
 from bridge.store import Delivery
+
+Wake = Callable[[], Awaitable[None]]
+"""What a retryable failure offers to end its retry's wait early: see RetryableDeliveryError."""
 
 
 class RetryPolicy:
@@ -43,11 +47,26 @@ class RetryPolicy:
     ) -> AsyncRetrying:
         """The tenacity loop for ``delivery`` (the first of a window's), tried
         ``attempts_before`` times already."""
+        # What may end the coming wait early: the last failure's wake, read when tenacity
+        # computes the wait (the sleep itself is told only the seconds).
+        wake: Wake | None = None
+
+        def wait(state: RetryCallState) -> float:
+            nonlocal wake
+            outcome = state.outcome
+            exc = outcome.exception() if outcome else None
+            retryable = isinstance(exc, RetryableDeliveryError) and exc.retry_after is None
+            wake = exc.wake if retryable and isinstance(exc, RetryableDeliveryError) else None
+            return self.wait(state)
+
+        async def sleep(seconds: float) -> None:
+            await self.sleep(seconds, wake=wake)
+
         return AsyncRetrying(
             retry=retry_if_exception_type(RetryableDeliveryError),
-            wait=self.wait,
+            wait=wait,
             stop=self._stop_for(delivery, attempts_before),
-            sleep=self.sleep,
+            sleep=sleep,
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -84,15 +103,25 @@ class RetryPolicy:
 
         return stop
 
-    async def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds``, or until the stop, whichever comes first."""
-        waiter = asyncio.ensure_future(self._stopping.wait())
-        sleeper = asyncio.ensure_future(self._sleep(seconds))
+    async def sleep(self, seconds: float, *, wake: Wake | None = None) -> None:
+        """Sleep ``seconds``, or until the stop or ``wake`` completes, whichever comes first."""
+        futures: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._sleep(seconds)),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
+        woken = asyncio.ensure_future(wake()) if wake is not None else None
+        if woken is not None:
+            futures.append(woken)
         try:
-            await asyncio.wait([sleeper, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiting = set(futures)
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                # A wake that failed ends nothing early: the backoff holds.
+                if done != {woken} or (woken is not None and woken.exception() is None):
+                    break
         finally:
-            # Neither outlives the wait: a sleep left running after a stop would hold its
-            # worker (and a stand-in's count) for the rest of its backoff.
-            for future in (waiter, sleeper):
+            # None outlives the wait: a sleep left running after a stop would hold its worker
+            # (and a stand-in's count) for the rest of its backoff.
+            for future in futures:
                 future.cancel()
-            await asyncio.gather(waiter, sleeper, return_exceptions=True)
+            await asyncio.gather(*futures, return_exceptions=True)

@@ -85,6 +85,9 @@ class NatsConnection:
         self.metrics = metrics
         self.state = ConnectionState.CONNECTING
         self.reconnects = 0
+        self.connections = 0
+        """How many times the connection became usable: a failure seen at one count is worth
+        retrying once the count has moved on (:meth:`connected_after`)."""
         self.server: str | None = None
         """The connected server's URL, user-info masked."""
         self.last_error: str | None = None
@@ -95,7 +98,7 @@ class NatsConnection:
         self._client: Client | None = None
         self._on_connect: list[OnConnect] = []
         self._ready = asyncio.Event()
-        self._changed = asyncio.Event()
+        self._next_connection = asyncio.Event()  # set and replaced each time it becomes usable
         self._closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -161,10 +164,12 @@ class NatsConnection:
                 return js
             self._ready.clear()
 
-    async def wait_changed(self) -> None:
-        """Until the state next changes."""
-        self._changed.clear()
-        await self._changed.wait()
+    async def connected_after(self, count: int) -> None:
+        """Until the connection has become usable since :attr:`connections` was ``count``: at
+        once if it has. A delivery that failed while NATS was down waits on this as well as on
+        its backoff, so the spool drains when NATS is back, not a backoff later."""
+        while self.connections <= count:
+            await self._next_connection.wait()
 
     def describe_failure(self) -> str:
         """Why the connection is not usable, for a retryable delivery error or a log line."""
@@ -280,13 +285,15 @@ class NatsConnection:
         log.info("nats.connected", server=self.server, reconnects=self.reconnects)
         self._set(ConnectionState.CONNECTED)
         self._ready.set()
+        self.connections += 1
+        self._next_connection.set()
+        self._next_connection = asyncio.Event()
 
     def _set(self, state: ConnectionState) -> None:
         if state is not ConnectionState.CONNECTED:
             self.connected_since = None
         self.state = state
         self.metrics.nats_connected.set(1 if state is ConnectionState.CONNECTED else 0)
-        self._changed.set()
 
     def _where(self) -> str:
         client = self._client

@@ -13,6 +13,7 @@ dead-lettered and stops holding its thread: an event larger than the server take
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -151,13 +152,16 @@ class NatsSink:
             raise PermanentDeliveryError(
                 f"event id {delivery.event_id!r} cannot be sent in a header"
             )
+        # Any retryable failure is retried at once when NATS connects again (the stream is
+        # checked again then too), not only when its backoff ends.
+        wake = functools.partial(connection.connected_after, connection.connections)
         js = connection.jetstream()
         if js is None:
             self._count("failed")
-            raise RetryableDeliveryError(connection.describe_failure())
+            raise RetryableDeliveryError(connection.describe_failure(), wake=wake)
         if stream.state is StreamState.INVALID and stream.problem:
             self._count("failed")
-            raise RetryableDeliveryError(stream.problem)
+            raise RetryableDeliveryError(stream.problem, wake=wake)
         subject = self.subject_for(delivery)
         headers = {
             MSG_ID_HEADER: delivery.event_id,
@@ -184,7 +188,10 @@ class NatsSink:
             )
         except (nats.errors.Error, TimeoutError, OSError) as exc:
             self._count("failed")
-            raise self._classify(delivery, subject, size, exc, connection) from exc
+            error = self._classify(delivery, subject, size, exc, connection)
+            if isinstance(error, RetryableDeliveryError):
+                error.wake = wake
+            raise error from exc
         self.counts.last_seq = ack.seq
         self._count("duplicate" if ack.duplicate else "acked")
 
