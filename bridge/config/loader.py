@@ -188,7 +188,13 @@ def build_config(
                     walker.fail(key, message)
 
     raw_openmail = raw.pop("openmail", None)
-    consumes = isinstance(nats, NatsConfig) and nats.consume is not None
+    # A nats: section with problems still says whether it consumes: "nats.consume is not set"
+    # would be one more problem, and a wrong one.
+    consumes = (
+        nats.consume is not None
+        if isinstance(nats, NatsConfig)
+        else isinstance(raw_nats, dict) and raw_nats.get("consume") is not None
+    )
     openmail = _load_openmail(walker, raw_openmail, consumes_nats=consumes)
     if isinstance(openmail, OpenMailConfig):
         extra["openmail"] = openmail

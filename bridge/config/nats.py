@@ -134,7 +134,7 @@ def _problems(nats: NatsConfig) -> Iterable[tuple[str, str]]:
             yield key, "must be more than 0s"
     yield from _stream_problems(nats.stream)
     if nats.consume is not None:
-        yield from _consume_problems(nats.consume)
+        yield from _consume_problems(nats.consume, nats.stream)
 
 
 def _server_problem(server: str) -> str | None:
@@ -168,12 +168,27 @@ def _stream_problems(stream: NatsStreamConfig) -> Iterable[tuple[str, str]]:
         yield "stream.duplicate_window", "must not be longer than stream.max_age"
 
 
-def _consume_problems(consume: NatsConsumeConfig) -> Iterable[tuple[str, str]]:
+def _consume_problems(
+    consume: NatsConsumeConfig, stream: NatsStreamConfig
+) -> Iterable[tuple[str, str]]:
     yield from _name_and_subjects(
         "consume.consumer", consume.consumer, "consume.filter_subjects", consume.filter_subjects
     )
     if consume.ack_wait <= 0:
         yield "consume.ack_wait", "must be more than 0s"
+    # The server takes such a filter, and the consumer is bound and idle for good: no message
+    # the stream holds can match it. Stream subjects that are missing or not subjects are
+    # reported on their own, and say nothing of what a filter should match.
+    taken = stream.subjects
+    if not taken or not all(subjects.is_subject(s) for s in taken):
+        return
+    for i, wanted in enumerate(consume.filter_subjects):
+        if subjects.is_subject(wanted) and not any(subjects.overlaps(s, wanted) for s in taken):
+            yield (
+                f"consume.filter_subjects[{i}]",
+                f"{wanted!r} matches no subject of nats.stream.subjects ({', '.join(taken)}): "
+                "the consumer would receive nothing",
+            )
 
 
 def publish_problems(

@@ -1,5 +1,6 @@
-"""Subjects: the sink's template, rendered so that no event can publish outside the stream, and
-whether a stream's subjects cover what a template can publish.
+"""Subjects: the sink's template, rendered so that no event can publish outside the stream,
+whether a stream's subjects cover what a template can publish, and whether a consumer's filter
+can match anything the stream takes.
 
 Pure: strings in, strings out. A template is a NATS subject whose tokens may hold ``{field}``
 placeholders; a rendered field holds only ``[A-Za-z0-9_-]``, so it can never add a token, a
@@ -86,6 +87,19 @@ def covers(pattern: str, subject: str) -> bool:
         if part != "*" and part != have[i]:
             return False
     return len(have) == len(want)
+
+
+def overlaps(first: str, second: str) -> bool:
+    """Whether some subject matches both filters ``first`` and ``second`` (wildcards on either
+    side): ``openmail.*.received`` and ``openmail.>`` do, ``mail.>`` and ``openmail.>`` do not."""
+    one = first.split(".")
+    other = second.split(".")
+    for mine, theirs in zip(one, other, strict=False):
+        if ">" in (mine, theirs):
+            return True  # the other side's remaining tokens, one or more, are its match
+        if "*" not in (mine, theirs) and mine != theirs:
+            return False
+    return len(one) == len(other)
 
 
 def is_subject(subject: str) -> bool:
