@@ -137,14 +137,27 @@ def config_warnings(config: Config) -> list[ConfigWarning]:
                 warnings.append(
                     ConfigWarning("config.file_sink_directory", f"sinks.{name}.path", message)
                 )
-    if config.state.max_bytes < config.openmail.webhook.max_body:
+    # max_body bounds a webhook body and a WebSocket frame alike. What a bridge takes from NATS
+    # is bounded by the server's max_payload, known only once connected: nothing to say here.
+    openmail = config.openmail
+    takers = [
+        name
+        for name, enabled in (
+            ("the webhook", openmail.webhook.enabled),
+            ("the WebSocket", openmail.websocket.enabled),
+        )
+        if enabled
+    ]
+    if takers and config.state.max_bytes < openmail.webhook.max_body:
+        blocks = ", and over the WebSocket it blocks the events after it"
         warnings.append(
             ConfigWarning(
                 "config.spool_smaller_than_max_body",
                 "state.max_bytes",
                 f"({config.state.max_bytes} bytes) is below openmail.webhook.max_body "
-                f"({config.openmail.webhook.max_body}): an event larger than the spool can never "
-                "be stored, and over the WebSocket it blocks the events after it",
+                f"({openmail.webhook.max_body}), the largest event {' and '.join(takers)} "
+                f"{'takes' if len(takers) == 1 else 'take'}: an event larger than the spool can "
+                f"never be stored{blocks if openmail.websocket.enabled else ''}",
             )
         )
     if config.nats is not None and (short := duplicate_window_short(config.nats)):

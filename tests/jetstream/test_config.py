@@ -146,6 +146,49 @@ def test_check_warns_about_a_short_duplicate_window(tmp_path: Path) -> None:
     assert not [w for w in config_warnings(load(tmp_path, base())) if w.key.startswith("nats.")]
 
 
+def spool_warnings(config: Config) -> list[str]:
+    event = "config.spool_smaller_than_max_body"
+    return [w.message for w in config_warnings(config) if w.event == event]
+
+
+def test_a_pure_sidecar_is_not_warned_of_a_webhook_body_it_never_takes(tmp_path: Path) -> None:
+    # What a sidecar stores comes from the stream, one NATS message at most: the server's
+    # max_payload, known once connected, not openmail.webhook.max_body.
+    raw = base(
+        openmail={"webhook": {"enabled": False, "max_body": "10MiB"}},
+        nats={"consume": {"consumer": "agent-support"}},
+        state={"max_bytes": "300KiB"},
+    )
+    del raw["sinks"]["bus"]
+    raw["sinks"]["audit"] = {"type": "file", "path": "out.jsonl"}
+    assert spool_warnings(load(tmp_path, raw)) == []
+
+
+@pytest.mark.parametrize(
+    ("transports", "named"),
+    [
+        ({"webhook": {"enabled": True}}, "the webhook takes: an event larger"),
+        (
+            {"api_key": "om_key", "webhook": {"enabled": False}, "websocket": {"enabled": True}},
+            "the WebSocket takes: an event larger than the spool can never be stored, and over "
+            "the WebSocket it blocks the events after it",
+        ),
+    ],
+    ids=["webhook", "websocket"],
+)
+def test_a_spool_smaller_than_what_openmail_sends_is_warned_of(
+    tmp_path: Path, transports: dict[str, Any], named: str
+) -> None:
+    raw = base(
+        openmail=deep_merge(transports, {"webhook": {"max_body": "10MiB"}}),
+        nats={"consume": {"consumer": "agent-support"}},
+        state={"max_bytes": "300KiB"},
+    )
+    [warning] = spool_warnings(load(tmp_path, raw))
+    assert "(307200 bytes) is below openmail.webhook.max_body (10485760)" in warning
+    assert named in warning
+
+
 def test_secrets_come_from_env_and_files_and_are_masked(tmp_path: Path) -> None:
     (tmp_path / "pass.txt").write_text(PASSWORD + "\n")
     raw = base(
