@@ -34,6 +34,9 @@ MAX_CONNECTIONS: Final = 10
 RATE_LIMIT_MESSAGES: Final = 30
 RATE_LIMIT_WINDOW: Final = 10.0
 """At most 30 client messages per 10 s on one connection, else close 4029."""
+ASSUMPTION_RATE_LIMIT_COUNTS_PROTOCOL_MESSAGES: Final = True
+"""The rate limit counts the client's protocol messages (§2: ``subscribe``, ``unsubscribe``,
+``ping``, each replay page's ``subscribe``), not WebSocket-level ping/pong control frames."""
 SERVER_PING_INTERVAL: Final = 30.0
 SERVER_PONG_TIMEOUT: Final = 10.0
 WEBHOOK_TIMEOUT: Final = 15.0

@@ -4,8 +4,9 @@ The loop: wait until the spool has room -> connect with the API key -> subscribe
 replay cursor -> receive, with keepalive and a stale-connection watchdog -> on a close, sleep the
 delay the reconnect policy gives for its kind. This module does the I/O only: what frames mean and
 how a close is classified live in ``ws_session``, how long to wait in ``bridge.backoff``, how
-events reach the spool (the in-flight bound, batches) in ``ws_intake``. The cursor moves only with
-a commit, so a reconnect replays whatever was not stored.
+events reach the spool (the in-flight bound, batches) in ``ws_intake``, how fast messages may go
+out (OpenMail's rate limit) in ``ws_pacing``. The cursor moves only with a commit, so a reconnect
+replays whatever was not stored.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -28,6 +30,7 @@ from bridge.events import Event
 from bridge.metrics import Metrics
 from bridge.sources import Spool, ws_session
 from bridge.sources.ws_intake import Intake
+from bridge.sources.ws_pacing import Pacer
 from bridge.sources.ws_session import ConnectionState, Deliver, Disconnect, Health, Session
 from bridge.throttle import Throttle
 
@@ -58,8 +61,12 @@ class _Link:
     ws: aiohttp.ClientWebSocketResponse
     session: Session
     spool: Spool
+    pacer: Pacer
+    """Every message sent on this connection passes it: OpenMail's rate limit."""
     early: list[Event] = field(default_factory=list)
     """Events that came before ``subscribed``: they go to the spool first, in order."""
+    heard: float = 0.0
+    """Loop time of the last frame read, or of the end of a hold (see ``_watch_silence``)."""
 
 
 class WebSocketSource:
@@ -70,6 +77,7 @@ class WebSocketSource:
         metrics: where connection and frame counters go.
         session: an aiohttp session to connect with; by default one is made and closed here.
         policy: when to reconnect; by default one on ``config.websocket.reconnect``.
+        pacing: makes the rate-limit pacer of each new connection.
     """
 
     name = "websocket"
@@ -81,8 +89,10 @@ class WebSocketSource:
         *,
         session: aiohttp.ClientSession | None = None,
         policy: ReconnectPolicy | None = None,
+        pacing: Callable[[], Pacer] = Pacer,
     ) -> None:
         self.config = config
+        self._pacing = pacing
         self.metrics = metrics
         self._http = session
         self._own_http = session is None
@@ -241,7 +251,7 @@ class WebSocketSource:
         session = Session(
             cfg.inbox_ids, cfg.event_types, spool.cursor, max_body=self.config.webhook.max_body
         )
-        link = _Link(ws, session, spool)
+        link = _Link(ws, session, spool, self._pacing())
         try:
             await self._subscribe(link)
             self._policy.up()
@@ -307,7 +317,7 @@ class WebSocketSource:
     async def _subscribe(self, link: _Link) -> None:
         """Send ``subscribe`` and wait for ``subscribed``; handles an unknown replay cursor."""
         cfg, session = self.config.websocket, link.session
-        await link.ws.send_str(session.subscribe())
+        await self._send(link, session.subscribe())
         try:
             async with asyncio.timeout(cfg.subscribe_timeout):
                 while True:
@@ -355,7 +365,19 @@ class WebSocketSource:
         self._possible_gap("cursor_reset", cursor=decision.cursor, error=decision.message)
         with contextlib.suppress(StoreError):
             await link.spool.clear_cursor()
-        await link.ws.send_str(decision.frame)
+        await self._send(link, decision.frame)
+
+    async def _send(self, link: _Link, frame: str) -> None:
+        """Send one client message within OpenMail's rate limit; nothing when a stop or a new
+        configuration comes during a hold (the connection is closing then)."""
+        held = await link.pacer.admit(self._stopping, self._reconnect_now)
+        if held is None:
+            return
+        if held > 0:
+            # The server had nothing to answer while the message waited: not its silence.
+            link.heard = asyncio.get_running_loop().time()
+            log.info("ws.paced", held_for=round(held, 3), limit=link.pacer.limit)
+        await link.ws.send_str(frame)
 
     def _possible_gap(self, reason: str, **fields: object) -> None:
         """Events may have been missed on the WebSocket path: count it and say so."""
@@ -397,20 +419,20 @@ class WebSocketSource:
         for kept in link.early:  # events that came before 'subscribed' go first, in order
             if not await intake.put(kept):
                 break
-        keepalive = asyncio.create_task(self._keepalive(ws), name="websocket:keepalive")
+        keepalive = asyncio.create_task(self._keepalive(link), name="websocket:keepalive")
         loop = asyncio.get_running_loop()
-        heard = [loop.time()]
-        watchdog = asyncio.create_task(self._watch_silence(ws, heard), name="websocket:watchdog")
+        link.heard = loop.time()
+        watchdog = asyncio.create_task(self._watch_silence(link), name="websocket:watchdog")
         try:
             while not ws.closed and intake.refusal is None:
                 msg = await self._read(link)
-                heard[0] = loop.time()
+                link.heard = loop.time()
                 if msg.type is WSMsgType.TEXT:
                     action = link.session.receive(msg.data, time.time())
                     if not isinstance(action, Deliver):
                         self._pass_over(action)
                         continue
-                    await self._next_page(ws, action)
+                    await self._next_page(link, action)
                     if not await intake.put(action.event):
                         break  # the spool pushed back: stop reading, close, wait for room
                 elif msg.type is WSMsgType.BINARY:
@@ -432,35 +454,40 @@ class WebSocketSource:
                 self._possible_gap("refused_without_cursor", first_refused=intake.refused_id)
             raise Disconnected(intake.refusal)
 
-    async def _next_page(self, ws: aiohttp.ClientWebSocketResponse, delivered: Deliver) -> None:
+    async def _next_page(self, link: _Link, delivered: Deliver) -> None:
         if delivered.replay_limit:
             self._possible_gap("replay_limit", limit=protocol.REPLAY_LIMIT)
         if delivered.next_page is not None:
+            # Held here when the rate limit is near: the reader waits, as the server does.
             log.info("ws.replay_next_page", after=delivered.event.event_id)
-            await ws.send_str(delivered.next_page)
+            await self._send(link, delivered.next_page)
 
-    async def _watch_silence(self, ws: aiohttp.ClientWebSocketResponse, heard: list[float]) -> None:
+    async def _watch_silence(self, link: _Link) -> None:
         """Close a connection on which no frame came for ``stale_after`` seconds. receive()
         restarts its own timeout at every WebSocket pong, so a transport that answers pings
-        would hide a silent server. One clock read per frame, not a timer around each read."""
-        stale = self.config.websocket.stale_after
+        would hide a silent server. One clock read per frame, not a timer around each read.
+        While the pacer holds a message back (a replay page, a ping) the server may be waiting
+        for it: that silence is the bridge's own, and counts from the end of the hold."""
+        ws, stale = link.ws, self.config.websocket.stale_after
         loop = asyncio.get_running_loop()
         while not ws.closed:
-            silent = loop.time() - heard[0]
+            if link.pacer.holding:
+                link.heard = loop.time()
+            silent = loop.time() - link.heard
             if silent >= stale:
                 log.warning("ws.stale", silent_for=stale)
                 await ws.close(code=protocol.CloseCode.GOING_AWAY)
                 return
             await asyncio.sleep(stale - silent)
 
-    async def _keepalive(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _keepalive(self, link: _Link) -> None:
         """The protocol's own ``ping`` (answered by a text ``pong``) keeps traffic flowing, which
         the silence watchdog relies on; aiohttp sends the WebSocket-level pings."""
         interval = self.config.websocket.ping_interval
-        while not ws.closed:
+        while not link.ws.closed:
             await asyncio.sleep(interval)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_str(protocol.PING_FRAME)
+                await self._send(link, protocol.PING_FRAME)
 
 
 def _connection_identity(config: OpenMailConfig) -> tuple[object, ...]:
