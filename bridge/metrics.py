@@ -6,13 +6,29 @@ in one process. Gauges that mirror state (spool bytes, pending rows) are set jus
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
 
 PREFIX = "openmail_bridge"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
                    300, 3600)  # fmt: skip
+
+
+class GaugeOnceSet(Gauge):
+    """A label-less gauge that is exported only once something set it. A plain one is exported
+    as 0 from the start, which reads as a measured, healthy value on a bridge that has no part
+    to measure (the consumer gauges on an edge)."""
+
+    _was_set = False
+
+    def set(self, value: float) -> None:
+        super().set(value)
+        self._was_set = True
+
+    def collect(self) -> Iterable[Metric]:
+        return super().collect() if self._was_set else []
 
 
 class Metrics:
@@ -101,13 +117,14 @@ class Metrics:
         self.nats_stream_last_seq = gauge(
             "nats_stream_last_sequence", "The stream's last sequence number"
         )
-        self.nats_consumer_pending = gauge(
+        # Only a bridge with a consumer sets these: an edge must not report a healthy 0.
+        self.nats_consumer_pending = self._gauge_once_set(
             "nats_consumer_pending", "Stream messages the consumer has not yet been given"
         )
-        self.nats_consumer_ack_pending = gauge(
+        self.nats_consumer_ack_pending = self._gauge_once_set(
             "nats_consumer_ack_pending", "Messages given to the consumer and not yet acked"
         )
-        self.nats_consumer_redelivered = gauge(
+        self.nats_consumer_redelivered = self._gauge_once_set(
             "nats_consumer_redelivered", "Messages the server is redelivering to the consumer"
         )
         self.nats_consumed = counter(
@@ -137,6 +154,9 @@ class Metrics:
 
     def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
         return Gauge(f"{PREFIX}_{name}", documentation, labels, registry=self.registry)
+
+    def _gauge_once_set(self, name: str, documentation: str) -> GaugeOnceSet:
+        return GaugeOnceSet(f"{PREFIX}_{name}", documentation, registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -68,13 +68,15 @@ def format_status(status: Mapping[str, object], now: float) -> str:
     elif isinstance(ws, dict):  # a report without parts still says how the WebSocket is
         lines.append(f"websocket: {ws.get('state')}{reason}")
     lines.append(f"last event: {_moment(status.get('last_event_at'), now) or 'none since start'}")
-    cursor = status.get("cursor")
-    lines.append(f"cursor: {cursor if cursor else 'none yet (no WebSocket event stored)'}")
+    if isinstance(ws, dict):  # the replay cursor means nothing to a bridge without the WebSocket
+        cursor = status.get("cursor")
+        lines.append(f"cursor: {cursor if cursor else 'none yet (no WebSocket event stored)'}")
     gaps = status.get("possible_gaps")
     if gaps:
         lines.append(f"possible gaps: {gaps}")
     lines += _spool_lines(status.get("spool"))
     lines += _sink_lines(status.get("sinks"), now)
+    lines += _nats_lines(status.get("nats"), now)
     lines += _config_lines(status.get("config"), now)
     return "\n".join(lines)
 
@@ -119,6 +121,72 @@ def _sink_lines(sinks: object, now: float) -> list[str]:
             error = printable(info["last_error"])
             lines.append(f"    last error{f' {when}' if when else ''}: {error}")
     return lines
+
+
+def _nats_lines(nats: object, now: float) -> list[str]:
+    """The ``nats`` block: the connection, the stream check, each NATS sink's publishes and the
+    consumer, each with what went wrong last."""
+    if not isinstance(nats, dict):
+        return []
+    conn = nats.get("connection")
+    conn = conn if isinstance(conn, dict) else {}
+    # The connection's state is one of the parts above: here, where it is or would be.
+    lines = ["nats:"]
+    if conn.get("state") == "connected" and conn.get("server"):
+        since = _moment(conn.get("connected_since"), now)
+        lines.append(f"  server: {printable(conn['server'])}{f', since {since}' if since else ''}")
+    elif isinstance(servers := conn.get("servers"), list):
+        lines.append(f"  servers: {printable(', '.join(map(str, servers)))} (not connected)")
+    if conn.get("reconnects"):
+        lines.append(f"  reconnects: {conn['reconnects']}")
+    lines += _error_line("  ", conn.get("last_error"))
+    lines += _stream_lines(nats.get("stream"))
+    publishes = nats.get("publishes")
+    if isinstance(publishes, dict):
+        for name, sink in publishes.items():
+            if isinstance(sink, dict):
+                lines.append(
+                    f"  publishes {name} ({printable(sink.get('subject'))}): acked "
+                    f"{sink.get('acked')}, duplicate {sink.get('duplicate')}, "
+                    f"failed {sink.get('failed')}"
+                )
+    consumer = nats.get("consumer")
+    if isinstance(consumer, dict):
+        lines.append(
+            f"  consumer {consumer.get('consumer')}: {consumer.get('state')}, pending "
+            f"{_known(consumer.get('pending'))}, ack pending {_known(consumer.get('ack_pending'))}"
+            f", redelivered {_known(consumer.get('redelivered'))}"
+        )
+        lines.append(
+            f"    acked {consumer.get('acked')}, terminated {consumer.get('terminated')}, "
+            f"unacked {consumer.get('unacked')}, held {consumer.get('held')}"
+        )
+        lines += _error_line("    ", consumer.get("last_error"))
+    return lines
+
+
+def _stream_lines(stream: object) -> list[str]:
+    if not isinstance(stream, dict):
+        return []
+    counts = ""
+    if stream.get("messages") is not None:
+        counts = f", {stream['messages']} messages, last sequence {stream.get('last_seq')}"
+    lines = [f"  stream {stream.get('name')}: {stream.get('check')}{counts}"]
+    if stream.get("problem"):
+        lines.append(f"    problem: {printable(stream['problem'])}")
+    warnings = stream.get("warnings")
+    if isinstance(warnings, list):
+        lines += [f"    warning: {printable(warning)}" for warning in warnings]
+    return lines
+
+
+def _known(value: object) -> str:
+    """A count the server has not told yet (no consumer info read so far) is shown as such."""
+    return "unknown" if value is None else str(value)
+
+
+def _error_line(indent: str, error: object) -> list[str]:
+    return [f"{indent}last error: {printable(error)}"] if error else []
 
 
 def _config_lines(config: object, now: float) -> list[str]:
