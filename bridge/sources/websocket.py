@@ -432,9 +432,9 @@ class WebSocketSource:
                     if not isinstance(action, Deliver):
                         self._pass_over(action)
                         continue
-                    await self._next_page(link, action)
                     if not await intake.put(action.event):
                         break  # the spool pushed back: stop reading, close, wait for room
+                    await self._next_page(link, action)  # after: a held page holds no event
                 elif msg.type is WSMsgType.BINARY:
                     self._pass_over(link.session.binary(len(msg.data)))
                 else:

@@ -21,7 +21,7 @@ from bridge.config import Config
 from bridge.events import Event, Origin
 from bridge.metrics import Metrics
 from bridge.simulator import Simulator
-from bridge.sources.websocket import WebSocketSource
+from bridge.sources.websocket import STOP_TIMEOUT, WebSocketSource
 from bridge.sources.ws_pacing import PACE_SLACK, Pacer
 from bridge.store import Store
 from tests.fake_time import START, FakeTime
@@ -244,3 +244,33 @@ async def test_a_hold_is_not_taken_for_a_silent_server(tmp_path: Path) -> None:
                 await source.stop()
     assert events_named(logs, "ws.stale") == []
     assert all(line["held_for"] > 0.3 for line in events_named(logs, "ws.paced"))
+
+
+async def test_a_stop_during_a_held_page_ends_the_hold(tmp_path: Path) -> None:
+    """Room for the subscribe and nothing more for an hour: the first page request is held.
+    A stop must not wait for it (nor for stop()'s own deadline, which would cancel the loop
+    and with it the commits in flight)."""
+    async with Simulator(ping_interval=60.0) as sim:
+        first = await sim.inject()
+        missed = [await sim.inject(occurred_at=iso_ago(60)) for _ in range(150)]
+        config = make_config(tmp_path, sim)
+        store = await store_with_cursor(config.state.path, first)
+        spool = RecordingSpool(store)
+        pacers: list[Pacer] = []
+
+        def hour_long_window() -> Pacer:
+            pacers.append(Pacer(limit=1, window=3600.0))
+            return pacers[-1]
+
+        policy = ReconnectPolicy(config.openmail.websocket.reconnect)
+        source = WebSocketSource(config.openmail, Metrics(), policy=policy, pacing=hour_long_window)
+        try:
+            await source.start(spool)
+            await wait_until(lambda: len(spool.accepted) == 100 and pacers[-1].holding, timeout=3)
+            async with asyncio.timeout(STOP_TIMEOUT / 2):
+                await source.stop()
+        finally:
+            await store.close()
+    assert [event.event_id for event in spool.accepted] == missed[:100]
+    assert len(pacers) == 1
+    assert not pacers[0].holding
