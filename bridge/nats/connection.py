@@ -103,6 +103,9 @@ class NatsConnection:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._was_connected = False
+        self._drops = 0
+        """How many times the connection went away: one that did while the on-connect hooks ran
+        did not become usable."""
         self._down_reason: str | None = None
         self._error_log = Throttle(ERROR_LOG_INTERVAL)
         self._secrets = redact.literal_secrets(credentials(config))
@@ -259,8 +262,11 @@ class NatsConnection:
         if self._stopping:
             return
         self._ready.clear()
-        if self.state is ConnectionState.CONNECTED:
-            log.warning("nats.disconnected", server=self.server, error=self._down_reason)
+        self._drops += 1
+        # CONNECTING: the first connection went away while its on-connect hooks ran.
+        if self.state in (ConnectionState.CONNECTED, ConnectionState.CONNECTING):
+            server = self.server or self._where()
+            log.warning("nats.disconnected", server=server, error=self._down_reason)
             self._set(ConnectionState.DISCONNECTED)
 
     async def _on_reconnected(self) -> None:
@@ -273,6 +279,7 @@ class NatsConnection:
             self.reconnects += 1
             self.metrics.nats_reconnects.inc()
         self._was_connected = True
+        drops = self._drops
         js = client.jetstream()
         for hook in self._on_connect:
             try:
@@ -280,6 +287,10 @@ class NatsConnection:
             except Exception as exc:
                 # The connection stays usable; the hook's owner reports its own failure.
                 log.warning("nats.on_connect_failed", error=self._scrub(str(exc)))
+        if self._drops != drops or not client.is_connected or client is not self._client:
+            # It went away while the hooks ran: the disconnected callback said so, and the
+            # reconnection that follows runs them again and makes the connection usable.
+            return
         self.connected_since = time.time()
         self.last_error = self._down_reason = None
         log.info("nats.connected", server=self.server, reconnects=self.reconnects)
