@@ -16,7 +16,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from bridge.config import NatsStreamConfig
 from bridge.nats import subjects
@@ -52,6 +52,27 @@ class StreamCheck:
     warnings: list[StreamWarning] = field(default_factory=list)
 
 
+class StreamLimits(NamedTuple):
+    """How much a stream holds before it removes old messages or refuses new ones (``discard``);
+    -1 or 0: no limit. The bridge creates its stream without any of these."""
+
+    max_msgs: int = -1
+    max_bytes: int = -1
+    max_msgs_per_subject: int = -1
+    discard_new: bool = False
+    discard_new_per_subject: bool = False
+
+    @classmethod
+    def of(cls, config: StreamConfig) -> StreamLimits:
+        return cls(
+            max_msgs=config.max_msgs or -1,
+            max_bytes=config.max_bytes or -1,
+            max_msgs_per_subject=config.max_msgs_per_subject or -1,
+            discard_new=config.discard is DiscardPolicy.NEW,
+            discard_new_per_subject=config.discard_new_per_subject,
+        )
+
+
 def compare(
     config: NatsStreamConfig,
     found_subjects: Sequence[str],
@@ -60,10 +81,12 @@ def compare(
     *,
     found_replicas: int | None = None,
     found_max_age: float | None = None,
+    found_limits: StreamLimits | None = None,
 ) -> StreamCheck:
     """The stream as found against the config: every subject filter in ``published`` must be
     covered by its subjects; a shorter duplicate window than configured, or (when given) fewer
-    replicas or a shorter max age, is a warning: an existing stream is never changed."""
+    replicas, a shorter max age or a limit on what it holds, is a warning: an existing stream is
+    never changed."""
     check = StreamCheck()
     have = ", ".join(found_subjects) or "none"
     for wanted in published:
@@ -103,7 +126,57 @@ def compare(
                 "(nats stream edit does)",
             )
         )
+    if found_limits is not None:
+        check.warnings.extend(_limit_warnings(config.name, found_limits, publishes=bool(published)))
     return check
+
+
+_REMOVED: Final = (
+    "then removes the oldest messages (discard old), whether or not a consumer has fetched "
+    "them: a sidecar further behind than that misses them"
+)
+_REFUSED: Final = (
+    "then refuses new ones (discard new): this bridge's publishes fail and its events wait in "
+    "its spool, retried, until messages leave the stream"
+)
+_EDIT: Final = (
+    "; the bridge sets no such limit, and never changes an existing stream (nats stream edit does)"
+)
+
+
+def _limit_warnings(name: str, limits: StreamLimits, *, publishes: bool) -> list[StreamWarning]:
+    """A warning per limit on what the stream holds, naming it and what reaching it does. A
+    limit is kept a warning, never an error: an operator may want the cap. A stream refusing
+    new messages loses nothing a consumer was to get, so it is worth a warning only to a bridge
+    that publishes."""
+    found: list[StreamWarning] = []
+    whole = (
+        ("max_msgs", limits.max_msgs, f"{limits.max_msgs} messages"),
+        ("max_bytes", limits.max_bytes, f"{limits.max_bytes} bytes"),
+    )
+    for key, value, amount in whole:
+        if value > 0 and (publishes or not limits.discard_new):
+            outcome = _REFUSED if limits.discard_new else _REMOVED
+            found.append(
+                StreamWarning(
+                    f"nats.stream_{key}",
+                    f"stream {name} holds at most {amount} ({key}) and {outcome}{_EDIT}",
+                )
+            )
+    per_subject = limits.max_msgs_per_subject
+    # Per subject, discard new applies only with discard_new_per_subject; else the oldest go.
+    refuses = limits.discard_new and limits.discard_new_per_subject
+    if per_subject > 0 and (publishes or not refuses):
+        outcome = _REFUSED if refuses else _REMOVED
+        found.append(
+            StreamWarning(
+                "nats.stream_max_msgs_per_subject",
+                f"stream {name} holds at most {per_subject} messages on each subject "
+                "(max_msgs_per_subject; with the default subject, an inbox's events of one type "
+                f"share one) and {outcome}{_EDIT}",
+            )
+        )
+    return found
 
 
 def _shorter(found: float, configured: float) -> bool:
@@ -183,6 +256,7 @@ class StreamKeeper:
             self.published,
             found_replicas=info.config.num_replicas,
             found_max_age=info.config.max_age or 0.0,
+            found_limits=StreamLimits.of(info.config),
         )
         self.warnings = [warning.hint for warning in check.warnings]
         for warning in check.warnings:

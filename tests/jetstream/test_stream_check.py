@@ -1,5 +1,7 @@
 """An existing stream that keeps less than the config asks for (fewer replicas, a shorter max
-age) is warned about at each check, naming both values; one that keeps more is not."""
+age) is warned about at each check, naming both values; one that keeps more is not. A cap on what
+it holds (``max_msgs``, ``max_bytes``, ``max_msgs_per_subject``) is warned about naming the limit
+and what reaching it does (removing unfetched messages, or refusing publishes)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import structlog
 from bridge.config import NatsStreamConfig
 from bridge.metrics import Metrics
 from bridge.nats.bus import NatsBus
-from bridge.nats.stream import StreamState, compare
+from bridge.nats.stream import StreamLimits, StreamState, compare
 from tests.conftest import make_config, wait_until
 
 from .conftest import NatsServer, nats_client, nats_section
@@ -118,3 +120,74 @@ async def test_an_edge_asking_for_three_replicas_is_told_the_stream_has_one(
     [hint] = bus.stream.warnings
     assert "has 1 replica(s), fewer than the configured nats.stream.replicas of 3" in hint
     assert [e["hint"] for e in logs if e["event"] == "nats.stream_replicas"] == [hint]
+
+
+def limit_warnings(limits: StreamLimits, *, publishes: bool = True) -> list[tuple[str, str]]:
+    config = NatsStreamConfig()
+    published = ["openmail.*.*"] if publishes else []
+    check = compare(config, ["openmail.>"], config.duplicate_window, published, found_limits=limits)
+    assert check.errors == []  # an operator may want the cap: never an error
+    return [(w.event, w.hint) for w in check.warnings]
+
+
+def test_a_message_or_byte_cap_removing_the_oldest_is_a_warning_naming_it() -> None:
+    [(event, hint)] = limit_warnings(StreamLimits(max_msgs=50))
+    assert event == "nats.stream_max_msgs"
+    assert hint.startswith("stream OPENMAIL holds at most 50 messages (max_msgs) and then removes")
+    assert "oldest messages (discard old), whether or not a consumer has fetched them" in hint
+    [(event, hint)] = limit_warnings(StreamLimits(max_bytes=1 << 20), publishes=False)
+    assert event == "nats.stream_max_bytes"
+    assert "holds at most 1048576 bytes (max_bytes) and then removes the oldest" in hint
+
+
+def test_a_cap_refusing_new_messages_is_a_warning_to_a_bridge_that_publishes() -> None:
+    limits = StreamLimits(max_msgs=50, max_bytes=4096, discard_new=True)
+    found = limit_warnings(limits)
+    assert [event for event, _ in found] == ["nats.stream_max_msgs", "nats.stream_max_bytes"]
+    for _, hint in found:
+        assert "then refuses new ones (discard new): this bridge's publishes fail" in hint
+    # A sidecar loses nothing to a stream refusing what the edges publish.
+    assert limit_warnings(limits, publishes=False) == []
+
+
+def test_a_per_subject_cap_is_a_warning_naming_what_it_does() -> None:
+    [(event, hint)] = limit_warnings(StreamLimits(max_msgs_per_subject=10), publishes=False)
+    assert event == "nats.stream_max_msgs_per_subject"
+    assert "holds at most 10 messages on each subject (max_msgs_per_subject" in hint
+    assert "removes the oldest messages" in hint
+    # Discard new applies per subject only with discard_new_per_subject.
+    [(_, hint)] = limit_warnings(StreamLimits(max_msgs_per_subject=10, discard_new=True))
+    assert "removes the oldest messages" in hint
+    per_subject = StreamLimits(
+        max_msgs_per_subject=10, discard_new=True, discard_new_per_subject=True
+    )
+    [(_, hint)] = limit_warnings(per_subject)
+    assert "then refuses new ones" in hint
+
+
+def test_a_stream_without_limits_is_no_warning() -> None:
+    assert limit_warnings(StreamLimits()) == []
+    assert limit_warnings(StreamLimits(discard_new=True)) == []
+
+
+async def test_an_existing_stream_with_a_message_cap_is_warned_about_at_the_check(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    async with nats_client(nats_server) as client:
+        await client.jetstream().add_stream(
+            name="OPENMAIL", subjects=["openmail.>"], duplicate_window=600.0, max_msgs=50
+        )
+    config = make_config(tmp_path, nats=nats_section(nats_server), sinks={"bus": {"type": "nats"}})
+    assert config.nats is not None
+    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
+    with structlog.testing.capture_logs() as logs:
+        await bus.start()
+        try:
+            await bus.connection.wait_connected()
+        finally:
+            await bus.stop()
+    assert bus.stream.state is StreamState.VALID
+    [hint] = bus.stream.warnings
+    assert "holds at most 50 messages (max_msgs) and then removes the oldest" in hint
+    [line] = [e for e in logs if e["event"] == "nats.stream_max_msgs"]
+    assert (line["log_level"], line["stream"], line["hint"]) == ("warning", "OPENMAIL", hint)
