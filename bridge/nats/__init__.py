@@ -5,5 +5,6 @@
 - :mod:`~bridge.nats.connection`: one client connection, retried forever, with its state.
 - :mod:`~bridge.nats.denials`: publishes the server refused for want of permission, and who waits.
 - :mod:`~bridge.nats.stream`: the stream created or validated, and its state.
+- :mod:`~bridge.nats.wake`: what ends a NATS sink's retry wait early (connection or stream back).
 - :mod:`~bridge.nats.bus`: the NATS parts of one bridge together, as the supervisor holds them.
 """

@@ -1,22 +1,20 @@
 """The NATS parts of one bridge, built from the ``nats:`` section: the shared connection, the
-stream it checks after every connection, the NATS sinks bound to both, and the consumer source
-when ``nats.consume`` is set. What readiness, ``/status`` and ``/metrics`` show of them.
+stream it checks after every connection (and while connected, when it looks changed), the NATS
+sinks bound to both, and the consumer source when ``nats.consume`` is set. What readiness,
+``/status`` and ``/metrics`` show of them.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 
-import nats.errors
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import StreamInfo
 
 from bridge.config import NatsConfig, NatsPublishing, SinkConfig
 from bridge.metrics import Metrics
 from bridge.nats.connection import NatsConnection
-from bridge.nats.stream import StreamKeeper, StreamState
+from bridge.nats.stream import StreamKeeper
 from bridge.sinks import Sink
 from bridge.sinks.nats import NatsSink
 from bridge.sources import Spool
@@ -44,14 +42,18 @@ class NatsBus:
             for sink in sinks
             if isinstance(sink.options, NatsPublishing)
         ]
-        self.stream = StreamKeeper(config.stream, published, denials=self.connection.denials)
+        self.stream = StreamKeeper(
+            config.stream,
+            published,
+            denials=self.connection.denials,
+            jetstream=self.connection.jetstream,
+        )
         self.connection.on_connect(self.stream.ensure)
         self._max_payload_seen: int | None = None
         if published and config.webhook_max_body is not None:
             self.connection.on_connect(self._check_max_payload)
         self.source = NatsSource(config, self.connection, metrics) if config.consume else None
         self.sinks: dict[str, NatsSink] = {}
-        self.stream_info: StreamInfo | None = None
 
     def bind(self, sink: Sink) -> None:
         """Give a NATS sink the connection; any other sink is left alone."""
@@ -73,23 +75,15 @@ class NatsBus:
             await self.source.stop()
 
     async def stop(self) -> None:
+        await self.stream.stop()
         await self.connection.stop()
 
     async def refresh(self) -> None:
         """Read the stream's and the consumer's state and set their gauges."""
-        js = self.connection.jetstream()
-        if js is not None:
-            if self.stream.state is StreamState.UNREACHABLE:
-                # The check at connect can fail on a passing trouble (a cluster electing the
-                # stream's leader); checked again here, so status does not keep reporting it.
-                await self.stream.ensure(js)
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                self.stream_info = await self.stream.guarded(
-                    "INFO", js.stream_info(self.config.stream.name)
-                )
-        if self.stream_info is not None:
-            self.metrics.nats_stream_messages.set(self.stream_info.state.messages)
-            self.metrics.nats_stream_last_seq.set(self.stream_info.state.last_seq)
+        await self.stream.read()
+        info = self.stream.info  # a stream gone shows no counts: its gauges go to 0
+        self.metrics.nats_stream_messages.set(info.state.messages if info is not None else 0)
+        self.metrics.nats_stream_last_seq.set(info.state.last_seq if info is not None else 0)
         if self.source is not None:
             await self.source.refresh()
 
@@ -122,13 +116,9 @@ class NatsBus:
         return self.connection.state.value
 
     def status(self) -> dict[str, object]:
-        info = self.stream_info
-        stream: dict[str, object] = self.stream.status()
-        stream["messages"] = info.state.messages if info is not None else None
-        stream["last_seq"] = info.state.last_seq if info is not None else None
         return {
             "connection": self.connection.status(),
-            "stream": stream,
+            "stream": self.stream.status(),
             "publishes": {name: sink.status() for name, sink in sorted(self.sinks.items())},
             "consumer": self.source.status() if self.source is not None else None,
         }

@@ -13,7 +13,6 @@ dead-lettered and stops holding its thread: an event larger than the server take
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from bridge.nats import subjects
 from bridge.nats.connection import NatsConnection
 from bridge.nats.denials import PublishDenied
 from bridge.nats.stream import StreamKeeper, StreamState
+from bridge.nats.wake import publish_wake
 from bridge.sinks.http import SOURCE_HEADER
 
 if TYPE_CHECKING:
@@ -153,14 +153,16 @@ class NatsSink:
                 f"event id {delivery.event_id!r} cannot be sent in a header"
             )
         # Any retryable failure is retried at once when NATS connects again (the stream is
-        # checked again then too), not only when its backoff ends.
-        wake = functools.partial(connection.connected_after, connection.connections)
+        # checked again then too), or when the stream is found usable again, not only when its
+        # backoff ends.
+        wake = publish_wake(connection, stream)
         js = connection.jetstream()
         if js is None:
             self._count("failed")
             raise RetryableDeliveryError(connection.describe_failure(), wake=wake)
         if stream.state is StreamState.INVALID and stream.problem:
             self._count("failed")
+            stream.suspect()  # it may have been fixed since it was checked
             raise RetryableDeliveryError(stream.problem, wake=wake)
         subject = self.subject_for(delivery)
         headers = {
@@ -217,6 +219,10 @@ class NatsSink:
                 f"no PubAck for {subject} within {self.options.timeout:g}s"
             )
         if isinstance(exc, nats.js.errors.NoStreamResponseError):
+            # The stream was deleted, or its subjects changed: checked again (and created again
+            # where this user may), which wakes this delivery's retry when it is usable.
+            if self._stream is not None:
+                self._stream.suspect()
             return RetryableDeliveryError(f"no JetStream stream answers on {subject}")
         if isinstance(exc, nats.js.errors.APIError):
             refused = f"JetStream refused the publish to {subject}: {exc.description or exc}"
@@ -225,6 +231,8 @@ class NatsSink:
                     f"{refused} (event is {len(delivery.payload)} bytes, over the stream's "
                     "max_msg_size)"
                 )
+            if self._stream is not None:  # its limits, its subjects or the stream changed
+                self._stream.suspect()
             return RetryableDeliveryError(refused)
         return RetryableDeliveryError(
             f"{connection.describe_failure()}: {str(exc) or type(exc).__name__}"
