@@ -293,10 +293,14 @@ class NatsSource:
             await spool.wait_room()
             try:
                 messages = await subscription.fetch(self.consume.batch, timeout=self._fetch_wait)
-            except nats.errors.TimeoutError:
+            except TimeoutError:
+                # Nothing to fetch, as nats.errors.TimeoutError, or as the builtin one nats-py's
+                # batch fetch raises when its first answer used up the wait: not a failure.
                 if not self.connection.connected:
                     raise nats.errors.ConnectionClosedError from None
+                self.last_error = None
                 continue
+            self.last_error = None
             await self._take(messages)
 
     async def _take(self, messages: Sequence[Msg]) -> None:
@@ -310,28 +314,23 @@ class NatsSource:
         self._held.fetched(taken)
 
     async def _store_held(self, spool: Spool) -> None:
-        """Store the held messages the spool has room for, from the first; else wait for room
-        for the first of them."""
+        """Store the held messages the spool has room for, from the first; else hand the store
+        the first alone, and wait for room for it if it is refused."""
         held = self._held
-        handed = held.fitting(spool)
-        if not handed:
-            head = held.head
-            if head.size <= spool.max_bytes:
-                self._not_stored(held, f"the spool has no room for a {head.size}-byte event")
-                await held.wait_room(spool, head.size, self._ack_wait())
-                return
-            handed = [head]  # never fits: the store decides (a duplicate needs no room)
+        # When none fits, the store decides (a duplicate or an event routed nowhere takes no
+        # room), and a refusal counts the spool as full (readiness) until the event fits.
+        handed = held.fitting(spool) or [held.head]
         try:
             results = await spool.accept([item.event for item in handed])
         except StoreError as exc:
-            self._not_stored(held, str(exc))
-            await held.wait_room(spool, 0, self._ack_wait())  # until the store writes again
+            await self._wait_room(spool, 0, str(exc))  # until the store writes again
             return
         refused: list[Held] = []
+        refusal = ""
         for item, result in zip(handed, results, strict=True):
             if isinstance(result, StoreError):
-                self._not_stored([item], str(result))
                 refused.append(item)
+                refusal = refusal or str(result)
                 continue
             # Acked only now: the event is committed, or recognised as one that was. One stored
             # after a refused one (room taken meanwhile by another source) is acked too: it is
@@ -341,10 +340,20 @@ class NatsSource:
             self.acked += 1
             self.metrics.nats_consumed.labels("acked").inc()
         held.settle(handed, refused)
-        if refused and refused[0].size > spool.max_bytes:
+        if not refused:
+            self.last_error = None
+        elif held.head.size > spool.max_bytes:
+            self._not_stored([held.head], refusal)
             # Holding it would stop the consumer for good: left un-acked, it comes back after
             # ack_wait, and is stored once state.max_bytes is raised.
             held.drop_head()
+        else:
+            await self._wait_room(spool, held.head.size, refusal)
+
+    async def _wait_room(self, spool: Spool, size: int, error: str) -> None:
+        """Nothing held is stored until the store takes ``size`` bytes again."""
+        self._not_stored(self._held, error)
+        await self._held.wait_room(spool, size, self._ack_wait())
 
     def _ack_wait(self) -> float:
         info = self.consumer_info
