@@ -8,6 +8,10 @@ again with backoff. What the spool has no room for, or a store failure refused, 
 order and stored before anything newer is fetched (:mod:`bridge.sources.nats_held`). A poison
 message (no event id, a body that is not a JSON object, JSON the strict parser refuses) is
 terminated (``AckTerm``), logged (throttled) and counted, never stored.
+
+Stream order also holds across processes: at a bind, deliveries an earlier process never settled
+are awaited before anything newer is stored (:mod:`bridge.sources.nats_redelivery`), and a stop
+in the middle of a pull keeps what the pull received, to nak it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
+from enum import StrEnum
 from typing import Final
 
 import nats.errors
@@ -44,7 +49,9 @@ from bridge.sources.nats_consumer import (
     consumer_problems,
     describe_problems,
 )
+from bridge.sources.nats_delivery import Delivery
 from bridge.sources.nats_held import Held, HeldMessages, Sleep
+from bridge.sources.nats_redelivery import RedeliveryGate
 from bridge.throttle import Throttle
 
 log = structlog.get_logger("bridge.sources.nats")
@@ -56,8 +63,19 @@ FETCH_WAIT: Final = 1.0
 """Seconds one pull waits for messages: how quickly a stop or an outage is noticed."""
 RECHECK_MAX: Final = 60.0
 """Cap in seconds of the backoff between checks of a consumer that would lose events."""
-INVALID_STATE: Final = "consumer_invalid"
-"""The source's ``state`` in ``/status`` while its consumer would lose events."""
+
+
+class ConsumerState(StrEnum):
+    """The source's ``state`` in ``/status`` while it is bound; else the connection's state."""
+
+    CONSUMING = "consuming"
+    AWAITING_REDELIVERY = "awaiting_redelivery"
+    """Bound, and waiting for deliveries an earlier process never settled to come back first."""
+    INVALID = "consumer_invalid"
+    """Connected, but not consuming: the consumer would lose events."""
+
+
+INVALID_STATE: Final = ConsumerState.INVALID
 _ORIGINS: Final = {origin.value: origin for origin in Origin}
 
 
@@ -127,6 +145,8 @@ class NatsSource:
         self._poison_log = Throttle()
         self._refused_log = Throttle()
         self._held = HeldMessages(clock=clock, sleep=sleep)
+        self._gate = RedeliveryGate(clock=clock)
+        self._clock = clock
         self._invalid: str | None = None
         """Why the consumer would lose events, while it does; None once it is usable."""
         self._checks_failed = 0
@@ -152,7 +172,7 @@ class NatsSource:
             self._task = None
         # Nak'd rather than left to ack_wait: JetStream redelivers them before anything newer,
         # so whoever consumes next stores them in stream order.
-        await self._held.release()
+        await self._held.release(self._storable)
 
     @property
     def receiving(self) -> bool:
@@ -165,14 +185,16 @@ class NatsSource:
 
     def status(self) -> dict[str, object]:
         info = self.consumer_info
+        state: str
         if self.receiving:
-            state = "consuming"
+            awaiting = self._gate.closed
+            state = ConsumerState.AWAITING_REDELIVERY if awaiting else ConsumerState.CONSUMING
         elif self.consumer_invalid:
-            state = INVALID_STATE
+            state = ConsumerState.INVALID
         else:
             state = self.connection.state.value
         return {
-            "state": state,
+            "state": str(state),
             "stream": self.config.stream.name,
             "consumer": self.consume.consumer,
             "acked": self.acked,
@@ -263,6 +285,7 @@ class NatsSource:
             log.info("nats.consumer_valid", stream=stream, consumer=durable)
             self._invalid = self.last_error = None
         self._checks_failed = 0
+        self._gate.bound(self.consumer_info, len(self._held), self._ack_wait())
         return await js.pull_subscribe_bind(durable, stream=stream)
 
     def _unusable(self, problems: dict[str, dict[str, object]]) -> None:
@@ -285,33 +308,60 @@ class NatsSource:
     async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
         spool = self._spool
         assert spool is not None  # set by start()
+        held, gate = self._held, self._gate
         while not self._stopping:
-            if self._held:
+            if held and self._storable(held.head):
                 # Nothing newer is fetched while something fetched earlier is not stored.
                 await self._store_held(spool)
                 continue
-            await spool.wait_room()
+            if held:
+                # Only first deliveries are held, behind redeliveries still awaited: fetched
+                # again once those can have come back.
+                wait = self._sleep(max(0.0, gate.until - self._clock()))
+                await held.keeping(wait, self._ack_wait())
+            else:
+                await spool.wait_room()
             try:
-                messages = await subscription.fetch(self.consume.batch, timeout=self._fetch_wait)
+                messages = await self._fetch(subscription)
             except TimeoutError:
                 # Nothing to fetch, as nats.errors.TimeoutError, or as the builtin one nats-py's
                 # batch fetch raises when its first answer used up the wait: not a failure.
                 if not self.connection.connected:
                     raise nats.errors.ConnectionClosedError from None
                 self.last_error = None
+                gate.fetched([])
                 continue
             self.last_error = None
             await self._take(messages)
 
+    def _storable(self, item: Held) -> bool:
+        return self._gate.storable(item.delivery)
+
+    async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
+        fetching = asyncio.ensure_future(
+            subscription.fetch(self.consume.batch, timeout=self._fetch_wait)
+        )
+        try:
+            return await asyncio.shield(fetching)
+        except asyncio.CancelledError:
+            # A stop in the middle of a pull: nats-py drops what the pull received when it is
+            # cancelled, and JetStream would give that again only after ack_wait, behind newer
+            # messages. The pull ends within fetch_wait; what it got is held for stop() to nak.
+            with contextlib.suppress(Exception):
+                await self._take(await fetching)
+            raise
+
     async def _take(self, messages: Sequence[Msg]) -> None:
         """Hold what is an event, terminate what is poison."""
         taken: list[Held] = []
-        for msg in messages:
+        deliveries = [Delivery.of(msg) for msg in messages]
+        for msg, delivery in zip(messages, deliveries, strict=True):
             try:
-                taken.append(Held(msg, event_of(msg)))
+                taken.append(Held(msg, event_of(msg), delivery))
             except EventError as exc:
                 await self._terminate(msg, exc)
         self._held.fetched(taken)
+        self._gate.fetched(deliveries)
 
     async def _store_held(self, spool: Spool) -> None:
         """Store the held messages the spool has room for, from the first; else hand the store
@@ -319,7 +369,7 @@ class NatsSource:
         held = self._held
         # When none fits, the store decides (a duplicate or an event routed nowhere takes no
         # room), and a refusal counts the spool as full (readiness) until the event fits.
-        handed = held.fitting(spool) or [held.head]
+        handed = held.fitting(spool, self._storable) or [held.head]
         try:
             results = await spool.accept([item.event for item in handed])
         except StoreError as exc:

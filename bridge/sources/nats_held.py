@@ -4,12 +4,17 @@ The spool takes them as far as it has room for, from the first on; the rest wait
 one that did not fit, and are stored before anything newer is fetched. While they wait, JetStream
 is told they are in progress, so it neither redelivers them behind later messages nor counts
 another delivery against them. On stop they are nak'd: the next consumer gets them back first.
+
+What a fetch brings goes in by stream sequence: a redelivery of an earlier message goes ahead of
+newer ones held while it was awaited (:mod:`bridge.sources.nats_redelivery`); those newer ones
+are not nak'd on stop, lest they come back ahead of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +24,7 @@ from nats.aio.msg import Msg
 
 from bridge.events import Event
 from bridge.sources import Spool
+from bridge.sources.nats_delivery import Delivery
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -27,6 +33,8 @@ Sleep = Callable[[float], Awaitable[None]]
 class Held:
     msg: Msg
     event: Event
+    delivery: Delivery | None
+    """What the delivery says of itself; None for a message without JetStream's ack subject."""
     counted: bool = False
     """Whether it was counted as not stored already: each message counts once, however long it
     waits."""
@@ -34,6 +42,10 @@ class Held:
     @property
     def size(self) -> int:
         return len(self.event.raw)
+
+    @property
+    def stream_seq(self) -> float:
+        return self.delivery.stream_seq if self.delivery is not None else math.inf
 
 
 class HeldMessages:
@@ -61,16 +73,23 @@ class HeldMessages:
         return self._items[0]
 
     def fetched(self, items: Sequence[Held]) -> None:
-        """Messages just delivered: JetStream's ``ack_wait`` for them starts now."""
-        self._items.extend(items)
+        """Messages just delivered, put in stream order among those held: JetStream's
+        ``ack_wait`` for them starts now."""
+        if self._items:
+            self._items = deque(sorted([*self._items, *items], key=lambda item: item.stream_seq))
+        else:
+            self._items.extend(items)
         self._told_at = self._clock()
 
-    def fitting(self, spool: Spool) -> list[Held]:
-        """The longest run from the first held message that the spool has room for now, counting
-        each at its full size (one that turns out a duplicate takes none, which only errs safe)."""
+    def fitting(self, spool: Spool, storable: Callable[[Held], bool]) -> list[Held]:
+        """The longest run from the first held message that may be stored and that the spool
+        has room for now, counting each at its full size (one that turns out a duplicate takes
+        none, which only errs safe)."""
         run: list[Held] = []
         total = 0
         for item in self._items:
+            if not storable(item):
+                break
             total += item.size
             if not spool.has_room_for(total):
                 break
@@ -90,9 +109,14 @@ class HeldMessages:
     async def wait_room(self, spool: Spool, size: int, ack_wait: float) -> None:
         """Until an event of ``size`` bytes fits the spool, telling JetStream every third of
         ``ack_wait`` that the held messages are in progress."""
+        await self.keeping(spool.wait_room(size), ack_wait)
+
+    async def keeping(self, wait: Awaitable[None], ack_wait: float) -> None:
+        """Await ``wait``, telling JetStream every third of ``ack_wait`` that the held messages
+        are in progress."""
         keepalive = asyncio.create_task(self._keep_in_progress(ack_wait), name="nats:in_progress")
         try:
-            await spool.wait_room(size)
+            await wait
         finally:
             keepalive.cancel()
             await asyncio.gather(keepalive, return_exceptions=True)
@@ -112,12 +136,16 @@ class HeldMessages:
                     await item.msg.in_progress()
             self._told_at = self._clock()
 
-    async def release(self) -> int:
-        """Nak every held message (on stop), so it is redelivered at once and before newer ones;
-        the number released."""
+    async def release(self, storable: Callable[[Held], bool]) -> int:
+        """On stop: nak every held message that may be stored, so it is redelivered at once and
+        before newer ones; the number released. One that may not (a first delivery held behind
+        redeliveries still awaited) is left to ``ack_wait``: nak'd, it would be redelivered
+        ahead of those."""
         released = 0
         while self._items:
             item = self._items.popleft()
+            if not storable(item):
+                continue
             with contextlib.suppress(nats.errors.Error):
                 await item.msg.nak()
                 released += 1
