@@ -135,6 +135,10 @@ class Metrics:
         self.nats_poison = counter(
             "nats_poison", "Messages terminated as unusable, by reason", "reason"
         )
+        self.nats_skipped = counter(
+            "nats_skipped",
+            "Messages the stream removed (its limits, a purge) before the consumer was given them",
+        )
 
     def set_queues(self, queues: Mapping[str, tuple[int, int, float]]) -> None:
         """Set the per-sink queue gauges from (pending, dead, oldest pending age) of each sink.

@@ -11,7 +11,8 @@ terminated (``AckTerm``), logged (throttled) and counted, never stored.
 
 Stream order also holds across processes: at a bind, deliveries an earlier process never settled
 are awaited before anything newer is stored (:mod:`bridge.sources.nats_redelivery`), and a stop
-in the middle of a pull keeps what the pull received, to nak it.
+in the middle of a pull keeps what the pull received, to nak it. Messages the stream removed
+before they were fetched are counted and logged (:mod:`bridge.sources.nats_gap`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import Final
 
@@ -50,6 +51,7 @@ from bridge.sources.nats_consumer import (
     describe_problems,
 )
 from bridge.sources.nats_delivery import Delivery
+from bridge.sources.nats_gap import SkippedMessages
 from bridge.sources.nats_held import Held, HeldMessages, Sleep
 from bridge.sources.nats_redelivery import RedeliveryGate
 from bridge.throttle import Throttle
@@ -147,6 +149,9 @@ class NatsSource:
         self._held = HeldMessages(clock=clock, sleep=sleep)
         self._gate = RedeliveryGate(clock=clock)
         self._clock = clock
+        self._skipped = SkippedMessages(
+            config.stream.name, self.consume.consumer, metrics, sleep=sleep
+        )
         self._invalid: str | None = None
         """Why the consumer would lose events, while it does; None once it is usable."""
         self._checks_failed = 0
@@ -201,6 +206,7 @@ class NatsSource:
             "terminated": self.terminated,
             "unacked": self.unacked,
             "held": len(self._held),
+            "skipped": self._skipped.count,
             "pending": info.num_pending if info is not None else None,
             "ack_pending": info.num_ack_pending if info is not None else None,
             "redelivered": info.num_redelivered if info is not None else None,
@@ -285,6 +291,7 @@ class NatsSource:
             log.info("nats.consumer_valid", stream=stream, consumer=durable)
             self._invalid = self.last_error = None
         self._checks_failed = 0
+        self._skipped.bound_to(self.consumer_info)
         self._gate.bound(self.consumer_info, len(self._held), self._ack_wait())
         return await js.pull_subscribe_bind(durable, stream=stream)
 
@@ -318,9 +325,9 @@ class NatsSource:
                 # Only first deliveries are held, behind redeliveries still awaited: fetched
                 # again once those can have come back.
                 wait = self._sleep(max(0.0, gate.until - self._clock()))
-                await held.keeping(wait, self._ack_wait())
-            else:
-                await spool.wait_room()
+                await self._stalled(held.keeping(wait, self._ack_wait()))
+            elif not spool.has_room_for(0):
+                await self._stalled(spool.wait_room())
             try:
                 messages = await self._fetch(subscription)
             except TimeoutError:
@@ -352,7 +359,8 @@ class NatsSource:
             raise
 
     async def _take(self, messages: Sequence[Msg]) -> None:
-        """Hold what is an event, terminate what is poison."""
+        """Hold what is an event, terminate what is poison; note what the stream removed
+        before these were fetched."""
         taken: list[Held] = []
         deliveries = [Delivery.of(msg) for msg in messages]
         for msg, delivery in zip(messages, deliveries, strict=True):
@@ -362,6 +370,12 @@ class NatsSource:
                 await self._terminate(msg, exc)
         self._held.fetched(taken)
         self._gate.fetched(deliveries)
+        self._skipped.delivered(deliveries)
+
+    async def _stalled(self, wait: Awaitable[None]) -> None:
+        """Nothing is fetched until ``wait`` is over: meanwhile the stream may remove what the
+        consumer has not given yet."""
+        await self._skipped.stalled(self.connection.jetstream(), wait)
 
     async def _store_held(self, spool: Spool) -> None:
         """Store the held messages the spool has room for, from the first; else hand the store
@@ -403,7 +417,7 @@ class NatsSource:
     async def _wait_room(self, spool: Spool, size: int, error: str) -> None:
         """Nothing held is stored until the store takes ``size`` bytes again."""
         self._not_stored(self._held, error)
-        await self._held.wait_room(spool, size, self._ack_wait())
+        await self._stalled(self._held.wait_room(spool, size, self._ack_wait()))
 
     def _ack_wait(self) -> float:
         info = self.consumer_info
