@@ -139,6 +139,10 @@ class Metrics:
             "nats_skipped",
             "Messages the stream removed (its limits, a purge) before the consumer was given them",
         )
+        self.nats_delivered_elsewhere = counter(
+            "nats_delivered_elsewhere",
+            "Deliveries of this bridge's durable consumer that went to another client",
+        )
 
     def set_queues(self, queues: Mapping[str, tuple[int, int, float]]) -> None:
         """Set the per-sink queue gauges from (pending, dead, oldest pending age) of each sink.

@@ -44,11 +44,11 @@ from bridge.sinks.http import SOURCE_HEADER
 from bridge.sources import Spool
 from bridge.sources.nats_consumer import (
     DIFFERS_HINT,
-    FIX_HINT,
     consumer_config,
     consumer_differences,
     consumer_problems,
     describe_problems,
+    fix_hint,
 )
 from bridge.sources.nats_delivery import Delivery
 from bridge.sources.nats_gap import SkippedMessages
@@ -207,6 +207,7 @@ class NatsSource:
             "unacked": self.unacked,
             "held": len(self._held),
             "skipped": self._skipped.count,
+            "delivered_elsewhere": self._skipped.elsewhere,
             "pending": info.num_pending if info is not None else None,
             "ack_pending": info.num_ack_pending if info is not None else None,
             "redelivered": info.num_redelivered if info is not None else None,
@@ -273,10 +274,11 @@ class NatsSource:
             self.consumer_info = await js.add_consumer(stream, wanted)
             log.info("nats.consumer_created", stream=stream, consumer=durable)
         else:
-            # An existing durable consumer is the server's: never changed under other sidecars
-            # sharing it. One that would drop what the spool has not stored is not consumed
-            # from; one that only differs from the config is used, with a warning at each bind.
-            if problems := consumer_problems(self.consumer_info.config):
+            # An existing durable consumer is the server's: never changed by the bridge. One
+            # that would drop what the spool has not stored, or hand this sidecar another part
+            # of the stream, is not consumed from; one that only differs from the config in how
+            # it paces deliveries is used, with a warning at each bind.
+            if problems := consumer_problems(self.consumer_info.config, wanted):
                 self._unusable(problems)
                 return None
             if differs := consumer_differences(wanted, self.consumer_info.config):
@@ -304,7 +306,7 @@ class NatsSource:
                 stream=stream,
                 consumer=durable,
                 invalid=problems,
-                hint=FIX_HINT,
+                hint=fix_hint(stream, durable, problems),
             )
         self._invalid = self.last_error = problem
 

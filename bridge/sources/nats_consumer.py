@@ -69,7 +69,7 @@ def filters(config: ConsumerConfig) -> list[str]:
 
 
 def consumer_problems(
-    found: ConsumerConfig, wanted: ConsumerConfig | None = None
+    found: ConsumerConfig, wanted: ConsumerConfig
 ) -> dict[str, dict[str, object]]:
     """What of an existing consumer's config would lose events the spool has not stored, or,
     against ``wanted`` (:func:`consumer_config`), deliver other mail than the config asks for:
@@ -83,7 +83,7 @@ def consumer_problems(
     the consumer was made for; what the config asks for never comes.
     """
     problems: dict[str, dict[str, object]] = {}
-    if wanted is not None and (have := filters(found)) != (need := filters(wanted)):
+    if (have := filters(found)) != (need := filters(wanted)):
         problems["filter_subjects"] = {"server": have, "needed": need}
     if found.ack_policy != AckPolicy.EXPLICIT:  # the server's word, a str equal to the enum
         problems["ack_policy"] = {"server": _word(found.ack_policy), "needed": "explicit"}
@@ -147,10 +147,8 @@ def describe_problems(stream: str, durable: str, problems: dict[str, dict[str, o
 def consumer_differences(wanted: ConsumerConfig, found: ConsumerConfig) -> dict[str, object]:
     """What of ``wanted`` (:func:`consumer_config`) an existing consumer's ``found`` config does
     not hold: ``{key: {"server": found, "config": wanted}}``; empty when it holds all of it.
-    Filters are compared here too; a caller that gave :func:`consumer_problems` ``wanted`` has
-    refused a consumer whose filters differ before asking."""
+    Filters are not among them: other filters are a problem (:func:`consumer_problems`)."""
     pairs = {
-        "filter_subjects": (filters(found), filters(wanted)),
         "ack_wait": (found.ack_wait, wanted.ack_wait),
         "max_ack_pending": (found.max_ack_pending, wanted.max_ack_pending),
         # Where a new consumer starts (another policy skips or replays part of the stream); an

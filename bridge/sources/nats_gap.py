@@ -17,7 +17,9 @@ same or consecutive consumer sequences nothing went to another client, so:
   to the count left.)
 
 Deliveries whose consumer sequences do not follow (another client pulls from the same consumer,
-or a delivery never reached this one) count nothing: the position is taken afresh.
+or a delivery never reached this one) count nothing: the position is taken afresh. The consumer
+sequences between them are counted as delivered elsewhere: a durable consumer belongs to one
+sidecar, and one shared splits the stream between them without a word from JetStream.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ log = structlog.get_logger("bridge.sources.nats")
 
 LOOK_EVERY: Final = 5.0
 """Seconds between two looks at the consumer and the stream while nothing is fetched."""
+SHARED_HINT: Final = (
+    "deliveries of this durable consumer went to another client between two of this sidecar's: "
+    "another bridge (or a `nats consumer next`) pulls from it, and what it takes never reaches "
+    "this sidecar's sinks; give each sidecar a consumer of its own (nats.consume.consumer)"
+)
 HINT: Final = (
     "the stream removed these messages before this sidecar fetched them (its max_age, max_msgs "
     "or max_bytes, or a purge): raise the stream's limits, or keep this sidecar's sinks up so "
@@ -78,10 +85,12 @@ class SkipWatch:
     filtered: whether the consumer has a filter (then only what must have been removed counts).
     """
 
-    __slots__ = ("_at", "filtered")
+    __slots__ = ("_at", "elsewhere", "filtered")
 
     def __init__(self, *, filtered: bool) -> None:
         self.filtered = filtered
+        self.elsewhere = 0
+        """Deliveries seen to have gone to another client: consumer sequences skipped over."""
         self._at: _Position | None = None
 
     def bound_to(self, info: ConsumerInfo) -> None:
@@ -98,6 +107,8 @@ class SkipWatch:
         following = at is not None and delivery.consumer_seq == at.consumer_seq + 1
         if at is None or not following or at.stream_seq is None:
             # Another client had deliveries between, or there is nothing to compare with.
+            if at is not None and delivery.consumer_seq > at.consumer_seq + 1:
+                self.elsewhere += delivery.consumer_seq - at.consumer_seq - 1
             first_time = delivery.times == 1
             stream_seq = delivery.stream_seq if first_time else None
             self._at = _Position(delivery.consumer_seq, stream_seq, delivery.pending)
@@ -153,7 +164,10 @@ class SkippedMessages:
         sleep: how the time between two looks is waited out.
     """
 
-    __slots__ = ("_log", "_metrics", "_sleep", "_watch", "consumer", "count", "stream")
+    __slots__ = (
+        "_log", "_metrics", "_shared_log", "_sleep", "_watch", "consumer", "count", "elsewhere",
+        "stream",
+    )  # fmt: skip
 
     def __init__(self, stream: str, consumer: str, metrics: Metrics, *, sleep: Sleep) -> None:
         self.stream = stream
@@ -161,8 +175,11 @@ class SkippedMessages:
         self._metrics = metrics
         self._sleep = sleep
         self._log = Throttle()
+        self._shared_log = Throttle()
         self._watch = SkipWatch(filtered=False)
         self.count = 0
+        self.elsewhere = 0
+        """Deliveries of the consumer that went to another client (see SkipWatch.elsewhere)."""
 
     def bound_to(self, info: ConsumerInfo) -> None:
         """At a bind: follow the consumer as the server has it (its filter included)."""
@@ -172,8 +189,22 @@ class SkippedMessages:
 
     def delivered(self, deliveries: Sequence[Delivery | None]) -> None:
         """What one fetch brought, in the order it came."""
+        before = self._watch.elsewhere
         found = [s for d in deliveries if d is not None and (s := self._watch.delivered(d))]
         self._found(found)
+        if (elsewhere := self._watch.elsewhere - before) > 0:
+            self.elsewhere += elsewhere
+            self._metrics.nats_delivered_elsewhere.inc(elsewhere)
+            if (extra := self._shared_log.admit_fields("lines_suppressed")) is not None:
+                log.warning(
+                    "nats.consumer_shared",
+                    stream=self.stream,
+                    consumer=self.consumer,
+                    count=elsewhere,
+                    total=self.elsewhere,
+                    hint=SHARED_HINT,
+                    **extra,
+                )
 
     async def stalled(self, js: JetStreamContext | None, wait: Awaitable[T]) -> T:
         """Await ``wait``, during which nothing is fetched, looking at the consumer and the

@@ -115,11 +115,6 @@ def test_a_consumer_that_would_lose_events_keeps_its_hint() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the source refuses it once its bind passes the configured consumer to "
-    "consumer_problems and logs fix_hint",
-)
 async def test_a_sidecar_refuses_a_consumer_filtered_for_another_inbox(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
