@@ -309,14 +309,19 @@ def _witness(ack_wait: float) -> ConsumerConfig:
 
 async def redeliverable(server: NatsServer, durable: str = "agent-support") -> int:
     """How many messages ``durable`` would hand a new pull at once, asked without waiting
-    (``no_wait``): one left un-acked past its ``ack_wait`` is; one held in progress is not."""
+    (``no_wait``): one left un-acked past its ``ack_wait`` is; one held in progress is not.
+    The answer is read off a subscription of our own: a message given is the message itself (its
+    reply subject the ack's), which a request would not take as its reply; none is a status."""
     async with nats_client(server) as client:
-        reply = await client.request(
+        inbox = client.new_inbox()
+        answers = await client.subscribe(inbox)
+        await client.publish(
             f"$JS.API.CONSUMER.MSG.NEXT.OPENMAIL.{durable}",
             json.dumps({"batch": 1, "no_wait": True}).encode(),
-            timeout=5,
+            reply=inbox,
         )
-    return 0 if (reply.headers or {}).get("Status") == "404" else 1
+        answer = await answers.next_msg(timeout=5)
+    return 0 if (answer.headers or {}).get("Status") else 1
 
 
 async def bound_bus(config: Config, sink_name: str = "bus") -> tuple[NatsBus, NatsSink]:
