@@ -123,3 +123,19 @@ def test_text_from_the_server_is_escaped() -> None:
     assert "\x07" not in text
     assert "  last error: boom\\x1b]52;c;ZXZpbA==\\x07" in text.splitlines()  # shown, escaped
     assert "    problem: bad\\x1b[2J" in text.splitlines()
+
+
+def test_mail_a_sidecar_missed_is_shown_only_when_it_did() -> None:
+    consumer = {
+        "state": "consuming", "stream": "OPENMAIL", "consumer": "agent-a", "acked": 5,
+        "terminated": 0, "unacked": 0, "held": 0, "skipped": 0, "delivered_elsewhere": 0,
+        "pending": 0, "ack_pending": 0, "redelivered": 0, "last_error": None,
+    }  # fmt: skip
+    assert not [line for line in shown(nats_report(consumer=consumer)) if "missed" in line]
+    consumer.update(skipped=3, delivered_elsewhere=7)
+    lines = shown(nats_report(consumer=consumer))
+    at = lines.index("    acked 5, terminated 0, unacked 0, held 0")
+    assert lines[at + 1] == (
+        "    missed: 3 skipped (the stream removed them before they were fetched); "
+        "7 delivered to another client of this consumer"
+    )

@@ -161,6 +161,17 @@ def _nats_lines(nats: object, now: float) -> list[str]:
             f"    acked {consumer.get('acked')}, terminated {consumer.get('terminated')}, "
             f"unacked {consumer.get('unacked')}, held {consumer.get('held')}"
         )
+        # Mail this sidecar never got: removed by the stream's limits, or taken by another
+        # client of the same consumer. Shown only when it happened, as a warning would be.
+        if lost := [
+            f"{consumer[key]} {words}"
+            for key, words in (
+                ("skipped", "skipped (the stream removed them before they were fetched)"),
+                ("delivered_elsewhere", "delivered to another client of this consumer"),
+            )
+            if isinstance(consumer.get(key), int) and consumer[key] > 0
+        ]:
+            lines.append("    missed: " + "; ".join(lost))
         lines += _error_line("    ", consumer.get("last_error"))
     return lines
 
