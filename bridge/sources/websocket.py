@@ -199,6 +199,7 @@ class WebSocketSource:
     async def _pause(self, seconds: float) -> None:
         self._reconnect_now.clear()
         await self._policy.sleep(seconds, self._stopping, self._reconnect_now)
+        self._reconnect_now.clear()  # one that ended the pause is no reason to close the next
 
     def _went_down(self, cause: Disconnect, delay: float) -> None:
         self.metrics.ws_reconnects.inc()
@@ -368,10 +369,12 @@ class WebSocketSource:
         await self._send(link, decision.frame)
 
     async def _send(self, link: _Link, frame: str) -> None:
-        """Send one client message within OpenMail's rate limit; nothing when a stop or a new
-        configuration comes during a hold (the connection is closing then)."""
+        """Send one client message within OpenMail's rate limit. A stop or a new configuration
+        during a hold closes the connection instead: a replay whose next page is never asked for
+        would let live events move the cursor past the rest of it."""
         held = await link.pacer.admit(self._stopping, self._reconnect_now)
         if held is None:
+            await link.ws.close(code=protocol.CloseCode.NORMAL)
             return
         if held > 0:
             # The server had nothing to answer while the message waited: not its silence.

@@ -274,3 +274,46 @@ async def test_a_stop_during_a_held_page_ends_the_hold(tmp_path: Path) -> None:
     assert [event.event_id for event in spool.accepted] == missed[:100]
     assert len(pacers) == 1
     assert not pacers[0].holding
+
+
+async def test_a_new_key_that_ends_a_backoff_does_not_cut_the_next_catch_up_short(
+    tmp_path: Path,
+) -> None:
+    """The key is refused, the bridge waits out a long backoff, a reload brings the right key
+    and ends the wait. The connection that follows catches up over several held pages while a
+    live event arrives between them: every missed event must come, none left behind the live
+    one's cursor. (A pacer of one message per 0.3 s; the simulator allows as many.)"""
+    async with Simulator(seed=5, ping_interval=60.0, rate_limit=(1, 0.25)) as sim:
+        first = await sim.inject()
+        missed = [await sim.inject(occurred_at=iso_ago(60)) for _ in range(300)]
+        long_backoff = {"reconnect": {"initial": "1h", "max": "1h"}}
+        refused = make_config(
+            tmp_path, sim, openmail={"api_key": "om_live_wrong_key", "websocket": long_backoff}
+        )
+        accepted = make_config(tmp_path, sim, openmail={"websocket": long_backoff})
+        store = await store_with_cursor(refused.state.path, first)
+        spool = RecordingSpool(store)
+        policy = ReconnectPolicy(refused.openmail.websocket.reconnect)
+
+        def paced() -> Pacer:
+            return Pacer(limit=1, window=0.3)
+
+        source = WebSocketSource(refused.openmail, Metrics(), policy=policy, pacing=paced)
+        live: list[str] = []
+        try:
+            with structlog.testing.capture_logs() as logs:
+                await source.start(spool)
+                await wait_until(lambda: source.attempts == 1, timeout=10)
+                source.reconfigure(accepted.openmail)
+                await wait_until(lambda: len(spool.accepted) >= 100, timeout=10)
+                live.append(await sim.inject())
+                await wait_until(lambda: len(spool.accepted) >= len(missed) + 1, timeout=15)
+                assert source.attempts == 1  # the refused key's, and no close since
+        finally:
+            await source.stop()
+            await store.close()
+    got = [event.event_id for event in spool.accepted]
+    assert [event_id for event_id in got if event_id in set(missed)] == missed
+    assert live[0] in got
+    assert events_named(logs, "ws.stale") == []
+    assert events_named(logs, "sim.ws.rate_limited") == []
