@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple
 
+from bridge.store.bounds import DiskSpace
+
 
 class Readiness(StrEnum):
     READY = "ready"
@@ -126,6 +128,8 @@ class StatusFacts:
     spool_bytes: int
     spool_max_bytes: int
     spool_path: str
+    disk: DiskSpace
+    min_free: int
     counts: Mapping[str, tuple[int, int]]
     oldest_pending: Mapping[str, float]
     sinks: Mapping[str, SinkFacts]
@@ -203,6 +207,9 @@ def status_report(facts: StatusFacts) -> dict[str, object]:
             "writable": facts.health.store_writable,
             "has_room": facts.health.store_has_room,
             "path": facts.spool_path,
+            "free_disk": facts.disk.free,
+            "disk_size": facts.disk.size,
+            "min_free": facts.min_free,
         },
         "sinks": sink_report(facts),
         "removed_sinks": sorted(n for n in facts.counts if n not in facts.sinks),

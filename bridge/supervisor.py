@@ -60,6 +60,7 @@ from bridge.sources.webhook import WebhookSource
 from bridge.sources.websocket import WebSocketSource
 from bridge.stats import StatsReporter
 from bridge.store import Store, StoreLimits, moved_aside
+from bridge.store.bounds import disk_space
 from bridge.systemd import Notifier
 from bridge.trigger import Trigger
 
@@ -439,14 +440,12 @@ class Supervisor:
         return one_line(*self.readiness())
 
     async def _queues(self, store: Store) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
-        """(pending, dead) for every sink holding rows; the oldest pending receipt time of each
-        sink with pending rows."""
+        """(pending, dead) of each sink holding rows; the oldest receipt of those pending."""
         counts = {name: (c.pending, c.dead) for name, c in (await store.sink_counts()).items()}
         return counts, await store.oldest_pending([n for n, (p, _) in counts.items() if p])
 
     async def status(self) -> dict[str, object]:
-        """Everything ``/status`` and ``openmail-bridge status`` show. Raises RuntimeError
-        before :meth:`start`."""
+        """Everything ``/status`` and ``openmail-bridge status`` show; RuntimeError before start."""
         running = self._parts()
         ws, hook = running.websocket, running.webhook
         if running.nats is not None:
@@ -466,6 +465,8 @@ class Supervisor:
                 spool_bytes=running.store.spool_bytes,
                 spool_max_bytes=self.config.state.max_bytes,
                 spool_path=str(self.config.state.path),
+                disk=disk_space(Path(self.config.state.path)),
+                min_free=self.config.state.min_free,
                 counts=counts,
                 oldest_pending=oldest,
                 sinks={
@@ -487,9 +488,8 @@ class Supervisor:
             counts, oldest = await self._queues(running.store)
             self.metrics.spool_bytes.set(running.store.spool_bytes)
             self.metrics.store_writable.set(1 if running.store.writable else 0)
-            with contextlib.suppress(OSError):
-                st = os.statvfs(Path(self.config.state.path).parent)
-                self.metrics.disk_free_bytes.set(st.f_bavail * st.f_frsize)
+            if (free := disk_space(Path(self.config.state.path)).free) is not None:
+                self.metrics.disk_free_bytes.set(free)
             self.metrics.store_corrupt_files.set(len(moved_aside(Path(self.config.state.path))))
             now = time.time()  # every running sink, and removed ones still holding rows
             queues = {

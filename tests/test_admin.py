@@ -627,6 +627,11 @@ async def test_status_reports_connection_cursor_gaps_sinks_and_removed_sinks(
         assert st["sinks"]["agent"]["last_error"]
         assert st["removed_sinks"] == []
         assert first != last
+        # The filesystem under the state database, as the bridge's own floor check reads it.
+        disk = os.statvfs(tmp_path)
+        assert 0 < st["spool"]["free_disk"] <= disk.f_blocks * disk.f_frsize
+        assert st["spool"]["disk_size"] == disk.f_blocks * disk.f_frsize
+        assert st["spool"]["min_free"] == sv.config.state.min_free
 
         assert await sv.reload()
         _, st = await admin.get("/status")

@@ -139,3 +139,15 @@ def test_mail_a_sidecar_missed_is_shown_only_when_it_did() -> None:
         "    missed: 3 skipped (the stream removed them before they were fetched); "
         "7 delivered to another client of this consumer"
     )
+
+
+def test_the_disk_under_the_spool_is_shown_with_its_floor() -> None:
+    spool = {"bytes": 1024, "max_bytes": 4096, "writable": True, "has_room": True}
+    lines = shown({"spool": {**spool, "free_disk": 3 << 30, "disk_size": 8 << 30, "min_free": 0}})
+    at = lines.index("spool: 1 KiB of 4 KiB (25.0%)")
+    assert lines[at + 1] == "  disk: 3 GiB free of 8 GiB"
+    lines = shown({"spool": {**spool, "free_disk": 3 << 30, "disk_size": 8 << 30,
+                             "min_free": 64 << 20}})  # fmt: skip
+    assert "  disk: 3 GiB free of 8 GiB, min_free 64 MiB" in lines
+    unreadable = shown({"spool": {**spool, "free_disk": None, "disk_size": None, "min_free": 0}})
+    assert not [line for line in unreadable if "disk:" in line]

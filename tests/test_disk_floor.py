@@ -42,7 +42,7 @@ class SmallDisk:
         assert Path(path) == self.directory
         if self.fail:
             raise PermissionError(13, "Permission denied", str(path))
-        return SimpleNamespace(f_bavail=max(0, self.free()), f_frsize=1)
+        return SimpleNamespace(f_bavail=max(0, self.free()), f_blocks=self.capacity, f_frsize=1)
 
 
 @pytest.fixture

@@ -96,7 +96,12 @@ def _spool_lines(spool: object) -> list[str]:
             "FULL (state.max_bytes)" if at_bound else "FULL (state.min_free, or the room left)"
         )
     extra = f", {', '.join(flags)}" if flags else ""
-    return [f"spool: {human_bytes(held)} of {human_bytes(limit)}{share}{extra}"]
+    lines = [f"spool: {human_bytes(held)} of {human_bytes(limit)}{share}{extra}"]
+    free, size, floor = spool.get("free_disk"), spool.get("disk_size"), spool.get("min_free")
+    if isinstance(free, int) and isinstance(size, int):
+        kept = f", min_free {human_bytes(floor)}" if isinstance(floor, int) and floor else ""
+        lines.append(f"  disk: {human_bytes(free)} free of {human_bytes(size)}{kept}")
+    return lines
 
 
 def _sink_lines(sinks: object, now: float) -> list[str]:

@@ -5,7 +5,6 @@ events and dead letters from the store, and the dead-letter actions of ``openmai
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from bridge.metrics import Metrics
 from bridge.pipeline import Pipeline
 from bridge.sources.websocket import WebSocketSource
 from bridge.store import Store
+from bridge.store.bounds import disk_space
 from bridge.store.recent import dead_letters, event_versions, recent_events
 
 MINUTE: Final = 60
@@ -66,15 +66,6 @@ def counter_values(counter: Counter, label: str) -> dict[str, int]:
     }
 
 
-def disk_space(path: Path) -> tuple[int | None, int | None]:
-    """(free bytes, size) of the filesystem holding ``path``; None when unreadable."""
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return None, None
-    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-
-
 def per_minute(series: Sequence[int]) -> int:
     """The last 60 one-second counts of a throughput series, summed."""
     return sum(series[-MINUTE:])
@@ -86,7 +77,7 @@ async def read_overview(view: ConsoleView) -> dict[str, object]:
     ws = view.websocket
     down_kind = ws.health.down_kind if ws is not None else None
     config, now = view.config, time.time()
-    free, disk_size = disk_space(Path(config.state.path))
+    disk = disk_space(Path(config.state.path))
     delivered = view.activity.throughput.snapshot(now)["delivered"]
     facts = overview.Facts(
         version=__version__,
@@ -94,8 +85,8 @@ async def read_overview(view: ConsoleView) -> dict[str, object]:
         websocket_down_kind=down_kind.value if down_kind is not None else None,
         webhook_accepted=counter_values(view.metrics.events_received, "source").get("webhook", 0),
         webhook_rejected=counter_values(view.metrics.webhook_rejected, "reason"),
-        free_disk=free,
-        disk_size=disk_size,
+        free_disk=disk.free,
+        disk_size=disk.size,
         min_free=config.state.min_free,
         delivered_per_minute={sink: per_minute(series) for sink, series in delivered.items()},
         show_content=config.admin.show_content,

@@ -30,6 +30,24 @@ statvfs = os.statvfs
 """Read through the module, so that a test can give the store a disk of its own size."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class DiskSpace:
+    """The filesystem holding the state database, as statvfs reads it; None where unreadable."""
+
+    free: int | None
+    """Bytes this (unprivileged) user may still write: what ``state.min_free`` is kept against."""
+    size: int | None
+
+
+def disk_space(path: Path) -> DiskSpace:
+    """The filesystem holding the database ``path`` (its directory: the file may not exist yet)."""
+    try:
+        st = statvfs(path.parent)
+    except OSError:
+        return DiskSpace(None, None)
+    return DiskSpace(st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)
+
+
 CHECKPOINT_MARGIN: Final = 1000 * PAGE
 """Room an event must leave above ``min_free`` besides its own: what a WAL checkpoint may still
 add to the database file (SQLite checkpoints every 1000 pages), written after the check."""
@@ -203,11 +221,7 @@ class Room:
         checked, free = self._reading
         now = time.monotonic()
         if now - checked > DISK_CACHE_SECONDS:
-            try:
-                st = statvfs(self.path.parent)
-                free = st.f_bavail * st.f_frsize
-            except OSError:
-                free = None
+            free = disk_space(self.path).free
             self._reading = (now, free)
             self._since_reading = 0  # committed before this reading: in it
         return free
