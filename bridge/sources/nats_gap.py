@@ -44,6 +44,8 @@ log = structlog.get_logger("bridge.sources.nats")
 
 LOOK_EVERY: Final = 5.0
 """Seconds between two looks at the consumer and the stream while nothing is fetched."""
+LOOK_TIMEOUT: Final = 2.0
+"""Seconds one look's request may take; a stall's end waits no longer for a look in flight."""
 SHARED_HINT: Final = (
     "deliveries of this durable consumer went to another client between two of this sidecar's: "
     "another bridge (or a `nats consumer next`) pulls from it, and what it takes never reaches "
@@ -209,23 +211,31 @@ class SkippedMessages:
     async def stalled(self, js: JetStreamContext | None, wait: Awaitable[T]) -> T:
         """Await ``wait``, during which nothing is fetched, looking at the consumer and the
         stream every :data:`LOOK_EVERY` seconds."""
-        looking = asyncio.create_task(self._look(js), name="nats:skipped")
+        over = asyncio.Event()
+        looking = asyncio.create_task(self._look(js, over), name="nats:skipped")
         try:
             return await wait
         finally:
+            # nats-py's request (asyncio.wait_for) can swallow a cancellation that lands as its
+            # answer arrives: the look ends on ``over`` too, and is waited for no longer than
+            # one of its requests may take, so fetching never waits on it.
+            over.set()
             looking.cancel()
-            await asyncio.gather(looking, return_exceptions=True)
+            await asyncio.wait({looking}, timeout=LOOK_TIMEOUT)
 
-    async def _look(self, js: JetStreamContext | None) -> None:
+    async def _look(self, js: JetStreamContext | None, over: asyncio.Event) -> None:
         if js is None:
             return  # not connected: nothing to look at, and nothing is fetched either
-        while True:
+        while not over.is_set():
             with contextlib.suppress(nats.errors.Error, TimeoutError):
-                info = await js.consumer_info(self.stream, self.consumer, timeout=2.0)
+                info = await js.consumer_info(self.stream, self.consumer, timeout=LOOK_TIMEOUT)
                 state = (await js.stream_info(self.stream)).state
+                if over.is_set():
+                    return
                 skipped = self._watch.looked(info, state.first_seq, state.last_seq)
                 self._found([skipped] if skipped is not None else [])
-            await self._sleep(LOOK_EVERY)
+            if not over.is_set():
+                await self._sleep(LOOK_EVERY)
 
     def _found(self, found: Sequence[Skipped]) -> None:
         if not found:
