@@ -63,6 +63,8 @@ VIA: Final = "nats"
 the WebSocket replay cursor whatever the origin an edge received it by."""
 FETCH_WAIT: Final = 1.0
 """Seconds one pull waits for messages: how quickly a stop or an outage is noticed."""
+PULL_MARGIN: Final = 0.1
+"""Seconds past a pull's own wait before it is surely closed on the server."""
 RECHECK_MAX: Final = 60.0
 """Cap in seconds of the backoff between checks of a consumer that would lose events."""
 
@@ -149,6 +151,8 @@ class NatsSource:
         self._held = HeldMessages(clock=clock, sleep=sleep)
         self._gate = RedeliveryGate(clock=clock)
         self._clock = clock
+        self._pull_ends = 0.0  # loop time: when the last pull expires on the server
+        self._pulling: JetStreamContext.PullSubscription | None = None
         self._skipped = SkippedMessages(
             config.stream.name, self.consume.consumer, metrics, sleep=sleep
         )
@@ -175,6 +179,17 @@ class NatsSource:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        # The last pull stays open on the server until it expires when it found fewer messages
+        # than its batch: a message nak'd before then goes straight back to it, is lost with
+        # this connection until ack_wait, and holds the next start's gate that long. So the
+        # naks wait it out (fetch_wait at most), and what it brought meanwhile is nak'd too.
+        if (left := self._pull_ends - asyncio.get_running_loop().time()) > 0:
+            await asyncio.sleep(left)  # the server's time, whatever clock the source was given
+        if (pulling := self._pulling) is not None and pulling.pending_msgs > 0:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                # Some queued, so nats-py asks the server without a wait: answered at once.
+                batch = pulling.pending_msgs + 1
+                await self._take(await pulling.fetch(batch, timeout=self._fetch_wait))
         # Nak'd rather than left to ack_wait: JetStream redelivers them before anything newer,
         # so whoever consumes next stores them in stream order.
         await self._held.release(self._storable)
@@ -241,7 +256,7 @@ class NatsSource:
                 if subscription is None:
                     delay = self._recheck_delay()
                 else:
-                    self._subscribed = True
+                    self._subscribed, self._pulling = True, subscription
                     await self._consume(subscription)
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
@@ -257,7 +272,7 @@ class NatsSource:
                 # A bug must not end consuming for the life of the process: what is held is
                 # stored on the next round, what was fetched and lost is redelivered.
                 log.exception("nats.consume_error", consumer=self.consume.consumer)
-            self._subscribed = False
+            self._subscribed, self._pulling = False, None
             if subscription is not None:
                 with contextlib.suppress(Exception):  # the connection may be gone with it
                     await subscription.unsubscribe()
@@ -347,6 +362,7 @@ class NatsSource:
         return self._gate.storable(item.delivery)
 
     async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
+        self._pull_ends = asyncio.get_running_loop().time() + self._fetch_wait + PULL_MARGIN
         fetching = asyncio.ensure_future(
             subscription.fetch(self.consume.batch, timeout=self._fetch_wait)
         )
@@ -386,11 +402,31 @@ class NatsSource:
         # When none fits, the store decides (a duplicate or an event routed nowhere takes no
         # room), and a refusal counts the spool as full (readiness) until the event fits.
         handed = held.fitting(spool, self._storable) or [held.head]
+        # A stop does not cut this short: an event committed and not acked would count as a
+        # delivery of unknown outcome at the next start, which then waits out ack_wait for it.
+        storing = asyncio.ensure_future(self._store_and_ack(spool, handed))
         try:
-            results = await spool.accept([item.event for item in handed])
+            refused, refusal = await asyncio.shield(storing)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await storing
+            raise
         except StoreError as exc:
             await self._wait_room(spool, 0, str(exc))  # until the store writes again
             return
+        if not refused:
+            self.last_error = None
+        elif held.head.size > spool.max_bytes:
+            self._not_stored([held.head], refusal)
+            # Holding it would stop the consumer for good: left un-acked, it comes back after
+            # ack_wait, and is stored once state.max_bytes is raised.
+            held.drop_head()
+        else:
+            await self._wait_room(spool, held.head.size, refusal)
+
+    async def _store_and_ack(self, spool: Spool, handed: list[Held]) -> tuple[list[Held], str]:
+        """Commit ``handed`` and ack what the store took; settle them. (refused, why)."""
+        results = await spool.accept([item.event for item in handed])
         refused: list[Held] = []
         refusal = ""
         for item, result in zip(handed, results, strict=True):
@@ -405,16 +441,8 @@ class NatsSource:
                 await item.msg.ack()
             self.acked += 1
             self.metrics.nats_consumed.labels("acked").inc()
-        held.settle(handed, refused)
-        if not refused:
-            self.last_error = None
-        elif held.head.size > spool.max_bytes:
-            self._not_stored([held.head], refusal)
-            # Holding it would stop the consumer for good: left un-acked, it comes back after
-            # ack_wait, and is stored once state.max_bytes is raised.
-            held.drop_head()
-        else:
-            await self._wait_room(spool, held.head.size, refusal)
+        self._held.settle(handed, refused)
+        return refused, refusal
 
     async def _wait_room(self, spool: Spool, size: int, error: str) -> None:
         """Nothing held is stored until the store takes ``size`` bytes again."""
