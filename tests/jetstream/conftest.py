@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import nats.errors
 import pytest
@@ -36,7 +37,8 @@ from bridge.nats.stream import stream_config
 from bridge.sinks import SINK_TYPES
 from bridge.sinks.nats import NatsSink
 from bridge.store import Delivery
-from tests.conftest import bridge_config_dict, free_port
+from bridge.supervisor import Supervisor
+from tests.conftest import bridge_config_dict, free_port, signed
 
 START_TIMEOUT = 10.0
 PORT_TRIES = 5
@@ -359,3 +361,22 @@ def delivery(
         attempts=0,
         last_error=None,
     )
+
+
+LONG_RETRY = {"initial": "1h", "max": "1h", "max_age": "1d"}
+"""A backoff no test outlives: a retry seen within seconds was not waiting it out."""
+
+
+async def post_signed(bridge: Supervisor, http: aiohttp.ClientSession, event_id: str) -> None:
+    """One event to the bridge's webhook listener, signed as OpenMail signs it; answered 200."""
+    assert bridge.webhook is not None
+    body = event_body(event_id)
+    url = f"http://127.0.0.1:{bridge.webhook.port}/webhooks"
+    async with http.post(url, data=body, headers=signed(body)) as response:
+        assert response.status == 200
+
+
+async def published(server: NatsServer) -> list[str]:
+    """The ``Nats-Msg-Id`` of every message in the stream, in stream order."""
+    async with nats_client(server) as client:
+        return [m.headers["Nats-Msg-Id"] for m in await stream_messages(client.jetstream())]

@@ -9,26 +9,15 @@ from pathlib import Path
 
 import aiohttp
 
-from bridge.supervisor import Supervisor
-from tests.conftest import make_config, running_bridge, signed, wait_until
+from tests.conftest import make_config, running_bridge, wait_until
 
-from .conftest import NatsServer, event_body, nats_client, nats_section, stream_messages
-
-LONG_RETRY = {"initial": "1h", "max": "1h", "max_age": "1d"}
-"""A backoff no test outlives: a retry seen within seconds was not waiting it out."""
-
-
-async def post(bridge: Supervisor, http: aiohttp.ClientSession, event_id: str) -> None:
-    assert bridge.webhook is not None
-    body = event_body(event_id)
-    url = f"http://127.0.0.1:{bridge.webhook.port}/webhooks"
-    async with http.post(url, data=body, headers=signed(body)) as response:
-        assert response.status == 200
-
-
-async def published(server: NatsServer) -> list[str]:
-    async with nats_client(server) as client:
-        return [m.headers["Nats-Msg-Id"] for m in await stream_messages(client.jetstream())]
+from .conftest import (
+    LONG_RETRY,
+    NatsServer,
+    nats_section,
+    post_signed,
+    published,
+)
 
 
 async def test_events_spooled_while_nats_was_down_go_when_it_is_back(
@@ -41,11 +30,11 @@ async def test_events_spooled_while_nats_was_down_go_when_it_is_back(
     )
     async with running_bridge(config) as bridge, aiohttp.ClientSession() as http:
         worker = bridge.dispatcher.workers["bus"]
-        await post(bridge, http, "evt_before")
+        await post_signed(bridge, http, "evt_before")
         await wait_until(lambda: worker.state.delivered == 1, 10)
         nats_server.stop()
         for i in range(3):
-            await post(bridge, http, f"evt_down_{i}")
+            await post_signed(bridge, http, f"evt_down_{i}")
         await wait_until(lambda: worker.state.last_error is not None, 10)
         assert worker.state.delivered == 1
         nats_server.start()  # same port, same store
@@ -64,7 +53,7 @@ async def test_events_stored_before_nats_first_connects_go_when_it_does(
     )
     async with running_bridge(config) as bridge, aiohttp.ClientSession() as http:
         worker = bridge.dispatcher.workers["bus"]
-        await post(bridge, http, "evt_early")
+        await post_signed(bridge, http, "evt_early")
         await wait_until(lambda: worker.state.last_error is not None, 10)
         assert worker.state.delivered == 0
         nats_server.start()

@@ -18,11 +18,11 @@ from bridge.nats.stream import stream_config
 from bridge.sources import nats_gap
 from bridge.sources.nats_gap import SkipWatch
 from bridge.supervisor import Supervisor
-from tests.conftest import AGENT_SECRET, Receiver, events_named, running_bridge, wait_until
+from tests.conftest import Receiver, events_named, running_bridge, wait_until
 
-from .conftest import NatsServer, event_body, load_raw, nats_client, sidecar_raw
+from .conftest import NatsServer, event_body, nats_client
 from .test_source import publish
-from .test_source_hold import SPOOL, source_of
+from .test_source_hold import small_spool_sidecar, source_of
 
 MAX_MSGS = 20
 """The stream's limit: the oldest messages beyond it leave the stream."""
@@ -64,25 +64,6 @@ async def publish_to(server: NatsServer, inbox: str, ids: list[str]) -> None:
             )
 
 
-def sidecar(
-    tmp_path: Path, server: NatsServer, receiver: Receiver, filters: list[str] | None = None
-) -> Any:
-    consume: dict[str, Any] = {"ack_wait": "30s"}
-    if filters:
-        consume["filter_subjects"] = filters
-    raw = sidecar_raw(tmp_path, server, consume=consume)
-    raw["state"].update(max_bytes=SPOOL, min_free="0B")
-    raw["sinks"] = {
-        "agent": {
-            "type": "http",
-            "url": receiver.url,
-            "secret": AGENT_SECRET,
-            "retry": {"initial": "20ms", "max": "100ms"},
-        }
-    }
-    return load_raw(tmp_path, raw)
-
-
 def skipped(bridge: Supervisor) -> object:
     return source_of(bridge).status()["skipped"]
 
@@ -100,7 +81,7 @@ async def test_what_left_the_stream_while_the_spool_was_full_is_counted_and_logg
     first = [f"evt_a{i:02}" for i in range(16)]  # sequences 1..16
     later = [f"evt_b{i:02}" for i in range(30)]  # 17..46: the stream keeps 27..46
     with structlog.testing.capture_logs() as logs:
-        async with running_bridge(sidecar(tmp_path, nats_server, receiver)) as bridge:
+        async with running_bridge(small_spool_sidecar(tmp_path, nats_server, receiver)) as bridge:
             await publish(nats_server, {i: event_body(i) for i in first})
             source = source_of(bridge)
             await wait_until(lambda: source.status()["held"] == 1, 10)
@@ -126,7 +107,7 @@ async def test_what_left_the_stream_while_the_sidecar_was_down_is_counted_at_its
     tmp_path: Path, nats_server: NatsServer, receiver: Receiver
 ) -> None:
     await capped_stream(nats_server)
-    config = sidecar(tmp_path, nats_server, receiver)
+    config = small_spool_sidecar(tmp_path, nats_server, receiver)
     async with running_bridge(config):
         await publish(nats_server, {f"evt_a{i}": event_body(f"evt_a{i}") for i in range(5)})
         await wait_until(lambda: len(receiver.accepted) == 5, 10)
@@ -147,7 +128,7 @@ async def test_other_subjects_leaving_the_stream_never_count_for_a_filtered_cons
     receiver.up = False
     await capped_stream(nats_server)
     support = [f"evt_s{i:02}" for i in range(16)]
-    config = sidecar(tmp_path, nats_server, receiver, filters=[SUPPORT])
+    config = small_spool_sidecar(tmp_path, nats_server, receiver, filters=[SUPPORT])
     with structlog.testing.capture_logs() as logs:
         async with running_bridge(config) as bridge:
             await publish_to(nats_server, "inb_support", support)
@@ -173,7 +154,7 @@ async def test_a_filtered_consumer_counts_what_it_had_left_once_the_stream_lost_
     await capped_stream(nats_server)
     support = [f"evt_s{i:02}" for i in range(16)]  # 1..16: 15 stored, one held
     waiting = [f"evt_w{i:02}" for i in range(6)]  # 17..22: left to give, never fetched
-    config = sidecar(tmp_path, nats_server, receiver, filters=[SUPPORT])
+    config = small_spool_sidecar(tmp_path, nats_server, receiver, filters=[SUPPORT])
     with structlog.testing.capture_logs() as logs:
         async with running_bridge(config) as bridge:
             await publish_to(nats_server, "inb_support", support)

@@ -32,9 +32,17 @@ SPOOL = 3072
 
 
 def small_spool_sidecar(
-    tmp_path: Path, server: NatsServer, receiver: Receiver, ack_wait: str
+    tmp_path: Path,
+    server: NatsServer,
+    receiver: Receiver,
+    ack_wait: str = "30s",
+    filters: list[str] | None = None,
 ) -> Config:
-    raw = sidecar_raw(tmp_path, server, consume={"ack_wait": ack_wait})
+    """A sidecar whose spool holds about a dozen events, delivering to ``receiver``."""
+    consume: dict[str, Any] = {"ack_wait": ack_wait}
+    if filters:
+        consume["filter_subjects"] = filters
+    raw = sidecar_raw(tmp_path, server, consume=consume)
     raw["state"].update(max_bytes=SPOOL, min_free="0B")
     raw["sinks"] = {
         "agent": {

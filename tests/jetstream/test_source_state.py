@@ -12,25 +12,11 @@ import structlog
 from nats.js import JetStreamContext
 
 from bridge.sources.nats import NatsSource
-from tests.conftest import AGENT_SECRET, Receiver, events_named, running_bridge, wait_until
+from tests.conftest import Receiver, events_named, running_bridge, wait_until
 
-from .conftest import NatsServer, event_body, load_raw, sidecar_raw
+from .conftest import NatsServer, event_body
 from .test_source import publish
-from .test_source_hold import SPOOL, source_of
-
-
-def small_spool_sidecar(tmp_path: Path, server: NatsServer, receiver: Receiver) -> Any:
-    raw = sidecar_raw(tmp_path, server, consume={"ack_wait": "30s"})
-    raw["state"].update(max_bytes=SPOOL, min_free="0B")
-    raw["sinks"] = {
-        "agent": {
-            "type": "http",
-            "url": receiver.url,
-            "secret": AGENT_SECRET,
-            "retry": {"initial": "20ms", "max": "100ms"},
-        }
-    }
-    return load_raw(tmp_path, raw)
+from .test_source_hold import SPOOL, small_spool_sidecar, source_of
 
 
 def taken(source: NatsSource) -> int:

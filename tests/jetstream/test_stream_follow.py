@@ -22,26 +22,17 @@ from nats.js import JetStreamContext
 from bridge.config import NatsStreamConfig
 from bridge.nats.stream import RECHECK_INTERVAL, StreamKeeper, StreamState
 from bridge.supervisor import Supervisor
-from tests.conftest import make_config, running_bridge, signed, wait_until
+from tests.conftest import make_config, running_bridge, wait_until
 from tests.fake_time import FakeTime
 
-from .conftest import NatsServer, event_body, nats_client, nats_section, stream_messages
-
-LONG_RETRY = {"initial": "1h", "max": "1h", "max_age": "1d"}
-"""A backoff no test outlives: a retry seen within seconds was not waiting it out."""
-
-
-async def post(bridge: Supervisor, http: aiohttp.ClientSession, event_id: str) -> None:
-    assert bridge.webhook is not None
-    body = event_body(event_id)
-    url = f"http://127.0.0.1:{bridge.webhook.port}/webhooks"
-    async with http.post(url, data=body, headers=signed(body)) as response:
-        assert response.status == 200
-
-
-async def published(server: NatsServer) -> list[str]:
-    async with nats_client(server) as client:
-        return [m.headers["Nats-Msg-Id"] for m in await stream_messages(client.jetstream())]
+from .conftest import (
+    LONG_RETRY,
+    NatsServer,
+    nats_client,
+    nats_section,
+    post_signed,
+    published,
+)
 
 
 def edge_config(tmp_path: Path, server: NatsServer, **stream: Any) -> Any:
@@ -76,12 +67,12 @@ async def test_a_stream_deleted_while_connected_is_created_again_and_published_t
         aiohttp.ClientSession() as http,
     ):
         worker = bridge.dispatcher.workers["bus"]
-        await post(bridge, http, "evt_before")
+        await post_signed(bridge, http, "evt_before")
         await wait_until(lambda: worker.state.delivered == 1, 10)
         async with nats_client(nats_server) as client:
             await client.jetstream().delete_stream("OPENMAIL")
         with structlog.testing.capture_logs() as logs:
-            await post(bridge, http, "evt_after")
+            await post_signed(bridge, http, "evt_after")
             # The first publish finds no stream; the check it asks for creates it again, and
             # the retry goes then.
             await wait_until(lambda: worker.state.delivered == 2, 15)
@@ -107,7 +98,7 @@ async def test_a_stream_fixed_while_connected_is_published_to_without_a_restart(
         worker = bridge.dispatcher.workers["bus"]
         await wait_until(lambda: bridge.readiness()[1].get("nats") == "connected", 10)
         assert (await nats_status(bridge))["check"] == "invalid"
-        await post(bridge, http, "evt_1")
+        await post_signed(bridge, http, "evt_1")
         await wait_until(lambda: worker.state.last_error is not None, 10)
         assert "other.>" in (worker.state.last_error or "")
         async with nats_client(nats_server) as client:
@@ -140,7 +131,7 @@ async def test_a_deleted_stream_leaves_no_counts_in_status_or_gauges(
     ):
         worker = bridge.dispatcher.workers["bus"]
         for i in range(3):
-            await post(bridge, http, f"evt_{i}")
+            await post_signed(bridge, http, f"evt_{i}")
         await wait_until(lambda: worker.state.delivered == 3, 10)
         stream = await nats_status(bridge)
         assert (stream["check"], stream["messages"], stream["last_seq"]) == ("valid", 3, 3)
