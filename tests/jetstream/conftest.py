@@ -8,6 +8,7 @@ venv's python. Readiness is waited for by connecting (the server's INFO line), n
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -380,3 +381,56 @@ async def published(server: NatsServer) -> list[str]:
     """The ``Nats-Msg-Id`` of every message in the stream, in stream order."""
     async with nats_client(server) as client:
         return [m.headers["Nats-Msg-Id"] for m in await stream_messages(client.jetstream())]
+
+
+class LoopbackRelay:
+    """A TCP relay on loopback to a server's port, one pair of pipes per connection; what a pipe
+    does to the bytes is a subclass's :meth:`pipe` (``downstream``: server to client)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+
+    def connected(self) -> Any:
+        """What a new connection's two pipes share (a subclass's state per connection)."""
+        return None
+
+    async def pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        downstream: bool,
+        shared: Any,
+    ) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self._writers += [writer, up_writer]
+        shared = self.connected()
+        for src, dst, downstream in ((reader, up_writer, False), (up_reader, writer, True)):
+            pipe = self.pipe(src, dst, downstream=downstream, shared=shared)
+            self._tasks.add(asyncio.create_task(pipe))

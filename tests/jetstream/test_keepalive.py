@@ -15,60 +15,39 @@ from bridge.nats.connection import ConnectionState
 from bridge.nats.options import MAX_OUTSTANDING_PINGS, connect_options
 from tests.conftest import make_config, wait_until
 
-from .conftest import NatsServer, bound_bus, delivery, nats_section
+from .conftest import LoopbackRelay, NatsServer, bound_bus, delivery, nats_section
 from .test_config import base, load, problems
 
 
-class SilentProxy:
+class SilentProxy(LoopbackRelay):
     """A TCP relay to a server whose open connections can go silent: their bytes stop flowing
     both ways and nothing closes them, while a new connection gets through (a NAT or firewall
     entry dropped: the old flow is dead, a new one works)."""
 
     def __init__(self, target: int) -> None:
-        self.target = target
-        self.port = 0
-        self._server: asyncio.Server | None = None
+        super().__init__(target)
         self._flows: list[asyncio.Event] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
 
     def silence_open_connections(self) -> None:
         for flowing in self._flows:
             flowing.clear()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.close()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        self._writers += [writer, up_writer]
+    def connected(self) -> asyncio.Event:
         flowing = asyncio.Event()
         flowing.set()
         self._flows.append(flowing)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst, flowing))
-            self._tasks.add(task)
+        return flowing
 
-    @staticmethod
-    async def _pipe(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+    async def pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        downstream: bool,
+        shared: Any,
     ) -> None:
         while data := await reader.read(65536):
-            if not flowing.is_set():
+            if not shared.is_set():
                 await asyncio.Event().wait()  # held for good: silent, never closed
             writer.write(data)
             await writer.drain()

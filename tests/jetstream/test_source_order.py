@@ -25,6 +25,7 @@ from tests.fake_time import FakeTime
 from tests.system._harness import Bridge, admin_get
 
 from .conftest import (
+    LoopbackRelay,
     NatsServer,
     create_stream,
     event_body,
@@ -199,7 +200,7 @@ async def test_a_sidecar_stopped_while_it_awaits_redeliveries_leaves_newer_ones_
     delivered_once_in_order(receiver)
 
 
-class SlowDownlink:
+class SlowDownlink(LoopbackRelay):
     """A TCP relay to a NATS server that passes what the server sends a chunk at a time, with a
     pause between chunks, as a slow link would: a batch of messages reaches the client over
     seconds. (The pauses pace the link; nothing waits on them.)"""
@@ -207,46 +208,26 @@ class SlowDownlink:
     CHUNK = 1024
     PAUSE = 0.05
 
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: list[asyncio.StreamWriter] = []
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
     async def __aenter__(self) -> SlowDownlink:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self.start()
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for writer in self._writers:
-            writer.close()
+        await self.close()
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        self._writers += [writer, up_writer]
-        for src, dst, pause in ((reader, up_writer, 0.0), (up_reader, writer, self.PAUSE)):
-            task = asyncio.create_task(self._pipe(src, dst, pause))
-            self._tasks.add(task)
-
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pause: float
+    async def pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        downstream: bool,
+        shared: Any,
     ) -> None:
-        while data := await reader.read(self.CHUNK if pause else 65536):
+        while data := await reader.read(self.CHUNK if downstream else 65536):
             writer.write(data)
             await writer.drain()
-            if pause:
-                await asyncio.sleep(pause)
+            if downstream:
+                await asyncio.sleep(self.PAUSE)
 
 
 async def test_a_stop_in_the_middle_of_a_pull_naks_what_the_pull_received(

@@ -5,7 +5,9 @@ and what reaching it does (removing unfetched messages, or refusing publishes)."
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import structlog
@@ -32,6 +34,23 @@ def warned(config: NatsStreamConfig, *, replicas: int, max_age: float) -> list[t
     )
     assert check.errors == []
     return [(w.event, w.hint) for w in check.warnings]
+
+
+async def checked_at_connect(
+    tmp_path: Path, server: NatsServer
+) -> tuple[NatsBus, list[MutableMapping[str, Any]]]:
+    """An edge's NATS parts connected once to ``server`` and stopped: its stream check as the
+    connection ran it, and the log lines it wrote."""
+    config = make_config(tmp_path, nats=nats_section(server), sinks={"bus": {"type": "nats"}})
+    assert config.nats is not None
+    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
+    with structlog.testing.capture_logs() as logs:
+        await bus.start()
+        try:
+            await bus.connection.wait_connected()
+        finally:
+            await bus.stop()
+    return bus, logs
 
 
 def test_fewer_replicas_than_configured_is_a_warning_naming_both() -> None:
@@ -67,15 +86,7 @@ async def test_an_existing_stream_with_a_shorter_max_age_is_warned_about_at_the_
         await client.jetstream().add_stream(
             name="OPENMAIL", subjects=["openmail.>"], duplicate_window=600.0, max_age=3600.0
         )
-    config = make_config(tmp_path, nats=nats_section(nats_server), sinks={"bus": {"type": "nats"}})
-    assert config.nats is not None
-    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
-    with structlog.testing.capture_logs() as logs:
-        await bus.start()
-        try:
-            await bus.connection.wait_connected()
-        finally:
-            await bus.stop()
+    bus, logs = await checked_at_connect(tmp_path, nats_server)
     assert bus.stream.state is StreamState.VALID
     [hint] = bus.stream.warnings
     assert "max age of 3600s, shorter than the configured nats.stream.max_age of 604800s" in hint
@@ -177,15 +188,7 @@ async def test_an_existing_stream_with_a_message_cap_is_warned_about_at_the_chec
         await client.jetstream().add_stream(
             name="OPENMAIL", subjects=["openmail.>"], duplicate_window=600.0, max_msgs=50
         )
-    config = make_config(tmp_path, nats=nats_section(nats_server), sinks={"bus": {"type": "nats"}})
-    assert config.nats is not None
-    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
-    with structlog.testing.capture_logs() as logs:
-        await bus.start()
-        try:
-            await bus.connection.wait_connected()
-        finally:
-            await bus.stop()
+    bus, logs = await checked_at_connect(tmp_path, nats_server)
     assert bus.stream.state is StreamState.VALID
     [hint] = bus.stream.warnings
     assert "holds at most 50 messages (max_msgs) and then removes the oldest" in hint
