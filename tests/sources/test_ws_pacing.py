@@ -194,14 +194,21 @@ async def test_a_catch_up_of_thousands_of_events_stays_under_the_rate_limit(
         try:
             with structlog.testing.capture_logs() as logs:
                 async with paced_source(config, spool, clock) as source:
+                    # The subscribe, then a page after each 100th event (the 40th finds none,
+                    # and is asked for after the 4,000th event went to the spool).
                     await wait_until(
-                        lambda: len(spool.accepted) >= len(missed) or source.attempts > 0,
+                        lambda: (
+                            source.attempts > 0
+                            or (
+                                len(spool.accepted) >= len(missed)
+                                and sum(c.messages for c in sim.connections) >= 1 + 40
+                            )
+                        ),
                         timeout=60,
                     )
                     assert source.attempts == 0  # never closed: no 4029, no reconnect
                     assert source.receiving
                     (conn,) = sim.connections
-                    # The subscribe, then a page after each 100th event: the 40th finds none.
                     assert conn.messages == 1 + 40
         finally:
             await store.close()
