@@ -143,6 +143,45 @@ async def test_a_spool_drained_at_the_floor_takes_events_again(
         await store.close()
 
 
+@pytest.mark.parametrize(
+    ("payload", "capacity", "min_free", "per_mark"),
+    [(20_000, 12 * MiB, 1 * MiB, 10), (50_000, 16 * MiB, 2 * MiB, 20)],
+)
+async def test_a_spool_drained_at_the_floor_with_its_history_takes_events_again(
+    disk: SmallDisk,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    payload: int,
+    capacity: int,
+    min_free: int,
+    per_mark: int,
+) -> None:
+    # The drain copies each payload into the history: the freed pages go to it, and the WAL file
+    # keeps the size those transactions gave it. Without that file's bytes back, the floor with a
+    # checkpoint's margin stays out of reach for good, however empty the spool.
+    monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 0.0)
+    store = await open_on(disk, state_dir, capacity=capacity, min_free=min_free, history=1000)
+    try:
+        held: list[AcceptResult] = []
+        for n in range(5000):
+            result = (await store.accept_batch([(big_event(n, payload), ["agent"])]))[0]
+            if not isinstance(result, AcceptResult):
+                assert isinstance(result, SpoolFullError), result
+                break
+            held.append(result)
+        assert not store.has_room
+        ids = [d.id for r in held for d in r.deliveries]
+        for i in range(0, len(ids), per_mark):  # the sink comes back
+            await store.mark_delivered_many(ids[i : i + per_mark])
+        assert store.spool_bytes == 0
+        assert store.has_room
+        later = (await store.accept_batch([(big_event(len(held), payload), ["agent"])]))[0]
+        assert isinstance(later, AcceptResult), later
+        assert disk.free() >= min_free
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize("history", [0, 1000])
 @pytest.mark.parametrize("reading_at", [20, 60])
 async def test_a_disk_reading_taken_inside_a_commit_keeps_the_commits_charges(

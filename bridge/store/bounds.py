@@ -98,6 +98,7 @@ class Room:
         "_refused",
         "_reusable",
         "_since_reading",
+        "_truncated_at",
         "_uncommitted",
         "limits",
         "path",
@@ -116,6 +117,7 @@ class Room:
         self._since_reading = 0
         self._uncommitted = 0
         self._reusable = 0  # free pages inside the database, counted near the floor
+        self._truncated_at = -float("inf")  # the writer's last WAL truncation (monotonic)
         # The smallest event refused since the spool last took one: the spool is full for as long
         # as that event would still not fit, though under both bounds.
         self._refused: int | None = None
@@ -179,12 +181,38 @@ class Room:
                 self._reusable = 0
                 return
         (pages,) = conn.execute(_REUSABLE_SQL).fetchone()
-        try:
-            wal = os.stat(f"{self.path}-wal").st_size
-        except OSError:
-            wal = 0
+        wal = self._wal_size()
         with self._lock:
             self._reusable = min(int(pages), wal)
+            stuck = wal > 0 and self._headroom(PAGE) < 0
+        if stuck and self._give_back_wal(conn):
+            with self._lock:
+                self._reusable = 0
+                self._reading = (-float("inf"), None)  # read the disk again at the next check
+
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
+
+    def _give_back_wal(self, conn: sqlite3.Connection) -> bool:
+        """Checkpoint the WAL and truncate it to nothing; True when that ran.
+
+        The WAL file keeps the size of the largest transaction since the database opened (a
+        drain moving a sink's backlog to the history can take megabytes) and SQLite never gives
+        it back while open: near the floor those bytes, with the room a checkpoint may still take,
+        would keep even a drained spool refused until a restart. Tried at most once per disk
+        reading, and only once no event fits: a checkpoint waits for the readers."""
+        now = time.monotonic()
+        if now - self._truncated_at <= DISK_CACHE_SECONDS:
+            return False
+        self._truncated_at = now
+        try:
+            (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error:
+            return False  # the disk refuses: the next commit near the floor tries again
+        return not busy  # a reader held it back: the same
 
     def rolled_back(self) -> None:
         """The transaction wrote nothing: its charges go."""
