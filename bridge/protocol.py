@@ -13,7 +13,7 @@ import hmac
 import json
 import math
 import re
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -311,27 +311,34 @@ def error_looks_like_auth(message: str) -> bool:
     return any(word in lowered for word in ASSUMPTION_AUTH_ERROR_WORDS)
 
 
-REPLAY_CLOCK_SLACK: Final = 0.5
-"""Seconds by which an event must precede ``subscribed`` to count as replayed: OpenMail's clock
-and ours differ a little, and a live event must not be taken for a replayed one."""
-
-
-def occurred_before(raw: bytes, moment: float) -> bool:
-    """ASSUMPTION (``ASSUMPTION_REPLAY_AFTER_SUBSCRIBED``): an event whose ``occurred_at`` precedes
-    ``moment`` (when ``subscribed`` came, as a Unix time) was replayed; live events come after.
-    Used only to count a replay against ``REPLAY_LIMIT``. The raw bytes are searched rather than
-    parsed: this runs for every event of a replay, and a missing or odd timestamp means "live"."""
-    marker = b'"occurred_at":"'
-    start = raw.find(marker)
-    if start < 0:
-        return False
-    start += len(marker)
-    text = raw[start : start + 40].split(b'"', 1)[0].decode(errors="replace")
+def occurred_at(data: Mapping[str, object]) -> float | None:
+    """An event's ``occurred_at`` (ISO-8601) as a Unix time; None when missing or unreadable."""
+    text = data.get("occurred_at")
+    if not isinstance(text, str) or len(text) > 64:
+        return None
     try:
-        occurred = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        return False
-    return occurred < moment - REPLAY_CLOCK_SLACK
+        return None
+    if moment.tzinfo is None:
+        return None  # OpenMail's times are UTC and say so; a local time could be anything
+    return moment.timestamp()
+
+
+def replayed(occurred: float | None, subscribed_at: float) -> bool | None:
+    """ASSUMPTION (``ASSUMPTION_REPLAY_AFTER_SUBSCRIBED``): whether an event that ``occurred`` (a
+    Unix time) on a subscription answered at ``subscribed_at`` was replayed: live events occur
+    after the subscribe. None when the event has no readable time. Used only to count a replay
+    against ``REPLAY_LIMIT``.
+
+    No slack either way. An event that occurred a moment before the subscribe was missed during
+    the reconnect, and left out of the count it would leave the page after a full replay unasked
+    for. A live event counted as replayed costs more than a repeat: were it the 100th, the next
+    page would be asked for after it, and the replay still due would be skipped. So the host's
+    clock must agree with OpenMail's (NTP) to within the time a reconnect takes."""
+    if occurred is None:
+        return None
+    return occurred < subscribed_at
 
 
 # --- Webhook signatures ------------------------------------------------------------------------

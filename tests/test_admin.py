@@ -508,8 +508,8 @@ async def test_possible_gap_counted_when_the_replay_hits_its_limit(
         sim.refuse(30, mode="http", code=503)
         await sim.disconnect(1001)
         await wait_until(lambda: not ws.receiving)
-        # A replayed event is told apart from a live one by occurring before the subscribe (with
-        # protocol.REPLAY_CLOCK_SLACK to spare): these happened well before it.
+        # A replayed event is told apart from a live one by occurring before the subscribe:
+        # these happened well before it.
         earlier = (
             (datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=30))
             .isoformat(timespec="milliseconds")

@@ -140,21 +140,39 @@ def test_error_text_that_names_the_key_is_taken_for_a_refused_key(message: str, 
 
 
 @pytest.mark.parametrize(
-    ("raw", "replayed"),
+    ("data", "occurred"),
     [
-        (b'{"event":"x","occurred_at":"2020-01-01T00:00:00.000Z"}', True),
-        (b'{"event":"x","occurred_at":"2030-01-01T00:00:00.000Z"}', False),
-        (b'{"event":"x","occurred_at":"2026-01-01T00:00:09.800+00:00"}', False),  # within slack
-        (b'{"event":"x","occurred_at":"2026-01-01T00:00:09.400+00:00"}', True),
-        (b'{"event":"x","occurred_at":"yesterday"}', False),
-        (b'{"event":"x","occurred_at":""}', False),
-        (b'{"event":"x"}', False),
-        (b'{"event":"x", "occurred_at": "2020-01-01T00:00:00Z"}', False),  # only the compact form
+        ({"occurred_at": "2026-01-01T00:00:10.000Z"}, 1767225610.0),
+        ({"occurred_at": "2026-01-01T01:00:10+01:00"}, 1767225610.0),
+        ({"occurred_at": "2026-01-01T00:00:10"}, None),  # no zone: could be any local time
+        ({"occurred_at": "yesterday"}, None),
+        ({"occurred_at": ""}, None),
+        ({"occurred_at": 1767225610}, None),
+        ({"occurred_at": "2026-01-01T00:00:10Z" + " " * 100}, None),
+        ({}, None),
     ],
 )
-def test_an_event_that_occurred_before_subscribed_was_replayed(raw: bytes, replayed: bool) -> None:
+def test_occurred_at_reads_an_iso_time_with_its_zone(
+    data: dict[str, object], occurred: float | None
+) -> None:
+    assert protocol.occurred_at(data) == occurred
+
+
+@pytest.mark.parametrize(
+    ("occurred", "replayed"),
+    [
+        (1767225600.0, True),  # well before the subscribe
+        (1767225609.9, True),  # a moment before it: missed during the reconnect
+        (1767225610.0, False),  # from the subscribe on: live
+        (1767225610.1, False),
+        (None, None),
+    ],
+)
+def test_an_event_that_occurred_before_subscribed_was_replayed(
+    occurred: float | None, replayed: bool | None
+) -> None:
     moment = 1767225610.0  # 2026-01-01T00:00:10Z
-    assert protocol.occurred_before(raw, moment) is replayed
+    assert protocol.replayed(occurred, moment) is replayed
 
 
 # --- strict JSON: the compact fast path and the strict parser agree ------------------------------

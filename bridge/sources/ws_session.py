@@ -230,6 +230,7 @@ class Session:
     __slots__ = (
         "_event_types",
         "_inbox_ids",
+        "_live_seen",
         "_max_body",
         "_peer_close_code",
         "_replayed",
@@ -251,6 +252,7 @@ class Session:
         self.cursor = cursor
         self._subscribed_at: float | None = None
         self._replayed = 0
+        self._live_seen = False  # an event that surely occurred after 'subscribed' came
         self._peer_close_code: int | None = None
 
     @property
@@ -345,11 +347,17 @@ class Session:
         subscribed_at = self._subscribed_at
         # Only a subscription that carried a cursor replays anything; events kept from before
         # 'subscribed' are live.
-        if (
-            subscribed_at is None
-            or self.cursor is None
-            or not protocol.occurred_before(event.raw, subscribed_at)
-        ):
+        if subscribed_at is None or self.cursor is None:
+            return Deliver(event)
+        replayed = protocol.replayed(protocol.occurred_at(frame.data), subscribed_at)
+        if replayed is None:
+            # No readable time: counted while the replay may still run (it comes before live
+            # events), since a page left unasked for loses events and one asked for too many
+            # only repeats some.
+            replayed = not self._live_seen
+        elif not replayed:
+            self._live_seen = True
+        if not replayed:
             return Deliver(event)
         self._replayed += 1
         if self._replayed % protocol.REPLAY_LIMIT:

@@ -3,7 +3,9 @@ subscribe again, how a close is classified, and how a failure is reported. No so
 
 from __future__ import annotations
 
+import datetime
 import json
+from collections.abc import Callable
 
 import pytest
 
@@ -192,6 +194,47 @@ def test_live_events_and_subscriptions_without_cursor_never_page() -> None:
             action = s.receive(event(f"evt_{n}", occurred), NOW)
             assert isinstance(action, Deliver)
             assert action.next_page is None
+
+
+def iso(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def spaced_event(event_id: str, occurred_at: str) -> str:
+    """An event as a JSON encoder with spaces after separators writes it: valid, not compact."""
+    body = {"event": "message.received", "event_id": event_id, "occurred_at": occurred_at}
+    return json.dumps(body, indent=1)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(lambda n: spaced_event(f"evt_{n}", PAST), id="spaced JSON"),
+        # Missed during the reconnect: a moment before the subscribe.
+        pytest.param(lambda n: event(f"evt_{n}", iso(NOW - 0.2)), id="just before"),
+        pytest.param(lambda n: event(f"evt_{n}", "not a time"), id="unreadable time"),
+        pytest.param(lambda n: event(f"evt_{n}", "2020-01-01T00:00:00"), id="no zone"),
+    ],
+)
+def test_a_full_replay_asks_for_the_next_page_whatever_its_layout_and_timing(
+    frame: Callable[[int], str],
+) -> None:
+    s = subscribed(session("evt_0"))
+    actions = [s.receive(frame(n), NOW) for n in range(1, REPLAY_LIMIT + 1)]
+    assert all(isinstance(a, Deliver) for a in actions)
+    last = actions[-1]
+    assert isinstance(last, Deliver)
+    assert last.next_page is not None
+    assert json.loads(last.next_page)["last_event_id"] == f"evt_{REPLAY_LIMIT}"
+
+
+def test_events_without_a_time_stop_counting_once_a_live_one_came() -> None:
+    s = subscribed(session("evt_0"))
+    assert isinstance(s.receive(event("evt_live", FUTURE), NOW), Deliver)
+    for n in range(REPLAY_LIMIT + 1):
+        action = s.receive(event(f"evt_{n}", "not a time"), NOW)
+        assert isinstance(action, Deliver)
+        assert action.next_page is None
 
 
 # --- how a close is classified -------------------------------------------------------------------
