@@ -157,7 +157,13 @@ def classify(
             message = f"connection to {url} failed: {str(outcome) or type(outcome).__name__}"
         return RetryableDeliveryError(scrub_text(message, known))
     status = outcome.status
+    retry_after = None
+    if status in (429, 503):
+        retry_after = parse_retry_after(outcome.headers.get("Retry-After"), now)
     message = f"HTTP {status} from {url}"
+    if retry_after is not None:
+        # Named, so that a row dead-lettered for a wait past retry.max_age says why.
+        message += f" (Retry-After {retry_after:g}s)"
     if 300 <= status < 400:
         location = mask_url(outcome.headers.get("Location", ""))[:BODY_EXCERPT]
         message += f" (redirect to {location}; redirects are not followed)" if location else ""
@@ -168,9 +174,6 @@ def classify(
         message += f": {excerpt}" if excerpt else ""
     message = scrub_text(message, known)
     if status in (408, 429) or status >= 500:
-        retry_after = None
-        if status in (429, 503):
-            retry_after = parse_retry_after(outcome.headers.get("Retry-After"), now)
         return RetryableDeliveryError(message, retry_after=retry_after)
     return PermanentDeliveryError(message)
 

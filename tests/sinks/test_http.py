@@ -331,6 +331,11 @@ async def test_status_classification(receiver, sinks, status, headers, error, re
             assert "(redirect to /moved; redirects are not followed)" in str(caught.value)
         if error is RetryableDeliveryError:
             assert caught.value.retry_after == retry_after
+            # Named in the error, so that a row dead-lettered for a wait past max_age says why.
+            named = retry_after is not None and f"(Retry-After {retry_after:g}s)" in str(
+                caught.value
+            )
+            assert named is (retry_after is not None)
     assert len(receiver.requests) == 1  # a redirect is not followed
 
 
