@@ -42,6 +42,7 @@ from bridge.recorder import Delivered, Recorder
 from bridge.retry_policy import RetryPolicy
 from bridge.sinks import BatchSink, Sink, WindowSink
 from bridge.store import Delivery, Store
+from bridge.throttle import Throttle
 
 log = structlog.get_logger("bridge.delivery")
 
@@ -56,6 +57,8 @@ the rest wait in the store until some have gone. A parked row costs about 150 by
 each is a thread of its own: at most some 55 MB."""
 BATCH = 256
 """Deliveries a worker hands a ``BatchSink`` at once: one write, one fsync, one store commit."""
+RETRY_LOG_INTERVAL = 60.0
+"""Seconds between a sink's ``delivery.retrying`` warnings; the retries in between log at debug."""
 TIMER_MAX = 60.0
 """Longest a worker's timer sleeps before it reads the clock again (which may have been set)."""
 MARKS_AHEAD = 1000
@@ -107,6 +110,7 @@ class SinkWorker:
         self._sleep = sleep
         self._clock = clock  # Unix time, as the store's hold and window times are
         self._log = log.bind(sink=config.name)
+        self._retry_log = Throttle(RETRY_LOG_INTERVAL)
         self._intake = Intake(
             store, config.name, config.ordering,
             window=WINDOW, parked=PARKED, clock=clock, log=self._log,
@@ -329,14 +333,19 @@ class SinkWorker:
         self.state.last_error, self.state.last_error_at = error, time.time()
         wait = state.next_action.sleep if state.next_action else 0.0
         attempt = attempts + state.attempt_number
-        self._log.warning(
-            "delivery.retrying",
-            event_id=group[0].event_id,
-            attempt=attempt,
-            error=error,
-            retry_in=round(wait, 3),
+        fields = {
+            "event_id": group[0].event_id,
+            "attempt": attempt,
+            "error": error,
+            "retry_in": round(wait, 3),
             **({"event_ids": [d.event_id for d in group]} if len(group) > 1 else {}),
-        )
+        }
+        # A sink down for an hour retries every row it holds: a warning a minute says so, the
+        # rest go to debug (the metrics, the stats line and last_error count them all).
+        if (extra := self._retry_log.admit_fields("retries_since_last_line")) is not None:
+            self._log.warning("delivery.retrying", **fields, **extra)
+        else:
+            self._log.debug("delivery.retrying", **fields)
         for delivery in group:
             with contextlib.suppress(StoreError):
                 await self.store.record_attempt(delivery.id, attempts=attempt, error=error)
