@@ -1,9 +1,10 @@
 """Configuration: YAML parsed once into frozen, typed objects, every problem named by its key path.
 
-A section is declared once, as a frozen dataclass (``schema``), and validated by its annotations
-(``values``: ``Duration``, ``ByteSize``, ``Secret``, ``FilePath``, ``HttpUrl``, ``WsUrl``,
-``Listen``, ``Literal`` choices, tuples, maps, nested sections) by one walker (``walker``) that
-reports every problem at once as ``key.path: message``; ``loader`` adds the rules that span
+``yaml_file`` reads the file (a key given twice in one mapping is a problem). A section is
+declared once, as a frozen dataclass (``schema``), and validated by its annotations (``values``:
+``Duration``, ``ByteSize``, ``Secret``, ``FilePath``, ``HttpUrl``, ``WsUrl``, ``Listen``,
+``Literal`` choices, tuples, maps, nested sections) by one walker (``walker``) that reports
+every problem at once as ``key.path: message``; ``loader`` adds the rules that span
 sections (``directories`` judges a file sink's directory); ``lenient`` reads only the keys the
 operator commands need. ``presentation`` shows a loaded config with its secrets masked and lists
 its warnings.

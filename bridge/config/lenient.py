@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from bridge.config.loader import INBOUND_SECRETS, default_state_path, load_routes, read_yaml
+from bridge.config.loader import INBOUND_SECRETS, default_state_path, load_routes
 from bridge.config.schema import AdminConfig, RouteConfig
 from bridge.config.values import FilePath, Listen, Secret
 from bridge.config.walker import Walker, describe_raw
+from bridge.config.yaml_file import Repeat, read_yaml
 from bridge.errors import ConfigError
 
 STATE: Final = "state"
@@ -67,17 +68,22 @@ def read_operator_config(
             key is kept in ``problems`` (or ``token_problem``) instead.
     """
     env = os.environ if env is None else env
-    raw, base_dir, source = read_yaml(path, text)
+    raw, base_dir, source, repeats = read_yaml(path, text)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([f"<top>: expected a mapping of sections, got {describe_raw(raw)}"])
     problems: dict[str, tuple[str, ...]] = {}
 
-    def walker() -> Walker:
-        return Walker(base_dir, env, inbound_secrets=INBOUND_SECRETS)
+    def walker(part: str | None = None) -> Walker:
+        """A walker for ``part``, holding the repeated keys that make it unusable already."""
+        made = Walker(base_dir, env, inbound_secrets=INBOUND_SECRETS)
+        for repeat in repeats:
+            if part is not None and _part_of(repeat) == part:
+                made.fail(repeat.path, repeat.message)
+        return made
 
-    state = walker()
+    state = walker(STATE)
     state_path = default_state_path(env, base_dir)
     raw_state = state.mapping("state", raw.get("state"))
     if raw_state is not None and "path" in raw_state:
@@ -86,7 +92,7 @@ def read_operator_config(
             state_path = value
     problems[STATE] = tuple(state.problems)
 
-    admin_walker, token_walker = walker(), walker()
+    admin_walker, token_walker = walker(ADMIN), walker()
     admin = AdminConfig()
     raw_admin = admin_walker.mapping("admin", raw.get("admin"))
     if raw_admin is not None:
@@ -108,7 +114,7 @@ def read_operator_config(
             )
     problems[ADMIN] = tuple(admin_walker.problems)
 
-    routes_walker = walker()
+    routes_walker = walker(ROUTES)
     raw_sinks = raw.get("sinks")
     sinks = tuple(str(k) for k in raw_sinks) if isinstance(raw_sinks, dict) else ()
     sink_types = {
@@ -129,3 +135,15 @@ def read_operator_config(
         routes=routes or (),
         problems={k: v for k, v in problems.items() if v},
     )
+
+
+def _part_of(repeat: Repeat) -> str | None:
+    """The part a repeated key makes unusable: what the second would replace is a value the
+    operator commands read (``routes`` check the sinks' names, ``route-test`` their types).
+    None for a key they leave unread."""
+    head = repeat.keys[0]
+    if head in (STATE, ADMIN, ROUTES):
+        return str(head)
+    if head == "sinks" and (len(repeat.keys) <= 2 or repeat.keys[2] == "type"):
+        return ROUTES
+    return None

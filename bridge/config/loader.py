@@ -11,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
-
-import yaml
 
 from bridge.attachments.settings import AttachmentsConfig
 from bridge.config.directories import Verdict, check_directory, fixed_directory
@@ -31,6 +29,7 @@ from bridge.config.schema import (
 )
 from bridge.config.values import Secret
 from bridge.config.walker import INVALID, Walker, describe_raw
+from bridge.config.yaml_file import Repeat, read_yaml
 from bridge.errors import ConfigError
 from bridge.runtime import uvloop_available
 
@@ -99,44 +98,15 @@ def load_config(
         ConfigError: listing every problem as ``key.path: message``.
     """
     env = os.environ if env is None else env
-    raw, base_dir, source = read_yaml(path, text)
-    return build_config(raw, sink_types=sink_types, base_dir=base_dir, env=env, source=source)
-
-
-def read_yaml(
-    path: str | os.PathLike[str] | None, text: str | None = None
-) -> tuple[object, Path, Path | None]:
-    """The parsed YAML of ``path`` (or ``text``), the directory relative paths resolve against,
-    and the file it came from.
-
-    Raises:
-        ConfigError: the file cannot be read or is not YAML.
-    """
-    if text is None:
-        if path is None:
-            raise ConfigError(["<config>: no config file given"])
-        file = Path(path)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"{file}: cannot read config file: {exc.strerror or exc}"]) from None
-        source: Path | None = file.resolve()
-        base_dir = file.resolve().parent
-    else:
-        source, base_dir = None, Path.cwd()
-    try:
-        return yaml.safe_load(text), base_dir, source
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        # Only a file that uses ${...} can have tripped over it.
-        hint = ""
-        if "${" in text:
-            hint = " (a ${...} value inside a {...} flow mapping must be quoted)"
-        raise ConfigError([f"<yaml>: not valid YAML{line}: {problem}{hint}"]) from None
-    except (ValueError, RecursionError) as exc:  # e.g. an integer too long to convert
-        raise ConfigError([f"<yaml>: cannot read the YAML: {str(exc)[:200]}"]) from None
+    file = read_yaml(path, text)
+    return build_config(
+        file.raw,
+        sink_types=sink_types,
+        base_dir=file.base_dir,
+        env=env,
+        source=file.source,
+        repeats=file.repeats,
+    )
 
 
 def build_config(
@@ -146,13 +116,17 @@ def build_config(
     base_dir: Path,
     env: Mapping[str, str],
     source: Path | None = None,
+    repeats: Sequence[Repeat] = (),
 ) -> Config:
     """Validate an already-parsed YAML tree; ``sink_types`` as for :func:`load_config`.
+    ``repeats``: the keys the file gave more than once, each a problem.
 
     Raises:
         ConfigError: listing every problem as ``key.path: message``.
     """
     walker = Walker(base_dir, env, inbound_secrets=INBOUND_SECRETS)
+    for repeat in repeats:
+        walker.fail(repeat.path, repeat.message)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -1,0 +1,158 @@
+"""The config file read as YAML: the tree, the keys given more than once, and syntax errors.
+
+YAML lets a mapping repeat a key and keeps the last value, so a second ``sinks.agent`` would
+silently replace the first, HTTP sink and all. Every repeat is found here with its lines and
+handed to the caller as a problem like any other (``loader`` fails on each, ``lenient`` only on
+those in a part it reads). Merge keys (``<<: *base``) are no repeat: overriding what they bring
+in is what they are for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, NamedTuple
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from bridge.errors import ConfigError
+
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+_VALUE_TAG: Final = "tag:yaml.org,2002:value"
+"""``=`` as a key: PyYAML's SafeLoader reads it as the text ``=``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """A key given more than once in one mapping."""
+
+    keys: tuple[str | int, ...]
+    """Its key path: the mapping keys as the config reads them (text), list indexes as ints."""
+    lines: tuple[int, ...]
+    """Where each of its occurrences starts, from 1."""
+
+    @property
+    def path(self) -> str:
+        return "".join(
+            f"[{k}]" if isinstance(k, int) else f".{k}" if i else k for i, k in enumerate(self.keys)
+        )
+
+    @property
+    def message(self) -> str:
+        if len(self.lines) == 2:
+            return (
+                f"given twice (lines {self.lines[0]} and {self.lines[1]}); the second would "
+                "replace the first"
+            )
+        listed = ", ".join(map(str, self.lines[:-1]))
+        return (
+            f"given {len(self.lines)} times (lines {listed} and {self.lines[-1]}); the last "
+            "would replace the others"
+        )
+
+    @property
+    def problem(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class YamlFile(NamedTuple):
+    raw: object
+    """The parsed tree; where a key repeats, its last value."""
+    base_dir: Path
+    """What relative paths inside it resolve against."""
+    source: Path | None
+    """The file it came from; None for text."""
+    repeats: tuple[Repeat, ...]
+    """The keys given more than once, in the order of the file."""
+
+
+def read_yaml(path: str | os.PathLike[str] | None, text: str | None = None) -> YamlFile:
+    """The YAML of ``path`` (or ``text``, whose relative paths resolve against the current
+    directory).
+
+    Raises:
+        ConfigError: the file cannot be read or is not YAML.
+    """
+    if text is None:
+        if path is None:
+            raise ConfigError(["<config>: no config file given"])
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{file}: cannot read config file: {exc.strerror or exc}"]) from None
+        source: Path | None = file.resolve()
+        base_dir = file.resolve().parent
+    else:
+        source, base_dir = None, Path.cwd()
+    try:
+        raw, repeats = _parse(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        hint = flow_hint(text, exc)
+        raise ConfigError([f"<yaml>: not valid YAML{line}: {problem}{hint}"]) from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer too long to convert
+        raise ConfigError([f"<yaml>: cannot read the YAML: {str(exc)[:200]}"]) from None
+    return YamlFile(raw, base_dir, source, repeats)
+
+
+def _parse(text: str) -> tuple[object, tuple[Repeat, ...]]:
+    """What ``yaml.safe_load`` gives, and the repeated keys it drops on the way."""
+    loader = yaml.SafeLoader(text)  # raises for a character YAML does not allow
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, ()
+        repeats = find_repeats(loader, node)
+        return loader.construct_document(node), repeats
+    finally:
+        loader.dispose()
+
+
+def flow_hint(text: str, exc: yaml.YAMLError) -> str:
+    # Only a file that uses ${...} can have tripped over it.
+    return " (a ${...} value inside a {...} flow mapping must be quoted)" if "${" in text else ""
+
+
+def find_repeats(loader: yaml.SafeLoader, root: Node) -> tuple[Repeat, ...]:
+    """Every key given more than once in a mapping of ``root``, with its key path.
+
+    A key is compared as the config reads it: the value it constructs to, and that value's text
+    (``1`` and ``'1'`` both name the sink "1"). A node an alias shares is looked at once, under
+    the first path that reaches it.
+    """
+    found: list[Repeat] = []
+    seen: set[int] = set()
+    # A stack, not recursion: the depth of a tree is the file's to choose.
+    stack: list[tuple[Node, tuple[str | int, ...]]] = [(root, ())]
+    while stack:
+        node, keys = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        children: list[tuple[Node, tuple[str | int, ...]]] = []
+        if isinstance(node, SequenceNode):
+            children = [(item, (*keys, i)) for i, item in enumerate(node.value)]
+        elif isinstance(node, MappingNode):
+            lines: dict[str, list[int]] = {}
+            by_value: dict[object, str] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
+                    continue  # a merge brings keys in to be overridden; a list key is refused later
+                value = _key_value(loader, key_node)
+                text = by_value.setdefault(value, str(value))  # a scalar is hashable
+                lines.setdefault(text, []).append(key_node.start_mark.line + 1)
+                children.append((value_node, (*keys, text)))
+            found += [Repeat((*keys, text), tuple(at)) for text, at in lines.items() if len(at) > 1]
+        stack += reversed(children)
+    return tuple(sorted(found, key=lambda r: r.lines[1]))
+
+
+def _key_value(loader: yaml.SafeLoader, node: ScalarNode) -> object:
+    if node.tag == _VALUE_TAG:
+        return node.value
+    return loader.construct_object(node, deep=True)
