@@ -1,5 +1,6 @@
 """The config file as YAML: a key given twice in one mapping is a problem naming both lines (the
-second would silently replace the first), and merge keys still work."""
+second would silently replace the first), merge keys still work, and a syntax error gets the
+``${...}`` hint only where an unquoted ``${`` is what broke it."""
 
 from __future__ import annotations
 
@@ -150,3 +151,41 @@ def test_an_operator_command_reads_past_a_repeat_elsewhere(tmp_path: Path) -> No
     result = bridge(tmp_path, "dlq", "list", "-c", str(config))
     assert result.returncode == 2
     assert "state.path: given twice (lines 22 and 23)" in result.stderr
+
+
+# --- the hint on a YAML syntax error -----------------------------------------------------------
+
+MAP_HINT = "(a ${...} value inside a {...} flow mapping must be quoted)"
+LIST_HINT = "(a ${...} value inside a [...] flow sequence must be quoted)"
+VALID_WITH_VARIABLE = """\
+openmail:
+  api_key: ${OM_KEY}
+  webhook: {listen: "127.0.0.1:0", secret: s}
+sinks:
+  console: {type: stdout}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        # The error is elsewhere than any ${: no hint.
+        (VALID_WITH_VARIABLE + "routes: [\n", None),
+        (VALID_WITH_VARIABLE + "log: {level: info}}\n", None),
+        ('sinks: {a: {type: http, url: "${URL}", x: [}}\n', None),
+        # An unquoted ${ in a flow mapping, on the first line of it or a later one.
+        ("sinks: {a: {type: http, url: ${URL}}\n", MAP_HINT),
+        ("sinks:\n  a: {type: http,\n      url: http://${HOST}/h}\n", MAP_HINT),
+        # In a flow sequence.
+        ("openmail: {websocket: {inbox_ids: [${INBOX}]}}\n", LIST_HINT),
+    ],
+)
+def test_the_flow_hint_only_where_an_unquoted_dollar_brace_broke_it(
+    tmp_path: Path, text: str, hint: str | None
+) -> None:
+    (found,) = problems(tmp_path, text)
+    assert found.startswith("<yaml>: not valid YAML at line"), found
+    if hint is None:
+        assert "${...}" not in found, found
+    else:
+        assert found.endswith(hint), found

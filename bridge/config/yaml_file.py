@@ -22,6 +22,10 @@ from bridge.errors import ConfigError
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 _VALUE_TAG: Final = "tag:yaml.org,2002:value"
 """``=`` as a key: PyYAML's SafeLoader reads it as the text ``=``."""
+_FLOW_HINTS: Final = {
+    "while parsing a flow mapping": "(a ${...} value inside a {...} flow mapping must be quoted)",
+    "while parsing a flow sequence": "(a ${...} value inside a [...] flow sequence must be quoted)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +118,15 @@ def _parse(text: str) -> tuple[object, tuple[Repeat, ...]]:
 
 
 def flow_hint(text: str, exc: yaml.YAMLError) -> str:
-    # Only a file that uses ${...} can have tripped over it.
-    return " (a ${...} value inside a {...} flow mapping must be quoted)" if "${" in text else ""
+    """`` (a ${...} value ... must be quoted)`` when what broke the YAML is the ``{`` of an
+    unquoted ``${`` inside a flow mapping or sequence (``{url: ${URL}}`` reads ``$`` as the value
+    and then meets a ``{`` it cannot place); else nothing."""
+    context = getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None)
+    hint = _FLOW_HINTS.get(context) if isinstance(context, str) else None
+    if hint is None or mark is None or not 0 < mark.index < len(text):
+        return ""
+    return f" {hint}" if text[mark.index - 1 : mark.index + 1] == "${" else ""
 
 
 def find_repeats(loader: yaml.SafeLoader, root: Node) -> tuple[Repeat, ...]:
