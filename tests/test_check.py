@@ -267,6 +267,32 @@ def test_mount_type_takes_the_longest_mount_point() -> None:
     assert mount_type(table, Path("/srv/my data/x")) == "tmpfs"
 
 
+def test_check_says_the_state_database_cannot_live_on_a_pseudo_filesystem(tmp_path: Path) -> None:
+    data = merged(BASE, {"sinks": {"audit": {"path": str(tmp_path / "e.jsonl")}}})
+    data["state"] = {"path": "/proc/self/bridge.db", "min_free": 0}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    result = subprocess.run(
+        [str(EXECUTABLE), "check", "-c", str(config)], cwd=tmp_path, env=cli_env(),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "state.path" in line]
+    assert line.endswith(
+        "warning: state.path: /proc/self is on the kernel's proc filesystem, where no file can "
+        "ever be created"
+    ), line
+
+
+def test_a_directory_below_a_pseudo_filesystem_is_named_with_its_mount(tmp_path: Path) -> None:
+    verdict, message = check_directory(Path("/proc/nope/sub"))
+    assert verdict is Verdict.NEVER
+    assert message == (
+        "/proc/nope/sub would be on the kernel's proc filesystem (/proc), where no file can ever "
+        "be created"
+    )
+
+
 # --- log.stats_interval ------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Whether a file sink's directory can ever hold its files, judged from the filesystem as it is.
+"""Whether a directory can ever hold files, judged from the filesystem as it is: a file sink's,
+an attachment ``dir``, the state database's.
 
 A file sink creates its directory on its first event, so a missing one is fine if it can be
 created then (``check`` warns: it may be created by then, or may not). A directory under a file,
@@ -83,10 +84,13 @@ def check_directory(directory: Path) -> DirectoryCheck:
         )
     fstype = filesystem_type(existing)
     if fstype in PSEUDO_FILESYSTEMS:
+        # Said of the directory alone: it is a file sink's, an attachment dir or the state's.
+        where = "is" if existing == directory else "would be"
+        mount = "" if existing == directory else f" ({existing})"
         return DirectoryCheck(
             Verdict.NEVER,
-            f"{existing} is on the kernel's {fstype} filesystem: {directory} can never hold "
-            "the sink's files",
+            f"{directory} {where} on the kernel's {fstype} filesystem{mount}, where no file can "
+            "ever be created",
         )
     if existing != directory:
         return DirectoryCheck(
