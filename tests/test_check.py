@@ -293,6 +293,42 @@ def test_a_directory_below_a_pseudo_filesystem_is_named_with_its_mount(tmp_path:
     )
 
 
+# --- values read as they are used --------------------------------------------------------------
+
+
+def _guarded(*own: object) -> dict[str, Any]:
+    route = {"name": "support", "sinks": ["agent"], "guard": {"own_addresses": list(own)}}
+    return {"routes": [route]}
+
+
+def test_own_addresses_are_each_one_address(tmp_path: Path) -> None:
+    found = _problems(tmp_path, _guarded("not an address", 42, "Jane <jane@x.com>",
+                                         "a@x.com, b@x.com", "", True))  # fmt: skip
+    key = "routes[0] (support).guard.own_addresses"
+    assert found == [
+        f"{key}[0]: not an email address: 'not an address'",
+        f"{key}[1]: expected an email address such as agent@example.com, got int 42",
+        f"{key}[2]: 'Jane <jane@x.com>' is more than an address: write jane@x.com alone",
+        f"{key}[3]: 'a@x.com, b@x.com' names 2 addresses: give each as an entry of its own",
+        f"{key}[4]: not an email address: ''",
+        f"{key}[5]: expected an email address such as agent@example.com, got a boolean (true)",
+    ]
+
+
+def test_own_addresses_in_their_usual_forms(tmp_path: Path) -> None:
+    given = ("support@example.com", '"agent"@example.com', "bot@b\u00fccher.example", "${OWN}")
+    config = load(tmp_path, merged(BASE, _guarded(*given)), env={"OWN": "me@x.com"})
+    guard = config.routes[0].guard_config
+    assert guard is not None
+    assert guard.own_addresses == (*given[:3], "me@x.com")
+
+
+def test_route_test_reads_own_addresses_as_check_does(tmp_path: Path) -> None:
+    config = read_operator_config(text=yaml.safe_dump(merged(BASE, _guarded(42))), env={})
+    (problem,) = config.problems["routes"]
+    assert problem.startswith("routes[0] (support).guard.own_addresses[0]: expected an email")
+
+
 # --- log.stats_interval ------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from bridge.config.values import (
     Bounds,
     ByteSize,
     Duration,
+    EmailAddress,
     FilePath,
     HttpUrl,
     Listen,
@@ -286,7 +287,7 @@ _ANY_MATCH: Final = RouteMatch()
 class GuardConfig:
     """The loop and auto-reply guard of a route's HTTP sinks (the agents that may answer)."""
 
-    own_addresses: tuple[str, ...] = ()
+    own_addresses: tuple[EmailAddress, ...] = ()
     """The account's own addresses, besides every ``to`` address seen on its inboxes."""
     quarantine: str | None = None
     """The sink guarded mail goes to instead; None: it is dropped (and recorded)."""

@@ -1,4 +1,5 @@
-"""Configuration value types: durations, sizes, secrets, listen addresses, URLs, file paths.
+"""Configuration value types: durations, sizes, secrets, listen addresses, URLs, file paths,
+email addresses.
 
 Each is a plain Python value carrying an ``Annotated`` marker, so a section dataclass says what it
 wants in its type hints and the walker (``bridge.config.walker``) knows how to read it.
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final
 
+from bridge.addresses import addresses, canonical
+
 # --- Value types -------------------------------------------------------------------------------
 
 
@@ -25,6 +28,7 @@ class Kind(enum.Enum):
     WS_URL = "a ws(s) URL"
     PATH = "a file path"
     RATE = "a rate such as 20/10m (at most 20 per 10 minutes)"
+    ADDRESS = "an email address such as agent@example.com"
 
 
 Duration = Annotated[float, Kind.DURATION]
@@ -33,6 +37,8 @@ ByteSize = Annotated[int, Kind.SIZE]
 HttpUrl = Annotated[str, Kind.HTTP_URL]
 WsUrl = Annotated[str, Kind.WS_URL]
 FilePath = Annotated[Path, Kind.PATH]
+EmailAddress = Annotated[str, Kind.ADDRESS]
+"""One mailbox, written alone (``agent@example.com``): a string, never a number."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,20 @@ def parse_rate(text: str) -> RateLimit:
     if int(count) < 1 or seconds <= 0:
         raise ValueError(f"{text!r} must allow at least 1 event in a window longer than 0s")
     return RateLimit(int(count), seconds)
+
+
+def parse_address(text: str) -> str:
+    """``" agent@example.com "`` -> ``"agent@example.com"``: one address, as the guard reads a
+    sender's (:func:`bridge.addresses.addresses`), written alone. Raises ValueError."""
+    found = addresses(text)
+    if not found:
+        raise ValueError(f"not an email address: {text!r}")
+    if len(found) > 1:
+        raise ValueError(f"{text!r} names {len(found)} addresses: give each as an entry of its own")
+    # A display name or a comment around it would be compared as part of the address.
+    if canonical(text) != found[0]:
+        raise ValueError(f"{text!r} is more than an address: write {found[0]} alone")
+    return text.strip()
 
 
 def parse_listen(text: str) -> Listen:

@@ -1,9 +1,9 @@
 """The key-path walker: raw YAML read beside a dataclass's type hints, every problem collected.
 
 :class:`Walker` converts scalars (``${VAR}`` interpolated first), durations, sizes, secrets,
-listen addresses, URLs, paths, ``Literal`` choices, tuples, maps and nested sections, naming each
-problem ``key.path: message`` instead of stopping at the first. It knows no section by name; the
-section-specific rules live in ``bridge.config.loader``.
+listen addresses, URLs, paths, email addresses, ``Literal`` choices, tuples, maps and nested
+sections, naming each problem ``key.path: message`` instead of stopping at the first. It knows
+no section by name; the section-specific rules live in ``bridge.config.loader``.
 
 ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` are expanded in every string value; an unset
 ``VAR`` falls back to the file named by ``VAR_FILE``.
@@ -29,6 +29,7 @@ from bridge.config.values import (
     Kind,
     Listen,
     Secret,
+    parse_address,
     parse_duration,
     parse_listen,
     parse_rate,
@@ -229,6 +230,9 @@ class Walker:
             if raw == 0:  # nothing needs no unit
                 return 0.0
             return self.fail(path, f"{raw} has no unit; write e.g. {raw}s or {raw}ms")
+        if kind is Kind.ADDRESS and not isinstance(raw, str):
+            # A number is no address, though it has a text: 42 would be compared as "42".
+            return self.fail(path, f"expected {kind.value}, got {describe_raw(raw)}")
         text = self.scalar_text(path, raw, kind.value)
         if text is None:
             return INVALID
@@ -239,6 +243,8 @@ class Walker:
                 return parse_size(text)
             if kind is Kind.RATE:
                 return parse_rate(text)
+            if kind is Kind.ADDRESS:
+                return parse_address(text)
         except ValueError as exc:
             return self.fail(path, str(exc))
         if kind is Kind.PATH:
