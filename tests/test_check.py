@@ -21,6 +21,7 @@ from bridge.config import load_config, read_operator_config
 from bridge.config.directories import Verdict, check_directory, fixed_directory, mount_type
 from bridge.errors import ConfigError
 from bridge.sinks import SINK_TYPES
+from bridge.sinks.file import FileSinkOptions
 from tests.test_cli import cli_env
 from tests.test_config import BASE, DROP, load, merged, problems
 
@@ -327,6 +328,37 @@ def test_route_test_reads_own_addresses_as_check_does(tmp_path: Path) -> None:
     config = read_operator_config(text=yaml.safe_dump(merged(BASE, _guarded(42))), env={})
     (problem,) = config.problems["routes"]
     assert problem.startswith("routes[0] (support).guard.own_addresses[0]: expected an email")
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("x${HOME.jsonl", "unclosed ${ ... } (write $${ for a literal ${)"),
+        ("${HOME", "unclosed ${ ... } (write $${ for a literal ${)"),
+        ("x/${1DIR}/e.jsonl", "a ${...} that is not ${VAR}, ${VAR:-default} or ${VAR:?message} "
+                              "(write $${ for a literal ${)"),
+        ("x/${DIR-x}/e.jsonl", "a ${...} that is not ${VAR}, ${VAR:-default} or ${VAR:?message} "
+                               "(write $${ for a literal ${)"),
+    ],
+)  # fmt: skip
+def test_a_dollar_brace_that_is_no_variable_is_an_error(
+    tmp_path: Path, given: str, message: str
+) -> None:
+    (found,) = _problems(tmp_path, {"sinks": {"audit": {"path": given}}})
+    assert found == f"sinks.audit.path: {message}"
+
+
+def test_a_doubled_dollar_keeps_a_literal_dollar_brace(tmp_path: Path) -> None:
+    config = load(tmp_path, merged(BASE, {"sinks": {"audit": {"path": "x$${HOME.jsonl"}}}))
+    audit = config.sinks["audit"].options
+    assert isinstance(audit, FileSinkOptions)
+    assert audit.path == tmp_path / "x${HOME.jsonl"
+
+
+def test_an_unclosed_dollar_brace_in_a_secret_does_not_show_it(tmp_path: Path) -> None:
+    (found,) = _problems(tmp_path, {"sinks": {"agent": {"secret": "hunter2${x"}}})
+    assert found.startswith("sinks.agent.secret: unclosed ${ ... }")
+    assert "hunter2" not in found
 
 
 # --- log.stats_interval ------------------------------------------------------------------------

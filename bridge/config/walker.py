@@ -6,7 +6,8 @@ sections, naming each problem ``key.path: message`` instead of stopping at the f
 no section by name; the section-specific rules live in ``bridge.config.loader``.
 
 ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` are expanded in every string value; an unset
-``VAR`` falls back to the file named by ``VAR_FILE``.
+``VAR`` falls back to the file named by ``VAR_FILE``. ``$$`` is a literal ``$``; any other ``${``
+is a problem.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ from bridge.config.values import (
     parse_size,
 )
 
-_ENV_RE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}|\$\$")
+# The last branch is a ${ that starts none of the forms: README promises $$ as the way to a literal
+# ${, so one written bare is a mistake to name, not text to keep.
+_ENV_RE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}|\$\$|\$\{")
+_LITERAL: Final = "(write $${ for a literal ${)"
+_UNCLOSED: Final = f"unclosed ${{ ... }} {_LITERAL}"
+_NOT_A_VARIABLE: Final = (
+    f"a ${{...}} that is not ${{VAR}}, ${{VAR:-default}} or ${{VAR:?message}} {_LITERAL}"
+)
 _WHOLE_NUMBER: Final = re.compile(r"-?[0-9]{1,30}")
 INVALID: Final = object()
 """Returned in place of a value a problem was recorded for; the caller skips it."""
@@ -88,6 +96,10 @@ class Walker:
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
                 return "$"
+            if match.group(0) == "${":
+                # Never the text itself: the value may be a secret.
+                missing.append(_NOT_A_VARIABLE if "}" in text[match.end() :] else _UNCLOSED)
+                return ""
             name, op, arg = match.group(1), match.group(2), match.group(3)
             value = self.env.get(name)
             if value is None and self.env.get(f"{name}_FILE"):
@@ -108,7 +120,7 @@ class Walker:
             return value
 
         result = _ENV_RE.sub(replace, text)
-        for message in missing:
+        for message in dict.fromkeys(missing):
             self.fail(path, message)
         return None if missing else result
 
