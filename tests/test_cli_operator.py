@@ -21,7 +21,6 @@ import yaml
 from aiohttp import web
 from conftest import free_port, make_config, running_bridge, wait_until, websocket_of
 
-from bridge.cli.status_text import format_status
 from tests.test_cli import (
     _dead_letters,
     _log_lines,
@@ -185,7 +184,7 @@ def protected(tmp_path: Path) -> Iterator[tuple[Path, int]]:
 
 
 @contextlib.contextmanager
-def _started(cwd: Path, *args: str, **env: str) -> Iterator[None]:
+def _started(cwd: Path, *args: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """``python -m bridge ARGS`` until it has logged bridge.started; stopped with SIGTERM."""
     stderr_path = cwd / "stderr.log"
     with stderr_path.open("wb") as stderr:
@@ -199,7 +198,7 @@ def _started(cwd: Path, *args: str, **env: str) -> Iterator[None]:
             assert proc.poll() is None, stderr_path.read_text()
             assert time.monotonic() < deadline, stderr_path.read_text()
             time.sleep(0.05)
-        yield
+        yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
@@ -334,13 +333,3 @@ def test_global_log_level_before_the_subcommand(tmp_path: Path) -> None:
         result = bridge(tmp_path, *flags, "dlq", "list", "--state", str(db))
         assert result.returncode == 0, result.stderr
     assert bridge(tmp_path, "--log-level", "loud", "dlq", "list").returncode == 2
-
-
-@pytest.mark.parametrize(
-    ("held", "expected"),
-    [(1024, "FULL (state.max_bytes)"), (10, "FULL (state.min_free, or the room left)")],
-)
-def test_status_says_which_bound_makes_the_spool_full(held: int, expected: str) -> None:
-    spool = {"bytes": held, "max_bytes": 1024, "writable": True, "has_room": False}
-    (line,) = [x for x in format_status({"spool": spool}, 0.0).splitlines() if "spool" in x]
-    assert line.endswith(expected), line

@@ -151,3 +151,32 @@ def test_the_disk_under_the_spool_is_shown_with_its_floor() -> None:
     assert "  disk: 3 GiB free of 8 GiB, min_free 64 MiB" in lines
     unreadable = shown({"spool": {**spool, "free_disk": None, "disk_size": None, "min_free": 0}})
     assert not [line for line in unreadable if "disk:" in line]
+
+
+def test_a_full_spool_names_the_bound_that_holds() -> None:
+    """Under max_bytes, a full spool is the next event not fitting the room left, or the disk at
+    its floor: the line names the one that holds, as the disk figures show it."""
+    full = {"max_bytes": 64 << 10, "writable": True, "has_room": False, "disk_size": 8 << 30}
+    floor = 256 << 20
+
+    def line(**spool: object) -> str:
+        (found,) = [x for x in shown({"spool": {**full, **spool}}) if x.startswith("spool:")]
+        return found
+
+    assert line(bytes=65_498, free_disk=3 << 30, min_free=floor) == (
+        "spool: 64 KiB of 64 KiB (99.9%), FULL (state.max_bytes: 38 B left, too little for the "
+        "next event)"
+    )
+    assert line(bytes=64 << 10, free_disk=3 << 30, min_free=floor) == (
+        "spool: 64 KiB of 64 KiB (100.0%), FULL (state.max_bytes)"
+    )
+    at_floor = "spool: 1 KiB of 64 KiB (1.6%), FULL (state.min_free: the disk is at its floor)"
+    assert line(bytes=1024, free_disk=floor + (1 << 20), min_free=floor) == at_floor
+    assert line(bytes=1024, free_disk=floor - 4096, min_free=floor) == at_floor
+    # No floor kept (min_free: 0), or a disk that cannot be read: max_bytes is the only bound.
+    for disk in ({"free_disk": 1 << 20, "min_free": 0}, {"free_disk": None, "min_free": floor}):
+        assert line(bytes=65_000, **disk).endswith(
+            "FULL (state.max_bytes: 536 B left, too little for the next event)"
+        )
+    # A bridge older than the disk figures: either bound may hold.
+    assert line(bytes=1024).endswith("FULL (state.max_bytes or state.min_free)")

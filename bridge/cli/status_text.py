@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Final, TypeGuard
 
 from bridge.printable import printable
+from bridge.store.bounds import CHECKPOINT_MARGIN, disk_cost
 
 _SIZE_UNITS: Final = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -90,11 +91,7 @@ def _spool_lines(spool: object) -> list[str]:
         share = f" ({100 * held / limit:.1f}%)"
     flags = [] if spool.get("writable", True) else ["NOT WRITABLE"]
     if spool.get("has_room") is False:
-        at_bound = isinstance(held, int) and isinstance(limit, int) and held >= limit
-        # Under the bound, full is the disk's floor or an event refused that still would not fit.
-        flags.append(
-            "FULL (state.max_bytes)" if at_bound else "FULL (state.min_free, or the room left)"
-        )
+        flags.append(f"FULL ({_full_bound(spool)})")
     extra = f", {', '.join(flags)}" if flags else ""
     lines = [f"spool: {human_bytes(held)} of {human_bytes(limit)}{share}{extra}"]
     free, size, floor = spool.get("free_disk"), spool.get("disk_size"), spool.get("min_free")
@@ -102,6 +99,30 @@ def _spool_lines(spool: object) -> list[str]:
         kept = f", min_free {human_bytes(floor)}" if isinstance(floor, int) and floor else ""
         lines.append(f"  disk: {human_bytes(free)} free of {human_bytes(size)}{kept}")
     return lines
+
+
+def _full_bound(spool: Mapping[str, object]) -> str:
+    """Which bound keeps a full spool from taking the next event. Under max_bytes the spool is
+    also full while a refused event still does not fit the room left, so max_bytes holds unless
+    the disk could not take an event filling that room (the room check of ``bridge.store``)."""
+    held, limit = spool.get("bytes"), spool.get("max_bytes")
+    if not isinstance(held, int) or not isinstance(limit, int):
+        return "state.max_bytes or state.min_free"
+    if held >= limit:
+        return "state.max_bytes"
+    if "min_free" not in spool:  # a bridge older than the disk figures: either may hold
+        return "state.max_bytes or state.min_free"
+    free, floor = spool.get("free_disk"), spool.get("min_free")
+    # No floor kept (min_free: 0), or a disk that cannot be read: max_bytes is the only bound.
+    if not isinstance(free, int) or not isinstance(floor, int) or floor <= 0:
+        return _room_left(limit - held)
+    if free - floor < disk_cost(limit - held) + CHECKPOINT_MARGIN:
+        return "state.min_free: the disk is at its floor"
+    return _room_left(limit - held)
+
+
+def _room_left(room: int) -> str:
+    return f"state.max_bytes: {human_bytes(room)} left, too little for the next event"
 
 
 def _sink_lines(sinks: object, now: float) -> list[str]:
