@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -36,6 +37,13 @@ class Target:
     token: str | None
     token_problem: str | None
     """Why the config's admin.token could not be read (it names the variable)."""
+    from_config: bool = False
+    """The URL is the config's admin.listen, not ``--admin``."""
+
+    @property
+    def shown(self) -> str:
+        """The URL as messages show it (``--admin`` accepts no credential, so it holds none)."""
+        return self.url.removeprefix("http://")
 
 
 class Refused(Exception):
@@ -54,11 +62,33 @@ def admin_url(listen: Listen) -> str:
 
 
 def _given_url(text: str) -> str:
-    """``--admin``: a URL, or a bare ``host:port``. Raises Refused for another scheme."""
-    url = (text if "://" in text else f"http://{text}").rstrip("/")
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise Refused(f"--admin {text}: not an http(s) URL", EXIT_CONFIG)
-    return url
+    """``--admin``: a URL, or a bare ``host:port``. Raises Refused for another scheme, and for a
+    URL with user-info, a query or a fragment: the admin server reads its bearer token from a
+    header only, and what the URL holds beside the address is never shown back."""
+    if "@" in text:
+        raise Refused(
+            "--admin: a user name or password in the URL is refused (not shown here): the admin "
+            f"server takes a bearer token; give the address alone, and the token with --token "
+            f"or ${TOKEN_ENV}",
+            EXIT_CONFIG,
+        )
+    address = re.split("[?#]", text, maxsplit=1)[0]
+    shown = address if "://" in address else f"http://{address}"
+    shown = shown.rstrip("/")
+    if address != text:
+        raise Refused(
+            f"--admin {shown}: a query (?...) or fragment (#...) in the URL is refused (not "
+            f"shown here): give the address alone, and the token with --token or ${TOKEN_ENV}",
+            EXIT_CONFIG,
+        )
+    try:
+        parts = urllib.parse.urlsplit(shown)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError as exc:  # a port that is not a number, or out of range
+        raise Refused(f"--admin {shown}: not a URL ({exc})", EXIT_CONFIG) from None
+    if not usable:
+        raise Refused(f"--admin {shown}: not an http(s) URL with a host", EXIT_CONFIG)
+    return shown
 
 
 def target(args: argparse.Namespace) -> Target:
@@ -78,7 +108,8 @@ def target(args: argparse.Namespace) -> Target:
     url = _given_url(args.admin) if args.admin else admin_url(config.admin.listen)
     if token is None and config.admin.token is not None:
         token = config.admin.token.get()
-    return Target(url, token, None if token else config.token_problem)
+    problem = None if token else config.token_problem
+    return Target(url, token, problem, from_config=args.admin is None)
 
 
 def fetch(where: Target) -> dict[str, object]:
@@ -87,24 +118,43 @@ def fetch(where: Target) -> dict[str, object]:
     request = urllib.request.Request(f"{where.url}/status")  # noqa: S310
     if where.token:
         request.add_header("Authorization", f"Bearer {where.token}")
-    shown = where.url.removeprefix("http://")
     try:
         with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:  # noqa: S310
-            report = json.loads(response.read())
+            body = response.read()
     except urllib.error.HTTPError as exc:
-        raise refusal(exc, where, shown, "/status") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise refusal(exc, where, "/status") from None
+    except (urllib.error.URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise Refused(
-            f"no bridge answers at {shown} ({reason}); is it running?", EXIT_FAILURE
-        ) from None
+        raise unreachable(where, reason) from None
+    try:
+        report = json.loads(body)
+    except ValueError:  # something answers there, but not with JSON: not a bridge's /status
+        report = None
     if not isinstance(report, dict):
-        raise Refused(f"the server at {shown} answered something other than a report", 1)
+        raise Refused(
+            f"the server at {where.shown} answered something other than a report", EXIT_FAILURE
+        )
     return report
 
 
-def refusal(exc: urllib.error.HTTPError, where: Target, shown: str, path: str) -> Refused:
+def unreachable(where: Target, reason: object) -> Refused:
+    """No server answers at ``where`` (exit 1). When the address is the config's, the bridge may
+    still be on the one it started with: a reload leaves admin.listen for a restart."""
+    moved = ""
+    if where.from_config:
+        moved = (
+            "; a running bridge keeps the admin address it started with until it is restarted "
+            "(a reload that changes admin.listen logs config.restart_needed): --admin URL "
+            "reaches it there"
+        )
+    return Refused(
+        f"no bridge answers at {where.shown} ({reason}); is it running?{moved}", EXIT_FAILURE
+    )
+
+
+def refusal(exc: urllib.error.HTTPError, where: Target, path: str) -> Refused:
     """What an HTTP error from the admin server at ``where`` means, for a request of ``path``."""
+    shown = where.shown
     try:
         said = json.loads(exc.read()).get("error", "")
     except (ValueError, AttributeError, OSError):

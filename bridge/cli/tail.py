@@ -26,7 +26,7 @@ from bridge.activity import FIELDS, Filter, Kind
 from bridge.backoff import full_jitter
 from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
 from bridge.cli.operator_config import add_admin_options, add_config_option
-from bridge.cli.status import Refused, Target, refusal, target
+from bridge.cli.status import Refused, Target, refusal, target, unreachable
 from bridge.printable import printable
 from bridge.stream import KEEPALIVE
 
@@ -172,10 +172,6 @@ class Gone(Exception):
     """The stream stopped: the bridge closed it, the connection broke, or it fell silent."""
 
 
-def _shown(where: Target) -> str:
-    return where.url.removeprefix("http://")
-
-
 def _reason(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
@@ -203,21 +199,18 @@ def open_stream(where: Target, wanted: Filter) -> http.client.HTTPResponse:
         response = connection.getresponse()
     except (OSError, http.client.HTTPException) as exc:
         connection.close()
-        raise Refused(
-            f"no bridge answers at {_shown(where)} ({_reason(exc)}); is it running?",
-            EXIT_FAILURE,
-        ) from None
+        raise unreachable(where, _reason(exc)) from None
     if response.status != 200:
         if response.status == 404:
             refused = Refused(
-                f"the bridge at {_shown(where)} has no /api/stream: it is older than this command",
+                f"the bridge at {where.shown} has no /api/stream: it is older than this command",
                 EXIT_FAILURE,
             )
         else:
             error = urllib.error.HTTPError(
                 f"{where.url}{path}", response.status, response.reason, response.headers, response
             )
-            refused = refusal(error, where, _shown(where), "/api/stream")
+            refused = refusal(error, where, "/api/stream")
         connection.close()
         raise refused
     if connection.sock is not None:
@@ -236,7 +229,7 @@ class Tail:
     def run(self) -> int:
         """Follow until interrupted (KeyboardInterrupt) or refused. Raises Refused."""
         response = open_stream(self.where, self.wanted)
-        shown = _shown(self.where)
+        shown = self.where.shown
         self.printer.note(f"following {shown} (Ctrl-C stops)")
         while True:
             try:

@@ -20,7 +20,7 @@ from typing import Final
 
 from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
 from bridge.cli.operator_config import add_admin_options, add_config_option
-from bridge.cli.status import Refused, Target, refusal, target
+from bridge.cli.status import Refused, Target, refusal, target, unreachable
 from bridge.printable import printable
 
 DEFAULT_TIMEOUT: Final = 30.0
@@ -151,19 +151,16 @@ def request(
     req.add_header("Content-Type", "application/json")
     if where.token:
         req.add_header("Authorization", f"Bearer {where.token}")
-    shown = where.url.removeprefix("http://")
     try:
         with urllib.request.urlopen(req, timeout=_REQUEST_TIMEOUT) as response:  # noqa: S310
             return response.status, _json_object(response.read())
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            raise refusal(exc, where, shown, path) from None
+            raise refusal(exc, where, path) from None
         return exc.code, _json_object(exc.read())
     except (urllib.error.URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise Refused(
-            f"no bridge answers at {shown} ({reason}); is it running?", EXIT_FAILURE
-        ) from None
+        raise unreachable(where, reason) from None
 
 
 def _json_object(raw: bytes) -> dict[str, object]:
