@@ -78,7 +78,13 @@ def test_check_refuses_a_file_with_a_key_given_twice(tmp_path: Path) -> None:
         # In a flow mapping, and spelled once quoted: the same key.
         (
             "sinks:\n  a: {type: stdout, 'type': file}\n",
-            "sinks.a.type: given twice (lines 2 and 2); the second would replace the first",
+            "sinks.a.type: given twice (line 2, columns 7 and 21); the second would replace the "
+            "first",
+        ),
+        (
+            "sinks:\n  a: {type: stdout, type: file,\n    type: http}\n",
+            "sinks.a.type: given 3 times (line 2 column 7, line 2 column 21 and line 3 column 5); "
+            "the last would replace the others",
         ),
         # Inside a list item, named by its index.
         (

@@ -34,8 +34,8 @@ class Repeat:
 
     keys: tuple[str | int, ...]
     """Its key path: the mapping keys as the config reads them (text), list indexes as ints."""
-    lines: tuple[int, ...]
-    """Where each of its occurrences starts, from 1."""
+    marks: tuple[tuple[int, int], ...]
+    """Where each of its occurrences starts: line and column, from 1."""
 
     @property
     def path(self) -> str:
@@ -45,20 +45,29 @@ class Repeat:
 
     @property
     def message(self) -> str:
-        if len(self.lines) == 2:
-            return (
-                f"given twice (lines {self.lines[0]} and {self.lines[1]}); the second would "
-                "replace the first"
-            )
-        listed = ", ".join(map(str, self.lines[:-1]))
-        return (
-            f"given {len(self.lines)} times (lines {listed} and {self.lines[-1]}); the last "
-            "would replace the others"
-        )
+        if len(self.marks) == 2:
+            return f"given twice ({self.where}); the second would replace the first"
+        return f"given {len(self.marks)} times ({self.where}); the last would replace the others"
+
+    @property
+    def where(self) -> str:
+        """``lines 12 and 20``; the columns too where a line holds more than one."""
+        lines = [line for line, _ in self.marks]
+        if len(set(lines)) == len(lines):
+            return f"lines {_listing(lines)}"
+        if len(set(lines)) == 1:  # a flow mapping: {type: http, type: file}
+            return f"line {lines[0]}, columns {_listing([column for _, column in self.marks])}"
+        return _listing([f"line {line} column {column}" for line, column in self.marks])
 
     @property
     def problem(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+def _listing(items: list[int] | list[str]) -> str:
+    """``1, 2 and 3``."""
+    texts = [str(item) for item in items]
+    return f"{', '.join(texts[:-1])} and {texts[-1]}"
 
 
 class YamlFile(NamedTuple):
@@ -149,18 +158,19 @@ def find_repeats(loader: yaml.SafeLoader, root: Node) -> tuple[Repeat, ...]:
         if isinstance(node, SequenceNode):
             children = [(item, (*keys, i)) for i, item in enumerate(node.value)]
         elif isinstance(node, MappingNode):
-            lines: dict[str, list[int]] = {}
+            marks: dict[str, list[tuple[int, int]]] = {}
             by_value: dict[object, str] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
                     continue  # a merge brings keys in to be overridden; a list key is refused later
                 value = _key_value(loader, key_node)
                 text = by_value.setdefault(value, str(value))  # a scalar is hashable
-                lines.setdefault(text, []).append(key_node.start_mark.line + 1)
+                start = key_node.start_mark
+                marks.setdefault(text, []).append((start.line + 1, start.column + 1))
                 children.append((value_node, (*keys, text)))
-            found += [Repeat((*keys, text), tuple(at)) for text, at in lines.items() if len(at) > 1]
+            found += [Repeat((*keys, text), tuple(at)) for text, at in marks.items() if len(at) > 1]
         stack += reversed(children)
-    return tuple(sorted(found, key=lambda r: r.lines[1]))
+    return tuple(sorted(found, key=lambda r: r.marks[1]))
 
 
 def _key_value(loader: yaml.SafeLoader, node: ScalarNode) -> object:
