@@ -2,8 +2,10 @@
 
 They need a few keys only: ``state.path``, ``admin.enabled`` / ``admin.listen`` / ``admin.token``
 and the routes with the sinks' names. Everything else is left unread, so an unset ``${VAR}``
-elsewhere, a missing secret file or a typo in another section (say a file a rejected reload left
-behind) does not stop an operator from looking at a running bridge. Of the secrets, only
+elsewhere, a missing secret file, a typo or a key given twice in another section (say a file a
+rejected reload left behind) does not stop an operator from looking at a running bridge. A key
+given twice in a part they read makes that part unusable, as any other problem there does: the
+value it would replace may be the one meant. Of the secrets, only
 ``admin.token`` is resolved, and a problem with it is kept for the caller rather than raised: a
 bridge that asks for no token does not need it.
 """
