@@ -240,12 +240,20 @@ def test_the_environment_wins_over_config_yaml_here(
 
 
 @pytest.mark.parametrize(
-    "command", [("check",), ("run",), ("nats-status",), ("status",), ("events", "list")]
+    ("command", "instead"),
+    [
+        (("check",), ""),
+        (("run",), ""),
+        (("nats-status",), ""),
+        (("status",), "give --admin URL (and --token, or $OPENMAIL_BRIDGE_ADMIN_TOKEN)"),
+        (("events", "list"), "give --state PATH"),
+    ],
 )
 def test_no_config_anywhere_names_every_place_looked_at(
-    tmp_path: Path, command: tuple[str, ...]
+    tmp_path: Path, command: tuple[str, ...], instead: str
 ) -> None:
-    """The places README gives for -c's default, ./config.yaml as the absolute path it was here."""
+    """The places README gives for -c's default, ./config.yaml as the absolute path it was here;
+    for a command that can do without a config, how."""
     if Path("/etc/openmail-bridge/config.yaml").exists():
         pytest.skip("this machine has /etc/openmail-bridge/config.yaml")
     result = bridge(tmp_path, *command)
@@ -255,7 +263,7 @@ def test_no_config_anywhere_names_every_place_looked_at(
         f"openmail-bridge: no config file found: looked at {here}, "
         "/etc/openmail-bridge/config.yaml ($OPENMAIL_BRIDGE_CONFIG is not set); "
         "give -c FILE or set $OPENMAIL_BRIDGE_CONFIG\n"
-    )
+    ) + (f"openmail-bridge: to look without the config, {instead}\n" if instead else "")
 
 
 def test_a_missing_config_named_by_the_environment_says_where_its_name_came_from(

@@ -149,6 +149,44 @@ def test_dlq_purge_pending_is_refused_for_a_sink_still_in_the_config(tmp_path: P
     assert len(json.loads(bridge(tmp_path, "dlq", "list", "--json").stdout)) == 1
 
 
+@pytest.mark.parametrize(
+    ("command", "instead"),
+    [
+        (("status",), "give --admin URL (and --token, or $OPENMAIL_BRIDGE_ADMIN_TOKEN)"),
+        (("dlq", "list"), "give --state PATH"),
+        (("events", "list"), "give --state PATH"),
+    ],
+)
+def test_a_config_that_does_not_parse_says_how_to_look_without_it(
+    tmp_path: Path, command: tuple[str, ...], instead: str
+) -> None:
+    (tmp_path / "config.yaml").write_text("state: {path: x\nadmin: [\n")
+    result = bridge(tmp_path, *command)
+    assert result.returncode == 2
+    assert "not valid YAML at line 2" in result.stderr
+    assert f"to look without the config, {instead}" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_named_config_that_does_not_parse_says_to_leave_it_out(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "state" / "bridge.db"
+    _dead_letters(db, "evt_a")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sinks: [\n")
+    result = bridge(tmp_path, "dlq", "list", "-c", str(broken), "--state", str(db))
+    assert result.returncode == 2
+    assert "to look without the config, leave out -c\n" in result.stderr
+    result = bridge(tmp_path, "dlq", "list", "-c", str(broken))
+    assert "to look without the config, give --state PATH and leave out -c\n" in result.stderr
+    result = bridge(
+        tmp_path, "dlq", "list", "--state", str(db), env={"OPENMAIL_BRIDGE_CONFIG": str(broken)}
+    )
+    assert result.returncode == 2
+    assert "to look without the config, unset $OPENMAIL_BRIDGE_CONFIG\n" in result.stderr
+
+
 # --- route-test --------------------------------------------------------------------------------
 
 

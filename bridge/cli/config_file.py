@@ -28,6 +28,17 @@ class NoConfigFound(ConfigError):
         )
 
 
+class ConfigUnusable(ConfigError):
+    """A config a command cannot use (not found, not read, not YAML, or a key it needs broken),
+    with what to give it instead to do without the config."""
+
+    def __init__(self, cause: ConfigError, instead: str) -> None:
+        super().__init__(cause.problems)
+        self.cause = cause
+        self.instead = instead
+        """A sentence, e.g. ``to look without the config, give --state PATH``."""
+
+
 def config_path(given: str | None) -> Path:
     """``-c``, else ``$OPENMAIL_BRIDGE_CONFIG``, else ``./config.yaml``, else the /etc one."""
     if given:
@@ -61,6 +72,10 @@ def find_config(given: str | None) -> Path:
 
 def print_config_error(exc: ConfigError, given: str | None) -> None:
     """Report ``exc`` about the file ``given`` (``-c``) or the defaults pick."""
+    if isinstance(exc, ConfigUnusable):
+        print_config_error(exc.cause, given)
+        print(f"openmail-bridge: {exc.instead}", file=sys.stderr)
+        return
     if isinstance(exc, NoConfigFound):  # there is no file to name as invalid
         print(f"openmail-bridge: {exc}", file=sys.stderr)
         return

@@ -19,7 +19,7 @@ import json
 import sys
 
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_OK, refuse
-from bridge.cli.operator_config import open_state, operator_config, unknown_sink
+from bridge.cli.operator_config import STATE_INSTEAD, open_state, operator_config, unknown_sink
 from bridge.config import OperatorConfig, load_config
 from bridge.config_secrets import config_secrets
 from bridge.delivery import sink_credentials
@@ -62,7 +62,7 @@ async def _dlq(args: argparse.Namespace) -> int:
         return refuse(
             "--pending goes with 'purge --sink NAME' only, for a sink removed from the config"
         )
-    config = operator_config(args, needed=args.state is None)
+    config = operator_config(args, needed=args.state is None, instead=STATE_INSTEAD)
     if (store := await open_state(args, config)) is None:
         return EXIT_CONFIG
     try:

@@ -18,6 +18,7 @@ import orjson
 
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, refuse
 from bridge.cli.operator_config import (
+    STATE_INSTEAD,
     add_config_option,
     open_state,
     operator_config,
@@ -77,7 +78,7 @@ def _count(text: str) -> int:
 
 
 async def _events(args: argparse.Namespace) -> int:
-    config = operator_config(args, needed=args.state is None)
+    config = operator_config(args, needed=args.state is None, instead=STATE_INSTEAD)
     if (store := await open_state(args, config)) is None:
         return EXIT_CONFIG
     try:

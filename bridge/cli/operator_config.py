@@ -9,7 +9,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from bridge.cli.config_file import NoConfigFound, find_config, named_config
+from bridge.cli.config_file import (
+    CONFIG_ENV,
+    ConfigUnusable,
+    NoConfigFound,
+    find_config,
+    named_config,
+)
 from bridge.cli.exit_codes import refuse
 from bridge.config import STATE, OperatorConfig, read_operator_config
 from bridge.errors import ConfigError
@@ -20,6 +26,10 @@ SERVICE_STATE_PATH: Final = Path("/var/lib/openmail-bridge/bridge.db")
 TOKEN_ENV: Final = "OPENMAIL_BRIDGE_ADMIN_TOKEN"  # noqa: S105 (a variable's name)
 """The admin token for the commands that talk to the admin server, when ``--token`` is not given
 (it keeps the token out of the process list)."""
+ADMIN_INSTEAD: Final = f"--admin URL (and --token, or ${TOKEN_ENV})"
+"""What the commands that talk to the admin server take instead of a config."""
+STATE_INSTEAD: Final = "--state PATH"
+"""What the commands that open the state database take instead of a config."""
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +57,13 @@ def add_admin_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def operator_config(args: argparse.Namespace, *, needed: bool) -> OperatorConfig | None:
+def operator_config(
+    args: argparse.Namespace, *, needed: bool, instead: str | None = None
+) -> OperatorConfig | None:
     """The config named by ``-c`` or ``$OPENMAIL_BRIDGE_CONFIG`` (it must be readable), else the
     first default file that exists; None when there is none, or it is unreadable, and ``needed``
-    is false (the flags say all the command needs).
+    is false (the flags say all the command needs). ``instead``: the options that do without a
+    config (``ADMIN_INSTEAD``, ``STATE_INSTEAD``), which the error then names.
 
     Raises:
         ConfigError: the file cannot be read or parsed, or none is found while ``needed``.
@@ -58,16 +71,37 @@ def operator_config(args: argparse.Namespace, *, needed: bool) -> OperatorConfig
     explicit = named_config(args.config)
     try:
         path = find_config(args.config)
-    except NoConfigFound:
+    except NoConfigFound as exc:
         if not needed:
             return None
-        raise
+        raise _unusable(exc, args, instead, needed=needed) from None
     try:
         return read_operator_config(path)
-    except ConfigError:
+    except ConfigError as exc:
         if needed or explicit:
-            raise
+            raise _unusable(exc, args, instead, needed=needed) from None
         return None
+
+
+def _unusable(
+    exc: ConfigError, args: argparse.Namespace, instead: str | None, *, needed: bool
+) -> ConfigError:
+    """``exc``, with how to do without the config when the command has options for that: those
+    options if they were not given, and not naming a config (a named one must be readable)."""
+    if instead is None:
+        return exc
+    steps = [f"give {instead}"] if needed else []
+    if named_config(args.config):
+        steps.append("leave out -c" if args.config else f"unset ${CONFIG_ENV}")
+    return ConfigUnusable(exc, f"to look without the config, {' and '.join(steps)}")
+
+
+def require(config: OperatorConfig, part: str, instead: str) -> None:
+    """``config.require(part)``, its error naming the options that do without a config."""
+    try:
+        config.require(part)
+    except ConfigError as exc:
+        raise ConfigUnusable(exc, f"to look without the config, give {instead}") from None
 
 
 def state_path(args: argparse.Namespace, config: OperatorConfig | None) -> Path:
@@ -75,7 +109,7 @@ def state_path(args: argparse.Namespace, config: OperatorConfig | None) -> Path:
     if args.state is not None:
         return Path(args.state)
     assert config is not None  # operator_config(needed=True) gave one
-    config.require(STATE)
+    require(config, STATE, STATE_INSTEAD)
     return config.state_path
 
 

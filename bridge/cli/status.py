@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, refuse
-from bridge.cli.operator_config import TOKEN_ENV, operator_config
+from bridge.cli.operator_config import ADMIN_INSTEAD, TOKEN_ENV, operator_config, require
 from bridge.cli.status_text import format_status
 from bridge.config import ADMIN, Listen
 
@@ -94,12 +94,12 @@ def _given_url(text: str) -> str:
 def target(args: argparse.Namespace) -> Target:
     """Where to ask, and with which token. Raises ConfigError, or Refused (a usage error)."""
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    config = operator_config(args, needed=args.admin is None)
+    config = operator_config(args, needed=args.admin is None, instead=ADMIN_INSTEAD)
     if config is None or (args.admin is not None and config.problems.get(ADMIN)):
         # --admin says where; a broken admin section then only costs its token.
         return Target(_given_url(args.admin), token, None)
     if args.admin is None:
-        config.require(ADMIN)
+        require(config, ADMIN, ADMIN_INSTEAD)
         if not config.admin.enabled:
             raise Refused(
                 f"admin.enabled is false in {config.source}: there is no admin server to ask",
