@@ -21,9 +21,12 @@ import yaml
 from aiohttp import web
 from conftest import free_port, make_config, running_bridge, wait_until, websocket_of
 
+from bridge.events import Origin, parse_event
+from bridge.store import Store
 from tests.test_cli import (
     _dead_letters,
     _log_lines,
+    _pending,
     bridge,
     cli_env,
     webhook_only,
@@ -147,6 +150,60 @@ def test_dlq_purge_pending_is_refused_for_a_sink_still_in_the_config(tmp_path: P
         assert result.returncode == 2, extra
         assert "--pending goes with" in result.stderr
     assert len(json.loads(bridge(tmp_path, "dlq", "list", "--json").stdout)) == 1
+
+
+def _held(db: Path, sink: str, *event_ids: str) -> None:
+    """Accept each event for ``sink`` alone: a pending row, never delivered."""
+
+    async def go() -> None:
+        store = await Store.open(db)
+        try:
+            for event_id in event_ids:
+                raw = json.dumps({"event": "message.received", "event_id": event_id})
+                await store.accept(parse_event(raw.encode(), Origin.WEBHOOK), [sink])
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_dlq_list_names_every_removed_sink_that_holds_pending_rows(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "bridge.db"
+    _secret_config(tmp_path)
+    _dead_letters(db, "evt_a", "evt_b")  # agent: 2 dead; audit: 2 pending
+    _held(db, "agent", "evt_c")
+    _secret_config(tmp_path, sinks={})  # both removed
+    for extra in ((), ("--json",)):
+        result = bridge(tmp_path, "dlq", "list", *extra)
+        assert result.returncode == 0, result.stderr
+        notes = [line for line in result.stderr.splitlines() if "not in the config" in line]
+        assert len(notes) == 2, result.stderr
+        assert "note: 'agent' is not in the config and holds 1 pending rows" in notes[0]
+        assert "note: 'audit' is not in the config and holds 2 pending rows" in notes[1]
+        assert "'dlq purge --sink audit --pending' deletes them" in notes[1]
+    # A sink still in the config, or one without pending rows, is not mentioned.
+    _secret_config(tmp_path, sinks={"audit": NEEDS_SECRETS["sinks"]["audit"]})
+    result = bridge(tmp_path, "dlq", "list")
+    assert "'agent' is not in the config and holds 1 pending rows" in result.stderr
+    assert "audit" not in result.stderr
+
+
+def test_dlq_purge_pending_says_what_it_deleted(tmp_path: Path) -> None:
+    """--pending deletes the removed sink's pending rows as well as its dead letters: the count
+    is both, and the output says how many of each."""
+    db = tmp_path / "state" / "bridge.db"
+    _secret_config(tmp_path)
+    _dead_letters(db, "evt_a", "evt_b")
+    _held(db, "agent", "evt_c", "evt_d", "evt_e")
+    _secret_config(tmp_path, sinks={"audit": NEEDS_SECRETS["sinks"]["audit"]})  # agent removed
+    result = bridge(tmp_path, "dlq", "purge", "--sink", "agent", "--pending", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"purged": 5, "dead": 2, "pending": 3}
+    assert _pending(db, "agent") == []
+    assert _pending(db, "audit") == ["evt_a", "evt_b"]
+    _held(db, "agent", "evt_f")
+    result = bridge(tmp_path, "dlq", "purge", "--sink", "agent", "--pending")
+    assert (result.returncode, result.stdout.strip()) == (0, "1 purged (0 dead, 1 pending)")
 
 
 @pytest.mark.parametrize(

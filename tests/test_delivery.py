@@ -758,7 +758,7 @@ async def test_dlq_purge_sink_pending_drops_the_rows_of_a_sink_gone_from_the_con
         code, out, err = await run_cli(
             "dlq", "purge", "-c", str(path), "--sink", "agent", "--pending", "--json"
         )
-        assert (code, json.loads(out)) == (0, {"purged": 2}), err
+        assert (code, json.loads(out)) == (0, {"purged": 2, "dead": 0, "pending": 2}), err
         status = await supervisor.status()
         assert status["removed_sinks"] == []
         assert "agent" not in status["sinks"]  # type: ignore[operator]

@@ -73,6 +73,10 @@ async def _dlq(args: argparse.Namespace) -> int:
                 return unknown_sink(args.sink, configured | set(counts))
             if (problem := _removed_sink(args, config, counts)) is not None:
                 return problem
+        elif config is not None and not args.quarantine:
+            for name, sink in (await store.sink_counts()).items():
+                if name not in config.sinks and sink.pending:
+                    _note_pending(name, sink.pending)
         return await _act(store, args, config)
     finally:
         await store.close()
@@ -120,10 +124,16 @@ async def _act(store: Store, args: argparse.Namespace, config: OperatorConfig | 
     elif args.quarantine:
         count = await store.quarantine_purge(event_id=args.event_id)
         print(json.dumps({"purged": count}) if args.json else f"{count} purged")
+    elif args.pending:  # checked: a sink removed from the config that was read
+        # Its dead letters, then every row left: the pending ones (no worker makes more).
+        dead_rows = await store.dlq_purge(sink=args.sink)
+        pending_rows = await store.drop_sink(args.sink)
+        count = dead_rows + pending_rows
+        said = {"purged": count, "dead": dead_rows, "pending": pending_rows}
+        text = f"{count} purged ({dead_rows} dead, {pending_rows} pending)"
+        print(json.dumps(said) if args.json else text)
     else:
         count = await store.dlq_purge(sink=args.sink, event_id=args.event_id)
-        if args.pending:  # checked: a sink removed from the config that was read
-            count += await store.drop_sink(args.sink)
         print(json.dumps({"purged": count}) if args.json else f"{count} purged")
     return EXIT_OK
 
@@ -162,13 +172,18 @@ def _removed_sink(
             "back (and reload the bridge) first"
         )
     if removed and pending and not args.pending:
-        print(
-            f"note: {args.sink!r} is not in the config and holds {pending} pending rows, never "
-            f"delivered; once no running bridge delivers to it, 'dlq purge --sink {args.sink} "
-            "--pending' deletes them",
-            file=sys.stderr,
-        )
+        _note_pending(args.sink, pending)
     return None
+
+
+def _note_pending(sink: str, pending: int) -> None:
+    """Say what a sink removed from the config still holds, and what deletes it."""
+    print(
+        f"note: {sink!r} is not in the config and holds {pending} pending rows, never "
+        f"delivered; once no running bridge delivers to it, 'dlq purge --sink {sink} "
+        "--pending' deletes them",
+        file=sys.stderr,
+    )
 
 
 def _print_dlq_list(
