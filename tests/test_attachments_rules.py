@@ -40,7 +40,7 @@ def test_origin_makes_the_default_port_explicit_and_ignores_the_path() -> None:
         "https://api.openmail.sh:443/v1/attachments/m/f",
         "HTTPS://API.OPENMAIL.SH/v1/attachments/m/f",
         "https://api.openmail.sh/v1/attachments/m/f/text",
-        "https://api.openmail.sh/base/v1/attachments/m/a%20file..pdf",
+        "https://api.openmail.sh/v1/attachments/m/a%20file..pdf",
     ],
 )
 def test_a_url_on_the_api_origin_is_requested_as_parsed(url: str) -> None:
@@ -90,6 +90,46 @@ def test_anything_else_is_refused_before_any_request(url: object, reason: Reason
 def test_only_an_attachment_path_is_asked_for_with_the_key(url: str) -> None:
     # A filename's dot segments must not make the request another API endpoint's.
     assert request_url(url, API) is Reason.BAD_URL
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # Another endpoint's path that only holds an attachment path: the key must not go there.
+        "https://api.openmail.sh/_private/admin/v1/attachments/a/b",
+        "https://api.openmail.sh/_sim/v1/attachments/a/b",
+        "https://api.openmail.sh/v1/attachments/a/b/c",
+        "https://api.openmail.sh/v1/attachments/a/b/text/more",
+    ],
+)
+def test_an_attachment_path_must_be_the_whole_path(url: str) -> None:
+    assert request_url(url, API) is Reason.BAD_URL
+
+
+@pytest.mark.parametrize(
+    ("api_url", "url", "asked"),
+    [
+        # Under the API's own path: a proxy serving it at /openmail.
+        (
+            "https://proxy.example/openmail",
+            "https://proxy.example/openmail/v1/attachments/m/f",
+            True,
+        ),
+        (
+            "https://proxy.example/openmail/",
+            "https://proxy.example/openmail/v1/attachments/m/f",
+            True,
+        ),
+        ("https://proxy.example/openmail", "https://proxy.example/v1/attachments/m/f", False),
+        ("https://proxy.example/openmail", "https://proxy.example/other/v1/attachments/m/f", False),
+        # An api_url naming the version: the attachment paths name it themselves.
+        ("https://api.openmail.sh/v1", GOOD, True),
+        ("https://api.openmail.sh/v1/", GOOD, True),
+    ],
+)
+def test_attachment_paths_are_under_the_apis_own_path(api_url: str, url: str, asked: bool) -> None:
+    got = request_url(url, Origin.parse(api_url))
+    assert isinstance(got, URL) is asked, got
 
 
 def test_a_redirect_goes_to_https_anywhere_relative_targets_included() -> None:

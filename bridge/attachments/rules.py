@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote
@@ -89,6 +89,9 @@ class Origin:
     scheme: str
     host: str
     port: int | None
+    path: str = field(default="", compare=False)
+    """The path the API is served under: ``api_url``'s, without a last ``/`` or ``/v1`` (the
+    version the attachment paths name themselves)."""
 
     @classmethod
     def of(cls, url: URL) -> Origin:
@@ -96,11 +99,21 @@ class Origin:
 
     @classmethod
     def parse(cls, api_url: str) -> Origin:
-        """The origin of ``api_url``. Raises ValueError: not an absolute http(s) URL."""
+        """The origin of ``api_url``, with its path. Raises ValueError: not an absolute http(s)
+        URL."""
         url = URL(api_url)
         if url.scheme not in ("http", "https") or not url.raw_host:
             raise ValueError(f"not an http(s) URL: {api_url!r}")
-        return cls.of(url)
+        path = url.raw_path.rstrip("/")
+        return replace(cls.of(url), path=path.removesuffix("/v1"))
+
+    def attachment_path(self, raw_path: str) -> bool:
+        """Whether ``raw_path`` is one of the API's attachment paths,
+        ``{path}/v1/attachments/{messageId}/{filename}`` or its ``/text``: exactly, not a path
+        that only holds one (the key goes with the request)."""
+        if not raw_path.startswith(self.path + "/"):
+            return False
+        return _ATTACHMENT_PATH.fullmatch(raw_path[len(self.path) :]) is not None
 
     @property
     def redirect_schemes(self) -> frozenset[str]:
@@ -108,9 +121,9 @@ class Origin:
         return frozenset({"https", "http"} if self.scheme == "http" else {"https"})
 
 
-_ATTACHMENT_PATH: Final = re.compile(r"/v1/attachments/[^/]+/[^/]")
-"""Where OpenMail serves attachments: ``/v1/attachments/{messageId}/{filename}`` (and its
-``/text``), under whatever path the API has."""
+_ATTACHMENT_PATH: Final = re.compile(r"/v1/attachments/[^/]+/[^/]+(?:/text)?")
+"""Where OpenMail serves attachments, under the API's own path:
+``/v1/attachments/{messageId}/{filename}`` and its ``/text``."""
 _PATH_SEPARATORS: Final = re.compile(r"[/\\]")
 
 
@@ -128,7 +141,7 @@ def request_url(raw: object, api: Origin) -> URL | Reason:
         return Reason.CREDENTIALS_IN_URL
     if Origin.of(url) != api:
         return Reason.NOT_API_HOST
-    if not _ATTACHMENT_PATH.search(url.raw_path) or any(
+    if not api.attachment_path(url.raw_path) or any(
         part in (".", "..")
         for segment in url.raw_path.split("/")
         for part in _PATH_SEPARATORS.split(unquote(segment))
