@@ -1,6 +1,9 @@
 """A tiny HTML builder that escapes every text and attribute value: the only way the console's
 pages are written, so text written by strangers (subjects, addresses, receivers' error bodies)
-can never become markup.
+can never become markup. Every text is also shown as :func:`~bridge.printable.printable` shows it
+to a terminal: a subject's escape sequence or bidi override reaches neither the browser (which
+would show the text reversed) nor a terminal reading the page (``curl /``). Attribute values (ids
+and names the script reads back) are kept exact.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import datetime
 import html
 from collections.abc import Iterable
+
+from bridge.printable import printable
 
 
 class Html(str):
@@ -20,13 +25,14 @@ Node = Html | str | int | float | None | Iterable["Node"]
 
 
 def render(node: Node) -> Html:
-    """``node`` as markup: text escaped, None left out, lists joined."""
+    """``node`` as markup: text escaped (markup, and what is not printable), None left out,
+    lists joined."""
     if node is None:
         return Html("")
     if isinstance(node, Html):
         return node
     if isinstance(node, str | int | float):
-        return Html(html.escape(str(node), quote=True))
+        return Html(html.escape(printable(node), quote=True))
     return Html("".join(render(child) for child in node))
 
 

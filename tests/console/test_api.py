@@ -212,6 +212,33 @@ async def test_a_subject_ending_in_half_an_emoji_still_shows_the_page(
             assert "Cut at the cap ?" in await response.text()
 
 
+UNSHOWN = "\x1b\x07\x00\u202e\u2066\u2067\u2068\u2069"
+"""Characters that drive a terminal or reorder text: ESC, BEL, NUL, the bidi override and
+isolates."""
+
+
+async def test_control_and_bidi_characters_in_content_show_as_escapes_on_the_page(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    config = console_config(tmp_path, None, receiver, token=TOKEN, show_content=True)
+    # An OSC 52 clipboard write, a NUL, a file name written backwards, the four isolates.
+    subject = "Invoice \x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07 due\x00 \u202efdp.exe"
+    subject += "\u2066a\u2067b\u2068c\u2069"
+    sender = "Eve \u202e<gro.elpmaxe@eve>\x1b[2J"
+    async with running_bridge(config) as sv, aiohttp.ClientSession() as http:
+        client = Client(http, sv)
+        await client.send("evt_controls", subject=subject, sender=sender)
+        # The API gives the data as it is (JSON escapes every control character on the wire).
+        event = await client.event("evt_controls")
+        assert event["content"] == {"from": sender, "subject": subject}
+        async with http.get(client.base + "/", headers=BEARER) as response:
+            page = await response.text()
+    assert [c for c in UNSHOWN if c in page] == []
+    assert "Invoice \\x1b]52;c;Y3VybCBldmlsIHwgc2g=\\x07 due\\x00 \\u202efdp.exe" in page
+    assert "\\u2066a\\u2067b\\u2068c\\u2069" in page
+    assert "Eve \\u202e&lt;gro.elpmaxe@eve&gt;\\x1b[2J" in page
+
+
 async def test_a_rejected_key_is_named_in_the_sources_panel(
     tmp_path: Path, sim: Simulator, receiver: Receiver
 ) -> None:

@@ -186,6 +186,10 @@ def test_the_html_builder_escapes_text_and_attributes() -> None:
     )
     assert el("input", required=True, name=None, hidden=False) == "<input required>"
     assert render(["a", None, el("b", "<i>")]) == "a<b>&lt;i&gt;</b>"
+    # What would drive a terminal or reorder the text is shown as its escape, as the CLI shows it.
+    assert el("td", "a\x1b]52;c;eA==\x07\u202e<b>\U000e0001 z") == (
+        "<td>a\\x1b]52;c;eA==\\x07\\u202e&lt;b&gt;\\U000e0001 z</td>"
+    )
     assert (size(512), size(1536), size(5 << 30), size(None)) == (
         "512 B",
         "1.5 KiB",
