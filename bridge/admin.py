@@ -53,6 +53,13 @@ MAX_CONNECTIONS: Final = 128
 (``bridge.stream``), the console's requests and the probes."""
 HEADER_TIMEOUT: Final = 10.0
 """Seconds from a connection's opening, or a request's first byte, to its last header line."""
+BODY_TIMEOUT: Final = 10.0
+"""Seconds a request's body may take once its headers are in: read before any handler runs, so
+that a client trickling one cannot hold a connection (and with 128 of them, the probes) for
+long."""
+LINGER_TIME: Final = 2.0
+"""Seconds the rest of a body is read and dropped after an answer sent before it all came (a 408,
+a refusal), so that the client reads the answer; then the connection closes."""
 KEEPALIVE_TIMEOUT: Final = 15.0
 """Seconds an idle kept-alive connection stays open."""
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -122,7 +129,11 @@ class AdminServer:
         # The webhook listener's bounds, smaller: a client that opens sockets and sends nothing
         # must not take the process's descriptors (the webhook and the health probes need them).
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            lingering_time=LINGER_TIME,
         )
         await runner.setup()
         listen = self.config.listen
@@ -175,7 +186,13 @@ class AdminServer:
                 "set admin.token and send it as 'Authorization: Bearer <token>', "
                 "or listen on a loopback address",
             )
-        if token is None and not auth.is_open(request.path) and not await _own_user(request):
+        # Without a token there is no login form: the console's own paths show the console
+        # itself, so only its static files are left open to every local user.
+        if (
+            token is None
+            and not request.path.startswith(auth.STATIC_PREFIX)
+            and not await _own_user(request)
+        ):
             return _refused(
                 403,
                 "this admin server has no admin.token: on loopback, only the bridge's own user "
@@ -202,6 +219,14 @@ class AdminServer:
                 status=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        if request.can_read_body:
+            try:
+                async with asyncio.timeout(BODY_TIMEOUT):
+                    await request.read()  # kept by aiohttp for the handler's own read
+            except TimeoutError:
+                response = _refused(408, f"request body not received within {BODY_TIMEOUT:g}s")
+                response.force_close()  # then the rest is read for LINGER_TIME at most
+                return response
         return await handler(request)
 
     async def _healthz(self, _: web.Request) -> web.Response:

@@ -859,6 +859,38 @@ async def test_idle_sockets_cannot_take_the_admin_servers_descriptors(
         assert (await admin.get("/healthz"))[0] == 200
 
 
+async def test_a_trickled_body_cannot_hold_the_admin_servers_connections(
+    tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Scaled down from 128 connections and 10 s for a body. No credential is needed to post
+    # a login, and a body sent a byte at a time used to hold its connection for good.
+    monkeypatch.setattr(admin_module, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(admin_module, "BODY_TIMEOUT", 0.3)
+    monkeypatch.setattr(admin_module, "LINGER_TIME", 0.3)
+    config = make_config(tmp_path, admin={"listen": "127.0.0.1:0", "token": "t" * 32})
+    async with running_bridge(config) as sv:
+        admin = Admin(http, sv)
+        assert sv.admin is not None
+        port = sv.admin.port
+        head = (
+            f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Origin: http://127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100000\r\n\r\n{"
+        ).encode()
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        for _, writer in slow:
+            writer.write(head)
+        async with asyncio.timeout(5):
+            for reader, _ in slow:
+                # Answered, then closed once the rest of the body has had its short linger.
+                answer = await reader.read()
+                assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+                assert b"request body not received within 0.3s" in answer
+        for _, writer in slow:
+            writer.close()
+        assert (await admin.get("/healthz"))[0] == 200
+
+
 @pytest.mark.parametrize(("token", "warned"), [("letmein", True), ("x" * 16, False)])
 def test_a_short_admin_token_is_warned_of(tmp_path: Path, token: str, warned: bool) -> None:
     config = make_config(tmp_path, None, admin={"listen": "0.0.0.0:0", "token": token})
