@@ -1,6 +1,7 @@
 """The console in a real headless Chromium against a real bridge fed by the simulator: the page
 loads clean, follows events live, shows a lost WebSocket, redrives a dead letter, asks for the
-token, refuses foreign origins and rebinding hosts, and shows strangers' markup as text.
+token, refuses foreign origins and rebinding hosts, and shows strangers' markup as text and their
+control characters as escapes.
 
 Run serially (one xdist group): each test starts its own browser and bridge.
 """
@@ -8,12 +9,14 @@ Run serially (one xdist group): each test starts its own browser and bridge.
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
 from conftest import Receiver, wait_until
 from playwright.async_api import Browser, expect
 
+from bridge.printable import printable
 from bridge.simulator import Simulator
 from bridge.supervisor import Supervisor
 
@@ -215,4 +218,46 @@ async def test_markup_in_a_subject_shows_as_text(
         await row.click()
         await expect(page.locator(".detail")).to_have_count(0)
     assert await page.evaluate("window.pwned") is None
+    assert tab.errors == []
+
+
+async def test_control_and_bidi_characters_show_as_escapes(
+    bridge: Supervisor, sim: Simulator, browser: Browser
+) -> None:
+    # An OSC 52 clipboard write, a NUL, a file name written backwards, the four isolates.
+    subject = "Invoice \x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07 due\x00 \u202efdp.exe"
+    subject += "\u2066a\u2067b\u2068c\u2069"
+    sender = "Eve \u202e<gro.elpmaxe@eve>"
+    payload = {
+        "event": "message.received",
+        "inbox_id": "inb_demo_support",
+        "message": {"from": sender, "subject": subject},
+    }
+    (event_id,) = await inject(sim, payload=payload)
+    await wait_until(lambda: bridge.dispatcher.workers["audit"].state.delivered == 1)
+    tab = await open_tab(browser, base_url(bridge) + "/")
+    page = tab.page
+    row = page.locator(f'tr.event[data-event-id="{event_id}"]')
+    # As the server rendered it, then as the script renders it once the stream brings news.
+    for rows in (1, 2):
+        if rows == 2:
+            await inject(sim)
+        await expect(page.locator("tr.event")).to_have_count(rows)
+        await row.click()
+        await expect(page.locator(".detail")).to_contain_text(printable(subject))
+        events = await page.locator("#events-body").text_content()
+        assert events is not None
+        assert events.count(printable(subject)) == 2  # the row and its detail
+        assert events.count(printable(sender)) == 2
+        assert [c for c in "\x1b\x07\x00\u202e\u2066\u2067\u2068\u2069" if c in events] == []
+        await row.click()
+        await expect(page.locator(".detail")).to_have_count(0)
+
+    # The script's rule is the CLI's (str.isprintable) for every assigned character; those
+    # assigned after Python's Unicode version may differ, surrogates cannot be sent as text.
+    chars = [chr(i) for i in range(0x110000) if unicodedata.category(chr(i)) not in ("Cn", "Cs")]
+    script = "async (text) => Array.from(text, (await import('/static/panels.js')).shown)"
+    shown = await page.evaluate(script, "".join(chars))
+    assert len(shown) == len(chars)
+    assert [(c, s) for c, s in zip(chars, shown, strict=True) if s != printable(c)] == []
     assert tab.errors == []

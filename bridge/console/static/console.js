@@ -9,6 +9,7 @@ import {
   renderDead,
   renderEvents,
   renderOverview,
+  shown,
   when,
 } from "./panels.js";
 
@@ -199,7 +200,7 @@ function startConsole() {
     const { action, sink } = b.dataset;
     const eventId = b.dataset.eventId || null;
     const what = eventId ? `dead letter ${eventId}` : "every dead letter";
-    const sure = () => window.confirm(`Purge ${what} of ${sink}? This cannot be undone.`);
+    const sure = () => window.confirm(shown(`Purge ${what} of ${sink}? This cannot be undone.`));
     if (action === "purge" && !sure()) return;
     b.disabled = true;
     try {
@@ -240,7 +241,7 @@ function startLogin() {
       await post("/login", { token: $("token").value });
       window.location.replace("/");
     } catch (err) {
-      error.textContent = err.status === 401 ? "Wrong token." : err.message;
+      error.textContent = err.status === 401 ? "Wrong token." : shown(err.message);
     }
   });
 }

@@ -1,6 +1,7 @@
 // The console's panels, drawn from the JSON API's answers: sources, spool, sinks, the throughput
 // chart (inline SVG), recent events with their details, dead letters. Every value is set as text
-// (append/textContent) on elements built here: no data is ever parsed as HTML.
+// (append/textContent) on elements built here: no data is ever parsed as HTML. Every text goes
+// through shown(), as every text of the server's page goes through bridge/printable.py.
 
 const $ = (id) => document.getElementById(id);
 const CHART_W = 900;
@@ -9,6 +10,23 @@ const SVG = "http://www.w3.org/2000/svg";
 
 // --- building elements -------------------------------------------------------------------
 
+// What str.isprintable() refuses: Unicode's "Other" (controls, format characters such as the
+// bidi overrides, surrogates, private use, unassigned) and "Separator" categories, but the space.
+const UNPRINTABLE = /[\p{C}\p{Z}]/gu;
+const hex = (code, digits) => code.toString(16).padStart(digits, "0");
+
+function escaped(char) {
+  const code = char.codePointAt(0);
+  if (code < 0x100) return `\\x${hex(code, 2)}`;
+  return code < 0x10000 ? `\\u${hex(code, 4)}` : `\\U${hex(code, 8)}`;
+}
+
+// ``value`` as text to show, as bridge/printable.py shows it: a subject's escape sequence or
+// bidi override (which would show the text reversed) appears as its escape, "\x1b", "\u202e".
+export function shown(value) {
+  return String(value).replace(UNPRINTABLE, (c) => (c === " " ? c : escaped(c)));
+}
+
 export function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attrs || {})) {
@@ -16,7 +34,8 @@ export function el(tag, attrs, ...children) {
     node.setAttribute(name, value === true ? "" : String(value));
   }
   for (const child of children.flat(Infinity)) {
-    if (child !== null && child !== undefined) node.append(child);
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : shown(child));
   }
   return node;
 }
@@ -132,10 +151,10 @@ function sourcesBody(sources) {
 }
 
 export function renderOverview(o) {
-  $("version").textContent = String(o.version);
+  $("version").textContent = shown(o.version);
   $("uptime").textContent = duration(o.uptime);
   $("readiness-state").replaceWith(stateEl(o.readiness.state, "readiness-state"));
-  $("readiness-reason").textContent = o.readiness.reason || "";
+  $("readiness-reason").textContent = shown(o.readiness.reason || "");
   $("sources-body").replaceChildren(...sourcesBody(o.sources));
   const spool = o.spool;
   const meter = (id, attrs) => {
@@ -302,6 +321,6 @@ export function renderChart(t) {
 
 export function deadStatus(message, failed) {
   const line = $("dead-status");
-  line.textContent = message;
+  line.textContent = shown(message);
   line.classList.toggle("error", Boolean(failed));
 }
