@@ -8,8 +8,10 @@ space moves as the database and its WAL really grow.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ import pytest
 
 from bridge.errors import SpoolFullError
 from bridge.events import Event, Origin
-from bridge.store import AcceptOutcome, AcceptResult, Store, StoreLimits, bounds
+from bridge.store import AcceptOutcome, AcceptResult, Store, StoreLimits, bounds, database
 
 MiB = 1 << 20
 PAYLOAD = 100_000
@@ -179,6 +181,41 @@ async def test_a_spool_drained_at_the_floor_with_its_history_takes_events_again(
         assert isinstance(later, AcceptResult), later
         assert disk.free() >= min_free
     finally:
+        await store.close()
+
+
+async def test_a_reader_holding_a_snapshot_does_not_hold_the_drain_at_the_floor(
+    disk: SmallDisk, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A backup or a shell's open transaction keeps the WAL from being truncated. The writer must
+    # not wait for it: were it to wait out its busy timeout (an hour here), the drain would hang.
+    monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 0.0)
+    monkeypatch.setattr(bounds, "TRUNCATE_RETRY", 0.0)
+    monkeypatch.setattr(database, "BUSY_TIMEOUT", 3600.0)
+    store = await open_on(disk, state_dir, capacity=12 * MiB, min_free=1 * MiB, history=1000)
+    reader = sqlite3.connect(state_dir / "bridge.db", isolation_level=None)
+    try:
+        held: list[AcceptResult] = []
+        for n in range(5000):
+            result = (await store.accept_batch([(big_event(n, 20_000), ["agent"])]))[0]
+            if not isinstance(result, AcceptResult):
+                break
+            held.append(result)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM events").fetchone()  # a snapshot, held
+        ids = [d.id for r in held for d in r.deliveries]
+        async with asyncio.timeout(60):
+            for i in range(0, len(ids), 10):
+                await store.mark_delivered_many(ids[i : i + 10])
+        assert store.spool_bytes == 0
+        reader.execute("COMMIT")  # the reader lets go: the next commit gives the WAL back
+        # The next one is refused as the WAL still stands, but its transaction commits.
+        await store.accept_batch([(big_event(len(held), 20_000), ["agent"])])
+        assert store.has_room
+        later = (await store.accept_batch([(big_event(len(held) + 1, 20_000), ["agent"])]))[0]
+        assert isinstance(later, AcceptResult), later
+    finally:
+        reader.close()
         await store.close()
 
 

@@ -48,6 +48,8 @@ def disk_space(path: Path) -> DiskSpace:
     return DiskSpace(st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)
 
 
+TRUNCATE_RETRY: Final = 10.0
+"""Seconds before another try to truncate the WAL after one a reader held back."""
 CHECKPOINT_MARGIN: Final = 1000 * PAGE
 """Room an event must leave above ``min_free`` besides its own: what a WAL checkpoint may still
 add to the database file (SQLite checkpoints every 1000 pages), written after the check."""
@@ -98,7 +100,7 @@ class Room:
         "_refused",
         "_reusable",
         "_since_reading",
-        "_truncated_at",
+        "_truncate_after",
         "_uncommitted",
         "limits",
         "path",
@@ -117,7 +119,7 @@ class Room:
         self._since_reading = 0
         self._uncommitted = 0
         self._reusable = 0  # free pages inside the database, counted near the floor
-        self._truncated_at = -float("inf")  # the writer's last WAL truncation (monotonic)
+        self._truncate_after = -float("inf")  # the writer's next WAL truncation, at the earliest
         # The smallest event refused since the spool last took one: the spool is full for as long
         # as that event would still not fit, though under both bounds.
         self._refused: int | None = None
@@ -202,17 +204,24 @@ class Room:
         The WAL file keeps the size of the largest transaction since the database opened (a
         drain moving a sink's backlog to the history can take megabytes) and SQLite never gives
         it back while open: near the floor those bytes, with the room a checkpoint may still take,
-        would keep even a drained spool refused until a restart. Tried at most once per disk
-        reading, and only once no event fits: a checkpoint waits for the readers."""
+        would keep even a drained spool refused until a restart. Tried only once no event fits, at
+        most once per disk reading, and without waiting for readers."""
         now = time.monotonic()
-        if now - self._truncated_at <= DISK_CACHE_SECONDS:
+        if now < self._truncate_after:
             return False
-        self._truncated_at = now
+        # Not waiting for readers: one holding a snapshot (a backup, a shell's open transaction)
+        # would hold the writer, and every commit of the drain, for the whole busy timeout.
+        (timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
+        conn.execute("PRAGMA busy_timeout = 0")
         try:
             (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error:
-            return False  # the disk refuses: the next commit near the floor tries again
-        return not busy  # a reader held it back: the same
+            busy = True  # the disk refuses: as a reader in the way
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout):d}")
+        # After a failure, look again less often: each try copies what it can first.
+        self._truncate_after = now + (TRUNCATE_RETRY if busy else DISK_CACHE_SECONDS)
+        return not busy
 
     def rolled_back(self) -> None:
         """The transaction wrote nothing: its charges go."""
