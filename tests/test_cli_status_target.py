@@ -37,6 +37,14 @@ def test_a_credential_in_the_admin_url_is_refused_unshown(
     assert "no bridge answers" not in result.stderr
 
 
+def test_an_at_sign_in_the_admin_urls_path_is_no_credential(tmp_path: Path) -> None:
+    # A reverse proxy's path may hold one: only the address part can carry a user name.
+    result = bridge(tmp_path, "status", "--admin", "http://127.0.0.1:9/@proxy")
+    assert result.returncode == 1, result.stderr  # asked, and nobody answers on port 9
+    assert "user name or password" not in result.stderr
+    assert "no bridge answers" in result.stderr
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("tail", ["/?token=QUERYLEAK", "?token=QUERYLEAK", "/#QUERYLEAK"])
 def test_a_query_in_the_admin_url_is_refused_unshown(

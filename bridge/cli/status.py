@@ -65,7 +65,8 @@ def _given_url(text: str) -> str:
     """``--admin``: a URL, or a bare ``host:port``. Raises Refused for another scheme, and for a
     URL with user-info, a query or a fragment: the admin server reads its bearer token from a
     header only, and what the URL holds beside the address is never shown back."""
-    if "@" in text:
+    authority = re.split("[/?#]", text.split("://", 1)[-1], maxsplit=1)[0]
+    if "@" in authority:
         raise Refused(
             "--admin: a user name or password in the URL is refused (not shown here): the admin "
             f"server takes a bearer token; give the address alone, and the token with --token "

@@ -163,7 +163,7 @@ def classify(
     message = f"HTTP {status} from {url}"
     if retry_after is not None:
         # Named, so that a row dead-lettered for a wait past retry.max_age says why.
-        message += f" (Retry-After {retry_after:g}s)"
+        message += f" (Retry-After {retry_after:.0f}s)"
     if 300 <= status < 400:
         location = mask_url(outcome.headers.get("Location", ""))[:BODY_EXCERPT]
         message += f" (redirect to {location}; redirects are not followed)" if location else ""
@@ -178,20 +178,25 @@ def classify(
     return PermanentDeliveryError(message)
 
 
+RETRY_AFTER_MAX: Final = 1e9
+"""Seconds a ``Retry-After`` is taken for at most (some 31 years: past any ``max_age``): a
+400-digit one would otherwise be infinite."""
+
+
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """``Retry-After`` as seconds from ``now``: delay-seconds or an HTTP-date; None if unusable."""
     if value is None:
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
-        return float(text)
+        return min(float(text), RETRY_AFTER_MAX)
     try:
         moment = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:  # "-0000" parses as naive; an HTTP-date is always GMT
         moment = moment.replace(tzinfo=UTC)
-    return max(0.0, moment.timestamp() - now)
+    return min(max(0.0, moment.timestamp() - now), RETRY_AFTER_MAX)
 
 
 def _connect_reason(exc: aiohttp.ClientConnectorError) -> str:

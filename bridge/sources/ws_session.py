@@ -351,10 +351,10 @@ class Session:
             return Deliver(event)
         replayed = protocol.replayed(protocol.occurred_at(frame.data), subscribed_at)
         if replayed is None:
-            # No readable time: counted while the replay may still run (it comes before live
-            # events), since a page left unasked for loses events and one asked for too many
-            # only repeats some.
-            replayed = not self._live_seen
+            # No readable time: counted while the first replay may still run (it comes before
+            # live events), since a page left unasked for loses events and one asked for too
+            # many only repeats some; past it, a stream of such events would page for ever.
+            replayed = not self._live_seen and self._replayed < protocol.REPLAY_LIMIT
         elif not replayed:
             self._live_seen = True
         if not replayed:

@@ -228,6 +228,14 @@ def test_a_full_replay_asks_for_the_next_page_whatever_its_layout_and_timing(
     assert json.loads(last.next_page)["last_event_id"] == f"evt_{REPLAY_LIMIT}"
 
 
+def test_events_without_a_time_ask_for_one_page_at_most() -> None:
+    # Off the protocol, but possible: nothing tells a replay from a live event then.
+    s = subscribed(session("evt_0"))
+    actions = [s.receive(event(f"evt_{n}", "not a time"), NOW) for n in range(1, 10 * REPLAY_LIMIT)]
+    pages = [a for a in actions if isinstance(a, Deliver) and a.next_page is not None]
+    assert len(pages) == 1
+
+
 def test_events_without_a_time_stop_counting_once_a_live_one_came() -> None:
     s = subscribed(session("evt_0"))
     assert isinstance(s.receive(event("evt_live", FUTURE), NOW), Deliver)
