@@ -110,7 +110,7 @@ class SinkWorker:
         self._sleep = sleep
         self._clock = clock  # Unix time, as the store's hold and window times are
         self._log = log.bind(sink=config.name)
-        self._retry_log = Throttle(RETRY_LOG_INTERVAL)
+        self._retry_log = Throttle(RETRY_LOG_INTERVAL, clock=clock)
         self._intake = Intake(
             store, config.name, config.ordering,
             window=WINDOW, parked=PARKED, clock=clock, log=self._log,
