@@ -25,6 +25,9 @@ KEEPALIVE: Final = 15.0
 """Seconds of silence after which the stream sends a comment."""
 MAX_STREAMS: Final = 32
 """Streams open at once; more are answered 503: each holds a queue of records in memory."""
+WRITE_TIMEOUT: Final = 30.0
+"""Seconds one write may wait for the reader to take what was sent before: a client that holds
+the stream open and never reads would otherwise keep one of the ``MAX_STREAMS`` for good."""
 WRITE_BATCH: Final = 256
 """Records written to the socket at once when a reader has fallen behind."""
 HEADERS: Final = {
@@ -44,7 +47,11 @@ def encode(item: Activity | Lost) -> bytes:
 
 
 def activity_stream(
-    feed: ActivityFeed, *, keepalive: float = KEEPALIVE, max_streams: int = MAX_STREAMS
+    feed: ActivityFeed,
+    *,
+    keepalive: float = KEEPALIVE,
+    max_streams: int = MAX_STREAMS,
+    write_timeout: float = WRITE_TIMEOUT,
 ) -> Handler:
     """The ``GET /api/stream`` handler for ``feed``. The stream ends when the feed closes (the
     bridge is stopping) or the reader goes away."""
@@ -61,32 +68,43 @@ def activity_stream(
                 headers={"Retry-After": "5"},
             )
         response = web.StreamResponse(headers=HEADERS)
+
+        async def write(data: bytes) -> None:
+            async with asyncio.timeout(write_timeout):
+                await response.write(data)
+
         with feed.subscribe(wanted) as subscription:
             await response.prepare(request)
             try:
                 # Something at once: a client learns the stream is open before the first record.
-                await response.write(b": stream open\n\n")
-                await _pump(subscription, response, keepalive)
+                await write(b": stream open\n\n")
+                await _pump(subscription, write, keepalive)
             except ConnectionResetError:
                 pass  # the reader went away
+            except TimeoutError:
+                # The reader stopped reading: its stream goes, and its connection with it.
+                if request.transport is not None:
+                    request.transport.close()
         return response
 
     return handle
 
 
-async def _pump(subscription: Subscription, response: web.StreamResponse, keepalive: float) -> None:
+async def _pump(
+    subscription: Subscription, write: Callable[[bytes], Awaitable[None]], keepalive: float
+) -> None:
     while True:
         try:
             async with asyncio.timeout(keepalive):
                 first = await subscription.get()
         except TimeoutError:
             # Also how a reader that left unnoticed is found: this write fails.
-            await response.write(b": keepalive\n\n")
+            await write(b": keepalive\n\n")
             continue
         if first is None:
             return
         items = [first, *subscription.take(WRITE_BATCH - 1)]
-        await response.write(b"".join(encode(item) for item in items))
+        await write(b"".join(encode(item) for item in items))
 
 
 def throughput(feed: ActivityFeed, *, clock: Callable[[], float] = time.time) -> Handler:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -321,9 +322,13 @@ async def test_the_api_paths_are_private(sim: Simulator, tmp_path: Path) -> None
 
 
 @contextlib.asynccontextmanager
-async def serving(feed: ActivityFeed, *, keepalive: float) -> AsyncIterator[str]:
+async def serving(
+    feed: ActivityFeed, *, keepalive: float, write_timeout: float = 30.0
+) -> AsyncIterator[str]:
     app = web.Application()
-    app.router.add_get("/api/stream", activity_stream(feed, keepalive=keepalive))
+    app.router.add_get(
+        "/api/stream", activity_stream(feed, keepalive=keepalive, write_timeout=write_timeout)
+    )
     app.router.add_get("/api/throughput", throughput(feed, clock=lambda: 1_771_927_500.9))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -362,6 +367,30 @@ async def test_a_reader_that_falls_behind_is_told_how_many_it_lost() -> None:
         assert await reader.next() == ("lost", {"count": 90})
         records = await reader.records(10)
     assert [r["event_id"] for r in records] == [f"evt_{n}" for n in range(90, 100)]
+
+
+async def test_a_reader_that_never_reads_loses_its_stream_once_writes_stall() -> None:
+    # It would otherwise keep one of the MAX_STREAMS for as long as it likes.
+    feed = ActivityFeed(queue=100)
+    async with serving(feed, keepalive=5, write_timeout=0.2) as base:
+        port = int(base.rsplit(":", 1)[1])
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        await wait_until(lambda: feed.subscribers == 1)
+        big = "x" * 2000
+        async with asyncio.timeout(30):
+            while feed.subscribers:  # records until the writes stall past the timeout
+                for n in range(50):
+                    feed.publish(activity(n, error=big))
+                await asyncio.sleep(0)  # the stream's turn to write
+            # Its connection closed too: what was buffered, then the end.
+            buffered = await reader.read()
+        assert buffered.startswith(b"HTTP/1.1 200 OK\r\n")
+        writer.close()
 
 
 @pytest.fixture
