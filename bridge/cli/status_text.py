@@ -166,7 +166,7 @@ def _nats_lines(nats: object, now: float) -> list[str]:
     if conn.get("reconnects"):
         lines.append(f"  reconnects: {conn['reconnects']}")
     lines += _error_line("  ", conn.get("last_error"))
-    lines += _stream_lines(nats.get("stream"))
+    lines += _stream_lines(nats.get("stream"), now)
     publishes = nats.get("publishes")
     if isinstance(publishes, dict):
         for name, sink in publishes.items():
@@ -202,12 +202,16 @@ def _nats_lines(nats: object, now: float) -> list[str]:
     return lines
 
 
-def _stream_lines(stream: object) -> list[str]:
+def _stream_lines(stream: object, now: float) -> list[str]:
     if not isinstance(stream, dict):
         return []
     counts = ""
     if stream.get("messages") is not None:
         counts = f", {stream['messages']} messages, last sequence {stream.get('last_seq')}"
+        # Counts the server has not confirmed since it was asked again are an old reading.
+        read_at = stream.get("read_at")
+        if stream.get("unanswered_since") is not None and isinstance(read_at, (int, float)):
+            counts += f" (as read {human_duration(now - read_at)} ago: no answer since)"
     lines = [f"  stream {stream.get('name')}: {stream.get('check')}{counts}"]
     if stream.get("problem"):
         lines.append(f"    problem: {printable(stream['problem'])}")

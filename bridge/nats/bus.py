@@ -6,7 +6,9 @@ sinks bound to both, and the consumer source when ``nats.consume`` is set. What 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
+from typing import Final
 
 import structlog
 from nats.js import JetStreamContext
@@ -21,6 +23,11 @@ from bridge.sources import Spool
 from bridge.sources.nats import INVALID_STATE, NatsSource
 
 log = structlog.get_logger("bridge.nats")
+
+REFRESH_WAIT: Final = 1.0
+"""Seconds ``/status`` and ``/metrics`` wait for a read of the stream and consumer: a server
+that does not answer (stopped, partitioned) takes nats-py's request timeouts, and the admin
+server's answer must not; the read goes on, and what was read before stands meanwhile."""
 
 
 class NatsBus:
@@ -54,6 +61,7 @@ class NatsBus:
             self.connection.on_connect(self._check_max_payload)
         self.source = NatsSource(config, self.connection, metrics) if config.consume else None
         self.sinks: dict[str, NatsSink] = {}
+        self._reading: asyncio.Task[None] | None = None
 
     def bind(self, sink: Sink) -> None:
         """Give a NATS sink the connection; any other sink is left alone."""
@@ -75,11 +83,20 @@ class NatsBus:
             await self.source.stop()
 
     async def stop(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            await asyncio.gather(self._reading, return_exceptions=True)
         await self.stream.stop()
         await self.connection.stop()
 
-    async def refresh(self) -> None:
-        """Read the stream's and the consumer's state and set their gauges."""
+    async def refresh(self, within: float = REFRESH_WAIT) -> None:
+        """Read the stream's and the consumer's state and set their gauges, waiting ``within``
+        seconds at most (one read at a time: a later call waits for the one running)."""
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.create_task(self._read(), name="nats-read")
+        await asyncio.wait([self._reading], timeout=within)
+
+    async def _read(self) -> None:
         await self.stream.read()
         info = self.stream.info  # a stream gone shows no counts: its gauges go to 0
         self.metrics.nats_stream_messages.set(info.state.messages if info is not None else 0)

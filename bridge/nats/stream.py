@@ -94,7 +94,8 @@ class StreamLimits(NamedTuple):
             max_msgs=config.max_msgs or -1,
             max_bytes=config.max_bytes or -1,
             max_msgs_per_subject=config.max_msgs_per_subject or -1,
-            discard_new=config.discard is DiscardPolicy.NEW,
+            # Equal, not identical: nats-py leaves a read stream's policy as the text "new".
+            discard_new=config.discard == DiscardPolicy.NEW,
             discard_new_per_subject=config.discard_new_per_subject,
         )
 
@@ -257,8 +258,12 @@ class StreamKeeper:
         self.state = StreamState.UNKNOWN
         self.problem: str | None = None
         self.warnings: list[str] = []
-        self.info: StreamInfo | None = None
-        """The stream as last read (its messages and last sequence); None while it is missing."""
+        self._info: StreamInfo | None = None
+        self.read_at: float | None = None
+        """When (Unix time) :attr:`info` was read."""
+        self.unanswered_since: float | None = None
+        """When a read of the stream was asked for that has not been answered since (the server
+        stopped, or the connection down): :attr:`info` is older than it looks."""
         self.recoveries = 0
         """How many times a check found the stream usable when it was not, or created it: a
         publish that failed at one count is worth retrying once the count has moved on
@@ -302,10 +307,21 @@ class StreamKeeper:
         await self._check(js, repeat_warnings=False)
         return True
 
+    @property
+    def info(self) -> StreamInfo | None:
+        """The stream as last read (its messages and last sequence); None while it is missing."""
+        return self._info
+
+    @info.setter
+    def info(self, info: StreamInfo | None) -> None:
+        self._info, self.read_at, self.unanswered_since = info, time.time(), None
+
     async def read(self) -> None:
         """Read the stream's state again (``/status``, ``/metrics``). A stream found unusable
         is checked again; one found gone is shown so, and checked again (created where this
         user may), at most once per :data:`RECHECK_INTERVAL`."""
+        if self.unanswered_since is None:
+            self.unanswered_since = time.time()  # until an answer sets info
         js = self._jetstream()
         if js is None:
             return
@@ -439,4 +455,6 @@ class StreamKeeper:
             "warnings": list(self.warnings),
             "messages": info.state.messages if info is not None else None,
             "last_seq": info.state.last_seq if info is not None else None,
+            "read_at": self.read_at,
+            "unanswered_since": self.unanswered_since,
         }

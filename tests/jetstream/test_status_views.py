@@ -5,6 +5,8 @@ on an edge and on a sidecar, the consumer gauges only where there is a consumer,
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,31 @@ async def test_status_of_an_edge_shows_its_publishes_and_exports_no_consumer_gau
     assert exported(metrics, "openmail_bridge_nats_stream_messages")
     for gauge in CONSUMER_GAUGES:
         assert not exported(metrics, gauge), gauge  # no consumer: no reading, not a healthy 0
+
+
+async def test_status_answers_while_the_nats_server_is_stopped(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    # A server that takes connections and answers nothing (SIGSTOP, a partition) made each
+    # /status wait out nats-py's request timeouts (5 s for the stream, 2 for the consumer), and
+    # `status` (which gives up at 5 s) said no bridge answered.
+    config = load_raw(tmp_path, sidecar_raw(tmp_path, nats_server))
+    async with running_bridge(config) as bridge:
+        await wait_until(lambda: bridge.readiness()[0] == "ready", 10)
+        await publish(nats_server, 2)
+        await wait_until(lambda: consumer_settled(nats_server), 10)
+        assert bridge.admin is not None
+        assert nats_server.process is not None
+        os.kill(nats_server.process.pid, signal.SIGSTOP)
+        try:
+            code, out, err = await run_cli("status", "--admin", f"127.0.0.1:{bridge.admin.port}")
+        finally:
+            os.kill(nats_server.process.pid, signal.SIGCONT)
+    assert code == 0, err
+    # What was read before stands, said to be an old reading.
+    (stream,) = [line for line in out.splitlines() if line.startswith("  stream OPENMAIL: ")]
+    assert stream.startswith("  stream OPENMAIL: created, "), out
+    assert stream.endswith(" ago: no answer since)"), out
 
 
 # --- nats-status ---------------------------------------------------------------------------------

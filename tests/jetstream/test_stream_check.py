@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
+import pytest
 import structlog
+from nats.js.api import StreamConfig
 
 from bridge.config import NatsStreamConfig
 from bridge.metrics import Metrics
@@ -174,6 +176,15 @@ def test_a_per_subject_cap_is_a_warning_naming_what_it_does() -> None:
     )
     [(_, hint)] = limit_warnings(per_subject)
     assert "then refuses new ones" in hint
+
+
+@pytest.mark.parametrize(("discard", "new"), [("new", True), ("old", False)])
+def test_a_streams_policy_is_read_as_the_server_sends_it(discard: str, new: bool) -> None:
+    # nats-py leaves the policy of a stream it read as the server's text, not its enum.
+    config = StreamConfig.from_response({"name": "OM", "max_msgs": 5, "discard": discard})
+    assert StreamLimits.of(config).discard_new is new
+    [(_, hint)] = limit_warnings(StreamLimits.of(config))
+    assert ("refuses new ones" in hint) is new
 
 
 def test_a_stream_without_limits_is_no_warning() -> None:
