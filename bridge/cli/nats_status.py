@@ -124,6 +124,9 @@ def cmd_nats_status(args: argparse.Namespace, config: Config) -> int:
             error = f"the server refused the credentials ({AUTH_HINT})"
         elif isinstance(exc, nats.errors.NoServersError):
             error = "no server answers"
+        elif isinstance(exc, TimeoutError):  # nats-py's own TimeoutError is one too
+            error = "no answer in time: the server takes connections but answers nothing "
+            error += "(stopped, or overloaded)"
         print(f"openmail-bridge: NATS at {servers}: {error}", file=sys.stderr)
         return EXIT_FAILURE
     shown = report(nats_config, server, stream, consumer)

@@ -4,6 +4,8 @@ fixture, against real nats-servers."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,22 @@ async def test_nats_status_names_the_server_and_masks_the_credential(
     assert f"nats://***@127.0.0.1:{server.port}" in err
     assert "refused the credentials" in err
     assert "wrong-pass-93" not in out + err
+
+
+async def test_nats_status_with_a_stopped_server_says_it_answers_nothing(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    # SIGSTOP: the kernel still takes the connection, the server answers nothing.
+    path = write_config(tmp_path / "sidecar.yaml", sidecar_raw(tmp_path, nats_server))
+    assert nats_server.process is not None
+    os.kill(nats_server.process.pid, signal.SIGSTOP)
+    try:
+        code, out, err = await run_cli("nats-status", "-c", str(path))  # within run_cli's 30 s
+    finally:
+        os.kill(nats_server.process.pid, signal.SIGCONT)
+    assert code == 1
+    assert "answers nothing (stopped, or overloaded)" in err, err
+    assert out == ""
 
 
 async def test_nats_status_with_no_server_answering_exits_1(
