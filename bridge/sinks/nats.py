@@ -189,7 +189,8 @@ class NatsSink:
                 ),
             )
         except (nats.errors.Error, TimeoutError, OSError) as exc:
-            self._count("failed")
+            if not _racing(exc):
+                self._count("failed")
             error = self._classify(delivery, subject, size, exc, connection)
             if isinstance(error, RetryableDeliveryError):
                 error.wake = wake
@@ -224,6 +225,11 @@ class NatsSink:
             if self._stream is not None:
                 self._stream.suspect()
             return RetryableDeliveryError(f"no JetStream stream answers on {subject}")
+        if _racing(exc):
+            return RetryableDeliveryError(
+                f"another publisher's copy of this event is being stored in the stream "
+                f"({subject}: duplicate message id in process); the retry finds it stored"
+            )
         if isinstance(exc, nats.js.errors.APIError):
             refused = f"JetStream refused the publish to {subject}: {exc.description or exc}"
             if exc.err_code == MESSAGE_TOO_LARGE:
@@ -251,3 +257,15 @@ class NatsSink:
             "failed": self.counts.failed,
             "last_seq": self.counts.last_seq,
         }
+
+
+def _racing(exc: BaseException) -> bool:
+    """JetStream's answer to a publish whose Nats-Msg-Id another publisher's copy holds while
+    that one is being stored (two edges with the same event, a clustered stream): no failure of
+    this bridge, and the retry is answered as a duplicate."""
+    description = getattr(exc, "description", None)
+    return (
+        isinstance(exc, nats.js.errors.APIError)
+        and isinstance(description, str)
+        and "duplicate message id is in process" in description.lower()
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats.js.errors
 import pytest
 
 from bridge.config import Config, build_config
@@ -95,6 +96,34 @@ async def test_a_duplicate_pubAck_is_done_and_the_stream_keeps_one_copy(
         messages = await stream_messages(client.jetstream())
     assert [m.headers["Nats-Msg-Id"] for m in messages] == ["evt_dup"]
     assert (sink.counts.acked, sink.counts.duplicate) == (1, 1)
+
+
+async def test_a_copy_in_process_elsewhere_is_retried_and_no_failure(
+    nats_server: NatsServer,
+    bus_and_sink: tuple[NatsBus, NatsSink],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two edges publishing one event to a clustered stream: while the first copy is being
+    # stored, JetStream answers the second so. The race cannot be timed here: its answer is.
+    bus, sink = bus_and_sink
+    js = bus.connection.jetstream()
+    assert js is not None
+    real = type(js).publish
+
+    async def racing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(type(js), "publish", real)  # once
+        raise nats.js.errors.APIError(
+            code=503, description="duplicate message id is in process", stream="OPENMAIL"
+        )
+
+    monkeypatch.setattr(type(js), "publish", racing)
+    raw = event_body("evt_race")
+    with pytest.raises(RetryableDeliveryError, match="another publisher's copy"):
+        await sink.send(delivery("evt_race", raw))
+    assert sink.counts.failed == 0  # nothing of this bridge failed
+    assert bus.stream.state is not StreamState.INVALID
+    await sink.send(delivery("evt_race", raw))  # the retry
+    assert (sink.counts.acked, sink.counts.failed) == (1, 0)
 
 
 async def test_server_down_is_retryable_and_publishing_resumes_after(
