@@ -268,15 +268,20 @@ def test_mount_type_takes_the_longest_mount_point() -> None:
     assert mount_type(table, Path("/srv/my data/x")) == "tmpfs"
 
 
-def test_check_says_the_state_database_cannot_live_on_a_pseudo_filesystem(tmp_path: Path) -> None:
+def check_with_state(tmp_path: Path, state: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """``check`` on the base config with this ``state`` section, run as users run it."""
     data = merged(BASE, {"sinks": {"audit": {"path": str(tmp_path / "e.jsonl")}}})
-    data["state"] = {"path": "/proc/self/bridge.db", "min_free": 0}
+    data["state"] = state
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(data))
-    result = subprocess.run(
+    return subprocess.run(
         [str(EXECUTABLE), "check", "-c", str(config)], cwd=tmp_path, env=cli_env(),
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+
+
+def test_check_says_the_state_database_cannot_live_on_a_pseudo_filesystem(tmp_path: Path) -> None:
+    result = check_with_state(tmp_path, {"path": "/proc/self/bridge.db", "min_free": 0})
     assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "state.path" in line]
     assert line.endswith(
@@ -413,14 +418,9 @@ def test_operator_config_reads_only_what_it_needs(tmp_path: Path) -> None:
 def test_check_warns_of_a_min_free_the_filesystem_can_never_meet(
     tmp_path: Path, min_free: int | str, warned: bool
 ) -> None:
-    data = merged(BASE, {"sinks": {"audit": {"path": str(tmp_path / "e.jsonl")}}})
-    data["state"] = {"path": str(tmp_path / "st" / "bridge.db"), "min_free": min_free}
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(data))
-    result = subprocess.run(
-        [str(EXECUTABLE), "check", "-c", str(config)], cwd=tmp_path, env=cli_env(),
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = check_with_state(
+        tmp_path, {"path": str(tmp_path / "st" / "bridge.db"), "min_free": min_free}
+    )
     assert result.returncode == 0, result.stderr
     found = [line for line in result.stderr.splitlines() if "state.min_free" in line]
     if warned:

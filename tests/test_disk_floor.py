@@ -86,11 +86,13 @@ async def open_on(
     )
 
 
-async def fill_to_the_floor(store: Store) -> list[AcceptResult]:
+async def fill_to_the_floor(
+    store: Store, payload: int = PAYLOAD, most: int = 1000
+) -> list[AcceptResult]:
     """Accept one event a commit, the sink down, until the floor refuses one: those accepted."""
     held: list[AcceptResult] = []
-    for n in range(1000):
-        result = (await store.accept_batch([(big_event(n), ["agent"])]))[0]
+    for n in range(most):
+        result = (await store.accept_batch([(big_event(n, payload), ["agent"])]))[0]
         if not isinstance(result, AcceptResult):
             assert isinstance(result, SpoolFullError), result
             return held
@@ -164,13 +166,7 @@ async def test_a_spool_drained_at_the_floor_with_its_history_takes_events_again(
     monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 0.0)
     store = await open_on(disk, state_dir, capacity=capacity, min_free=min_free, history=1000)
     try:
-        held: list[AcceptResult] = []
-        for n in range(5000):
-            result = (await store.accept_batch([(big_event(n, payload), ["agent"])]))[0]
-            if not isinstance(result, AcceptResult):
-                assert isinstance(result, SpoolFullError), result
-                break
-            held.append(result)
+        held = await fill_to_the_floor(store, payload, most=5000)
         assert not store.has_room
         ids = [d.id for r in held for d in r.deliveries]
         for i in range(0, len(ids), per_mark):  # the sink comes back
@@ -195,12 +191,7 @@ async def test_a_reader_holding_a_snapshot_does_not_hold_the_drain_at_the_floor(
     store = await open_on(disk, state_dir, capacity=12 * MiB, min_free=1 * MiB, history=1000)
     reader = sqlite3.connect(state_dir / "bridge.db", isolation_level=None)
     try:
-        held: list[AcceptResult] = []
-        for n in range(5000):
-            result = (await store.accept_batch([(big_event(n, 20_000), ["agent"])]))[0]
-            if not isinstance(result, AcceptResult):
-                break
-            held.append(result)
+        held = await fill_to_the_floor(store, 20_000, most=5000)
         reader.execute("BEGIN")
         reader.execute("SELECT COUNT(*) FROM events").fetchone()  # a snapshot, held
         ids = [d.id for r in held for d in r.deliveries]
