@@ -82,9 +82,10 @@ def activity_stream(
             except ConnectionResetError:
                 pass  # the reader went away
             except TimeoutError:
-                # The reader stopped reading: its stream goes, and its connection with it.
+                # The reader stopped reading: its stream goes, and its connection with it, at
+                # once (a close would wait for the reader to take what is buffered: never).
                 if request.transport is not None:
-                    request.transport.close()
+                    request.transport.abort()
         return response
 
     return handle

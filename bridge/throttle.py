@@ -23,7 +23,8 @@ class Throttle:
     def admit(self) -> int | None:
         """None when this occurrence stays silent; else how many were silent before it."""
         now = self._clock()
-        if self._last is not None and now - self._last < self._interval:
+        # A clock stepped back (a wall clock) admits at once, rather than silence for the step.
+        if self._last is not None and 0 <= now - self._last < self._interval:
             self._suppressed += 1
             return None
         self._last = now

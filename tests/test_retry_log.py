@@ -17,6 +17,7 @@ from bridge.errors import RetryableDeliveryError
 from bridge.events import Origin, parse_event
 from bridge.metrics import Metrics
 from bridge.store import Delivery, Store, StoreLimits
+from bridge.throttle import Throttle
 
 
 class Down:
@@ -78,3 +79,17 @@ async def test_a_sink_down_for_minutes_warns_once_a_minute_with_the_count_betwee
     counted = sum(w.get("retries_since_last_line", 0) for w in warnings)
     assert counted == sum(e["log_level"] == "debug" for e in retrying[:last])
     assert [e["attempt"] for e in retrying] == list(range(1, len(retrying) + 1))
+
+
+def test_a_clock_stepped_back_does_not_silence_the_warnings_for_the_step() -> None:
+    # The worker's clock is the wall clock: stepped back an hour, the next warning must not wait
+    # an hour and a minute.
+    now = [1_800_000_000.0]
+    throttle = Throttle(60.0, clock=lambda: now[0])
+    assert throttle.admit() == 0
+    now[0] += 10
+    assert throttle.admit() is None  # within the minute
+    now[0] -= 3600
+    assert throttle.admit() == 1  # at once, with the one left out
+    now[0] += 10
+    assert throttle.admit() is None

@@ -94,6 +94,7 @@ class NatsBus:
         seconds at most (one read at a time: a later call waits for the one running)."""
         if self._reading is None or self._reading.done():
             self._reading = asyncio.create_task(self._read(), name="nats-read")
+            self._reading.add_done_callback(_log_failure)
         await asyncio.wait([self._reading], timeout=within)
 
     async def _read(self) -> None:
@@ -139,3 +140,10 @@ class NatsBus:
             "publishes": {name: sink.status() for name, sink in sorted(self.sinks.items())},
             "consumer": self.source.status() if self.source is not None else None,
         }
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A read that failed otherwise than the stream's own reads expect (a bug): said, since no
+    caller waits for its outcome."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("nats.read_failed", error=f"{type(exc).__name__}: {exc}")

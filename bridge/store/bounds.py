@@ -49,7 +49,9 @@ def disk_space(path: Path) -> DiskSpace:
 
 
 TRUNCATE_RETRY: Final = 10.0
-"""Seconds before another try to truncate the WAL after one a reader held back."""
+"""Seconds before another try to truncate the WAL after one a reader held back: a reader in the
+middle of a statement is enough (the truncation does not wait for any), and the next commit near
+the floor, an accept refused included, tries again."""
 CHECKPOINT_MARGIN: Final = 1000 * PAGE
 """Room an event must leave above ``min_free`` besides its own: what a WAL checkpoint may still
 add to the database file (SQLite checkpoints every 1000 pages), written after the check."""

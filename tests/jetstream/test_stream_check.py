@@ -55,6 +55,31 @@ async def checked_at_connect(
     return bus, logs
 
 
+async def test_a_read_for_status_that_fails_unexpectedly_is_logged(
+    tmp_path: Path, nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /status no longer waits for the read's outcome, so a failure the read does not expect
+    # (a bug) must be said where an operator sees it.
+    config = make_config(tmp_path, nats=nats_section(nats_server), sinks={"bus": {"type": "nats"}})
+    assert config.nats is not None
+    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
+
+    async def broken(self: Any) -> None:
+        raise RuntimeError("a bug in the read")
+
+    monkeypatch.setattr(type(bus.stream), "read", broken)
+    with structlog.testing.capture_logs() as logs:
+        await bus.start()
+        try:
+            await bus.connection.wait_connected()
+            await bus.refresh()
+            await wait_until(lambda: any(e["event"] == "nats.read_failed" for e in logs))
+        finally:
+            await bus.stop()
+    (line,) = [e for e in logs if e["event"] == "nats.read_failed"]
+    assert line["error"] == "RuntimeError: a bug in the read"
+
+
 def test_fewer_replicas_than_configured_is_a_warning_naming_both() -> None:
     [(event, hint)] = warned(NatsStreamConfig(replicas=3), replicas=1, max_age=7 * DAY)
     assert event == "nats.stream_replicas"
