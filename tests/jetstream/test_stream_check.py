@@ -38,14 +38,19 @@ def warned(config: NatsStreamConfig, *, replicas: int, max_age: float) -> list[t
     return [(w.event, w.hint) for w in check.warnings]
 
 
+def edge_bus(tmp_path: Path, section: dict[str, Any]) -> NatsBus:
+    """An edge's NATS parts for ``section`` with one NATS sink, not started."""
+    config = make_config(tmp_path, nats=section, sinks={"bus": {"type": "nats"}})
+    assert config.nats is not None
+    return NatsBus(config.nats, Metrics(), config.sinks.values())
+
+
 async def checked_at_connect(
     tmp_path: Path, server: NatsServer
 ) -> tuple[NatsBus, list[MutableMapping[str, Any]]]:
     """An edge's NATS parts connected once to ``server`` and stopped: its stream check as the
     connection ran it, and the log lines it wrote."""
-    config = make_config(tmp_path, nats=nats_section(server), sinks={"bus": {"type": "nats"}})
-    assert config.nats is not None
-    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
+    bus = edge_bus(tmp_path, nats_section(server))
     with structlog.testing.capture_logs() as logs:
         await bus.start()
         try:
@@ -60,9 +65,7 @@ async def test_a_read_for_status_that_fails_unexpectedly_is_logged(
 ) -> None:
     # /status no longer waits for the read's outcome, so a failure the read does not expect
     # (a bug) must be said where an operator sees it.
-    config = make_config(tmp_path, nats=nats_section(nats_server), sinks={"bus": {"type": "nats"}})
-    assert config.nats is not None
-    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
+    bus = edge_bus(tmp_path, nats_section(nats_server))
 
     async def broken(self: Any) -> None:
         raise RuntimeError("a bug in the read")
@@ -140,9 +143,7 @@ async def test_an_edge_asking_for_three_replicas_is_told_the_stream_has_one(
         await wait_until(created, 20, interval=0.2)
     section = nats_section(nats_cluster)
     section["stream"]["replicas"] = 3
-    config = make_config(tmp_path, nats=section, sinks={"bus": {"type": "nats"}})
-    assert config.nats is not None
-    bus = NatsBus(config.nats, Metrics(), config.sinks.values())
+    bus = edge_bus(tmp_path, section)
     with structlog.testing.capture_logs() as logs:
         await bus.start()
         try:
