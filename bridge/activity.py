@@ -18,7 +18,7 @@ import enum
 import operator
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypedDict
 
 import structlog
@@ -242,16 +242,16 @@ class _Ring:
         self.last = 0
         """The newest second counted."""
 
-    def add(self, ts: float) -> None:
-        """Count one at the time ``ts``."""
+    def add(self, ts: float, count: int = 1) -> None:
+        """Count ``count`` at the time ``ts``."""
         second = int(ts)
         if second == self.last:
-            self.counts[second % SECONDS] += 1
+            self.counts[second % SECONDS] += count
         elif second > self.last:
             self._move_to(second)
-            self.counts[second % SECONDS] += 1
+            self.counts[second % SECONDS] += count
         elif second > self.last - SECONDS:
-            self.counts[second % SECONDS] += 1
+            self.counts[second % SECONDS] += count
         # else: older than the window
 
     def _move_to(self, second: int) -> None:
@@ -294,7 +294,7 @@ class Throughput:
         self.accepted = _Ring()
         self._delivered: dict[str, _Ring] = {}
 
-    def count_delivered(self, sink: str, ts: float) -> None:
+    def count_delivered(self, sink: str, ts: float, count: int = 1) -> None:
         ring = self._delivered.get(sink)
         if ring is None:
             if len(self._delivered) >= MAX_SINKS:
@@ -302,7 +302,7 @@ class Throughput:
                 if len(self._delivered) >= MAX_SINKS:
                     return
             ring = self._delivered[sink] = _Ring()
-        ring.add(ts)
+        ring.add(ts, count)
 
     def _forget_idle(self, now: int) -> None:
         for name in [n for n, ring in self._delivered.items() if ring.last <= now - SECONDS]:
@@ -366,16 +366,41 @@ class ActivityFeed:
 
     def accepted(self, event: Event) -> None:
         """``event`` was stored, with a delivery row for each sink it is routed to."""
-        if event.via is not None:
-            self._remember_via(event.event_id, event.via)
-        self._event(_ACCEPTED, event)
+        self.accepted_many((event,))
+
+    def accepted_many(self, events: Sequence[Event]) -> None:
+        """:meth:`accepted` for each of ``events``, recorded together."""
+        if not events:
+            return
+        now = self._clock()
+        rows: list[_Row] = []
+        for event in events:
+            if event.via is not None:
+                self._remember_via(event.event_id, event.via)
+            rows.append(
+                (now, _ACCEPTED, event.event_id, event.via or event.origin, event.inbox_id,
+                 event.type, None, None, None)
+            )  # fmt: skip
+        self._publish_rows(rows)
 
     def duplicate(self, event: Event) -> None:
         """``event`` was already stored: nothing more happens to it."""
         self._event(_DUPLICATE, event)
 
     def delivered(self, delivery: Delivery, attempt: int) -> None:
-        self._delivery(_DELIVERED, delivery, attempt, None)
+        self.delivered_many(((delivery, attempt),))
+
+    def delivered_many(self, delivered: Sequence[tuple[Delivery, int]]) -> None:
+        """:meth:`delivered` for each ``(delivery, attempt)`` of one sink, recorded together."""
+        if not delivered:
+            return
+        now, via = self._clock(), self._via
+        rows: list[_Row] = [
+            (now, _DELIVERED, d.event_id, (via.get(d.event_id) if via else None) or d.origin,
+             d.inbox_id, d.type, d.sink, attempt, None)
+            for d, attempt in delivered
+        ]  # fmt: skip
+        self._publish_rows(rows)
 
     def retrying(self, delivery: Delivery, attempt: int, error: str) -> None:
         """Attempt ``attempt`` failed with ``error``; another follows."""
@@ -411,11 +436,29 @@ class ActivityFeed:
                 self.throughput.count_delivered(row[6] or "", row[0])
             for subscriber in self._subscribers:
                 subscriber._offer(row)
-        except Exception:
-            # Watching must never cost an event: a bug here is reported once and the record lost.
-            if not self._failed:
-                self._failed = True
-                log.exception("activity.publish_failed")
+        except Exception as exc:
+            self._publish_failed(exc)
+
+    def _publish_rows(self, rows: list[_Row]) -> None:
+        """:meth:`_publish` for rows of one kind and time (and sink), counted at once."""
+        try:
+            self._recent.extend(rows)
+            ts, kind = rows[0][0], rows[0][1]
+            if kind is _ACCEPTED:
+                self._accepted.add(ts, len(rows))
+            elif kind is _DELIVERED:
+                self.throughput.count_delivered(rows[0][6] or "", ts, len(rows))
+            for subscriber in self._subscribers:
+                for row in rows:
+                    subscriber._offer(row)
+        except Exception as exc:
+            self._publish_failed(exc)
+
+    def _publish_failed(self, exc: Exception) -> None:
+        # Watching must never cost an event: a bug here is reported once and the record lost.
+        if not self._failed:
+            self._failed = True
+            log.error("activity.publish_failed", exc_info=exc)
 
     def _remember_via(self, event_id: str, via: str) -> None:
         self._via[event_id] = via

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
@@ -432,12 +433,14 @@ class SinkWorker:
         self.state.delivered += len(batch)
         self.state.last_delivered_at = now
         self.metrics.deliveries.labels(self.name, "delivered").inc(len(batch))
-        latency = self.metrics.delivery_latency.labels(self.name)
-        for delivery, attempt in batch:
-            latency.observe(max(0.0, now - delivery.received_at))
-            tried = delivery.attempts + 1 if attempt is None else attempt
-            self.activity.delivered(delivery, tried)
-            self._log.debug("delivery.sent", event_id=delivery.event_id, attempt=tried)
+        self.metrics.delivery_latency.labels(self.name).observe_many(
+            [max(0.0, now - delivery.received_at) for delivery, _ in batch]
+        )
+        tried = [(d, d.attempts + 1 if attempt is None else attempt) for d, attempt in batch]
+        self.activity.delivered_many(tried)
+        if self._log.is_enabled_for(logging.DEBUG):
+            for delivery, attempt in tried:
+                self._log.debug("delivery.sent", event_id=delivery.event_id, attempt=attempt)
 
     async def _first_attempt(self, group: Sequence[Delivery]) -> RetryableDeliveryError | None:
         """Most deliveries succeed at once, so the first attempt runs without tenacity, whose

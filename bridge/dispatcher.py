@@ -72,10 +72,14 @@ class Dispatcher:
         self.workers[worker.name] = worker
 
     def submit(self, deliveries: Iterable[Delivery]) -> None:
+        """Hand committed rows to their sinks' workers: one hand-off per sink, in order."""
+        by_sink: dict[str, list[Delivery]] = {}
         for delivery in deliveries:
-            worker = self.workers.get(delivery.sink)
+            by_sink.setdefault(delivery.sink, []).append(delivery)
+        for sink, rows in by_sink.items():
+            worker = self.workers.get(sink)
             if worker is not None:  # a sink removed by reload keeps its rows in the store
-                worker.submit((delivery,))
+                worker.submit(rows)
 
     async def start(self) -> None:
         for worker in self.workers.values():

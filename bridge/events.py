@@ -86,6 +86,9 @@ class Event:
     over the WebSocket moves its replay cursor; metrics count it under ``via`` when set."""
     facts: MessageFacts = NO_FACTS
     """What routing reads of the payload's ``message`` beyond ``sender`` / ``recipient``."""
+    compact: bool = False
+    """``raw`` is known to be compact JSON that orjson writes back byte for byte, so a line sink
+    writes it as it is; False when unknown, and the sink checks."""
 
     @property
     def from_own_websocket(self) -> bool:
@@ -124,7 +127,9 @@ def content_identity(data: dict[str, object]) -> str:
     Raises:
         EventError: nested too deeply to encode.
     """
-    content = {k: v for k, v in data.items() if k not in PER_DELIVERY_FIELDS}
+    content = data.copy()  # a C-level copy and two pops: a third of a filtering comprehension
+    for name in PER_DELIVERY_FIELDS:
+        content.pop(name, None)
     try:
         # orjson writes the same canonical form as json.dumps(sort_keys=True, compact,
         # ensure_ascii=False) for strings, integers and structure, at a fifth of the cost; what
@@ -189,10 +194,10 @@ def parse_event(raw: bytes, origin: Origin, **options: Unpack[EventOptions]) -> 
         EventError: not JSON, not an object, or no usable ``event_id`` / ``event``.
     """
     try:
-        data = protocol.loads_strict(raw)
+        data, compact = protocol.loads_checked(raw)
     except protocol.ProtocolError as exc:
         raise EventError(f"payload is {exc}") from None
-    return event_from_object(data, raw, origin, **options)
+    return event_from_object(data, raw, origin, compact=compact, **options)
 
 
 def event_from_object(
@@ -203,8 +208,10 @@ def event_from_object(
     received_at: float | None = None,
     fallback_event_id: str | None = None,
     require_type: bool = True,
+    compact: bool = False,
 ) -> Event:
-    """Like :func:`parse_event` for a payload already decoded to ``data``."""
+    """Like :func:`parse_event` for a payload already decoded to ``data``; ``compact``: see
+    :attr:`Event.compact`."""
     if not isinstance(data, dict):
         raise EventError(f"payload is a JSON {type(data).__name__}, not an object")
     event_id = data.get("event_id")
@@ -246,4 +253,5 @@ def event_from_object(
         content_id=content_id,
         dedup_key=dedup_key,
         facts=facts,
+        compact=compact,
     )

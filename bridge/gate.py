@@ -36,6 +36,8 @@ UNREADABLE: Final = "?"
 under one key per route (no address contains no ``@``)."""
 MAX_LEARNED: Final = 10_000
 """Own addresses learned from mail at most: a flood of odd ``to`` headers cannot grow memory."""
+MAX_PLANS: Final = 256
+"""Plain plans (sinks only) kept for reuse, one per set of sinks the routes give."""
 
 
 def is_bounce(address: str) -> bool:
@@ -57,6 +59,8 @@ class OwnAddresses:
     def learn(self, event: Event) -> tuple[str, ...]:
         """The addresses ``event`` shows to be the account's and that are new (recorded now)."""
         if event.recipient is None or event.via is not None or len(self.learned) >= MAX_LEARNED:
+            return ()
+        if event.recipient in self.learned:  # the everyday case, already canonical: no parse
             return ()
         found = addresses(event.recipient)
         # OpenMail's `to` is the inbox's own address, one string (protocol notes §2). Anything
@@ -93,7 +97,7 @@ class Gate:
         own: the account's own addresses, shared across reloads (it learns).
     """
 
-    __slots__ = ("_gates", "_plain", "debounce", "own", "router")
+    __slots__ = ("_gates", "_plain", "_plans", "debounce", "own", "router")
 
     def __init__(
         self,
@@ -111,12 +115,19 @@ class Gate:
         """Seconds per debounced sink, for the store to open windows with."""
         # No route guards an HTTP sink or limits anything: the router alone decides.
         self._plain = not any(g.guarded or g.limits.active for g in self._gates.values())
+        self._plans: dict[tuple[str, ...], Plan] = {}  # the plain plans, one per set of sinks
 
     def plan(self, event: Event) -> Plan:
         learned = self.own.learn(event) if event.recipient is not None else ()
         if self._plain:
             sinks = self.router(event)
-            return Plan(sinks=sinks, learned=learned) if learned else Plan(sinks=sinks)
+            if learned:
+                return Plan(sinks=sinks, learned=learned)
+            if (plan := self._plans.get(sinks)) is None:
+                plan = Plan(sinks=sinks)
+                if len(self._plans) < MAX_PLANS:
+                    self._plans[sinks] = plan
+            return plan
         now: dict[str, None] = {}
         limited: list[Limited] = []
         notes: list[Note] = []

@@ -6,7 +6,8 @@ in one process. Gauges that mirror state (spool bytes, pending rows) are set jus
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -29,6 +30,30 @@ class GaugeOnceSet(Gauge):
 
     def collect(self) -> Iterable[Metric]:
         return super().collect() if self._was_set else []
+
+
+class BatchHistogram(Histogram):
+    """A histogram that also takes a batch of observations at once.
+
+    ``observe`` takes a lock twice per value (the sum and its bucket); a sink worker records
+    hundreds of deliveries at a time, and ``observe_many`` takes each lock once per batch: the
+    same samples for a fraction of the cost. It reads the buckets the library's ``observe``
+    writes (``_upper_bounds``, ``_buckets``, ``_sum``); the tests compare both methods' output.
+    """
+
+    def observe_many(self, amounts: Sequence[float]) -> None:
+        """``observe(a)`` for each of ``amounts``, in one update per bucket."""
+        if not amounts:
+            return
+        bounds = self._upper_bounds
+        counts = [0] * len(bounds)
+        for amount in amounts:
+            # The first bound >= amount: the bucket observe() counts it in (the last is +Inf).
+            counts[bisect_left(bounds, amount)] += 1
+        self._sum.inc(sum(amounts))
+        for bucket, count in zip(self._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
 
 
 class Metrics:
@@ -90,7 +115,7 @@ class Metrics:
         self.deliveries = counter(
             "deliveries", "Delivery attempts by outcome (delivered, retry, dead)", "sink", "outcome"
         )
-        self.delivery_latency = Histogram(
+        self.delivery_latency = BatchHistogram(
             f"{PREFIX}_delivery_latency_seconds",
             "Time from receipt to successful delivery",
             ["sink"],

@@ -8,6 +8,7 @@ quarantined as a conflict), which is what lets the webhook answer 200 and the We
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -22,7 +23,7 @@ from bridge.metrics import Metrics
 from bridge.plan import Action, Note, Plan, Reason
 from bridge.routing import UNROUTED_HINTS, Miss, Router
 from bridge.sources import AcceptResults
-from bridge.store import AcceptOutcome, AcceptResult, Store
+from bridge.store import AcceptOutcome, AcceptResult, Delivery, Store
 
 if TYPE_CHECKING:
     from bridge.dispatcher import Dispatcher
@@ -132,13 +133,8 @@ class Pipeline:
                 if not answer.done():
                     answer.set_exception(exc)
                 return
-            # One logger bound per batch, not one per event: binding the module's lazy logger
-            # costs more than the debug lines it then drops.
-            logger = log.bind()
-            results = [
-                self._committed(logger, event, result)
-                for (event, _), result in zip(routed, done.result(), strict=True)
-            ]
+            results = done.result()
+            self._committed([event for event, _ in routed], results)
             outcomes = [r if isinstance(r, StoreError) else answer_of(r) for r in results]
             if not answer.done():
                 answer.set_result(outcomes)
@@ -181,51 +177,76 @@ class Pipeline:
     # -- after the commit ----------------------------------------------------------------------
 
     def _committed(
+        self, events: Sequence[Event], results: Sequence[AcceptResult | StoreError]
+    ) -> None:
+        """Count, publish and hand to the sinks what one commit did with ``events``.
+
+        Per batch, not per event: one metric update per source, one hand-off to the sinks, and
+        the per-event debug lines built only when they are logged.
+        """
+        # One logger bound per batch, not one per event: binding the module's lazy logger
+        # costs more than the debug lines it then drops.
+        logger = log.bind()
+        debug = logger.is_enabled_for(logging.DEBUG)
+        received: Counter[str] = Counter()
+        deliveries: list[Delivery] = []
+        accepted: list[Event] = []  # published together, before anything else of the batch
+        for event, result in zip(events, results, strict=True):
+            if isinstance(result, StoreError):
+                continue
+            source = event.via or event.origin.value
+            if result.outcome is not AcceptOutcome.ACCEPTED:
+                self.activity.accepted_many(accepted)
+                accepted.clear()
+                self._not_new(logger, event, result, source)
+                continue
+            received[source] += 1
+            self.last_event_at = event.received_at
+            accepted.append(event)
+            if debug:
+                logger.debug(
+                    "event.accepted",
+                    event_id=event.event_id,
+                    event_type=event.type,
+                    inbox_id=event.inbox_id,
+                    source=source,
+                    sinks=[d.sink for d in result.deliveries],
+                )
+            if result.notes:
+                self._noted(logger, event, result)
+            elif not result.deliveries:
+                self._unrouted(logger, event, source)
+            deliveries.extend(result.deliveries)
+        self.activity.accepted_many(accepted)
+        for source, count in received.items():
+            self.metrics.events_received.labels(source).inc(count)
+        self.dispatcher.submit(deliveries)
+
+    def _not_new(
         self,
         logger: structlog.typing.FilteringBoundLogger,
         event: Event,
-        result: AcceptResult | StoreError,
-    ) -> AcceptResult | StoreError:
-        if isinstance(result, StoreError):
-            return result
-        source = event.via or event.origin.value
+        result: AcceptResult,
+        source: str,
+    ) -> None:
+        """A duplicate or a conflict: counted and logged, never delivered."""
         if result.outcome is AcceptOutcome.DUPLICATE:
             self.metrics.events_duplicate.labels(source).inc()
             self.activity.duplicate(event)
             logger.debug("event.duplicate", event_id=event.event_id, source=source)
-            return result
-        if result.outcome is AcceptOutcome.CONFLICT:
-            # A warning each time: the same id carrying two different events means one of them
-            # was never delivered, and only an operator can say which was right.
-            self.metrics.events_conflict.labels(source).inc()
-            logger.warning(
-                "event.conflict",
-                event_id=event.event_id,
-                source=source,
-                reason=result.conflict,
-                inbox_id=event.inbox_id,
-                event_type=event.type,
-                quarantined=result.quarantined,
-            )
-            return result
-        self.metrics.events_received.labels(source).inc()
-        self.activity.accepted(event)
-        self.last_event_at = event.received_at
-        # Debug, not info: at thousands of events a second the line costs more than the event.
-        logger.debug(
-            "event.accepted",
+            return
+        # A warning each time: the same id carrying two different events means one of them
+        # was never delivered, and only an operator can say which was right.
+        self.metrics.events_conflict.labels(source).inc()
+        logger.warning(
+            "event.conflict",
             event_id=event.event_id,
-            event_type=event.type,
-            inbox_id=event.inbox_id,
             source=source,
-            sinks=[d.sink for d in result.deliveries],
+            reason=result.conflict,
+            inbox_id=event.inbox_id,
+            event_type=event.type,
+            quarantined=result.quarantined,
         )
-        if result.notes:
-            self._noted(logger, event, result)
-        elif not result.deliveries:
-            self._unrouted(logger, event, source)
-        self.dispatcher.submit(result.deliveries)
-        return result
 
     def gate_report(self) -> dict[str, dict[str, dict[str, int]]]:
         """:attr:`noted` as ``/status`` shows it: {route: {reason: {action: count}}}."""

@@ -180,6 +180,16 @@ def loads_strict(raw: bytes | str) -> object:
         ProtocolError: not UTF-8 JSON, too deep, an integer past Python's digit limit, a
             duplicate key or a non-finite number.
     """
+    return loads_checked(raw)[0]
+
+
+def loads_checked(raw: bytes | str) -> tuple[object, bool]:
+    """:func:`loads_strict`, and whether ``raw`` is compact JSON that orjson writes back byte for
+    byte: such bytes are one JSON line as they are, and a sink may write them unchanged.
+
+    Raises:
+        ProtocolError: as :func:`loads_strict`.
+    """
     if isinstance(raw, bytes):
         try:
             fast = orjson.loads(raw)
@@ -194,11 +204,11 @@ def loads_strict(raw: bytes | str) -> object:
             except orjson.JSONEncodeError:  # nested past what orjson writes: checked below
                 compact = b""
             if compact == raw:
-                return fast
+                return fast, True
     try:
         return json.loads(
             raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=_finite
-        )
+        ), False
     except ProtocolError:
         raise
     except (ValueError, RecursionError) as exc:
@@ -249,6 +259,8 @@ class ServerFrame:
     kind: FrameKind
     data: dict[str, object]
     raw: bytes
+    compact: bool = False
+    """``raw`` is compact JSON written back byte for byte (:func:`loads_checked`)."""
 
     @property
     def message(self) -> str:
@@ -270,7 +282,7 @@ def parse_server_frame(raw: bytes | str) -> ServerFrame:
     """
     try:
         data_bytes = raw.encode() if isinstance(raw, str) else raw
-        data = loads_strict(data_bytes)
+        data, compact = loads_checked(data_bytes)
     except UnicodeEncodeError:
         raise ProtocolError("frame is not valid Unicode text") from None
     except ProtocolError as exc:
@@ -278,7 +290,7 @@ def parse_server_frame(raw: bytes | str) -> ServerFrame:
     if not isinstance(data, dict):
         raise ProtocolError(f"frame is a JSON {type(data).__name__}, not an object")
     if "event" in data and "type" not in data:
-        return ServerFrame(FrameKind.EVENT, data, data_bytes)
+        return ServerFrame(FrameKind.EVENT, data, data_bytes, compact)
     kind_name = data.get("type")
     if not isinstance(kind_name, str):
         raise ProtocolError("frame has neither 'type' nor 'event'")

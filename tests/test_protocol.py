@@ -235,3 +235,22 @@ def test_json_nested_past_what_the_fast_encoder_writes_is_still_read() -> None:
         assert isinstance(value, list)
         (value,) = value
     assert value == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "compact"),
+    [
+        (b'{"event":"message.received","n":[1,2.5,null,true],"s":"x"}', True),
+        (b'{ "spaced" : "json" }', False),
+        (b'{"a":1}\n', False),  # a newline after it: not one line as it is
+        (b'{"s":"\\u00e9"}', False),  # an escape orjson writes as the character
+        (b'{"big":123456789012345678901234567890}', False),
+        (b'{"f":1E5}', False),
+    ],
+)
+def test_only_bytes_written_back_unchanged_are_compact(raw: bytes, compact: bool) -> None:
+    data, found = protocol.loads_checked(raw)
+    assert (data, found) == (json.loads(raw), compact)
+    frame = protocol.parse_server_frame(raw) if b'"event"' in raw else None
+    if frame is not None:
+        assert frame.compact is compact

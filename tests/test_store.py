@@ -1244,3 +1244,12 @@ async def test_a_lock_file_that_cannot_be_written_is_named_in_the_error(tmp_path
     (tmp_path / "bridge.db.lock").symlink_to("/dev/full")
     with pytest.raises(StoreError, match=r"cannot write lock file .*bridge\.db\.lock"):
         await Store.open(tmp_path / "bridge.db")
+
+
+async def test_a_payload_read_back_from_the_store_is_not_taken_as_compact(store: Store) -> None:
+    # Compactness is known from the parse on the way in; a row read back (after a restart, a
+    # retry) has no such proof, and its line sink checks the payload again.
+    ev = dataclasses.replace(event("ev-1", raw=b'{"event_id":"ev-1"}'), compact=True)
+    result = await store.accept(ev, ["agent"])
+    assert [d.compact for d in result.deliveries] == [True]
+    assert [d.compact for d in await store.pending("agent")] == [False]

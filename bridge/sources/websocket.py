@@ -437,7 +437,8 @@ class WebSocketSource:
                         continue
                     if not await intake.put(action.event):
                         break  # the spool pushed back: stop reading, close, wait for room
-                    await self._next_page(link, action)  # after: a held page holds no event
+                    if action.next_page is not None or action.replay_limit:
+                        await self._next_page(link, action)  # after: a held page holds no event
                 elif msg.type is WSMsgType.BINARY:
                     self._pass_over(link.session.binary(len(msg.data)))
                 else:

@@ -341,7 +341,9 @@ class Session:
 
     def _event(self, frame: protocol.ServerFrame) -> Deliver | Invalid:
         try:
-            event = event_from_object(frame.data, frame.raw, Origin.WEBSOCKET)
+            event = event_from_object(
+                frame.data, frame.raw, Origin.WEBSOCKET, compact=frame.compact
+            )
         except EventError as exc:
             return Invalid(InvalidReason.BAD_EVENT, str(exc))
         subscribed_at = self._subscribed_at

@@ -52,6 +52,8 @@ class Delivery:
     """Held by a route's rate limit until then."""
     window_closes: float | None = None
     """Gathered in its thread's debounce window, which closes then (and is named by it)."""
+    compact: bool = False
+    """``payload`` is known to be compact JSON (:attr:`Event.compact`); False when unknown."""
 
     @property
     def due(self) -> float | None:
@@ -89,6 +91,7 @@ class Delivery:
             last_error=None,
             not_before=not_before,
             window_closes=window_closes,
+            compact=event.compact,
         )
 
 
@@ -183,6 +186,7 @@ _DELIVERY_SOURCE: Final[Mapping[str, str]] = {
     "last_error": "d.last_error",
     "not_before": "d.not_before",
     "window_closes": "d.window_closes",
+    "compact": "0",  # not stored: a payload read back is checked by the sink that writes it
 }
 _DELIVERY_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Delivery))
 DELIVERY_COLUMNS: Final = ", ".join(_DELIVERY_SOURCE[name] for name in _DELIVERY_FIELDS)
@@ -207,7 +211,7 @@ HISTORY_SUMMARY_COLUMNS: Final = HISTORY_COLUMNS.removesuffix("payload") + "NULL
 def delivery_from_row(row: Sequence[Any]) -> Delivery:
     """A Delivery from a row selected as :data:`DELIVERY_COLUMNS`."""
     fields = dict(zip(_DELIVERY_FIELDS, row, strict=True))
-    return Delivery(**fields | {"origin": Origin(fields["origin"])})
+    return Delivery(**fields | {"origin": Origin(fields["origin"]), "compact": False})
 
 
 def dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:

@@ -478,3 +478,15 @@ async def test_a_batch_write_failing_first_raises(tmp_path, sinks):
     (tmp_path / "out" / "inb_b").write_text("a file where the directory should be")
     with pytest.raises(RetryableDeliveryError, match="inb_b"):
         await sink.send_batch([make_delivery(event_id="evt_2", inbox_id="inb_b")])
+
+
+@pytest.mark.parametrize("indent", [None, 4])
+def test_a_payload_is_written_as_it_came_only_when_its_parse_proved_it_compact(indent):
+    from bridge.events import parse_event
+
+    separators = None if indent else (",", ":")
+    raw = json.dumps(EVENT, indent=indent, separators=separators, ensure_ascii=False).encode()
+    event = parse_event(raw, Origin.WEBSOCKET)
+    assert event.compact is (indent is None)
+    line = format_line(Delivery.of_accepted(event, id=1, seq=1, sink="events"), "payload")
+    assert line == COMPACT.encode() + b"\n"
