@@ -10,13 +10,14 @@ import enum
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Final, TypedDict, Unpack
 
 import orjson
 
 from bridge import protocol
 from bridge.errors import EventError, MissingEventIdError
+from bridge.records import record
 
 PER_DELIVERY_FIELDS: Final = frozenset({"attempt", "delivered_at"})
 """Top-level payload fields OpenMail changes on every delivery attempt and between the WebSocket
@@ -26,7 +27,7 @@ CONTENT_KEY_PREFIX: Final = "sha256:"
 """Prefix of a dedup key made from the content identity (a payload with no ``event_id``)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MessageFacts:
     """What routing reads of an event's ``message`` besides its addresses, taken once at parse.
 
@@ -54,7 +55,7 @@ class Origin(enum.StrEnum):
     WEBHOOK = "webhook"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Event:
     """One accepted or candidate event.
 

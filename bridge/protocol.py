@@ -14,11 +14,12 @@ import json
 import math
 import re
 from collections.abc import Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
 import orjson
+
+from bridge.records import record
 
 # --- Endpoint -------------------------------------------------------------------------------
 
@@ -252,7 +253,7 @@ class FrameKind(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ServerFrame:
     """A parsed server-to-client text frame. ``data`` is the decoded JSON object."""
 

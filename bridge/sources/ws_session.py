@@ -19,6 +19,7 @@ from bridge.backoff import Pace
 from bridge.errors import EventError
 from bridge.events import Event, Origin, event_from_object
 from bridge.protocol import CloseClass, FrameKind
+from bridge.records import record
 
 MESSAGE_TOO_BIG: Final = 1009
 """aiohttp closes with this when a frame exceeds ``max_msg_size`` (``webhook.max_body``)."""
@@ -161,7 +162,7 @@ class InvalidReason(enum.StrEnum):
 # --- what a received frame means -----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Deliver:
     """An event to hand to the spool."""
 

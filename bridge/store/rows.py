@@ -14,6 +14,7 @@ import orjson
 
 from bridge.events import Event, Origin
 from bridge.plan import Note
+from bridge.records import record
 
 
 class AcceptOutcome(enum.StrEnum):
@@ -32,7 +33,7 @@ class ConflictReason(enum.StrEnum):
     ID_REUSED = "event_id_reused"  # its key is new, but the id it is sent under is taken
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Delivery:
     """One (event, sink) outbox row, with what the sink needs to deliver it."""
 
@@ -95,7 +96,7 @@ class Delivery:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class AcceptResult:
     outcome: AcceptOutcome
     seq: int | None  # seq and deliveries only when ACCEPTED
