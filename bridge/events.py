@@ -87,7 +87,7 @@ class Event:
     over the WebSocket moves its replay cursor; metrics count it under ``via`` when set."""
     facts: MessageFacts = NO_FACTS
     """What routing reads of the payload's ``message`` beyond ``sender`` / ``recipient``."""
-    compact: bool = False
+    compact: bool = field(default=False, compare=False)
     """``raw`` is known to be compact JSON that orjson writes back byte for byte, so a line sink
     writes it as it is; False when unknown, and the sink checks."""
 

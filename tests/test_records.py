@@ -38,3 +38,15 @@ def test_events_stay_usable_as_set_members_and_keys() -> None:
 
     assert len({event(b"{}"), event(b"{}"), event(b"[]")}) == 2
     assert event(b"{}").dedup_key == "evt_1"  # set after init, as before
+
+
+def test_whether_a_payload_is_known_compact_is_not_part_of_a_values_identity() -> None:
+    from bridge.store import Delivery
+
+    def delivery(*, compact: bool) -> Delivery:
+        return Delivery(id=1, seq=1, sink="s", event_id="e", type="t", inbox_id=None,
+                        thread_id=None, origin=Origin.WEBHOOK, received_at=0.0, payload=b"{}",
+                        attempts=0, last_error=None, compact=compact)  # fmt: skip
+
+    assert delivery(compact=True) == delivery(compact=False)
+    assert hash(delivery(compact=True)) == hash(delivery(compact=False))

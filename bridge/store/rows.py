@@ -53,7 +53,7 @@ class Delivery:
     """Held by a route's rate limit until then."""
     window_closes: float | None = None
     """Gathered in its thread's debounce window, which closes then (and is named by it)."""
-    compact: bool = False
+    compact: bool = dataclasses.field(default=False, compare=False)
     """``payload`` is known to be compact JSON (:attr:`Event.compact`); False when unknown."""
 
     @property
