@@ -37,8 +37,9 @@ class BatchHistogram(Histogram):
 
     ``observe`` takes a lock twice per value (the sum and its bucket); a sink worker records
     hundreds of deliveries at a time, and ``observe_many`` takes each lock once per batch: the
-    same samples for a fraction of the cost. It reads the buckets the library's ``observe``
-    writes (``_upper_bounds``, ``_buckets``, ``_sum``); the tests compare both methods' output.
+    same buckets and count for a fraction of the cost, and the same sum but for floating-point
+    rounding (the batch is summed before it is added). It writes the fields the library's
+    ``observe`` writes (``_upper_bounds``, ``_buckets``, ``_sum``); the tests compare both.
     """
 
     def observe_many(self, amounts: Sequence[float]) -> None:

@@ -8,6 +8,7 @@ quarantined as a conflict), which is what lets the webhook answer 200 and the We
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from bridge.metrics import Metrics
 from bridge.plan import Action, Note, Plan, Reason
 from bridge.routing import UNROUTED_HINTS, Miss, Router
 from bridge.sources import AcceptResults
-from bridge.store import AcceptOutcome, AcceptResult, Delivery, Store
+from bridge.store import AcceptOutcome, AcceptResult, Store
 
 if TYPE_CHECKING:
     from bridge.dispatcher import Dispatcher
@@ -134,7 +135,14 @@ class Pipeline:
                     answer.set_exception(exc)
                 return
             results = done.result()
-            self._committed([event for event, _ in routed], results)
+            try:
+                self._committed([event for event, _ in routed], results)
+            except Exception:
+                # The events are committed whatever failed after (a log line on a full disk, a
+                # bug): their callers must still hear so, or a WebSocket reader waiting on its
+                # in-flight bound would wait for ever.
+                with contextlib.suppress(Exception):  # the log itself may be what failed
+                    log.exception("pipeline.after_commit_failed", events=len(routed))
             outcomes = [r if isinstance(r, StoreError) else answer_of(r) for r in results]
             if not answer.done():
                 answer.set_result(outcomes)
@@ -184,12 +192,31 @@ class Pipeline:
         Per batch, not per event: one metric update per source, one hand-off to the sinks, and
         the per-event debug lines built only when they are logged.
         """
+        accepted = [
+            (event, result)
+            for event, result in zip(events, results, strict=True)
+            if not isinstance(result, StoreError) and result.outcome is AcceptOutcome.ACCEPTED
+        ]
+        if accepted:
+            self.last_event_at = accepted[-1][0].received_at
+        # Counted and handed over whatever the logging below does: an event's hand-off to its
+        # sinks must never hang on a log line.
+        try:
+            self._publish(events, results)
+        finally:
+            received = Counter(event.via or event.origin.value for event, _ in accepted)
+            for source, count in received.items():
+                self.metrics.events_received.labels(source).inc(count)
+            self.dispatcher.submit([d for _, result in accepted for d in result.deliveries])
+
+    def _publish(
+        self, events: Sequence[Event], results: Sequence[AcceptResult | StoreError]
+    ) -> None:
+        """Publish and log what a commit did with each of ``events``, in their order."""
         # One logger bound per batch, not one per event: binding the module's lazy logger
         # costs more than the debug lines it then drops.
         logger = log.bind()
         debug = logger.is_enabled_for(logging.DEBUG)
-        received: Counter[str] = Counter()
-        deliveries: list[Delivery] = []
         accepted: list[Event] = []  # published together, before anything else of the batch
         for event, result in zip(events, results, strict=True):
             if isinstance(result, StoreError):
@@ -200,8 +227,6 @@ class Pipeline:
                 accepted.clear()
                 self._not_new(logger, event, result, source)
                 continue
-            received[source] += 1
-            self.last_event_at = event.received_at
             accepted.append(event)
             if debug:
                 logger.debug(
@@ -216,11 +241,7 @@ class Pipeline:
                 self._noted(logger, event, result)
             elif not result.deliveries:
                 self._unrouted(logger, event, source)
-            deliveries.extend(result.deliveries)
         self.activity.accepted_many(accepted)
-        for source, count in received.items():
-            self.metrics.events_received.labels(source).inc(count)
-        self.dispatcher.submit(deliveries)
 
     def _not_new(
         self,

@@ -590,3 +590,39 @@ async def test_the_record_of_warned_inboxes_is_bounded(store: Store) -> None:
     warned = [e["inbox_id"] for e in logs if e["event"] == "event.unrouted"]
     assert len(warned) == UNROUTED_REMEMBERED + 2
     assert warned[-1] == "inb_0"  # the record started over, so it is worth a line again
+
+
+class _FullDiskLogger:
+    """A logger whose warnings fail as a write to stderr on a full disk does."""
+
+    def bind(self, **_: object) -> _FullDiskLogger:
+        return self
+
+    def is_enabled_for(self, _level: int) -> bool:
+        return False
+
+    def debug(self, *_: object, **__: object) -> None: ...
+    def info(self, *_: object, **__: object) -> None: ...
+    def exception(self, *_: object, **__: object) -> None: ...
+
+    def warning(self, *_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+
+async def test_a_log_line_failing_mid_batch_costs_no_event_its_hand_off(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def event(event_id: str, body: int) -> Event:
+        raw = json.dumps({"event": "message.received", "event_id": event_id, "b": body})
+        return parse_event(raw.encode(), Origin.WEBHOOK)
+
+    pipeline, dispatcher, metrics = pipeline_for(store, routes(audit=()))
+    await pipeline.accept([event("evt_x", 1)])
+    dispatcher.submitted.clear()
+    monkeypatch.setattr("bridge.pipeline.log", _FullDiskLogger())
+    # evt_x again with other content: a conflict, whose warning is the line that fails.
+    async with asyncio.timeout(10):  # it used to hang: the answer never came
+        outcomes = await pipeline.accept([event("evt_a", 1), event("evt_x", 2), event("evt_c", 1)])
+    assert outcomes == [AcceptOutcome.ACCEPTED, AcceptOutcome.CONFLICT, AcceptOutcome.ACCEPTED]
+    assert [d.event_id for d in dispatcher.submitted] == ["evt_a", "evt_c"]
+    assert sample(metrics, "events_received_total", source="webhook") == 3
