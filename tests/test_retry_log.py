@@ -52,7 +52,11 @@ async def test_a_sink_down_for_minutes_warns_once_a_minute_with_the_count_betwee
         clock[0] += seconds
         await asyncio.sleep(0)
 
-    config = make_config(tmp_path, sinks={"agent": {"type": "stdout"}})
+    # Waits of at most 20 s (full jitter draws each below that): a minute of failures always
+    # holds retries after its warning, whatever the draws. Up to the default 300 s, one wait
+    # could jump from the first minute past the outage, leaving a single warning.
+    sinks = {"agent": {"type": "stdout", "retry": {"max": "20s"}}}
+    config = make_config(tmp_path, sinks=sinks)
     store = await Store.open(tmp_path / "b.db", StoreLimits(min_free=0))
     try:
         body = {"event": "message.received", "event_id": "evt_1", "inbox_id": "inb_1"}
