@@ -427,20 +427,11 @@ class ActivityFeed:
         self._publish((now, kind, d.event_id, source, d.inbox_id, d.type, d.sink, attempt, error))
 
     def _publish(self, row: _Row) -> None:
-        try:
-            self._recent.append(row)
-            kind = row[1]
-            if kind is _ACCEPTED:
-                self._accepted.add(row[0])
-            elif kind is _DELIVERED:
-                self.throughput.count_delivered(row[6] or "", row[0])
-            for subscriber in self._subscribers:
-                subscriber._offer(row)
-        except Exception as exc:
-            self._publish_failed(exc)
+        self._publish_rows([row])
 
     def _publish_rows(self, rows: list[_Row]) -> None:
-        """:meth:`_publish` for rows of one kind and time (and sink), counted at once."""
+        """Record ``rows``, of one kind, time and sink: kept, counted at once, offered to each
+        subscriber."""
         try:
             self._recent.extend(rows)
             ts, kind = rows[0][0], rows[0][1]
