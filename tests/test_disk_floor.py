@@ -100,6 +100,13 @@ async def fill_to_the_floor(
     raise AssertionError("the floor was never reached")
 
 
+async def drain(store: Store, held: Sequence[AcceptResult], per_mark: int) -> None:
+    """The sink comes back: ``held``'s rows marked delivered, ``per_mark`` to a transaction."""
+    ids = [d.id for r in held for d in r.deliveries]
+    for i in range(0, len(ids), per_mark):
+        await store.mark_delivered_many(ids[i : i + per_mark])
+
+
 def accepted(results: Sequence[object]) -> int:
     return sum(isinstance(r, AcceptResult) for r in results)
 
@@ -168,9 +175,7 @@ async def test_a_spool_drained_at_the_floor_with_its_history_takes_events_again(
     try:
         held = await fill_to_the_floor(store, payload, most=5000)
         assert not store.has_room
-        ids = [d.id for r in held for d in r.deliveries]
-        for i in range(0, len(ids), per_mark):  # the sink comes back
-            await store.mark_delivered_many(ids[i : i + per_mark])
+        await drain(store, held, per_mark)
         assert store.spool_bytes == 0
         assert store.has_room
         later = (await store.accept_batch([(big_event(len(held), payload), ["agent"])]))[0]
@@ -194,10 +199,8 @@ async def test_a_reader_holding_a_snapshot_does_not_hold_the_drain_at_the_floor(
         held = await fill_to_the_floor(store, 20_000, most=5000)
         reader.execute("BEGIN")
         reader.execute("SELECT COUNT(*) FROM events").fetchone()  # a snapshot, held
-        ids = [d.id for r in held for d in r.deliveries]
         async with asyncio.timeout(60):
-            for i in range(0, len(ids), 10):
-                await store.mark_delivered_many(ids[i : i + 10])
+            await drain(store, held, 10)
         assert store.spool_bytes == 0
         reader.execute("COMMIT")  # the reader lets go: the next commit gives the WAL back
         # The next one is refused as the WAL still stands, but its transaction commits.
@@ -244,9 +247,7 @@ async def test_a_burst_after_a_drain_at_the_floor_keeps_the_floor(
     store = await open_on(disk, state_dir, capacity=40 * MiB, min_free=8 * MiB)
     try:
         held = await fill_to_the_floor(store)
-        ids = [d.id for r in held for d in r.deliveries]
-        for i in range(0, len(ids), 5):  # the sink drains it a few at a time
-            await store.mark_delivered_many(ids[i : i + 5])
+        await drain(store, held, 5)  # a few at a time
         assert disk.free() >= 8 * MiB
         assert store.has_room
         monkeypatch.setattr(bounds, "DISK_CACHE_SECONDS", 3600.0)  # one reading for the burst
