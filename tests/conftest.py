@@ -346,6 +346,11 @@ class BridgeProcess:
     def wait(self, timeout: float = 20.0) -> int:
         return self.proc.wait(timeout=timeout)
 
+    async def exited(self, timeout: float = 20.0) -> int:
+        """:meth:`wait` off the event loop: servers the test runs on it (an agent the bridge is
+        delivering to) keep answering while the bridge drains."""
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
 
 def start_bridge_process(config_path: Path, *, env: dict[str, str] | None = None) -> BridgeProcess:
     stderr_path = config_path.with_suffix(f".{time.monotonic_ns()}.stderr")
