@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -349,21 +349,28 @@ async def test_status_says_so_when_the_bridge_answers_403(tmp_path: Path) -> Non
     async def forbidden(_: web.Request) -> web.Response:
         return web.json_response({"error": "this path is disabled"}, status=403)
 
-    app = web.Application()
-    app.router.add_get("/status", forbidden)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        proc = await _run_cli(tmp_path, "status", "--admin", f"127.0.0.1:{port}")
-    finally:
-        await runner.cleanup()
+    _, proc = await status_from(tmp_path, forbidden)
     assert proc.returncode == 2
     assert "403" in proc.stderr
     assert "this path is disabled" in proc.stderr
     assert "no bridge answers" not in proc.stderr
+
+
+async def status_from(
+    cwd: Path, page: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> tuple[int, subprocess.CompletedProcess[str]]:
+    """``status --admin`` run against a loopback server answering ``/status`` with ``page``:
+    the server's port, and what the CLI did."""
+    app = web.Application()
+    app.router.add_get("/status", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        port = runner.addresses[0][1]
+        return port, await _run_cli(cwd, "status", "--admin", f"127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
 
 
 async def _run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from aiohttp import web
 from conftest import free_port
 
 from tests.test_cli import _log_lines, bridge, webhook_only, write
-from tests.test_cli_operator import _run_cli, _started
+from tests.test_cli_operator import _started, status_from
 
 COMMANDS = [("status",), ("tail",), ("trigger", "--sink", "audit")]
 
@@ -62,16 +62,7 @@ async def test_a_server_that_answers_no_json_is_not_taken_for_no_server(tmp_path
     async def page(_: web.Request) -> web.Response:
         return web.Response(text="<html>a console page</html>", content_type="text/html")
 
-    app = web.Application()
-    app.router.add_get("/status", page)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        port = runner.addresses[0][1]
-        result = await _run_cli(tmp_path, "status", "--admin", f"127.0.0.1:{port}")
-    finally:
-        await runner.cleanup()
+    port, result = await status_from(tmp_path, page)
     assert result.returncode == 1
     assert f"the server at 127.0.0.1:{port} answered something other than a report" in (
         result.stderr

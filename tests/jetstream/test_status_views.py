@@ -4,16 +4,19 @@ on an edge and on a sidecar, the consumer gauges only where there is a consumer,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bridge.cli.status_text import format_status
+from bridge.supervisor import Supervisor
 from tests.conftest import make_config, run_cli, running_bridge, signed, wait_until, write_config
 
 from .conftest import (
@@ -47,6 +50,19 @@ async def consumer_settled(server: NatsServer) -> bool:
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
+@contextlib.asynccontextmanager
+async def settled_sidecar(
+    tmp_path: Path, server: NatsServer, published: int
+) -> AsyncIterator[Supervisor]:
+    """A ready sidecar that has consumed and acked ``published`` messages; its admin server on."""
+    async with running_bridge(load_raw(tmp_path, sidecar_raw(tmp_path, server))) as bridge:
+        await wait_until(lambda: bridge.readiness()[0] == "ready", 10)
+        await publish(server, published)
+        await wait_until(lambda: consumer_settled(server), 10)
+        assert bridge.admin is not None
+        yield bridge
+
+
 def exported(metrics: str, name: str) -> bool:
     return any(line.split(" ")[0] == name for line in metrics.splitlines())
 
@@ -57,11 +73,7 @@ def exported(metrics: str, name: str) -> bool:
 async def test_status_of_a_sidecar_shows_its_consumer_and_no_websocket_cursor(
     tmp_path: Path, nats_server: NatsServer
 ) -> None:
-    config = load_raw(tmp_path, sidecar_raw(tmp_path, nats_server))
-    async with running_bridge(config) as bridge:
-        await wait_until(lambda: bridge.readiness()[0] == "ready", 10)
-        await publish(nats_server, 3)
-        await wait_until(lambda: consumer_settled(nats_server), 10)
+    async with settled_sidecar(tmp_path, nats_server, 3) as bridge:
         assert bridge.admin is not None
         code, out, err = await run_cli("status", "--admin", f"127.0.0.1:{bridge.admin.port}")
         metrics = (await bridge.metrics_text()).decode()
@@ -111,11 +123,7 @@ async def test_status_answers_while_the_nats_server_is_stopped(
     # A server that takes connections and answers nothing (SIGSTOP, a partition) made each
     # /status wait out nats-py's request timeouts (5 s for the stream, 2 for the consumer), and
     # `status` (which gives up at 5 s) said no bridge answered.
-    config = load_raw(tmp_path, sidecar_raw(tmp_path, nats_server))
-    async with running_bridge(config) as bridge:
-        await wait_until(lambda: bridge.readiness()[0] == "ready", 10)
-        await publish(nats_server, 2)
-        await wait_until(lambda: consumer_settled(nats_server), 10)
+    async with settled_sidecar(tmp_path, nats_server, 2) as bridge:
         assert bridge.admin is not None
         assert nats_server.process is not None
         os.kill(nats_server.process.pid, signal.SIGSTOP)
