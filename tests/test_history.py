@@ -152,6 +152,50 @@ async def test_an_event_whose_last_row_is_purged_is_not_history(tmp_path: Path) 
         assert read_db(db, "SELECT COUNT(*) FROM delivered") == [(0,)]
 
 
+async def test_one_batch_of_marks_settles_each_event_by_its_own_rows(tmp_path: Path) -> None:
+    """A batch recorded delivered in one statement: each event moves to the history, stays held,
+    or is remembered as delivered by what its own rows say, whatever else the batch holds."""
+    db = tmp_path / "bridge.db"
+    async with opened(db, history=10) as store:
+        both = ["agent", "audit"]
+        whole = (await store.accept(event("evt_whole", raw=b"w" * 10), both)).deliveries
+        half = (await store.accept(event("evt_half", raw=b"h" * 20), both)).deliveries
+        dead = (await store.accept(event("evt_dead", raw=b"d" * 40), both)).deliveries
+        gone = (await store.accept(event("evt_gone", raw=b"g" * 80), both)).deliveries
+        await store.dead_letter(dead[1].id, error="HTTP 400", attempts=1)
+        await store.dead_letter(gone[1].id, error="HTTP 400", attempts=1)
+        await store.mark_delivered(gone[0].id)
+        assert await store.dlq_purge(event_id="evt_gone") == 1  # evt_gone leaves the spool
+
+        ids = [whole[0].id, whole[1].id, half[0].id, dead[0].id, gone[0].id, 10_000]
+        await store.mark_delivered_many(ids)
+
+        assert [(e.event_id, e.sinks) for e in await store.history()] == [
+            ("evt_whole", ("agent", "audit"))
+        ]
+        assert store.spool_bytes == 20 + 40  # evt_half and evt_dead still held
+        assert read_db(db, "SELECT event_id FROM events ORDER BY seq") == [
+            ("evt_half",),
+            ("evt_dead",),
+        ]
+        assert read_db(db, "SELECT seq, sink FROM delivered ORDER BY seq") == [
+            (half[0].seq, "agent"),
+            (dead[0].seq, "agent"),
+        ]
+        assert [d.event_id for d in await store.pending("audit")] == ["evt_half"]
+
+        await store.mark_delivered(half[1].id)
+        assert [(e.event_id, e.sinks) for e in await store.history(limit=1)] == [
+            ("evt_half", ("agent", "audit"))
+        ]
+        assert store.spool_bytes == 40
+    # The statement's view, trigger and result row are the write connection's own: none of them
+    # reaches the file, whose schema stays the migrations' alone.
+    assert read_db(db, "SELECT name FROM sqlite_master WHERE name LIKE '%mark%' OR name LIKE "
+                   "'delivered_batch%'") == []  # fmt: skip
+    assert read_db(db, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
 async def test_replay_holds_the_event_again_for_one_sink(tmp_path: Path) -> None:
     db = tmp_path / "bridge.db"
     async with opened(db) as store:

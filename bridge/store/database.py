@@ -19,6 +19,7 @@ from typing import Final
 import structlog
 
 from bridge.errors import StoreError, StoreLockedError, StoreVersionError
+from bridge.store import queries
 from bridge.store.schema import MIGRATIONS, Migration
 
 log = structlog.get_logger(__name__)
@@ -260,7 +261,13 @@ def open_writer(path: Path, *, exclusive: bool) -> tuple[int | None, sqlite3.Con
     try:
         # Only the lock holder may move a corrupt file aside: a `dlq` command running beside
         # the daemon must never pull the daemon's database out from under it.
-        return lock_fd, open_database(path, recover=exclusive)
+        conn = open_database(path, recover=exclusive)
+        try:
+            queries.prepare_writer(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open state database {path}: {exc}") from None
+        return lock_fd, conn
     except BaseException:
         if lock_fd is not None:
             os.close(lock_fd)

@@ -189,35 +189,6 @@ def purge_quarantine(conn: sqlite3.Connection, event_id: str | None) -> tuple[in
     return count, int(spool)
 
 
-# A list of ids goes to SQLite as one JSON array (json_each), so one cached statement serves a
-# batch of any size.
-_SINKS_OF_SQL: Final = """SELECT json_group_array(json_array(seq, sink)), COUNT(DISTINCT seq)
-    FROM deliveries
-    WHERE id IN (SELECT value FROM json_each(?))"""
-_DELETE_IDS_SQL: Final = "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?))"
-# ?1 is the batch's [seq, sink] pairs; an event is orphaned once no delivery row names it.
-_BATCH_SEQS: Final = "SELECT json_extract(value, '$[0]') FROM json_each(?1)"
-_ORPHANED: Final = f"""FROM events WHERE seq IN ({_BATCH_SEQS})
-    AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = events.seq)"""  # noqa: S608 - constant text
-_ORPHANED_SIZE_SQL: Final = "SELECT COUNT(*), COALESCE(SUM(size), 0) " + _ORPHANED
-_DELETE_ORPHANED_SQL: Final = "DELETE " + _ORPHANED
-# An event still held remembers the sinks it was delivered to, for its history row.
-_REMEMBER_DELIVERED_SQL: Final = """INSERT OR IGNORE INTO delivered (seq, sink)
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1)
-    WHERE EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = json_extract(value, '$[0]'))"""
-# Every orphaned event, with its sinks as a JSON array: those of this batch (grouped once, not
-# looked up per event) and those remembered from earlier batches.
-_HISTORY_SQL: Final = """INSERT INTO history (seq, event_id, type, inbox_id, thread_id, origin,
-        received_at, completed_at, sinks, payload, notes)
-    SELECT e.seq, e.event_id, e.type, e.inbox_id, e.thread_id, e.origin, e.received_at, ?2,
-        (SELECT json_group_array(sink) FROM (SELECT value AS sink FROM json_each(b.sinks)
-            UNION SELECT sink FROM delivered AS r WHERE r.seq = e.seq)),
-        e.payload, e.notes
-    FROM (SELECT json_extract(value, '$[0]') AS seq,
-            json_group_array(json_extract(value, '$[1]')) AS sinks
-        FROM json_each(?1) GROUP BY 1) AS b
-    JOIN events AS e ON e.seq = b.seq
-    WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = e.seq)"""
 # The oldest ?1 rows go. The store counts the history's rows as it writes them (State), so a trim
 # walks only the rows it deletes, not the thousand it keeps.
 _TRIM_HISTORY_SQL: Final = (
@@ -232,6 +203,59 @@ def trim_history(conn: sqlite3.Connection, rows: int, keep: int) -> int:
     return rows
 
 
+# Recording a batch delivered is one statement: an INSERT into a view whose trigger does the work.
+# The writer thread gives up the GIL for each SQLite call and, while the event loop runs Python,
+# waits to take it back after each; split into six calls, the marks' SQL ran a statement at a
+# time between the event loop's turns, in one it runs beside them. TEMP objects live in the write
+# connection alone and are made at each open (WRITER_TEMP): nothing on disk, no migration.
+#
+# The trigger reads the batch before deleting it. An event is orphaned when every row it still
+# has is in the batch; its history row names the sinks of those rows and those remembered in
+# `delivered` from earlier batches. Ids already gone (a sink dropped, a purge) match nothing.
+WRITER_TEMP: Final = (
+    # One row: what the last batch freed, for the store's spool count and history count.
+    "CREATE TEMP TABLE marked (freed INTEGER, orphaned INTEGER, seqs TEXT)",
+    "INSERT INTO temp.marked VALUES (0, 0, '[]')",
+    """CREATE TEMP VIEW delivered_batch (ids, completed_at, keep, history_rows)
+        AS SELECT NULL, NULL, NULL, NULL WHERE 0""",
+    """CREATE TEMP TRIGGER delivered_batch_insert INSTEAD OF INSERT ON delivered_batch BEGIN
+        UPDATE marked SET (freed, orphaned, seqs) = (
+            SELECT COALESCE(SUM(e.size), 0), COUNT(*), json_group_array(e.seq) FROM events AS e
+            WHERE e.seq IN (SELECT d.seq FROM deliveries AS d
+                    WHERE d.id IN (SELECT value FROM json_each(NEW.ids)))
+                AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = e.seq
+                    AND d.id NOT IN (SELECT value FROM json_each(NEW.ids))));
+        INSERT INTO history (seq, event_id, type, inbox_id, thread_id, origin, received_at,
+                completed_at, sinks, payload, notes)
+            SELECT e.seq, e.event_id, e.type, e.inbox_id, e.thread_id, e.origin, e.received_at,
+                NEW.completed_at,
+                (SELECT json_group_array(sink) FROM (SELECT d.sink FROM deliveries AS d
+                    WHERE d.seq = e.seq UNION SELECT r.sink FROM delivered AS r
+                    WHERE r.seq = e.seq)),
+                e.payload, e.notes
+            FROM events AS e
+            WHERE NEW.keep > 0
+                AND e.seq IN (SELECT value FROM json_each((SELECT seqs FROM marked)));
+        DELETE FROM history WHERE NEW.keep > 0 AND seq IN (SELECT seq FROM history ORDER BY seq
+            LIMIT max(0, NEW.history_rows + (SELECT orphaned FROM marked) - NEW.keep));
+        INSERT OR IGNORE INTO delivered (seq, sink)
+            SELECT d.seq, d.sink FROM deliveries AS d
+            WHERE NEW.keep > 0 AND d.id IN (SELECT value FROM json_each(NEW.ids))
+                AND d.seq NOT IN (SELECT value FROM json_each((SELECT seqs FROM marked)));
+        DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(NEW.ids));
+        DELETE FROM events WHERE seq IN (SELECT value FROM json_each((SELECT seqs FROM marked)));
+    END""",
+)
+_DELIVERED_BATCH_SQL: Final = "INSERT INTO delivered_batch VALUES (?, ?, ?, ?)"
+_MARKED_SQL: Final = "SELECT freed, orphaned FROM temp.marked"
+
+
+def prepare_writer(conn: sqlite3.Connection) -> None:
+    """Make the write connection's TEMP objects (:data:`WRITER_TEMP`)."""
+    for statement in WRITER_TEMP:
+        conn.execute(statement)
+
+
 def delete_delivered(
     conn: sqlite3.Connection,
     delivery_ids: Sequence[int],
@@ -241,23 +265,17 @@ def delete_delivered(
     history_rows: int,
 ) -> tuple[int, int]:
     """Delete delivery rows, and the events left without rows; (spool bytes freed, rows in the
-    history after).
+    history after). ``conn`` is the write connection (:func:`prepare_writer`).
 
     An event left without rows moves to the history, which keeps the newest ``history`` (0:
     none) of its ``history_rows``; ``at`` is when it was completed. Ids already gone (their sink
     dropped, or purged, meanwhile) are skipped.
     """
-    ids = orjson.dumps(list(delivery_ids))
-    pairs, events = conn.execute(_SINKS_OF_SQL, (ids,)).fetchone()  # pairs: JSON, passed on
-    conn.execute(_DELETE_IDS_SQL, (ids,))
-    orphaned, freed = conn.execute(_ORPHANED_SIZE_SQL, (pairs,)).fetchone()
-    if history and orphaned:
-        history_rows += conn.execute(_HISTORY_SQL, (pairs, at)).rowcount
-        history_rows = trim_history(conn, history_rows, history)
-    if orphaned:
-        conn.execute(_DELETE_ORPHANED_SQL, (pairs,))
-    if history and orphaned < events:  # some events still held: only a multi-sink route
-        conn.execute(_REMEMBER_DELIVERED_SQL, (pairs,))
+    params = (orjson.dumps(list(delivery_ids)), at, history, history_rows)
+    conn.execute(_DELIVERED_BATCH_SQL, params)
+    freed, orphaned = conn.execute(_MARKED_SQL).fetchone()
+    if history:  # the trigger kept the newest `history` rows
+        history_rows = min(history, history_rows + orphaned)
     return int(freed), history_rows
 
 
