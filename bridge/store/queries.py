@@ -203,50 +203,89 @@ def trim_history(conn: sqlite3.Connection, rows: int, keep: int) -> int:
     return rows
 
 
-# Recording a batch delivered is one statement: an INSERT into a view whose trigger does the work.
-# The writer thread gives up the GIL for each SQLite call and, while the event loop runs Python,
-# waits to take it back after each; split into six calls, the marks' SQL ran a statement at a
-# time between the event loop's turns, in one it runs beside them. TEMP objects live in the write
-# connection alone and are made at each open (WRITER_TEMP): nothing on disk, no migration.
-#
-# The trigger reads the batch before deleting it. An event is orphaned when every row it still
-# has is in the batch; its history row names the sinks of those rows and those remembered in
-# `delivered` from earlier batches. Ids already gone (a sink dropped, a purge) match nothing.
+# Recording a batch delivered. First the events it leaves without rows (orphaned: every row they
+# still have is in the batch), with their payload bytes; then the steps below, in order, with the
+# batch's parameters: @ids (its delivery ids, one JSON array), @orphans (those events' seqs, one
+# JSON array), @completed_at, @keep (the history's bound, 0: none) and @trim (history rows past
+# it). An orphaned event's history row names the sinks of its rows in the batch and those
+# remembered in `delivered` from earlier batches. Ids already gone (a sink dropped, a purge) match
+# nothing.
+_ORPHANED_SQL: Final = """SELECT COALESCE(SUM(e.size), 0), COUNT(*), json_group_array(e.seq)
+    FROM events AS e
+    WHERE e.seq IN (SELECT d.seq FROM deliveries AS d
+            WHERE d.id IN (SELECT value FROM json_each(@ids)))
+        AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = e.seq
+            AND d.id NOT IN (SELECT value FROM json_each(@ids)))"""
+_HISTORY_STEP: Final = """INSERT INTO history (seq, event_id, type, inbox_id, thread_id, origin,
+        received_at, completed_at, sinks, payload, notes)
+    SELECT e.seq, e.event_id, e.type, e.inbox_id, e.thread_id, e.origin, e.received_at,
+        @completed_at,
+        (SELECT json_group_array(sink) FROM (SELECT d.sink FROM deliveries AS d
+            WHERE d.seq = e.seq UNION SELECT r.sink FROM delivered AS r WHERE r.seq = e.seq)),
+        e.payload, e.notes
+    FROM events AS e
+    WHERE @keep > 0 AND e.seq IN (SELECT value FROM json_each(@orphans))"""
+_TRIM_STEP: Final = """DELETE FROM history
+    WHERE seq IN (SELECT seq FROM history ORDER BY seq LIMIT @trim)"""
+# An event still held remembers the sinks it was delivered to, for its history row.
+_REMEMBER_STEP: Final = """INSERT OR IGNORE INTO delivered (seq, sink)
+    SELECT d.seq, d.sink FROM deliveries AS d
+    WHERE @keep > 0 AND d.id IN (SELECT value FROM json_each(@ids))
+        AND d.seq NOT IN (SELECT value FROM json_each(@orphans))"""
+_DELETE_ROWS_STEP: Final = "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(@ids))"
+_DELETE_ORPHANS_STEP: Final = (
+    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(@orphans))"
+)
+_STEPS: Final = (
+    _HISTORY_STEP,
+    _TRIM_STEP,
+    _REMEMBER_STEP,
+    _DELETE_ROWS_STEP,
+    _DELETE_ORPHANS_STEP,
+)
+
+ONE_STATEMENT_FROM: Final = 32
+"""A batch of this many ids or more is recorded by one statement: an INSERT into a TEMP view
+whose trigger finds the orphaned events, keeps what the store needs in a TEMP row and runs the
+steps (:data:`WRITER_TEMP`). The writer thread gives up the GIL for each SQLite call and, while
+the event loop runs Python, waits to take it back after each: in six calls the steps ran one at
+a time between the event loop's turns, in one they run beside them. A smaller batch runs them one
+by one: a statement changing more than 16 pages keeps its statement journal in a temporary file,
+made and removed each time, which costs a small batch more than it saves."""
+
+# In the trigger the parameters are the view's columns and the TEMP row's values.
+_IN_TRIGGER: Final = {
+    "@ids": "NEW.ids",
+    "@completed_at": "NEW.completed_at",
+    "@keep": "NEW.keep",
+    "@orphans": "(SELECT orphans FROM marked)",
+    "@trim": "(SELECT excess FROM marked)",
+}
+
+
+def _in_trigger(sql: str) -> str:
+    for parameter, value in _IN_TRIGGER.items():
+        sql = sql.replace(parameter, value)
+    return sql
+
+
 WRITER_TEMP: Final = (
-    # One row: what the last batch freed, for the store's spool count and history count.
-    "CREATE TEMP TABLE marked (freed INTEGER, orphaned INTEGER, seqs TEXT)",
-    "INSERT INTO temp.marked VALUES (0, 0, '[]')",
+    # What the last batch left: its orphaned events, their bytes, the history rows to trim.
+    "CREATE TEMP TABLE marked (freed INTEGER, orphaned INTEGER, orphans TEXT, excess INTEGER)",
+    "INSERT INTO temp.marked VALUES (0, 0, '[]', 0)",
     """CREATE TEMP VIEW delivered_batch (ids, completed_at, keep, history_rows)
         AS SELECT NULL, NULL, NULL, NULL WHERE 0""",
-    """CREATE TEMP TRIGGER delivered_batch_insert INSTEAD OF INSERT ON delivered_batch BEGIN
-        UPDATE marked SET (freed, orphaned, seqs) = (
-            SELECT COALESCE(SUM(e.size), 0), COUNT(*), json_group_array(e.seq) FROM events AS e
-            WHERE e.seq IN (SELECT d.seq FROM deliveries AS d
-                    WHERE d.id IN (SELECT value FROM json_each(NEW.ids)))
-                AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = e.seq
-                    AND d.id NOT IN (SELECT value FROM json_each(NEW.ids))));
-        INSERT INTO history (seq, event_id, type, inbox_id, thread_id, origin, received_at,
-                completed_at, sinks, payload, notes)
-            SELECT e.seq, e.event_id, e.type, e.inbox_id, e.thread_id, e.origin, e.received_at,
-                NEW.completed_at,
-                (SELECT json_group_array(sink) FROM (SELECT d.sink FROM deliveries AS d
-                    WHERE d.seq = e.seq UNION SELECT r.sink FROM delivered AS r
-                    WHERE r.seq = e.seq)),
-                e.payload, e.notes
-            FROM events AS e
-            WHERE NEW.keep > 0
-                AND e.seq IN (SELECT value FROM json_each((SELECT seqs FROM marked)));
-        DELETE FROM history WHERE NEW.keep > 0 AND seq IN (SELECT seq FROM history ORDER BY seq
-            LIMIT max(0, NEW.history_rows + (SELECT orphaned FROM marked) - NEW.keep));
-        INSERT OR IGNORE INTO delivered (seq, sink)
-            SELECT d.seq, d.sink FROM deliveries AS d
-            WHERE NEW.keep > 0 AND d.id IN (SELECT value FROM json_each(NEW.ids))
-                AND d.seq NOT IN (SELECT value FROM json_each((SELECT seqs FROM marked)));
-        DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(NEW.ids));
-        DELETE FROM events WHERE seq IN (SELECT value FROM json_each((SELECT seqs FROM marked)));
-    END""",
+    "CREATE TEMP TRIGGER delivered_batch_insert INSTEAD OF INSERT ON delivered_batch BEGIN\n"  # noqa: S608 - constant text
+    f"UPDATE marked SET (freed, orphaned, orphans) = ({_in_trigger(_ORPHANED_SQL)});\n"
+    "UPDATE marked SET excess = CASE WHEN NEW.keep > 0"
+    " THEN max(0, NEW.history_rows + orphaned - NEW.keep) ELSE 0 END;\n"
+    + "".join(f"{_in_trigger(step)};\n" for step in _STEPS)
+    + "END",
 )
-_DELIVERED_BATCH_SQL: Final = "INSERT INTO delivered_batch VALUES (?, ?, ?, ?)"
+"""The write connection's TEMP objects, made at each open: nothing on disk, no migration."""
+_DELIVERED_BATCH_SQL: Final = (
+    "INSERT INTO delivered_batch VALUES (@ids, @completed_at, @keep, @history_rows)"
+)
 _MARKED_SQL: Final = "SELECT freed, orphaned FROM temp.marked"
 
 
@@ -271,10 +310,22 @@ def delete_delivered(
     none) of its ``history_rows``; ``at`` is when it was completed. Ids already gone (their sink
     dropped, or purged, meanwhile) are skipped.
     """
-    params = (orjson.dumps(list(delivery_ids)), at, history, history_rows)
-    conn.execute(_DELIVERED_BATCH_SQL, params)
-    freed, orphaned = conn.execute(_MARKED_SQL).fetchone()
-    if history:  # the trigger kept the newest `history` rows
+    ids = orjson.dumps(list(delivery_ids))
+    if len(delivery_ids) >= ONE_STATEMENT_FROM:
+        batch = {"ids": ids, "completed_at": at, "keep": history, "history_rows": history_rows}
+        conn.execute(_DELIVERED_BATCH_SQL, batch)
+        freed, orphaned = conn.execute(_MARKED_SQL).fetchone()
+    else:
+        freed, orphaned, orphans = conn.execute(_ORPHANED_SQL, {"ids": ids}).fetchone()
+        trim = max(0, history_rows + orphaned - history) if history else 0
+        params = {"ids": ids, "orphans": orphans, "completed_at": at, "keep": history, "trim": trim}
+        # Only the steps with something to do: an id whose event it orphans leaves nothing to
+        # remember.
+        needed = (history and orphaned, trim, history and orphaned < len(delivery_ids), 1, orphaned)
+        for step, run in zip(_STEPS, needed, strict=True):
+            if run:
+                conn.execute(step, params)
+    if history:  # trimmed to the newest `history` rows
         history_rows = min(history, history_rows + orphaned)
     return int(freed), history_rows
 
