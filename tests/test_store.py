@@ -208,6 +208,10 @@ async def test_accept_records_event_outbox_rows_and_cursor(store: Store, db_path
 async def test_connection_settings(store: Store, db_path: Path) -> None:
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
     assert await on_writer(store, "PRAGMA synchronous") == [(2,)]  # FULL
+    # Every commit waits for the disk, a transaction of delivered marks alone included.
+    (row,) = (await store.accept(event("ev-1"), ["agent"])).deliveries
+    await store.mark_delivered(row.id)
+    assert await on_writer(store, "PRAGMA synchronous") == [(2,)]
     assert await on_writer(store, "PRAGMA foreign_keys") == [(1,)]
     # Freed pages are not zeroed into the WAL again (SQLite built with SECURE_DELETE zeroes them).
     assert await on_writer(store, "PRAGMA secure_delete") == [(2,)]  # FAST

@@ -281,11 +281,6 @@ def open_reader(path: Path) -> sqlite3.Connection:
         raise StoreError(f"cannot open state database {path}: {exc}") from None
 
 
-def set_durable(conn: sqlite3.Connection, durable: bool) -> None:
-    """Whether the next commits wait for the disk (``synchronous=FULL``) or not (``NORMAL``)."""
-    conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
-
-
 def begin(conn: sqlite3.Connection) -> None:
     rollback(conn)  # a ROLLBACK that failed earlier (I/O error) left a transaction open
     conn.execute("BEGIN IMMEDIATE")

@@ -309,8 +309,7 @@ class Store:
             history=self.limits.history,
             clock=self._clock,
         )
-        # Not durable: lost in a power cut, a delivery is made again (at least once holds).
-        await self._write(delivered, durable=False)
+        await self._write(delivered)
 
     def note_delivered(self, delivery_ids: Sequence[int]) -> bool:
         """Write delivered ids ahead of their mark (:mod:`~bridge.store.delivered_log`): True
@@ -404,11 +403,11 @@ class Store:
         return self._write(lambda tx: tx.conn.execute(statement, params).rowcount)
 
     def _write(
-        self, fn: Callable[[Tx], _T], *, ws_event_id: str | None = None, durable: bool = True
+        self, fn: Callable[[Tx], _T], *, ws_event_id: str | None = None
     ) -> asyncio.Future[_T]:
         if self._closed:
             raise StoreError(f"state database {self.path} is closed")
-        return self._writer.submit(fn, ws_event_id=ws_event_id, durable=durable)
+        return self._writer.submit(fn, ws_event_id=ws_event_id)
 
     async def _prune_loop(self, interval: float, sleep: Sleep) -> None:
         watch = ClockWatch(self._clock)

@@ -54,7 +54,6 @@ class _Op:
     fn: Callable[[Tx], object] | None  # None: a share of a rows write, or a call
     future: asyncio.Future[Any]
     ws_event_id: str | None  # a WebSocket accept: its refusal must hold the cursor back
-    durable: bool  # its commit waits for the disk; see Writer.submit
     write_rows: Rows | None = None
     rows: list[Any] = dataclasses.field(default_factory=list)
     call: Call | None = None  # run alone, outside a transaction
@@ -119,21 +118,15 @@ class Writer:
         self._state = state
         self._ws_gap: str | None = None  # first refused WebSocket event id, see advance_cursor
         self._refusing: str | None = None  # set after a failed write until a probe succeeds
-        self._durable: bool | None = None  # the connection's synchronous mode, once set here
 
     def submit(
-        self, fn: Callable[[Tx], _T], *, ws_event_id: str | None = None, durable: bool = True
+        self, fn: Callable[[Tx], _T], *, ws_event_id: str | None = None
     ) -> asyncio.Future[_T]:
-        """Queue ``fn`` for the next batch; its future gives what it returned once committed.
-
-        ``durable=False``: a write whose loss in a power cut only repeats work (a delivery
-        marked done): a transaction holding only such writes commits without waiting for the
-        disk (``synchronous=NORMAL``); the next durable commit makes it durable too, as the WAL
-        is written in order. A crash of the process alone loses nothing either way.
-        """
+        """Queue ``fn`` for the next batch; its future gives what it returned once committed
+        (on disk: every commit waits for it, ``synchronous=FULL``)."""
         # Synchronous on purpose: the queue position is taken when the caller runs, not later.
         future: asyncio.Future[_T] = self._loop.create_future()
-        self._enqueue(_Op(fn, future, ws_event_id, durable))
+        self._enqueue(_Op(fn, future, ws_event_id))
         return future
 
     def submit_rows(
@@ -146,14 +139,14 @@ class Writer:
         a commit runs) cost the SQL statements of one batch, not one set each.
         """
         future: asyncio.Future[list[Any]] = self._loop.create_future()
-        self._enqueue(_Op(None, future, ws_event_id, True, write_rows, rows))
+        self._enqueue(_Op(None, future, ws_event_id, write_rows, rows))
         return future
 
     def call(self, fn: Call) -> asyncio.Future[Any]:
         """Queue ``fn(conn)``, run on the write connection after every write queued before it,
         outside any transaction; its future gives what it returned."""
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._enqueue(_Op(None, future, None, False, call=fn))
+        self._enqueue(_Op(None, future, None, call=fn))
         return future
 
     async def stop(self) -> None:
@@ -243,7 +236,7 @@ class Writer:
 
     def _probe_call(self) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self._loop.create_future()
-        self._enqueue(_Op(None, future, None, False, call=database.probe, probe=True))
+        self._enqueue(_Op(None, future, None, call=database.probe, probe=True))
         return future
 
     # -- on the writer thread --------------------------------------------------------------------
@@ -314,10 +307,6 @@ class Writer:
 
     def _commit_batch(self, batch: list[_Op]) -> tuple[list[object], Tx]:
         conn = self._conn
-        durable = any(op.durable for op in batch)
-        if durable is not self._durable:
-            database.set_durable(conn, durable)
-            self._durable = durable
         database.begin(conn)
         try:
             (version,) = conn.execute("PRAGMA data_version").fetchone()
