@@ -5,8 +5,8 @@ repeats at most the deliveries under way. Under load the mark's commit queues be
 milliseconds, and a worker whose request takes one spent most of its time waiting. One
 ``write(2)`` of the ids to an append-only file survives a crash of the process as that commit
 does (the file is not synced: a power cut before the mark's commit may repeat those deliveries),
-so the worker goes on after it and the store commits the mark behind it. The next exclusive open of the store applies
-what a crash left in the file before anything is delivered.
+so the worker goes on after it and the store commits the mark behind it. The next exclusive open
+of the store applies what a crash left in the file before anything is delivered.
 
 Two files take turns, ``<database>.delivered-0`` and ``-1``: ids go to one until it has grown
 past :data:`ROTATE_BYTES` and every id in the other is committed; the other is then emptied and

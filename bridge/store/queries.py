@@ -263,10 +263,18 @@ _IN_TRIGGER: Final = {
 }
 
 
-def _in_trigger(sql: str) -> str:
+def _trigger_body() -> str:
+    """The trigger's statements: the orphans and the trim kept in the TEMP row, then the steps."""
+    statements = [
+        f"UPDATE marked SET (freed, orphaned, orphans) = ({_ORPHANED_SQL})",  # noqa: S608
+        "UPDATE marked SET excess = CASE WHEN NEW.keep > 0"
+        " THEN max(0, NEW.history_rows + orphaned - NEW.keep) ELSE 0 END",
+        *_STEPS,
+    ]
+    body = ";\n".join(statements)
     for parameter, value in _IN_TRIGGER.items():
-        sql = sql.replace(parameter, value)
-    return sql
+        body = body.replace(parameter, value)
+    return body
 
 
 WRITER_TEMP: Final = (
@@ -275,12 +283,9 @@ WRITER_TEMP: Final = (
     "INSERT INTO temp.marked VALUES (0, 0, '[]', 0)",
     """CREATE TEMP VIEW delivered_batch (ids, completed_at, keep, history_rows)
         AS SELECT NULL, NULL, NULL, NULL WHERE 0""",
-    "CREATE TEMP TRIGGER delivered_batch_insert INSTEAD OF INSERT ON delivered_batch BEGIN\n"  # noqa: S608 - constant text
-    f"UPDATE marked SET (freed, orphaned, orphans) = ({_in_trigger(_ORPHANED_SQL)});\n"
-    "UPDATE marked SET excess = CASE WHEN NEW.keep > 0"
-    " THEN max(0, NEW.history_rows + orphaned - NEW.keep) ELSE 0 END;\n"
-    + "".join(f"{_in_trigger(step)};\n" for step in _STEPS)
-    + "END",
+    "CREATE TEMP TRIGGER delivered_batch_insert INSTEAD OF INSERT ON delivered_batch BEGIN\n"
+    + _trigger_body()
+    + ";\nEND",
 )
 """The write connection's TEMP objects, made at each open: nothing on disk, no migration."""
 _DELIVERED_BATCH_SQL: Final = (
@@ -319,9 +324,13 @@ def delete_delivered(
         freed, orphaned, orphans = conn.execute(_ORPHANED_SQL, {"ids": ids}).fetchone()
         trim = max(0, history_rows + orphaned - history) if history else 0
         params = {"ids": ids, "orphans": orphans, "completed_at": at, "keep": history, "trim": trim}
-        # Only the steps with something to do: an id whose event it orphans leaves nothing to
-        # remember.
-        needed = (history and orphaned, trim, history and orphaned < len(delivery_ids), 1, orphaned)
+        needed = (  # only the steps with something to do, in the order of _STEPS
+            history and orphaned,  # history
+            trim,  # trim
+            history and orphaned < len(delivery_ids),  # remember: not when each id orphans one
+            True,  # delete the rows
+            orphaned,  # delete the orphans
+        )
         for step, run in zip(_STEPS, needed, strict=True):
             if run:
                 conn.execute(step, params)
