@@ -38,6 +38,7 @@ from bridge.store import (
     schema,
 )
 from bridge.store.transactions import Tx
+from bridge.store.writer import TEMP_DIR_HINT
 
 ACCEPTED, DUPLICATE, CONFLICT = (
     AcceptOutcome.ACCEPTED,
@@ -1046,6 +1047,52 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+TEMP_DIR_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from bridge.errors import StoreUnavailableError
+from bridge.events import Event, Origin
+from bridge.store import Store
+
+async def main():
+    store = await Store.open(Path(sys.argv[1]))
+    ids = []
+    for n in range(400):
+        event = Event(event_id=f"ev-{n}", type="message.received", inbox_id="inbox-1",
+                      thread_id=None, sender=None, recipient=None, origin=Origin.WEBHOOK,
+                      received_at=1.0, raw=b"x" * 3000)
+        ids += [d.id for d in (await store.accept(event, ["agent"])).deliveries]
+    try:
+        await store.mark_delivered_many(ids[:256])
+    except StoreUnavailableError as exc:
+        print("refused:", exc, flush=True)
+    else:
+        print("marked", flush=True)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_temporary_directory_sqlite_cannot_write_is_named(db_path: Path) -> None:
+    """A large statement keeps its statement journal in SQLite's temporary directory: when no
+    file can be made there, the refused write says so rather than only "unable to open database
+    file" (the database itself is open)."""
+    env = {**os.environ, "SQLITE_TMPDIR": "/proc"}  # exists, but takes no new file
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", TEMP_DIR_CHILD, str(db_path), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, _ = await proc.communicate()
+    (line,) = [x for x in out.decode().splitlines() if x.startswith(("refused", "marked"))]
+    assert line.startswith("refused:")
+    assert "SQLITE_CANTOPEN" in line
+    assert TEMP_DIR_HINT in line
+    # Nothing was marked: every row is still pending.
+    assert query(db_path, "SELECT COUNT(*) FROM deliveries") == [(400,)]
 
 
 async def test_state_held_by_another_process_is_refused(db_path: Path) -> None:

@@ -8,6 +8,7 @@ Row layouts come from :mod:`bridge.store.rows`; the tables from :mod:`bridge.sto
 
 from __future__ import annotations
 
+import re
 import secrets
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -255,11 +256,11 @@ made and removed each time, which costs a small batch more than it saves."""
 
 # In the trigger the parameters are the view's columns and the TEMP row's values.
 _IN_TRIGGER: Final = {
-    "@ids": "NEW.ids",
-    "@completed_at": "NEW.completed_at",
-    "@keep": "NEW.keep",
-    "@orphans": "(SELECT orphans FROM marked)",
-    "@trim": "(SELECT excess FROM marked)",
+    "ids": "NEW.ids",
+    "completed_at": "NEW.completed_at",
+    "keep": "NEW.keep",
+    "orphans": "(SELECT orphans FROM marked)",
+    "trim": "(SELECT excess FROM marked)",
 }
 
 
@@ -271,10 +272,8 @@ def _trigger_body() -> str:
         " THEN max(0, NEW.history_rows + orphaned - NEW.keep) ELSE 0 END",
         *_STEPS,
     ]
-    body = ";\n".join(statements)
-    for parameter, value in _IN_TRIGGER.items():
-        body = body.replace(parameter, value)
-    return body
+    # A parameter missing from _IN_TRIGGER fails at import (KeyError), not in the trigger.
+    return re.sub(r"@(\w+)", lambda m: _IN_TRIGGER[m[1]], ";\n".join(statements))
 
 
 WRITER_TEMP: Final = (
@@ -287,7 +286,9 @@ WRITER_TEMP: Final = (
     + _trigger_body()
     + ";\nEND",
 )
-"""The write connection's TEMP objects, made at each open: nothing on disk, no migration."""
+"""The write connection's TEMP objects, made at each open: not in the database file, so no
+migration. Like any statement inside a larger transaction, the one statement keeps a statement
+journal, in a file of SQLite's temporary directory once past 64 KiB (a batch of a few dozen ids)."""
 _DELIVERED_BATCH_SQL: Final = (
     "INSERT INTO delivered_batch VALUES (@ids, @completed_at, @keep, @history_rows)"
 )
@@ -334,7 +335,9 @@ def delete_delivered(
         for step, run in zip(_STEPS, needed, strict=True):
             if run:
                 conn.execute(step, params)
-    if history:  # trimmed to the newest `history` rows
+    # Either way the history is trimmed to its bound at every batch, so a lowered `state.history`
+    # takes effect at the next one, whether or not it completes an event.
+    if history:
         history_rows = min(history, history_rows + orphaned)
     return int(freed), history_rows
 
