@@ -190,25 +190,26 @@ def purge_quarantine(conn: sqlite3.Connection, event_id: str | None) -> tuple[in
     return count, int(spool)
 
 
-# The oldest ?1 rows go. The store counts the history's rows as it writes them (State), so a trim
-# walks only the rows it deletes, not the thousand it keeps.
-_TRIM_HISTORY_SQL: Final = (
-    "DELETE FROM history WHERE seq IN (SELECT seq FROM history ORDER BY seq LIMIT ?)"
-)
+# The oldest rows past the history's bound @keep go (0: no history, nothing goes), of the
+# @history_rows it held and the @added just written. The store counts the history's rows as it
+# writes them (State), so a trim walks only the rows it deletes, not the thousand it keeps.
+_TRIM_STEP: Final = """DELETE FROM history WHERE @keep > 0 AND seq IN (SELECT seq FROM history
+    ORDER BY seq LIMIT max(0, @history_rows + @added - @keep))"""
 
 
 def trim_history(conn: sqlite3.Connection, rows: int, keep: int) -> int:
     """Keep the newest ``keep`` of the history's ``rows`` rows; return how many are left."""
     if rows > keep:
-        rows -= conn.execute(_TRIM_HISTORY_SQL, (rows - keep,)).rowcount
+        params = {"keep": keep, "history_rows": rows, "added": 0}
+        rows -= conn.execute(_TRIM_STEP, params).rowcount
     return rows
 
 
 # Recording a batch delivered. First the events it leaves without rows (orphaned: every row they
 # still have is in the batch), with their payload bytes; then the steps below, in order, with the
 # batch's parameters: @ids (its delivery ids, one JSON array), @orphans (those events' seqs, one
-# JSON array), @completed_at, @keep (the history's bound, 0: none) and @trim (history rows past
-# it). An orphaned event's history row names the sinks of its rows in the batch and those
+# JSON array), @completed_at, @keep, @history_rows and @added (their count: see _TRIM_STEP).
+# An orphaned event's history row names the sinks of its rows in the batch and those
 # remembered in `delivered` from earlier batches. Ids already gone (a sink dropped, a purge) match
 # nothing.
 _ORPHANED_SQL: Final = """SELECT COALESCE(SUM(e.size), 0), COUNT(*), json_group_array(e.seq)
@@ -226,8 +227,6 @@ _HISTORY_STEP: Final = """INSERT INTO history (seq, event_id, type, inbox_id, th
         e.payload, e.notes
     FROM events AS e
     WHERE @keep > 0 AND e.seq IN (SELECT value FROM json_each(@orphans))"""
-_TRIM_STEP: Final = """DELETE FROM history
-    WHERE seq IN (SELECT seq FROM history ORDER BY seq LIMIT @trim)"""
 # An event still held remembers the sinks it was delivered to, for its history row.
 _REMEMBER_STEP: Final = """INSERT OR IGNORE INTO delivered (seq, sink)
     SELECT d.seq, d.sink FROM deliveries AS d
@@ -259,17 +258,16 @@ _IN_TRIGGER: Final = {
     "ids": "NEW.ids",
     "completed_at": "NEW.completed_at",
     "keep": "NEW.keep",
+    "history_rows": "NEW.history_rows",
     "orphans": "(SELECT orphans FROM marked)",
-    "trim": "(SELECT excess FROM marked)",
+    "added": "(SELECT orphaned FROM marked)",
 }
 
 
 def _trigger_body() -> str:
-    """The trigger's statements: the orphans and the trim kept in the TEMP row, then the steps."""
+    """The trigger's statements: the orphans kept in the TEMP row, then the steps."""
     statements = [
         f"UPDATE marked SET (freed, orphaned, orphans) = ({_ORPHANED_SQL})",  # noqa: S608
-        "UPDATE marked SET excess = CASE WHEN NEW.keep > 0"
-        " THEN max(0, NEW.history_rows + orphaned - NEW.keep) ELSE 0 END",
         *_STEPS,
     ]
     # A parameter missing from _IN_TRIGGER fails at import (KeyError), not in the trigger.
@@ -277,9 +275,9 @@ def _trigger_body() -> str:
 
 
 WRITER_TEMP: Final = (
-    # What the last batch left: its orphaned events, their bytes, the history rows to trim.
-    "CREATE TEMP TABLE marked (freed INTEGER, orphaned INTEGER, orphans TEXT, excess INTEGER)",
-    "INSERT INTO temp.marked VALUES (0, 0, '[]', 0)",
+    # What the last batch left: its orphaned events' bytes, their count and their seqs.
+    "CREATE TEMP TABLE marked (freed INTEGER, orphaned INTEGER, orphans TEXT)",
+    "INSERT INTO temp.marked VALUES (0, 0, '[]')",
     """CREATE TEMP VIEW delivered_batch (ids, completed_at, keep, history_rows)
         AS SELECT NULL, NULL, NULL, NULL WHERE 0""",
     "CREATE TEMP TRIGGER delivered_batch_insert INSTEAD OF INSERT ON delivered_batch BEGIN\n"
@@ -323,11 +321,11 @@ def delete_delivered(
         freed, orphaned = conn.execute(_MARKED_SQL).fetchone()
     else:
         freed, orphaned, orphans = conn.execute(_ORPHANED_SQL, {"ids": ids}).fetchone()
-        trim = max(0, history_rows + orphaned - history) if history else 0
-        params = {"ids": ids, "orphans": orphans, "completed_at": at, "keep": history, "trim": trim}
+        params = {"ids": ids, "orphans": orphans, "completed_at": at, "keep": history,
+                  "history_rows": history_rows, "added": orphaned}  # fmt: skip
         needed = (  # only the steps with something to do, in the order of _STEPS
             history and orphaned,  # history
-            trim,  # trim
+            history and history_rows + orphaned > history,  # trim
             history and orphaned < len(delivery_ids),  # remember: not when each id orphans one
             True,  # delete the rows
             orphaned,  # delete the orphans
