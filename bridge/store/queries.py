@@ -50,17 +50,28 @@ PENDING_SQL: Final = f"""SELECT {DELIVERY_COLUMNS} {_DELIVERIES}
 # The ids as one JSON array, so one cached statement reads any number of them.
 PENDING_BY_ID_SQL: Final = f"""SELECT {DELIVERY_COLUMNS} {_DELIVERIES}
     WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state = 'pending' ORDER BY d.seq"""  # noqa: S608 - constant columns
+ROWS_PER_STATEMENT: Final = 1000
+"""The most rows one statement of the write connection changes, wherever their number has no
+other bound (a `dlq purge` or `dlq retry`, a dropped sink, a lowered history bound, a large batch
+of marks): such work runs as several statements (:func:`run_bulk`). The write connection keeps
+each statement's journal, the pages it changes, in memory until it ends (:func:`prepare_writer`),
+and this keeps that to a few MB."""
+
 # The dlq filters are optional: a NULL parameter matches every row.
 DLQ_LIST_SQL: Final = f"""SELECT {DEAD_LETTER_COLUMNS} {_DELIVERIES}
     WHERE d.state = 'dead' AND (:sink IS NULL OR d.sink = :sink)
     AND (:event_id IS NULL OR e.event_id = :event_id) ORDER BY d.seq, d.sink"""
-DLQ_RETRY_SQL: Final = """UPDATE deliveries SET state = 'pending', attempts = 0, dead_at = NULL
+# Bulk statements (run_bulk) change at most :rows of the rows they match at a time.
+_DEAD_MATCHING: Final = """SELECT id FROM deliveries
     WHERE state = 'dead' AND (:sink IS NULL OR sink = :sink)
-    AND (:event_id IS NULL OR seq IN (SELECT seq FROM events WHERE event_id = :event_id))"""
-DLQ_PURGE_SQL: Final = """DELETE FROM deliveries
-    WHERE state = 'dead' AND (:sink IS NULL OR sink = :sink)
-    AND (:event_id IS NULL OR seq IN (SELECT seq FROM events WHERE event_id = :event_id))"""
-DROP_SINK_SQL: Final = "DELETE FROM deliveries WHERE sink = :sink"
+    AND (:event_id IS NULL OR seq IN (SELECT seq FROM events WHERE event_id = :event_id))
+    LIMIT :rows"""
+DLQ_RETRY_SQL: Final = f"""UPDATE deliveries SET state = 'pending', attempts = 0, dead_at = NULL
+    WHERE id IN ({_DEAD_MATCHING})"""  # noqa: S608 - constant text
+DLQ_PURGE_SQL: Final = f"DELETE FROM deliveries WHERE id IN ({_DEAD_MATCHING})"  # noqa: S608
+DROP_SINK_SQL: Final = (
+    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE sink = :sink LIMIT :rows)"
+)
 RECORD_ATTEMPT_SQL: Final = (
     "UPDATE deliveries SET attempts = ?, last_error = ? WHERE id = ? AND state = 'pending'"
 )
@@ -80,9 +91,11 @@ SPOOL_SQL: Final = """SELECT (SELECT COALESCE(SUM(size), 0) FROM events)
     + (SELECT COALESCE(SUM(size), 0) FROM quarantine)"""
 QUARANTINE_LIST_SQL: Final = f"""SELECT {QUARANTINED_COLUMNS} FROM quarantine
     WHERE (:event_id IS NULL OR event_id = :event_id) ORDER BY id"""  # noqa: S608 - constant columns
-QUARANTINE_PURGE_SQL: Final = (
-    "DELETE FROM quarantine WHERE (:event_id IS NULL OR event_id = :event_id)"
-)
+QUARANTINE_PURGE_SQL: Final = """DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine
+    WHERE (:event_id IS NULL OR event_id = :event_id) LIMIT :rows)"""
+# Events left without delivery rows by a bulk delete.
+_ORPHANED_EVENTS_SQL: Final = """DELETE FROM events WHERE seq IN (SELECT e.seq FROM events AS e
+    WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = e.seq) LIMIT :rows)"""
 QUARANTINE_COUNT_SQL: Final = "SELECT COUNT(*) FROM quarantine"
 # Newest first; a NULL sink matches every row.
 HISTORY_LIST_SQL: Final = f"""SELECT {HISTORY_SUMMARY_COLUMNS} FROM history
@@ -118,6 +131,16 @@ def read_state(conn: sqlite3.Connection) -> State:
 _SET_METAS_SQL: Final = """INSERT INTO meta
     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) WHERE true
     ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
+
+
+def run_bulk(conn: sqlite3.Connection, sql: str, params: Mapping[str, object]) -> int:
+    """Run a bulk statement (one changing at most ``:rows`` of the rows it matches, and leaving
+    them unmatched) until it changes fewer than :data:`ROWS_PER_STATEMENT`; the rows changed."""
+    bounded = {**params, "rows": ROWS_PER_STATEMENT}
+    total = 0
+    while (count := conn.execute(sql, bounded).rowcount) == ROWS_PER_STATEMENT:
+        total += count
+    return total + count
 
 
 def set_metas(conn: sqlite3.Connection, values: Mapping[str, str | float | None]) -> None:
@@ -185,7 +208,7 @@ def quarantine_event(
 
 def purge_quarantine(conn: sqlite3.Connection, event_id: str | None) -> tuple[int, int]:
     """Delete quarantined events (all, or those of ``event_id``); (count, spool bytes after)."""
-    count = conn.execute(QUARANTINE_PURGE_SQL, {"event_id": event_id}).rowcount
+    count = run_bulk(conn, QUARANTINE_PURGE_SQL, {"event_id": event_id})
     (spool,) = conn.execute(SPOOL_SQL).fetchone()
     return count, int(spool)
 
@@ -199,9 +222,13 @@ _TRIM_STEP: Final = """DELETE FROM history WHERE @keep > 0 AND seq IN (SELECT se
 
 def trim_history(conn: sqlite3.Connection, rows: int, keep: int) -> int:
     """Keep the newest ``keep`` of the history's ``rows`` rows; return how many are left."""
-    if rows > keep:
-        params = {"keep": keep, "history_rows": rows, "added": 0}
-        rows -= conn.execute(_TRIM_STEP, params).rowcount
+    while rows > keep:
+        excess = min(rows - keep, ROWS_PER_STATEMENT)
+        params = {"keep": keep, "history_rows": keep + excess, "added": 0}
+        deleted = conn.execute(_TRIM_STEP, params).rowcount
+        rows -= deleted
+        if deleted < excess:  # none (keep 0), or fewer rows than counted: nothing more to do
+            break
     return rows
 
 
@@ -249,9 +276,8 @@ ONE_STATEMENT_FROM: Final = 32
 whose trigger finds the orphaned events, keeps what the store needs in a TEMP row and runs the
 steps (:data:`WRITER_TEMP`). The writer thread gives up the GIL for each SQLite call and, while
 the event loop runs Python, waits to take it back after each: in six calls the steps ran one at
-a time between the event loop's turns, in one they run beside them. A smaller batch runs them one
-by one: a statement changing more than 16 pages keeps its statement journal in a temporary file,
-made and removed each time, which costs a small batch more than it saves."""
+a time between the event loop's turns, in one they run beside them. A smaller batch, which comes
+when the bridge is not busy, runs only the steps it needs, one by one (the same cost alone)."""
 
 # In the trigger the parameters are the view's columns and the TEMP row's values.
 _IN_TRIGGER: Final = {
@@ -285,8 +311,7 @@ WRITER_TEMP: Final = (
     + ";\nEND",
 )
 """The write connection's TEMP objects, made at each open: not in the database file, so no
-migration. Like any statement inside a larger transaction, the one statement keeps a statement
-journal, in a file of SQLite's temporary directory once past 64 KiB (a batch of a few dozen ids)."""
+migration."""
 _DELIVERED_BATCH_SQL: Final = (
     "INSERT INTO delivered_batch VALUES (@ids, @completed_at, @keep, @history_rows)"
 )
@@ -294,7 +319,14 @@ _MARKED_SQL: Final = "SELECT freed, orphaned FROM temp.marked"
 
 
 def prepare_writer(conn: sqlite3.Connection) -> None:
-    """Make the write connection's TEMP objects (:data:`WRITER_TEMP`)."""
+    """Keep the write connection's temporary storage in memory, and make its TEMP objects
+    (:data:`WRITER_TEMP`)."""
+    # Each statement inside a transaction keeps a statement journal (the pages it changes, to
+    # undo it alone), and SQLite moves one past 64 KiB to a temporary file: a batch of a few
+    # dozen delivered marks made, wrote and removed a file in /var/tmp, a fifth of what its
+    # mark cost. In memory it costs nothing, and ROWS_PER_STATEMENT bounds it. Set first:
+    # changing it drops the connection's TEMP objects.
+    conn.execute("PRAGMA temp_store = MEMORY")
     for statement in WRITER_TEMP:
         conn.execute(statement)
 
@@ -314,6 +346,25 @@ def delete_delivered(
     none) of its ``history_rows``; ``at`` is when it was completed. Ids already gone (their sink
     dropped, or purged, meanwhile) are skipped.
     """
+    if history and history_rows > history:
+        # The bound was lowered: trimmed apart, in bounded statements, so that the batch's
+        # own trim deletes no more rows than the batch adds.
+        history_rows = trim_history(conn, history_rows, history)
+    freed = 0
+    for start in range(0, len(delivery_ids), ROWS_PER_STATEMENT):
+        ids = delivery_ids[start : start + ROWS_PER_STATEMENT]
+        chunk_freed, history_rows = _delete_delivered(conn, ids, history, at, history_rows)
+        freed += chunk_freed
+    return freed, history_rows
+
+
+def _delete_delivered(
+    conn: sqlite3.Connection,
+    delivery_ids: Sequence[int],
+    history: int,
+    at: float,
+    history_rows: int,
+) -> tuple[int, int]:
     ids = orjson.dumps(list(delivery_ids))
     if len(delivery_ids) >= ONE_STATEMENT_FROM:
         batch = {"ids": ids, "completed_at": at, "keep": history, "history_rows": history_rows}
@@ -343,12 +394,10 @@ def delete_delivered(
 def delete_deliveries(
     conn: sqlite3.Connection, sql: str, params: Mapping[str, str | None]
 ) -> tuple[int, int]:
-    """Run a bulk DELETE of delivery rows, then drop events left without rows; (count, spool)."""
-    count = conn.execute(sql, params).rowcount
-    conn.execute(
-        "DELETE FROM events WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d"
-        " WHERE d.seq = events.seq)"
-    )
+    """Run a bulk DELETE of delivery rows (:func:`run_bulk`), then drop events left without
+    rows; (count, spool)."""
+    count = run_bulk(conn, sql, params)
+    run_bulk(conn, _ORPHANED_EVENTS_SQL, {})
     (spool,) = conn.execute(SPOOL_SQL).fetchone()
     return count, int(spool)
 

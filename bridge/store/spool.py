@@ -349,7 +349,8 @@ class Store:
         """Move matching dead rows back to pending, attempts reset, last_error kept. They keep
         their seq, so a redriven event goes before later events of its thread. Returns the count.
         """
-        return await self._execute(queries.DLQ_RETRY_SQL, {"sink": sink, "event_id": event_id})
+        retry = functools.partial(transactions.retry_dead, {"sink": sink, "event_id": event_id})
+        return await self._write(retry)
 
     async def dlq_purge(self, *, sink: str | None = None, event_id: str | None = None) -> int:
         """Delete matching dead rows (never pending ones); returns the count."""

@@ -266,6 +266,11 @@ def drop(statement: str, params: Mapping[str, str | None], tx: Tx) -> int:
     return count
 
 
+def retry_dead(params: Mapping[str, str | None], tx: Tx) -> int:
+    """Move matching dead rows back to pending (``queries.DLQ_RETRY_SQL``)."""
+    return queries.run_bulk(tx.conn, queries.DLQ_RETRY_SQL, params)
+
+
 def purge_quarantine(tx: Tx, *, event_id: str | None) -> int:
     count, tx.spool = queries.purge_quarantine(tx.conn, event_id)
     return count

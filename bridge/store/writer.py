@@ -38,12 +38,6 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 _MAX_BATCH: Final = 1000
 
-TEMP_DIR_HINT: Final = (
-    "SQLite could not create a temporary file (a large statement's journal): its temporary "
-    "directory ($SQLITE_TMPDIR, else $TMPDIR, /var/tmp, /usr/tmp or /tmp, the first that "
-    "exists and is writable) must have room"
-)
-
 Sleep = Callable[[float], Awaitable[None]]
 """``asyncio.sleep``, or a stand-in a test steps by hand."""
 
@@ -289,8 +283,6 @@ class Writer:
             # Errors of the sqlite3 module itself (a misused API) have no SQLite error name.
             name = getattr(exc, "sqlite_errorname", type(exc).__name__)
             reason = f"cannot write state database {self.path}: {exc} ({name})"
-            if name == "SQLITE_CANTOPEN":  # the database is open: this was a temporary file
-                reason += f"; {TEMP_DIR_HINT}"
             if self._probe_interval is not None:
                 self._refusing = reason
             outcome = self._refused(batch, reason)
