@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Final, NamedTuple
 
 import orjson
@@ -52,8 +52,8 @@ PENDING_BY_ID_SQL: Final = f"""SELECT {DELIVERY_COLUMNS} {_DELIVERIES}
     WHERE d.id IN (SELECT value FROM json_each(?)) AND d.state = 'pending' ORDER BY d.seq"""  # noqa: S608 - constant columns
 ROWS_PER_STATEMENT: Final = 1000
 """The most rows one statement of the write connection changes, wherever their number has no
-other bound (a `dlq purge` or `dlq retry`, a dropped sink, a lowered history bound, a large batch
-of marks): such work runs as several statements (:func:`run_bulk`). The write connection keeps
+other bound (a `dlq purge` or `dlq retry`, a dropped sink, a quarantine purge, a lowered history
+bound, a large batch of marks): such work runs as several statements. The write connection keeps
 each statement's journal, the pages it changes, in memory until it ends (:func:`prepare_writer`),
 and this keeps that to a few MB."""
 
@@ -61,17 +61,20 @@ and this keeps that to a few MB."""
 DLQ_LIST_SQL: Final = f"""SELECT {DEAD_LETTER_COLUMNS} {_DELIVERIES}
     WHERE d.state = 'dead' AND (:sink IS NULL OR d.sink = :sink)
     AND (:event_id IS NULL OR e.event_id = :event_id) ORDER BY d.seq, d.sink"""
-# Bulk statements (run_bulk) change at most :rows of the rows they match at a time.
-_DEAD_MATCHING: Final = """SELECT id FROM deliveries
-    WHERE state = 'dead' AND (:sink IS NULL OR sink = :sink)
+# The delivery rows a bulk change takes, (id, seq) past :after in id order, :rows at a time
+# (walk_rows): each step starts where the last ended, not from the first row again.
+DEAD_ROWS_SQL: Final = """SELECT id, seq FROM deliveries
+    WHERE id > :after AND state = 'dead' AND (:sink IS NULL OR sink = :sink)
     AND (:event_id IS NULL OR seq IN (SELECT seq FROM events WHERE event_id = :event_id))
-    LIMIT :rows"""
-DLQ_RETRY_SQL: Final = f"""UPDATE deliveries SET state = 'pending', attempts = 0, dead_at = NULL
-    WHERE id IN ({_DEAD_MATCHING})"""  # noqa: S608 - constant text
-DLQ_PURGE_SQL: Final = f"DELETE FROM deliveries WHERE id IN ({_DEAD_MATCHING})"  # noqa: S608
-DROP_SINK_SQL: Final = (
-    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE sink = :sink LIMIT :rows)"
-)
+    ORDER BY id LIMIT :rows"""
+SINK_ROWS_SQL: Final = """SELECT id, seq FROM deliveries WHERE id > :after AND sink = :sink
+    ORDER BY id LIMIT :rows"""
+_RETRY_SQL: Final = """UPDATE deliveries SET state = 'pending', attempts = 0, dead_at = NULL
+    WHERE id IN (SELECT value FROM json_each(?))"""
+_DELETE_ROWS_SQL: Final = "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?))"
+# Of the events whose rows were just deleted, those left without any.
+_DELETE_EMPTIED_SQL: Final = """DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))
+    AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = events.seq)"""
 RECORD_ATTEMPT_SQL: Final = (
     "UPDATE deliveries SET attempts = ?, last_error = ? WHERE id = ? AND state = 'pending'"
 )
@@ -91,11 +94,9 @@ SPOOL_SQL: Final = """SELECT (SELECT COALESCE(SUM(size), 0) FROM events)
     + (SELECT COALESCE(SUM(size), 0) FROM quarantine)"""
 QUARANTINE_LIST_SQL: Final = f"""SELECT {QUARANTINED_COLUMNS} FROM quarantine
     WHERE (:event_id IS NULL OR event_id = :event_id) ORDER BY id"""  # noqa: S608 - constant columns
-QUARANTINE_PURGE_SQL: Final = """DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine
-    WHERE (:event_id IS NULL OR event_id = :event_id) LIMIT :rows)"""
-# Events left without delivery rows by a bulk delete.
-_ORPHANED_EVENTS_SQL: Final = """DELETE FROM events WHERE seq IN (SELECT e.seq FROM events AS e
-    WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.seq = e.seq) LIMIT :rows)"""
+_QUARANTINED_ROWS_SQL: Final = """SELECT id, NULL FROM quarantine
+    WHERE id > :after AND (:event_id IS NULL OR event_id = :event_id) ORDER BY id LIMIT :rows"""
+_UNQUARANTINE_SQL: Final = "DELETE FROM quarantine WHERE id IN (SELECT value FROM json_each(?))"
 QUARANTINE_COUNT_SQL: Final = "SELECT COUNT(*) FROM quarantine"
 # Newest first; a NULL sink matches every row.
 HISTORY_LIST_SQL: Final = f"""SELECT {HISTORY_SUMMARY_COLUMNS} FROM history
@@ -133,14 +134,25 @@ _SET_METAS_SQL: Final = """INSERT INTO meta
     ON CONFLICT (key) DO UPDATE SET value = excluded.value"""
 
 
-def run_bulk(conn: sqlite3.Connection, sql: str, params: Mapping[str, object]) -> int:
-    """Run a bulk statement (one changing at most ``:rows`` of the rows it matches, and leaving
-    them unmatched) until it changes fewer than :data:`ROWS_PER_STATEMENT`; the rows changed."""
-    bounded = {**params, "rows": ROWS_PER_STATEMENT}
-    total = 0
-    while (count := conn.execute(sql, bounded).rowcount) == ROWS_PER_STATEMENT:
-        total += count
-    return total + count
+def walk_rows(
+    conn: sqlite3.Connection, select: str, params: Mapping[str, object]
+) -> Iterator[tuple[bytes, bytes]]:
+    """The rows ``select`` matches (an (id, seq) query of :data:`DEAD_ROWS_SQL`'s form), as JSON
+    arrays of their ids and of their seqs, :data:`ROWS_PER_STATEMENT` at a time."""
+    after = 0
+    while rows := conn.execute(
+        select, {**params, "after": after, "rows": ROWS_PER_STATEMENT}
+    ).fetchall():
+        yield orjson.dumps([row[0] for row in rows]), orjson.dumps([row[1] for row in rows])
+        after = rows[-1][0]
+
+
+def retry_dead(conn: sqlite3.Connection, params: Mapping[str, str | None]) -> int:
+    """Move the dead rows :data:`DEAD_ROWS_SQL` matches back to pending; how many."""
+    return sum(
+        conn.execute(_RETRY_SQL, (ids,)).rowcount
+        for ids, _ in walk_rows(conn, DEAD_ROWS_SQL, params)
+    )
 
 
 def set_metas(conn: sqlite3.Connection, values: Mapping[str, str | float | None]) -> None:
@@ -208,7 +220,10 @@ def quarantine_event(
 
 def purge_quarantine(conn: sqlite3.Connection, event_id: str | None) -> tuple[int, int]:
     """Delete quarantined events (all, or those of ``event_id``); (count, spool bytes after)."""
-    count = run_bulk(conn, QUARANTINE_PURGE_SQL, {"event_id": event_id})
+    count = sum(
+        conn.execute(_UNQUARANTINE_SQL, (ids,)).rowcount
+        for ids, _ in walk_rows(conn, _QUARANTINED_ROWS_SQL, {"event_id": event_id})
+    )
     (spool,) = conn.execute(SPOOL_SQL).fetchone()
     return count, int(spool)
 
@@ -392,12 +407,14 @@ def _delete_delivered(
 
 
 def delete_deliveries(
-    conn: sqlite3.Connection, sql: str, params: Mapping[str, str | None]
+    conn: sqlite3.Connection, select: str, params: Mapping[str, str | None]
 ) -> tuple[int, int]:
-    """Run a bulk DELETE of delivery rows (:func:`run_bulk`), then drop events left without
-    rows; (count, spool)."""
-    count = run_bulk(conn, sql, params)
-    run_bulk(conn, _ORPHANED_EVENTS_SQL, {})
+    """Delete the delivery rows ``select`` matches (:func:`walk_rows`), and the events they
+    leave without rows; (count, spool)."""
+    count = 0
+    for ids, seqs in walk_rows(conn, select, params):
+        count += conn.execute(_DELETE_ROWS_SQL, (ids,)).rowcount
+        conn.execute(_DELETE_EMPTIED_SQL, (seqs,))
     (spool,) = conn.execute(SPOOL_SQL).fetchone()
     return count, int(spool)
 

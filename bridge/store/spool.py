@@ -356,7 +356,7 @@ class Store:
         """Delete matching dead rows (never pending ones); returns the count."""
         params = {"sink": sink, "event_id": event_id}
         return await self._write(
-            functools.partial(transactions.drop, queries.DLQ_PURGE_SQL, params)
+            functools.partial(transactions.drop, queries.DEAD_ROWS_SQL, params)
         )
 
     async def replay(self, event_id: str, sink: str) -> ReplayOutcome:
@@ -380,7 +380,7 @@ class Store:
         """Delete every row, pending or dead, of ``sink`` (one gone from the config)."""
         params = {"sink": sink}
         return await self._write(
-            functools.partial(transactions.drop, queries.DROP_SINK_SQL, params)
+            functools.partial(transactions.drop, queries.SINK_ROWS_SQL, params)
         )
 
     async def prune_seen(self) -> int:

@@ -260,15 +260,15 @@ def replay(tx: Tx, *, event_id: str, sink: str, room: Room) -> ReplayOutcome:
     return ReplayOutcome.QUEUED
 
 
-def drop(statement: str, params: Mapping[str, str | None], tx: Tx) -> int:
-    """Run a bulk DELETE of delivery rows (``queries.DLQ_PURGE_SQL``, ``DROP_SINK_SQL``)."""
-    count, tx.spool = queries.delete_deliveries(tx.conn, statement, params)
+def drop(select: str, params: Mapping[str, str | None], tx: Tx) -> int:
+    """Delete the delivery rows ``select`` matches (``DEAD_ROWS_SQL``, ``SINK_ROWS_SQL``)."""
+    count, tx.spool = queries.delete_deliveries(tx.conn, select, params)
     return count
 
 
 def retry_dead(params: Mapping[str, str | None], tx: Tx) -> int:
-    """Move matching dead rows back to pending (``queries.DLQ_RETRY_SQL``)."""
-    return queries.run_bulk(tx.conn, queries.DLQ_RETRY_SQL, params)
+    """Move matching dead rows back to pending."""
+    return queries.retry_dead(tx.conn, params)
 
 
 def purge_quarantine(tx: Tx, *, event_id: str | None) -> int:
