@@ -5,6 +5,7 @@ bound and a large batch of marks each still change every row they match, once.""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
@@ -69,6 +70,23 @@ async def test_dead_letters_are_retried_and_purged_whatever_their_number(tmp_pat
         # Nine events have no row left: they went, in bounded statements too.
         assert count(db, "SELECT COUNT(*) FROM events") == 1
         assert store.spool_bytes == len(event(4).raw)
+
+
+async def test_a_purge_changes_at_most_rows_per_statement_in_each_statement(tmp_path: Path) -> None:
+    """Each statement's journal holds the pages it changes until it ends: ten dead rows go in
+    four statements of at most three, and their events with the last of their rows."""
+    async with opened(tmp_path / "bridge.db") as store:
+        rows = [(await store.accept(event(n), ["agent"])).deliveries for n in range(10)]
+        for (row,) in rows:
+            await store.dead_letter(row.id, error="HTTP 400", attempts=1)
+        statements: list[str] = []
+        loop, res = asyncio.get_running_loop(), store._res  # the connection lives on its thread
+        await loop.run_in_executor(res.writer, res.wconn.set_trace_callback, statements.append)
+        assert await store.dlq_purge() == 10
+        await loop.run_in_executor(res.writer, res.wconn.set_trace_callback, None)
+        deletes = [s for s in statements if s.lstrip().startswith("DELETE FROM deliveries")]
+        assert len(deletes) == 4
+        assert store.spool_bytes == 0
 
 
 async def test_every_quarantined_event_is_purged(tmp_path: Path) -> None:

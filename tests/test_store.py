@@ -215,6 +215,8 @@ async def test_connection_settings(store: Store, db_path: Path) -> None:
     assert await on_writer(store, "PRAGMA foreign_keys") == [(1,)]
     # Freed pages are not zeroed into the WAL again (SQLite built with SECURE_DELETE zeroes them).
     assert await on_writer(store, "PRAGMA secure_delete") == [(2,)]  # FAST
+    # Statement journals stay in memory, not in files of a temporary directory.
+    assert await on_writer(store, "PRAGMA temp_store") == [(2,)]  # MEMORY
     indexes = query(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")
     assert ("deliveries_by_sink",) in indexes
     assert query(db_path, "PRAGMA index_info(deliveries_by_sink)") == [
