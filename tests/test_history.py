@@ -102,6 +102,12 @@ async def test_the_history_keeps_the_newest_rows_and_zero_keeps_none(tmp_path: P
             await store.mark_delivered(row.id)
         assert [e.event_id for e in await store.history()] == ["evt_4", "evt_3", "evt_2"]
         assert [e.event_id for e in await store.history(limit=2)] == ["evt_4", "evt_3"]
+    # Set to 0 later, the rows kept before go (with their payloads) at the next delivery.
+    async with opened(tmp_path / "kept.db", history=0) as store:
+        (row,) = (await store.accept(event("evt_5"), ["agent"])).deliveries
+        await store.mark_delivered(row.id)
+        assert await store.history() == []
+    assert read_db(tmp_path / "kept.db", "SELECT COUNT(*) FROM history") == [(0,)]
 
     db = tmp_path / "none.db"
     async with opened(db, history=0) as store:

@@ -228,10 +228,10 @@ def purge_quarantine(conn: sqlite3.Connection, event_id: str | None) -> tuple[in
     return count, int(spool)
 
 
-# The oldest rows past the history's bound @keep go (0: no history, nothing goes), of the
-# @history_rows it held and the @added just written. The store counts the history's rows as it
-# writes them (State), so a trim walks only the rows it deletes, not the thousand it keeps.
-_TRIM_STEP: Final = """DELETE FROM history WHERE @keep > 0 AND seq IN (SELECT seq FROM history
+# The oldest rows past the history's bound @keep go (0: every row), of the @history_rows it held
+# and the @added just written. The store counts the history's rows as it writes them (State), so
+# a trim walks only the rows it deletes, not the thousand it keeps.
+_TRIM_STEP: Final = """DELETE FROM history WHERE seq IN (SELECT seq FROM history
     ORDER BY seq LIMIT max(0, @history_rows + @added - @keep))"""
 
 
@@ -242,7 +242,7 @@ def trim_history(conn: sqlite3.Connection, rows: int, keep: int) -> int:
         params = {"keep": keep, "history_rows": keep + excess, "added": 0}
         deleted = conn.execute(_TRIM_STEP, params).rowcount
         rows -= deleted
-        if deleted < excess:  # none (keep 0), or fewer rows than counted: nothing more to do
+        if deleted < excess:  # fewer rows than counted: none left to delete
             break
     return rows
 
@@ -361,9 +361,9 @@ def delete_delivered(
     none) of its ``history_rows``; ``at`` is when it was completed. Ids already gone (their sink
     dropped, or purged, meanwhile) are skipped.
     """
-    if history and history_rows > history:
-        # The bound was lowered: trimmed apart, in bounded statements, so that the batch's
-        # own trim deletes no more rows than the batch adds.
+    if history_rows > history:
+        # The bound was lowered (to 0 too: the rows kept before go), trimmed apart in bounded
+        # statements, so that the batch's own trim deletes no more rows than the batch adds.
         history_rows = trim_history(conn, history_rows, history)
     freed = 0
     for start in range(0, len(delivery_ids), ROWS_PER_STATEMENT):
