@@ -241,9 +241,11 @@ def trim_history(conn: sqlite3.Connection, rows: int, keep: int) -> int:
         excess = min(rows - keep, ROWS_PER_STATEMENT)
         params = {"keep": keep, "history_rows": keep + excess, "added": 0}
         deleted = conn.execute(_TRIM_STEP, params).rowcount
+        if deleted < excess:
+            # Fewer rows than counted: the statement took every one, so the count is now known,
+            # and the next batch does not trim again on a stale one.
+            return 0
         rows -= deleted
-        if deleted < excess:  # fewer rows than counted: none left to delete
-            break
     return rows
 
 
