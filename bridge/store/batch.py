@@ -3,12 +3,14 @@
 The writer thread holds the GIL only between SQLite calls, and every call gives it up while
 SQLite works; with the event loop busy, each call can wait milliseconds to get it back. So a
 batch costs a fixed number of calls, not some per event: one lookup of every key and id in the
-batch, and one ``INSERT ... SELECT FROM json_each(?)`` per table for every new row (payloads
-travel as one blob, each row naming its slice). A batch of 256 events is about eight calls.
+batch, and one multi-row ``INSERT ... VALUES`` per table for every new row. A batch of 256
+events is about eight calls.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -34,23 +36,39 @@ _KNOWN_SQL: Final = f"""
     UNION ALL SELECT 3, event_id, NULL, NULL FROM events
         WHERE event_id IN (SELECT value FROM json_each(?1))"""  # noqa: S608 - constant text
 
-_INSERT_SEEN_SQL: Final = """INSERT INTO seen (event_id, seen_at, content_id, inbox_id, sent_id)
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-        json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]')
-    FROM json_each(?)"""
-# ?2 is every payload end to end; a row's [7] and [8] are its slice (1-based start, length).
-_INSERT_EVENTS_SQL: Final = """INSERT INTO events
-    (seq, event_id, type, inbox_id, thread_id, origin, received_at, size, payload, notes)
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-        json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),
-        json_extract(value, '$[5]'), json_extract(value, '$[6]'), json_extract(value, '$[8]'),
-        COALESCE(substr(?2, json_extract(value, '$[7]'), json_extract(value, '$[8]')), x''),
-        json_extract(value, '$[9]')
-    FROM json_each(?1)"""
-_INSERT_DELIVERIES_SQL: Final = """INSERT INTO deliveries (id, seq, sink, not_before, window_closes)
-    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
-        json_extract(value, '$[3]'), json_extract(value, '$[4]')
-    FROM json_each(?)"""
+_SEEN_INSERT: Final = "INSERT INTO seen (event_id, seen_at, content_id, inbox_id, sent_id)"
+_EVENTS_INSERT: Final = """INSERT INTO events
+    (seq, event_id, type, inbox_id, thread_id, origin, received_at, size, payload, notes)"""
+_DELIVERIES_INSERT: Final = "INSERT INTO deliveries (id, seq, sink, not_before, window_closes)"
+_MOST_ROWS: Final = 256
+"""The most rows one insert statement writes; a larger batch takes several."""
+
+
+@functools.cache
+def _values_sql(insert: str, width: int, rows: int) -> str:
+    """``insert`` of ``rows`` rows of ``width`` values each, as one statement, skipping the rows
+    whose first value is NULL (the padding of :func:`_insert_rows`)."""
+    values = ",".join(["(" + ",".join("?" * width) + ")"] * rows)
+    return f"{insert} SELECT * FROM (VALUES {values}) WHERE column1 IS NOT NULL"  # noqa: S608
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[object, ...]]) -> None:
+    """Write ``rows`` with ``insert`` (a table and its columns, one value per column in each row).
+
+    The values are bound as they are: SQLite parses no text for them, where a JSON array of the
+    rows cost a parse of the row for each column (12.7 against 7.5 us per event row, measured
+    alone). The statement's row count is the next power of two, padded with NULL rows, so that a
+    handful of statements serve every batch size from the connection's statement cache.
+    """
+    width = len(rows[0])
+    for start in range(0, len(rows), _MOST_ROWS):
+        chunk = rows[start : start + _MOST_ROWS]
+        size = 1 << (len(chunk) - 1).bit_length()
+        params = list(itertools.chain.from_iterable(chunk))
+        params.extend(itertools.repeat(None, width * (size - len(chunk))))
+        conn.execute(_values_sql(insert, width, size), params)
+
+
 # An event that goes nowhere but what a guard or limit did to it is recorded: kept in the history.
 _NOTED_HISTORY_SQL: Final = """INSERT INTO history (seq, event_id, type, inbox_id, thread_id,
         origin, received_at, completed_at, sinks, payload, notes)
@@ -124,9 +142,7 @@ class NewEvents:
         "_next_id",
         "_next_seq",
         "_noted",
-        "_payloads",
         "_seen",
-        "_start",
         "_unrouted",
     )
 
@@ -136,8 +152,6 @@ class NewEvents:
         self._next_seq, self._next_id = last_ids[0] + 1, last_ids[1] + 1
         self._seen: list[tuple[object, ...]] = []
         self._events: list[tuple[object, ...]] = []
-        self._payloads: list[bytes] = []
-        self._start = 1  # where the next payload starts in the joined blob (1-based)
         self._deliveries: list[tuple[int, int, str, float | None, float | None]] = []
         self._unrouted: list[int] = []
         self._noted: list[int] = []
@@ -172,13 +186,11 @@ class NewEvents:
                 event.thread_id,
                 event.origin.value,
                 event.received_at,
-                self._start,
                 len(payload),
+                payload,
                 notes,
             )
         )
-        self._payloads.append(payload)
-        self._start += len(payload)
         if times:
             self._deliveries.extend(
                 (row_id, seq, sink, not_before, window)
@@ -204,10 +216,10 @@ class NewEvents:
         if not self._seen:
             return history_rows
         conn = self._conn
-        conn.execute(_INSERT_SEEN_SQL, (orjson.dumps(self._seen),))
-        conn.execute(_INSERT_EVENTS_SQL, (orjson.dumps(self._events), b"".join(self._payloads)))
+        _insert_rows(conn, _SEEN_INSERT, self._seen)
+        _insert_rows(conn, _EVENTS_INSERT, self._events)
         if self._deliveries:
-            conn.execute(_INSERT_DELIVERIES_SQL, (orjson.dumps(self._deliveries),))
+            _insert_rows(conn, _DELIVERIES_INSERT, self._deliveries)
         if self._noted and history:
             history_rows += conn.execute(
                 _NOTED_HISTORY_SQL, (orjson.dumps(self._noted), at)
@@ -217,8 +229,6 @@ class NewEvents:
             conn.execute(_DELETE_EVENTS_SQL, (orjson.dumps(self._unrouted),))
         self._seen.clear()
         self._events.clear()
-        self._payloads.clear()
-        self._start = 1
         self._deliveries.clear()
         self._unrouted.clear()
         self._noted.clear()
