@@ -95,6 +95,23 @@ async def test_an_event_delivered_to_every_sink_moves_to_the_history(tmp_path: P
         assert await store.history_sinks() == {"agent", "audit"}
 
 
+@pytest.mark.parametrize("batch", [1, queries.ONE_STATEMENT_FROM])
+async def test_a_history_row_names_its_sinks_in_order_once_each(tmp_path: Path, batch: int) -> None:
+    """Sinks delivered in the batch and sinks remembered from earlier ones, one list, sorted,
+    whether the batch runs its steps one by one or as one statement."""
+    async with opened(tmp_path / "sinks.db") as store:
+        rows = [
+            (await store.accept(event(f"evt_{n}"), ["zeta", "alpha", "mid"])).deliveries
+            for n in range(batch)
+        ]
+        # The first event's "mid" row goes first, alone: remembered in `delivered`.
+        await store.mark_delivered(rows[0][2].id)
+        await store.mark_delivered_many([d.id for r in rows for d in r if d is not rows[0][2]])
+        listed = await store.history(limit=batch)
+        assert len(listed) == batch
+        assert {past.sinks for past in listed} == {("alpha", "mid", "zeta")}
+
+
 async def test_the_history_keeps_the_newest_rows_and_zero_keeps_none(tmp_path: Path) -> None:
     async with opened(tmp_path / "kept.db", history=3) as store:
         for n in range(5):
