@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from conftest import make_config, read_lines, wait_until
 
 from bridge.delivery import SinkWorker
@@ -18,7 +19,7 @@ from bridge.errors import PermanentDeliveryError, RetryableDeliveryError, SpoolF
 from bridge.events import Event, Origin, parse_event
 from bridge.metrics import Metrics
 from bridge.sinks import SINK_TYPES, BatchSink
-from bridge.store import AcceptOutcome, Delivery, Store, StoreLimits
+from bridge.store import AcceptOutcome, Delivery, Store, StoreLimits, batch
 
 
 def event(event_id: str, *, thread: str = "thr_1", pad: int = 0) -> Event:
@@ -46,6 +47,35 @@ async def test_a_duplicate_and_a_refusal_inside_a_batch_concern_those_events_alo
         # The cursor never passes the refused WebSocket event: a reconnect replays from it.
         assert store.cursor == "evt_1"
         assert [d.event_id for d in await store.pending("s")] == ["evt_1", "evt_3"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("size", [1, 3, 4, 9])
+async def test_a_batch_past_one_statement_writes_each_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """A batch's rows go in statements of at most ``ROWS_PER_INSERT`` rows, each padded to a
+    power of two: with the bound made 4, batches of 1, 3, 4 and 9 events (one of them a
+    duplicate, one routed nowhere) keep every row once, with its own payload."""
+    monkeypatch.setattr(batch, "ROWS_PER_INSERT", 4)
+    store = await Store.open(tmp_path / "b.db", StoreLimits(min_free=0))
+    try:
+        events = [event(f"evt_{n}", thread=f"thr_{n}", pad=n * 7) for n in range(size)]
+        routed: list[tuple[Event, list[str]]] = [(e, ["a", "b"]) for e in events]
+        if size > 3:
+            routed[1] = (events[1], [])  # remembered as seen, held for no sink
+            routed.append((events[2], ["a", "b"]))  # a duplicate inside the batch
+        results = await store.accept_batch(routed)
+        outcomes = [getattr(r, "outcome", None) for r in results]
+        assert outcomes.count(AcceptOutcome.DUPLICATE) == (1 if size > 3 else 0)
+        held = [e for e, sinks in routed[:size] if sinks]
+        for sink in ("a", "b"):
+            rows = await store.pending(sink)
+            assert [(d.event_id, d.payload) for d in rows] == [(e.event_id, e.raw) for e in held]
+        assert store.spool_bytes == sum(len(e.raw) for e in held)
+        again = await store.accept_batch([(e, ["a"]) for e in events])
+        assert {getattr(r, "outcome", None) for r in again} == {AcceptOutcome.DUPLICATE}
     finally:
         await store.close()
 

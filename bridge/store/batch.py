@@ -40,7 +40,7 @@ _SEEN_INSERT: Final = "INSERT INTO seen (event_id, seen_at, content_id, inbox_id
 _EVENTS_INSERT: Final = """INSERT INTO events
     (seq, event_id, type, inbox_id, thread_id, origin, received_at, size, payload, notes)"""
 _DELIVERIES_INSERT: Final = "INSERT INTO deliveries (id, seq, sink, not_before, window_closes)"
-_MOST_ROWS: Final = 256
+ROWS_PER_INSERT: Final = 256
 """The most rows one insert statement writes; a larger batch takes several."""
 
 
@@ -61,8 +61,8 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[obj
     handful of statements serve every batch size from the connection's statement cache.
     """
     width = len(rows[0])
-    for start in range(0, len(rows), _MOST_ROWS):
-        chunk = rows[start : start + _MOST_ROWS]
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
         size = 1 << (len(chunk) - 1).bit_length()
         params = list(itertools.chain.from_iterable(chunk))
         params.extend(itertools.repeat(None, width * (size - len(chunk))))
