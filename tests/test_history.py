@@ -162,6 +162,27 @@ async def test_the_history_stays_at_its_bound_across_restarts_and_other_writers(
         assert [e.event_id for e in await store.history()] == ["evt_8", "evt_7"]
 
 
+async def test_a_lowered_bound_trims_the_history_as_the_daemon_starts(tmp_path: Path) -> None:
+    """Payloads kept under a larger ``state.history`` go when the daemon's store opens with a
+    smaller one, not at its first delivery; a command's store (not exclusive) trims nothing."""
+    db = tmp_path / "state.db"
+    async with opened(db, history=4) as store:
+        for name in ("evt_0", "evt_1", "evt_2", "evt_3", "evt_4"):
+            (row,) = (await store.accept(event(name), ["agent"])).deliveries
+            await store.mark_delivered(row.id)
+    command = await Store.open(db, StoreLimits(history=1), exclusive=False)
+    try:
+        assert len(await command.history()) == 4
+    finally:
+        await command.close()
+    async with opened(db, history=2) as store:
+        assert [e.event_id for e in await store.history()] == ["evt_4", "evt_3"]
+    assert read_db(db, "SELECT COUNT(*) FROM history") == [(2,)]
+    async with opened(db, history=0) as store:
+        assert await store.history() == []
+    assert read_db(db, "SELECT COUNT(*) FROM history") == [(0,)]
+
+
 async def test_an_event_whose_last_row_is_purged_is_not_history(tmp_path: Path) -> None:
     db = tmp_path / "bridge.db"
     async with opened(db) as store:

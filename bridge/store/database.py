@@ -274,6 +274,27 @@ def open_writer(path: Path, *, exclusive: bool) -> tuple[int | None, sqlite3.Con
         raise
 
 
+def opening_state(conn: sqlite3.Connection, history: int | None) -> queries.State:
+    """What the store keeps in memory (:func:`bridge.store.queries.read_state`), read as it
+    opens; with ``history``, the history first trimmed to that bound, so that a lowered
+    ``state.history`` (0: none) drops the payloads kept before at start, not at the next delivery.
+    A trim that fails (a full disk) leaves it to that delivery."""
+    state = queries.read_state(conn)
+    if history is None or state.history_rows <= history:
+        return state
+    try:
+        begin(conn)
+        try:
+            rows = queries.trim_history(conn, state.history_rows, history)
+            conn.execute("COMMIT")
+        finally:
+            rollback(conn)
+    except sqlite3.Error as exc:
+        log.warning("store.history_not_trimmed", keep=history, reason=str(exc))
+        return state
+    return state._replace(history_rows=rows)
+
+
 def open_reader(path: Path) -> sqlite3.Connection:
     try:
         return connect(path, query_only=True)

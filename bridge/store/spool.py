@@ -122,7 +122,8 @@ class Store:
             opened = await loop.run_in_executor(
                 writer, functools.partial(database.open_writer, path, exclusive=exclusive)
             )
-            state = await loop.run_in_executor(writer, queries.read_state, opened[1])
+            keep = limits.history if exclusive else None  # the daemon applies a lowered bound
+            state = await loop.run_in_executor(writer, database.opening_state, opened[1], keep)
             own = await loop.run_in_executor(writer, pacing.read_own_addresses, opened[1])
             rconn = await loop.run_in_executor(reader, database.open_reader, path)
         except BaseException as exc:
@@ -213,8 +214,7 @@ class Store:
                 f"a {size}-byte event never fits max_bytes={self.limits.max_bytes}"
             )
         while not self.has_room_for(size):
-            # Free disk changes without telling us, and another process (the `dlq` command)
-            # may purge rows: look again every second.
+            # Free disk changes silently, another process (`dlq`) may purge rows: look again.
             await self._next_change(DISK_CACHE_SECONDS)
             with contextlib.suppress(StoreUnavailableError):
                 await self._write(lambda tx: None)  # reloads spool_bytes if another process wrote
