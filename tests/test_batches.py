@@ -8,6 +8,7 @@ retried event by event.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from bridge.errors import PermanentDeliveryError, RetryableDeliveryError, SpoolF
 from bridge.events import Event, Origin, parse_event
 from bridge.metrics import Metrics
 from bridge.sinks import SINK_TYPES, BatchSink
-from bridge.store import AcceptOutcome, Delivery, Store, StoreLimits, batch
+from bridge.store import AcceptOutcome, Delivery, Store, StoreLimits, batch, database
 
 
 def event(event_id: str, *, thread: str = "thr_1", pad: int = 0) -> Event:
@@ -78,6 +79,27 @@ async def test_a_batch_past_one_statement_writes_each_row_once(
         assert {getattr(r, "outcome", None) for r in again} == {AcceptOutcome.DUPLICATE}
     finally:
         await store.close()
+
+
+def test_a_batch_fits_a_connection_binding_at_most_999_values(tmp_path: Path) -> None:
+    """SQLite before 3.32 binds at most 999 values to a statement: 150 events of two sinks,
+    written by a connection with that limit, go in statements that fit it, every row once."""
+    _, conn = database.open_writer(tmp_path / "old.db", exclusive=False)
+    try:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        events = [event(f"evt_{n}", thread=f"thr_{n}", pad=n) for n in range(150)]
+        new = batch.NewEvents(conn, (0, 0))
+        database.begin(conn)
+        for e in events:
+            new.add(e, ["a", "b"], seen_at=1.0)
+        new.flush()
+        conn.execute("COMMIT")
+        stored = conn.execute("SELECT event_id, size, payload FROM events ORDER BY seq").fetchall()
+        assert stored == [(e.event_id, len(e.raw), e.raw) for e in events]
+        assert conn.execute("SELECT COUNT(*) FROM seen").fetchone() == (150,)
+        assert conn.execute("SELECT COUNT(DISTINCT id) FROM deliveries").fetchone() == (300,)
+    finally:
+        conn.close()
 
 
 async def test_a_poison_payload_in_a_batch_is_dead_lettered_alone(tmp_path: Path) -> None:

@@ -61,8 +61,13 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[obj
     handful of statements serve every batch size from the connection's statement cache.
     """
     width = len(rows[0])
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start : start + ROWS_PER_INSERT]
+    # SQLite before 3.32 binds at most 999 values to a statement (later, 32,766): a padded
+    # statement must fit the connection's limit, so the rows per statement are a power of two.
+    bindable = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width
+    fitting = max(1, min(ROWS_PER_INSERT, bindable))
+    most = 1 << (fitting.bit_length() - 1)
+    for start in range(0, len(rows), most):
+        chunk = rows[start : start + most]
         size = 1 << (len(chunk) - 1).bit_length()
         params = list(itertools.chain.from_iterable(chunk))
         params.extend(itertools.repeat(None, width * (size - len(chunk))))
