@@ -41,7 +41,8 @@ _EVENTS_INSERT: Final = """INSERT INTO events
     (seq, event_id, type, inbox_id, thread_id, origin, received_at, size, payload, notes)"""
 _DELIVERIES_INSERT: Final = "INSERT INTO deliveries (id, seq, sink, not_before, window_closes)"
 ROWS_PER_INSERT: Final = 256
-"""The most rows one insert statement writes; a larger batch takes several."""
+"""The most rows one insert statement writes (fewer where the SQLite library binds fewer values
+to a statement); a larger batch takes several."""
 
 
 @functools.cache
