@@ -102,6 +102,37 @@ def test_a_batch_fits_a_connection_binding_at_most_999_values(tmp_path: Path) ->
         conn.close()
 
 
+def test_a_batch_writes_timed_and_untimed_rows_and_no_padding(tmp_path: Path) -> None:
+    """Rows with a rate limit's or window's times and rows without go by statements of their
+    own: each row keeps its times or none; the padding of a statement to a power of two (five
+    events: eight rows) leaves no row behind in any table."""
+    _, conn = database.open_writer(tmp_path / "t.db", exclusive=False)
+    try:
+        new = batch.NewEvents(conn, (0, 0))
+        database.begin(conn)
+        for n in range(5):
+            times = [(100.0 + n, None), (None, 200.0 + n)] if n % 2 else []
+            new.add(event(f"evt_{n}"), ["a", "b"], seen_at=1.0, times=times)
+        new.flush()
+        conn.execute("COMMIT")
+        rows = conn.execute(
+            "SELECT seq, sink, not_before, window_closes FROM deliveries ORDER BY id"
+        ).fetchall()
+        assert rows == [
+            (seq, sink, *((100.0 + n, None) if sink == "a" else (None, 200.0 + n)))
+            if n % 2
+            else (seq, sink, None, None)
+            for n, seq in enumerate(range(1, 6))
+            for sink in ("a", "b")
+        ]
+        assert conn.execute("SELECT COUNT(*) FROM seen").fetchone() == (5,)
+        assert conn.execute("SELECT seq FROM events ORDER BY seq").fetchall() == [
+            (seq,) for seq in range(1, 6)
+        ]
+    finally:
+        conn.close()
+
+
 async def test_a_poison_payload_in_a_batch_is_dead_lettered_alone(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     config = make_config(tmp_path, sinks={"file": {"type": "file", "path": str(out)}})
