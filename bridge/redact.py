@@ -104,6 +104,21 @@ def _ordered(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted({v for v in values if len(v) >= MIN_LITERAL}, key=len, reverse=True))
 
 
+@functools.lru_cache(maxsize=64)
+def _literal_forms(secrets: tuple[str, ...]) -> tuple[tuple[str, ...], re.Pattern[str] | None]:
+    """Each secret as it is and percent-encoded, lowered (for a first scan), and one pattern
+    matching them in any case, longest first."""
+    forms = sorted(
+        {form for secret in secrets for form in (secret, urllib.parse.quote(secret, safe=""))},
+        key=len,
+        reverse=True,
+    )
+    if not forms:
+        return (), None
+    pattern = re.compile("|".join(map(re.escape, forms)), re.IGNORECASE)
+    return tuple(form.lower() for form in forms), pattern
+
+
 def header_secrets(headers: Mapping[str, str]) -> list[str]:
     """The literal values of configured request headers, and each credential after an auth
     scheme (``Bearer xyz`` gives ``xyz`` too): a receiver may echo either."""
@@ -177,10 +192,14 @@ def scrub_text(text: str, known: Iterable[str] = ()) -> str:
 
     Args:
         known: literal secrets (the running config's); values under 4 characters are ignored.
+            Each is masked as it is, in any case and percent-encoded: the forms a receiver
+            echoing a request header or URL back in an error body gives it.
     """
-    for secret in literal_secrets(known):
-        if secret in text:
-            text = text.replace(secret, MASK)
+    lowered_forms, pattern = _literal_forms(literal_secrets(known))
+    if pattern is not None:
+        lowered = text.lower()  # a cheap first scan: most texts hold none of them
+        if any(form in lowered for form in lowered_forms):
+            text = pattern.sub(MASK, text)
     if not _may_hold_secret(text):
         return text
     text = _USERINFO.sub(_masked_userinfo, text)

@@ -167,6 +167,23 @@ def test_scrub_text_masks_known_values_anywhere() -> None:
     assert scrub_text("abc", ["abc"]) == "abc"  # under 4 characters: not masked
 
 
+@pytest.mark.parametrize(
+    "echoed",
+    [
+        "X-Echo: s3cr3T/Value+1=",  # as sent
+        "x-echo: s3cr3t/value+1=",  # a receiver that lowercases what it echoes
+        "unexpected value S3CR3T/VALUE+1= in X-Echo",
+        "GET /hook?k=s3cr3T%2FValue%2B1%3D",  # percent-encoded, in a URL or a form body
+        "GET /hook?k=s3cr3t%2fvalue%2b1%3d",
+    ],
+)
+def test_scrub_text_masks_a_known_value_echoed_in_another_case_or_encoded(echoed: str) -> None:
+    scrubbed = scrub_text(f"HTTP 400: {echoed} rejected", ["s3cr3T/Value+1="])
+    assert "3cr3" not in scrubbed.lower()
+    assert scrubbed.endswith(" rejected")
+    assert "***" in scrubbed
+
+
 _NAMES = st.sampled_from(["token", "api_key", "key", "sig", "password", "access_token", "secret"])
 _VALUES = st.text(
     st.characters(whitelist_categories=("Lu", "Ll", "Nd"), whitelist_characters="-_.~"),
