@@ -105,18 +105,51 @@ def _ordered(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=64)
-def _literal_forms(secrets: tuple[str, ...]) -> tuple[tuple[str, ...], re.Pattern[str] | None]:
-    """Each secret as it is and percent-encoded, lowered (for a first scan), and one pattern
-    matching them in any case, longest first."""
-    forms = sorted(
-        {form for secret in secrets for form in (secret, urllib.parse.quote(secret, safe=""))},
-        key=len,
-        reverse=True,
-    )
-    if not forms:
-        return (), None
-    pattern = re.compile("|".join(map(re.escape, forms)), re.IGNORECASE)
-    return tuple(form.lower() for form in forms), pattern
+def _literal_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """Each secret as a receiver may echo it back: as it is, and percent-encoded (every reserved
+    character; all but ``/``, as in a URL's path; spaces as ``+``, as in a form body), longest
+    first, so that no shorter form leaves a tail of a longer one."""
+    forms = {
+        form
+        for secret in secrets
+        for form in (
+            secret,
+            urllib.parse.quote(secret, safe=""),
+            urllib.parse.quote(secret),
+            urllib.parse.quote_plus(secret),
+        )
+    }
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _mask_literals(text: str, forms: Iterable[str]) -> str:
+    """``text`` with every one of ``forms`` masked, in any case: one form after another, each
+    found by a plain substring search of the lowered text (linear, unlike a pattern, whatever
+    the text and the forms)."""
+    lowered = text.lower()
+    if len(lowered) != len(text):
+        # A character whose lowercase is longer (U+0130) shifts the offsets: match by pattern,
+        # only the forms the text holds.
+        for form in forms:
+            if form.lower() in lowered:
+                text = re.sub(re.escape(form), MASK, text, flags=re.IGNORECASE)
+        return text
+    for form in forms:
+        key = form.lower()
+        at = lowered.find(key)
+        if at < 0:
+            continue
+        parts: list[str] = []
+        lowered_parts: list[str] = []
+        start = 0
+        while at >= 0:
+            parts += (text[start:at], MASK)
+            lowered_parts += (lowered[start:at], MASK)
+            start = at + len(key)
+            at = lowered.find(key, start)
+        text = "".join(parts) + text[start:]
+        lowered = "".join(lowered_parts) + lowered[start:]
+    return text
 
 
 def header_secrets(headers: Mapping[str, str]) -> list[str]:
@@ -192,14 +225,11 @@ def scrub_text(text: str, known: Iterable[str] = ()) -> str:
 
     Args:
         known: literal secrets (the running config's); values under 4 characters are ignored.
-            Each is masked as it is, in any case and percent-encoded: the forms a receiver
-            echoing a request header or URL back in an error body gives it.
+            Each is masked as it is and percent-encoded, in any case: the forms a receiver
+            echoing a request header, URL or form back in an error body gives it.
     """
-    lowered_forms, pattern = _literal_forms(literal_secrets(known))
-    if pattern is not None:
-        lowered = text.lower()  # a cheap first scan: most texts hold none of them
-        if any(form in lowered for form in lowered_forms):
-            text = pattern.sub(MASK, text)
+    if forms := _literal_forms(literal_secrets(known)):
+        text = _mask_literals(text, forms)
     if not _may_hold_secret(text):
         return text
     text = _USERINFO.sub(_masked_userinfo, text)

@@ -167,6 +167,12 @@ def test_scrub_text_masks_known_values_anywhere() -> None:
     assert scrub_text("abc", ["abc"]) == "abc"  # under 4 characters: not masked
 
 
+def test_scrub_text_masks_a_form_encoded_value_and_the_longest_of_overlapping_ones() -> None:
+    assert scrub_text("body: pw=My+Pass+Word&x=1", ["my pass word"]) == "body: pw=***&x=1"
+    # Longest first: the shorter secret must not leave a tail of the longer one showing.
+    assert scrub_text("got zzabcd1234WXYZ", ["abcd1234WXYZ", "zzabcd12"]) == "got zz***"
+
+
 @pytest.mark.parametrize(
     "echoed",
     [
@@ -175,6 +181,8 @@ def test_scrub_text_masks_known_values_anywhere() -> None:
         "unexpected value S3CR3T/VALUE+1= in X-Echo",
         "GET /hook?k=s3cr3T%2FValue%2B1%3D",  # percent-encoded, in a URL or a form body
         "GET /hook?k=s3cr3t%2fvalue%2b1%3d",
+        "GET /hook/s3cr3T/Value%2B1%3D",  # a URL's path keeps its slashes
+        "İstanbul: s3cr3t/VALUE+1=",  # a character whose lowercase is longer shifts offsets
     ],
 )
 def test_scrub_text_masks_a_known_value_echoed_in_another_case_or_encoded(echoed: str) -> None:
