@@ -104,26 +104,29 @@ def test_a_batch_fits_a_connection_binding_at_most_999_values(tmp_path: Path) ->
 
 def test_a_batch_writes_timed_and_untimed_rows_and_no_padding(tmp_path: Path) -> None:
     """Rows with a rate limit's or window's times and rows without go by statements of their
-    own: each row keeps its times or none; the padding of a statement to a power of two (five
-    events: eight rows) leaves no row behind in any table."""
+    own: each row keeps its times or none; the padding of each statement to a power of two
+    (five events, six timed rows and six untimed ones: eight rows each) leaves no row behind in
+    any table."""
     _, conn = database.open_writer(tmp_path / "t.db", exclusive=False)
     try:
         new = batch.NewEvents(conn, (0, 0))
         database.begin(conn)
         for n in range(5):
-            times = [(100.0 + n, None), (None, 200.0 + n)] if n % 2 else []
-            new.add(event(f"evt_{n}"), ["a", "b"], seen_at=1.0, times=times)
+            times = [(100.0 + n, None), (None, 200.0 + n), (None, None)] if n % 2 else []
+            new.add(event(f"evt_{n}"), ["a", "b", "c"] if n % 2 else ["a", "b"], seen_at=1.0,
+                    times=times)  # fmt: skip
         new.flush()
         conn.execute("COMMIT")
         rows = conn.execute(
             "SELECT seq, sink, not_before, window_closes FROM deliveries ORDER BY id"
         ).fetchall()
+        times = {"a": (100.0, None), "b": (None, 200.0), "c": (None, None)}
         assert rows == [
-            (seq, sink, *((100.0 + n, None) if sink == "a" else (None, 200.0 + n)))
+            (n + 1, sink, *(None if t is None else t + n for t in times[sink]))
             if n % 2
-            else (seq, sink, None, None)
-            for n, seq in enumerate(range(1, 6))
-            for sink in ("a", "b")
+            else (n + 1, sink, None, None)
+            for n in range(5)
+            for sink in (("a", "b", "c") if n % 2 else ("a", "b"))
         ]
         assert conn.execute("SELECT COUNT(*) FROM seen").fetchone() == (5,)
         assert conn.execute("SELECT seq FROM events ORDER BY seq").fetchall() == [
