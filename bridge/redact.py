@@ -136,20 +136,22 @@ def _mask_literals(text: str, forms: Iterable[str]) -> str:
         return text
     for form in forms:
         key = form.lower()
+        starts: list[int] = []
         at = lowered.find(key)
-        if at < 0:
-            continue
-        parts: list[str] = []
-        lowered_parts: list[str] = []
-        start = 0
         while at >= 0:
-            parts += (text[start:at], MASK)
-            lowered_parts += (lowered[start:at], MASK)
-            start = at + len(key)
-            at = lowered.find(key, start)
-        text = "".join(parts) + text[start:]
-        lowered = "".join(lowered_parts) + lowered[start:]
+            starts.append(at)
+            at = lowered.find(key, at + len(key))
+        if starts:
+            text = _masked_at(text, starts, len(key))
+            lowered = _masked_at(lowered, starts, len(key))
     return text
+
+
+def _masked_at(text: str, starts: list[int], width: int) -> str:
+    """``text`` with the ``width`` characters from each of ``starts`` (in order, apart) masked."""
+    begins = [0, *(start + width for start in starts)]
+    ends = [*starts, len(text)]
+    return MASK.join(text[begin:end] for begin, end in zip(begins, ends, strict=True))
 
 
 def header_secrets(headers: Mapping[str, str]) -> list[str]:
