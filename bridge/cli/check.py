@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 from bridge.cli.config_file import config_path
+from bridge.cli.daemon_config import daemon_config
 from bridge.cli.exit_codes import EXIT_OK
-from bridge.config import Config, config_warnings, describe
+from bridge.config import config_warnings, describe
 from bridge.config.directories import Verdict, check_directory
 
 
-def cmd_check(args: argparse.Namespace, config: Config) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
+    config = daemon_config(args)
     print(f"{config_path(args.config)}: configuration is valid", file=sys.stderr)
     # Valid but unsafe is still valid: warnings are printed, the exit code stays 0.
     for warning in config_warnings(config):

@@ -19,7 +19,6 @@ import orjson
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, refuse
 from bridge.cli.operator_config import (
     STATE_INSTEAD,
-    add_config_option,
     open_state,
     operator_config,
     unknown_sink,
@@ -27,54 +26,6 @@ from bridge.cli.operator_config import (
 from bridge.config import OperatorConfig
 from bridge.printable import printable
 from bridge.store import HistoryEvent, ReplayOutcome, Store
-
-DEFAULT_LIMIT = 20
-
-
-def add_events_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``events`` with the command line's subcommands."""
-    p = sub.add_parser(
-        "events",
-        help="list, show and replay events already delivered",
-        description="The spool keeps the newest state.history events (default 1000) delivered "
-        "to every sink they were routed to. 'list' shows them newest first, 'show' one with its "
-        "payload, 'replay' delivers one again to a sink, under the same event id (X-Event-Id), "
-        "dedup bypassed; a running bridge picks it up within a second. The state database must "
-        "exist (the service's is /var/lib/openmail-bridge/bridge.db).",
-    )
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = _action(actions, "list", "delivered events, newest first")
-    listing.add_argument("--sink", metavar="NAME", help="only those delivered to this sink")
-    listing.add_argument(
-        "--limit", metavar="N", type=_count, default=DEFAULT_LIMIT, help="at most N (default 20)"
-    )
-    listing.add_argument("--json", action="store_true", help="print a JSON list")
-    show = _action(actions, "show", "one delivered event and its payload")
-    show.add_argument("event_id", metavar="EVENT_ID")
-    show.add_argument("--json", action="store_true", help="print a JSON object")
-    replay = _action(actions, "replay", "deliver one event again to one sink")
-    replay.add_argument("event_id", metavar="EVENT_ID")
-    replay.add_argument("--sink", metavar="NAME", required=True, help="the sink to deliver to")
-    p.set_defaults(func=cmd_events)
-
-
-def _action(
-    actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
-) -> argparse.ArgumentParser:
-    p = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
-    add_config_option(p)
-    p.add_argument(
-        "--state",
-        metavar="PATH",
-        help="the state database (default: the config's state.path); no config is then needed",
-    )
-    return p
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a whole number, at least 1: {text!r}")
-    return int(text)
 
 
 async def _events(args: argparse.Namespace) -> int:

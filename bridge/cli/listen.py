@@ -55,43 +55,6 @@ if TYPE_CHECKING:
     from bridge.store import Delivery, Store
 
 
-def add_listen_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "listen",
-        help="forward OpenMail events to a local handler, no config file needed",
-        description="Hold OpenMail's WebSocket stream and forward every event, re-signed as "
-        f"OpenMail signs webhooks, to URL; one line per delivery on stdout. Reads ${API_KEY_ENV}. "
-        "State (cursor, undelivered events) is kept per OpenMail URL and inboxes under "
-        "$XDG_STATE_HOME/openmail-bridge/, so a restart loses nothing.",
-    )
-    p.add_argument("--forward-to", metavar="URL", required=True, help="your webhook handler")
-    p.add_argument(
-        "--inbox",
-        metavar="ID",
-        action="append",
-        default=[],
-        help="only this inbox's events (repeat for more; default: every inbox)",
-    )
-    p.add_argument(
-        "--url",
-        metavar="WS_URL",
-        help=f"OpenMail's WebSocket URL (default: ${URL_ENV}, else {protocol.DEFAULT_WS_URL})",
-    )
-    secret = p.add_mutually_exclusive_group()
-    secret.add_argument(
-        "--secret-env",
-        metavar="VAR",
-        default=SECRET_ENV,
-        help=f"the variable holding the secret to sign with (default: {SECRET_ENV})",
-    )
-    secret.add_argument(
-        "--secret",
-        metavar="SECRET",
-        help="the secret itself; it shows in the process list, prefer --secret-env",
-    )
-    p.set_defaults(func=cmd_listen)
-
-
 def cmd_listen(args: argparse.Namespace) -> int:
     env = os.environ
     if not (env.get(API_KEY_ENV) or env.get(f"{API_KEY_ENV}_FILE")):

@@ -20,8 +20,9 @@ import nats.js.errors
 from nats.js.api import ConsumerInfo, StreamInfo
 
 from bridge import redact
+from bridge.cli.daemon_config import daemon_config
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
-from bridge.config import Config, NatsConfig
+from bridge.config import NatsConfig
 from bridge.nats.connection import AUTH_HINT, credentials, is_auth_error
 from bridge.nats.options import TlsEnforcingClient, connect_options
 
@@ -110,7 +111,8 @@ def report(
     return out
 
 
-def cmd_nats_status(args: argparse.Namespace, config: Config) -> int:
+def cmd_nats_status(args: argparse.Namespace) -> int:
+    config = daemon_config(args)
     nats_config = config.nats
     if nats_config is None:
         print("openmail-bridge: the config has no nats: section", file=sys.stderr)

@@ -17,44 +17,17 @@ from bridge.cli.config_file import (
     named_config,
 )
 from bridge.cli.exit_codes import refuse
+from bridge.cli.options import TOKEN_ENV
 from bridge.config import STATE, OperatorConfig, read_operator_config
 from bridge.errors import ConfigError
 from bridge.store import Store
 
 SERVICE_STATE_PATH: Final = Path("/var/lib/openmail-bridge/bridge.db")
 """Where the systemd unit and the container image keep the state (``StateDirectory=``)."""
-TOKEN_ENV: Final = "OPENMAIL_BRIDGE_ADMIN_TOKEN"  # noqa: S105 (a variable's name)
-"""The admin token for the commands that talk to the admin server, when ``--token`` is not given
-(it keeps the token out of the process list)."""
 ADMIN_INSTEAD: Final = f"--admin URL (and --token, or ${TOKEN_ENV})"
 """What the commands that talk to the admin server take instead of a config."""
 STATE_INSTEAD: Final = "--state PATH"
 """What the commands that open the state database take instead of a config."""
-
-
-def add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="FILE",
-        help="config file (default: $OPENMAIL_BRIDGE_CONFIG, ./config.yaml, "
-        "/etc/openmail-bridge/config.yaml); only the keys this command uses are read",
-    )
-
-
-def add_admin_options(parser: argparse.ArgumentParser) -> None:
-    """``--admin`` and ``--token``: reach a running bridge without reading the config."""
-    parser.add_argument(
-        "--admin",
-        metavar="URL",
-        help="the admin server, e.g. http://127.0.0.1:9464 (default: the config's admin.listen)",
-    )
-    parser.add_argument(
-        "--token",
-        metavar="TOKEN",
-        help=f"the admin token (default: ${TOKEN_ENV}, else the config's admin.token); "
-        "shows in the process list, prefer the variable",
-    )
 
 
 def operator_config(

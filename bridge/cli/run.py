@@ -15,6 +15,7 @@ from collections.abc import Callable
 import structlog
 
 from bridge import logs
+from bridge.cli.daemon_config import daemon_config
 from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from bridge.config import Config
 from bridge.errors import StoreError
@@ -86,5 +87,6 @@ def run_foreground(config: Config, build: Callable[[Config], Supervisor]) -> int
         return runner.run(_run(config, build))
 
 
-def cmd_run(args: argparse.Namespace, config: Config) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
+    config = daemon_config(args)
     return run_foreground(config, lambda c: Supervisor(c, notifier=Notifier()))

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, refuse
-from bridge.cli.operator_config import ADMIN_INSTEAD, TOKEN_ENV, operator_config, require
+from bridge.cli.operator_config import ADMIN_INSTEAD, operator_config, require
+from bridge.cli.options import TOKEN_ENV
 from bridge.cli.status_text import format_status
 from bridge.config import ADMIN, Listen
 

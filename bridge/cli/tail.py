@@ -25,7 +25,6 @@ from typing import Final, TextIO
 from bridge.activity import FIELDS, Filter, Kind
 from bridge.backoff import full_jitter
 from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
-from bridge.cli.operator_config import add_admin_options, add_config_option
 from bridge.cli.status import Refused, Target, refusal, target, unreachable
 from bridge.printable import printable
 from bridge.stream import KEEPALIVE
@@ -43,35 +42,6 @@ COLORS: Final = {
     Kind.DEAD: "1;31",  # bold red
 }
 _KIND_WIDTH: Final = max(len(kind) for kind in Kind)
-
-
-def add_tail_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``tail`` with the command line's subcommands."""
-    p = sub.add_parser(
-        "tail",
-        help="print events as a running bridge accepts, delivers, retries and dead-letters them",
-        description="Follows the running bridge's admin server (/api/stream) and prints one line "
-        "per thing that happens to an event: accepted, duplicate, delivered, retrying, dead; "
-        "--json prints one object per line with ts, kind, event_id, source, inbox_id, type, "
-        "sink, attempt, error. Filters combine. When the bridge restarts, tail says so and "
-        "reconnects (events in between are not shown: see 'events list' and 'dlq list'). "
-        "Ctrl-C stops it. Exit 1 when no bridge answers, 2 when it wants a token.",
-    )
-    add_config_option(p)
-    p.add_argument("--inbox", metavar="ID", help="only this inbox's events")
-    p.add_argument("--type", metavar="TYPE", help="only this event type, e.g. message.received")
-    p.add_argument(
-        "--source", metavar="SOURCE", help="only events from websocket, webhook, nats or test"
-    )
-    p.add_argument(
-        "--sink",
-        metavar="NAME",
-        help="only this sink's deliveries, retries and dead letters (accepted and duplicate "
-        "lines name no sink, so they are left out)",
-    )
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    add_admin_options(p)
-    p.set_defaults(func=cmd_tail)
 
 
 def cmd_tail(args: argparse.Namespace) -> int:

@@ -19,47 +19,12 @@ from collections.abc import Mapping
 from typing import Final
 
 from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
-from bridge.cli.operator_config import add_admin_options, add_config_option
 from bridge.cli.status import Refused, Target, refusal, target, unreachable
 from bridge.printable import printable
 
-DEFAULT_TIMEOUT: Final = 30.0
 _REQUEST_TIMEOUT: Final = 5.0
 _FIRST_POLL: Final = 0.05
 _MAX_POLL: Final = 0.5
-
-
-def add_trigger_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``trigger`` with the command line's subcommands."""
-    p = sub.add_parser(
-        "trigger",
-        help="send a test event to one sink of a running bridge and wait for its delivery",
-        description="The running bridge spools a test message.received (evt_test_<uuid>) for "
-        "SINK alone, whatever the routes say, and delivers it by that sink's rules (retries, "
-        "dead letter); it is counted under source 'test'. Exit 0 delivered, 1 dead or still "
-        "pending at --timeout, 2 an unknown sink or a usage or config problem.",
-    )
-    add_config_option(p)
-    p.add_argument("--sink", metavar="NAME", required=True, help="the sink to send it to")
-    p.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=_seconds,
-        default=DEFAULT_TIMEOUT,
-        help=f"how long to wait for the delivery (default {DEFAULT_TIMEOUT:g})",
-    )
-    add_admin_options(p)
-    p.set_defaults(func=cmd_trigger)
-
-
-def _seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < seconds <= 86400:
-        raise argparse.ArgumentTypeError("must be more than 0 and at most 86400 seconds")
-    return seconds
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
