@@ -8,21 +8,25 @@ moment it is accepted (the other server keeps its descriptors), and one whose re
 not complete within ``header_timeout`` of its first byte (or of its opening) is cut. The
 middleware of :meth:`GuardedSite.tracking` tells each connection when a request's headers are in,
 so the timer never runs while a handler does (a long response, a stream) or between kept-alive
-requests.
+requests. :class:`ClientErrorLog` turns aiohttp's log of requests it cannot parse into a count
+and a line a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import ssl
-from collections.abc import Awaitable, Callable
-from typing import cast
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
+from bridge.printable import printable
 from bridge.throttle import Throttle
 
 log = structlog.get_logger(__name__)
@@ -48,6 +52,49 @@ class ByteBudget:
 
     def give_back(self, size: int) -> None:
         self.held -= size
+
+
+class ClientErrorLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log (the ``logger`` of its request handler) for a server strangers reach.
+
+    aiohttp logs each request it cannot parse (a negative or doubled ``Content-Length``, a header
+    line too long, bytes after ``Connection: close``) at error level with a traceback and the
+    client's bytes: a line of the client's choosing per attempt, and not counted. Such a request
+    is the client's fault, answered 400 and its connection closed by aiohttp: here it is counted
+    (``on_drop("bad_request")``) and logged as ``{server}.bad_request`` at most once a minute.
+    Anything else aiohttp logs (a handler's bug) goes to its own logger as before, traceback and
+    all.
+    """
+
+    def __init__(self, server: str, on_drop: Callable[[str], None]) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._server = server
+        self._on_drop = on_drop
+        self._throttle = Throttle()
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if not isinstance(error, HttpProcessingError):
+            super().log(level, msg, *args, **kwargs)
+            return
+        self._on_drop("bad_request")
+        if (extra := self._throttle.admit_fields("rejected_since_last_line")) is not None:
+            # aiohttp's level: a first request that is not HTTP at all (TLS to a plain port, a
+            # scanner) it deems the internet's usual noise, and logs at debug.
+            emit = log.warning if level >= logging.WARNING else log.debug
+            emit(
+                f"{self._server}.bad_request",
+                # aiohttp's words, which quote the client's bytes: escaped, and cut short.
+                detail=printable(str(error.message))[:200],
+                peer=_peer(args),
+                **extra,
+            )
+
+
+def _peer(args: tuple[Any, ...]) -> str | None:
+    """The client's address in aiohttp's "Error handling request from %s" arguments."""
+    peer = args[0] if args and not isinstance(args[0], Mapping) else None
+    return peer if isinstance(peer, str) else None
 
 
 class Phase(enum.Enum):

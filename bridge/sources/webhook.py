@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
-from aiohttp import StreamReader, hdrs, web
+from aiohttp import HttpVersion11, StreamReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -31,7 +31,7 @@ from bridge.events import Origin, event_from_object
 from bridge.memory import HeapTrimmer, glibc_trim
 from bridge.metrics import Metrics
 from bridge.sources import Spool
-from bridge.sources.http_guard import ByteBudget, GuardedSite
+from bridge.sources.http_guard import ByteBudget, ClientErrorLog, GuardedSite, Handler
 from bridge.store import AcceptOutcome
 from bridge.throttle import Throttle
 
@@ -90,9 +90,10 @@ class WebhookSource:
         self._spool = spool
         config = self.config
         app = web.Application(
-            client_max_size=config.max_body, middlewares=[GuardedSite.tracking(lambda: self._site)]
+            client_max_size=config.max_body,
+            middlewares=[GuardedSite.tracking(lambda: self._site), _close_after_refusal],
         )
-        app.router.add_route("*", config.path, self._handle)
+        app.router.add_route("*", config.path, self._handle, expect_handler=self._expect)
         # aiohttp's graceful shutdown stops reading requests, so one whose body is still arriving
         # can never finish; waiting its default 60 s would only stall the stop. In-flight commits
         # are answered within ANSWER_WITHIN; a cut request is retried by OpenMail.
@@ -104,6 +105,7 @@ class WebhookSource:
             keepalive_timeout=config.keepalive_timeout,
             lingering_time=LINGER,
             auto_decompress=False,  # nothing is decompressed (see _check_headers)
+            logger=ClientErrorLog("webhook", self._count_rejected),
         )
         await runner.setup()
         listen = config.listen
@@ -114,7 +116,7 @@ class WebhookSource:
             ssl_context=self._ssl_context(),
             limit=config.connection_limit,
             header_timeout=config.header_timeout,
-            on_drop=lambda reason: self.metrics.webhook_rejected.labels(reason).inc(),
+            on_drop=self._count_rejected,
             received=self._heap.received,
             server="webhook",
         )
@@ -147,6 +149,9 @@ class WebhookSource:
         except (OSError, ssl.SSLError) as exc:
             raise OSError(f"openmail.webhook.tls: cannot load certificate/key: {exc}") from None
         return context
+
+    def _count_rejected(self, reason: str) -> None:
+        self.metrics.webhook_rejected.labels(reason).inc()
 
     def begin_stop(self) -> None:
         """Answer 503 from now on, so OpenMail retries what we no longer take."""
@@ -181,18 +186,47 @@ class WebhookSource:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         try:
-            if request.method != "POST":
-                raise Rejected(405, "method", f"method {request.method} not allowed; use POST")
-            if self._stopping or self._spool is None:
+            self._check_request(request)
+            if self._spool is None:
                 raise Rejected(503, "stopping", "the bridge is shutting down")
             return await self._receive(request, self._spool)
         except Rejected as exc:
-            self.metrics.webhook_rejected.labels(exc.reason).inc()
-            self._log_rejected(exc, request)
-            headers = {"Allow": "POST"} if exc.status == 405 else {}
-            if exc.retry_after is not None:
-                headers["Retry-After"] = exc.retry_after
-            return web.json_response({"error": exc.detail}, status=exc.status, headers=headers)
+            return self._refusal(exc, request)
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: the client waits for a go before sending its body, so every
+        check that needs no body runs first; a request that would be refused gets its refusal,
+        not a ``100 Continue`` inviting the bytes it would be refused for."""
+        if request.version != HttpVersion11:
+            return None  # HTTP/1.0 has no interim answers: the body simply follows
+        try:
+            if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+                raise Rejected(417, "expect", "only Expect: 100-continue is understood")
+            self._check_request(request)
+        except Rejected as exc:
+            return self._refusal(exc, request)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper is still to come
+        return None
+
+    def _check_request(self, request: web.Request) -> None:
+        """Everything decidable from the request line and headers; raises Rejected."""
+        if request.method != "POST":
+            raise Rejected(405, "method", f"method {request.method} not allowed; use POST")
+        if self._stopping:
+            raise Rejected(503, "stopping", "the bridge is shutting down")
+        self._check_headers(request)
+
+    def _refusal(self, exc: Rejected, request: web.Request) -> web.Response:
+        """The answer to a refused request, counted and logged; it ends the connection."""
+        self._count_rejected(exc.reason)
+        self._log_rejected(exc, request)
+        headers = {"Allow": "POST"} if exc.status == 405 else {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = exc.retry_after
+        response = web.json_response({"error": exc.detail}, status=exc.status, headers=headers)
+        response.force_close()  # see _close_after_refusal
+        return response
 
     def _log_rejected(self, exc: Rejected, request: web.Request) -> None:
         # Unsigned clients choose how often this runs: one line per reason per minute at most,
@@ -210,8 +244,8 @@ class WebhookSource:
             **extra,
         )
 
-    def _check_headers(self, request: web.Request) -> str:
-        """Everything decidable before the body is read; returns the timestamp text."""
+    def _check_headers(self, request: web.Request) -> None:
+        """Length, encoding, timestamp and signature shape: all before the body is read."""
         length = request.content_length
         if length is not None and length > self.config.max_body:
             raise Rejected(
@@ -243,7 +277,6 @@ class WebhookSource:
             raise Rejected(400, "missing_signature", "missing X-Signature header")
         if not protocol.signature_well_formed(signature):
             raise Rejected(400, "bad_signature", "X-Signature is not 64 hex digits")
-        return request.headers[protocol.TIMESTAMP_HEADER].strip()
 
     async def _read_body(self, request: web.Request) -> bytes | bytearray:
         length = request.content_length
@@ -320,7 +353,7 @@ class WebhookSource:
         )
 
     async def _receive(self, request: web.Request, spool: Spool) -> web.StreamResponse:
-        timestamp = self._check_headers(request)
+        timestamp = request.headers[protocol.TIMESTAMP_HEADER].strip()  # _check_headers saw it
         # Without a Content-Length (chunked) the body may be as large as max_body.
         reserved = request.content_length or self.config.max_body
         if not self._budget.try_take(reserved):
@@ -376,6 +409,23 @@ class WebhookSource:
         self.last_event_at = event.received_at
         duplicate = outcome is not AcceptOutcome.ACCEPTED  # a conflict is answered like one
         return web.json_response({"ok": True, "event_id": event.event_id, "duplicate": duplicate})
+
+
+@web.middleware
+async def _close_after_refusal(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer but a success ends its connection. Kept alive, a connection whose requests are
+    refused would be held by a client with no secret for as long as it sends one within the
+    keep-alive timeout (a forged request every 12 s keeps all of max_connections busy); closed, it
+    must open a new one each time, which the header timeout and the connection cap then bound.
+    OpenMail sends each retry on a fresh connection anyway."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # aiohttp's own answers: another path (404), ...
+        exc.force_close()
+        raise
+    if response.status >= 300:
+        response.force_close()
+    return response
 
 
 async def _read_to_end(stream: StreamReader, limit: int) -> bytearray:
