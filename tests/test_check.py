@@ -280,14 +280,28 @@ def check_with_state(tmp_path: Path, state: dict[str, object]) -> subprocess.Com
     )  # fmt: skip
 
 
-def test_check_says_the_state_database_cannot_live_on_a_pseudo_filesystem(tmp_path: Path) -> None:
+def test_check_refuses_a_state_database_on_a_pseudo_filesystem(tmp_path: Path) -> None:
+    # An error, not a warning: no user could ever create it there, so `run` would only exit 1
+    # again and again under systemd's Restart=.
     result = check_with_state(tmp_path, {"path": "/proc/self/bridge.db", "min_free": 0})
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 2, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "state.path" in line]
-    assert line.endswith(
-        "warning: state.path: /proc/self is on the kernel's proc filesystem, where no file can "
-        "ever be created"
+    assert line == (
+        "  state.path: /proc/self is on the kernel's proc filesystem, where no file can ever be "
+        "created: the state database /proc/self/bridge.db cannot be there"
     ), line
+
+
+def test_check_refuses_a_state_database_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("a file, not a directory\n")
+    result = check_with_state(tmp_path, {"path": str(tmp_path / "notes.txt" / "bridge.db")})
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"  state.path: {tmp_path / 'notes.txt'} is a file, so the directory "
+        f"{tmp_path / 'notes.txt'} can never exist: the state database "
+        f"{tmp_path / 'notes.txt' / 'bridge.db'} cannot be there"
+    ) in result.stderr.splitlines()
+    assert (tmp_path / "notes.txt").read_text() == "a file, not a directory\n"
 
 
 def test_a_directory_below_a_pseudo_filesystem_is_named_with_its_mount(tmp_path: Path) -> None:

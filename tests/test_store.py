@@ -1186,7 +1186,9 @@ asyncio.run(main())
 
 
 async def test_garbage_file_is_moved_aside(db_path: Path) -> None:
-    garbage = b"this is not a database" * 400
+    # SQLite's header, then garbage: a database damaged past reading. (A file without the header
+    # is no database at all, a wrong path, and is left where it is: test_state_path.py.)
+    garbage = b"SQLite format 3\x00" + b"this is not a database" * 400
     make_file(db_path, garbage)
     with capture_logs() as logs:
         store = await Store.open(db_path)

@@ -13,18 +13,21 @@ from bridge.cli.daemon_config import daemon_config
 from bridge.cli.exit_codes import EXIT_OK
 from bridge.config import config_warnings, describe
 from bridge.config.directories import Verdict, check_directory
+from bridge.printable import printable
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = daemon_config(args)
-    print(f"{config_path(args.config)}: configuration is valid", file=sys.stderr)
-    # Valid but unsafe is still valid: warnings are printed, the exit code stays 0.
-    for warning in config_warnings(config):
-        print(f"openmail-bridge: warning: {warning}", file=sys.stderr)
+    print(f"{printable(config_path(args.config))}: configuration is valid", file=sys.stderr)
+    # Valid but unsafe is still valid: warnings are printed, the exit code stays 0. They quote
+    # paths from the file, escaped as its errors are (print_config_error).
+    warnings = [str(warning) for warning in config_warnings(config)]
     if problem := state_directory_problem(config.state.path):
-        print(f"openmail-bridge: warning: state.path: {problem}", file=sys.stderr)
+        warnings.append(f"state.path: {problem}")
     if problem := floor_problem(config.state.path, config.state.min_free):
-        print(f"openmail-bridge: warning: state.min_free: {problem}", file=sys.stderr)
+        warnings.append(f"state.min_free: {problem}")
+    for warning in warnings:
+        print(f"openmail-bridge: warning: {printable(warning)}", file=sys.stderr)
     print(json.dumps(describe(config), indent=2))
     return EXIT_OK
 
@@ -34,7 +37,9 @@ def state_directory_problem(database: Path) -> str | None:
 
     The bridge creates that directory when it starts and cannot start without it, so ``check``,
     run as the service user (``ExecStartPre=``), says so before the start would fail. A warning
-    only: ``check`` may be run by another user than the service's. Nothing is created.
+    only: ``check`` may be run by another user than the service's. Nothing is created. (One
+    that can never exist, under a file or in ``/proc``, the config refuses already:
+    ``bridge.config.files``.)
     """
     directory = database.parent
     verdict, message = check_directory(directory)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Final
 
 from bridge.errors import ConfigError
+from bridge.printable import printable
 
 CONFIG_ENV: Final = "OPENMAIL_BRIDGE_CONFIG"
 DEFAULT_CONFIG_PATHS = ("config.yaml", "/etc/openmail-bridge/config.yaml")
@@ -71,16 +72,20 @@ def find_config(given: str | None) -> Path:
 
 
 def print_config_error(exc: ConfigError, given: str | None) -> None:
-    """Report ``exc`` about the file ``given`` (``-c``) or the defaults pick."""
+    """Report ``exc`` about the file ``given`` (``-c``) or the defaults pick.
+
+    Every line is shown with its control characters escaped: a problem quotes the file (a sink
+    named with an ESC in it), and a file name is anyone's, so neither may drive the terminal.
+    """
     if isinstance(exc, ConfigUnusable):
         print_config_error(exc.cause, given)
-        print(f"openmail-bridge: {exc.instead}", file=sys.stderr)
+        print(f"openmail-bridge: {printable(exc.instead)}", file=sys.stderr)
         return
     if isinstance(exc, NoConfigFound):  # there is no file to name as invalid
-        print(f"openmail-bridge: {exc}", file=sys.stderr)
+        print(f"openmail-bridge: {printable(exc)}", file=sys.stderr)
         return
-    path = config_path(given)
+    path = printable(config_path(given))
     origin = f" (from ${CONFIG_ENV})" if not given and os.environ.get(CONFIG_ENV) else ""
     print(f"openmail-bridge: {path}{origin}: invalid configuration:", file=sys.stderr)
     for problem in exc.problems:
-        print(f"  {problem}", file=sys.stderr)
+        print(f"  {printable(problem)}", file=sys.stderr)

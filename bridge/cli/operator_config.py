@@ -20,6 +20,7 @@ from bridge.cli.exit_codes import refuse
 from bridge.cli.options import TOKEN_ENV
 from bridge.config import STATE, OperatorConfig, read_operator_config
 from bridge.errors import ConfigError
+from bridge.state_files import foreign_file
 from bridge.store import Store
 
 SERVICE_STATE_PATH: Final = Path("/var/lib/openmail-bridge/bridge.db")
@@ -86,15 +87,19 @@ def state_path(args: argparse.Namespace, config: OperatorConfig | None) -> Path:
     return config.state_path
 
 
+def _origin(args: argparse.Namespace, config: OperatorConfig | None) -> str:
+    """Where the state path came from, for an error about it."""
+    if args.state is not None:
+        return "--state"
+    if config is not None and config.source is not None:
+        return f"state.path of {config.source}, or its default"
+    return "the config"
+
+
 def missing_state(path: Path, args: argparse.Namespace, config: OperatorConfig | None) -> int:
     """Refuse (exit 2) a state database that is not there, saying where the path came from:
     opening it would create an empty one and find nothing in it."""
-    if args.state is not None:
-        origin = "--state"
-    elif config is not None and config.source is not None:
-        origin = f"state.path of {config.source}, or its default"
-    else:
-        origin = "the config"
+    origin = _origin(args, config)
     usual = ""
     if path.absolute() != SERVICE_STATE_PATH:
         usual = (
@@ -106,10 +111,15 @@ def missing_state(path: Path, args: argparse.Namespace, config: OperatorConfig |
 
 async def open_state(args: argparse.Namespace, config: OperatorConfig | None) -> Store | None:
     """The state database, opened shared beside a running bridge; None (the refusal printed)
-    when it is not there: opening would create an empty one and find nothing in it."""
+    when it is not there (opening would create an empty one and find nothing in it) or is some
+    other file."""
     path = state_path(args, config)
     if not path.is_file():
         missing_state(path, args, config)
+        return None
+    if (problem := foreign_file(path)) is not None:
+        # A wrong path, not a damaged database: the daemon would refuse it too, never move it.
+        refuse(f"{problem} (the path is from {_origin(args, config)})")
         return None
     return await Store.open(path, exclusive=False)
 

@@ -5,9 +5,9 @@ declared once, as a frozen dataclass (``schema``), and validated by its annotati
 ``Duration``, ``ByteSize``, ``Secret``, ``FilePath``, ``HttpUrl``, ``WsUrl``, ``Listen``,
 ``Literal`` choices, tuples, maps, nested sections) by one walker (``walker``) that reports
 every problem at once as ``key.path: message``; ``loader`` adds the rules that span
-sections (``directories`` judges a file sink's directory); ``lenient`` reads only the keys the
-operator commands need. ``presentation`` shows a loaded config with its secrets masked and lists
-its warnings.
+sections (``directories`` judges a file sink's directory, ``files`` the state database's path
+and the files the sinks write); ``lenient`` reads only the keys the operator commands need.
+``presentation`` shows a loaded config with its secrets masked and lists its warnings.
 
 Sink types bring their own option dataclasses: the caller passes the registry
 (``load_config(path, sink_types=bridge.sinks.SINK_TYPES)``), so this package never imports the

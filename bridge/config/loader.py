@@ -18,6 +18,7 @@ from typing import Final
 
 from bridge.attachments.settings import AttachmentsConfig
 from bridge.config.directories import Verdict, check_directory, fixed_directory
+from bridge.config.files import check_sink_files, check_state_path
 from bridge.config.nats import NatsConfig, NatsPublishing, load_nats, publish_problems
 from bridge.config.schema import (
     Config,
@@ -25,6 +26,7 @@ from bridge.config.schema import (
     RouteConfig,
     SinkConfig,
     SinkOptionsSource,
+    StateConfig,
     WebhookConfig,
 )
 from bridge.config.values import Secret
@@ -176,9 +178,16 @@ def build_config(
             # The NATS connection compares it with the server's limit, known once connected.
             extra["nats"] = dataclasses.replace(nats, webhook_max_body=openmail.webhook.max_body)
 
-    raw_state = raw.get("state")
+    raw_state = raw.pop("state", None)
     if raw_state is None or (isinstance(raw_state, dict) and "path" not in raw_state):
-        raw["state"] = {**(raw_state or {}), "path": str(default_state_path(env, base_dir))}
+        raw_state = {**(raw_state or {}), "path": str(default_state_path(env, base_dir))}
+    # Walked here, in the order Config's fields take, so that the files the sinks write are
+    # compared with the state database's whatever else is wrong.
+    state = walker.section("state", raw_state, StateConfig)
+    if isinstance(state, StateConfig):
+        extra["state"] = state
+        check_state_path(walker, state.path)
+    check_sink_files(walker, sinks, state.path if isinstance(state, StateConfig) else None)
 
     config = walker.section("", raw, Config, extra=extra)
     if isinstance(config, Config) and isinstance(openmail, OpenMailConfig):

@@ -1,4 +1,5 @@
-"""The config file read as YAML: the tree, the keys given more than once, and syntax errors.
+"""The config file read as YAML: the tree, the keys given more than once, and syntax errors, after
+the file itself (a regular file, UTF-8 text: anything else is a ``ConfigError`` naming it).
 
 YAML lets a mapping repeat a key and keeps the last value, so a second ``sinks.agent`` would
 silently replace the first, HTTP sink and all. Every repeat is found here with its lines and
@@ -10,6 +11,7 @@ in is what they are for.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -92,10 +94,7 @@ def read_yaml(path: str | os.PathLike[str] | None, text: str | None = None) -> Y
         if path is None:
             raise ConfigError(["<config>: no config file given"])
         file = Path(path)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"{file}: cannot read config file: {exc.strerror or exc}"]) from None
+        text = read_config_text(file)
         source: Path | None = file.resolve()
         base_dir = file.resolve().parent
     else:
@@ -111,6 +110,63 @@ def read_yaml(path: str | os.PathLike[str] | None, text: str | None = None) -> Y
     except (ValueError, RecursionError) as exc:  # e.g. an integer too long to convert
         raise ConfigError([f"<yaml>: cannot read the YAML: {str(exc)[:200]}"]) from None
     return YamlFile(raw, base_dir, source, repeats)
+
+
+def read_config_text(file: Path) -> str:
+    """The text of the config file ``file``.
+
+    Raises:
+        ConfigError: naming the file: it cannot be opened or read, it is not a regular file, or
+            it is not UTF-8 (with where the first bytes that are not are).
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO no one writes to would wait for a writer, for ever, and a
+        # reload (SIGHUP) reads the file on the event loop. A regular file ignores the flag.
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read config file: {exc.strerror or exc}"]) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        # Only a regular file: a pipe or device reads differently each time (a reload would
+        # read another config, or none), and relative paths resolve against its directory.
+        if not stat.S_ISREG(mode):
+            raise ConfigError(
+                [f"{file}: cannot read config file: it is {_file_kind(mode)}, not a regular file"]
+            )
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read()
+    except OSError as exc:  # EIO, or a file that went away over NFS
+        raise ConfigError([f"{file}: cannot read config file: {exc.strerror or exc}"]) from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{file}: {_not_utf8(data, exc)}"]) from None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where the first bytes that are not UTF-8 are: line and column (in characters, from 1)
+    and the byte offset. Never the bytes themselves: they may be part of a secret."""
+    start = data.rfind(b"\n", 0, exc.start) + 1
+    line = data.count(b"\n", 0, exc.start) + 1
+    # Everything before exc.start decoded: the line's start is whole characters.
+    column = len(data[start : exc.start].decode("utf-8")) + 1
+    return (
+        f"not UTF-8 text at line {line}, column {column} (byte offset {exc.start}): save the "
+        "file as UTF-8"
+    )
 
 
 def _parse(text: str) -> tuple[object, tuple[Repeat, ...]]:

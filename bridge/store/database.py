@@ -1,6 +1,7 @@
 """The state database file and its connections: creating the directory, the ``<db>.lock`` that
 makes one process the owner, the pragmas, migrating forward, moving aside a file SQLite reports as
-corrupt (never one that merely cannot be opened), and transaction control.
+corrupt (never one that merely cannot be opened, nor one that is no SQLite file at all: that is a
+wrong path, refused), and transaction control.
 
 Plain blocking functions, called on the store's threads (no asyncio here).
 """
@@ -19,6 +20,7 @@ from typing import Final
 import structlog
 
 from bridge.errors import StoreError, StoreLockedError, StoreVersionError
+from bridge.state_files import LOCK, MOVED_ASIDE, SHM, WAL, foreign_file
 from bridge.store import queries
 from bridge.store.schema import MIGRATIONS, Migration
 
@@ -29,8 +31,6 @@ BUSY_TIMEOUT: Final = 5.0
 share the file) before it fails with SQLITE_BUSY."""
 
 _FILE_MODE: Final = 0o600
-_MOVED_ASIDE: Final = ".corrupt-"
-"""Between a database's name and the time it was moved aside, in the name it is moved to."""
 
 
 class _Corrupt(Exception):
@@ -53,7 +53,7 @@ def acquire_lock(path: Path) -> int:
 
     flock, not a pid file check: the kernel drops the lock when the holder dies, however it dies.
     """
-    lock_path = path.with_name(path.name + ".lock")
+    lock_path = path.with_name(path.name + LOCK)
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -201,13 +201,13 @@ def _open_checked(
 def move_aside(path: Path) -> Path:
     """Rename the database and its -wal/-shm to ``<name>.corrupt-<UTC time>``; return that."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}{_MOVED_ASIDE}{stamp}")
+    target = path.with_name(f"{path.name}{MOVED_ASIDE}{stamp}")
     n = 1
     while target.exists():
         n += 1
-        target = path.with_name(f"{path.name}{_MOVED_ASIDE}{stamp}-{n}")
+        target = path.with_name(f"{path.name}{MOVED_ASIDE}{stamp}-{n}")
     # The WAL goes first: a stale WAL left beside a fresh database would be replayed into it.
-    for suffix in ("-wal", "-shm", ""):
+    for suffix in (WAL, SHM, ""):
         with contextlib.suppress(FileNotFoundError):
             Path(f"{path}{suffix}").rename(f"{target}{suffix}")
     return target
@@ -220,8 +220,8 @@ def moved_aside(path: Path) -> list[Path]:
         names = os.listdir(path.parent)
     except OSError:
         return []
-    prefix = path.name + _MOVED_ASIDE
-    found = (n for n in names if n.startswith(prefix) and not n.endswith(("-wal", "-shm")))
+    prefix = path.name + MOVED_ASIDE
+    found = (n for n in names if n.startswith(prefix) and not n.endswith((WAL, SHM)))
     return sorted(path.with_name(n) for n in found)
 
 
@@ -232,13 +232,21 @@ def open_database(
 
     Raises:
         StoreVersionError: the database is newer than this code.
-        StoreError: it cannot be opened (permissions, locks, I/O), or it is corrupt and
-            ``recover`` is false. Nothing is moved or reset in either case.
+        StoreError: it cannot be opened (permissions, locks, I/O), it is corrupt and
+            ``recover`` is false, or it is no SQLite file at all (``foreign_file``). Nothing is
+            moved or reset in any of these cases.
     """
     try:
         try:
             return _open_checked(path, quick_check=recover, migrations=migrations)
         except _Corrupt as exc:
+            # SQLite says "not a database" of any file at all: one that does not even begin
+            # with its header is a wrong state.path (the config file, say), not a database
+            # that was damaged. It is refused, never moved: the name is the operator's file's.
+            if (problem := foreign_file(path)) is not None:
+                raise StoreError(
+                    f"cannot open state database: {problem}; it was left as it is"
+                ) from None
             if not recover:
                 raise StoreError(
                     f"state database {path} is corrupt ({exc}); the daemon moves it aside "

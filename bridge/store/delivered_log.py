@@ -36,6 +36,8 @@ from typing import Final
 
 import structlog
 
+from bridge.state_files import DELIVERED_LOG
+
 log = structlog.get_logger(__name__)
 
 _FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
@@ -46,10 +48,8 @@ ROTATE_BYTES: Final = 1 << 20
 
 def log_paths(database: Path) -> tuple[Path, Path]:
     """The two files of the delivered log of the state database at ``database``."""
-    return (
-        database.with_name(database.name + ".delivered-0"),
-        database.with_name(database.name + ".delivered-1"),
-    )
+    first, second = (database.with_name(database.name + suffix) for suffix in DELIVERED_LOG)
+    return first, second
 
 
 def _header(token: str) -> bytes:
