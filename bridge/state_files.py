@@ -41,25 +41,52 @@ delivered log."""
 def foreign_file(path: Path) -> str | None:
     """Why the file at ``path`` cannot be a state database, or None when it may be one: it is
     missing (the store creates it), empty (SQLite makes one of it), begins with the SQLite
-    header, or cannot be looked at (the store says why when it opens it)."""
+    header, is open in this process already, or cannot be looked at (the store says why when it
+    opens it)."""
     try:
-        # O_NONBLOCK: a FIFO would wait for a writer before it opens.
+        info = os.stat(path)  # no descriptor: see open_here
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        return f"{path} is {kind}, not a state database file"
+    if open_here(info):
+        return None  # this process's own database (a reload, a command beside a bridge)
+    try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        mode = os.fstat(fd).st_mode
-        head = os.pread(fd, len(SQLITE_HEADER), 0) if stat.S_ISREG(mode) else None
+        head = os.pread(fd, len(SQLITE_HEADER), 0)
     except OSError:
         return None
     finally:
         os.close(fd)
-    if head is None:
-        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-        return f"{path} is {kind}, not a state database file"
     if not head or head == SQLITE_HEADER:
         return None
     return (
         f"{path} is not a state database: it does not begin with the SQLite header, so it is "
         "some other file"
     )
+
+
+def open_here(info: os.stat_result) -> bool:
+    """Whether this process holds a descriptor of the file ``info`` describes (true when that
+    cannot be told).
+
+    Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+    included (https://sqlite.org/howtocorrupt.html, 2.2): a database this process has open must
+    never be opened and closed beside SQLite, or a reload would leave the running store's
+    connections unlocked."""
+    try:
+        descriptors = os.listdir("/dev/fd")
+    except OSError:
+        return True
+    for name in descriptors:
+        try:
+            held = os.fstat(int(name))
+        except (OSError, ValueError):
+            continue  # the listing's own descriptor, closed by now
+        if (held.st_dev, held.st_ino) == (info.st_dev, info.st_ino):
+            return True
+    return False

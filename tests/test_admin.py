@@ -479,7 +479,9 @@ async def test_metrics_names_and_values_move_with_events(
 
 def _write_garbage(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"this is not a database" * 400)
+    # SQLite's header, then garbage: a damaged database (a file without the header is a wrong
+    # path, refused and never moved aside).
+    path.write_bytes(b"SQLite format 3\x00" + b"this is not a database" * 400)
 
 
 async def test_a_corrupt_database_moved_aside_is_a_gauge_until_it_is_removed(

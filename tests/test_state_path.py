@@ -20,7 +20,7 @@ from bridge.config import load_config
 from bridge.errors import StoreError
 from bridge.sinks import SINK_TYPES
 from bridge.state_files import COMPANIONS as STATE_COMPANIONS
-from bridge.state_files import MOVED_ASIDE, SQLITE_HEADER
+from bridge.state_files import MOVED_ASIDE, SQLITE_HEADER, foreign_file, open_here
 from bridge.store import Store
 from bridge.store.delivered_log import DeliveredLog
 from tests.conftest import bridge_config_dict, running_bridge, write_config
@@ -260,9 +260,35 @@ async def test_the_list_names_every_file_the_store_keeps_beside_the_database(
     assert {"-wal", ".lock", ".delivered-0"} <= set(kept)
 
 
-async def test_a_running_bridge_reloads_its_own_state_path(tmp_path: Path) -> None:
-    # The state database the bridge has open passes its own check: a reload is not rejected.
+def own_locks(path: Path) -> list[str]:
+    """The POSIX locks this process holds on ``path``, as the kernel lists them."""
+    inode, pid = os.stat(path).st_ino, os.getpid()
+    with open("/proc/locks") as locks:
+        return [line for line in locks if f":{inode} " in line and f" {pid} " in line]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="the kernel lists no locks here")
+async def test_a_running_bridge_reloads_without_touching_its_own_database(tmp_path: Path) -> None:
+    # A reload checks state.path again. Opening and closing the database the bridge has open
+    # would drop every POSIX lock this process holds on it, SQLite's included (the shared lock
+    # that tells another process the database is in use): the check must leave it alone.
     path = write_config(tmp_path / "config.yaml", bridge_config_dict(tmp_path))
     async with running_bridge(load_config(path, sink_types=SINK_TYPES)) as sv:
-        assert sv.config.state.path.read_bytes().startswith(SQLITE_HEADER)
+        database = sv.config.state.path
+        held = own_locks(database)
+        assert held  # SQLite's, in WAL mode, while the store is open
         assert await sv.reload() is True
+        assert own_locks(database) == held
+
+
+def test_a_file_this_process_has_open_is_not_opened_again(tmp_path: Path) -> None:
+    database = tmp_path / "bridge.db"
+    database.write_bytes(b"not a database, but held open here")
+    fd = os.open(database, os.O_RDONLY)
+    try:
+        assert open_here(os.stat(database))
+        assert foreign_file(database) is None  # not looked at: it may be this process's store
+    finally:
+        os.close(fd)
+    assert not open_here(os.stat(database))
+    assert NOT_A_DATABASE in (foreign_file(database) or "")
