@@ -19,13 +19,17 @@ import operator
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final, TypedDict
+from typing import TYPE_CHECKING, Final, TypedDict
 
 import structlog
 
 from bridge import logs
-from bridge.events import Event
-from bridge.store import Delivery
+from bridge.events import Event, Origin
+
+if TYPE_CHECKING:
+    # For annotations only: the command line's parser reads SOURCES from here, and must not
+    # open the store's modules for every command it parses.
+    from bridge.store import Delivery
 
 log = structlog.get_logger("bridge.activity")
 
@@ -110,6 +114,9 @@ class Lost:
 
 FILTERS: Final = {"inbox": "inbox_id", "type": "type", "source": "source", "sink": "sink"}
 """Filter names (the stream's query parameters, ``tail``'s options) and the field each matches."""
+SOURCES: Final = (*(str(origin) for origin in Origin), "nats", "test")
+"""Every ``source`` a record can name: OpenMail's transports, then the bridge's own (an event taken
+from NATS, ``bridge.sources.nats.VIA``; a test event, ``bridge.trigger.VIA``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -36,14 +36,16 @@ from bridge.activity import ActivityFeed
 from bridge.config import AdminConfig
 from bridge.console import auth, guard
 from bridge.console.auth import CREDENTIAL, Credential
+from bridge.console.logins import FailedLogins
 from bridge.console.peer import is_own, peer_uid
 from bridge.console.routes import Console
 from bridge.console.sessions import Sessions
 from bridge.console.view import ConsoleView
 from bridge.errors import StoreError
 from bridge.health import Readiness
-from bridge.sources.http_guard import GuardedSite
+from bridge.sources.http_guard import ClientErrorLog, GuardedSite
 from bridge.stream import activity_stream, throughput
+from bridge.throttle import Throttle
 from bridge.trigger import Refusal, Refused, Trigger
 
 log = structlog.get_logger("bridge.admin")
@@ -102,15 +104,24 @@ class AdminServer:
     Args:
         config: the ``admin`` section: where to listen, and the bearer token of private paths.
         view: the bridge it reports on.
+        clock: monotonic seconds, for sessions and wrong-token counts; tests pass one they move.
     """
 
-    def __init__(self, config: AdminConfig, view: AdminView) -> None:
+    def __init__(
+        self,
+        config: AdminConfig,
+        view: AdminView,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.view = view
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.sessions = Sessions()
-        self.console = Console(config, view, self.sessions)
+        self.sessions = Sessions(clock=clock)
+        self.logins = FailedLogins(clock=clock)
+        self._refused_log = Throttle(clock=clock)
+        self.console = Console(config, view, self.sessions, self.logins)
         self._hosts = guard.HostRule(config.listen, config.listen.port, config.allowed_hosts)
 
     async def start(self) -> None:
@@ -124,7 +135,9 @@ class AdminServer:
         app.router.add_post("/trigger", self._trigger)
         app.router.add_get("/trigger/{event_id}", self._trigger_outcome)
         self.console.add_routes(app)
-        app.router.add_get("/api/stream", activity_stream(self.view.activity))
+        # The config read at each request: a reload adds and removes sinks.
+        stream = activity_stream(self.view.activity, sinks=lambda: self.view.config.sinks)
+        app.router.add_get("/api/stream", stream)
         app.router.add_get("/api/throughput", throughput(self.view.activity))
         # The webhook listener's bounds, smaller: a client that opens sockets and sends nothing
         # must not take the process's descriptors (the webhook and the health probes need them).
@@ -134,6 +147,8 @@ class AdminServer:
             handle_signals=False,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
             lingering_time=LINGER_TIME,
+            # A request the HTTP parser cannot read: a line a minute (admin.bad_request).
+            logger=ClientErrorLog("admin", on_drop=lambda reason: None),
         )
         await runner.setup()
         listen = self.config.listen
@@ -200,7 +215,12 @@ class AdminServer:
                 "set admin.token (send it as 'Authorization: Bearer <token>', or log in to the "
                 "console), or run the command as the bridge's user or root",
             )
+        if token is not None and (refused := self._too_many_wrong_tokens(request)) is not None:
+            return refused
         credential = auth.credential_of(request, token, self.sessions)
+        wrong_bearer = credential is not Credential.BEARER and auth.bearer_of(request) is not None
+        if token is not None and wrong_bearer:
+            self.logins.failed(request.remote)
         request[CREDENTIAL] = credential
         if request.method not in SAFE_METHODS:
             refusal = guard.state_change_refusal(
@@ -228,6 +248,22 @@ class AdminServer:
                 response.force_close()  # then the rest is read for LINGER_TIME at most
                 return response
         return await handler(request)
+
+    def _too_many_wrong_tokens(self, request: web.Request) -> web.Response | None:
+        """429 for a request presenting a token (a bearer, a login) from an address that sent
+        too many wrong ones: refused before the comparison, so that guessing goes no faster
+        than :mod:`bridge.console.logins` allows. None when it may be compared."""
+        presents = auth.bearer_of(request) is not None or request.path == auth.LOGIN_PATH
+        wait = self.logins.retry_after(request.remote) if presents else None
+        if wait is None:
+            return None
+        if (extra := self._refused_log.admit_fields("refused_since_last_line")) is not None:
+            log.warning("admin.wrong_tokens_refused", remote=request.remote, **extra)
+        return web.json_response(
+            {"error": f"too many wrong admin tokens from this address; try again in {wait}s"},
+            status=429,
+            headers={"Retry-After": str(wait)},
+        )
 
     async def _healthz(self, _: web.Request) -> web.Response:
         # Answering at all proves the event loop turns.

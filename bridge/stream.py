@@ -6,20 +6,22 @@ The stream sends ``event: activity`` with a record as JSON per thing that happen
 ``event: lost`` with ``{"count": N}`` when the reader fell too far behind and N records were
 dropped, and a ``: keepalive`` comment after ``KEEPALIVE`` seconds without either, so proxies keep
 the connection and a reader can tell a quiet bridge from a gone one. Query parameters ``inbox``,
-``type``, ``source`` and ``sink`` keep only the records whose field equals the value.
+``type``, ``source`` and ``sink`` keep only the records whose field equals the value; a source
+the feed never names, or a sink the bridge does not run, is answered 400 with the known ones
+(such a stream would stay silent for good, which a reader cannot tell from a quiet bridge).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Final
 
 import orjson
 from aiohttp import web
 
-from bridge.activity import Activity, ActivityFeed, Filter, Lost, Subscription
+from bridge.activity import SOURCES, Activity, ActivityFeed, Filter, Lost, Subscription
 
 KEEPALIVE: Final = 15.0
 """Seconds of silence after which the stream sends a comment."""
@@ -46,21 +48,43 @@ def encode(item: Activity | Lost) -> bytes:
     return b"event: activity\ndata: " + orjson.dumps(item.as_dict()) + b"\n\n"
 
 
+def unknown_filter(
+    query: Mapping[str, str], sinks: Collection[str] | None
+) -> dict[str, object] | None:
+    """The 400 answer's body for a ``source``, or a ``sink`` (unless ``sinks`` is None), that no
+    record can name; else None."""
+    source, sink = query.get("source"), query.get("sink")
+    if source and source not in SOURCES:
+        known = list(SOURCES)
+        error = f"unknown source {source!r} (sources: {', '.join(known)})"
+        return {"error": error, "sources": known}
+    if sink and sinks is not None and sink not in sinks:
+        names = sorted(sinks)
+        shown = ", ".join(names) or "none"
+        return {"error": f"unknown sink {sink!r} (sinks: {shown})", "sinks": names}
+    return None
+
+
 def activity_stream(
     feed: ActivityFeed,
     *,
+    sinks: Callable[[], Collection[str]] | None = None,
     keepalive: float = KEEPALIVE,
     max_streams: int = MAX_STREAMS,
     write_timeout: float = WRITE_TIMEOUT,
 ) -> Handler:
-    """The ``GET /api/stream`` handler for ``feed``. The stream ends when the feed closes (the
-    bridge is stopping) or the reader goes away."""
+    """The ``GET /api/stream`` handler for ``feed``; ``sinks`` names the sinks the bridge runs
+    now (a reload changes them), None to take any sink filter. The stream ends when the feed
+    closes (the bridge is stopping) or the reader goes away."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        query = dict(request.query)
         try:
-            wanted = Filter.of(dict(request.query))
+            wanted = Filter.of(query)
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if (unknown := unknown_filter(query, None if sinks is None else sinks())) is not None:
+            return web.json_response(unknown, status=400)
         if feed.subscribers >= max_streams:
             return web.json_response(
                 {"error": f"too many live streams open (at most {max_streams}); try again later"},

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -859,6 +860,24 @@ async def test_idle_sockets_cannot_take_the_admin_servers_descriptors(
         for _, writer in [*idle, (extra_reader, extra_writer)]:
             writer.close()
         assert (await admin.get("/healthz"))[0] == 200
+
+
+async def test_a_request_the_parser_cannot_read_is_logged_once_a_minute_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_bridge(make_config(tmp_path)) as sv:
+        assert sv.admin is not None
+        with capture_logs() as logs, caplog.at_level(logging.DEBUG):
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", sv.admin.port)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n")
+                async with asyncio.timeout(5):
+                    assert (await reader.readline()).split()[1] == b"400"
+                    while await reader.read(4096):  # aiohttp closes the connection
+                        pass
+                writer.close()
+        assert len([e for e in logs if e["event"] == "admin.bad_request"]) == 1
+        assert not [r for r in caplog.records if r.name.startswith("aiohttp")]
 
 
 async def test_a_trickled_body_cannot_hold_the_admin_servers_connections(

@@ -24,12 +24,13 @@ class Credential(enum.StrEnum):
 CREDENTIAL: Final = web.RequestKey("credential", Credential)
 """How the admin server's guard found the request authorized."""
 
-OPEN_PATHS: Final = frozenset({"/", "/login", "/logout"})
+LOGIN_PATH: Final = "/login"
+OPEN_PATHS: Final = frozenset({"/", LOGIN_PATH, "/logout"})
 """Console paths that answer without a credential: the login form (``/`` shows the console
 only with one), logging in and out."""
 STATIC_PREFIX: Final = "/static/"
 API_PREFIX: Final = "/api/"
-BROWSER_PATHS: Final = frozenset({"/login", "/logout"})
+BROWSER_PATHS: Final = frozenset({LOGIN_PATH, "/logout"})
 """Posted only by the console's script: always from a browser, so always with an Origin."""
 
 

@@ -18,7 +18,14 @@ from aiohttp import web
 from bridge import logs
 from bridge.config import AdminConfig
 from bridge.console import page, view
-from bridge.console.auth import CREDENTIAL, STATIC_PREFIX, Credential, token_matches
+from bridge.console.auth import (
+    CREDENTIAL,
+    LOGIN_PATH,
+    STATIC_PREFIX,
+    Credential,
+    token_matches,
+)
+from bridge.console.logins import FailedLogins
 from bridge.console.sessions import COOKIE, LIFETIME, Sessions
 from bridge.console.view import ConsoleView
 from bridge.errors import StoreError
@@ -92,19 +99,24 @@ class Console:
         config: the ``admin`` section (the token, ``show_content``).
         view: the running bridge.
         sessions: the live console sessions, shared with the admin server's guard.
+        logins: wrong tokens per address, shared with the guard, which refuses an address
+            that sent too many before a login's token is compared.
     """
 
-    def __init__(self, config: AdminConfig, view: ConsoleView, sessions: Sessions) -> None:
+    def __init__(
+        self, config: AdminConfig, view: ConsoleView, sessions: Sessions, logins: FailedLogins
+    ) -> None:
         self.config = config
         self.view = view
         self.sessions = sessions
+        self.logins = logins
         self._static = _static_files()
         self._failed_logins = Throttle()
 
     def add_routes(self, app: web.Application) -> None:
         router = app.router
         router.add_get("/", _unavailable(self._index))
-        router.add_post("/login", self._login)
+        router.add_post(LOGIN_PATH, self._login)
         router.add_post("/logout", self._logout)
         router.add_get(STATIC_PREFIX + "{name}", self._file)
         router.add_get("/api/overview", _unavailable(self._overview))
@@ -157,10 +169,12 @@ class Console:
             return _json({"error": "this bridge has no admin.token: nothing to log in to"}, 404)
         given = (await _body(request)).get("token")
         if not isinstance(given, str) or not token_matches(given, token):
+            self.logins.failed(request.remote)
             # A guesser must not flood the journal: one line a minute, with the count.
             if (suppressed := self._failed_logins.admit()) is not None:
                 log.warning("console.login_failed", remote=request.remote, suppressed=suppressed)
             return _json({"error": "wrong token"}, status=401)
+        self.logins.succeeded(request.remote)
         response = _json({"ok": True})
         response.set_cookie(
             COOKIE,
