@@ -14,7 +14,7 @@ from typing import Final
 from bridge import protocol
 from bridge.errors import EventError
 from bridge.events import Event, event_from_object
-from bridge.store.recent import DeadRow, RecentEvent
+from bridge.store.recent import DeadRow, Outcome, RecentEvent, SinkOutcome
 
 CONTENT_CHARS: Final = 300
 """Longest sender or subject shown; the rest is cut."""
@@ -56,7 +56,22 @@ def _parsed(event: RecentEvent) -> tuple[Event, Mapping[str, object]] | None:
     return (parsed, data) if isinstance(data, Mapping) else None
 
 
-def event_json(event: RecentEvent, routes: Routes, *, show_content: bool) -> dict[str, object]:
+Attempts = Mapping[tuple[str, str], int]
+"""The attempt that delivered an (event id, sink), as the activity feed recorded it."""
+
+
+def _attempts(event: RecentEvent, outcome: SinkOutcome, delivered: Attempts) -> int | None:
+    """The attempts made: for a delivered row, the one that delivered it (the feed's number,
+    as ``tail`` shows it), None when the feed no longer holds it: the spool keeps no count for
+    delivered rows, and 0 would say it was never tried."""
+    if outcome.outcome is Outcome.DELIVERED:
+        return delivered.get((event.event_id, outcome.sink))
+    return outcome.attempts
+
+
+def event_json(
+    event: RecentEvent, routes: Routes, *, show_content: bool, delivered: Attempts
+) -> dict[str, object]:
     """One recent event: ids, source, routes matched (None when its payload was too large to
     read here), the outcome at each sink, and with ``show_content`` its sender and subject."""
     parsed = _parsed(event)
@@ -73,7 +88,7 @@ def event_json(event: RecentEvent, routes: Routes, *, show_content: bool) -> dic
             {
                 "sink": o.sink,
                 "outcome": o.outcome.value,
-                "attempts": o.attempts,
+                "attempts": _attempts(event, o, delivered),
                 "error": o.error,
                 "dead_at": o.dead_at,
             }

@@ -6,14 +6,14 @@ events and dead letters from the store, and the dead-letter actions of ``openmai
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
 from prometheus_client import Counter
 
 from bridge import __version__
-from bridge.activity import ActivityFeed
+from bridge.activity import RECENT, Activity, ActivityFeed, Kind
 from bridge.config import Config
 from bridge.console import events, overview
 from bridge.dispatcher import Dispatcher
@@ -99,11 +99,22 @@ def _routes(view: ConsoleView) -> events.Routes:
     return lambda event: [route.name for route in router.matching(event)]
 
 
+def delivered_attempts(records: Iterable[Activity]) -> events.Attempts:
+    """The attempt that delivered each (event id, sink) among ``records``, oldest first, so
+    that a later delivery of the same event (a replay) wins."""
+    return {
+        (a.event_id, a.sink): a.attempt
+        for a in records
+        if a.kind is Kind.DELIVERED and a.sink is not None and a.attempt is not None
+    }
+
+
 async def read_events(view: ConsoleView, *, limit: int) -> list[dict[str, object]]:
     """``/api/events``: the newest events, held or delivered."""
     routes, show = _routes(view), view.config.admin.show_content
     rows = await recent_events(view.store, limit=limit)
-    return [events.event_json(row, routes, show_content=show) for row in rows]
+    delivered = delivered_attempts(view.activity.recent(RECENT))
+    return [events.event_json(row, routes, show_content=show, delivered=delivered) for row in rows]
 
 
 async def read_event(view: ConsoleView, event_id: str) -> dict[str, object] | None:
@@ -113,9 +124,15 @@ async def read_event(view: ConsoleView, event_id: str) -> dict[str, object] | No
     versions = await event_versions(view.store, event_id)
     if not versions:
         return None
-    shown = [events.event_json(row, routes, show_content=show) for row in versions]
-    attempts = [a.as_dict() for a in view.activity.recent(1000) if a.event_id == event_id]
-    return {**shown[0], "earlier": shown[1:], "activity": attempts}
+    records = [a for a in view.activity.recent(RECENT) if a.event_id == event_id]
+    # The feed's records name the event, not which copy: they count for the newest one only.
+    newest = events.event_json(
+        versions[0], routes, show_content=show, delivered=delivered_attempts(records)
+    )
+    earlier = [
+        events.event_json(row, routes, show_content=show, delivered={}) for row in versions[1:]
+    ]
+    return {**newest, "earlier": earlier, "activity": [a.as_dict() for a in records]}
 
 
 async def read_dead(view: ConsoleView, *, limit: int) -> list[dict[str, object]]:
