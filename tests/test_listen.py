@@ -27,17 +27,20 @@ from aiohttp import web
 from bridge.cli.listen_plan import (
     SINK,
     Outcome,
+    Rejection,
     attempt_line,
     config_tree,
     env_reference,
     explain,
     literal,
+    rejection_message,
     state_dir,
 )
 from bridge.config import Secret, build_config
 from bridge.errors import ConfigError
 from bridge.simulator import DEMO_API_KEY, Simulator
 from bridge.sinks import SINK_TYPES
+from bridge.sources.ws_session import DisconnectKind
 from tests.conftest import wait_until
 
 HANDLER_SECRET = "listen-handler-secret-0003"
@@ -295,6 +298,68 @@ def test_invalid_options_are_named_as_the_user_gave_them(launcher: Launcher) -> 
     assert status == 2
     assert "--forward-to: not an http(s) URL" in err
     assert "--url: not a ws(s) URL" in err
+
+
+# --- OpenMail refuses the key or an inbox -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("auth_failure", "how"), [("close", "close 4001"), ("http", "upgrade refused with HTTP 401")]
+)
+async def test_a_rejected_key_ends_listen_with_exit_1_naming_the_variable(
+    launcher: Launcher, auth_failure: str, how: str
+) -> None:
+    # The daemon retries at the backoff cap for a reload to mend the key; at a terminal nothing
+    # will, and the daemon's hint ("check openmail.api_key") names a key listen has not got.
+    sim = Simulator(auth_failure=auth_failure)  # type: ignore[arg-type]
+    await sim.start()
+    try:
+        env = launcher.env(OPENMAIL_API_KEY="om_rejected_key_4711")
+        listen = launcher.start("--forward-to", "http://127.0.0.1:9/hook", "--url", sim.ws_url,
+                                env=env)  # fmt: skip
+        status = await exit_status(listen)
+        assert len(sim.rejections) == 1  # stopped at the first refusal, not retried
+    finally:
+        await sim.stop()
+    err = listen.err()
+    assert status == 1, err
+    assert err.splitlines()[-1] == (
+        f"openmail-bridge: listen: OpenMail rejected the API key in $OPENMAIL_API_KEY ({how}); "
+        "export a valid key and start again"
+    )
+    assert "openmail.api_key" not in err
+    assert "retry" not in err
+    assert "Traceback" not in err
+    assert "om_rejected_key_4711" not in err + "\n".join(listen.lines())
+
+
+async def test_an_inbox_the_key_does_not_own_ends_listen_naming_inbox(
+    sim: Simulator, launcher: Launcher
+) -> None:
+    listen = launcher.start("--forward-to", "http://127.0.0.1:9/hook", "--url", sim.ws_url,
+                            "--inbox", sim.inboxes[0], "--inbox", "inb_not_this_keys")  # fmt: skip
+    status = await exit_status(listen)
+    err = listen.err()
+    assert status == 1, err
+    assert err.splitlines()[-1] == (
+        "openmail-bridge: listen: OpenMail refused the subscription: an inbox given with --inbox "
+        f"({sim.inboxes[0]}, inb_not_this_keys) is not owned by the API key in "
+        "$OPENMAIL_API_KEY; give only that account's inboxes, or no --inbox for all of them"
+    )
+    assert "openmail.websocket.inbox_ids" not in err
+    assert "Traceback" not in err
+
+
+def test_the_rejections_listen_stops_on_are_the_sources_own_kinds() -> None:
+    assert {str(r) for r in Rejection} == {
+        str(DisconnectKind.KEY_REJECTED),
+        str(DisconnectKind.SUBSCRIBE_REJECTED),
+    }
+    # Not too many connections: another client may close, and listen retries that one.
+    assert str(DisconnectKind.TOO_MANY_CONNECTIONS) not in {str(r) for r in Rejection}
+    line = rejection_message(Rejection.KEY, [], "OpenMail said: \x1b]52;c;eA==\x07")
+    assert "\x1b" not in line
+    assert "\x07" not in line
 
 
 # --- the plan -------------------------------------------------------------------------------------

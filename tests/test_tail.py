@@ -301,3 +301,28 @@ def test_a_human_line_cannot_drive_the_terminal() -> None:
     assert " - message.received " in line  # no inbox
     colored = human(record, color=True)
     assert colored.count("\x1b[") == 2  # the kind's color and its reset, nothing from the error
+
+
+# --- filters the bridge cannot satisfy ---------------------------------------------------------
+
+
+async def test_tail_with_a_sink_the_bridge_does_not_run_exits_2_naming_its_sinks(
+    bridge: tuple[Supervisor, Path],
+) -> None:
+    # It used to say "following" and then show nothing, for good.
+    _, path = bridge
+    code, out, err = await run_cli("tail", "-c", str(path), "--sink", "nope")
+    assert code == 2
+    assert "has no sink named 'nope'; its sinks: audit" in err
+    assert "following" not in err
+    assert out == ""
+
+
+async def test_tail_refuses_a_source_the_feed_never_names(bridge: tuple[Supervisor, Path]) -> None:
+    sv, path = bridge
+    code, out, err = await run_cli("tail", "-c", str(path), "--source", "bogus")
+    assert code == 2
+    assert "invalid choice: 'bogus'" in err
+    assert "'websocket', 'webhook', 'nats', 'test'" in err
+    assert out == ""
+    assert sv.activity.subscribers == 0

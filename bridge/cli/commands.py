@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import urllib.parse
 from typing import Final
 
 from bridge import __version__
+from bridge.activity import SOURCES
 from bridge.cli.completion import add_completion_command
 from bridge.cli.listen_plan import API_KEY_ENV, SECRET_ENV, URL_ENV
 from bridge.cli.options import add_admin_options, add_config_option
@@ -145,10 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulator", help="run a local OpenMail stand-in (WebSocket + webhooks)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8025)
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=8025,
+        help="the port to listen on (default 8025; 0: any free one, shown in the banner)",
+    )
     p.add_argument("--api-key", metavar="KEY", help="accepted API key (default: the demo key)")
-    p.add_argument("--webhook-url", metavar="URL")
-    p.add_argument("--webhook-secret", metavar="SECRET")
+    p.add_argument(
+        "--webhook-url", metavar="URL", type=_http_url, help="where to POST signed webhooks"
+    )
+    p.add_argument("--webhook-secret", metavar="SECRET", help="the secret that signs them")
     p.add_argument(
         "--reject-on-upgrade",
         action="store_true",
@@ -181,6 +190,23 @@ def _interval(text: str) -> float:
     if not 0.1 <= seconds <= 86400:
         raise argparse.ArgumentTypeError("must be between 0.1 and 86400 seconds")
     return seconds
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number from 0 to 65535: {text!r}")
+    return int(text)
+
+
+def _http_url(text: str) -> str:
+    try:
+        url = urllib.parse.urlsplit(text)
+        usable = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:  # a port that is not a number, or out of range
+        usable = False
+    if not usable:
+        raise argparse.ArgumentTypeError(f"not an http(s) URL with a host: {text!r}")
+    return text
 
 
 def add_listen_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -230,13 +256,16 @@ def add_tail_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--json prints one object per line with ts, kind, event_id, source, inbox_id, type, "
         "sink, attempt, error. Filters combine. When the bridge restarts, tail says so and "
         "reconnects (events in between are not shown: see 'events list' and 'dlq list'). "
-        "Ctrl-C stops it. Exit 1 when no bridge answers, 2 when it wants a token.",
+        "Ctrl-C stops it. Exit 1 when no bridge answers, 2 when it wants a token or runs no "
+        "sink of that name.",
     )
     add_config_option(p)
     p.add_argument("--inbox", metavar="ID", help="only this inbox's events")
     p.add_argument("--type", metavar="TYPE", help="only this event type, e.g. message.received")
     p.add_argument(
-        "--source", metavar="SOURCE", help="only events from websocket, webhook, nats or test"
+        "--source",
+        choices=SOURCES,
+        help="only events that came by this source (test: openmail-bridge trigger's)",
     )
     p.add_argument(
         "--sink",

@@ -21,19 +21,21 @@ from typing import TYPE_CHECKING, TypeGuard
 
 import aiohttp
 
-from bridge import protocol
-from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, refuse
+from bridge import logs, protocol
+from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, refuse
 from bridge.cli.listen_plan import (
     API_KEY_ENV,
     ENV_NAME,
     SECRET_ENV,
     URL_ENV,
     Outcome,
+    Rejection,
     attempt_line,
     config_tree,
     env_reference,
     explain,
     literal,
+    rejection_message,
     state_dir,
 )
 from bridge.cli.run import run_foreground
@@ -49,7 +51,8 @@ from bridge.errors import (
 from bridge.redact import mask_url
 from bridge.sinks import SINK_TYPES
 from bridge.sinks.http import HttpSink, HttpSinkOptions
-from bridge.supervisor import Supervisor
+from bridge.sources.ws_session import Disconnect
+from bridge.supervisor import Running, Supervisor
 
 if TYPE_CHECKING:
     from bridge.store import Delivery, Store
@@ -107,7 +110,17 @@ def cmd_listen(args: argparse.Namespace) -> int:
             f"listen: cannot create the state directory {directory}: {exc.strerror or exc}",
             EXIT_FAILURE,
         )
-    return run_foreground(config, ListenBridge)
+    bridges: list[ListenBridge] = []
+
+    def build(config: Config) -> ListenBridge:
+        bridges.append(ListenBridge(config))
+        return bridges[-1]
+
+    code = run_foreground(config, build)
+    stopped_by = bridges[0].rejected if bridges else None
+    if code == EXIT_OK and stopped_by is not None:
+        return refuse(stopped_by, EXIT_FAILURE)
+    return code
 
 
 def _log_level(args: argparse.Namespace) -> str:
@@ -116,11 +129,36 @@ def _log_level(args: argparse.Namespace) -> str:
 
 
 class ListenBridge(Supervisor):
-    """A bridge whose sinks print a line per delivery attempt, and that says what it does."""
+    """A bridge whose sinks print a line per delivery attempt, that says what it does, and that
+    stops when OpenMail refuses its key or an inbox (:attr:`rejected` then says why)."""
 
     def __init__(self, config: Config) -> None:
         # Nothing to reload from (no file): SIGHUP applies the same config, a no-op.
         super().__init__(config, reload_config=lambda: config)
+        self.rejected: str | None = None
+
+    def _assemble(self, store: Store) -> Running:
+        running = super()._assemble(store)
+        if running.websocket is not None:
+            running.websocket.on_rejected = self._on_rejected
+        return running
+
+    def _on_rejected(self, cause: Disconnect) -> bool:
+        # The daemon retries a rejected key at the backoff cap, for a reload to mend; at a
+        # developer's terminal nothing will (OpenMail's own CLI exits on 4001 too). Too many
+        # connections may pass as another client closes: that one is retried.
+        try:
+            rejection = Rejection(cause.kind)
+        except ValueError:
+            return False
+        detail = f"close {cause.code}" if cause.code is not None else cause.reason
+        # A server's words may quote the key: masked as the logs mask it.
+        detail = logs.REDACTOR.scrub(detail)
+        self.rejected = rejection_message(
+            rejection, self.config.openmail.websocket.inbox_ids, detail
+        )
+        self.request_stop()
+        return True
 
     def _worker(self, store: Store, sink_config: SinkConfig[object]) -> SinkWorker:
         if not _is_http(sink_config):

@@ -97,6 +97,30 @@ def explain(problem: str) -> str:
     return problem
 
 
+class Rejection(StrEnum):
+    """What OpenMail refused for good, as the WebSocket source classifies it
+    (``bridge.sources.ws_session.DisconnectKind``): ``listen`` stops on it."""
+
+    KEY = "key_rejected"
+    INBOX = "subscribe_rejected"
+
+
+def rejection_message(rejection: Rejection, inboxes: Sequence[str], detail: str) -> str:
+    """The one line ``listen`` ends with when OpenMail refuses the key or an inbox, named by the
+    variable or option the user gave it through; ``detail`` is how (``close 4001``)."""
+    if rejection is Rejection.KEY:
+        return (
+            f"listen: OpenMail rejected the API key in ${API_KEY_ENV} ({printable(detail)}); "
+            "export a valid key and start again"
+        )
+    given = ", ".join(printable(i) for i in inboxes)
+    return (
+        f"listen: OpenMail refused the subscription: an inbox given with --inbox ({given}) is "
+        f"not owned by the API key in ${API_KEY_ENV}; give only that account's inboxes, or no "
+        "--inbox for all of them"
+    )
+
+
 class Outcome(StrEnum):
     """What one delivery attempt came to, as the worker goes on to treat it."""
 

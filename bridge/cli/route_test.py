@@ -20,6 +20,7 @@ from bridge.errors import EventError
 from bridge.events import Origin, parse_event
 from bridge.gate import Gate, OwnAddresses
 from bridge.plan import Plan
+from bridge.printable import printable
 from bridge.routing import Decision
 
 
@@ -47,6 +48,8 @@ def cmd_route_test(args: argparse.Namespace) -> int:
     sinks = _reached(plan)
     decisions = [(route.name, route.decide(event)) for route in router.routes]
     if args.json:
+        # ensure_ascii (json's default, kept on purpose): a control character or a bidi override
+        # in the event's fields is written as a \u escape, never as itself.
         print(
             json.dumps(
                 {
@@ -58,23 +61,30 @@ def cmd_route_test(args: argparse.Namespace) -> int:
                         for name, d in decisions
                     ],
                     **_gate_json(plan),
-                }
+                },
+                ensure_ascii=True,
             )
         )
     else:
-        print(f"event {event.event_id} ({event.type}, inbox {event.inbox_id})")
+        # The event's fields are a stranger's text: escaped, so that they cannot drive the
+        # terminal (an OSC 52 clipboard write) or show reversed (U+202E).
+        shown = ", ".join(printable(v) for v in (event.type, f"inbox {event.inbox_id}"))
+        print(f"event {printable(event.event_id)} ({shown})")
         for name, decision in decisions:
-            print(f"  route {name}: {_decision_text(decision)}")
+            print(f"  route {printable(name)}: {printable(_decision_text(decision))}")
         for note in plan.notes:
-            print(f"  guard of route {note.route}: {note.reason.value}, {note.action.value}")
+            print(
+                f"  guard of route {printable(note.route)}: {note.reason.value}, "
+                f"{note.action.value}"
+            )
         for lim in plan.limited:
             limits = ", ".join(reason.value for reason, _, _ in lim.keys)
             print(
-                f"  limits of route {lim.route} ({limits}): {', '.join(lim.sinks)} "
-                f"while under them, else {lim.over}"
+                f"  limits of route {printable(lim.route)} ({limits}): "
+                f"{printable(', '.join(lim.sinks))} while under them, else {lim.over}"
             )
         if sinks:
-            print(f"  sinks: {', '.join(sinks)}")
+            print(f"  sinks: {printable(', '.join(sinks))}")
         elif plan.notes:
             print("  sinks: (none: the guards keep it from every sink it was routed to)")
         else:

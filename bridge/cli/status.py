@@ -9,6 +9,7 @@ the bridge asks for one.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -26,8 +27,11 @@ from bridge.cli.operator_config import ADMIN_INSTEAD, operator_config, require
 from bridge.cli.options import TOKEN_ENV
 from bridge.cli.status_text import format_status
 from bridge.config import ADMIN, Listen
+from bridge.printable import printable
 
 _TIMEOUT: Final = 5.0
+_HEALTHZ_BYTES: Final = 4096
+"""Read of a ``/healthz`` answer: a bridge's is a few dozen bytes."""
 _CLEAR: Final = "\x1b[H\x1b[2J"
 
 
@@ -95,6 +99,13 @@ def _given_url(text: str) -> str:
 
 def target(args: argparse.Namespace) -> Target:
     """Where to ask, and with which token. Raises ConfigError, or Refused (a usage error)."""
+    if args.admin is not None and not args.admin.strip():
+        # Taken for "not given", it would quietly ask the bridge of whatever config is found.
+        raise Refused(
+            "--admin is empty: give the admin server's URL (e.g. http://127.0.0.1:9464), or "
+            "leave --admin out to read admin.listen from the config",
+            EXIT_CONFIG,
+        )
     token = args.token or os.environ.get(TOKEN_ENV) or None
     config = operator_config(args, needed=args.admin is None, instead=ADMIN_INSTEAD)
     if config is None or (args.admin is not None and config.problems.get(ADMIN)):
@@ -133,10 +144,51 @@ def fetch(where: Target) -> dict[str, object]:
     except ValueError:  # something answers there, but not with JSON: not a bridge's /status
         report = None
     if not isinstance(report, dict):
-        raise Refused(
-            f"the server at {where.shown} answered something other than a report", EXIT_FAILURE
-        )
+        said = "answered something other than a report"
+        raise foreign(where, said) or Refused(f"the server at {where.shown} {said}", EXIT_FAILURE)
     return report
+
+
+def is_bridge(where: Target) -> bool | None:
+    """Whether an openmail-bridge admin server answers at ``where``: every version answers its
+    public ``/healthz`` with 200 ``{"status": "ok", "time": ...}``, whatever its state and token.
+    None when that cannot be told (the question goes unanswered), so that nothing is guessed."""
+    request = urllib.request.Request(f"{where.url}/healthz")  # noqa: S310 (an http(s) URL)
+    try:
+        with urllib.request.urlopen(request, timeout=_TIMEOUT) as response:  # noqa: S310
+            body = response.read(_HEALTHZ_BYTES)
+    except urllib.error.HTTPError as exc:
+        # No /healthz there; another refusal (a proxy's 401, a 502) tells nothing either way.
+        return False if exc.code in (404, 405) else None
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        return None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    return (
+        isinstance(answer, dict)
+        and answer.get("status") == "ok"
+        and isinstance(answer.get("time"), int | float)
+    )
+
+
+def foreign(where: Target, said: str) -> Refused | None:
+    """When what answers at ``where`` is not an openmail-bridge admin server (a webhook listener,
+    another program), exit 1 saying so; ``said`` is what it did (``answered HTTP 404 to
+    /status``). None when it is one, or when that cannot be told."""
+    if is_bridge(where) is not False:
+        return None
+    where_from = (
+        "the config's admin.listen names this address: is another program listening there?"
+        if where.from_config
+        else "give --admin the bridge's admin server (its admin.listen), not its webhook listener"
+    )
+    return Refused(
+        f"the server at {where.shown} {said}: it is not an openmail-bridge admin server (its "
+        f"/healthz does not answer as a bridge's does); {where_from}",
+        EXIT_FAILURE,
+    )
 
 
 def unreachable(where: Target, reason: object) -> Refused:
@@ -155,12 +207,26 @@ def unreachable(where: Target, reason: object) -> Refused:
 
 
 def refusal(exc: urllib.error.HTTPError, where: Target, path: str) -> Refused:
-    """What an HTTP error from the admin server at ``where`` means, for a request of ``path``."""
+    """What an HTTP error from the admin server at ``where`` means, for a request of ``path``
+    (``/status``)."""
+    # 401 and 403 are the admin guard's own answers, which a bridge of every version gives;
+    # anything else may come from another server, and is worth the question.
+    if exc.code not in (401, 403):
+        other = foreign(where, f"answered HTTP {exc.code} to {path}")
+        if other is not None:
+            return other
     shown = where.shown
     try:
-        said = json.loads(exc.read()).get("error", "")
+        said = printable(json.loads(exc.read()).get("error", ""))
     except (ValueError, AttributeError, OSError):
         said = ""
+    if exc.code == 429:
+        wait = exc.headers.get("Retry-After", "?")
+        return Refused(
+            f"the bridge at {shown} refuses requests from this address for {printable(wait)}s: "
+            "too many wrong admin tokens came from it (429)",
+            EXIT_FAILURE,
+        )
     if exc.code == 401:
         if where.token_problem:
             return Refused(
@@ -181,6 +247,8 @@ def refusal(exc: urllib.error.HTTPError, where: Target, path: str) -> Refused:
             "set admin.token (then give it here), or make admin.listen a loopback address",
             EXIT_CONFIG,
         )
+    if exc.code in (404, 405):
+        return Refused(f"the bridge at {shown} has no {path}: it is older than this command", 1)
     return Refused(f"the server at {shown} answered HTTP {exc.code} {said}".rstrip(), 1)
 
 

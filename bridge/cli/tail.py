@@ -24,14 +24,16 @@ from typing import Final, TextIO
 
 from bridge.activity import FIELDS, Filter, Kind
 from bridge.backoff import full_jitter
-from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
-from bridge.cli.status import Refused, Target, refusal, target, unreachable
+from bridge.cli.exit_codes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, refuse
+from bridge.cli.status import Refused, Target, foreign, refusal, target, unreachable
 from bridge.printable import printable
 from bridge.stream import KEEPALIVE
 
 CONNECT_TIMEOUT: Final = 5.0
 READ_TIMEOUT: Final = 2 * KEEPALIVE + 5
 """Silence after which the bridge is taken for gone: it sends a keepalive every KEEPALIVE s."""
+_ERROR_BYTES: Final = 65536
+"""Most of a refusal's body read: the bridge's names its sinks."""
 RECONNECT_INITIAL: Final = 0.25
 RECONNECT_MAX: Final = 5.0
 COLORS: Final = {
@@ -150,8 +152,8 @@ def open_stream(where: Target, wanted: Filter) -> http.client.HTTPResponse:
     """The bridge's ``/api/stream``, its headers read.
 
     Raises:
-        Refused: no bridge answers (exit 1); it wants a token or refuses the path (exit 2); it
-            answers something else (exit 1).
+        Refused: no bridge answers (exit 1); it wants a token, refuses the path, or knows no
+            such sink (exit 2); it answers something else (exit 1).
     """
     url = urllib.parse.urlsplit(where.url)
     connection_type = (
@@ -170,22 +172,47 @@ def open_stream(where: Target, wanted: Filter) -> http.client.HTTPResponse:
     except (OSError, http.client.HTTPException) as exc:
         connection.close()
         raise unreachable(where, _reason(exc)) from None
-    if response.status != 200:
-        if response.status == 404:
-            refused = Refused(
-                f"the bridge at {where.shown} has no /api/stream: it is older than this command",
-                EXIT_FAILURE,
-            )
-        else:
-            error = urllib.error.HTTPError(
-                f"{where.url}{path}", response.status, response.reason, response.headers, response
-            )
-            refused = refusal(error, where, "/api/stream")
+    if response.status == 400:
+        refused = _bad_filter(where, wanted, response.read(_ERROR_BYTES))
+    elif response.status != 200:
+        error = urllib.error.HTTPError(
+            f"{where.url}{path}", response.status, response.reason, response.headers, response
+        )
+        refused = refusal(error, where, "/api/stream")
+    elif response.headers.get_content_type() != "text/event-stream":
+        said = "answered /api/stream with something other than an event stream"
+        refused = foreign(where, said) or Refused(f"the server at {where.shown} {said}", 1)
+    else:
+        refused = None
+    if refused is not None:
         connection.close()
         raise refused
     if connection.sock is not None:
         connection.sock.settimeout(READ_TIMEOUT)
     return response
+
+
+def _bad_filter(where: Target, wanted: Filter, body: bytes) -> Refused:
+    """The bridge refused the filters (400): a sink it does not run, a source it never names.
+    A usage error (exit 2), as ``trigger`` says of an unknown sink."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return Refused(f"the server at {where.shown} refused the request (HTTP 400)", EXIT_CONFIG)
+    given = wanted.query
+    for name, listed in (("sink", "sinks"), ("source", "sources")):
+        known = answer.get(listed)
+        if isinstance(known, list) and name in given:
+            shown = ", ".join(printable(k) for k in known) or "(none)"
+            return Refused(
+                f"the bridge at {where.shown} has no {name} named {given[name]!r}; "
+                f"its {listed}: {shown}",
+                EXIT_CONFIG,
+            )
+    error = printable(answer.get("error") or "HTTP 400")
+    return Refused(f"the bridge at {where.shown} refused the filters: {error}", EXIT_CONFIG)
 
 
 class Tail:

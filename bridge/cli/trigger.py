@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from bridge.cli.exit_codes import EXIT_FAILURE, EXIT_OK, refuse
-from bridge.cli.status import Refused, Target, refusal, target, unreachable
+from bridge.cli.status import Refused, Target, foreign, refusal, target, unreachable
 from bridge.printable import printable
 
 _REQUEST_TIMEOUT: Final = 5.0
@@ -35,11 +35,18 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         return refuse(str(exc), exc.code)
     known = answer.get("sinks")
     if status == 404 and isinstance(known, list):
-        sinks = ", ".join(str(s) for s in known) or "(none)"
+        sinks = ", ".join(printable(s) for s in known) or "(none)"
         return refuse(f"the bridge has no sink named {args.sink!r}; its sinks: {sinks}")
-    if status != 202:
+    event_id = answer.get("event_id")
+    if status != 202 or not isinstance(event_id, str) or not event_id.isprintable():
+        # A bridge refuses with JSON naming why; anything else may not be a bridge at all.
+        said = f"answered HTTP {status} to /trigger"
+        if (other := foreign(where, said)) is not None:
+            return refuse(str(other), other.code)
+        if status in (404, 405):
+            older = f"the bridge at {where.shown} has no /trigger: it is older than this command"
+            return refuse(older, EXIT_FAILURE)
         return refuse(f"the bridge did not send a test event: {_said(status, answer)}", 1)
-    event_id = str(answer["event_id"])
     print(f"sent test event {event_id} to sink {args.sink}", flush=True)
     return _wait(where, event_id, args.timeout)
 
@@ -108,7 +115,7 @@ def request(
 
     Raises:
         Refused: no bridge answers (exit 1); it wants a token it was not given, or refuses private
-            paths on its address (exit 2).
+            paths on its address (exit 2); it refuses this client's address for a while (exit 1).
     """
     data = json.dumps(body).encode() if body is not None else None
     # The scheme is http(s): Target's URL comes from admin_url or a checked --admin.
@@ -120,7 +127,7 @@ def request(
         with urllib.request.urlopen(req, timeout=_REQUEST_TIMEOUT) as response:  # noqa: S310
             return response.status, _json_object(response.read())
     except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
+        if exc.code in (401, 403, 429):  # the token or the address refused: no answer to read
             raise refusal(exc, where, path) from None
         return exc.code, _json_object(exc.read())
     except (urllib.error.URLError, OSError) as exc:

@@ -107,6 +107,9 @@ class WebSocketSource:
         self._stopping = asyncio.Event()
         self._reconnect_now = asyncio.Event()
         self.health = Health(since=time.time())
+        self.on_rejected: Callable[[Disconnect], bool] | None = None
+        """Asked once per new rejection no retry mends (a key, an inbox not owned, too many
+        connections); True when its owner stops the bridge over it and says why (``listen``)."""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -140,7 +143,7 @@ class WebSocketSource:
         old = self.config
         self.config = config
         self._policy.settings = config.websocket.reconnect
-        if _connection_identity(old) != _connection_identity(config):
+        if ws_session.connection_identity(old) != ws_session.connection_identity(config):
             log.info("ws.reconfigured", reconnect=True)
             self._reconnect_now.set()
             ws = self._ws
@@ -206,11 +209,13 @@ class WebSocketSource:
         report = self.health.went_down(cause, time.time())
         self._set_state(self.health.state)
         fields = {"reason": cause.reason, "close_code": cause.code, "retry_in": round(delay, 3)}
+        if report is ws_session.DownLog.REJECTED and self.on_rejected and self.on_rejected(cause):
+            # No retry follows: the daemon's hint (a config key, "retrying") would mislead.
+            log.info("ws.rejected", cause=str(cause.kind), **fields, owner_stops=True)
+            return
         match report:
             case ws_session.DownLog.REJECTED:
-                hint = cause.kind.hint  # only a webhook listener takes events meanwhile
-                if hint and self.config.webhook.enabled:
-                    hint += " (events still arrive by webhook meanwhile)"
+                hint = cause.kind.hint_for(webhook=self.config.webhook.enabled)
                 log.error("ws.rejected", cause=str(cause.kind), **fields, hint=hint)
             case ws_session.DownLog.STILL_REJECTED:
                 log.warning("ws.retrying", cause=str(cause.kind), **fields)
@@ -492,9 +497,3 @@ class WebSocketSource:
             await asyncio.sleep(interval)
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self._send(link, protocol.PING_FRAME)
-
-
-def _connection_identity(config: OpenMailConfig) -> tuple[object, ...]:
-    """What a connection was opened with: a change to any of it needs a new connection."""
-    ws = config.websocket
-    return (config.api_key, ws.url, ws.inbox_ids, ws.event_types)

@@ -16,6 +16,7 @@ from typing import Final
 
 from bridge import protocol
 from bridge.backoff import Pace
+from bridge.config import OpenMailConfig
 from bridge.errors import EventError
 from bridge.events import Event, Origin, event_from_object
 from bridge.protocol import CloseClass, FrameKind
@@ -72,6 +73,11 @@ class DisconnectKind(enum.StrEnum):
     @property
     def hint(self) -> str:
         return _HINTS.get(self, "")
+
+    def hint_for(self, *, webhook: bool) -> str:
+        """The hint, saying so when a webhook listener takes events meanwhile."""
+        hint = self.hint
+        return f"{hint} (events still arrive by webhook meanwhile)" if hint and webhook else hint
 
 
 _PACE: Final = {
@@ -440,3 +446,9 @@ class Health:
             "reconnect_attempts": self.attempts,
             "possible_gaps": self.possible_gaps,
         }
+
+
+def connection_identity(config: OpenMailConfig) -> tuple[object, ...]:
+    """What a connection was opened with: a change to any of it needs a new connection."""
+    ws = config.websocket
+    return (config.api_key, ws.url, ws.inbox_ids, ws.event_types)
