@@ -264,7 +264,12 @@ def own_locks(path: Path) -> list[str]:
     """The POSIX locks this process holds on ``path``, as the kernel lists them."""
     inode, pid = os.stat(path).st_ino, os.getpid()
     with open("/proc/locks") as locks:
-        return [line for line in locks if f":{inode} " in line and f" {pid} " in line]
+        # Each line without its leading ordinal, which moves as other processes' locks come and go.
+        return [
+            line.split(":", 1)[1].strip()
+            for line in locks
+            if f":{inode} " in line and f" {pid} " in line
+        ]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="the kernel lists no locks here")
