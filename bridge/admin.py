@@ -105,6 +105,8 @@ class AdminServer:
         config: the ``admin`` section: where to listen, and the bearer token of private paths.
         view: the bridge it reports on.
         clock: monotonic seconds, for sessions and wrong-token counts; tests pass one they move.
+        owner: whether a request comes from the bridge's own user or root (by default, looked up
+            in the kernel's socket table); tests pass one that says no, to be a stranger.
     """
 
     def __init__(
@@ -113,7 +115,9 @@ class AdminServer:
         view: AdminView,
         *,
         clock: Callable[[], float] = time.monotonic,
+        owner: Callable[[web.Request], Awaitable[bool]] | None = None,
     ) -> None:
+        self._owner = owner or _own_user
         self.config = config
         self.view = view
         self._runner: web.AppRunner | None = None
@@ -206,7 +210,7 @@ class AdminServer:
         if (
             token is None
             and not request.path.startswith(auth.STATIC_PREFIX)
-            and not await _own_user(request)
+            and not await self._owner(request)
         ):
             return _refused(
                 403,
@@ -215,7 +219,7 @@ class AdminServer:
                 "set admin.token (send it as 'Authorization: Bearer <token>', or log in to the "
                 "console), or run the command as the bridge's user or root",
             )
-        if token is not None and (refused := self._too_many_wrong_tokens(request)) is not None:
+        if token is not None and (refused := await self._too_many_wrong_tokens(request)):
             return refused
         credential = auth.credential_of(request, token, self.sessions)
         wrong_bearer = credential is not Credential.BEARER and auth.bearer_of(request) is not None
@@ -249,7 +253,7 @@ class AdminServer:
                 return response
         return await handler(request)
 
-    def _too_many_wrong_tokens(self, request: web.Request) -> web.Response | None:
+    async def _too_many_wrong_tokens(self, request: web.Request) -> web.Response | None:
         """429 for a request presenting a token (a bearer, a login) from an address that sent
         too many wrong ones: refused before the comparison, so that guessing goes no faster
         than :mod:`bridge.console.logins` allows. None when it may be compared."""
@@ -257,13 +261,14 @@ class AdminServer:
         wait = self.logins.retry_after(request.remote) if presents else None
         if wait is None:
             return None
+        if await self._owner(request):
+            # Whoever guesses beside it must not lock out the bridge's own user (its commands,
+            # its agent), who may read the token from the config anyway.
+            request[auth.LIMIT_WAIVED] = True
+            return None
         if (extra := self._refused_log.admit_fields("refused_since_last_line")) is not None:
             log.warning("admin.wrong_tokens_refused", remote=request.remote, **extra)
-        return web.json_response(
-            {"error": f"too many wrong admin tokens from this address; try again in {wait}s"},
-            status=429,
-            headers={"Retry-After": str(wait)},
-        )
+        return auth.too_many_wrong_tokens(wait)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         # Answering at all proves the event loop turns.

@@ -62,11 +62,12 @@ def foreign_file(path: Path) -> str | None:
         return None
     finally:
         os.close(fd)
-    if not head or head == SQLITE_HEADER:
-        return None
+    if not head.strip(b"\0") or head == SQLITE_HEADER:
+        return None  # empty, SQLite's, or zeroed (a first page lost in a crash: a damaged one)
     return (
         f"{path} is not a state database: it does not begin with the SQLite header, so it is "
-        "some other file"
+        "some other file (if it was the state database, move it aside yourself: a file that "
+        "cannot be recognised is left as it is)"
     )
 
 

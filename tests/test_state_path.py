@@ -28,6 +28,10 @@ from tests.test_cli import bridge, webhook_only, write
 from tests.test_config import BASE, merged, problems
 
 NOT_A_DATABASE = "is not a state database: it does not begin with the SQLite header"
+SOME_OTHER_FILE = (
+    ", so it is some other file (if it was the state database, move it aside yourself: a file "
+    "that cannot be recognised is left as it is)"
+)
 PRECIOUS = "openmail:\n  api_key: keep-me\n"
 
 
@@ -46,7 +50,7 @@ def test_check_and_run_refuse_a_state_path_naming_the_config_itself(tmp_path: Pa
         result = bridge(tmp_path, command, "-c", str(config))
         # 2, not 1: systemd's RestartPreventExitStatus=2 stops the restart loop.
         assert result.returncode == 2, (command, result.stderr)
-        assert f"  state.path: {config} {NOT_A_DATABASE}, so it is some other file" in (
+        assert f"  state.path: {config} {NOT_A_DATABASE}{SOME_OTHER_FILE}" in (
             result.stderr.splitlines()
         ), (command, result.stderr)
     assert config.read_bytes() == before
@@ -99,6 +103,20 @@ async def test_a_damaged_database_is_still_moved_aside(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] > 0
 
 
+async def test_a_database_whose_first_page_was_zeroed_is_moved_aside(tmp_path: Path) -> None:
+    # A crash can leave a page of zeros where the header was: damage, not some other file.
+    path = tmp_path / "bridge.db"
+    store = await Store.open(path)
+    await store.close()
+    with path.open("r+b") as file:
+        file.write(bytes(4096))
+    config = write(tmp_path / "c.yaml", webhook_only(tmp_path, state={"path": str(path)}))
+    assert load_config(config, sink_types=SINK_TYPES, env={}).state.path == path
+    store = await Store.open(path)
+    await store.close()
+    assert [name for name in listing(tmp_path) if MOVED_ASIDE in name]
+
+
 def test_dlq_says_a_file_is_not_a_state_database(tmp_path: Path) -> None:
     # README: a wrong path exits 2 naming where it looked. It said "corrupt ... moved aside
     # when the daemon next starts" with exit 1, which it would not be.
@@ -107,8 +125,7 @@ def test_dlq_says_a_file_is_not_a_state_database(tmp_path: Path) -> None:
     result = bridge(tmp_path, "dlq", "list", "--state", str(other))
     assert result.returncode == 2, result.stderr
     assert result.stderr == (
-        f"openmail-bridge: {other} {NOT_A_DATABASE}, so it is some other file (the path is "
-        "from --state)\n"
+        f"openmail-bridge: {other} {NOT_A_DATABASE}{SOME_OTHER_FILE} (the path is from --state)\n"
     )
     config = write(tmp_path / "config.yaml", webhook_only(tmp_path, state={"path": "passwd"}))
     result = bridge(tmp_path, "dlq", "list", "-c", str(config))

@@ -68,7 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
             help="config file (default: $OPENMAIL_BRIDGE_CONFIG, ./config.yaml, "
             "/etc/openmail-bridge/config.yaml)",
         )
-        p.set_defaults(config_file=True)
         return p
 
     with_config(sub.add_parser("run", help="run the bridge in the foreground")).set_defaults(

@@ -23,6 +23,18 @@ class Credential(enum.StrEnum):
 
 CREDENTIAL: Final = web.RequestKey("credential", Credential)
 """How the admin server's guard found the request authorized."""
+LIMIT_WAIVED: Final = web.RequestKey("wrong_token_limit_waived", bool)
+"""The guard let the bridge's own user (or root) past its address's wrong-token limit."""
+
+
+def too_many_wrong_tokens(wait: int) -> web.Response:
+    """The answer to a token presented from an address past its wrong-token limit."""
+    return web.json_response(
+        {"error": f"too many wrong admin tokens from this address; try again in {wait}s"},
+        status=429,
+        headers={"Retry-After": str(wait)},
+    )
+
 
 LOGIN_PATH: Final = "/login"
 OPEN_PATHS: Final = frozenset({"/", LOGIN_PATH, "/logout"})

@@ -30,19 +30,26 @@ MAX_PEERS: Final = 4096
 """Addresses remembered at once (each holds at most ``LOOPBACK_LIMIT`` times)."""
 
 
+LOOPBACK: Final = "loopback"
+"""The one key of every loopback address: any local user may connect from 127.0.0.2, .3, ..."""
+
+
 def peer_key(remote: str | None) -> tuple[str, bool]:
-    """The key an address is counted under, and whether it is loopback. An IPv6 address counts
-    under its /64 (an IPv4-mapped one as the IPv4 address); what is not an IP address (a Unix
-    socket's peer) under itself."""
+    """The key an address is counted under, and whether it is loopback. Every loopback address
+    counts under one key (127.0.0.0/8 and ::1 are all this host); an IPv6 address under its /64
+    (an IPv4-mapped one as the IPv4 address); what is not an IP address (a Unix socket's peer)
+    under itself."""
     try:
         address = ipaddress.ip_address(remote or "")
     except ValueError:
         return remote or "", False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    if isinstance(address, ipaddress.IPv6Address) and not address.is_loopback:
+    if address.is_loopback:
+        return LOOPBACK, True
+    if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((address, 64), strict=False)), False
-    return str(address), address.is_loopback
+    return str(address), False
 
 
 class FailedLogins:

@@ -20,10 +20,12 @@ from bridge.config import AdminConfig
 from bridge.console import page, view
 from bridge.console.auth import (
     CREDENTIAL,
+    LIMIT_WAIVED,
     LOGIN_PATH,
     STATIC_PREFIX,
     Credential,
     token_matches,
+    too_many_wrong_tokens,
 )
 from bridge.console.logins import FailedLogins
 from bridge.console.sessions import COOKIE, LIFETIME, Sessions
@@ -168,6 +170,11 @@ class Console:
         if token is None:
             return _json({"error": "this bridge has no admin.token: nothing to log in to"}, 404)
         given = (await _body(request)).get("token")
+        # Asked again now that the body is in: logins whose headers passed the guard together,
+        # their bodies held back, would otherwise all be compared past the limit.
+        wait = None if request.get(LIMIT_WAIVED) else self.logins.retry_after(request.remote)
+        if wait is not None:
+            return too_many_wrong_tokens(wait)
         if not isinstance(given, str) or not token_matches(given, token):
             self.logins.failed(request.remote)
             # A guesser must not flood the journal: one line a minute, with the count.

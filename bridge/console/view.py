@@ -114,7 +114,14 @@ async def read_events(view: ConsoleView, *, limit: int) -> list[dict[str, object
     routes, show = _routes(view), view.config.admin.show_content
     rows = await recent_events(view.store, limit=limit)
     delivered = delivered_attempts(view.activity.recent(RECENT))
-    return [events.event_json(row, routes, show_content=show, delivered=delivered) for row in rows]
+    shown: list[dict[str, object]] = []
+    seen: set[str] = set()
+    for row in rows:  # newest first: the feed's records name an event, not which copy of it
+        newest = row.event_id not in seen
+        seen.add(row.event_id)
+        counts = delivered if newest else {}
+        shown.append(events.event_json(row, routes, show_content=show, delivered=counts))
+    return shown
 
 
 async def read_event(view: ConsoleView, event_id: str) -> dict[str, object] | None:

@@ -85,7 +85,8 @@ class ClientErrorLog(logging.LoggerAdapter[logging.Logger]):
             emit(
                 f"{self._server}.bad_request",
                 # aiohttp's words, which quote the client's bytes: escaped, and cut short.
-                detail=printable(str(error.message))[:200],
+                # Its first line only: the next ones quote the offending header, token and all.
+                detail=printable(str(error.message).split("\n", 1)[0])[:200],
                 peer=_peer(args),
                 **extra,
             )

@@ -15,6 +15,7 @@ from conftest import Receiver, running_bridge, signed, wait_until, webhook_of
 
 from bridge.activity import RECENT, Activity, Kind
 from bridge.supervisor import Supervisor
+from tests.test_cli_operator import _run_cli
 
 from .conftest import TOKEN, base_url, console_config
 from .test_api import BEARER, body
@@ -77,3 +78,21 @@ async def test_once_the_feed_forgot_it_the_count_is_unknown_not_zero(
         )
     (listed,) = (await get(bridge, "/api/events"))["events"]
     assert outcomes(listed) == {"agent": ("delivered", None), "audit": ("delivered", None)}
+
+
+async def test_only_the_newest_copy_of_a_replayed_event_takes_the_feeds_count(
+    bridge: Supervisor, receiver: Receiver, tmp_path: Path
+) -> None:
+    # The feed's records name an event, not which copy of it: the count of the replay's delivery
+    # must not be shown for the copy delivered before it.
+    await deliver_after_failures(bridge, receiver, "evt_replayed")
+    state = str(bridge.config.state.path)
+    replayed = await _run_cli(
+        tmp_path, "events", "replay", "evt_replayed", "--sink", "agent", "--state", state
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    await wait_until(lambda: bridge.dispatcher.workers["agent"].state.delivered == 2)
+    newest, older = (await get(bridge, "/api/events"))["events"]
+    assert newest["event_id"] == older["event_id"] == "evt_replayed"
+    assert outcomes(newest)["agent"] == ("delivered", 1)
+    assert outcomes(older) == {"agent": ("delivered", None), "audit": ("delivered", None)}

@@ -6,12 +6,15 @@ Over real sockets against a real admin server, with its clock injected."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from conftest import Receiver, running_bridge
 from fake_time import FakeTime
 
@@ -22,6 +25,7 @@ from tests.test_cli_operator import _run_cli
 from .conftest import TOKEN, console_config
 
 REMOTE = "203.0.113.7"
+Owner = Callable[[web.Request], Awaitable[bool]]
 
 
 # --- the count, on its own -----------------------------------------------------------------------
@@ -60,7 +64,7 @@ def test_ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() -> None:
     assert peer_key("2001:db8:1:2:aaaa::1") == peer_key("2001:db8:1:2:bbbb::2")
     assert peer_key("2001:db8:1:2::1") != peer_key("2001:db8:1:3::1")
     assert peer_key("::ffff:203.0.113.7") == (REMOTE, False)
-    assert peer_key("::1") == ("::1", True)
+    assert peer_key("::1") == ("loopback", True)
     assert peer_key(None) == ("", False)
     logins = FailedLogins(clock=FakeTime())
     for n in range(LIMIT):  # a host rotating through its /64 is still one client
@@ -84,18 +88,31 @@ def test_a_flood_of_addresses_cannot_grow_the_table() -> None:
 # --- over HTTP ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def admin(tmp_path: Path, receiver: Receiver) -> AsyncIterator[tuple[str, FakeTime]]:
-    """A token-protected admin server on a running bridge, its clock in the test's hands."""
+async def stranger(_: web.Request) -> bool:
+    return False  # another local user, or a client behind a proxy: never the bridge's own
+
+
+@contextlib.asynccontextmanager
+async def admin_server(
+    tmp_path: Path, receiver: Receiver, owner: Owner | None
+) -> AsyncIterator[tuple[str, FakeTime]]:
     clock = FakeTime()
     config = console_config(tmp_path, None, receiver, token=TOKEN)
     async with running_bridge(config) as sv:
-        server = AdminServer(config.admin, sv, clock=clock)
+        server = AdminServer(config.admin, sv, clock=clock, owner=owner)
         await server.start()
         try:
             yield f"http://127.0.0.1:{server.port}", clock
         finally:
             await server.stop()
+
+
+@pytest.fixture
+async def admin(tmp_path: Path, receiver: Receiver) -> AsyncIterator[tuple[str, FakeTime]]:
+    """A token-protected admin server on a running bridge, its clock in the test's hands, its
+    clients strangers (the tests run as the bridge's own user, whom the limit lets through)."""
+    async with admin_server(tmp_path, receiver, stranger) as served:
+        yield served
 
 
 async def call(
@@ -186,3 +203,58 @@ async def test_without_a_token_nothing_is_counted(tmp_path: Path, receiver: Rece
                 bearer = {"Authorization": f"Bearer stray-{n}"}
                 assert (await call(http, "GET", base + "/status", headers=bearer))[0] == 200
         assert len(sv.admin.logins) == 0
+
+
+def test_every_loopback_address_counts_as_one() -> None:
+    # Any local user may connect from 127.0.0.2, 127.0.0.3, ...: each its own key would give
+    # each its own allowance, and past the table's size no bound at all.
+    logins = FailedLogins(clock=FakeTime())
+    for n in range(LOOPBACK_LIMIT):
+        logins.failed(f"127.0.0.{n + 2}")
+    assert logins.retry_after("127.0.0.1") is not None
+    assert logins.retry_after("::1") is not None
+    assert len(logins) == 1
+
+
+async def test_a_login_whose_body_comes_after_the_limit_is_not_compared(
+    admin: tuple[str, FakeTime],
+) -> None:
+    # The guard counts a login's address when its headers are in; its body may follow later.
+    # Logins sent together would all pass that count before any is compared, so the login asks
+    # again once its body is in.
+    base, _ = admin
+    port = int(base.rsplit(":", 1)[1])
+    body = b'{"token": "guess"}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {base}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        async with aiohttp.ClientSession() as http:
+            for n in range(LOOPBACK_LIMIT):  # the address reaches its limit meanwhile
+                status, _, _ = await call(http, "POST", base + "/login", json={"token": f"g{n}"},
+                                          headers={"Origin": base})  # fmt: skip
+                assert status == 401, n
+        writer.write(body)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            assert (await reader.readline()).split()[1] == b"429"
+    finally:
+        writer.close()
+
+
+async def test_the_bridges_own_user_is_never_locked_out(tmp_path: Path, receiver: Receiver) -> None:
+    # Whoever guesses beside it must not shut out the bridge's own commands and agent: this
+    # test runs as the bridge's own user (or root), looked up in the kernel's socket table.
+    async with admin_server(tmp_path, receiver, None) as (base, _), aiohttp.ClientSession() as http:
+        for n in range(LOOPBACK_LIMIT + 5):
+            bearer = {"Authorization": f"Bearer guess-{n}"}
+            assert (await call(http, "GET", base + "/api/overview", headers=bearer))[0] == 401
+        right = {"Authorization": f"Bearer {TOKEN}"}
+        assert (await call(http, "GET", base + "/api/overview", headers=right))[0] == 200
+        status, answer, _ = await call(
+            http, "POST", base + "/login", json={"token": TOKEN}, headers={"Origin": base}
+        )
+        assert (status, answer) == (200, {"ok": True})
