@@ -31,7 +31,7 @@ from bridge.events import Origin, event_from_object
 from bridge.memory import HeapTrimmer, glibc_trim
 from bridge.metrics import Metrics
 from bridge.sources import Spool
-from bridge.sources.http_guard import ByteBudget, ClientErrorLog, GuardedSite, Handler
+from bridge.sources.http_guard import ByteBudget, ClientErrorLog, GuardedSite
 from bridge.store import AcceptOutcome
 from bridge.throttle import Throttle
 
@@ -91,9 +91,12 @@ class WebhookSource:
         config = self.config
         app = web.Application(
             client_max_size=config.max_body,
-            middlewares=[GuardedSite.tracking(lambda: self._site), _close_after_refusal],
+            middlewares=[GuardedSite.tracking(lambda: self._site)],
         )
         app.router.add_route("*", config.path, self._handle, expect_handler=self._expect)
+        # Every other path is refused here too rather than by aiohttp's 404, which would keep
+        # its connection alive (see _refusal).
+        app.router.add_route("*", "/{path:.*}", self._elsewhere, expect_handler=self._elsewhere)
         # aiohttp's graceful shutdown stops reading requests, so one whose body is still arriving
         # can never finish; waiting its default 60 s would only stall the stop. In-flight commits
         # are answered within ANSWER_WITHIN; a cut request is retried by OpenMail.
@@ -217,15 +220,24 @@ class WebhookSource:
             raise Rejected(503, "stopping", "the bridge is shutting down")
         self._check_headers(request)
 
+    async def _elsewhere(self, request: web.Request) -> web.Response:
+        return self._refusal(Rejected(404, "path", "no webhook listener at this path"), request)
+
     def _refusal(self, exc: Rejected, request: web.Request) -> web.Response:
-        """The answer to a refused request, counted and logged; it ends the connection."""
+        """The answer to a refused request, counted and logged; it ends the connection.
+
+        Kept alive, a connection whose requests are refused would be held by a client with no
+        secret for as long as it sent one within the keep-alive timeout (a forged request every
+        12 s keeps all of max_connections busy); closed, it must open a new one each time, which
+        the header timeout and the connection cap then bound. OpenMail sends each retry on a
+        fresh connection anyway."""
         self._count_rejected(exc.reason)
         self._log_rejected(exc, request)
         headers = {"Allow": "POST"} if exc.status == 405 else {}
         if exc.retry_after is not None:
             headers["Retry-After"] = exc.retry_after
         response = web.json_response({"error": exc.detail}, status=exc.status, headers=headers)
-        response.force_close()  # see _close_after_refusal
+        response.force_close()
         return response
 
     def _log_rejected(self, exc: Rejected, request: web.Request) -> None:
@@ -409,23 +421,6 @@ class WebhookSource:
         self.last_event_at = event.received_at
         duplicate = outcome is not AcceptOutcome.ACCEPTED  # a conflict is answered like one
         return web.json_response({"ok": True, "event_id": event.event_id, "duplicate": duplicate})
-
-
-@web.middleware
-async def _close_after_refusal(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer but a success ends its connection. Kept alive, a connection whose requests are
-    refused would be held by a client with no secret for as long as it sends one within the
-    keep-alive timeout (a forged request every 12 s keeps all of max_connections busy); closed, it
-    must open a new one each time, which the header timeout and the connection cap then bound.
-    OpenMail sends each retry on a fresh connection anyway."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:  # aiohttp's own answers: another path (404), ...
-        exc.force_close()
-        raise
-    if response.status >= 300:
-        response.force_close()
-    return response
 
 
 async def _read_to_end(stream: StreamReader, limit: int) -> bytearray:
