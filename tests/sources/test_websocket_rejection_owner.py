@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 from conftest import RecordingSpool, events_named, make_config, wait_until
+from sources.test_websocket import Sleeps
 
 from bridge.backoff import ReconnectPolicy
 from bridge.config import Config
@@ -21,22 +22,6 @@ from bridge.sources.websocket import WebSocketSource
 from bridge.sources.ws_session import Disconnect, DisconnectKind
 
 FAST = {"websocket": {"reconnect": {"initial": "50ms", "max": "1s"}}}
-
-
-class Sleeps:
-    """A reconnect sleep that returns at once until ``count`` were asked for, then holds until
-    the source stops: the test decides how many attempts happen, not the clock."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.asked: list[float] = []
-        self.enough = asyncio.Event()
-
-    async def __call__(self, seconds: float) -> None:
-        self.asked.append(seconds)
-        if len(self.asked) >= self.count:
-            self.enough.set()
-            await asyncio.Event().wait()
 
 
 @contextlib.asynccontextmanager
