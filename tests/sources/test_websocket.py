@@ -451,27 +451,34 @@ async def test_a_rejected_key_leaves_the_bridge_up_but_degraded(tmp_path: Path) 
         await sim.stop()
 
 
-async def test_too_many_connections_backs_off_at_the_cap(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def account_connection_taken() -> AsyncIterator[Simulator]:
+    """A simulator that allows the account one connection, which another client holds."""
     sim = Simulator(max_connections=1)
     await sim.start()
-    sleeps = Sleeps(3)
     try:
         async with (
             aiohttp.ClientSession() as session,
             session.ws_connect(sim.ws_url, headers={"Authorization": f"Bearer {DEMO_API_KEY}"}),
-        ):  # another client holds the account's only connection
+        ):
             await wait_until(lambda: len(sim.connections) == 1)
-            config = ws_config(
-                tmp_path,
-                sim,
-                openmail={"websocket": {"reconnect": {"initial": "50ms", "max": "1s"}}},
-            )
-            with structlog.testing.capture_logs() as logs:
-                async with direct_source(config, sleeps) as source:
-                    await asyncio.wait_for(sleeps.enough.wait(), timeout=10)
-                    assert not source.receiving
+            yield sim
     finally:
         await sim.stop()
+
+
+async def test_too_many_connections_backs_off_at_the_cap(tmp_path: Path) -> None:
+    sleeps = Sleeps(3)
+    async with account_connection_taken() as sim:
+        config = ws_config(
+            tmp_path,
+            sim,
+            openmail={"websocket": {"reconnect": {"initial": "50ms", "max": "1s"}}},
+        )
+        with structlog.testing.capture_logs() as logs:
+            async with direct_source(config, sleeps) as source:
+                await asyncio.wait_for(sleeps.enough.wait(), timeout=10)
+                assert not source.receiving
     rejected = [e for e in events_named(logs, "sim.ws.rejected") if e.get("code") == 4008]
     assert len(rejected) == len(sleeps.asked) == 3
     assert all(0.8 <= delay <= 1.0 for delay in sleeps.asked), sleeps.asked  # at the cap

@@ -9,15 +9,14 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import structlog
 from conftest import RecordingSpool, events_named, make_config, wait_until
-from sources.test_websocket import Sleeps
+from sources.test_websocket import Sleeps, account_connection_taken
 
 from bridge.backoff import ReconnectPolicy
 from bridge.config import Config
 from bridge.metrics import Metrics
-from bridge.simulator import DEMO_API_KEY, Simulator
+from bridge.simulator import Simulator
 from bridge.sources.websocket import WebSocketSource
 from bridge.sources.ws_session import Disconnect, DisconnectKind
 
@@ -65,22 +64,13 @@ async def test_an_owner_that_stops_is_asked_once_and_no_retry_is_promised(tmp_pa
 
 
 async def test_an_owner_that_declines_leaves_the_retry_at_the_cap(tmp_path: Path) -> None:
-    sim = Simulator(max_connections=1)
-    await sim.start()
     asked: list[Disconnect] = []
     sleeps = Sleeps(3)
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.ws_connect(sim.ws_url, headers={"Authorization": f"Bearer {DEMO_API_KEY}"}),
-        ):  # another client holds the account's only connection
-            await wait_until(lambda: len(sim.connections) == 1)
-            config = make_config(tmp_path, sim, openmail=FAST)
-            with structlog.testing.capture_logs() as logs:
-                async with source_owned_by(config, sleeps, False, asked):
-                    await asyncio.wait_for(sleeps.enough.wait(), timeout=10)
-    finally:
-        await sim.stop()
+    async with account_connection_taken() as sim:
+        config = make_config(tmp_path, sim, openmail=FAST)
+        with structlog.testing.capture_logs() as logs:
+            async with source_owned_by(config, sleeps, False, asked):
+                await asyncio.wait_for(sleeps.enough.wait(), timeout=10)
     assert [c.kind for c in asked] == [DisconnectKind.TOO_MANY_CONNECTIONS]  # once, not per try
     assert all(0.8 <= delay <= 1.0 for delay in sleeps.asked), sleeps.asked  # at the cap
     (error,) = events_named(logs, "ws.rejected")
